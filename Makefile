@@ -1,0 +1,134 @@
+# uringnbd: one non-recursive Makefile.
+#   make            build build/uringnbd (installs missing Debian packages first)
+#   make run        build, create build/uringnbd.img (1 GiB, sparse) and serve it
+#   make check      unit + integration + interop tests (as root: everything runs)
+#   make check-unit fast unit tests, no sockets
+#   make install    PREFIX=/usr/local DESTDIR=
+#   SANITIZE=1      ASan+UBSan build and tests    WERROR=1  -Werror    V=1  full commands
+
+PREFIX  ?= /usr/local
+DESTDIR ?=
+B       := build
+CC      ?= cc
+
+BUILD_PKGS := gcc make pkg-config liburing-dev libev-dev libnbd-dev check
+TEST_PKGS  := libnbd-bin qemu-utils nbdkit nbd-server nbd-client fio python3-libnbd \
+              nbdfuse fuse3 e2fsprogs util-linux procps
+
+WARN   := -Wall -Wextra -Wshadow -Wvla -Wstrict-prototypes -Wmissing-prototypes \
+          -Wformat=2 -Wundef -fno-common
+CFLAGS ?= -O2 -g
+CFLAGS += -std=gnu11 $(WARN) -pthread -MMD -MP
+ifeq ($(WERROR),1)
+CFLAGS += -Werror
+endif
+ifeq ($(SANITIZE),1)
+CFLAGS  += -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+LDFLAGS += -fsanitize=address,undefined
+B       := build/sanitize
+endif
+LDFLAGS += -pthread
+
+ifeq ($(V),1)
+Q :=
+quiet = @true
+else
+Q := @
+quiet = @printf '  %-7s %s\n'
+endif
+
+# ---- sources ----
+PROTO_SRC  := proto/negotiate.c proto/request.c
+DAEMON_SRC := daemon/main.c daemon/log.c daemon/export.c daemon/pool.c daemon/worker.c \
+              daemon/conn.c daemon/transmit.c daemon/reply.c daemon/listen.c
+UNIT_TESTS := $(patsubst tests/unit/%.c,$(B)/tests/unit/%,$(wildcard tests/unit/test_*.c))
+INTEG_TESTS := $(patsubst tests/integration/%.c,$(B)/tests/integration/%,\
+                 $(filter-out tests/integration/harness.c,$(wildcard tests/integration/*.c)))
+
+PROTO_OBJ  := $(PROTO_SRC:%.c=$(B)/%.o)
+DAEMON_OBJ := $(DAEMON_SRC:%.c=$(B)/%.o)
+DAEMON_LIBS := -luring -lev
+
+.PHONY: all run check check-unit check-integration check-interop install clean deps deps-test
+all: $(B)/uringnbd
+
+# ---- Debian packages: installed when missing (as root), else the command is printed ----
+define ensure_pkgs
+	@missing=$$(for p in $(1); do \
+	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	    if [ "$$(id -u)" = 0 ]; then \
+	        echo "  APT     $$(echo $$missing)"; \
+	        export DEBIAN_FRONTEND=noninteractive; \
+	        apt-get install -y -q $$missing >/dev/null 2>&1 || \
+	        { apt-get update -q >/dev/null && apt-get install -y -q $$missing >/dev/null; } || exit 1; \
+	    else \
+	        echo "uringnbd: missing packages; run: sudo apt-get install -y $$(echo $$missing)" >&2; \
+	        exit 1; \
+	    fi; \
+	fi
+	@mkdir -p $(dir $@) && touch $@
+endef
+deps: $(B)/.deps-build
+deps-test: $(B)/.deps-test
+$(B)/.deps-build:
+	$(call ensure_pkgs,$(BUILD_PKGS))
+$(B)/.deps-test: | $(B)/.deps-build
+	$(call ensure_pkgs,$(TEST_PKGS))
+
+# ---- build ----
+$(B)/%.o: %.c | $(B)/.deps-build
+	@mkdir -p $(dir $@)
+	$(quiet) CC $@
+	$(Q)$(CC) $(CFLAGS) -c -o $@ $<
+
+$(B)/uringnbd: $(DAEMON_OBJ) $(PROTO_OBJ)
+	$(quiet) LD $@
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(DAEMON_LIBS)
+
+$(B)/tests/unit/test_proto: $(B)/tests/unit/test_proto.o $(PROTO_OBJ)
+	$(quiet) LD $@
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $$(pkg-config --libs check)
+
+$(B)/tests/integration/%: $(B)/tests/integration/%.o $(B)/tests/integration/harness.o $(PROTO_OBJ)
+	$(quiet) LD $@
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ -lnbd
+
+# ---- run ----
+IMG := build/uringnbd.img
+$(IMG):
+	@mkdir -p $(dir $@)
+	truncate -s 1G $@
+
+run: $(B)/uringnbd $(IMG)
+	@echo "serving $(IMG) on 127.0.0.1:10809 and $(CURDIR)/build/uringnbd.sock (Ctrl-C stops)"
+	@echo "  nbdinfo nbd://127.0.0.1                      # size, block sizes, flags"
+	@echo "  nbdinfo 'nbd+unix:///?socket=$(CURDIR)/build/uringnbd.sock'"
+	@echo "  nbd-client 127.0.0.1 10809 /dev/nbd0 -N ''   # kernel block device (needs the nbd module)"
+	@echo "  mkdir -p /tmp/nbd && nbdfuse /tmp/nbd/disk nbd://127.0.0.1 &   # a file you can losetup"
+	$(B)/uringnbd -b 127.0.0.1 -U $(CURDIR)/build/uringnbd.sock $(IMG)
+
+# ---- tests ----
+TEST_ENV := URINGNBD=$(CURDIR)/$(B)/uringnbd TEST_TMPDIR=$(CURDIR)/$(B)/tmp
+
+check-unit: $(UNIT_TESTS)
+	$(Q)for t in $(UNIT_TESTS); do CK_DEFAULT_TIMEOUT=10 $$t || exit 1; done
+
+check-integration: $(B)/uringnbd $(INTEG_TESTS) | $(B)/.deps-test
+	$(Q)$(TEST_ENV) tests/run-tests.sh $(INTEG_TESTS)
+
+check-interop: $(B)/uringnbd | $(B)/.deps-test
+	$(Q)$(TEST_ENV) tests/run-tests.sh tests/interop/*.sh
+
+check: $(B)/uringnbd $(UNIT_TESTS) $(INTEG_TESTS) | $(B)/.deps-test
+	$(Q)for t in $(UNIT_TESTS); do CK_DEFAULT_TIMEOUT=10 $$t || exit 1; done
+	$(Q)$(TEST_ENV) tests/run-tests.sh $(INTEG_TESTS) tests/interop/*.sh
+
+# ---- install ----
+install: $(B)/uringnbd
+	install -D -m 0755 $(B)/uringnbd $(DESTDIR)$(PREFIX)/sbin/uringnbd
+
+clean:
+	rm -rf build
+
+-include $(shell find build -name '*.d' 2>/dev/null)

@@ -1,0 +1,284 @@
+/*
+ * daemon: the internal header shared by the files of daemon/ (nothing
+ * outside daemon/ includes it).
+ *
+ * Threads and ownership:
+ *  - The main thread parses options, opens exports, owns the listeners and
+ *    the signal watchers (one libev loop), and hands each accepted socket to
+ *    a worker.
+ *  - A worker owns one libev loop, one io_uring, one buffer pool, and every
+ *    connection it was handed, for the connection's whole life. Nothing of a
+ *    worker is touched by another thread except its inbox (under its mutex)
+ *    and its ev_async watcher.
+ *  - Exports are opened before workers start and are read-only afterwards.
+ *
+ * io_uring: every SQE's user_data is (object pointer | op code) and every
+ * completion goes through one dispatch table (worker.c). Memory named in an
+ * SQE belongs to the kernel until its CQE arrives; a connection counts its
+ * SQEs in flight and is freed only when that count is zero.
+ */
+#ifndef URINGNBD_DAEMON_H
+#define URINGNBD_DAEMON_H
+
+#include <ev.h>
+#include <liburing.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include "../proto/proto.h"
+
+#define URINGNBD_VERSION "0.1.0"
+
+/* ---- log.c ---- */
+enum log_level { LOG_ERROR, LOG_WARN, LOG_INFO, LOG_DEBUG };
+extern enum log_level log_max_level;
+void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#define log_error(...) log_msg(LOG_ERROR, __VA_ARGS__)
+#define log_warn(...)  log_msg(LOG_WARN, __VA_ARGS__)
+#define log_info(...)  log_msg(LOG_INFO, __VA_ARGS__)
+#define log_debug(...) do { if (log_max_level >= LOG_DEBUG) log_msg(LOG_DEBUG, __VA_ARGS__); } while (0)
+
+/* ---- export.c ---- */
+#define EXPORT_MAX_REQUEST_BYTES (32u * 1024 * 1024) /* largest READ/WRITE served */
+
+struct export {
+	char *name;            /* export name ("" is the default export) */
+	char *description;
+	char *path;            /* backing file or block device */
+	int fd;                /* opened O_DIRECT */
+	bool readonly;
+	bool is_blockdev;
+	uint64_t size_bytes;
+	uint32_t align_bytes;  /* direct-I/O offset/length alignment */
+	uint16_t tflags;       /* transmission flags it supports */
+};
+
+struct export_spec {
+	const char *name;
+	const char *description;
+	const char *path;
+	bool readonly;
+};
+
+/* Opens and probes the backing file; logs one clear message on failure. */
+int export_open(struct export *e, const struct export_spec *spec);
+void export_release(struct export *e);
+/* Fills the negotiation view of e. */
+void export_describe(const struct export *e, struct proto_export *out);
+
+/* ---- pool.c: page-aligned buffers for O_DIRECT, sized at start ---- */
+#define POOL_CHUNK_BYTES (64u * 1024) /* unit of allocation: one iovec */
+#define POOL_MAX_CHUNKS_PER_REQ (EXPORT_MAX_REQUEST_BYTES / POOL_CHUNK_BYTES)
+
+struct pool {
+	uint8_t *base;          /* mmap'd, page-aligned, nchunks * POOL_CHUNK_BYTES */
+	uint32_t nchunks;
+	uint32_t *free_stack;   /* indices of free chunks */
+	uint32_t nfree;
+};
+
+int pool_init(struct pool *p, size_t size_bytes);
+void pool_release(struct pool *p);
+/*
+ * Takes enough chunks for len_bytes into iov[] (each a whole chunk but the
+ * last, trimmed to what is left). Returns the number of chunks, or -ENOBUFS
+ * with nothing taken.
+ */
+int pool_get(struct pool *p, uint64_t len_bytes, struct iovec *iov);
+void pool_put(struct pool *p, uint32_t n, const struct iovec *iov);
+static inline uint32_t pool_chunks_for(uint64_t len_bytes)
+{
+	return (uint32_t)((len_bytes + POOL_CHUNK_BYTES - 1) / POOL_CHUNK_BYTES);
+}
+
+/* ---- worker.c ---- */
+struct server;
+struct conn;
+
+/* Operation codes packed in the low bits of user_data. */
+enum op {
+	OP_NONE,
+	OP_CONN_HS,       /* handshake send or recv (conn) */
+	OP_CONN_RX_HDR,   /* request header recv (conn) */
+	OP_CONN_RX_SKIP,  /* discarding an oversized or refused payload (conn) */
+	OP_CONN_SEND,     /* reply batch sendmsg (conn) */
+	OP_REQ_RX_DATA,   /* WRITE payload recv into the request's pages (req) */
+	OP_REQ_FILE,      /* file read/write/fsync (req) */
+	OP_MAX
+};
+#define OP_BITS 4u
+#define OP_MASK ((1u << OP_BITS) - 1)
+
+struct conn_list {
+	struct conn *head;
+};
+
+struct worker {
+	int id;
+	struct server *srv;
+	pthread_t thread;
+	struct ev_loop *loop;
+	struct io_uring ring;
+	int efd;                  /* eventfd the ring signals on completions */
+	ev_io efd_watcher;
+	ev_prepare submit_watcher; /* one io_uring_submit per loop iteration */
+	ev_async wake;            /* inbox or stop */
+	pthread_mutex_t inbox_lock;
+	int *inbox;               /* accepted sockets waiting to be adopted */
+	size_t inbox_len, inbox_cap;
+	bool stop;                /* set under inbox_lock by the main thread */
+	bool stopping;            /* worker-local copy once it acted on stop */
+	struct pool pool;
+	struct conn *conns;       /* every live connection (doubly linked) */
+	unsigned nconns;
+	struct conn *pool_waiters_head; /* connections waiting for buffers, FIFO */
+	struct conn *pool_waiters_tail;
+	uint64_t next_conn_id;
+};
+
+int worker_start(struct worker *w, struct server *srv, int id);
+/* Hands an accepted socket to w (from the main thread). */
+void worker_adopt(struct worker *w, int fd);
+void worker_stop(struct worker *w);
+void worker_join(struct worker *w);
+
+/*
+ * A fresh SQE tagged with (obj, op), counted against connection c: c is not
+ * freed until the CQE has been handled. Never NULL (submits to make room).
+ */
+struct io_uring_sqe *ring_get_sqe(struct conn *c, void *obj, enum op op);
+/* Lets connections parked for buffers retry, oldest first. */
+void worker_pool_kick(struct worker *w);
+void worker_pool_wait(struct worker *w, struct conn *c);
+void worker_pool_unwait(struct worker *w, struct conn *c);
+
+/* ---- conn.c / transmit.c / reply.c ---- */
+#define CONN_MAX_REQS 128 /* requests in flight per connection */
+#define REQ_INLINE_CHUNKS 16
+
+struct req {
+	struct conn *c;
+	struct proto_request r;
+	uint32_t nbd_error;        /* error to reply with, NBD_SUCCESS if none */
+	struct iovec *iov;         /* one pool chunk each, the last trimmed to len */
+	uint32_t niov;             /* chunks held */
+	struct iovec iov_inline[REQ_INLINE_CHUNKS]; /* iov for requests up to 1 MiB */
+	uint64_t io_done_bytes;    /* progress of the current file or recv op */
+	uint8_t reply_hdr[PROTO_OFFSET_DATA_HDR_LEN]; /* simple, chunk or error */
+	uint32_t reply_hdr_len;
+	bool reply_data;           /* data pages follow the reply header */
+	bool in_use;               /* slot taken */
+	uint32_t adj_idx;          /* iov[adj_idx] advanced by adj_bytes for a retry */
+	size_t adj_bytes;
+	struct req *next;          /* free list or send queue */
+} __attribute__((aligned(1u << OP_BITS))); /* low bits of user_data hold the op */
+
+enum conn_state {
+	CONN_HANDSHAKE,   /* option haggling */
+	CONN_TRANSMIT,    /* serving requests */
+	CONN_DRAINING,    /* DISC seen: finish in-flight requests, then close */
+	CONN_CLOSING,     /* socket shut down; freed once no SQE is in flight */
+};
+
+struct conn {
+	struct worker *w;          /* allocated 64-byte aligned (see user_data) */
+	struct conn *prev, *next;  /* worker's list */
+	uint64_t id;
+	int fd;
+	enum conn_state state;
+	unsigned sqes;             /* SQEs in flight naming this conn or its requests */
+
+	/* handshake */
+	struct proto_session sess;
+	int hs_step;               /* which handshake step the current I/O is for */
+	uint8_t *hs_buf;           /* option payload (heap, handshake only) */
+	size_t hs_cap;
+	struct proto_buf hs_out;   /* replies (heap, handshake only) */
+	uint8_t hs_hdr[PROTO_OPTION_HDR_LEN];
+	struct proto_option opt;
+	uint8_t *io_ptr;           /* exact send/recv in progress */
+	size_t io_left;
+	uint64_t skip_left;        /* payload bytes still to discard */
+
+	/* transmission */
+	const struct export *exp;
+	uint8_t rx_hdr[PROTO_REQUEST_LEN];
+	size_t rx_have;            /* bytes of rx_hdr received */
+	struct msghdr rx_msg;      /* WRITE payload recvmsg in flight */
+	bool rx_busy;              /* a header recv or payload recv is in flight */
+	bool rx_parked;            /* waiting for a free slot or buffers */
+	struct req *rx_req;        /* request being received (waiting for buffers) */
+	struct conn *pool_next;    /* worker's buffer-wait FIFO */
+	bool in_pool_wait;
+	uint8_t *skip_buf;         /* scratch for discarded payloads */
+	struct req *free_reqs;
+	unsigned live_reqs;        /* slots taken */
+	struct req reqs[CONN_MAX_REQS];
+
+	/* replies: one sendmsg in flight, many replies per sendmsg */
+	struct req *sendq_head, *sendq_tail;
+	struct req *sending;       /* replies in the sendmsg in flight (chained) */
+	struct msghdr send_msg;
+	struct iovec send_iov[1024];
+};
+
+/* conn.c */
+void conn_new(struct worker *w, int fd);
+void conn_close(struct conn *c, const char *why);
+void conn_hs_done(struct conn *c, int res);
+/* Called after each completion naming c; frees c once it is closed and idle. */
+void conn_put(struct conn *c);
+
+/* transmit.c */
+void conn_transmit_start(struct conn *c);
+void conn_rx_hdr_done(struct conn *c, int res);
+void conn_rx_skip_done(struct conn *c, int res);
+void req_rx_data_done(struct req *q, int res);
+void req_file_done(struct req *q, int res);
+void conn_pool_ready(struct conn *c);
+void req_free(struct req *q);
+
+/* reply.c */
+void req_reply(struct req *q);
+void conn_send_done(struct conn *c, int res);
+void conn_send_kick(struct conn *c);
+
+/* ---- listen.c ---- */
+struct listener {
+	int fd;
+	ev_io watcher;
+	struct server *srv;
+	char *desc;                /* "127.0.0.1:10809", "unix:/run/x.sock" */
+	char *unix_path;           /* to unlink at exit; NULL if not ours */
+};
+
+int listen_tcp(struct server *srv, const char *addr, const char *port);
+int listen_unix(struct server *srv, const char *path);
+int listen_inherited(struct server *srv);
+/* Starts accepting on the main loop; closes (and unlinks unix sockets). */
+void listen_start(struct server *srv);
+void listen_close(struct server *srv);
+
+/* ---- main.c ---- */
+struct server {
+	struct export *exports;
+	size_t nexports;
+	struct worker *workers;
+	unsigned nworkers;
+	unsigned next_worker;      /* round-robin placement */
+	struct listener *listeners;
+	size_t nlisteners;
+	size_t pool_bytes;         /* per worker */
+	struct ev_loop *loop;      /* main thread's */
+	volatile bool shutting_down;
+};
+
+/* Export lookup for negotiation, as struct proto_exports wants it (ctx = srv). */
+int server_export_lookup(void *srv, const char *name, size_t name_len, struct proto_export *out);
+int server_export_nth(void *srv, size_t i, struct proto_export *out);
+/* Hands an accepted socket to a worker. */
+void server_accept(struct server *srv, int fd);
+
+#endif

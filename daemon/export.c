@@ -1,0 +1,147 @@
+/*
+ * Exports: a backing file or block device opened with O_DIRECT, its size,
+ * and the alignment direct I/O needs on it. Opened before the workers start
+ * and never changed afterwards, so workers share them without locking.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "daemon.h"
+
+/* Direct-I/O offset alignment: statx, else the logical block size, else 4096. */
+static uint32_t export_probe_align(int fd, bool is_blockdev)
+{
+	struct statx stx;
+	int ssz;
+
+	if (statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &stx) == 0 &&
+	    (stx.stx_mask & STATX_DIOALIGN) && stx.stx_dio_offset_align)
+		return stx.stx_dio_offset_align;
+	if (is_blockdev && ioctl(fd, BLKSSZGET, &ssz) == 0 && ssz > 0)
+		return (uint32_t)ssz;
+	return 4096;
+}
+
+/* One aligned read proves the filesystem really does direct I/O. */
+static int export_probe_direct(int fd, uint32_t align, uint64_t size)
+{
+	void *buf;
+	ssize_t n;
+	int err = 0;
+
+	if (size == 0)
+		return 0;
+	buf = mmap(NULL, align < 4096 ? 4096 : align, PROT_READ | PROT_WRITE,
+		   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (buf == MAP_FAILED)
+		return -errno;
+	n = pread(fd, buf, align, 0);
+	if (n < 0)
+		err = -errno;
+	munmap(buf, align < 4096 ? 4096 : align);
+	return err;
+}
+
+int export_open(struct export *e, const struct export_spec *spec)
+{
+	struct stat st;
+	int flags = (spec->readonly ? O_RDONLY : O_RDWR) | O_DIRECT | O_CLOEXEC;
+	int err;
+
+	memset(e, 0, sizeof(*e));
+	e->fd = open(spec->path, flags);
+	if (e->fd < 0) {
+		err = errno;
+		if (err == EINVAL)
+			log_error("open \"%s\": the filesystem does not support O_DIRECT",
+				  spec->path);
+		else
+			log_error("open \"%s\": %s", spec->path, strerror(err));
+		return -err;
+	}
+	if (fstat(e->fd, &st) < 0) {
+		err = errno;
+		log_error("stat \"%s\": %s", spec->path, strerror(err));
+		goto out_close_fd;
+	}
+	if (S_ISBLK(st.st_mode)) {
+		e->is_blockdev = true;
+		if (ioctl(e->fd, BLKGETSIZE64, &e->size_bytes) < 0) {
+			err = errno;
+			log_error("size of \"%s\": %s", spec->path, strerror(err));
+			goto out_close_fd;
+		}
+	} else if (S_ISREG(st.st_mode)) {
+		e->size_bytes = (uint64_t)st.st_size;
+	} else {
+		err = EINVAL;
+		log_error("export \"%s\": not a regular file or block device", spec->path);
+		goto out_close_fd;
+	}
+	e->align_bytes = export_probe_align(e->fd, e->is_blockdev);
+	err = -export_probe_direct(e->fd, e->align_bytes, e->size_bytes);
+	if (err) {
+		if (err == EINVAL)
+			log_error("read \"%s\": the filesystem does not support O_DIRECT",
+				  spec->path);
+		else
+			log_error("read \"%s\": %s", spec->path, strerror(err));
+		goto out_close_fd;
+	}
+
+	e->name = strdup(spec->name ? spec->name : "");
+	e->description = strdup(spec->description ? spec->description : "");
+	e->path = strdup(spec->path);
+	if (!e->name || !e->description || !e->path) {
+		err = ENOMEM;
+		log_error("export \"%s\": %s", spec->path, strerror(err));
+		goto out_free;
+	}
+	e->readonly = spec->readonly;
+	/* No daemon cache: every acknowledged write is in the file, visible to all. */
+	e->tflags = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_FUA |
+		    NBD_FLAG_SEND_DF | NBD_FLAG_CAN_MULTI_CONN;
+	if (e->readonly)
+		e->tflags |= NBD_FLAG_READ_ONLY;
+	return 0;
+
+out_free:
+	free(e->name);
+	free(e->description);
+	free(e->path);
+out_close_fd:
+	close(e->fd);
+	e->fd = -1;
+	return -err;
+}
+
+void export_release(struct export *e)
+{
+	if (e->fd >= 0)
+		close(e->fd);
+	free(e->name);
+	free(e->description);
+	free(e->path);
+	memset(e, 0, sizeof(*e));
+	e->fd = -1;
+}
+
+void export_describe(const struct export *e, struct proto_export *out)
+{
+	out->name = e->name;
+	out->description = e->description;
+	out->size_bytes = e->size_bytes;
+	out->tflags = e->tflags;
+	out->min_block = e->align_bytes;
+	out->pref_block = e->align_bytes > 4096 ? e->align_bytes : 4096;
+	out->max_block = EXPORT_MAX_REQUEST_BYTES;
+	out->opaque = (void *)e;
+}

@@ -1,0 +1,78 @@
+/*
+ * The buffer pool: page-aligned memory for O_DIRECT, mapped and faulted in
+ * once at start, handed out in 64 KiB chunks (one iovec each) from a stack
+ * of free chunk indices. A request of n bytes takes ceil(n / 64 KiB) chunks,
+ * so even the largest request (32 MiB) is one readv/writev of 512 iovecs.
+ *
+ * Owned by one worker; not thread-safe. When the pool is empty, the caller
+ * parks and retries after pool_put() (see the worker's wait FIFO).
+ */
+#include <assert.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+
+#include "daemon.h"
+
+int pool_init(struct pool *p, size_t size_bytes)
+{
+	uint32_t i;
+
+	p->nchunks = (uint32_t)(size_bytes / POOL_CHUNK_BYTES);
+	if (p->nchunks < POOL_MAX_CHUNKS_PER_REQ)
+		p->nchunks = POOL_MAX_CHUNKS_PER_REQ;
+	p->base = mmap(NULL, (size_t)p->nchunks * POOL_CHUNK_BYTES, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+	if (p->base == MAP_FAILED)
+		return -errno;
+	p->free_stack = calloc(p->nchunks, sizeof(*p->free_stack));
+	if (!p->free_stack) {
+		munmap(p->base, (size_t)p->nchunks * POOL_CHUNK_BYTES);
+		return -ENOMEM;
+	}
+	/* Lowest index on top, so consecutive gets tend to be contiguous. */
+	for (i = 0; i < p->nchunks; i++)
+		p->free_stack[i] = p->nchunks - 1 - i;
+	p->nfree = p->nchunks;
+	return 0;
+}
+
+void pool_release(struct pool *p)
+{
+	if (p->base && p->base != MAP_FAILED)
+		munmap(p->base, (size_t)p->nchunks * POOL_CHUNK_BYTES);
+	free(p->free_stack);
+	p->base = NULL;
+	p->free_stack = NULL;
+}
+
+int pool_get(struct pool *p, uint64_t len_bytes, struct iovec *iov)
+{
+	uint32_t n = pool_chunks_for(len_bytes), i;
+
+	assert(n <= POOL_MAX_CHUNKS_PER_REQ);
+	if (n > p->nfree)
+		return -ENOBUFS;
+	for (i = 0; i < n; i++) {
+		uint32_t idx = p->free_stack[--p->nfree];
+
+		iov[i].iov_base = p->base + (size_t)idx * POOL_CHUNK_BYTES;
+		iov[i].iov_len = POOL_CHUNK_BYTES;
+	}
+	if (n && len_bytes % POOL_CHUNK_BYTES)
+		iov[n - 1].iov_len = len_bytes % POOL_CHUNK_BYTES;
+	return (int)n;
+}
+
+void pool_put(struct pool *p, uint32_t n, const struct iovec *iov)
+{
+	uint32_t i;
+
+	for (i = n; i-- > 0;) {
+		size_t off = (size_t)((uint8_t *)iov[i].iov_base - p->base);
+
+		assert(off % POOL_CHUNK_BYTES == 0 && off / POOL_CHUNK_BYTES < p->nchunks);
+		assert(p->nfree < p->nchunks);
+		p->free_stack[p->nfree++] = (uint32_t)(off / POOL_CHUNK_BYTES);
+	}
+}

@@ -1,0 +1,332 @@
+/*
+ * Fixed-newstyle option negotiation: one option in, reply bytes and the next
+ * session state out. The caller does the socket work; see proto.h.
+ *
+ * Every reply is built into the caller's buffer first and the session is
+ * only updated once the whole reply fitted, so a caller that gets -ENOBUFS
+ * can grow the buffer and call again with the same option.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "proto.h"
+
+void proto_encode_greeting(uint8_t out[PROTO_GREETING_LEN])
+{
+	proto_put_u64(out, NBD_MAGIC);
+	proto_put_u64(out + 8, NBD_IHAVEOPT);
+	proto_put_u16(out + 16, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
+}
+
+int proto_session_start(struct proto_session *s, const uint8_t in[PROTO_CLIENT_FLAGS_LEN])
+{
+	uint32_t flags = proto_get_u32(in);
+
+	/* Unknown client flags mean the client and server disagree: drop it. */
+	if (flags & ~(uint32_t)(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES))
+		return -EPROTO;
+	memset(s, 0, sizeof(*s));
+	s->phase = PROTO_PHASE_OPTIONS;
+	s->client_flags = flags;
+	s->no_zeroes = flags & NBD_FLAG_C_NO_ZEROES;
+	return 0;
+}
+
+int proto_decode_option(const uint8_t in[PROTO_OPTION_HDR_LEN], struct proto_option *opt)
+{
+	if (proto_get_u64(in) != NBD_IHAVEOPT)
+		return -EPROTO;
+	opt->option = proto_get_u32(in + 8);
+	opt->len_bytes = proto_get_u32(in + 12);
+	return 0;
+}
+
+static int buf_append(struct proto_buf *out, const void *p, size_t len)
+{
+	if (out->cap - out->len < len)
+		return -ENOBUFS;
+	if (len)
+		memcpy(out->data + out->len, p, len);
+	out->len += len;
+	return 0;
+}
+
+int proto_encode_option_reply(struct proto_buf *out, uint32_t option, uint32_t type,
+			      const void *payload, size_t len)
+{
+	uint8_t hdr[PROTO_OPTREPLY_HDR_LEN];
+
+	if (out->cap - out->len < sizeof(hdr) + len)
+		return -ENOBUFS;
+	proto_put_u64(hdr, NBD_REP_MAGIC);
+	proto_put_u32(hdr + 8, option);
+	proto_put_u32(hdr + 12, type);
+	proto_put_u32(hdr + 16, (uint32_t)len);
+	buf_append(out, hdr, sizeof(hdr));
+	return buf_append(out, payload, len);
+}
+
+/* An error reply whose payload is a human-readable message. */
+static int reply_error(struct proto_buf *out, uint32_t option, uint32_t type, const char *fmt,
+		       ...) __attribute__((format(printf, 4, 5)));
+static int reply_error(struct proto_buf *out, uint32_t option, uint32_t type, const char *fmt,
+		       ...)
+{
+	char msg[256];
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		n = 0;
+	if ((size_t)n >= sizeof(msg))
+		n = sizeof(msg) - 1;
+	return proto_encode_option_reply(out, option, type, msg, (size_t)n);
+}
+
+static uint16_t session_tflags(const struct proto_session *s, const struct proto_export *e)
+{
+	uint16_t tflags = e->tflags | NBD_FLAG_HAS_FLAGS;
+
+	/* DF only means something once structured replies are on. */
+	if (!s->structured)
+		tflags &= (uint16_t)~NBD_FLAG_SEND_DF;
+	return tflags;
+}
+
+/* Prints a possibly unterminated name for a message, shortened. */
+static int name_width(size_t len)
+{
+	return len > 64 ? 64 : (int)len;
+}
+
+static int opt_export_name(struct proto_session *s, const struct proto_exports *ex,
+			   const struct proto_option *opt, const uint8_t *data,
+			   struct proto_buf *out)
+{
+	uint8_t reply[PROTO_EXPORT_NAME_REPLY_LEN + 124];
+	struct proto_export e;
+	size_t len = PROTO_EXPORT_NAME_REPLY_LEN;
+	uint16_t tflags;
+
+	/* This option has no error reply: every refusal is a close. */
+	if (!data || opt->len_bytes > PROTO_NAME_MAX || ex->shutting_down ||
+	    ex->lookup(ex->ctx, (const char *)data, opt->len_bytes, &e) < 0) {
+		s->phase = PROTO_PHASE_CLOSE;
+		return 0;
+	}
+	tflags = session_tflags(s, &e);
+	memset(reply, 0, sizeof(reply));
+	proto_put_u64(reply, e.size_bytes);
+	proto_put_u16(reply + 8, tflags);
+	if (!s->no_zeroes)
+		len += 124;
+	if (buf_append(out, reply, len) < 0)
+		return -ENOBUFS;
+	s->export = e;
+	s->tflags = tflags;
+	s->phase = PROTO_PHASE_TRANSMISSION;
+	return 0;
+}
+
+static int opt_list(const struct proto_exports *ex, const struct proto_option *opt,
+		    struct proto_buf *out)
+{
+	struct proto_export e;
+	uint8_t item[4 + PROTO_NAME_MAX * 2 + 2];
+	size_t i;
+	int ret;
+
+	if (opt->len_bytes != 0)
+		return reply_error(out, opt->option, NBD_REP_ERR_INVALID,
+				   "NBD_OPT_LIST takes no data");
+	if (ex->shutting_down)
+		return reply_error(out, opt->option, NBD_REP_ERR_SHUTDOWN,
+				   "server is shutting down");
+	for (i = 0; ex->nth(ex->ctx, i, &e) == 0; i++) {
+		size_t nlen = strnlen(e.name, PROTO_NAME_MAX);
+		size_t dlen = strnlen(e.description, PROTO_NAME_MAX);
+
+		proto_put_u32(item, (uint32_t)nlen);
+		memcpy(item + 4, e.name, nlen);
+		memcpy(item + 4 + nlen, e.description, dlen);
+		ret = proto_encode_option_reply(out, opt->option, NBD_REP_SERVER, item,
+						4 + nlen + dlen);
+		if (ret < 0)
+			return ret;
+	}
+	return proto_encode_option_reply(out, opt->option, NBD_REP_ACK, NULL, 0);
+}
+
+static int info_reply(struct proto_buf *out, uint32_t option, uint16_t info, const void *p,
+		      size_t len)
+{
+	uint8_t item[2 + PROTO_NAME_MAX];
+
+	proto_put_u16(item, info);
+	memcpy(item + 2, p, len);
+	return proto_encode_option_reply(out, option, NBD_REP_INFO, item, 2 + len);
+}
+
+static int opt_info_go(struct proto_session *s, const struct proto_exports *ex,
+		       const struct proto_option *opt, const uint8_t *data,
+		       struct proto_buf *out)
+{
+	uint32_t len = opt->len_bytes, name_len, nreq, i;
+	struct proto_export e;
+	uint8_t p[14];
+	bool sent_name = false, sent_desc = false;
+	uint16_t tflags;
+	int ret;
+
+	if (len < 6)
+		return reply_error(out, opt->option, NBD_REP_ERR_INVALID,
+				   "%s: data shorter than 6 bytes", proto_opt_name(opt->option));
+	name_len = proto_get_u32(data);
+	if (name_len > len - 6)
+		return reply_error(out, opt->option, NBD_REP_ERR_INVALID,
+				   "%s: name length %u runs past the option",
+				   proto_opt_name(opt->option), name_len);
+	nreq = proto_get_u16(data + 4 + name_len);
+	if ((uint64_t)len != 4 + (uint64_t)name_len + 2 + 2 * (uint64_t)nreq)
+		return reply_error(out, opt->option, NBD_REP_ERR_INVALID,
+				   "%s: %u information requests do not match the length",
+				   proto_opt_name(opt->option), nreq);
+	if (name_len > PROTO_NAME_MAX)
+		return reply_error(out, opt->option, NBD_REP_ERR_TOO_BIG,
+				   "export name longer than %d bytes", PROTO_NAME_MAX);
+	if (ex->shutting_down)
+		return reply_error(out, opt->option, NBD_REP_ERR_SHUTDOWN,
+				   "server is shutting down");
+	if (ex->lookup(ex->ctx, (const char *)data + 4, name_len, &e) < 0)
+		return reply_error(out, opt->option, NBD_REP_ERR_UNKNOWN,
+				   "no export named \"%.*s\"", name_width(name_len),
+				   (const char *)data + 4);
+
+	tflags = session_tflags(s, &e);
+	proto_put_u16(p, NBD_INFO_EXPORT);
+	proto_put_u64(p + 2, e.size_bytes);
+	proto_put_u16(p + 10, tflags);
+	ret = proto_encode_option_reply(out, opt->option, NBD_REP_INFO, p, 12);
+	if (ret < 0)
+		return ret;
+	for (i = 0; i < nreq; i++) {
+		uint16_t what = proto_get_u16(data + 4 + name_len + 2 + 2 * i);
+
+		ret = 0;
+		if (what == NBD_INFO_NAME && !sent_name) {
+			sent_name = true;
+			ret = info_reply(out, opt->option, NBD_INFO_NAME, e.name,
+					 strnlen(e.name, PROTO_NAME_MAX));
+		} else if (what == NBD_INFO_DESCRIPTION && !sent_desc && e.description[0]) {
+			sent_desc = true;
+			ret = info_reply(out, opt->option, NBD_INFO_DESCRIPTION, e.description,
+					 strnlen(e.description, PROTO_NAME_MAX));
+		}
+		/* Unknown requests are ignored; block sizes are always sent below. */
+		if (ret < 0)
+			return ret;
+	}
+	/* Sent whether asked or not: the export has constraints worth knowing. */
+	proto_put_u16(p, NBD_INFO_BLOCK_SIZE);
+	proto_put_u32(p + 2, e.min_block);
+	proto_put_u32(p + 6, e.pref_block);
+	proto_put_u32(p + 10, e.max_block);
+	ret = proto_encode_option_reply(out, opt->option, NBD_REP_INFO, p, 14);
+	if (ret < 0)
+		return ret;
+	ret = proto_encode_option_reply(out, opt->option, NBD_REP_ACK, NULL, 0);
+	if (ret < 0)
+		return ret;
+	if (opt->option == NBD_OPT_GO) {
+		s->export = e;
+		s->tflags = tflags;
+		s->phase = PROTO_PHASE_TRANSMISSION;
+	}
+	return 0;
+}
+
+static int negotiate_one(struct proto_session *s, const struct proto_exports *ex,
+			 const struct proto_option *opt, const uint8_t *data,
+			 struct proto_buf *out)
+{
+	if (opt->option == NBD_OPT_EXPORT_NAME)
+		return opt_export_name(s, ex, opt, data, out);
+	if (opt->option == NBD_OPT_ABORT) {
+		s->phase = PROTO_PHASE_CLOSE;
+		return proto_encode_option_reply(out, opt->option, NBD_REP_ACK, NULL, 0);
+	}
+	if (!data)
+		return reply_error(out, opt->option, NBD_REP_ERR_TOO_BIG,
+				   "option data longer than %d bytes", PROTO_OPTION_DATA_MAX);
+
+	switch (opt->option) {
+	case NBD_OPT_LIST:
+		return opt_list(ex, opt, out);
+	case NBD_OPT_INFO:
+	case NBD_OPT_GO:
+		return opt_info_go(s, ex, opt, data, out);
+	case NBD_OPT_STARTTLS:
+		if (opt->len_bytes != 0)
+			return reply_error(out, opt->option, NBD_REP_ERR_INVALID,
+					   "NBD_OPT_STARTTLS takes no data");
+		return reply_error(out, opt->option, NBD_REP_ERR_POLICY,
+				   "TLS is not supported by this server");
+	case NBD_OPT_STRUCTURED_REPLY:
+		if (opt->len_bytes != 0)
+			return reply_error(out, opt->option, NBD_REP_ERR_INVALID,
+					   "NBD_OPT_STRUCTURED_REPLY takes no data");
+		if (proto_encode_option_reply(out, opt->option, NBD_REP_ACK, NULL, 0) < 0)
+			return -ENOBUFS;
+		s->structured = true;
+		return 0;
+	default:
+		return reply_error(out, opt->option, NBD_REP_ERR_UNSUP,
+				   "option %u (%s) is not supported", opt->option,
+				   proto_opt_name(opt->option));
+	}
+}
+
+int proto_negotiate(struct proto_session *s, const struct proto_exports *ex,
+		    const struct proto_option *opt, const uint8_t *data,
+		    struct proto_buf *out)
+{
+	struct proto_session next = *s;
+	size_t start = out->len;
+	int ret;
+
+	if (s->phase != PROTO_PHASE_OPTIONS)
+		return -EINVAL;
+	ret = negotiate_one(&next, ex, opt, data, out);
+	if (ret < 0) {
+		out->len = start;
+		return ret;
+	}
+	*s = next;
+	return 0;
+}
+
+const char *proto_opt_name(uint32_t option)
+{
+	static const char *const names[] = {
+		[NBD_OPT_EXPORT_NAME] = "NBD_OPT_EXPORT_NAME",
+		[NBD_OPT_ABORT] = "NBD_OPT_ABORT",
+		[NBD_OPT_LIST] = "NBD_OPT_LIST",
+		[NBD_OPT_PEEK_EXPORT] = "NBD_OPT_PEEK_EXPORT",
+		[NBD_OPT_STARTTLS] = "NBD_OPT_STARTTLS",
+		[NBD_OPT_INFO] = "NBD_OPT_INFO",
+		[NBD_OPT_GO] = "NBD_OPT_GO",
+		[NBD_OPT_STRUCTURED_REPLY] = "NBD_OPT_STRUCTURED_REPLY",
+		[NBD_OPT_LIST_META_CONTEXT] = "NBD_OPT_LIST_META_CONTEXT",
+		[NBD_OPT_SET_META_CONTEXT] = "NBD_OPT_SET_META_CONTEXT",
+		[NBD_OPT_EXTENDED_HEADERS] = "NBD_OPT_EXTENDED_HEADERS",
+	};
+
+	if (option < sizeof(names) / sizeof(names[0]) && names[option])
+		return names[option];
+	return "?";
+}
