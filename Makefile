@@ -49,6 +49,7 @@ PROTO_OBJ  := $(PROTO_SRC:%.c=$(B)/%.o)
 DAEMON_OBJ := $(DAEMON_SRC:%.c=$(B)/%.o)
 DAEMON_LIBS := -luring -lev
 
+.SECONDARY:
 .PHONY: all run check check-unit check-integration check-interop install clean deps deps-test
 all: $(B)/uringnbd
 
@@ -80,7 +81,7 @@ $(B)/.deps-test: | $(B)/.deps-build
 $(B)/%.o: %.c | $(B)/.deps-build
 	@mkdir -p $(dir $@)
 	$(quiet) CC $@
-	$(Q)$(CC) $(CFLAGS) -c -o $@ $<
+	$(Q)$(CC) $(CFLAGS) $(if $(findstring tests/unit,$@),$$(pkg-config --cflags check)) -c -o $@ $<
 
 $(B)/uringnbd: $(DAEMON_OBJ) $(PROTO_OBJ)
 	$(quiet) LD $@

@@ -1,0 +1,257 @@
+/* See harness.h. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+struct daemon *harness_current;
+static const char *test_name = "test";
+
+static void show_log(void)
+{
+	char line[1024];
+	FILE *f;
+	int n = 0;
+
+	if (!harness_current || !harness_current->log[0])
+		return;
+	f = fopen(harness_current->log, "r");
+	if (!f)
+		return;
+	fprintf(stderr, "---- daemon log (%s) ----\n", harness_current->log);
+	while (fgets(line, sizeof(line), f) && n++ < 200)
+		fputs(line, stderr);
+	fclose(f);
+}
+
+void harness_fail(const char *file, int line, const char *fmt, ...)
+{
+	va_list ap;
+
+	fprintf(stderr, "FAIL %s: %s:%d: ", test_name, file, line);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	show_log();
+	if (harness_current && harness_current->pid > 0)
+		kill(harness_current->pid, SIGKILL);
+	exit(1);
+}
+
+void harness_skip(const char *why)
+{
+	fprintf(stderr, "SKIP %s: %s\n", test_name, why);
+	exit(77);
+}
+
+static void on_alarm(int sig)
+{
+	static const char msg[] = "FAIL: test timed out\n";
+
+	(void)sig;
+	if (write(2, msg, sizeof(msg) - 1) < 0)
+		_exit(1);
+	if (harness_current && harness_current->pid > 0)
+		kill(harness_current->pid, SIGKILL);
+	_exit(1);
+}
+
+void harness_init(const char *name, unsigned timeout_s)
+{
+	test_name = name;
+	signal(SIGALRM, on_alarm);
+	signal(SIGPIPE, SIG_IGN);
+	alarm(timeout_s);
+}
+
+void harness_image(struct daemon *d, uint64_t size_bytes)
+{
+	const char *base = getenv("TEST_TMPDIR");
+	int fd;
+
+	memset(d, 0, sizeof(*d));
+	if (!base)
+		base = "build/tmp";
+	mkdir(base, 0755);
+	snprintf(d->dir, sizeof(d->dir), "%s/%s.XXXXXX", base, test_name);
+	CHECK(mkdtemp(d->dir), "mkdtemp %s: %s", d->dir, strerror(errno));
+	snprintf(d->sockdir, sizeof(d->sockdir), "/tmp/uringnbd-test.XXXXXX");
+	CHECK(mkdtemp(d->sockdir), "mkdtemp %s: %s", d->sockdir, strerror(errno));
+	snprintf(d->sock, sizeof(d->sock), "%s/sock", d->sockdir);
+	snprintf(d->img, sizeof(d->img), "%s/disk.img", d->dir);
+	snprintf(d->log, sizeof(d->log), "%s/daemon.log", d->dir);
+	fd = open(d->img, O_RDWR | O_CREAT | O_TRUNC, 0644);
+	CHECK(fd >= 0, "create %s: %s", d->img, strerror(errno));
+	CHECK(ftruncate(fd, (off_t)size_bytes) == 0, "truncate: %s", strerror(errno));
+	close(fd);
+}
+
+void harness_start(struct daemon *d, ...)
+{
+	const char *argv[64];
+	const char *bin = getenv("URINGNBD");
+	struct timespec nap = { 0, 5 * 1000 * 1000 };
+	char pidfile[sizeof(d->dir) + 8];
+	va_list ap;
+	int argc = 0, i, fd;
+	const char *a;
+
+	if (!bin)
+		bin = "build/uringnbd";
+	snprintf(pidfile, sizeof(pidfile), "%s/pid", d->dir);
+	unlink(pidfile);
+	argv[argc++] = bin;
+	argv[argc++] = "-U";
+	argv[argc++] = d->sock;
+	argv[argc++] = "--pid-file";
+	argv[argc++] = pidfile;
+	va_start(ap, d);
+	while ((a = va_arg(ap, const char *)) && argc < 60)
+		argv[argc++] = a;
+	va_end(ap);
+	argv[argc++] = d->img;
+	argv[argc] = NULL;
+
+	mkdir(d->sockdir, 0700); /* again, after a harness_stop() */
+	harness_current = d;
+	d->pid = fork();
+	CHECK(d->pid >= 0, "fork: %s", strerror(errno));
+	if (d->pid == 0) {
+		fd = open(d->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+		if (fd >= 0) {
+			dup2(fd, 2);
+			close(fd);
+		}
+		execv(bin, (char *const *)argv);
+		fprintf(stderr, "exec %s: %s\n", bin, strerror(errno));
+		_exit(127);
+	}
+	/* Ready once the pid file exists (written after listening); at most 10 s. */
+	for (i = 0; i < 2000; i++) {
+		int status;
+
+		if (access(pidfile, F_OK) == 0)
+			return;
+		if (waitpid(d->pid, &status, WNOHANG) == d->pid) {
+			d->pid = 0;
+			harness_fail(__FILE__, __LINE__, "daemon exited during start-up (status 0x%x)",
+				     status);
+		}
+		nanosleep(&nap, NULL);
+	}
+	harness_fail(__FILE__, __LINE__, "daemon did not start within 10 s");
+}
+
+struct nbd_handle *harness_connect(struct daemon *d, bool structured)
+{
+	struct nbd_handle *h = nbd_create();
+
+	CHECK(h, "nbd_create: %s", nbd_get_error());
+	NBD_OK(nbd_set_request_structured_replies(h, structured));
+	NBD_OK(nbd_connect_unix(h, d->sock));
+	return h;
+}
+
+static int wait_exit(struct daemon *d, unsigned timeout_ms)
+{
+	struct timespec nap = { 0, 5 * 1000 * 1000 };
+	unsigned i;
+	int status;
+
+	for (i = 0; i < timeout_ms / 5; i++) {
+		if (waitpid(d->pid, &status, WNOHANG) == d->pid) {
+			d->pid = 0;
+			return status;
+		}
+		nanosleep(&nap, NULL);
+	}
+	return -1;
+}
+
+void harness_stop(struct daemon *d)
+{
+	int status;
+
+	if (d->pid <= 0)
+		return;
+	kill(d->pid, SIGTERM);
+	status = wait_exit(d, 10000);
+	CHECK(status != -1, "daemon did not exit within 10 s of SIGTERM");
+	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+	      "daemon exited with status 0x%x after SIGTERM", status);
+	CHECK(access(d->sock, F_OK) != 0, "daemon left its socket %s behind", d->sock);
+	rmdir(d->sockdir);
+}
+
+void harness_kill(struct daemon *d)
+{
+	if (d->pid <= 0)
+		return;
+	kill(d->pid, SIGKILL);
+	CHECK(wait_exit(d, 10000) != -1, "daemon did not die of SIGKILL");
+	unlink(d->sock);
+	rmdir(d->sockdir);
+}
+
+int harness_raw_connect(struct daemon *d)
+{
+	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct timeval tv = { .tv_sec = 10 };
+
+	CHECK(fd >= 0, "socket: %s", strerror(errno));
+	memcpy(sun.sun_path, d->sock, sizeof(sun.sun_path));
+	CHECK(connect(fd, (struct sockaddr *)&sun, sizeof(sun)) == 0, "connect %s: %s", d->sock,
+	      strerror(errno));
+	/* A raw test never waits forever on the daemon. */
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	return fd;
+}
+
+void harness_fill(uint8_t *buf, size_t len, uint64_t seed)
+{
+	uint64_t x = seed * 0x9e3779b97f4a7c15ull + 1;
+	size_t i;
+
+	for (i = 0; i < len; i++) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		buf[i] = (uint8_t)x;
+	}
+}
+
+void *harness_alloc(size_t len)
+{
+	void *p = mmap(NULL, len ? len : 1, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+		       -1, 0);
+
+	CHECK(p != MAP_FAILED, "mmap %zu: %s", len, strerror(errno));
+	return p;
+}
+
+void harness_read_image(struct daemon *d, void *buf, size_t len, uint64_t off)
+{
+	int fd = open(d->img, O_RDONLY);
+	ssize_t n;
+
+	CHECK(fd >= 0, "open %s: %s", d->img, strerror(errno));
+	n = pread(fd, buf, len, (off_t)off);
+	CHECK(n == (ssize_t)len, "pread %s: %zd of %zu", d->img, n, len);
+	close(fd);
+}

@@ -1,0 +1,59 @@
+/*
+ * Integration test harness: each test starts its own uringnbd on a private
+ * unix socket in a fresh temporary directory, talks to it with libnbd (or a
+ * raw socket), and stops it. Every test is bounded by alarm(); a failure
+ * prints where and why, then the daemon's log. Exit 0 pass, 1 fail, 77 skip.
+ */
+#ifndef URINGNBD_HARNESS_H
+#define URINGNBD_HARNESS_H
+
+#include <libnbd.h>
+#include <limits.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+struct daemon {
+	pid_t pid;
+	char dir[2048];       /* private temporary directory (on a filesystem with O_DIRECT) */
+	char sockdir[64];     /* short directory under /tmp for the socket */
+	char sock[108];       /* its unix socket (sun_path is 108 bytes) */
+	char img[2100];       /* the image it exports (created by harness_image) */
+	char log[2100];       /* its stderr */
+};
+
+/* Starts the test's clock (seconds) and names it in messages. */
+void harness_init(const char *name, unsigned timeout_s);
+/* Makes d->dir and a sparse image of size_bytes at d->img. */
+void harness_image(struct daemon *d, uint64_t size_bytes);
+/* Starts uringnbd -U d->sock [args...] d->img; NULL-terminated args. */
+void harness_start(struct daemon *d, ...);
+/* A libnbd handle connected to the daemon (structured replies as asked). */
+struct nbd_handle *harness_connect(struct daemon *d, bool structured);
+/* SIGTERM, then waits; fails the test unless the daemon exits 0. */
+void harness_stop(struct daemon *d);
+/* SIGKILL and reap. */
+void harness_kill(struct daemon *d);
+/* A raw unix-socket connection to the daemon. */
+int harness_raw_connect(struct daemon *d);
+
+/* Deterministic data: byte i of a pattern seeded by seed. */
+void harness_fill(uint8_t *buf, size_t len, uint64_t seed);
+/* Aligned memory for pread on the image file. */
+void *harness_alloc(size_t len);
+/* Reads the image file directly. */
+void harness_read_image(struct daemon *d, void *buf, size_t len, uint64_t off);
+
+void harness_fail(const char *file, int line, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4), noreturn));
+void harness_skip(const char *why) __attribute__((noreturn));
+
+extern struct daemon *harness_current; /* whose log to show on failure */
+
+#define CHECK(cond, ...) \
+	do { if (!(cond)) harness_fail(__FILE__, __LINE__, __VA_ARGS__); } while (0)
+/* A libnbd call that must succeed. */
+#define NBD_OK(call) \
+	do { if ((call) == -1) harness_fail(__FILE__, __LINE__, "%s: %s", #call, nbd_get_error()); } while (0)
+
+#endif

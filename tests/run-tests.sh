@@ -1,0 +1,26 @@
+#!/bin/bash
+# Runs test programs and scripts, each bounded by a timeout, and prints one
+# line per test and a closing "N passed, N failed, N skipped" line.
+# Exit status: 0 if none failed. A test exits 0 (pass), 77 (skip) or else fails.
+set -u
+: "${TEST_TMPDIR:=build/tmp}"
+: "${TEST_TIMEOUT:=300}"
+mkdir -p "$TEST_TMPDIR/logs"
+pass=0 fail=0 skip=0 failed=()
+for t in "$@"; do
+    name=$(basename "$t"); name=${name%.sh}
+    log="$TEST_TMPDIR/logs/$name.log"
+    start=$(date +%s.%N)
+    timeout -k 10 "$TEST_TIMEOUT" "$t" >"$log" 2>&1
+    rc=$?
+    secs=$(printf '%.1f' "$(echo "$(date +%s.%N) - $start" | bc)")
+    case $rc in
+    0)  pass=$((pass + 1)); printf '  PASS    %-28s %5ss\n' "$name" "$secs" ;;
+    77) skip=$((skip + 1)); printf '  SKIP    %-28s %s\n' "$name" "$(grep -m1 -i skip "$log")" ;;
+    *)  fail=$((fail + 1)); failed+=("$name")
+        printf '  FAIL    %-28s %5ss (exit %d)\n' "$name" "$secs" "$rc"
+        sed 's/^/    | /' "$log" | tail -n 60 ;;
+    esac
+done
+echo "$pass passed, $fail failed, $skip skipped"
+[ "$fail" -eq 0 ]
