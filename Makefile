@@ -13,7 +13,7 @@ CC      ?= cc
 
 BUILD_PKGS := gcc make pkg-config liburing-dev libev-dev libnbd-dev check
 TEST_PKGS  := libnbd-bin qemu-utils nbdkit nbd-server nbd-client fio python3-libnbd \
-              nbdfuse fuse3 e2fsprogs util-linux procps
+              fuse3 e2fsprogs util-linux procps bc
 
 WARN   := -Wall -Wextra -Wshadow -Wvla -Wstrict-prototypes -Wmissing-prototypes \
           -Wformat=2 -Wundef -fno-common

@@ -125,9 +125,11 @@ static void worker_wake_cb(struct ev_loop *loop, ev_async *watcher, int revents)
 	do {
 		pthread_mutex_lock(&w->inbox_lock);
 		n = w->inbox_len < 64 ? w->inbox_len : 64;
-		memcpy(fds, w->inbox, n * sizeof(int));
-		memmove(w->inbox, w->inbox + n, (w->inbox_len - n) * sizeof(int));
-		w->inbox_len -= n;
+		if (n) {
+			memcpy(fds, w->inbox, n * sizeof(int));
+			memmove(w->inbox, w->inbox + n, (w->inbox_len - n) * sizeof(int));
+			w->inbox_len -= n;
+		}
 		stop = w->stop;
 		pthread_mutex_unlock(&w->inbox_lock);
 		for (i = 0; i < n; i++) {
