@@ -57,6 +57,16 @@ int export_open(struct export *e, const struct export_spec *spec)
 	int err;
 
 	memset(e, 0, sizeof(*e));
+	/* Judge the kind of file first: opening a device may have side effects. */
+	if (stat(spec->path, &st) < 0) {
+		err = errno;
+		log_error("export \"%s\": %s", spec->path, strerror(err));
+		return -err;
+	}
+	if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
+		log_error("export \"%s\": not a regular file or block device", spec->path);
+		return -EINVAL;
+	}
 	e->fd = open(spec->path, flags);
 	if (e->fd < 0) {
 		err = errno;

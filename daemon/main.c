@@ -144,6 +144,7 @@ int main(int argc, char **argv)
 	struct export_spec spec = { .name = "", .description = "" };
 	ev_signal sigint_w, sigterm_w;
 	long threads = 0;
+	char *end;
 	long long pool = DEFAULT_POOL_BYTES;
 	int opt, status = 1, inherited;
 	unsigned i, started = 0;
@@ -157,8 +158,8 @@ int main(int argc, char **argv)
 		case 'd': spec.description = optarg; break;
 		case 'r': spec.readonly = true; break;
 		case 't':
-			threads = strtol(optarg, NULL, 10);
-			if (threads < 1 || threads > 256) {
+			threads = strtol(optarg, &end, 10);
+			if (*end || end == optarg || threads < 1 || threads > 256) {
 				fprintf(stderr, "uringnbd: --threads \"%s\": expected 1 to 256\n", optarg);
 				return 1;
 			}

@@ -1,0 +1,61 @@
+#!/bin/bash
+# Command line: bad files and options get one clear message naming the
+# path and the reason, and exit 1; sockets in use are refused, stale ones
+# replaced; the pid file appears once listening and goes at exit.
+. "$(dirname "$0")/lib.bash"
+
+# expect_error PATTERN ARGS...: uringnbd exits 1 with PATTERN on stderr.
+expect_error() {
+    local pattern=$1 rc=0; shift
+    timeout 10 "$URINGNBD" "$@" >"$T/out" 2>"$T/err" || rc=$?
+    cat "$T/err"
+    [ "$rc" -eq 1 ] || fail "uringnbd $*: exit status $rc, expected 1"
+    grep -q -- "$pattern" "$T/err" || fail "uringnbd $*: no message matching '$pattern'"
+}
+
+expect_error 'export "/nonexistent/disk.img": No such file or directory' -U "$SOCK" /nonexistent/disk.img
+expect_error "export \"$T\": not a regular file or block device" -U "$SOCK" "$T"
+expect_error 'export "/dev/null": not a regular file or block device' -U "$SOCK" /dev/null
+expect_error 'expected exactly one FILE' -U "$SOCK"
+expect_error '--threads "0"' -t 0 -U "$SOCK" "$T/x"
+expect_error '--threads "2x"' -t 2x -U "$SOCK" "$T/x"
+expect_error '--pool-size "1M"' --pool-size 1M -U "$SOCK" "$T/x"
+expect_error 'usage:' --no-such-option
+timeout 10 "$URINGNBD" -V | grep -q '^uringnbd [0-9]' || fail "-V"
+timeout 10 "$URINGNBD" --help | grep -q -- '--read-only' || fail "--help"
+[ ! -e "$SOCK" ] || fail "a failed start left $SOCK behind"
+
+# A filesystem that refuses O_DIRECT (ramfs; tmpfs accepts it since Linux 6.6).
+if [ "$(id -u)" = 0 ] && mkdir "$T/ramfs" && mount -t ramfs ramfs "$T/ramfs" 2>/dev/null; then
+    CLEANUP+=("umount '$T/ramfs'")
+    truncate -s 1M "$T/ramfs/disk.img"
+    expect_error "\"$T/ramfs/disk.img\": the filesystem does not support O_DIRECT" \
+        -U "$SOCK" "$T/ramfs/disk.img"
+else
+    echo "note: not root or no ramfs: O_DIRECT refusal not checked"
+    [ "${CI:-}" != true ] || fail "CI runs as root: ramfs must be mountable"
+fi
+
+# Pid file once listening; socket in use refused; stale socket replaced.
+truncate -s 1M "$T/disk.img"
+start_daemon "$T/disk.img"
+[ "$(cat "$T/pid")" = "$DAEMON_PID" ] || fail "pid file holds $(cat "$T/pid"), not $DAEMON_PID"
+expect_error "unix socket \"$SOCK\": in use by a running server" -U "$SOCK" "$T/disk.img"
+timeout 10 nbdinfo --size "$URI" | grep -qx 1048576 || fail "first daemon disturbed"
+stop_daemon
+[ ! -e "$T/pid" ] || fail "pid file not removed at exit"
+[ ! -e "$SOCK" ] || fail "socket not removed at exit"
+python3 -c 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1])' "$SOCK"
+[ -S "$SOCK" ] || fail "could not make a stale socket"
+start_daemon "$T/disk.img"
+timeout 10 nbdinfo --size "$URI" | grep -qx 1048576 || fail "stale socket not replaced"
+stop_daemon
+
+# TCP on a loopback port: served; the same port again is refused clearly.
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$URINGNBD" -b 127.0.0.1 -p "$port" --pid-file "$T/pid" "$T/disk.img" 2>>"$T/daemon.log" &
+DAEMON_PID=$!
+for _ in $(seq 1 1000); do [ -s "$T/pid" ] && break; sleep 0.01; done
+timeout 10 nbdinfo --size "nbd://127.0.0.1:$port" | grep -qx 1048576 || fail "TCP export not served"
+expect_error "listen on 127.0.0.1:$port" -b 127.0.0.1 -p "$port" "$T/disk.img"
+stop_daemon
