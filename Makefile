@@ -39,6 +39,7 @@ endif
 
 # ---- sources ----
 PROTO_SRC  := proto/negotiate.c proto/request.c
+LOCK_SRC   := lock/rangelock.c
 DAEMON_SRC := daemon/main.c daemon/log.c daemon/export.c daemon/pool.c daemon/worker.c \
               daemon/conn.c daemon/transmit.c daemon/reply.c daemon/listen.c
 UNIT_TESTS := $(patsubst tests/unit/%.c,$(B)/tests/unit/%,$(wildcard tests/unit/test_*.c))
@@ -46,11 +47,12 @@ INTEG_TESTS := $(patsubst tests/integration/%.c,$(B)/tests/integration/%,\
                  $(filter-out tests/integration/harness.c,$(wildcard tests/integration/*.c)))
 
 PROTO_OBJ  := $(PROTO_SRC:%.c=$(B)/%.o)
+LOCK_OBJ   := $(LOCK_SRC:%.c=$(B)/%.o)
 DAEMON_OBJ := $(DAEMON_SRC:%.c=$(B)/%.o)
 DAEMON_LIBS := -luring -lev
 
 .SECONDARY:
-.PHONY: all run check check-unit check-integration check-interop install clean deps deps-test
+.PHONY: bench-lock all run check check-unit check-integration check-interop install clean deps deps-test
 all: $(B)/uringnbd
 
 # ---- Debian packages: installed when missing (as root), else the command is printed ----
@@ -83,7 +85,7 @@ $(B)/%.o: %.c | $(B)/.deps-build
 	$(quiet) CC $@
 	$(Q)$(CC) $(CFLAGS) $(if $(findstring tests/unit,$@),$$(pkg-config --cflags check)) -c -o $@ $<
 
-$(B)/uringnbd: $(DAEMON_OBJ) $(PROTO_OBJ)
+$(B)/uringnbd: $(DAEMON_OBJ) $(PROTO_OBJ) $(LOCK_OBJ)
 	$(quiet) LD $@
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(DAEMON_LIBS)
 
@@ -91,9 +93,21 @@ $(B)/tests/unit/test_proto: $(B)/tests/unit/test_proto.o $(PROTO_OBJ)
 	$(quiet) LD $@
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $$(pkg-config --libs check)
 
+$(B)/tests/unit/test_rangelock: $(B)/tests/unit/test_rangelock.o $(LOCK_OBJ)
+	$(quiet) LD $@
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $$(pkg-config --libs check)
+
 $(B)/tests/integration/%: $(B)/tests/integration/%.o $(B)/tests/integration/harness.o $(PROTO_OBJ)
 	$(quiet) LD $@
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ -lnbd
+
+$(B)/tests/bench/rl_bench: $(B)/tests/bench/rl_bench.o $(LOCK_OBJ)
+	$(quiet) LD $@
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^
+
+# ---- benchmarks (measure; never part of check) ----
+bench-lock: $(B)/tests/bench/rl_bench
+	$(Q)$(B)/tests/bench/rl_bench | tee $(B)/bench-lock.txt
 
 # ---- run ----
 IMG := build/uringnbd.img
