@@ -112,10 +112,10 @@ static void conn_free(struct conn *c)
 	for (i = 0; i < CONN_MAX_REQS; i++) {
 		struct req *q = &c->reqs[i];
 
-		if (q->in_use && q->niov)
-			pool_put(&w->pool, q->niov, q->iov);
-		if (q->iov && q->iov != q->iov_inline)
-			free(q->iov);
+		/* Replies that were still queued: their I/O is done, their locks released. */
+		assert(!q->locked);
+		if (q->in_use)
+			req_release_buffers(q, &w->pool);
 	}
 	if (c->prev)
 		c->prev->next = c->next;

@@ -27,6 +27,7 @@
 #include <stdint.h>
 #include <sys/uio.h>
 
+#include "../lock/rangelock.h"
 #include "../proto/proto.h"
 
 #define URINGNBD_VERSION "0.1.0"
@@ -42,17 +43,21 @@ void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(p
 
 /* ---- export.c ---- */
 #define EXPORT_MAX_REQUEST_BYTES (32u * 1024 * 1024) /* largest READ/WRITE served */
+#define EXPORT_MAX_ALIGN_BYTES (32u * 1024)          /* two edge blocks fit one pool chunk */
 
 struct export {
 	char *name;            /* export name ("" is the default export) */
 	char *description;
 	char *path;            /* backing file or block device */
 	int fd;                /* opened O_DIRECT */
+	int fd_buffered;       /* same file without O_DIRECT: the partial last block only */
 	bool readonly;
 	bool is_blockdev;
 	uint64_t size_bytes;
+	uint64_t direct_end;   /* size rounded down to align_bytes: O_DIRECT below it */
 	uint32_t align_bytes;  /* direct-I/O offset/length alignment */
 	uint16_t tflags;       /* transmission flags it supports */
+	struct rl_manager *locks; /* every request locks the byte range it touches */
 };
 
 struct export_spec {
@@ -70,7 +75,9 @@ void export_describe(const struct export *e, struct proto_export *out);
 
 /* ---- pool.c: page-aligned buffers for O_DIRECT, sized at start ---- */
 #define POOL_CHUNK_BYTES (64u * 1024) /* unit of allocation: one iovec */
-#define POOL_MAX_CHUNKS_PER_REQ (EXPORT_MAX_REQUEST_BYTES / POOL_CHUNK_BYTES)
+/* The largest request's aligned span (request + two edge blocks), plus a bounce chunk. */
+#define POOL_MAX_CHUNKS_PER_REQ \
+	((EXPORT_MAX_REQUEST_BYTES + 2 * EXPORT_MAX_ALIGN_BYTES) / POOL_CHUNK_BYTES + 1)
 
 struct pool {
 	uint8_t *base;          /* mmap'd, page-aligned, nchunks * POOL_CHUNK_BYTES */
@@ -88,6 +95,12 @@ void pool_release(struct pool *p);
  */
 int pool_get(struct pool *p, uint64_t len_bytes, struct iovec *iov);
 void pool_put(struct pool *p, uint32_t n, const struct iovec *iov);
+
+/* iovec helpers: dst covers bytes [off, off + len) of src; returns dst's count. */
+unsigned iov_slice(const struct iovec *src, unsigned nsrc, size_t off, size_t len,
+		   struct iovec *dst);
+/* Copies len bytes from buf to byte offset off of the iovecs. */
+void iov_copy_in(const struct iovec *iov, unsigned n, size_t off, const void *buf, size_t len);
 static inline uint32_t pool_chunks_for(uint64_t len_bytes)
 {
 	return (uint32_t)((len_bytes + POOL_CHUNK_BYTES - 1) / POOL_CHUNK_BYTES);
@@ -96,6 +109,16 @@ static inline uint32_t pool_chunks_for(uint64_t len_bytes)
 /* ---- worker.c ---- */
 struct server;
 struct conn;
+struct req;
+
+/* Counters a worker updates and the main thread reads (relaxed atomics). */
+struct worker_stats {
+	_Atomic uint64_t lock_acquired;  /* range locks taken */
+	_Atomic uint64_t lock_waited;    /* of which had to wait */
+	_Atomic uint64_t lock_wait_ns;   /* total time waited */
+	_Atomic uint64_t rmw_writes;     /* unaligned writes done by read-modify-write */
+	_Atomic uint64_t buffered_ios;   /* requests on the partial last block */
+};
 
 /* Operation codes packed in the low bits of user_data. */
 enum op {
@@ -105,7 +128,8 @@ enum op {
 	OP_CONN_RX_SKIP,  /* discarding an oversized or refused payload (conn) */
 	OP_CONN_SEND,     /* reply batch sendmsg (conn) */
 	OP_REQ_RX_DATA,   /* WRITE payload recv into the request's pages (req) */
-	OP_REQ_FILE,      /* file read/write/fsync (req) */
+	OP_REQ_FILE,      /* file read/write/fsync of the request's data (req) */
+	OP_REQ_RMW,       /* edge-block read before an unaligned write (req) */
 	OP_MAX
 };
 #define OP_BITS 4u
@@ -135,7 +159,9 @@ struct worker {
 	unsigned nconns;
 	struct conn *pool_waiters_head; /* connections waiting for buffers, FIFO */
 	struct conn *pool_waiters_tail;
-	uint64_t next_conn_id;
+	struct req *grants_local;  /* lock grants made on this thread, to resume */
+	struct req *grants_remote; /* made on other threads (under inbox_lock) */
+	struct worker_stats stats;
 };
 
 int worker_start(struct worker *w, struct server *srv, int id);
@@ -153,6 +179,10 @@ struct io_uring_sqe *ring_get_sqe(struct conn *c, void *obj, enum op op);
 void worker_pool_kick(struct worker *w);
 void worker_pool_wait(struct worker *w, struct conn *c);
 void worker_pool_unwait(struct worker *w, struct conn *c);
+/* Hands a granted request back to its own worker (from any thread). */
+void worker_post_grant(struct req *q);
+/* Adds a worker's counters into *sum. */
+void worker_stats_add(const struct worker *w, struct worker_stats *sum);
 
 /* ---- conn.c / transmit.c / reply.c ---- */
 #define CONN_MAX_REQS 128 /* requests in flight per connection */
@@ -162,16 +192,30 @@ struct req {
 	struct conn *c;
 	struct proto_request r;
 	uint32_t nbd_error;        /* error to reply with, NBD_SUCCESS if none */
-	struct iovec *iov;         /* one pool chunk each, the last trimmed to len */
-	uint32_t niov;             /* chunks held */
-	struct iovec iov_inline[REQ_INLINE_CHUNKS]; /* iov for requests up to 1 MiB */
+	/* The plan: which bytes of the file move, and where the client's data sits. */
+	uint64_t io_off;           /* file offset of buffer byte 0 */
+	uint64_t io_len;           /* bytes of file I/O (the aligned span, or the request) */
+	uint32_t data_off;         /* client's data starts here in the buffer */
+	bool buffered;             /* touches the partial last block: use fd_buffered */
+	bool rmw_head, rmw_tail;   /* unaligned write: edge blocks to read first */
+	uint32_t chunks_needed;    /* pool chunks the plan needs (span + bounce) */
+	/* Buffers: the span in pool chunks, and a bounce chunk for edge blocks. */
+	struct iovec *iov;         /* one pool chunk each, the last trimmed to io_len */
+	uint32_t niov;             /* chunks held in iov */
+	struct iovec *io_iov;      /* scratch: the slice the current op moves */
+	struct iovec bounce;       /* edge blocks (head at 0, tail at align); or NULL */
+	struct iovec iov_inline[REQ_INLINE_CHUNKS];    /* iov for spans up to 1 MiB */
+	struct iovec io_iov_inline[REQ_INLINE_CHUNKS];
 	uint64_t io_done_bytes;    /* progress of the current file or recv op */
+	unsigned rmw_pending;      /* edge reads in flight */
+	int rmw_err;               /* first error of those */
+	struct rl_lock lock;       /* held from before the I/O until it completes */
+	bool locked;
+	uint64_t lock_wait_start_ns;
 	uint8_t reply_hdr[PROTO_OFFSET_DATA_HDR_LEN]; /* simple, chunk or error */
 	uint32_t reply_hdr_len;
 	bool reply_data;           /* data pages follow the reply header */
 	bool in_use;               /* slot taken */
-	uint32_t adj_idx;          /* iov[adj_idx] advanced by adj_bytes for a retry */
-	size_t adj_bytes;
 	struct req *next;          /* free list or send queue */
 } __attribute__((aligned(1u << OP_BITS))); /* low bits of user_data hold the op */
 
@@ -188,7 +232,8 @@ struct conn {
 	uint64_t id;
 	int fd;
 	enum conn_state state;
-	unsigned sqes;             /* SQEs in flight naming this conn or its requests */
+	unsigned sqes;             /* SQEs in flight naming this conn or its requests,
+				      plus requests waiting for a range lock */
 
 	/* handshake */
 	struct proto_session sess;
@@ -237,8 +282,11 @@ void conn_rx_hdr_done(struct conn *c, int res);
 void conn_rx_skip_done(struct conn *c, int res);
 void req_rx_data_done(struct req *q, int res);
 void req_file_done(struct req *q, int res);
+void req_rmw_done(struct req *q, int res);
+void req_lock_granted(struct req *q);
 void conn_pool_ready(struct conn *c);
 void req_free(struct req *q);
+void req_release_buffers(struct req *q, struct pool *pool);
 
 /* reply.c */
 void req_reply(struct req *q);

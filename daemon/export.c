@@ -57,6 +57,7 @@ int export_open(struct export *e, const struct export_spec *spec)
 	int err;
 
 	memset(e, 0, sizeof(*e));
+	e->fd_buffered = -1;
 	/* Judge the kind of file first: opening a device may have side effects. */
 	if (stat(spec->path, &st) < 0) {
 		err = errno;
@@ -97,6 +98,13 @@ int export_open(struct export *e, const struct export_spec *spec)
 		goto out_close_fd;
 	}
 	e->align_bytes = export_probe_align(e->fd, e->is_blockdev);
+	if (e->align_bytes > EXPORT_MAX_ALIGN_BYTES || (e->align_bytes & (e->align_bytes - 1))) {
+		err = EINVAL;
+		log_error("export \"%s\": direct-I/O alignment %u is not a power of two up to %u",
+			  spec->path, e->align_bytes, EXPORT_MAX_ALIGN_BYTES);
+		goto out_close_fd;
+	}
+	e->direct_end = e->size_bytes / e->align_bytes * e->align_bytes;
 	err = -export_probe_direct(e->fd, e->align_bytes, e->size_bytes);
 	if (err) {
 		if (err == EINVAL)
@@ -107,10 +115,20 @@ int export_open(struct export *e, const struct export_spec *spec)
 		goto out_close_fd;
 	}
 
+	/* The partial last block, if any, cannot be written with O_DIRECT. */
+	if (e->direct_end != e->size_bytes) {
+		e->fd_buffered = open(spec->path, (flags & ~O_DIRECT));
+		if (e->fd_buffered < 0) {
+			err = errno;
+			log_error("open \"%s\": %s", spec->path, strerror(err));
+			goto out_close_fd;
+		}
+	}
+	e->locks = rl_manager_new();
 	e->name = strdup(spec->name ? spec->name : "");
 	e->description = strdup(spec->description ? spec->description : "");
 	e->path = strdup(spec->path);
-	if (!e->name || !e->description || !e->path) {
+	if (!e->name || !e->description || !e->path || !e->locks) {
 		err = ENOMEM;
 		log_error("export \"%s\": %s", spec->path, strerror(err));
 		goto out_free;
@@ -127,7 +145,10 @@ out_free:
 	free(e->name);
 	free(e->description);
 	free(e->path);
+	rl_manager_free(e->locks);
 out_close_fd:
+	if (e->fd_buffered >= 0)
+		close(e->fd_buffered);
 	close(e->fd);
 	e->fd = -1;
 	return -err;
@@ -137,11 +158,15 @@ void export_release(struct export *e)
 {
 	if (e->fd >= 0)
 		close(e->fd);
+	if (e->fd_buffered >= 0)
+		close(e->fd_buffered);
+	rl_manager_free(e->locks);
 	free(e->name);
 	free(e->description);
 	free(e->path);
 	memset(e, 0, sizeof(*e));
 	e->fd = -1;
+	e->fd_buffered = -1;
 }
 
 void export_describe(const struct export *e, struct proto_export *out)
@@ -150,7 +175,8 @@ void export_describe(const struct export *e, struct proto_export *out)
 	out->description = e->description;
 	out->size_bytes = e->size_bytes;
 	out->tflags = e->tflags;
-	out->min_block = e->align_bytes;
+	/* Any offset and length is served (unaligned edges by read-modify-write). */
+	out->min_block = 1;
 	out->pref_block = e->align_bytes > 4096 ? e->align_bytes : 4096;
 	out->max_block = EXPORT_MAX_REQUEST_BYTES;
 	out->opaque = (void *)e;

@@ -108,6 +108,29 @@ static void on_stop_signal(struct ev_loop *loop, ev_signal *w, int revents)
 	ev_break(loop, EVBREAK_ALL);
 }
 
+/* Counters of every worker, summed: logged on SIGUSR1 and at exit. */
+static void log_stats(void)
+{
+	struct worker_stats sum = { 0 };
+	unsigned i;
+
+	for (i = 0; i < srv.nworkers; i++)
+		worker_stats_add(&srv.workers[i], &sum);
+	log_info("stats: range locks %" PRIu64 " acquired, %" PRIu64 " waited, %.3f ms waited in all; "
+		 "%" PRIu64 " read-modify-write writes; %" PRIu64 " partial-last-block requests",
+		 (uint64_t)sum.lock_acquired, (uint64_t)sum.lock_waited,
+		 (double)sum.lock_wait_ns / 1e6, (uint64_t)sum.rmw_writes,
+		 (uint64_t)sum.buffered_ios);
+}
+
+static void on_usr1(struct ev_loop *loop, ev_signal *w, int revents)
+{
+	(void)loop;
+	(void)w;
+	(void)revents;
+	log_stats();
+}
+
 static int write_pid_file(const char *path)
 {
 	char tmp[4096];
@@ -142,7 +165,7 @@ int main(int argc, char **argv)
 	};
 	const char *unix_path = NULL, *bind_addr = NULL, *port = NULL, *pid_file = NULL;
 	struct export_spec spec = { .name = "", .description = "" };
-	ev_signal sigint_w, sigterm_w;
+	ev_signal sigint_w, sigterm_w, sigusr1_w;
 	long threads = 0;
 	char *end;
 	long long pool = DEFAULT_POOL_BYTES;
@@ -233,6 +256,8 @@ int main(int argc, char **argv)
 	ev_signal_start(srv.loop, &sigint_w);
 	ev_signal_init(&sigterm_w, on_stop_signal, SIGTERM);
 	ev_signal_start(srv.loop, &sigterm_w);
+	ev_signal_init(&sigusr1_w, on_usr1, SIGUSR1);
+	ev_signal_start(srv.loop, &sigusr1_w);
 	ev_run(srv.loop, 0);
 	status = 0;
 
@@ -244,6 +269,8 @@ out_workers:
 		worker_stop(&srv.workers[i]);
 	for (i = 0; i < started; i++)
 		worker_join(&srv.workers[i]);
+	if (status == 0)
+		log_stats();
 	free(srv.workers);
 	if (pid_file && status == 0)
 		unlink(pid_file);

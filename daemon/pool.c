@@ -10,6 +10,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
 
 #include "daemon.h"
@@ -75,4 +76,50 @@ void pool_put(struct pool *p, uint32_t n, const struct iovec *iov)
 		assert(p->nfree < p->nchunks);
 		p->free_stack[p->nfree++] = (uint32_t)(off / POOL_CHUNK_BYTES);
 	}
+}
+
+unsigned iov_slice(const struct iovec *src, unsigned nsrc, size_t off, size_t len,
+		   struct iovec *dst)
+{
+	unsigned i = 0, n = 0;
+
+	while (i < nsrc && off >= src[i].iov_len) {
+		off -= src[i].iov_len;
+		i++;
+	}
+	for (; i < nsrc && len; i++) {
+		size_t take = src[i].iov_len - off;
+
+		if (take > len)
+			take = len;
+		dst[n].iov_base = (uint8_t *)src[i].iov_base + off;
+		dst[n].iov_len = take;
+		n++;
+		len -= take;
+		off = 0;
+	}
+	assert(len == 0);
+	return n;
+}
+
+void iov_copy_in(const struct iovec *iov, unsigned n, size_t off, const void *buf, size_t len)
+{
+	const uint8_t *p = buf;
+	unsigned i = 0;
+
+	while (i < n && off >= iov[i].iov_len) {
+		off -= iov[i].iov_len;
+		i++;
+	}
+	for (; i < n && len; i++) {
+		size_t take = iov[i].iov_len - off;
+
+		if (take > len)
+			take = len;
+		memcpy((uint8_t *)iov[i].iov_base + off, p, take);
+		p += take;
+		len -= take;
+		off = 0;
+	}
+	assert(len == 0);
 }

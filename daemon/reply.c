@@ -67,10 +67,8 @@ void conn_send_kick(struct conn *c)
 		c->send_iov[n].iov_base = q->reply_hdr;
 		c->send_iov[n].iov_len = q->reply_hdr_len;
 		n++;
-		if (q->reply_data) {
-			memcpy(&c->send_iov[n], q->iov, q->niov * sizeof(struct iovec));
-			n += q->niov;
-		}
+		if (q->reply_data)
+			n += iov_slice(q->iov, q->niov, q->data_off, q->r.len_bytes, &c->send_iov[n]);
 		c->sendq_head = q->next;
 		if (!c->sendq_head)
 			c->sendq_tail = NULL;

@@ -8,8 +8,25 @@
  * every request slot is busy or the pool has no buffers, which is how a
  * fast client is slowed down instead of failed.
  *
- * A request's life: header -> validate -> buffers -> [payload] -> file I/O
- * -> reply -> free. One function per step.
+ * A request's life, one function per step:
+ *   header -> validate -> plan -> buffers -> [payload] -> range lock
+ *   -> [edge reads] -> file I/O -> unlock -> reply -> free
+ *
+ * The plan (req_plan) turns any offset and length into O_DIRECT I/O on the
+ * aligned span around it. Reads move the whole span into the request's
+ * chunks and the reply sends the client's slice of it, no copy. Unaligned
+ * writes receive the payload at its place in the span, read the one or two
+ * edge blocks into a bounce chunk, copy the neighbours' bytes in, and write
+ * the span, all under one exclusive lock over the span, so a concurrent
+ * writer of the same blocks cannot lose bytes. A request touching the
+ * partial last block of a file (size not a multiple of the alignment) uses
+ * the buffered descriptor on exactly its bytes instead.
+ *
+ * Locks: READ shared over its bytes; WRITE exclusive over its span (its
+ * bytes when aligned). A writer's lock always covers every block it
+ * rewrites, and a reader's lock covers the bytes it returns, so the bytes a
+ * read returns are all from before or all from after any write. A lock is
+ * released once the file I/O is done, before the reply is sent.
  */
 #define _GNU_SOURCE
 #include <assert.h>
@@ -18,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #include "daemon.h"
 
@@ -25,23 +43,40 @@
 
 static void conn_rx_next(struct conn *c);
 
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 static void conn_maybe_drained(struct conn *c)
 {
 	if (c->state == CONN_DRAINING && c->live_reqs == 0)
 		conn_close(c, "client disconnected (NBD_CMD_DISC)");
 }
 
+/* Returns a request's buffers to the pool. */
+void req_release_buffers(struct req *q, struct pool *pool)
+{
+	if (q->niov)
+		pool_put(pool, q->niov, q->iov);
+	if (q->bounce.iov_base)
+		pool_put(pool, 1, &q->bounce);
+	if (q->iov && q->iov != q->iov_inline)
+		free(q->iov); /* io_iov is its second half */
+	q->iov = q->io_iov = NULL;
+	q->bounce.iov_base = NULL;
+	q->niov = 0;
+}
+
 void req_free(struct req *q)
 {
 	struct conn *c = q->c;
 
-	assert(q->in_use);
-	if (q->niov)
-		pool_put(&c->w->pool, q->niov, q->iov);
-	if (q->iov != q->iov_inline)
-		free(q->iov);
-	q->iov = NULL;
-	q->niov = 0;
+	assert(q->in_use && !q->locked);
+	req_release_buffers(q, &c->w->pool);
 	q->in_use = false;
 	q->next = c->free_reqs;
 	c->free_reqs = q;
@@ -56,26 +91,75 @@ void req_free(struct req *q)
 	worker_pool_kick(c->w);
 }
 
-/* Takes pool chunks for the request's data; false if it must wait. */
+/* Decides which bytes of the file move and where the client's data sits. */
+static void req_plan(struct req *q)
+{
+	const struct export *e = q->c->exp;
+	uint64_t off = q->r.offset, end = off + q->r.len_bytes, a = e->align_bytes;
+	uint64_t a_first = off / a * a, a_end = (end + a - 1) / a * a;
+
+	q->buffered = q->rmw_head = q->rmw_tail = false;
+	q->chunks_needed = 0;
+	if (q->r.type == NBD_CMD_FLUSH || q->r.len_bytes == 0)
+		return;
+	if (a_end > e->direct_end) {
+		q->buffered = true;
+		q->io_off = off;
+		q->io_len = q->r.len_bytes;
+		q->data_off = 0;
+	} else {
+		q->io_off = a_first;
+		q->io_len = a_end - a_first;
+		q->data_off = (uint32_t)(off - a_first);
+		if (q->r.type == NBD_CMD_WRITE) {
+			q->rmw_head = off != a_first;
+			q->rmw_tail = end != a_end;
+		}
+	}
+	q->chunks_needed = pool_chunks_for(q->io_len) + (q->rmw_head || q->rmw_tail);
+}
+
+/* Takes pool chunks for the plan; false if the request must wait for them. */
 static bool req_get_buffers(struct req *q)
 {
-	uint32_t n = pool_chunks_for(q->r.len_bytes);
-	int ret;
+	struct pool *pool = &q->c->w->pool;
+	uint32_t n = pool_chunks_for(q->io_len);
 
+	if (q->chunks_needed > pool->nfree)
+		return false;
 	if (n > REQ_INLINE_CHUNKS) {
-		if (!q->iov) {
-			q->iov = malloc(n * sizeof(*q->iov));
-			if (!q->iov)
-				return false;
-		}
+		q->iov = malloc(2 * n * sizeof(*q->iov));
+		if (!q->iov)
+			return false;
+		q->io_iov = q->iov + n;
 	} else {
 		q->iov = q->iov_inline;
+		q->io_iov = q->io_iov_inline;
 	}
-	ret = pool_get(&q->c->w->pool, q->r.len_bytes, q->iov);
-	if (ret < 0)
-		return false;
-	q->niov = (uint32_t)ret;
+	q->niov = (uint32_t)pool_get(pool, q->io_len, q->iov);
+	if (q->rmw_head || q->rmw_tail)
+		pool_get(pool, POOL_CHUNK_BYTES, &q->bounce);
 	return true;
+}
+
+static void req_unlock(struct req *q)
+{
+	if (q->locked) {
+		q->locked = false;
+		rl_release(q->c->exp->locks, &q->lock);
+	}
+}
+
+/* A request that ends early: unlock, then reply with err (or drop if closing). */
+static void req_finish(struct req *q, uint32_t nbd_error)
+{
+	req_unlock(q);
+	if (q->c->state == CONN_CLOSING) {
+		req_free(q);
+		return;
+	}
+	q->nbd_error = nbd_error;
+	req_reply(q);
 }
 
 static void req_prep_file(struct req *q)
@@ -83,63 +167,25 @@ static void req_prep_file(struct req *q)
 	struct conn *c = q->c;
 	const struct export *e = c->exp;
 	struct io_uring_sqe *sqe = ring_get_sqe(c, q, OP_REQ_FILE);
-	uint64_t off = q->r.offset + q->io_done_bytes;
-	struct iovec *iov = q->iov + q->adj_idx;
-	unsigned niov = q->niov - q->adj_idx;
+	int fd = q->buffered ? e->fd_buffered : e->fd;
+	unsigned n;
 
-	switch (q->r.type) {
-	case NBD_CMD_READ:
-		io_uring_prep_readv(sqe, e->fd, iov, niov, off);
-		break;
-	case NBD_CMD_WRITE:
-		io_uring_prep_writev2(sqe, e->fd, iov, niov, off,
-				      (q->r.flags & NBD_CMD_FLAG_FUA) ? RWF_DSYNC : 0);
-		break;
-	case NBD_CMD_FLUSH:
+	if (q->r.type == NBD_CMD_FLUSH) {
 		io_uring_prep_fsync(sqe, e->fd, IORING_FSYNC_DATASYNC);
-		break;
-	default:
-		assert(0);
+		return;
 	}
+	n = iov_slice(q->iov, q->niov, q->io_done_bytes, q->io_len - q->io_done_bytes, q->io_iov);
+	if (q->r.type == NBD_CMD_READ)
+		io_uring_prep_readv(sqe, fd, q->io_iov, n, q->io_off + q->io_done_bytes);
+	else
+		io_uring_prep_writev2(sqe, fd, q->io_iov, n, q->io_off + q->io_done_bytes,
+				      (q->r.flags & NBD_CMD_FLAG_FUA) ? RWF_DSYNC : 0);
 }
 
 static void req_start_file(struct req *q)
 {
 	q->io_done_bytes = 0;
-	q->adj_idx = 0;
-	q->adj_bytes = 0;
 	req_prep_file(q);
-}
-
-/* Undoes the advance of a retried iovec, so the reply sends whole chunks. */
-static void req_restore_iov(struct req *q)
-{
-	if (q->adj_bytes) {
-		struct iovec *v = &q->iov[q->adj_idx];
-
-		v->iov_base = (uint8_t *)v->iov_base - q->adj_bytes;
-		v->iov_len += q->adj_bytes;
-		q->adj_bytes = 0;
-	}
-	q->adj_idx = 0;
-}
-
-/* Advances the request's iovecs past n more bytes, for a short transfer. */
-static void req_advance_iov(struct req *q, size_t n)
-{
-	req_restore_iov(q);
-	while (n) {
-		struct iovec *v = &q->iov[q->adj_idx];
-
-		if (n < v->iov_len) {
-			v->iov_base = (uint8_t *)v->iov_base + n;
-			v->iov_len -= n;
-			q->adj_bytes = n;
-			return;
-		}
-		n -= v->iov_len;
-		q->adj_idx++;
-	}
 }
 
 void req_file_done(struct req *q, int res)
@@ -147,41 +193,141 @@ void req_file_done(struct req *q, int res)
 	struct conn *c = q->c;
 
 	if (c->state == CONN_CLOSING) {
-		req_restore_iov(q);
-		req_free(q);
+		req_finish(q, NBD_EIO);
 		return;
 	}
 	if (res < 0) {
-		req_restore_iov(q);
-		q->nbd_error = proto_errno_to_nbd(-res);
-		log_warn("conn %" PRIu64 ": %s offset %" PRIu64 " length %" PRIu64 ": %s",
-			 c->id, proto_cmd_name(q->r.type), q->r.offset, q->r.len_bytes,
-			 strerror(-res));
-		req_reply(q);
+		log_warn("conn %" PRIu64 ": %s offset %" PRIu64 " length %" PRIu64 ": %s", c->id,
+			 proto_cmd_name(q->r.type), q->r.offset, q->r.len_bytes, strerror(-res));
+		req_finish(q, proto_errno_to_nbd(-res));
 		return;
 	}
 	if (q->r.type != NBD_CMD_FLUSH) {
 		if (res == 0) {
 			/* The file shrank under us: nothing more will come. */
-			req_restore_iov(q);
-			q->nbd_error = NBD_EIO;
 			log_warn("conn %" PRIu64 ": %s offset %" PRIu64 ": unexpected end of file",
 				 c->id, proto_cmd_name(q->r.type), q->r.offset);
-			req_reply(q);
+			req_finish(q, NBD_EIO);
 			return;
 		}
 		q->io_done_bytes += (uint64_t)res;
-		if (q->io_done_bytes < q->r.len_bytes) {
-			req_advance_iov(q, (size_t)q->io_done_bytes);
-			req_prep_file(q);
+		if (q->io_done_bytes < q->io_len) {
+			req_prep_file(q); /* short transfer: the rest */
 			return;
 		}
-		req_restore_iov(q);
 	}
-	req_reply(q);
+	req_finish(q, NBD_SUCCESS);
 }
 
-/* Receives the rest of a WRITE payload into the request's chunks. */
+/* Under the exclusive lock: read the edge blocks an unaligned write keeps. */
+static void req_start_rmw(struct req *q)
+{
+	struct conn *c = q->c;
+	uint32_t a = c->exp->align_bytes;
+	uint8_t *bounce = q->bounce.iov_base;
+	struct io_uring_sqe *sqe;
+
+	c->w->stats.rmw_writes++;
+	q->rmw_pending = 0;
+	q->rmw_err = 0;
+	if (q->rmw_head) {
+		sqe = ring_get_sqe(c, q, OP_REQ_RMW);
+		io_uring_prep_read(sqe, c->exp->fd, bounce, a, q->io_off);
+		q->rmw_pending++;
+	}
+	/* A one-block span with both edges unaligned needs one read, not two. */
+	if (q->rmw_tail && !(q->rmw_head && q->io_len == a)) {
+		sqe = ring_get_sqe(c, q, OP_REQ_RMW);
+		io_uring_prep_read(sqe, c->exp->fd, bounce + a, a, q->io_off + q->io_len - a);
+		q->rmw_pending++;
+	}
+}
+
+void req_rmw_done(struct req *q, int res)
+{
+	uint32_t a = q->c->exp->align_bytes;
+	const uint8_t *bounce = q->bounce.iov_base;
+
+	if (res != (int)a && !q->rmw_err)
+		q->rmw_err = res < 0 ? res : -EIO;
+	if (--q->rmw_pending)
+		return;
+	if (q->c->state == CONN_CLOSING) {
+		req_finish(q, NBD_EIO);
+		return;
+	}
+	if (q->rmw_err) {
+		log_warn("conn %" PRIu64 ": WRITE offset %" PRIu64 ": reading edge blocks: %s",
+			 q->c->id, q->r.offset, strerror(-q->rmw_err));
+		req_finish(q, proto_errno_to_nbd(-q->rmw_err));
+		return;
+	}
+	if (q->rmw_head)
+		iov_copy_in(q->iov, q->niov, 0, bounce, q->data_off);
+	if (q->rmw_tail) {
+		uint64_t tail_block = q->io_len - a;
+		uint32_t keep_from = (uint32_t)(q->data_off + q->r.len_bytes - tail_block);
+		const uint8_t *src = (q->rmw_head && q->io_len == a) ? bounce : bounce + a;
+
+		iov_copy_in(q->iov, q->niov, tail_block + keep_from, src + keep_from,
+			    a - keep_from);
+	}
+	req_start_file(q);
+}
+
+/* The lock is held: edge reads first if the write is unaligned, else the I/O. */
+static void req_locked(struct req *q)
+{
+	if (q->rmw_head || q->rmw_tail)
+		req_start_rmw(q);
+	else
+		req_start_file(q);
+}
+
+static void req_on_grant(struct rl_lock *lock, void *arg)
+{
+	(void)lock;
+	worker_post_grant(arg); /* any thread: the request resumes on its own worker */
+}
+
+void req_lock_granted(struct req *q)
+{
+	struct conn *c = q->c;
+
+	q->locked = true;
+	c->w->stats.lock_wait_ns += now_ns() - q->lock_wait_start_ns;
+	if (c->state == CONN_CLOSING) {
+		req_finish(q, NBD_EIO);
+		return;
+	}
+	req_locked(q);
+}
+
+static void req_lock(struct req *q)
+{
+	struct conn *c = q->c;
+	bool exclusive = q->r.type == NBD_CMD_WRITE;
+	uint64_t first = q->r.offset, last = q->r.offset + q->r.len_bytes - 1;
+
+	if (exclusive && !q->buffered) {
+		first = q->io_off;
+		last = q->io_off + q->io_len - 1;
+	}
+	if (q->buffered)
+		c->w->stats.buffered_ios++;
+	c->w->stats.lock_acquired++;
+	q->lock_wait_start_ns = now_ns();
+	if (rl_acquire(c->exp->locks, &q->lock, first, last, exclusive, req_on_grant, q)) {
+		q->locked = true;
+		req_locked(q);
+		return;
+	}
+	/* Parked: counted as pending so the connection outlives the wait. */
+	c->w->stats.lock_waited++;
+	c->sqes++;
+}
+
+/* Receives the rest of a WRITE payload into its place in the span. */
 static void req_prep_rx_data(struct req *q)
 {
 	struct conn *c = q->c;
@@ -189,8 +335,9 @@ static void req_prep_rx_data(struct req *q)
 
 	/* The msghdr lives in the connection: one receive at a time. */
 	memset(&c->rx_msg, 0, sizeof(c->rx_msg));
-	c->rx_msg.msg_iov = q->iov + q->adj_idx;
-	c->rx_msg.msg_iovlen = q->niov - q->adj_idx;
+	c->rx_msg.msg_iov = q->io_iov;
+	c->rx_msg.msg_iovlen = iov_slice(q->iov, q->niov, q->data_off + q->io_done_bytes,
+					 q->r.len_bytes - q->io_done_bytes, q->io_iov);
 	io_uring_prep_recvmsg(sqe, c->fd, &c->rx_msg, MSG_WAITALL);
 }
 
@@ -199,29 +346,25 @@ void req_rx_data_done(struct req *q, int res)
 	struct conn *c = q->c;
 
 	if (c->state == CONN_CLOSING) {
-		req_restore_iov(q);
 		req_free(q);
 		return;
 	}
 	if (res <= 0) {
-		req_restore_iov(q);
 		req_free(q);
 		conn_close(c, res == 0 ? "client closed during a WRITE payload" : strerror(-res));
 		return;
 	}
 	q->io_done_bytes += (uint64_t)res;
 	if (q->io_done_bytes < q->r.len_bytes) {
-		req_advance_iov(q, (size_t)q->io_done_bytes);
 		req_prep_rx_data(q);
 		return;
 	}
-	req_restore_iov(q);
 	c->rx_busy = false;
-	req_start_file(q);
+	req_lock(q);
 	conn_rx_next(c);
 }
 
-/* Buffers are in hand: start the request's payload receive or its I/O. */
+/* Buffers are in hand: receive the WRITE payload, or lock and read. */
 static void req_run(struct req *q)
 {
 	struct conn *c = q->c;
@@ -229,12 +372,10 @@ static void req_run(struct req *q)
 	if (q->r.type == NBD_CMD_WRITE) {
 		c->rx_busy = true;
 		q->io_done_bytes = 0;
-		q->adj_idx = 0;
-		q->adj_bytes = 0;
 		req_prep_rx_data(q);
 		return;
 	}
-	req_start_file(q);
+	req_lock(q);
 	conn_rx_next(c);
 }
 
@@ -322,9 +463,11 @@ static void conn_rx_request(struct conn *c)
 	c->free_reqs = q->next;
 	q->next = NULL;
 	q->in_use = true;
+	q->locked = false;
 	q->nbd_error = NBD_SUCCESS;
 	q->niov = 0;
-	q->iov = NULL;
+	q->iov = q->io_iov = NULL;
+	q->bounce.iov_base = NULL;
 	c->live_reqs++;
 	if (proto_decode_request(c->rx_hdr, &q->r) < 0) {
 		req_free(q);
@@ -345,12 +488,12 @@ static void conn_rx_request(struct conn *c)
 		req_refuse(q, NBD_ESHUTDOWN);
 		return;
 	}
-	err = proto_validate_request(&c->sess, &q->r, EXPORT_MAX_REQUEST_BYTES,
-				     c->exp->align_bytes);
+	err = proto_validate_request(&c->sess, &q->r, EXPORT_MAX_REQUEST_BYTES, 1);
 	if (err != NBD_SUCCESS) {
 		req_refuse(q, err);
 		return;
 	}
+	req_plan(q);
 	if (q->r.type == NBD_CMD_FLUSH || q->r.len_bytes == 0) {
 		if (q->r.type == NBD_CMD_FLUSH)
 			req_start_file(q);

@@ -37,7 +37,11 @@ static const struct {
 	[OP_CONN_SEND] = { .conn = conn_send_done },
 	[OP_REQ_RX_DATA] = { .req = req_rx_data_done },
 	[OP_REQ_FILE] = { .req = req_file_done },
+	[OP_REQ_RMW] = { .req = req_rmw_done },
 };
+
+/* The worker whose loop runs on this thread (NULL on the main thread). */
+static __thread struct worker *tls_worker;
 
 struct io_uring_sqe *ring_get_sqe(struct conn *c, void *obj, enum op op)
 {
@@ -81,6 +85,60 @@ static void worker_dispatch(struct io_uring_cqe *cqe)
 	conn_put(c);
 }
 
+void worker_post_grant(struct req *q)
+{
+	struct worker *w = q->c->w;
+
+	if (w == tls_worker) {
+		q->next = w->grants_local;
+		w->grants_local = q;
+		return;
+	}
+	pthread_mutex_lock(&w->inbox_lock);
+	q->next = w->grants_remote;
+	w->grants_remote = q;
+	pthread_mutex_unlock(&w->inbox_lock);
+	ev_async_send(w->loop, &w->wake);
+}
+
+/* Resumes requests whose range lock was granted; they count as pending ops. */
+static void worker_run_grants(struct worker *w)
+{
+	for (;;) {
+		struct req *q = w->grants_local;
+
+		if (!q) {
+			pthread_mutex_lock(&w->inbox_lock);
+			q = w->grants_remote;
+			w->grants_remote = NULL;
+			pthread_mutex_unlock(&w->inbox_lock);
+			if (!q)
+				return;
+		} else {
+			w->grants_local = NULL;
+		}
+		while (q) {
+			struct req *next = q->next;
+			struct conn *c = q->c;
+
+			q->next = NULL;
+			c->sqes--;
+			req_lock_granted(q);
+			conn_put(c);
+			q = next;
+		}
+	}
+}
+
+void worker_stats_add(const struct worker *w, struct worker_stats *sum)
+{
+	sum->lock_acquired += w->stats.lock_acquired;
+	sum->lock_waited += w->stats.lock_waited;
+	sum->lock_wait_ns += w->stats.lock_wait_ns;
+	sum->rmw_writes += w->stats.rmw_writes;
+	sum->buffered_ios += w->stats.buffered_ios;
+}
+
 static void worker_cq_cb(struct ev_loop *loop, ev_io *watcher, int revents)
 {
 	struct worker *w = watcher->data;
@@ -97,6 +155,7 @@ static void worker_cq_cb(struct ev_loop *loop, ev_io *watcher, int revents)
 		io_uring_cqe_seen(&w->ring, cqe);
 		worker_dispatch(&copy);
 	}
+	worker_run_grants(w);
 }
 
 static void worker_submit_cb(struct ev_loop *loop, ev_prepare *watcher, int revents)
@@ -106,6 +165,7 @@ static void worker_submit_cb(struct ev_loop *loop, ev_prepare *watcher, int reve
 
 	(void)loop;
 	(void)revents;
+	worker_run_grants(w);
 	if (!io_uring_sq_ready(&w->ring))
 		return;
 	ret = io_uring_submit(&w->ring);
@@ -122,6 +182,7 @@ static void worker_wake_cb(struct ev_loop *loop, ev_async *watcher, int revents)
 	bool stop;
 
 	(void)revents;
+	worker_run_grants(w);
 	do {
 		pthread_mutex_lock(&w->inbox_lock);
 		n = w->inbox_len < 64 ? w->inbox_len : 64;
@@ -189,9 +250,9 @@ void worker_pool_kick(struct worker *w)
 
 	/* Oldest first; stop at the first one that still does not fit. */
 	while ((c = w->pool_waiters_head)) {
-		uint64_t need = c->rx_req ? c->rx_req->r.len_bytes : 0;
+		uint32_t need = c->rx_req ? c->rx_req->chunks_needed : 0;
 
-		if (pool_chunks_for(need) > w->pool.nfree)
+		if (need > w->pool.nfree)
 			break;
 		worker_pool_unwait(w, c);
 		conn_pool_ready(c);
@@ -202,6 +263,7 @@ static void *worker_main(void *arg)
 {
 	struct worker *w = arg;
 
+	tls_worker = w;
 	ev_run(w->loop, 0);
 	return NULL;
 }
