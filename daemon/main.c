@@ -57,7 +57,7 @@ void server_accept(struct server *s, int fd)
 		close(fd);
 		return;
 	}
-	/* Fewest connections first, round-robin among equals. */
+	/* Round-robin: a connection stays on its worker for its whole life. */
 	w = &s->workers[s->next_worker++ % s->nworkers];
 	worker_adopt(w, fd);
 }
