@@ -25,6 +25,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <sys/uio.h>
 
 #include "../lock/rangelock.h"
@@ -57,7 +58,11 @@ struct export {
 	uint64_t direct_end;   /* size rounded down to align_bytes: O_DIRECT below it */
 	uint32_t align_bytes;  /* direct-I/O offset/length alignment */
 	uint16_t tflags;       /* transmission flags it supports */
-	struct rl_manager *locks; /* every request locks the byte range it touches */
+	struct rl_manager *locks; /* every request locks the byte range it touches; shared
+				     by every export of the same file (device, inode) */
+	bool owns_locks;
+	dev_t dev;
+	ino_t ino;
 };
 
 struct export_spec {
@@ -67,8 +72,18 @@ struct export_spec {
 	bool readonly;
 };
 
-/* Opens and probes the backing file; logs one clear message on failure. */
-int export_open(struct export *e, const struct export_spec *spec);
+/*
+ * Opens and probes the backing file; logs one clear message on failure.
+ * Exports of the same file among others[0..nothers) share its lock manager.
+ */
+int export_open(struct export *e, const struct export_spec *spec, const struct export *others,
+		size_t nothers);
+/*
+ * base:allocation of [off, off + len) from SEEK_DATA/SEEK_HOLE: at most max
+ * extents (one if `one`), covering at least the first byte. Returns the count.
+ */
+size_t export_extents(const struct export *e, uint64_t off, uint64_t len, bool one,
+		      struct proto_extent *ext, size_t max);
 void export_release(struct export *e);
 /* Fills the negotiation view of e. */
 void export_describe(const struct export *e, struct proto_export *out);
@@ -162,7 +177,9 @@ struct worker {
 	struct req *grants_local;  /* lock grants made on this thread, to resume */
 	struct req *grants_remote; /* made on other threads (under inbox_lock) */
 	struct worker_stats stats;
+	void *zeroes;             /* WORKER_ZEROES_BYTES of zeroes, never written */
 };
+#define WORKER_ZEROES_BYTES (1u << 20)
 
 int worker_start(struct worker *w, struct server *srv, int id);
 /* Hands an accepted socket to w (from the main thread). */
@@ -199,6 +216,8 @@ struct req {
 	bool buffered;             /* touches the partial last block: use fd_buffered */
 	bool rmw_head, rmw_tail;   /* unaligned write: edge blocks to read first */
 	uint32_t chunks_needed;    /* pool chunks the plan needs (span + bounce) */
+	bool want_bounce;          /* edge blocks, or a block status reply */
+	int falloc_mode;           /* TRIM / WRITE_ZEROES: the fallocate mode tried */
 	/* Buffers: the span in pool chunks, and a bounce chunk for edge blocks. */
 	struct iovec *iov;         /* one pool chunk each, the last trimmed to io_len */
 	uint32_t niov;             /* chunks held in iov */
@@ -212,9 +231,11 @@ struct req {
 	struct rl_lock lock;       /* held from before the I/O until it completes */
 	bool locked;
 	uint64_t lock_wait_start_ns;
-	uint8_t reply_hdr[PROTO_OFFSET_DATA_HDR_LEN]; /* simple, chunk or error */
+	uint8_t reply_hdr[PROTO_REPLY_MAX_LEN]; /* simple reply or final chunk */
 	uint32_t reply_hdr_len;
 	bool reply_data;           /* data pages follow the reply header */
+	uint32_t reply_raw_len;    /* if set: the whole reply is in the bounce chunk */
+	uint8_t step;              /* which file op an OP_REQ_FILE completion ends */
 	bool in_use;               /* slot taken */
 	struct req *next;          /* free list or send queue */
 } __attribute__((aligned(1u << OP_BITS))); /* low bits of user_data hold the op */
@@ -249,7 +270,8 @@ struct conn {
 
 	/* transmission */
 	const struct export *exp;
-	uint8_t rx_hdr[PROTO_REQUEST_LEN];
+	uint8_t rx_hdr[PROTO_REQUEST_MAX_LEN];
+	size_t rx_hdr_len;         /* 28, or 32 with extended headers */
 	size_t rx_have;            /* bytes of rx_hdr received */
 	struct msghdr rx_msg;      /* WRITE payload recvmsg in flight */
 	bool rx_busy;              /* a header recv or payload recv is in flight */

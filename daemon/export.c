@@ -50,8 +50,10 @@ static int export_probe_direct(int fd, uint32_t align, uint64_t size)
 	return err;
 }
 
-int export_open(struct export *e, const struct export_spec *spec)
+int export_open(struct export *e, const struct export_spec *spec, const struct export *others,
+		size_t nothers)
 {
+	size_t i;
 	struct stat st;
 	int flags = (spec->readonly ? O_RDONLY : O_RDWR) | O_DIRECT | O_CLOEXEC;
 	int err;
@@ -115,16 +117,25 @@ int export_open(struct export *e, const struct export_spec *spec)
 		goto out_close_fd;
 	}
 
-	/* The partial last block, if any, cannot be written with O_DIRECT. */
-	if (e->direct_end != e->size_bytes) {
-		e->fd_buffered = open(spec->path, (flags & ~O_DIRECT));
-		if (e->fd_buffered < 0) {
-			err = errno;
-			log_error("open \"%s\": %s", spec->path, strerror(err));
-			goto out_close_fd;
-		}
+	/*
+	 * Without O_DIRECT: the partial last block, if any, and writing zeroes
+	 * where the filesystem cannot allocate them.
+	 */
+	e->fd_buffered = open(spec->path, (flags & ~O_DIRECT));
+	if (e->fd_buffered < 0) {
+		err = errno;
+		log_error("open \"%s\": %s", spec->path, strerror(err));
+		goto out_close_fd;
 	}
-	e->locks = rl_manager_new();
+	e->dev = st.st_dev;
+	e->ino = st.st_ino;
+	for (i = 0; i < nothers && !e->locks; i++)
+		if (others[i].dev == e->dev && others[i].ino == e->ino)
+			e->locks = others[i].locks;
+	if (!e->locks) {
+		e->locks = rl_manager_new();
+		e->owns_locks = true;
+	}
 	e->name = strdup(spec->name ? spec->name : "");
 	e->description = strdup(spec->description ? spec->description : "");
 	e->path = strdup(spec->path);
@@ -136,16 +147,20 @@ int export_open(struct export *e, const struct export_spec *spec)
 	e->readonly = spec->readonly;
 	/* No daemon cache: every acknowledged write is in the file, visible to all. */
 	e->tflags = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_FUA |
-		    NBD_FLAG_SEND_DF | NBD_FLAG_CAN_MULTI_CONN;
+		    NBD_FLAG_SEND_DF | NBD_FLAG_CAN_MULTI_CONN | NBD_FLAG_SEND_CACHE;
 	if (e->readonly)
 		e->tflags |= NBD_FLAG_READ_ONLY;
+	else
+		e->tflags |= NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES |
+			     NBD_FLAG_SEND_FAST_ZERO;
 	return 0;
 
 out_free:
 	free(e->name);
 	free(e->description);
 	free(e->path);
-	rl_manager_free(e->locks);
+	if (e->owns_locks)
+		rl_manager_free(e->locks);
 out_close_fd:
 	if (e->fd_buffered >= 0)
 		close(e->fd_buffered);
@@ -160,7 +175,8 @@ void export_release(struct export *e)
 		close(e->fd);
 	if (e->fd_buffered >= 0)
 		close(e->fd_buffered);
-	rl_manager_free(e->locks);
+	if (e->owns_locks)
+		rl_manager_free(e->locks);
 	free(e->name);
 	free(e->description);
 	free(e->path);
@@ -180,4 +196,43 @@ void export_describe(const struct export *e, struct proto_export *out)
 	out->pref_block = e->align_bytes > 4096 ? e->align_bytes : 4096;
 	out->max_block = EXPORT_MAX_REQUEST_BYTES;
 	out->opaque = (void *)e;
+}
+
+size_t export_extents(const struct export *e, uint64_t off, uint64_t len, bool one,
+		      struct proto_extent *ext, size_t max)
+{
+	uint64_t pos = off, end = off + len;
+	size_t n = 0;
+
+	/* A block device reports everything allocated. */
+	if (e->is_blockdev) {
+		ext[0] = (struct proto_extent){ .len_bytes = len, .flags = 0 };
+		return 1;
+	}
+	while (pos < end && n < max && !(one && n == 1)) {
+		off_t data = lseek(e->fd, (off_t)pos, SEEK_DATA), hole;
+
+		if (data < 0) {
+			/* ENXIO: only a hole from here to the end; else say "data". */
+			ext[n++] = (struct proto_extent){
+				.len_bytes = end - pos,
+				.flags = errno == ENXIO ? NBD_STATE_HOLE | NBD_STATE_ZERO : 0,
+			};
+			break;
+		}
+		if ((uint64_t)data > pos) {
+			uint64_t stop = (uint64_t)data < end ? (uint64_t)data : end;
+
+			ext[n++] = (struct proto_extent){ .len_bytes = stop - pos,
+							  .flags = NBD_STATE_HOLE | NBD_STATE_ZERO };
+			pos = stop;
+			continue;
+		}
+		hole = lseek(e->fd, (off_t)pos, SEEK_HOLE);
+		if (hole < 0 || (uint64_t)hole > end)
+			hole = (off_t)end;
+		ext[n++] = (struct proto_extent){ .len_bytes = (uint64_t)hole - pos, .flags = 0 };
+		pos = (uint64_t)hole;
+	}
+	return n;
 }

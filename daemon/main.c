@@ -221,7 +221,7 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 
 	srv.exports = calloc(1, sizeof(*srv.exports));
-	if (!srv.exports || export_open(&srv.exports[0], &spec) < 0)
+	if (!srv.exports || export_open(&srv.exports[0], &spec, NULL, 0) < 0)
 		return 1;
 	srv.nexports = 1;
 	srv.pool_bytes = (size_t)pool;

@@ -19,29 +19,12 @@
 void req_reply(struct req *q)
 {
 	struct conn *c = q->c;
-	bool read = q->r.type == NBD_CMD_READ;
-	bool ok = q->nbd_error == NBD_SUCCESS;
+	bool has_data = false;
 
-	q->reply_data = false;
-	if (read && c->sess.structured) {
-		if (!ok) {
-			proto_encode_error_chunk(q->reply_hdr, q->r.cookie, q->nbd_error);
-			q->reply_hdr_len = PROTO_ERROR_CHUNK_LEN;
-		} else if (q->r.len_bytes == 0) {
-			proto_encode_chunk_hdr(q->reply_hdr, NBD_REPLY_FLAG_DONE,
-					       NBD_REPLY_TYPE_NONE, q->r.cookie, 0);
-			q->reply_hdr_len = PROTO_CHUNK_HDR_LEN;
-		} else {
-			proto_encode_offset_data(q->reply_hdr, true, q->r.cookie, q->r.offset,
-						 (uint32_t)q->r.len_bytes);
-			q->reply_hdr_len = PROTO_OFFSET_DATA_HDR_LEN;
-			q->reply_data = true;
-		}
-	} else {
-		proto_encode_simple_reply(q->reply_hdr, q->nbd_error, q->r.cookie);
-		q->reply_hdr_len = PROTO_SIMPLE_REPLY_LEN;
-		q->reply_data = read && ok && q->r.len_bytes;
-	}
+	if (!q->reply_raw_len)
+		q->reply_hdr_len = (uint32_t)proto_encode_reply(&c->sess, q->reply_hdr, &q->r,
+								q->nbd_error, &has_data);
+	q->reply_data = has_data;
 	q->next = NULL;
 	if (c->sendq_tail)
 		c->sendq_tail->next = q;
@@ -64,8 +47,14 @@ void conn_send_kick(struct conn *c)
 
 		if (n + need > SEND_IOV_MAX)
 			break;
-		c->send_iov[n].iov_base = q->reply_hdr;
-		c->send_iov[n].iov_len = q->reply_hdr_len;
+		if (q->reply_raw_len) {
+			/* Built whole in the bounce chunk (block status). */
+			c->send_iov[n].iov_base = q->bounce.iov_base;
+			c->send_iov[n].iov_len = q->reply_raw_len;
+		} else {
+			c->send_iov[n].iov_base = q->reply_hdr;
+			c->send_iov[n].iov_len = q->reply_hdr_len;
+		}
 		n++;
 		if (q->reply_data)
 			n += iov_slice(q->iov, q->niov, q->data_off, q->r.len_bytes, &c->send_iov[n]);

@@ -31,7 +31,9 @@
 #define _GNU_SOURCE
 #include <assert.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
+#include <linux/falloc.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -40,6 +42,16 @@
 #include "daemon.h"
 
 #define SKIP_CHUNK 65536
+#define SKIP_MAX_BYTES (UINT64_C(1) << 32)  /* a larger refused payload is a disconnect */
+#define BLOCK_STATUS_MAX_EXTENTS 1024
+
+/* What an OP_REQ_FILE completion ends. */
+enum req_step {
+	STEP_DATA,        /* read, write or flush of the request's data */
+	STEP_FALLOC,      /* TRIM / WRITE_ZEROES fallocate */
+	STEP_ZERO_WRITE,  /* WRITE_ZEROES written as zeroes (no fallocate support) */
+	STEP_SYNC,        /* fdatasync after a TRIM / WRITE_ZEROES with FUA */
+};
 
 static void conn_rx_next(struct conn *c);
 
@@ -99,8 +111,11 @@ static void req_plan(struct req *q)
 	uint64_t a_first = off / a * a, a_end = (end + a - 1) / a * a;
 
 	q->buffered = q->rmw_head = q->rmw_tail = false;
-	q->chunks_needed = 0;
-	if (q->r.type == NBD_CMD_FLUSH || q->r.len_bytes == 0)
+	q->io_off = q->io_len = 0;
+	q->data_off = 0;
+	q->want_bounce = q->r.type == NBD_CMD_BLOCK_STATUS; /* the reply is built there */
+	q->chunks_needed = q->want_bounce;
+	if ((q->r.type != NBD_CMD_READ && q->r.type != NBD_CMD_WRITE) || q->r.len_bytes == 0)
 		return;
 	if (a_end > e->direct_end) {
 		q->buffered = true;
@@ -116,7 +131,8 @@ static void req_plan(struct req *q)
 			q->rmw_tail = end != a_end;
 		}
 	}
-	q->chunks_needed = pool_chunks_for(q->io_len) + (q->rmw_head || q->rmw_tail);
+	q->want_bounce = q->rmw_head || q->rmw_tail;
+	q->chunks_needed = pool_chunks_for(q->io_len) + q->want_bounce;
 }
 
 /* Takes pool chunks for the plan; false if the request must wait for them. */
@@ -137,7 +153,7 @@ static bool req_get_buffers(struct req *q)
 		q->io_iov = q->io_iov_inline;
 	}
 	q->niov = (uint32_t)pool_get(pool, q->io_len, q->iov);
-	if (q->rmw_head || q->rmw_tail)
+	if (q->want_bounce)
 		pool_get(pool, POOL_CHUNK_BYTES, &q->bounce);
 	return true;
 }
@@ -170,6 +186,22 @@ static void req_prep_file(struct req *q)
 	int fd = q->buffered ? e->fd_buffered : e->fd;
 	unsigned n;
 
+	switch (q->step) {
+	case STEP_FALLOC:
+		io_uring_prep_fallocate(sqe, e->fd, q->falloc_mode, (off_t)q->r.offset,
+					(off_t)q->r.len_bytes);
+		return;
+	case STEP_ZERO_WRITE:
+		n = q->r.len_bytes - q->io_done_bytes < WORKER_ZEROES_BYTES
+			    ? (unsigned)(q->r.len_bytes - q->io_done_bytes)
+			    : WORKER_ZEROES_BYTES;
+		io_uring_prep_write(sqe, e->fd_buffered, c->w->zeroes, n,
+				    q->r.offset + q->io_done_bytes);
+		return;
+	case STEP_SYNC:
+		io_uring_prep_fsync(sqe, e->fd, IORING_FSYNC_DATASYNC);
+		return;
+	}
 	if (q->r.type == NBD_CMD_FLUSH) {
 		io_uring_prep_fsync(sqe, e->fd, IORING_FSYNC_DATASYNC);
 		return;
@@ -182,10 +214,55 @@ static void req_prep_file(struct req *q)
 				      (q->r.flags & NBD_CMD_FLAG_FUA) ? RWF_DSYNC : 0);
 }
 
-static void req_start_file(struct req *q)
+static void req_start_step(struct req *q, enum req_step step)
 {
+	q->step = step;
 	q->io_done_bytes = 0;
 	req_prep_file(q);
+}
+
+static void req_start_file(struct req *q)
+{
+	req_start_step(q, STEP_DATA);
+}
+
+/* TRIM and WRITE_ZEROES are done: with FUA, make them durable first. */
+static void req_zeroed(struct req *q)
+{
+	if (q->r.flags & NBD_CMD_FLAG_FUA)
+		req_start_step(q, STEP_SYNC);
+	else
+		req_finish(q, NBD_SUCCESS);
+}
+
+static void req_falloc_done(struct req *q, int res)
+{
+	bool fast = q->r.flags & NBD_CMD_FLAG_FAST_ZERO;
+
+	if (res >= 0) {
+		req_zeroed(q);
+		return;
+	}
+	if (res != -EOPNOTSUPP && res != -ENOTTY) {
+		req_finish(q, proto_errno_to_nbd(-res));
+		return;
+	}
+	/* TRIM is advisory: where holes cannot be punched, it is done as it is. */
+	if (q->r.type == NBD_CMD_TRIM) {
+		req_zeroed(q);
+		return;
+	}
+	if (q->falloc_mode & FALLOC_FL_PUNCH_HOLE) {
+		q->falloc_mode = FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE;
+		req_start_step(q, STEP_FALLOC);
+		return;
+	}
+	/* No cheap way to zero: FAST_ZERO asks to fail fast rather than write. */
+	if (fast) {
+		req_finish(q, NBD_ENOTSUP);
+		return;
+	}
+	req_start_step(q, STEP_ZERO_WRITE);
 }
 
 void req_file_done(struct req *q, int res)
@@ -194,6 +271,25 @@ void req_file_done(struct req *q, int res)
 
 	if (c->state == CONN_CLOSING) {
 		req_finish(q, NBD_EIO);
+		return;
+	}
+	switch (q->step) {
+	case STEP_FALLOC:
+		req_falloc_done(q, res);
+		return;
+	case STEP_SYNC:
+		req_finish(q, res < 0 ? proto_errno_to_nbd(-res) : NBD_SUCCESS);
+		return;
+	case STEP_ZERO_WRITE:
+		if (res <= 0) {
+			req_finish(q, res < 0 ? proto_errno_to_nbd(-res) : NBD_EIO);
+			return;
+		}
+		q->io_done_bytes += (uint64_t)res;
+		if (q->io_done_bytes < q->r.len_bytes)
+			req_prep_file(q);
+		else
+			req_zeroed(q);
 		return;
 	}
 	if (res < 0) {
@@ -275,13 +371,52 @@ void req_rmw_done(struct req *q, int res)
 	req_start_file(q);
 }
 
-/* The lock is held: edge reads first if the write is unaligned, else the I/O. */
+/* base:allocation from the file's holes, built straight into the bounce chunk. */
+static void req_block_status(struct req *q)
+{
+	struct proto_extent ext[BLOCK_STATUS_MAX_EXTENTS];
+	size_t n = export_extents(q->c->exp, q->r.offset, q->r.len_bytes,
+				  q->r.flags & NBD_CMD_FLAG_REQ_ONE, ext, BLOCK_STATUS_MAX_EXTENTS);
+	int len = proto_encode_block_status(&q->c->sess, q->bounce.iov_base, POOL_CHUNK_BYTES,
+					    &q->r, ext, n);
+
+	assert(len > 0);
+	q->reply_raw_len = (uint32_t)len;
+	req_finish(q, NBD_SUCCESS);
+}
+
+/* The lock is held: do the request's work. */
 static void req_locked(struct req *q)
 {
-	if (q->rmw_head || q->rmw_tail)
-		req_start_rmw(q);
-	else
-		req_start_file(q);
+	const struct export *e = q->c->exp;
+
+	switch (q->r.type) {
+	case NBD_CMD_TRIM:
+		q->falloc_mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+		req_start_step(q, STEP_FALLOC);
+		break;
+	case NBD_CMD_WRITE_ZEROES:
+		/* Holes read as zeroes and are cheapest, unless NO_HOLE forbids them. */
+		if (!(q->r.flags & NBD_CMD_FLAG_NO_HOLE)) {
+			q->falloc_mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+		} else if (e->is_blockdev && (q->r.flags & NBD_CMD_FLAG_FAST_ZERO)) {
+			/* A device's zero-out may fall back to writing: not fast. */
+			req_finish(q, NBD_ENOTSUP);
+			break;
+		} else {
+			q->falloc_mode = FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE;
+		}
+		req_start_step(q, STEP_FALLOC);
+		break;
+	case NBD_CMD_BLOCK_STATUS:
+		req_block_status(q);
+		break;
+	default:
+		if (q->rmw_head || q->rmw_tail)
+			req_start_rmw(q);
+		else
+			req_start_file(q);
+	}
 }
 
 static void req_on_grant(struct rl_lock *lock, void *arg)
@@ -306,10 +441,11 @@ void req_lock_granted(struct req *q)
 static void req_lock(struct req *q)
 {
 	struct conn *c = q->c;
-	bool exclusive = q->r.type == NBD_CMD_WRITE;
+	bool exclusive = q->r.type == NBD_CMD_WRITE || q->r.type == NBD_CMD_TRIM ||
+			 q->r.type == NBD_CMD_WRITE_ZEROES;
 	uint64_t first = q->r.offset, last = q->r.offset + q->r.len_bytes - 1;
 
-	if (exclusive && !q->buffered) {
+	if (q->r.type == NBD_CMD_WRITE && !q->buffered) {
 		first = q->io_off;
 		last = q->io_off + q->io_len - 1;
 	}
@@ -431,7 +567,7 @@ void conn_rx_skip_done(struct conn *c, int res)
 static void req_refuse(struct req *q, uint32_t nbd_error)
 {
 	struct conn *c = q->c;
-	uint64_t payload = proto_request_payload_len(&q->r);
+	uint64_t payload = proto_request_payload_len(&c->sess, &q->r);
 
 	q->nbd_error = nbd_error;
 	log_debug("conn %" PRIu64 ": %s flags 0x%x offset %" PRIu64 " length %" PRIu64
@@ -440,6 +576,11 @@ static void req_refuse(struct req *q, uint32_t nbd_error)
 	if (!payload) {
 		req_reply(q);
 		conn_rx_next(c);
+		return;
+	}
+	if (payload > SKIP_MAX_BYTES) {
+		req_free(q);
+		conn_close(c, "refused request with a payload over 4 GiB");
 		return;
 	}
 	if (!c->skip_buf && !(c->skip_buf = malloc(SKIP_CHUNK))) {
@@ -468,8 +609,10 @@ static void conn_rx_request(struct conn *c)
 	q->niov = 0;
 	q->iov = q->io_iov = NULL;
 	q->bounce.iov_base = NULL;
+	q->reply_raw_len = 0;
+	q->step = STEP_DATA;
 	c->live_reqs++;
-	if (proto_decode_request(c->rx_hdr, &q->r) < 0) {
+	if (proto_decode_request(&c->sess, c->rx_hdr, &q->r) < 0) {
 		req_free(q);
 		conn_close(c, "bad request magic");
 		return;
@@ -494,11 +637,14 @@ static void conn_rx_request(struct conn *c)
 		return;
 	}
 	req_plan(q);
-	if (q->r.type == NBD_CMD_FLUSH || q->r.len_bytes == 0) {
-		if (q->r.type == NBD_CMD_FLUSH)
-			req_start_file(q);
-		else
-			req_reply(q);
+	if (q->r.type == NBD_CMD_FLUSH) {
+		req_start_file(q);
+		conn_rx_next(c);
+		return;
+	}
+	/* Nothing to move: answered at once (CACHE has no cache to fill here). */
+	if (q->r.type == NBD_CMD_CACHE || q->r.len_bytes == 0) {
+		req_reply(q);
 		conn_rx_next(c);
 		return;
 	}
@@ -524,12 +670,12 @@ void conn_rx_hdr_done(struct conn *c, int res)
 		return;
 	}
 	c->rx_have += (size_t)res;
-	if (c->rx_have < sizeof(c->rx_hdr)) {
+	if (c->rx_have < c->rx_hdr_len) {
 		struct io_uring_sqe *sqe = ring_get_sqe(c, c, OP_CONN_RX_HDR);
 
 		c->rx_busy = true;
-		io_uring_prep_recv(sqe, c->fd, c->rx_hdr + c->rx_have,
-				   sizeof(c->rx_hdr) - c->rx_have, MSG_WAITALL);
+		io_uring_prep_recv(sqe, c->fd, c->rx_hdr + c->rx_have, c->rx_hdr_len - c->rx_have,
+				   MSG_WAITALL);
 		return;
 	}
 	conn_rx_request(c);
@@ -548,7 +694,7 @@ static void conn_rx_next(struct conn *c)
 	c->rx_have = 0;
 	c->rx_busy = true;
 	sqe = ring_get_sqe(c, c, OP_CONN_RX_HDR);
-	io_uring_prep_recv(sqe, c->fd, c->rx_hdr, sizeof(c->rx_hdr), MSG_WAITALL);
+	io_uring_prep_recv(sqe, c->fd, c->rx_hdr, c->rx_hdr_len, MSG_WAITALL);
 }
 
 void conn_transmit_start(struct conn *c)
@@ -560,7 +706,9 @@ void conn_transmit_start(struct conn *c)
 	c->hs_out.data = NULL;
 	c->hs_cap = c->hs_out.cap = 0;
 	c->state = CONN_TRANSMIT;
-	log_info("conn %" PRIu64 ": serving export \"%s\" (%s replies)", c->id, c->exp->name,
-		 c->sess.structured ? "structured" : "simple");
+	c->rx_hdr_len = proto_request_hdr_len(&c->sess);
+	log_info("conn %" PRIu64 ": serving export \"%s\" (%s)", c->id, c->exp->name,
+		 c->sess.extended ? "extended headers" :
+		 c->sess.structured ? "structured replies" : "simple replies");
 	conn_rx_next(c);
 }

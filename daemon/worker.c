@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "daemon.h"
@@ -278,10 +279,17 @@ int worker_start(struct worker *w, struct server *srv, int id)
 	w->srv = srv;
 	pthread_mutex_init(&w->inbox_lock, NULL);
 
+	w->zeroes = mmap(NULL, WORKER_ZEROES_BYTES, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (w->zeroes == MAP_FAILED) {
+		ret = -errno;
+		log_error("worker %d: %s", id, strerror(-ret));
+		return ret;
+	}
 	ret = pool_init(&w->pool, srv->pool_bytes);
 	if (ret < 0) {
 		log_error("worker %d: buffer pool of %zu bytes: %s", id, srv->pool_bytes,
 			  strerror(-ret));
+		munmap(w->zeroes, WORKER_ZEROES_BYTES);
 		return ret;
 	}
 	memset(&params, 0, sizeof(params));
@@ -334,6 +342,7 @@ out_ring:
 	io_uring_queue_exit(&w->ring);
 out_pool:
 	pool_release(&w->pool);
+	munmap(w->zeroes, WORKER_ZEROES_BYTES);
 	return ret;
 }
 
@@ -373,6 +382,7 @@ void worker_join(struct worker *w)
 	close(w->efd);
 	io_uring_queue_exit(&w->ring);
 	pool_release(&w->pool);
+	munmap(w->zeroes, WORKER_ZEROES_BYTES);
 	free(w->inbox);
 	pthread_mutex_destroy(&w->inbox_lock);
 }

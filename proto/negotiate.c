@@ -98,6 +98,16 @@ static uint16_t session_tflags(const struct proto_session *s, const struct proto
 	return tflags;
 }
 
+/* Transmission begins on export e; contexts chosen for another export lapse. */
+static void session_enter(struct proto_session *s, const struct proto_export *e, uint16_t tflags)
+{
+	if (s->meta_export != e->opaque)
+		s->meta_base_allocation = false;
+	s->export = *e;
+	s->tflags = tflags;
+	s->phase = PROTO_PHASE_TRANSMISSION;
+}
+
 /* Prints a possibly unterminated name for a message, shortened. */
 static int name_width(size_t len)
 {
@@ -127,9 +137,7 @@ static int opt_export_name(struct proto_session *s, const struct proto_exports *
 		len += 124;
 	if (buf_append(out, reply, len) < 0)
 		return -ENOBUFS;
-	s->export = e;
-	s->tflags = tflags;
-	s->phase = PROTO_PHASE_TRANSMISSION;
+	session_enter(s, &e, tflags);
 	return 0;
 }
 
@@ -242,10 +250,100 @@ static int opt_info_go(struct proto_session *s, const struct proto_exports *ex,
 	ret = proto_encode_option_reply(out, opt->option, NBD_REP_ACK, NULL, 0);
 	if (ret < 0)
 		return ret;
-	if (opt->option == NBD_OPT_GO) {
-		s->export = e;
-		s->tflags = tflags;
-		s->phase = PROTO_PHASE_TRANSMISSION;
+	if (opt->option == NBD_OPT_GO)
+		session_enter(s, &e, tflags);
+	return 0;
+}
+
+static bool query_is(const uint8_t *q, uint32_t len, const char *what)
+{
+	return len == strlen(what) && memcmp(q, what, len) == 0;
+}
+
+/*
+ * LIST_META_CONTEXT and SET_META_CONTEXT. Data: u32 name length, name, u32
+ * number of queries, then each query as u32 length and string. uringnbd
+ * knows one context, base:allocation; LIST with no queries, or the query
+ * "base:", lists it.
+ */
+static int opt_meta_context(struct proto_session *s, const struct proto_exports *ex,
+			    const struct proto_option *opt, const uint8_t *data,
+			    struct proto_buf *out)
+{
+	bool set = opt->option == NBD_OPT_SET_META_CONTEXT, match = false;
+	uint32_t len = opt->len_bytes, name_len, nq, i, p, ql;
+	struct proto_export e;
+	uint8_t item[4 + sizeof(PROTO_META_BASE_ALLOCATION)];
+	int ret;
+
+	if (!s->structured)
+		return reply_error(out, opt->option, NBD_REP_ERR_INVALID,
+				   "%s needs structured replies first", proto_opt_name(opt->option));
+	if (len < 8)
+		return reply_error(out, opt->option, NBD_REP_ERR_INVALID,
+				   "%s: data shorter than 8 bytes", proto_opt_name(opt->option));
+	name_len = proto_get_u32(data);
+	if (name_len > len - 8)
+		return reply_error(out, opt->option, NBD_REP_ERR_INVALID,
+				   "%s: name length %u runs past the option",
+				   proto_opt_name(opt->option), name_len);
+	nq = proto_get_u32(data + 4 + name_len);
+	p = 8 + name_len;
+	for (i = 0; i < nq; i++) {
+		if (len - p < 4)
+			return reply_error(out, opt->option, NBD_REP_ERR_INVALID,
+					   "%s: %u queries do not fit the option",
+					   proto_opt_name(opt->option), nq);
+		ql = proto_get_u32(data + p);
+		p += 4;
+		if (ql > len - p)
+			return reply_error(out, opt->option, NBD_REP_ERR_INVALID,
+					   "%s: query length %u runs past the option",
+					   proto_opt_name(opt->option), ql);
+		if (ql > PROTO_NAME_MAX)
+			return reply_error(out, opt->option, NBD_REP_ERR_TOO_BIG,
+					   "query longer than %d bytes", PROTO_NAME_MAX);
+		p += ql;
+	}
+	if (p != len)
+		return reply_error(out, opt->option, NBD_REP_ERR_INVALID,
+				   "%s: %u bytes after the last query", proto_opt_name(opt->option),
+				   len - p);
+	if (name_len > PROTO_NAME_MAX)
+		return reply_error(out, opt->option, NBD_REP_ERR_TOO_BIG,
+				   "export name longer than %d bytes", PROTO_NAME_MAX);
+	if (ex->shutting_down)
+		return reply_error(out, opt->option, NBD_REP_ERR_SHUTDOWN,
+				   "server is shutting down");
+	if (ex->lookup(ex->ctx, (const char *)data + 4, name_len, &e) < 0)
+		return reply_error(out, opt->option, NBD_REP_ERR_UNKNOWN,
+				   "no export named \"%.*s\"", name_width(name_len),
+				   (const char *)data + 4);
+
+	if (!set && nq == 0)
+		match = true;
+	for (i = 0, p = 8 + name_len; i < nq; i++) {
+		ql = proto_get_u32(data + p);
+		if (query_is(data + p + 4, ql, PROTO_META_BASE_ALLOCATION) ||
+		    (!set && query_is(data + p + 4, ql, "base:")))
+			match = true;
+		p += 4 + ql;
+	}
+	if (match) {
+		/* LIST replies carry id 0; SET gives the context its id. */
+		proto_put_u32(item, set ? PROTO_META_ID_BASE_ALLOCATION : 0);
+		memcpy(item + 4, PROTO_META_BASE_ALLOCATION, sizeof(PROTO_META_BASE_ALLOCATION) - 1);
+		ret = proto_encode_option_reply(out, opt->option, NBD_REP_META_CONTEXT, item,
+						sizeof(item) - 1);
+		if (ret < 0)
+			return ret;
+	}
+	ret = proto_encode_option_reply(out, opt->option, NBD_REP_ACK, NULL, 0);
+	if (ret < 0)
+		return ret;
+	if (set) {
+		s->meta_base_allocation = match;
+		s->meta_export = e.opaque;
 	}
 	return 0;
 }
@@ -280,10 +378,32 @@ static int negotiate_one(struct proto_session *s, const struct proto_exports *ex
 		if (opt->len_bytes != 0)
 			return reply_error(out, opt->option, NBD_REP_ERR_INVALID,
 					   "NBD_OPT_STRUCTURED_REPLY takes no data");
+		if (s->extended)
+			return reply_error(out, opt->option, NBD_REP_ERR_EXT_HEADER_REQD,
+					   "extended headers are already negotiated");
+		if (s->structured)
+			return reply_error(out, opt->option, NBD_REP_ERR_INVALID,
+					   "structured replies are already negotiated");
 		if (proto_encode_option_reply(out, opt->option, NBD_REP_ACK, NULL, 0) < 0)
 			return -ENOBUFS;
 		s->structured = true;
 		return 0;
+	case NBD_OPT_EXTENDED_HEADERS:
+		if (opt->len_bytes != 0)
+			return reply_error(out, opt->option, NBD_REP_ERR_INVALID,
+					   "NBD_OPT_EXTENDED_HEADERS takes no data");
+		if (s->extended)
+			return reply_error(out, opt->option, NBD_REP_ERR_INVALID,
+					   "extended headers are already negotiated");
+		if (proto_encode_option_reply(out, opt->option, NBD_REP_ACK, NULL, 0) < 0)
+			return -ENOBUFS;
+		/* Extended headers carry structured replies with them. */
+		s->extended = true;
+		s->structured = true;
+		return 0;
+	case NBD_OPT_LIST_META_CONTEXT:
+	case NBD_OPT_SET_META_CONTEXT:
+		return opt_meta_context(s, ex, opt, data, out);
 	default:
 		return reply_error(out, opt->option, NBD_REP_ERR_UNSUP,
 				   "option %u (%s) is not supported", opt->option,

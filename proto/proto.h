@@ -32,6 +32,8 @@
 #define NBD_REQUEST_MAGIC      UINT32_C(0x25609513)
 #define NBD_SIMPLE_REPLY_MAGIC UINT32_C(0x67446698)
 #define NBD_STRUCTURED_REPLY_MAGIC UINT32_C(0x668e33ef)
+#define NBD_EXTENDED_REQUEST_MAGIC UINT32_C(0x21e41c71)
+#define NBD_EXTENDED_REPLY_MAGIC   UINT32_C(0x6e8a278c)
 
 /* Handshake flags (server) and client flags. */
 #define NBD_FLAG_FIXED_NEWSTYLE   (1u << 0)
@@ -52,6 +54,7 @@
 #define NBD_FLAG_SEND_RESIZE       (1u << 9)
 #define NBD_FLAG_SEND_CACHE        (1u << 10)
 #define NBD_FLAG_SEND_FAST_ZERO    (1u << 11)
+#define NBD_FLAG_BLOCK_STAT_PAYLOAD (1u << 12)
 
 /* Options. */
 #define NBD_OPT_EXPORT_NAME       1
@@ -81,6 +84,7 @@
 #define NBD_REP_ERR_SHUTDOWN        NBD_REP_ERR(7)
 #define NBD_REP_ERR_BLOCK_SIZE_REQD NBD_REP_ERR(8)
 #define NBD_REP_ERR_TOO_BIG         NBD_REP_ERR(9)
+#define NBD_REP_ERR_EXT_HEADER_REQD NBD_REP_ERR(10)
 
 /* NBD_REP_INFO item types. */
 #define NBD_INFO_EXPORT      0
@@ -104,6 +108,7 @@
 #define NBD_CMD_FLAG_DF        (1u << 2)
 #define NBD_CMD_FLAG_REQ_ONE   (1u << 3)
 #define NBD_CMD_FLAG_FAST_ZERO (1u << 4)
+#define NBD_CMD_FLAG_PAYLOAD_LEN (1u << 5)
 
 /* Structured reply chunk types and flags. */
 #define NBD_REPLY_FLAG_DONE         (1u << 0)
@@ -111,8 +116,15 @@
 #define NBD_REPLY_TYPE_OFFSET_DATA  1
 #define NBD_REPLY_TYPE_OFFSET_HOLE  2
 #define NBD_REPLY_TYPE_BLOCK_STATUS 5
+#define NBD_REPLY_TYPE_BLOCK_STATUS_EXT 6
 #define NBD_REPLY_TYPE_ERROR        ((1u << 15) + 1)
 #define NBD_REPLY_TYPE_ERROR_OFFSET ((1u << 15) + 2)
+
+/* base:allocation status flags. */
+#define NBD_STATE_HOLE (1u << 0)
+#define NBD_STATE_ZERO (1u << 1)
+#define PROTO_META_BASE_ALLOCATION "base:allocation"
+#define PROTO_META_ID_BASE_ALLOCATION 1 /* the id uringnbd gives it */
 
 /* NBD error values (transmission phase). */
 #define NBD_SUCCESS    0
@@ -130,9 +142,13 @@
 #define PROTO_CLIENT_FLAGS_LEN 4
 #define PROTO_OPTION_HDR_LEN   16  /* IHAVEOPT, option, length */
 #define PROTO_OPTREPLY_HDR_LEN 20  /* magic, option, type, length */
-#define PROTO_REQUEST_LEN      28
+#define PROTO_REQUEST_LEN      28  /* compact request header */
+#define PROTO_EXT_REQUEST_LEN  32  /* extended request header */
+#define PROTO_REQUEST_MAX_LEN  32
 #define PROTO_SIMPLE_REPLY_LEN 16
 #define PROTO_CHUNK_HDR_LEN    20  /* structured reply chunk header */
+#define PROTO_EXT_REPLY_LEN    32  /* extended reply header */
+#define PROTO_REPLY_HDR_MAX_LEN 32
 #define PROTO_EXPORT_NAME_REPLY_LEN 10 /* size, flags; + 124 zeroes unless NO_ZEROES */
 
 /* Limits. */
@@ -182,7 +198,10 @@ struct proto_session {
 	enum proto_phase phase;
 	uint32_t client_flags;
 	bool no_zeroes;           /* client and server agreed on NO_ZEROES */
-	bool structured;          /* structured replies negotiated */
+	bool structured;          /* structured replies negotiated (or implied) */
+	bool extended;            /* extended headers negotiated */
+	bool meta_base_allocation; /* base:allocation selected by SET_META_CONTEXT */
+	const void *meta_export;  /* ...for this export (its opaque); else none */
 	struct proto_export export; /* valid once phase is TRANSMISSION */
 	uint16_t tflags;          /* transmission flags sent to the client */
 };
@@ -233,14 +252,19 @@ int proto_encode_option_reply(struct proto_buf *out, uint32_t option, uint32_t t
 
 /* ---- transmission ---- */
 
+/* Length of a request header in this session: 28, or 32 with extended headers. */
+size_t proto_request_hdr_len(const struct proto_session *s);
+
 /*
- * Decodes a request header. Returns 0, or -EPROTO for a bad magic (the
- * connection must then be closed: nothing after it can be trusted).
+ * Decodes a request header (proto_request_hdr_len() bytes). Returns 0, or
+ * -EPROTO for a bad magic (the connection must then be closed: nothing after
+ * it can be trusted).
  */
-int proto_decode_request(const uint8_t in[PROTO_REQUEST_LEN], struct proto_request *req);
+int proto_decode_request(const struct proto_session *s, const uint8_t *in,
+			 struct proto_request *req);
 
 /* Bytes of payload that follow this request header on the wire. */
-uint64_t proto_request_payload_len(const struct proto_request *req);
+uint64_t proto_request_payload_len(const struct proto_session *s, const struct proto_request *req);
 
 /*
  * Validates a decoded request against the session and export. Returns
@@ -251,6 +275,15 @@ uint64_t proto_request_payload_len(const struct proto_request *req);
  */
 uint32_t proto_validate_request(const struct proto_session *s, const struct proto_request *req,
 				uint64_t max_len_bytes, uint32_t align_bytes);
+
+/*
+ * Encodes the header of one reply chunk for the session: a structured chunk
+ * header (20 bytes) or, with extended headers, an extended reply header (32
+ * bytes, carrying the request's offset). Returns the header length.
+ */
+size_t proto_encode_reply_hdr(const struct proto_session *s, uint8_t out[PROTO_REPLY_HDR_MAX_LEN],
+			      uint16_t flags, uint16_t type, uint64_t cookie, uint64_t offset,
+			      uint64_t payload_len);
 
 /* Encodes a simple reply header. */
 void proto_encode_simple_reply(uint8_t out[PROTO_SIMPLE_REPLY_LEN], uint32_t nbd_error,
@@ -263,6 +296,17 @@ void proto_encode_simple_reply(uint8_t out[PROTO_SIMPLE_REPLY_LEN], uint32_t nbd
 void proto_encode_chunk_hdr(uint8_t out[PROTO_CHUNK_HDR_LEN], uint16_t flags, uint16_t type,
 			    uint64_t cookie, uint32_t len_bytes);
 
+/*
+ * The reply to a request, header and fixed payload, for the session: a
+ * simple reply, or a final structured chunk (OFFSET_DATA header + offset for
+ * a successful READ with data; ERROR with an empty message for an error;
+ * NONE otherwise). The caller sends data_len bytes of data after it when
+ * *has_data is set. Returns the bytes written to out.
+ */
+#define PROTO_REPLY_MAX_LEN (PROTO_REPLY_HDR_MAX_LEN + 8)
+size_t proto_encode_reply(const struct proto_session *s, uint8_t out[PROTO_REPLY_MAX_LEN],
+			  const struct proto_request *req, uint32_t nbd_error, bool *has_data);
+
 /* Header + offset of an OFFSET_DATA chunk carrying len_bytes of data. */
 #define PROTO_OFFSET_DATA_HDR_LEN (PROTO_CHUNK_HDR_LEN + 8)
 void proto_encode_offset_data(uint8_t out[PROTO_OFFSET_DATA_HDR_LEN], bool done,
@@ -272,6 +316,23 @@ void proto_encode_offset_data(uint8_t out[PROTO_OFFSET_DATA_HDR_LEN], bool done,
 #define PROTO_ERROR_CHUNK_LEN (PROTO_CHUNK_HDR_LEN + 6)
 void proto_encode_error_chunk(uint8_t out[PROTO_ERROR_CHUNK_LEN], uint64_t cookie,
 			      uint32_t nbd_error);
+
+/* One extent of block status. */
+struct proto_extent {
+	uint64_t len_bytes;
+	uint32_t flags;            /* NBD_STATE_* */
+};
+
+/*
+ * A final BLOCK_STATUS (or, with extended headers, BLOCK_STATUS_EXT) chunk
+ * for base:allocation: header, context id and the n extents. With compact
+ * descriptors each extent must be below 4 GiB. Returns the bytes written,
+ * or -ENOBUFS if cap is too small (proto_block_status_len() tells).
+ */
+size_t proto_block_status_len(const struct proto_session *s, size_t n);
+int proto_encode_block_status(const struct proto_session *s, uint8_t *out, size_t cap,
+			      const struct proto_request *req, const struct proto_extent *ext,
+			      size_t n);
 
 /* Maps a (positive) errno value to the NBD error sent for it. */
 uint32_t proto_errno_to_nbd(int err);

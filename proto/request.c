@@ -7,21 +7,34 @@
 
 #include "proto.h"
 
-int proto_decode_request(const uint8_t in[PROTO_REQUEST_LEN], struct proto_request *req)
+size_t proto_request_hdr_len(const struct proto_session *s)
 {
-	if (proto_get_u32(in) != NBD_REQUEST_MAGIC)
+	return s->extended ? PROTO_EXT_REQUEST_LEN : PROTO_REQUEST_LEN;
+}
+
+int proto_decode_request(const struct proto_session *s, const uint8_t *in,
+			 struct proto_request *req)
+{
+	uint32_t magic = proto_get_u32(in);
+
+	if (magic != (s->extended ? NBD_EXTENDED_REQUEST_MAGIC : NBD_REQUEST_MAGIC))
 		return -EPROTO;
 	req->flags = proto_get_u16(in + 4);
 	req->type = proto_get_u16(in + 6);
 	req->cookie = proto_get_u64(in + 8);
 	req->offset = proto_get_u64(in + 16);
-	req->len_bytes = proto_get_u32(in + 24);
+	req->len_bytes = s->extended ? proto_get_u64(in + 24) : proto_get_u32(in + 24);
 	return 0;
 }
 
-uint64_t proto_request_payload_len(const struct proto_request *req)
+uint64_t proto_request_payload_len(const struct proto_session *s, const struct proto_request *req)
 {
-	return req->type == NBD_CMD_WRITE ? req->len_bytes : 0;
+	if (req->type == NBD_CMD_WRITE)
+		return req->len_bytes;
+	/* With extended headers, PAYLOAD_LEN says the length is a payload's. */
+	if (s->extended && (req->flags & NBD_CMD_FLAG_PAYLOAD_LEN))
+		return req->len_bytes;
+	return 0;
 }
 
 /* Flags each command may carry, given what was negotiated. */
@@ -32,41 +45,164 @@ static uint16_t allowed_flags(const struct proto_session *s, uint16_t type)
 	/* FUA is valid on every command once SEND_FUA is advertised. */
 	if (s->tflags & NBD_FLAG_SEND_FUA)
 		flags |= NBD_CMD_FLAG_FUA;
-	if (type == NBD_CMD_READ && (s->tflags & NBD_FLAG_SEND_DF))
-		flags |= NBD_CMD_FLAG_DF;
+	switch (type) {
+	case NBD_CMD_READ:
+		if (s->tflags & NBD_FLAG_SEND_DF)
+			flags |= NBD_CMD_FLAG_DF;
+		break;
+	case NBD_CMD_WRITE:
+		if (s->extended)
+			flags |= NBD_CMD_FLAG_PAYLOAD_LEN; /* redundant but allowed */
+		break;
+	case NBD_CMD_WRITE_ZEROES:
+		flags |= NBD_CMD_FLAG_NO_HOLE;
+		if (s->tflags & NBD_FLAG_SEND_FAST_ZERO)
+			flags |= NBD_CMD_FLAG_FAST_ZERO;
+		break;
+	case NBD_CMD_BLOCK_STATUS:
+		flags |= NBD_CMD_FLAG_REQ_ONE;
+		break;
+	}
 	return flags;
+}
+
+/* The transmission flag that advertises a command (0: always there). */
+static uint16_t command_tflag(uint16_t type)
+{
+	switch (type) {
+	case NBD_CMD_FLUSH: return NBD_FLAG_SEND_FLUSH;
+	case NBD_CMD_TRIM: return NBD_FLAG_SEND_TRIM;
+	case NBD_CMD_WRITE_ZEROES: return NBD_FLAG_SEND_WRITE_ZEROES;
+	case NBD_CMD_CACHE: return NBD_FLAG_SEND_CACHE;
+	default: return 0;
+	}
 }
 
 uint32_t proto_validate_request(const struct proto_session *s, const struct proto_request *req,
 				uint64_t max_len_bytes, uint32_t align_bytes)
 {
 	uint64_t size = s->export.size_bytes;
+	bool writes = req->type == NBD_CMD_WRITE || req->type == NBD_CMD_TRIM ||
+		      req->type == NBD_CMD_WRITE_ZEROES;
+	uint16_t tflag;
 
 	switch (req->type) {
 	case NBD_CMD_READ:
 	case NBD_CMD_WRITE:
-		break;
 	case NBD_CMD_FLUSH:
-		if (!(s->tflags & NBD_FLAG_SEND_FLUSH))
-			return NBD_EINVAL;
+	case NBD_CMD_TRIM:
+	case NBD_CMD_CACHE:
+	case NBD_CMD_WRITE_ZEROES:
+	case NBD_CMD_BLOCK_STATUS:
 		break;
 	default:
 		return NBD_EINVAL;
 	}
 	if (req->flags & ~allowed_flags(s, req->type))
 		return NBD_EINVAL;
-	if (req->type == NBD_CMD_FLUSH)
-		return NBD_SUCCESS;
-
-	if (req->type == NBD_CMD_WRITE && (s->tflags & NBD_FLAG_READ_ONLY))
+	if (writes && (s->tflags & NBD_FLAG_READ_ONLY))
 		return NBD_EPERM;
-	if (req->len_bytes > max_len_bytes)
+	tflag = command_tflag(req->type);
+	if (tflag && !(s->tflags & tflag))
+		return NBD_EINVAL;
+	if (req->type == NBD_CMD_FLUSH)
+		return NBD_SUCCESS; /* offset and length mean nothing */
+	if (req->type == NBD_CMD_BLOCK_STATUS && (!s->meta_base_allocation || req->len_bytes == 0))
+		return NBD_EINVAL;
+	if ((req->type == NBD_CMD_READ || req->type == NBD_CMD_WRITE) && req->len_bytes > max_len_bytes)
 		return NBD_EINVAL;
 	if (req->offset > size || req->len_bytes > size - req->offset)
-		return req->type == NBD_CMD_WRITE ? NBD_ENOSPC : NBD_EINVAL;
-	if (align_bytes > 1 && (req->offset % align_bytes || req->len_bytes % align_bytes))
+		return (req->type == NBD_CMD_WRITE || req->type == NBD_CMD_WRITE_ZEROES) ? NBD_ENOSPC
+											  : NBD_EINVAL;
+	if (align_bytes > 1 && (req->type == NBD_CMD_READ || req->type == NBD_CMD_WRITE) &&
+	    (req->offset % align_bytes || req->len_bytes % align_bytes))
 		return NBD_EINVAL;
 	return NBD_SUCCESS;
+}
+
+size_t proto_encode_reply_hdr(const struct proto_session *s, uint8_t out[PROTO_REPLY_HDR_MAX_LEN],
+			      uint16_t flags, uint16_t type, uint64_t cookie, uint64_t offset,
+			      uint64_t payload_len)
+{
+	if (!s->extended) {
+		proto_encode_chunk_hdr(out, flags, type, cookie, (uint32_t)payload_len);
+		return PROTO_CHUNK_HDR_LEN;
+	}
+	proto_put_u32(out, NBD_EXTENDED_REPLY_MAGIC);
+	proto_put_u16(out + 4, flags);
+	proto_put_u16(out + 6, type);
+	proto_put_u64(out + 8, cookie);
+	proto_put_u64(out + 16, offset);
+	proto_put_u64(out + 24, payload_len);
+	return PROTO_EXT_REPLY_LEN;
+}
+
+size_t proto_encode_reply(const struct proto_session *s, uint8_t out[PROTO_REPLY_MAX_LEN],
+			  const struct proto_request *req, uint32_t nbd_error, bool *has_data)
+{
+	bool read = req->type == NBD_CMD_READ;
+	size_t n;
+
+	*has_data = false;
+	/* Simple replies: without structured replies; and for success without data. */
+	if (!s->structured || (!s->extended && nbd_error == NBD_SUCCESS && !read)) {
+		proto_encode_simple_reply(out, nbd_error, req->cookie);
+		*has_data = read && nbd_error == NBD_SUCCESS && req->len_bytes;
+		return PROTO_SIMPLE_REPLY_LEN;
+	}
+	if (nbd_error != NBD_SUCCESS) {
+		n = proto_encode_reply_hdr(s, out, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_ERROR,
+					   req->cookie, req->offset, 6);
+		proto_put_u32(out + n, nbd_error);
+		proto_put_u16(out + n + 4, 0);
+		return n + 6;
+	}
+	if (read && req->len_bytes) {
+		n = proto_encode_reply_hdr(s, out, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_DATA,
+					   req->cookie, req->offset, 8 + req->len_bytes);
+		proto_put_u64(out + n, req->offset);
+		*has_data = true;
+		return n + 8;
+	}
+	return proto_encode_reply_hdr(s, out, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE,
+				      req->cookie, req->offset, 0);
+}
+
+size_t proto_block_status_len(const struct proto_session *s, size_t n)
+{
+	return s->extended ? PROTO_EXT_REPLY_LEN + 8 + 16 * n : PROTO_CHUNK_HDR_LEN + 4 + 8 * n;
+}
+
+int proto_encode_block_status(const struct proto_session *s, uint8_t *out, size_t cap,
+			      const struct proto_request *req, const struct proto_extent *ext,
+			      size_t n)
+{
+	size_t len = proto_block_status_len(s, n), hdr, i;
+	uint8_t *p;
+
+	if (cap < len)
+		return -ENOBUFS;
+	if (s->extended) {
+		hdr = proto_encode_reply_hdr(s, out, NBD_REPLY_FLAG_DONE,
+					     NBD_REPLY_TYPE_BLOCK_STATUS_EXT, req->cookie,
+					     req->offset, 8 + 16 * n);
+		proto_put_u32(out + hdr, PROTO_META_ID_BASE_ALLOCATION);
+		proto_put_u32(out + hdr + 4, (uint32_t)n);
+		for (i = 0, p = out + hdr + 8; i < n; i++, p += 16) {
+			proto_put_u64(p, ext[i].len_bytes);
+			proto_put_u64(p + 8, ext[i].flags);
+		}
+	} else {
+		hdr = proto_encode_reply_hdr(s, out, NBD_REPLY_FLAG_DONE,
+					     NBD_REPLY_TYPE_BLOCK_STATUS, req->cookie,
+					     req->offset, 4 + 8 * n);
+		proto_put_u32(out + hdr, PROTO_META_ID_BASE_ALLOCATION);
+		for (i = 0, p = out + hdr + 4; i < n; i++, p += 8) {
+			proto_put_u32(p, (uint32_t)ext[i].len_bytes);
+			proto_put_u32(p + 4, ext[i].flags);
+		}
+	}
+	return (int)len;
 }
 
 void proto_encode_simple_reply(uint8_t out[PROTO_SIMPLE_REPLY_LEN], uint32_t nbd_error,
