@@ -70,6 +70,7 @@ struct export_spec {
 	const char *description;
 	const char *path;
 	bool readonly;
+	char *storage;         /* heap copy the strings point into, or NULL */
 };
 
 /*
@@ -164,6 +165,7 @@ struct worker {
 	ev_io efd_watcher;
 	ev_prepare submit_watcher; /* one io_uring_submit per loop iteration */
 	ev_async wake;            /* inbox or stop */
+	ev_timer grace;           /* bounds a graceful stop */
 	pthread_mutex_t inbox_lock;
 	int *inbox;               /* accepted sockets waiting to be adopted */
 	size_t inbox_len, inbox_cap;
@@ -180,6 +182,7 @@ struct worker {
 	void *zeroes;             /* WORKER_ZEROES_BYTES of zeroes, never written */
 };
 #define WORKER_ZEROES_BYTES (1u << 20)
+#define WORKER_STOP_GRACE_S 5.0   /* a stop closes whatever is left after this */
 
 int worker_start(struct worker *w, struct server *srv, int id);
 /* Hands an accepted socket to w (from the main thread). */
@@ -253,6 +256,7 @@ struct conn {
 	uint64_t id;
 	int fd;
 	enum conn_state state;
+	bool close_when_idle;      /* server stopping: close once no request is live */
 	unsigned sqes;             /* SQEs in flight naming this conn or its requests,
 				      plus requests waiting for a range lock */
 

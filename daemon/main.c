@@ -65,8 +65,10 @@ void server_accept(struct server *s, int fd)
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"usage: uringnbd [OPTIONS] FILE\n"
+		"usage: uringnbd [OPTIONS] [FILE]\n"
 		"Export FILE (a regular file or block device) over NBD with O_DIRECT I/O.\n\n"
+		"  -e, --export NAME=PATH[,readonly][,description=TEXT]\n"
+		"                       one more export (repeatable); FILE is the export -n names\n"
 		"  -U, --unix PATH      listen on a unix socket (with only -U, no TCP)\n"
 		"  -b, --bind ADDR      TCP address to listen on (default localhost)\n"
 		"  -p, --port PORT      TCP port (default " DEFAULT_PORT ")\n"
@@ -79,6 +81,54 @@ static void usage(FILE *f)
 		"  -v, --verbose        log every connection and request\n"
 		"  -V, --version        print the version and exit\n"
 		"  -h, --help           print this help and exit\n");
+}
+
+/*
+ * --export NAME=PATH[,readonly][,description=TEXT]: fills *spec from a
+ * copy of arg (kept for the life of the process). description= takes the
+ * rest of the argument, commas included.
+ */
+static int parse_export(const char *arg, struct export_spec *spec)
+{
+	char *s, *eq, *key, *next;
+
+	memset(spec, 0, sizeof(*spec));
+	s = spec->storage = strdup(arg);
+	if (!s)
+		return -1;
+	spec->description = "";
+	eq = strchr(s, '=');
+	if (!eq || eq == s) {
+		fprintf(stderr, "uringnbd: --export \"%s\": expected NAME=PATH[,readonly]"
+				"[,description=TEXT]\n", arg);
+		return -1;
+	}
+	*eq = '\0';
+	spec->name = s;
+	spec->path = eq + 1;
+	next = strchr(spec->path, ',');
+	if (next)
+		*next++ = '\0';
+	if (!spec->path[0]) {
+		fprintf(stderr, "uringnbd: --export \"%s\": no PATH\n", arg);
+		return -1;
+	}
+	while ((key = next)) {
+		if (strncmp(key, "description=", 12) == 0) {
+			spec->description = key + 12;
+			break;
+		}
+		next = strchr(key, ',');
+		if (next)
+			*next++ = '\0';
+		if (strcmp(key, "readonly") == 0 || strcmp(key, "ro") == 0) {
+			spec->readonly = true;
+		} else {
+			fprintf(stderr, "uringnbd: --export \"%s\": unknown key \"%s\"\n", arg, key);
+			return -1;
+		}
+	}
+	return 0;
 }
 
 /* "64M", "1G", "4096": bytes, or -1. */
@@ -150,6 +200,7 @@ int main(int argc, char **argv)
 {
 	static const struct option longopts[] = {
 		{ "unix", required_argument, NULL, 'U' },
+		{ "export", required_argument, NULL, 'e' },
 		{ "bind", required_argument, NULL, 'b' },
 		{ "port", required_argument, NULL, 'p' },
 		{ "name", required_argument, NULL, 'n' },
@@ -165,6 +216,8 @@ int main(int argc, char **argv)
 	};
 	const char *unix_path = NULL, *bind_addr = NULL, *port = NULL, *pid_file = NULL;
 	struct export_spec spec = { .name = "", .description = "" };
+	struct export_spec *specs = NULL;
+	size_t nspecs = 0, j, k;
 	ev_signal sigint_w, sigterm_w, sigusr1_w;
 	long threads = 0;
 	char *end;
@@ -172,8 +225,22 @@ int main(int argc, char **argv)
 	int opt, status = 1, inherited;
 	unsigned i, started = 0;
 
-	while ((opt = getopt_long(argc, argv, "U:b:p:n:d:rt:vVh", longopts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "U:e:b:p:n:d:rt:vVh", longopts, NULL)) != -1) {
 		switch (opt) {
+		case 'e': {
+			struct export_spec *p = realloc(specs, (nspecs + 1) * sizeof(*specs));
+
+			if (!p)
+				return 1;
+			specs = p;
+			if (parse_export(optarg, &p[nspecs]) < 0) {
+				free(p[nspecs].storage);
+				return 1;
+			}
+			specs = p;
+			nspecs++;
+			break;
+		}
 		case 'U': unix_path = optarg; break;
 		case 'b': bind_addr = optarg; break;
 		case 'p': port = optarg; break;
@@ -202,17 +269,37 @@ int main(int argc, char **argv)
 		default: usage(stderr); return 1;
 		}
 	}
-	if (optind != argc - 1) {
-		fprintf(stderr, "uringnbd: expected exactly one FILE to export\n");
+	if (optind < argc - 1 || (optind == argc && nspecs == 0)) {
+		fprintf(stderr, "uringnbd: expected one FILE to export, or --export\n");
 		usage(stderr);
 		return 1;
 	}
-	if (strlen(spec.name) > PROTO_NAME_MAX || strlen(spec.description) > PROTO_NAME_MAX) {
-		fprintf(stderr, "uringnbd: export name and description are limited to %d bytes\n",
-			PROTO_NAME_MAX);
-		return 1;
+	/* The positional FILE is the first export, named by --name. */
+	if (optind == argc - 1) {
+		struct export_spec *p = realloc(specs, (nspecs + 1) * sizeof(*specs));
+
+		if (!p)
+			return 1;
+		specs = p;
+		memmove(specs + 1, specs, nspecs * sizeof(*specs));
+		spec.path = argv[optind];
+		specs[0] = spec;
+		nspecs++;
 	}
-	spec.path = argv[optind];
+	for (j = 0; j < nspecs; j++) {
+		if (strlen(specs[j].name) > PROTO_NAME_MAX ||
+		    strlen(specs[j].description) > PROTO_NAME_MAX) {
+			fprintf(stderr, "uringnbd: export \"%.64s\": name and description are limited "
+				"to %d bytes\n", specs[j].name, PROTO_NAME_MAX);
+			return 1;
+		}
+		for (k = 0; k < j; k++)
+			if (strcmp(specs[j].name, specs[k].name) == 0) {
+				fprintf(stderr, "uringnbd: export name \"%s\" given twice\n",
+					specs[j].name);
+				return 1;
+			}
+	}
 	if (threads == 0) {
 		threads = sysconf(_SC_NPROCESSORS_ONLN);
 		if (threads < 1)
@@ -220,10 +307,14 @@ int main(int argc, char **argv)
 	}
 	signal(SIGPIPE, SIG_IGN);
 
-	srv.exports = calloc(1, sizeof(*srv.exports));
-	if (!srv.exports || export_open(&srv.exports[0], &spec, NULL, 0) < 0)
+	srv.exports = calloc(nspecs, sizeof(*srv.exports));
+	if (!srv.exports)
 		return 1;
-	srv.nexports = 1;
+	for (j = 0; j < nspecs; j++) {
+		if (export_open(&srv.exports[j], &specs[j], srv.exports, j) < 0)
+			goto out_listeners;
+		srv.nexports++;
+	}
 	srv.pool_bytes = (size_t)pool;
 	srv.loop = ev_default_loop(EVFLAG_AUTO);
 
@@ -247,10 +338,12 @@ int main(int argc, char **argv)
 	listen_start(&srv);
 	if (pid_file && write_pid_file(pid_file) < 0)
 		goto out_workers;
-	log_info("exporting \"%s\" as \"%s\": %" PRIu64 " bytes, direct-I/O alignment %u, %s, "
-		 "%u worker%s", srv.exports[0].path, srv.exports[0].name, srv.exports[0].size_bytes,
-		 srv.exports[0].align_bytes, srv.exports[0].readonly ? "read-only" : "read-write",
-		 srv.nworkers, srv.nworkers == 1 ? "" : "s");
+	for (j = 0; j < srv.nexports; j++)
+		log_info("export \"%s\": \"%s\", %" PRIu64 " bytes, direct-I/O alignment %u, %s",
+			 srv.exports[j].name, srv.exports[j].path, srv.exports[j].size_bytes,
+			 srv.exports[j].align_bytes,
+			 srv.exports[j].readonly ? "read-only" : "read-write");
+	log_info("%u worker%s", srv.nworkers, srv.nworkers == 1 ? "" : "s");
 
 	ev_signal_init(&sigint_w, on_stop_signal, SIGINT);
 	ev_signal_start(srv.loop, &sigint_w);
@@ -269,6 +362,10 @@ out_workers:
 		worker_stop(&srv.workers[i]);
 	for (i = 0; i < started; i++)
 		worker_join(&srv.workers[i]);
+	/* Every acknowledged write is on stable storage before exit. */
+	for (j = 0; j < srv.nexports; j++)
+		if (!srv.exports[j].readonly && fdatasync(srv.exports[j].fd) < 0)
+			log_error("flush \"%s\": %s", srv.exports[j].path, strerror(errno));
 	if (status == 0)
 		log_stats();
 	free(srv.workers);
@@ -279,5 +376,8 @@ out_listeners:
 	for (i = 0; i < srv.nexports; i++)
 		export_release(&srv.exports[i]);
 	free(srv.exports);
+	for (j = 0; j < nspecs; j++)
+		free(specs[j].storage);
+	free(specs);
 	return status;
 }

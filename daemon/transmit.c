@@ -65,8 +65,12 @@ static uint64_t now_ns(void)
 
 static void conn_maybe_drained(struct conn *c)
 {
-	if (c->state == CONN_DRAINING && c->live_reqs == 0)
+	if (c->live_reqs)
+		return;
+	if (c->state == CONN_DRAINING)
 		conn_close(c, "client disconnected (NBD_CMD_DISC)");
+	else if (c->close_when_idle)
+		conn_close(c, "server shutting down");
 }
 
 /* Returns a request's buffers to the pool. */

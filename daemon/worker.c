@@ -205,15 +205,39 @@ static void worker_wake_cb(struct ev_loop *loop, ev_async *watcher, int revents)
 	if (stop && !w->stopping) {
 		struct conn *c, *next;
 
+		/*
+		 * Graceful: negotiations get ERR_SHUTDOWN on their next option;
+		 * connections finish their requests (new ones get ESHUTDOWN) and
+		 * close when idle; the grace timer closes the rest.
+		 */
 		w->stopping = true;
+		ev_timer_start(loop, &w->grace);
 		for (c = w->conns; c; c = next) {
 			next = c->next;
-			conn_close(c, "server shutting down");
-			conn_put(c);
+			if (c->state == CONN_TRANSMIT && c->live_reqs) {
+				c->close_when_idle = true;
+			} else if (c->state == CONN_TRANSMIT) {
+				conn_close(c, "server shutting down");
+				conn_put(c);
+			}
 		}
 	}
 	if (w->stopping && w->nconns == 0)
 		ev_break(loop, EVBREAK_ALL);
+}
+
+static void worker_grace_cb(struct ev_loop *loop, ev_timer *watcher, int revents)
+{
+	struct worker *w = watcher->data;
+	struct conn *c, *next;
+
+	(void)loop;
+	(void)revents;
+	for (c = w->conns; c; c = next) {
+		next = c->next;
+		conn_close(c, "server shut down: grace period over");
+		conn_put(c);
+	}
 }
 
 void worker_pool_wait(struct worker *w, struct conn *c)
@@ -323,6 +347,8 @@ int worker_start(struct worker *w, struct server *srv, int id)
 	ev_prepare_init(&w->submit_watcher, worker_submit_cb);
 	w->submit_watcher.data = w;
 	ev_prepare_start(w->loop, &w->submit_watcher);
+	ev_timer_init(&w->grace, worker_grace_cb, WORKER_STOP_GRACE_S, 0.);
+	w->grace.data = w;
 	ev_async_init(&w->wake, worker_wake_cb);
 	w->wake.data = w;
 	ev_async_start(w->loop, &w->wake);

@@ -11,82 +11,14 @@
 #include "../../proto/proto.h"
 #include "harness.h"
 
-static void send_all(int fd, const void *p, size_t len)
-{
-	ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
-
-	CHECK(n == (ssize_t)len, "send %zu: %zd (%s)", len, n, strerror(errno));
-}
-
-static void recv_all(int fd, void *p, size_t len)
-{
-	ssize_t n = recv(fd, p, len, MSG_WAITALL);
-
-	CHECK(n == (ssize_t)len, "recv %zu: %zd (%s)", len, n, n < 0 ? strerror(errno) : "eof");
-}
-
-static void expect_closed(int fd, const char *what)
-{
-	uint8_t b;
-	ssize_t n = recv(fd, &b, 1, 0);
-
-	CHECK(n == 0 || (n < 0 && errno == ECONNRESET), "%s: connection not closed (%zd, %s)",
-	      what, n, n < 0 ? strerror(errno) : "data");
-	close(fd);
-}
-
-/* Connects and takes the greeting; sends the given client flags. */
-static int raw_hello(struct daemon *d, uint32_t client_flags)
-{
-	uint8_t g[PROTO_GREETING_LEN], f[4];
-	int fd = harness_raw_connect(d);
-
-	recv_all(fd, g, sizeof(g));
-	CHECK(proto_get_u64(g) == NBD_MAGIC && proto_get_u64(g + 8) == NBD_IHAVEOPT,
-	      "bad greeting");
-	CHECK(proto_get_u16(g + 16) == (NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES),
-	      "handshake flags 0x%x", proto_get_u16(g + 16));
-	proto_put_u32(f, client_flags);
-	send_all(fd, f, 4);
-	return fd;
-}
-
-static void send_option(int fd, uint64_t magic, uint32_t opt, const void *data, uint32_t len)
-{
-	uint8_t h[PROTO_OPTION_HDR_LEN];
-
-	proto_put_u64(h, magic);
-	proto_put_u32(h + 8, opt);
-	proto_put_u32(h + 12, len);
-	send_all(fd, h, sizeof(h));
-	if (len && data)
-		send_all(fd, data, len);
-}
-
-/* Reads one option reply header; returns its type, skips its payload. */
-static uint32_t recv_option_reply(int fd, uint32_t opt)
-{
-	uint8_t h[PROTO_OPTREPLY_HDR_LEN], skip[4096];
-	uint32_t len;
-
-	recv_all(fd, h, sizeof(h));
-	CHECK(proto_get_u64(h) == NBD_REP_MAGIC, "option reply magic");
-	CHECK(proto_get_u32(h + 8) == opt, "reply to option %u, expected %u",
-	      proto_get_u32(h + 8), opt);
-	len = proto_get_u32(h + 16);
-	CHECK(len <= sizeof(skip), "reply payload %u", len);
-	recv_all(fd, skip, len);
-	return proto_get_u32(h + 12);
-}
-
 /* Old-style EXPORT_NAME of the default export; returns the socket in transmission. */
 static int raw_transmission(struct daemon *d)
 {
 	uint8_t r[10];
 	int fd = raw_hello(d, NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES);
 
-	send_option(fd, NBD_IHAVEOPT, NBD_OPT_EXPORT_NAME, NULL, 0);
-	recv_all(fd, r, sizeof(r));
+	raw_option(fd, NBD_IHAVEOPT, NBD_OPT_EXPORT_NAME, NULL, 0);
+	raw_recv(fd, r, sizeof(r));
 	CHECK(proto_get_u64(r) == 4 << 20, "EXPORT_NAME size");
 	CHECK(proto_get_u16(r + 8) & NBD_FLAG_HAS_FLAGS, "EXPORT_NAME flags");
 	return fd;
@@ -103,14 +35,14 @@ static void send_request(int fd, uint32_t magic, uint16_t flags, uint16_t type, 
 	proto_put_u64(h + 8, cookie);
 	proto_put_u64(h + 16, off);
 	proto_put_u32(h + 24, len);
-	send_all(fd, h, sizeof(h));
+	raw_send(fd, h, sizeof(h));
 }
 
 static uint32_t recv_simple_reply(int fd, uint64_t cookie)
 {
 	uint8_t r[PROTO_SIMPLE_REPLY_LEN];
 
-	recv_all(fd, r, sizeof(r));
+	raw_recv(fd, r, sizeof(r));
 	CHECK(proto_get_u32(r) == NBD_SIMPLE_REPLY_MAGIC, "simple reply magic");
 	CHECK(proto_get_u64(r + 8) == cookie, "reply cookie");
 	return proto_get_u32(r + 4);
@@ -135,35 +67,35 @@ int main(void)
 
 	/* Unknown client flags: dropped. */
 	fd = raw_hello(&d, NBD_FLAG_C_FIXED_NEWSTYLE | (1u << 5));
-	expect_closed(fd, "unknown client flags");
+	raw_expect_closed(fd, "unknown client flags");
 
 	/* Bad option magic: dropped. */
 	fd = raw_hello(&d, NBD_FLAG_C_FIXED_NEWSTYLE);
-	send_option(fd, NBD_IHAVEOPT ^ 1, NBD_OPT_LIST, NULL, 0);
-	expect_closed(fd, "bad option magic");
+	raw_option(fd, NBD_IHAVEOPT ^ 1, NBD_OPT_LIST, NULL, 0);
+	raw_expect_closed(fd, "bad option magic");
 
 	/* Unknown option: ERR_UNSUP and its payload skipped; a huge one: ERR_TOO_BIG. */
 	fd = raw_hello(&d, NBD_FLAG_C_FIXED_NEWSTYLE);
-	send_option(fd, NBD_IHAVEOPT, 4242, "garbage!", 8);
-	CHECK(recv_option_reply(fd, 4242) == NBD_REP_ERR_UNSUP, "unknown option not ERR_UNSUP");
+	raw_option(fd, NBD_IHAVEOPT, 4242, "garbage!", 8);
+	CHECK(raw_option_reply(fd, 4242) == NBD_REP_ERR_UNSUP, "unknown option not ERR_UNSUP");
 	memset(buf, 'x', 1 << 20);
-	send_option(fd, NBD_IHAVEOPT, NBD_OPT_GO, buf, 1 << 20);
-	CHECK(recv_option_reply(fd, NBD_OPT_GO) == NBD_REP_ERR_TOO_BIG,
+	raw_option(fd, NBD_IHAVEOPT, NBD_OPT_GO, buf, 1 << 20);
+	CHECK(raw_option_reply(fd, NBD_OPT_GO) == NBD_REP_ERR_TOO_BIG,
 	      "1 MiB option not ERR_TOO_BIG");
-	send_option(fd, NBD_IHAVEOPT, NBD_OPT_LIST, "x", 1);
-	CHECK(recv_option_reply(fd, NBD_OPT_LIST) == NBD_REP_ERR_INVALID,
+	raw_option(fd, NBD_IHAVEOPT, NBD_OPT_LIST, "x", 1);
+	CHECK(raw_option_reply(fd, NBD_OPT_LIST) == NBD_REP_ERR_INVALID,
 	      "LIST with data not ERR_INVALID");
-	send_option(fd, NBD_IHAVEOPT, NBD_OPT_STARTTLS, NULL, 0);
-	CHECK(recv_option_reply(fd, NBD_OPT_STARTTLS) == NBD_REP_ERR_POLICY,
+	raw_option(fd, NBD_IHAVEOPT, NBD_OPT_STARTTLS, NULL, 0);
+	CHECK(raw_option_reply(fd, NBD_OPT_STARTTLS) == NBD_REP_ERR_POLICY,
 	      "STARTTLS not ERR_POLICY");
-	send_option(fd, NBD_IHAVEOPT, NBD_OPT_ABORT, NULL, 0);
-	CHECK(recv_option_reply(fd, NBD_OPT_ABORT) == NBD_REP_ACK, "ABORT not acknowledged");
-	expect_closed(fd, "after ABORT");
+	raw_option(fd, NBD_IHAVEOPT, NBD_OPT_ABORT, NULL, 0);
+	CHECK(raw_option_reply(fd, NBD_OPT_ABORT) == NBD_REP_ACK, "ABORT not acknowledged");
+	raw_expect_closed(fd, "after ABORT");
 
 	/* EXPORT_NAME of an unknown export: closed, no reply. */
 	fd = raw_hello(&d, NBD_FLAG_C_FIXED_NEWSTYLE);
-	send_option(fd, NBD_IHAVEOPT, NBD_OPT_EXPORT_NAME, "nope", 4);
-	expect_closed(fd, "EXPORT_NAME of an unknown export");
+	raw_option(fd, NBD_IHAVEOPT, NBD_OPT_EXPORT_NAME, "nope", 4);
+	raw_expect_closed(fd, "EXPORT_NAME of an unknown export");
 
 	/* Transmission: unknown command and bad flags get EINVAL; bad magic is a disconnect. */
 	fd = raw_transmission(&d);
@@ -176,12 +108,12 @@ int main(void)
 	send_request(fd, NBD_REQUEST_MAGIC, 0, NBD_CMD_FLUSH, 4, 0, 0);
 	CHECK(recv_simple_reply(fd, 4) == 0, "flush failed");
 	send_request(fd, 0x12345678, 0, NBD_CMD_READ, 5, 0, 512);
-	expect_closed(fd, "bad request magic");
+	raw_expect_closed(fd, "bad request magic");
 
 	/* A WRITE whose payload never fully arrives. */
 	fd = raw_transmission(&d);
 	send_request(fd, NBD_REQUEST_MAGIC, 0, NBD_CMD_WRITE, 6, 0, 4096);
-	send_all(fd, buf, 100);
+	raw_send(fd, buf, 100);
 	close(fd);
 
 	/* 64 requests in flight, then the socket closed under them. */

@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../../proto/proto.h"
 #include "harness.h"
 
 struct daemon *harness_current;
@@ -255,3 +256,78 @@ void harness_read_image(struct daemon *d, void *buf, size_t len, uint64_t off)
 	CHECK(n == (ssize_t)len, "pread %s: %zd of %zu", d->img, n, len);
 	close(fd);
 }
+
+/* ---- raw protocol helpers ---- */
+
+void raw_send(int fd, const void *p, size_t len)
+{
+	ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+
+	CHECK(n == (ssize_t)len, "send %zu: %zd (%s)", len, n, strerror(errno));
+}
+
+void raw_recv(int fd, void *p, size_t len)
+{
+	ssize_t n;
+
+	if (len == 0)
+		return; /* recv(0, MSG_WAITALL) would wait for data that is not owed */
+	n = recv(fd, p, len, MSG_WAITALL);
+
+	CHECK(n == (ssize_t)len, "recv %zu: %zd (%s)", len, n, n < 0 ? strerror(errno) : "eof");
+}
+
+void raw_expect_closed(int fd, const char *what)
+{
+	uint8_t b;
+	ssize_t n = recv(fd, &b, 1, 0);
+
+	CHECK(n == 0 || (n < 0 && errno == ECONNRESET), "%s: connection not closed (%zd, %s)",
+	      what, n, n < 0 ? strerror(errno) : "data");
+	close(fd);
+}
+
+/* Connects and takes the greeting; sends the given client flags. */
+int raw_hello(struct daemon *d, uint32_t client_flags)
+{
+	uint8_t g[PROTO_GREETING_LEN], f[4];
+	int fd = harness_raw_connect(d);
+
+	raw_recv(fd, g, sizeof(g));
+	CHECK(proto_get_u64(g) == NBD_MAGIC && proto_get_u64(g + 8) == NBD_IHAVEOPT,
+	      "bad greeting");
+	CHECK(proto_get_u16(g + 16) == (NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES),
+	      "handshake flags 0x%x", proto_get_u16(g + 16));
+	proto_put_u32(f, client_flags);
+	raw_send(fd, f, 4);
+	return fd;
+}
+
+void raw_option(int fd, uint64_t magic, uint32_t opt, const void *data, uint32_t len)
+{
+	uint8_t h[PROTO_OPTION_HDR_LEN];
+
+	proto_put_u64(h, magic);
+	proto_put_u32(h + 8, opt);
+	proto_put_u32(h + 12, len);
+	raw_send(fd, h, sizeof(h));
+	if (len && data)
+		raw_send(fd, data, len);
+}
+
+/* Reads one option reply header; returns its type, skips its payload. */
+uint32_t raw_option_reply(int fd, uint32_t opt)
+{
+	uint8_t h[PROTO_OPTREPLY_HDR_LEN], skip[4096];
+	uint32_t len;
+
+	raw_recv(fd, h, sizeof(h));
+	CHECK(proto_get_u64(h) == NBD_REP_MAGIC, "option reply magic");
+	CHECK(proto_get_u32(h + 8) == opt, "reply to option %u, expected %u",
+	      proto_get_u32(h + 8), opt);
+	len = proto_get_u32(h + 16);
+	CHECK(len <= sizeof(skip), "reply payload %u", len);
+	raw_recv(fd, skip, len);
+	return proto_get_u32(h + 12);
+}
+

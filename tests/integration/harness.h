@@ -37,6 +37,17 @@ void harness_kill(struct daemon *d);
 /* A raw unix-socket connection to the daemon. */
 int harness_raw_connect(struct daemon *d);
 
+/* Raw protocol, for input libnbd will not send. Each fails the test on error. */
+void raw_send(int fd, const void *p, size_t len);
+void raw_recv(int fd, void *p, size_t len);
+/* The daemon closed the connection (EOF or reset). Closes fd. */
+void raw_expect_closed(int fd, const char *what);
+/* Connects, checks the greeting, sends client_flags. */
+int raw_hello(struct daemon *d, uint32_t client_flags);
+void raw_option(int fd, uint64_t magic, uint32_t opt, const void *data, uint32_t len);
+/* Reads one option reply to opt; returns its type and skips its payload. */
+uint32_t raw_option_reply(int fd, uint32_t opt);
+
 /* Deterministic data: byte i of a pattern seeded by seed. */
 void harness_fill(uint8_t *buf, size_t len, uint64_t seed);
 /* Aligned memory for pread on the image file. */

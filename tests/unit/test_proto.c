@@ -12,11 +12,12 @@
 /* ---- fixtures: two exports, "" and "disk" ---- */
 static const struct proto_export exports[] = {
 	{ .name = "", .description = "", .size_bytes = 1 << 20, .tflags = NBD_FLAG_SEND_FLUSH |
-	  NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_DF, .min_block = 512, .pref_block = 4096,
-	  .max_block = 1 << 25 },
+	  NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_DF | NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES |
+	  NBD_FLAG_SEND_FAST_ZERO | NBD_FLAG_SEND_CACHE, .min_block = 512, .pref_block = 4096,
+	  .max_block = 1 << 25, .opaque = (void *)&exports[0] },
 	{ .name = "disk", .description = "a disk", .size_bytes = 8192, .tflags =
 	  NBD_FLAG_READ_ONLY | NBD_FLAG_SEND_FLUSH, .min_block = 1, .pref_block = 4096,
-	  .max_block = 1 << 25 },
+	  .max_block = 1 << 25, .opaque = (void *)&exports[1] },
 };
 
 static int lookup(void *ctx, const char *name, size_t len, struct proto_export *out)
@@ -534,8 +535,11 @@ START_TEST(test_validate_flags)
 	ck_assert_uint_eq(check(NBD_CMD_READ, 1u << 15, 0, 512), NBD_EINVAL);
 	ck_assert_uint_eq(check(NBD_CMD_WRITE, NBD_CMD_FLAG_NO_HOLE, 0, 512), NBD_EINVAL);
 	ck_assert_uint_eq(check(99, 0, 0, 512), NBD_EINVAL);
-	/* TRIM is not advertised on this export. */
-	ck_assert_uint_eq(check(NBD_CMD_TRIM, 0, 0, 512), NBD_EINVAL);
+	/* Flags valid only on other commands. */
+	ck_assert_uint_eq(check(NBD_CMD_TRIM, NBD_CMD_FLAG_NO_HOLE, 0, 512), NBD_EINVAL);
+	ck_assert_uint_eq(check(NBD_CMD_READ, NBD_CMD_FLAG_REQ_ONE, 0, 512), NBD_EINVAL);
+	/* PAYLOAD_LEN exists only with extended headers. */
+	ck_assert_uint_eq(check(NBD_CMD_WRITE, NBD_CMD_FLAG_PAYLOAD_LEN, 0, 512), NBD_EINVAL);
 }
 END_TEST
 
@@ -599,6 +603,290 @@ START_TEST(test_errno_map)
 }
 END_TEST
 
+
+/* ---- meta contexts, extended headers, new commands ---- */
+
+/* META_CONTEXT payload: export name, then the queries. */
+static uint32_t meta_payload(uint8_t *p, const char *name, const char *const *q, uint32_t nq)
+{
+	uint32_t len = (uint32_t)strlen(name), off, i;
+
+	proto_put_u32(p, len);
+	memcpy(p + 4, name, len);
+	proto_put_u32(p + 4 + len, nq);
+	off = 8 + len;
+	for (i = 0; i < nq; i++) {
+		uint32_t ql = (uint32_t)strlen(q[i]);
+
+		proto_put_u32(p + off, ql);
+		memcpy(p + off + 4, q[i], ql);
+		off += 4 + ql;
+	}
+	return off;
+}
+
+static void assert_contexts(uint32_t option, size_t n_expected, uint32_t id)
+{
+	struct reply r[4];
+	size_t n = parse_replies(r, 4), i;
+
+	ck_assert_uint_eq(n, n_expected + 1);
+	for (i = 0; i < n_expected; i++) {
+		ck_assert_uint_eq(r[i].option, option);
+		ck_assert_uint_eq(r[i].type, NBD_REP_META_CONTEXT);
+		ck_assert_uint_eq(proto_get_u32(r[i].data), id);
+		ck_assert(r[i].len == 4 + 15 && memcmp(r[i].data + 4, "base:allocation", 15) == 0);
+	}
+	ck_assert_uint_eq(r[n_expected].type, NBD_REP_ACK);
+}
+
+START_TEST(test_meta_needs_structured)
+{
+	uint8_t p[64];
+	uint32_t len = meta_payload(p, "", NULL, 0);
+
+	ck_assert_int_eq(negotiate(NBD_OPT_LIST_META_CONTEXT, p, len), 0);
+	assert_one_error(NBD_OPT_LIST_META_CONTEXT, NBD_REP_ERR_INVALID);
+}
+END_TEST
+
+START_TEST(test_meta_list)
+{
+	static const char *const base[] = { "base:" }, *const exact[] = { "base:allocation" },
+				 *const other[] = { "x-foo:bar", "qemu:dirty-bitmap:a" };
+	uint8_t p[128];
+	uint32_t len;
+
+	ck_assert_int_eq(negotiate(NBD_OPT_STRUCTURED_REPLY, NULL, 0), 0);
+	len = meta_payload(p, "", NULL, 0);
+	ck_assert_int_eq(negotiate(NBD_OPT_LIST_META_CONTEXT, p, len), 0);
+	assert_contexts(NBD_OPT_LIST_META_CONTEXT, 1, 0);
+	len = meta_payload(p, "", base, 1);
+	ck_assert_int_eq(negotiate(NBD_OPT_LIST_META_CONTEXT, p, len), 0);
+	assert_contexts(NBD_OPT_LIST_META_CONTEXT, 1, 0);
+	len = meta_payload(p, "disk", exact, 1);
+	ck_assert_int_eq(negotiate(NBD_OPT_LIST_META_CONTEXT, p, len), 0);
+	assert_contexts(NBD_OPT_LIST_META_CONTEXT, 1, 0);
+	len = meta_payload(p, "", other, 2);
+	ck_assert_int_eq(negotiate(NBD_OPT_LIST_META_CONTEXT, p, len), 0);
+	assert_contexts(NBD_OPT_LIST_META_CONTEXT, 0, 0);
+	len = meta_payload(p, "nope", NULL, 0);
+	ck_assert_int_eq(negotiate(NBD_OPT_LIST_META_CONTEXT, p, len), 0);
+	assert_one_error(NBD_OPT_LIST_META_CONTEXT, NBD_REP_ERR_UNKNOWN);
+	ck_assert(!sess.meta_base_allocation);
+}
+END_TEST
+
+START_TEST(test_meta_set_and_go)
+{
+	static const char *const base[] = { "base:" }, *const exact[] = { "base:allocation" };
+	uint8_t p[128], g[16];
+	uint32_t len, glen = info_payload(g, "", NULL, 0);
+
+	ck_assert_int_eq(negotiate(NBD_OPT_STRUCTURED_REPLY, NULL, 0), 0);
+	/* "base:" is not a context name for SET: nothing selected. */
+	len = meta_payload(p, "", base, 1);
+	ck_assert_int_eq(negotiate(NBD_OPT_SET_META_CONTEXT, p, len), 0);
+	assert_contexts(NBD_OPT_SET_META_CONTEXT, 0, 0);
+	ck_assert(!sess.meta_base_allocation);
+	len = meta_payload(p, "", exact, 1);
+	ck_assert_int_eq(negotiate(NBD_OPT_SET_META_CONTEXT, p, len), 0);
+	assert_contexts(NBD_OPT_SET_META_CONTEXT, 1, PROTO_META_ID_BASE_ALLOCATION);
+	ck_assert(sess.meta_base_allocation);
+	ck_assert_int_eq(negotiate(NBD_OPT_GO, g, glen), 0);
+	ck_assert(sess.meta_base_allocation);
+}
+END_TEST
+
+START_TEST(test_meta_set_other_export_lapses)
+{
+	static const char *const exact[] = { "base:allocation" };
+	uint8_t p[128], g[16];
+	uint32_t len, glen = info_payload(g, "", NULL, 0);
+
+	ck_assert_int_eq(negotiate(NBD_OPT_STRUCTURED_REPLY, NULL, 0), 0);
+	len = meta_payload(p, "disk", exact, 1);
+	ck_assert_int_eq(negotiate(NBD_OPT_SET_META_CONTEXT, p, len), 0);
+	ck_assert(sess.meta_base_allocation);
+	ck_assert_int_eq(negotiate(NBD_OPT_GO, g, glen), 0);
+	ck_assert(!sess.meta_base_allocation);
+}
+END_TEST
+
+START_TEST(test_meta_malformed)
+{
+	static const char *const exact[] = { "base:allocation" };
+	uint8_t p[128];
+	uint32_t len;
+
+	ck_assert_int_eq(negotiate(NBD_OPT_STRUCTURED_REPLY, NULL, 0), 0);
+	ck_assert_int_eq(negotiate(NBD_OPT_SET_META_CONTEXT, "\0\0\0\0\0\0\0", 7), 0);
+	assert_one_error(NBD_OPT_SET_META_CONTEXT, NBD_REP_ERR_INVALID);
+	len = meta_payload(p, "", exact, 1);
+	/* Query longer than the option. */
+	ck_assert_int_eq(negotiate(NBD_OPT_SET_META_CONTEXT, p, len - 1), 0);
+	assert_one_error(NBD_OPT_SET_META_CONTEXT, NBD_REP_ERR_INVALID);
+	/* Trailing garbage. */
+	ck_assert_int_eq(negotiate(NBD_OPT_SET_META_CONTEXT, p, len + 1), 0);
+	assert_one_error(NBD_OPT_SET_META_CONTEXT, NBD_REP_ERR_INVALID);
+	/* More queries claimed than present. */
+	proto_put_u32(p + 4, 3);
+	ck_assert_int_eq(negotiate(NBD_OPT_LIST_META_CONTEXT, p, len), 0);
+	assert_one_error(NBD_OPT_LIST_META_CONTEXT, NBD_REP_ERR_INVALID);
+	/* A huge query length must not wrap around. */
+	proto_put_u32(p + 4, 1);
+	proto_put_u32(p + 8, 0xfffffff0u);
+	ck_assert_int_eq(negotiate(NBD_OPT_LIST_META_CONTEXT, p, len), 0);
+	assert_one_error(NBD_OPT_LIST_META_CONTEXT, NBD_REP_ERR_INVALID);
+	/* Name length past the option. */
+	proto_put_u32(p, 200);
+	ck_assert_int_eq(negotiate(NBD_OPT_LIST_META_CONTEXT, p, len), 0);
+	assert_one_error(NBD_OPT_LIST_META_CONTEXT, NBD_REP_ERR_INVALID);
+	ck_assert(!sess.meta_base_allocation);
+}
+END_TEST
+
+START_TEST(test_repeated_options)
+{
+	struct reply r[2];
+
+	ck_assert_int_eq(negotiate(NBD_OPT_STRUCTURED_REPLY, NULL, 0), 0);
+	ck_assert_int_eq(negotiate(NBD_OPT_STRUCTURED_REPLY, NULL, 0), 0);
+	assert_one_error(NBD_OPT_STRUCTURED_REPLY, NBD_REP_ERR_INVALID);
+	ck_assert_int_eq(negotiate(NBD_OPT_EXTENDED_HEADERS, "x", 1), 0);
+	assert_one_error(NBD_OPT_EXTENDED_HEADERS, NBD_REP_ERR_INVALID);
+	ck_assert_int_eq(negotiate(NBD_OPT_EXTENDED_HEADERS, NULL, 0), 0);
+	ck_assert_uint_eq(parse_replies(r, 2), 1);
+	ck_assert_uint_eq(r[0].type, NBD_REP_ACK);
+	ck_assert(sess.extended && sess.structured);
+	ck_assert_int_eq(negotiate(NBD_OPT_EXTENDED_HEADERS, NULL, 0), 0);
+	assert_one_error(NBD_OPT_EXTENDED_HEADERS, NBD_REP_ERR_INVALID);
+	ck_assert_int_eq(negotiate(NBD_OPT_STRUCTURED_REPLY, NULL, 0), 0);
+	assert_one_error(NBD_OPT_STRUCTURED_REPLY, NBD_REP_ERR_EXT_HEADER_REQD);
+}
+END_TEST
+
+START_TEST(test_extended_request_decode)
+{
+	uint8_t h[PROTO_EXT_REQUEST_LEN];
+	struct proto_request r;
+
+	ck_assert_int_eq(negotiate(NBD_OPT_EXTENDED_HEADERS, NULL, 0), 0);
+	enter("", false);
+	ck_assert_uint_eq(proto_request_hdr_len(&sess), 32);
+	proto_put_u32(h, NBD_EXTENDED_REQUEST_MAGIC);
+	proto_put_u16(h + 4, NBD_CMD_FLAG_PAYLOAD_LEN);
+	proto_put_u16(h + 6, NBD_CMD_BLOCK_STATUS);
+	proto_put_u64(h + 8, 99);
+	proto_put_u64(h + 16, 4096);
+	proto_put_u64(h + 24, UINT64_C(5) << 32);
+	ck_assert_int_eq(proto_decode_request(&sess, h, &r), 0);
+	ck_assert(r.len_bytes == UINT64_C(5) << 32);
+	/* With PAYLOAD_LEN the length is a payload to read (and refuse). */
+	ck_assert(proto_request_payload_len(&sess, &r) == UINT64_C(5) << 32);
+	ck_assert_uint_eq(proto_validate_request(&sess, &r, 1 << 25, 1), NBD_EINVAL);
+	/* A compact request after extended headers is a bad magic. */
+	proto_put_u32(h, NBD_REQUEST_MAGIC);
+	ck_assert_int_eq(proto_decode_request(&sess, h, &r), -EPROTO);
+}
+END_TEST
+
+START_TEST(test_validate_new_commands)
+{
+	enter("", true);
+	ck_assert_uint_eq(check(NBD_CMD_TRIM, 0, 0, 1 << 20), NBD_SUCCESS);
+	ck_assert_uint_eq(check(NBD_CMD_TRIM, NBD_CMD_FLAG_FUA, 1, 3), NBD_SUCCESS);
+	ck_assert_uint_eq(check(NBD_CMD_TRIM, 0, 512, 1 << 20), NBD_EINVAL);
+	ck_assert_uint_eq(check(NBD_CMD_WRITE_ZEROES, NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_FAST_ZERO,
+				7, 100), NBD_SUCCESS);
+	ck_assert_uint_eq(check(NBD_CMD_WRITE_ZEROES, 0, 512, 1 << 20), NBD_ENOSPC);
+	ck_assert_uint_eq(check(NBD_CMD_WRITE_ZEROES, NBD_CMD_FLAG_DF, 0, 512), NBD_EINVAL);
+	ck_assert_uint_eq(check(NBD_CMD_CACHE, 0, 0, 1 << 20), NBD_SUCCESS);
+	ck_assert_uint_eq(check(NBD_CMD_CACHE, 0, 1, 1 << 20), NBD_EINVAL);
+	ck_assert_uint_eq(check(NBD_CMD_CACHE, NBD_CMD_FLAG_NO_HOLE, 0, 512), NBD_EINVAL);
+	/* No base:allocation negotiated. */
+	ck_assert_uint_eq(check(NBD_CMD_BLOCK_STATUS, 0, 0, 512), NBD_EINVAL);
+	sess.meta_base_allocation = true;
+	ck_assert_uint_eq(check(NBD_CMD_BLOCK_STATUS, NBD_CMD_FLAG_REQ_ONE, 0, 512), NBD_SUCCESS);
+	ck_assert_uint_eq(check(NBD_CMD_BLOCK_STATUS, 0, 0, 0), NBD_EINVAL);
+	ck_assert_uint_eq(check(NBD_CMD_BLOCK_STATUS, 0, 512, 1 << 20), NBD_EINVAL);
+	ck_assert_uint_eq(check(NBD_CMD_RESIZE, 0, 0, 0), NBD_EINVAL);
+}
+END_TEST
+
+START_TEST(test_validate_new_commands_readonly)
+{
+	enter("disk", true);
+	ck_assert_uint_eq(check(NBD_CMD_TRIM, 0, 0, 512), NBD_EPERM);
+	ck_assert_uint_eq(check(NBD_CMD_WRITE_ZEROES, 0, 0, 512), NBD_EPERM);
+	/* CACHE is not advertised on this export. */
+	ck_assert_uint_eq(check(NBD_CMD_CACHE, 0, 0, 512), NBD_EINVAL);
+}
+END_TEST
+
+START_TEST(test_encode_replies)
+{
+	uint8_t b[PROTO_REPLY_MAX_LEN];
+	struct proto_request rd = { .type = NBD_CMD_READ, .cookie = 5, .offset = 4096,
+				    .len_bytes = 512 };
+	struct proto_request wr = { .type = NBD_CMD_WRITE, .cookie = 6, .offset = 0,
+				    .len_bytes = 512 };
+	bool data;
+
+	/* Simple. */
+	ck_assert_uint_eq(proto_encode_reply(&sess, b, &rd, 0, &data), 16);
+	ck_assert(data);
+	ck_assert_uint_eq(proto_encode_reply(&sess, b, &rd, NBD_EIO, &data), 16);
+	ck_assert(!data);
+	ck_assert_uint_eq(proto_get_u32(b + 4), NBD_EIO);
+	/* Structured: READ gets OFFSET_DATA or ERROR, never a simple reply. */
+	ck_assert_int_eq(negotiate(NBD_OPT_STRUCTURED_REPLY, NULL, 0), 0);
+	ck_assert_uint_eq(proto_encode_reply(&sess, b, &rd, 0, &data), 28);
+	ck_assert(data);
+	ck_assert_uint_eq(proto_get_u16(b + 6), NBD_REPLY_TYPE_OFFSET_DATA);
+	ck_assert_uint_eq(proto_encode_reply(&sess, b, &rd, NBD_EINVAL, &data), 26);
+	ck_assert_uint_eq(proto_get_u16(b + 6), NBD_REPLY_TYPE_ERROR);
+	ck_assert_uint_eq(proto_encode_reply(&sess, b, &wr, 0, &data), 16);
+	ck_assert_uint_eq(proto_get_u32(b), NBD_SIMPLE_REPLY_MAGIC);
+	/* Extended: every reply is an extended header. */
+	ck_assert_int_eq(negotiate(NBD_OPT_EXTENDED_HEADERS, NULL, 0), 0);
+	ck_assert_uint_eq(proto_encode_reply(&sess, b, &wr, 0, &data), 32);
+	ck_assert_uint_eq(proto_get_u32(b), NBD_EXTENDED_REPLY_MAGIC);
+	ck_assert_uint_eq(proto_get_u16(b + 6), NBD_REPLY_TYPE_NONE);
+	ck_assert(proto_get_u64(b + 24) == 0);
+	ck_assert_uint_eq(proto_encode_reply(&sess, b, &rd, 0, &data), 40);
+	ck_assert(proto_get_u64(b + 16) == 4096);
+	ck_assert(proto_get_u64(b + 24) == 8 + 512);
+	ck_assert(proto_get_u64(b + 32) == 4096);
+}
+END_TEST
+
+START_TEST(test_encode_block_status)
+{
+	struct proto_request bs = { .type = NBD_CMD_BLOCK_STATUS, .cookie = 7, .offset = 0,
+				    .len_bytes = 3 << 20 };
+	struct proto_extent ext[2] = { { 1 << 20, NBD_STATE_HOLE | NBD_STATE_ZERO }, { 2 << 20, 0 } };
+	uint8_t b[128];
+
+	ck_assert_int_eq(negotiate(NBD_OPT_STRUCTURED_REPLY, NULL, 0), 0);
+	ck_assert_int_eq(proto_encode_block_status(&sess, b, 10, &bs, ext, 2), -ENOBUFS);
+	ck_assert_int_eq(proto_encode_block_status(&sess, b, sizeof(b), &bs, ext, 2), 20 + 4 + 16);
+	ck_assert_uint_eq(proto_get_u16(b + 6), NBD_REPLY_TYPE_BLOCK_STATUS);
+	ck_assert_uint_eq(proto_get_u32(b + 16), 4 + 16);
+	ck_assert_uint_eq(proto_get_u32(b + 20), PROTO_META_ID_BASE_ALLOCATION);
+	ck_assert_uint_eq(proto_get_u32(b + 24), 1 << 20);
+	ck_assert_uint_eq(proto_get_u32(b + 28), 3);
+	ck_assert_uint_eq(proto_get_u32(b + 32), 2 << 20);
+	ck_assert_uint_eq(proto_get_u32(b + 36), 0);
+	sess.extended = true;
+	ck_assert_int_eq(proto_encode_block_status(&sess, b, sizeof(b), &bs, ext, 2), 32 + 8 + 32);
+	ck_assert_uint_eq(proto_get_u16(b + 6), NBD_REPLY_TYPE_BLOCK_STATUS_EXT);
+	ck_assert_uint_eq(proto_get_u32(b + 36), 2);
+	ck_assert(proto_get_u64(b + 40) == 1 << 20);
+	ck_assert(proto_get_u64(b + 48) == 3);
+}
+END_TEST
+
 static Suite *proto_suite(void)
 {
 	Suite *s = suite_create("proto");
@@ -631,6 +919,12 @@ static Suite *proto_suite(void)
 	tcase_add_test(hs, test_oversized_option_too_big);
 	tcase_add_test(hs, test_enobufs_changes_nothing);
 	tcase_add_test(hs, test_negotiate_after_transmission);
+	tcase_add_test(hs, test_meta_needs_structured);
+	tcase_add_test(hs, test_meta_list);
+	tcase_add_test(hs, test_meta_set_and_go);
+	tcase_add_test(hs, test_meta_set_other_export_lapses);
+	tcase_add_test(hs, test_meta_malformed);
+	tcase_add_test(hs, test_repeated_options);
 	suite_add_tcase(s, hs);
 
 	tcase_add_checked_fixture(tx, setup, NULL);
@@ -641,6 +935,11 @@ static Suite *proto_suite(void)
 	tcase_add_test(tx, test_validate_readonly);
 	tcase_add_test(tx, test_reply_encoders);
 	tcase_add_test(tx, test_errno_map);
+	tcase_add_test(tx, test_extended_request_decode);
+	tcase_add_test(tx, test_validate_new_commands);
+	tcase_add_test(tx, test_validate_new_commands_readonly);
+	tcase_add_test(tx, test_encode_replies);
+	tcase_add_test(tx, test_encode_block_status);
 	suite_add_tcase(s, tx);
 	return s;
 }
