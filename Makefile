@@ -13,7 +13,7 @@ CC      ?= cc
 
 BUILD_PKGS := gcc make pkg-config liburing-dev libev-dev libnbd-dev check
 TEST_PKGS  := libnbd-bin qemu-utils nbdkit nbd-server nbd-client fio python3-libnbd \
-              fuse3 e2fsprogs util-linux procps bc
+              fuse3 e2fsprogs util-linux procps bc clang libclang-rt-14-dev
 
 WARN   := -Wall -Wextra -Wshadow -Wvla -Wstrict-prototypes -Wmissing-prototypes \
           -Wformat=2 -Wundef -fno-common
@@ -52,7 +52,7 @@ DAEMON_OBJ := $(DAEMON_SRC:%.c=$(B)/%.o)
 DAEMON_LIBS := -luring -lev
 
 .SECONDARY:
-.PHONY: bench-lock all run check check-unit check-integration check-interop install clean deps deps-test
+.PHONY: fuzz check-fuzz bench-lock all run check check-unit check-integration check-interop install clean deps deps-test
 all: $(B)/uringnbd
 
 # ---- Debian packages: installed when missing (as root), else the command is printed ----
@@ -109,6 +109,24 @@ $(B)/tests/bench/rl_bench: $(B)/tests/bench/rl_bench.o $(LOCK_OBJ)
 bench-lock: $(B)/tests/bench/rl_bench
 	$(Q)$(B)/tests/bench/rl_bench | tee $(B)/bench-lock.txt
 
+# ---- fuzzing: libFuzzer (clang) over proto/; a short bounded run is part of check ----
+FUZZ_FLAGS := -std=gnu11 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
+FUZZ_SECONDS ?= 20
+build/fuzz/fuzz_proto: tests/fuzz/fuzz_proto.c $(PROTO_SRC) proto/proto.h | $(B)/.deps-test
+	@mkdir -p $(dir $@)
+	$(quiet) FUZZ $@
+	$(Q)clang $(FUZZ_FLAGS) -o $@ tests/fuzz/fuzz_proto.c $(PROTO_SRC)
+
+fuzz: build/fuzz/fuzz_proto
+
+# Runs the fuzzer for FUZZ_SECONDS on a copy of the seed corpus.
+check-fuzz: build/fuzz/fuzz_proto
+	$(Q)rm -rf build/fuzz/corpus && mkdir -p build/fuzz/corpus && cp tests/fuzz/corpus/* build/fuzz/corpus/
+	$(Q)build/fuzz/fuzz_proto -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 \
+	    -artifact_prefix=build/fuzz/ build/fuzz/corpus 2>build/fuzz/log || \
+	    { tail -n 40 build/fuzz/log; echo "fuzz: crash saved under build/fuzz/"; exit 1; }
+	$(Q)grep -E '^#[0-9]+.*DONE' build/fuzz/log | sed 's/^/  FUZZ    /' || tail -n 3 build/fuzz/log
+
 # ---- run ----
 IMG := build/uringnbd.img
 $(IMG):
@@ -137,6 +155,7 @@ check-interop: $(B)/uringnbd | $(B)/.deps-test
 
 check: $(B)/uringnbd $(UNIT_TESTS) $(INTEG_TESTS) | $(B)/.deps-test
 	$(Q)for t in $(UNIT_TESTS); do CK_DEFAULT_TIMEOUT=10 $$t || exit 1; done
+	$(Q)$(MAKE) -s check-fuzz
 	$(Q)$(TEST_ENV) tests/run-tests.sh $(INTEG_TESTS) tests/interop/*.sh
 
 # ---- install ----
