@@ -52,7 +52,7 @@ DAEMON_OBJ := $(DAEMON_SRC:%.c=$(B)/%.o)
 DAEMON_LIBS := -luring -lev
 
 .SECONDARY:
-.PHONY: fuzz check-fuzz bench-lock all run check check-unit check-integration check-interop install clean deps deps-test
+.PHONY: bench fuzz check-fuzz bench-lock all run check check-unit check-integration check-interop install clean deps deps-test
 all: $(B)/uringnbd
 
 # ---- Debian packages: installed when missing (as root), else the command is printed ----
@@ -106,6 +106,9 @@ $(B)/tests/bench/rl_bench: $(B)/tests/bench/rl_bench.o $(LOCK_OBJ)
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^
 
 # ---- benchmarks (measure; never part of check) ----
+bench: $(B)/uringnbd bench-lock | $(B)/.deps-test
+	$(Q)URINGNBD=$(CURDIR)/$(B)/uringnbd BENCH_DIR=$(CURDIR)/build/bench python3 tests/bench/bench.py
+
 bench-lock: $(B)/tests/bench/rl_bench
 	$(Q)$(B)/tests/bench/rl_bench | tee $(B)/bench-lock.txt
 
