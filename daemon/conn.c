@@ -127,7 +127,7 @@ static void conn_free(struct conn *c)
 	close(c->fd);
 	free(c->hs_buf);
 	free(c->hs_out.data);
-	free(c->skip_buf);
+	free(c->rxbuf);
 	log_debug("conn %" PRIu64 ": closed", c->id);
 	free(c);
 	worker_pool_kick(w);

@@ -140,8 +140,8 @@ struct worker_stats {
 enum op {
 	OP_NONE,
 	OP_CONN_HS,       /* handshake send or recv (conn) */
-	OP_CONN_RX_HDR,   /* request header recv (conn) */
-	OP_CONN_RX_SKIP,  /* discarding an oversized or refused payload (conn) */
+	OP_CONN_RX,       /* recv into the connection's receive buffer (conn) */
+	OP_CONN_RX_SKIP,  /* discarding the rest of a refused payload (conn) */
 	OP_CONN_SEND,     /* reply batch sendmsg (conn) */
 	OP_REQ_RX_DATA,   /* WRITE payload recv into the request's pages (req) */
 	OP_REQ_FILE,      /* file read/write/fsync of the request's data (req) */
@@ -207,6 +207,13 @@ void worker_stats_add(const struct worker *w, struct worker_stats *sum);
 /* ---- conn.c / transmit.c / reply.c ---- */
 #define CONN_MAX_REQS 128 /* requests in flight per connection */
 #define REQ_INLINE_CHUNKS 16
+/*
+ * Requests are received into a buffer, so that every request that has
+ * arrived is dispatched in the same loop iteration (one submit for all of
+ * them). WRITE payloads in it are copied to the request's pages; the rest of
+ * a larger payload is received straight into them.
+ */
+#define CONN_RXBUF_BYTES (256u * 1024)
 
 struct req {
 	struct conn *c;
@@ -274,16 +281,17 @@ struct conn {
 
 	/* transmission */
 	const struct export *exp;
-	uint8_t rx_hdr[PROTO_REQUEST_MAX_LEN];
+	uint8_t *rxbuf;            /* CONN_RXBUF_BYTES: requests as they arrive */
+	size_t rx_start, rx_end;   /* unparsed bytes are rxbuf[rx_start, rx_end) */
 	size_t rx_hdr_len;         /* 28, or 32 with extended headers */
-	size_t rx_have;            /* bytes of rx_hdr received */
+	bool rx_parsing;           /* inside conn_rx_parse(): no re-entry */
 	struct msghdr rx_msg;      /* WRITE payload recvmsg in flight */
 	bool rx_busy;              /* a header recv or payload recv is in flight */
 	bool rx_parked;            /* waiting for a free slot or buffers */
 	struct req *rx_req;        /* request being received (waiting for buffers) */
 	struct conn *pool_next;    /* worker's buffer-wait FIFO */
 	bool in_pool_wait;
-	uint8_t *skip_buf;         /* scratch for discarded payloads */
+
 	struct req *free_reqs;
 	unsigned live_reqs;        /* slots taken */
 	struct req reqs[CONN_MAX_REQS];
@@ -304,7 +312,7 @@ void conn_put(struct conn *c);
 
 /* transmit.c */
 void conn_transmit_start(struct conn *c);
-void conn_rx_hdr_done(struct conn *c, int res);
+void conn_rx_done(struct conn *c, int res);
 void conn_rx_skip_done(struct conn *c, int res);
 void req_rx_data_done(struct req *q, int res);
 void req_file_done(struct req *q, int res);

@@ -41,7 +41,6 @@
 
 #include "daemon.h"
 
-#define SKIP_CHUNK 65536
 #define SKIP_MAX_BYTES (UINT64_C(1) << 32)  /* a larger refused payload is a disconnect */
 #define BLOCK_STATUS_MAX_EXTENTS 1024
 
@@ -504,19 +503,35 @@ void req_rx_data_done(struct req *q, int res)
 	conn_rx_next(c);
 }
 
-/* Buffers are in hand: receive the WRITE payload, or lock and read. */
-static void req_run(struct req *q)
+/*
+ * Buffers are in hand. A READ goes to its lock; a WRITE takes what of its
+ * payload is already buffered and, if that is not all of it, receives the
+ * rest straight into its pages. Returns false if receiving must wait.
+ */
+static bool req_run(struct req *q)
 {
 	struct conn *c = q->c;
+	size_t n;
 
-	if (q->r.type == NBD_CMD_WRITE) {
-		c->rx_busy = true;
-		q->io_done_bytes = 0;
-		req_prep_rx_data(q);
-		return;
+	if (q->r.type != NBD_CMD_WRITE) {
+		req_lock(q);
+		return true;
 	}
-	req_lock(q);
-	conn_rx_next(c);
+	n = c->rx_end - c->rx_start;
+	if (n > q->r.len_bytes)
+		n = (size_t)q->r.len_bytes;
+	iov_copy_in(q->iov, q->niov, q->data_off, c->rxbuf + c->rx_start, n);
+	c->rx_start += n;
+	if (n == q->r.len_bytes) {
+		req_lock(q);
+		return true;
+	}
+	/* The buffer is empty now: the rest bypasses it. */
+	c->rx_start = c->rx_end = 0;
+	c->rx_busy = true;
+	q->io_done_bytes = n;
+	req_prep_rx_data(q);
+	return false;
 }
 
 void conn_pool_ready(struct conn *c)
@@ -530,15 +545,17 @@ void conn_pool_ready(struct conn *c)
 	}
 	c->rx_parked = false;
 	c->rx_req = NULL;
-	req_run(q);
+	if (req_run(q))
+		conn_rx_next(c);
 }
 
 static void conn_prep_skip(struct conn *c)
 {
 	struct io_uring_sqe *sqe = ring_get_sqe(c, c, OP_CONN_RX_SKIP);
-	size_t n = c->skip_left < SKIP_CHUNK ? (size_t)c->skip_left : SKIP_CHUNK;
+	size_t n = c->skip_left < CONN_RXBUF_BYTES ? (size_t)c->skip_left : CONN_RXBUF_BYTES;
 
-	io_uring_prep_recv(sqe, c->fd, c->skip_buf, n, MSG_WAITALL);
+	/* The receive buffer is empty: use it as scratch. */
+	io_uring_prep_recv(sqe, c->fd, c->rxbuf, n, 0);
 }
 
 void conn_rx_skip_done(struct conn *c, int res)
@@ -567,38 +584,46 @@ void conn_rx_skip_done(struct conn *c, int res)
 	conn_rx_next(c);
 }
 
-/* A refused request: discard its payload, if any, then reply with the error. */
-static void req_refuse(struct req *q, uint32_t nbd_error)
+/*
+ * A refused request: drop its payload, if any, then reply with the error.
+ * Returns false if the rest of the payload must be received first.
+ */
+static bool req_refuse(struct req *q, uint32_t nbd_error)
 {
 	struct conn *c = q->c;
-	uint64_t payload = proto_request_payload_len(&c->sess, &q->r);
+	uint64_t payload = proto_request_payload_len(&c->sess, &q->r), n;
 
 	q->nbd_error = nbd_error;
 	log_debug("conn %" PRIu64 ": %s flags 0x%x offset %" PRIu64 " length %" PRIu64
 		  ": refused with error %u", c->id, proto_cmd_name(q->r.type), q->r.flags,
 		  q->r.offset, q->r.len_bytes, nbd_error);
-	if (!payload) {
+	n = c->rx_end - c->rx_start;
+	if (n > payload)
+		n = payload;
+	c->rx_start += n;
+	if (n == payload) {
 		req_reply(q);
-		conn_rx_next(c);
-		return;
+		return true;
 	}
 	if (payload > SKIP_MAX_BYTES) {
 		req_free(q);
 		conn_close(c, "refused request with a payload over 4 GiB");
-		return;
+		return false;
 	}
-	if (!c->skip_buf && !(c->skip_buf = malloc(SKIP_CHUNK))) {
-		req_free(q);
-		conn_close(c, "out of memory for discarding a payload");
-		return;
-	}
-	c->skip_left = payload;
+	c->rx_start = c->rx_end = 0;
+	c->skip_left = payload - n;
 	c->rx_req = q;
 	c->rx_busy = true;
 	conn_prep_skip(c);
+	return false;
 }
 
-static void conn_rx_request(struct conn *c)
+/*
+ * Takes the request whose header starts the buffer. Returns false when
+ * receiving must stop for now (a payload being received or skipped, buffers
+ * awaited, DISC, or the connection closed).
+ */
+static bool conn_rx_request(struct conn *c)
 {
 	struct req *q;
 	uint32_t err;
@@ -616,11 +641,12 @@ static void conn_rx_request(struct conn *c)
 	q->reply_raw_len = 0;
 	q->step = STEP_DATA;
 	c->live_reqs++;
-	if (proto_decode_request(&c->sess, c->rx_hdr, &q->r) < 0) {
+	if (proto_decode_request(&c->sess, c->rxbuf + c->rx_start, &q->r) < 0) {
 		req_free(q);
 		conn_close(c, "bad request magic");
-		return;
+		return false;
 	}
+	c->rx_start += c->rx_hdr_len;
 	log_debug("conn %" PRIu64 ": %s flags 0x%x offset %" PRIu64 " length %" PRIu64,
 		  c->id, proto_cmd_name(q->r.type), q->r.flags, q->r.offset, q->r.len_bytes);
 
@@ -629,76 +655,77 @@ static void conn_rx_request(struct conn *c)
 		req_free(q);
 		c->state = CONN_DRAINING;
 		conn_maybe_drained(c);
-		return;
+		return false;
 	}
-	if (c->w->srv->shutting_down) {
-		req_refuse(q, NBD_ESHUTDOWN);
-		return;
-	}
+	if (c->w->srv->shutting_down)
+		return req_refuse(q, NBD_ESHUTDOWN);
 	err = proto_validate_request(&c->sess, &q->r, EXPORT_MAX_REQUEST_BYTES, 1);
-	if (err != NBD_SUCCESS) {
-		req_refuse(q, err);
-		return;
-	}
+	if (err != NBD_SUCCESS)
+		return req_refuse(q, err);
 	req_plan(q);
 	if (q->r.type == NBD_CMD_FLUSH) {
 		req_start_file(q);
-		conn_rx_next(c);
-		return;
+		return true;
 	}
 	/* Nothing to move: answered at once (CACHE has no cache to fill here). */
 	if (q->r.type == NBD_CMD_CACHE || q->r.len_bytes == 0) {
 		req_reply(q);
-		conn_rx_next(c);
-		return;
+		return true;
 	}
 	if (!req_get_buffers(q)) {
 		c->rx_req = q;
 		c->rx_parked = true;
 		worker_pool_wait(c->w, c);
-		return;
+		return false;
 	}
-	req_run(q);
+	return req_run(q);
 }
 
-void conn_rx_hdr_done(struct conn *c, int res)
+/* Dispatches every whole request in the buffer; then receives more. */
+static void conn_rx_next(struct conn *c)
+{
+	struct io_uring_sqe *sqe;
+
+	if (c->rx_parsing)
+		return; /* the loop below carries on */
+	c->rx_parsing = true;
+	while (c->state == CONN_TRANSMIT && !c->rx_busy && !c->rx_parked &&
+	       c->rx_end - c->rx_start >= c->rx_hdr_len) {
+		if (!c->free_reqs) {
+			c->rx_parked = true; /* resumed by req_free() */
+			break;
+		}
+		if (!conn_rx_request(c))
+			break;
+	}
+	c->rx_parsing = false;
+	if (c->state != CONN_TRANSMIT || c->rx_busy || c->rx_parked)
+		return;
+	/* Keep the partial request, if any, at the front; receive behind it. */
+	if (c->rx_start) {
+		memmove(c->rxbuf, c->rxbuf + c->rx_start, c->rx_end - c->rx_start);
+		c->rx_end -= c->rx_start;
+		c->rx_start = 0;
+	}
+	c->rx_busy = true;
+	sqe = ring_get_sqe(c, c, OP_CONN_RX);
+	io_uring_prep_recv(sqe, c->fd, c->rxbuf + c->rx_end, CONN_RXBUF_BYTES - c->rx_end, 0);
+}
+
+void conn_rx_done(struct conn *c, int res)
 {
 	c->rx_busy = false;
 	if (c->state == CONN_CLOSING)
 		return;
 	if (res <= 0) {
-		if (res == 0 && c->rx_have == 0)
+		if (res == 0 && c->rx_end == c->rx_start)
 			conn_close(c, "client closed the connection");
 		else
-			conn_close(c, res == 0 ? "client closed mid-header" : strerror(-res));
+			conn_close(c, res == 0 ? "client closed mid-request" : strerror(-res));
 		return;
 	}
-	c->rx_have += (size_t)res;
-	if (c->rx_have < c->rx_hdr_len) {
-		struct io_uring_sqe *sqe = ring_get_sqe(c, c, OP_CONN_RX_HDR);
-
-		c->rx_busy = true;
-		io_uring_prep_recv(sqe, c->fd, c->rx_hdr + c->rx_have, c->rx_hdr_len - c->rx_have,
-				   MSG_WAITALL);
-		return;
-	}
-	conn_rx_request(c);
-}
-
-static void conn_rx_next(struct conn *c)
-{
-	struct io_uring_sqe *sqe;
-
-	if (c->state != CONN_TRANSMIT || c->rx_busy || c->rx_parked)
-		return;
-	if (!c->free_reqs) {
-		c->rx_parked = true; /* resumed by req_free() */
-		return;
-	}
-	c->rx_have = 0;
-	c->rx_busy = true;
-	sqe = ring_get_sqe(c, c, OP_CONN_RX_HDR);
-	io_uring_prep_recv(sqe, c->fd, c->rx_hdr, c->rx_hdr_len, MSG_WAITALL);
+	c->rx_end += (size_t)res;
+	conn_rx_next(c);
 }
 
 void conn_transmit_start(struct conn *c)
@@ -709,6 +736,11 @@ void conn_transmit_start(struct conn *c)
 	c->hs_buf = NULL;
 	c->hs_out.data = NULL;
 	c->hs_cap = c->hs_out.cap = 0;
+	c->rxbuf = malloc(CONN_RXBUF_BYTES);
+	if (!c->rxbuf) {
+		conn_close(c, "out of memory for a receive buffer");
+		return;
+	}
 	c->state = CONN_TRANSMIT;
 	c->rx_hdr_len = proto_request_hdr_len(&c->sess);
 	log_info("conn %" PRIu64 ": serving export \"%s\" (%s)", c->id, c->exp->name,

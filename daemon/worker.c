@@ -33,7 +33,7 @@ static const struct {
 	req_done_fn req;
 } dispatch[OP_MAX] = {
 	[OP_CONN_HS] = { .conn = conn_hs_done },
-	[OP_CONN_RX_HDR] = { .conn = conn_rx_hdr_done },
+	[OP_CONN_RX] = { .conn = conn_rx_done },
 	[OP_CONN_RX_SKIP] = { .conn = conn_rx_skip_done },
 	[OP_CONN_SEND] = { .conn = conn_send_done },
 	[OP_REQ_RX_DATA] = { .req = req_rx_data_done },
