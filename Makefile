@@ -3,6 +3,8 @@
 #   make run        build, create build/uringnbd.img (1 GiB, sparse) and serve it
 #   make check      unit + integration + interop tests (as root: everything runs)
 #   make check-unit fast unit tests, no sockets
+#   make check-vm   the kernel NBD client in a qemu guest (also part of check)
+#   make bench      side-by-side benchmark against nbd-server, nbdkit, qemu-nbd
 #   make install    PREFIX=/usr/local DESTDIR=
 #   SANITIZE=1      ASan+UBSan build and tests    WERROR=1  -Werror    V=1  full commands
 
@@ -13,7 +15,8 @@ CC      ?= cc
 
 BUILD_PKGS := gcc make pkg-config liburing-dev libev-dev libnbd-dev check
 TEST_PKGS  := libnbd-bin qemu-utils nbdkit nbd-server nbd-client fio python3-libnbd \
-              fuse3 e2fsprogs util-linux procps bc clang libclang-rt-14-dev
+              fuse3 e2fsprogs util-linux procps bc clang libclang-rt-14-dev \
+              qemu-system-x86 busybox-static socat cpio
 
 WARN   := -Wall -Wextra -Wshadow -Wvla -Wstrict-prototypes -Wmissing-prototypes \
           -Wformat=2 -Wundef -fno-common
@@ -52,7 +55,7 @@ DAEMON_OBJ := $(DAEMON_SRC:%.c=$(B)/%.o)
 DAEMON_LIBS := -luring -lev
 
 .SECONDARY:
-.PHONY: bench fuzz check-fuzz bench-lock all run check check-unit check-integration check-interop install clean deps deps-test
+.PHONY: check-vm bench fuzz check-fuzz bench-lock all run check check-unit check-integration check-interop install clean deps deps-test
 all: $(B)/uringnbd
 
 # ---- Debian packages: installed when missing (as root), else the command is printed ----
@@ -156,10 +159,15 @@ check-integration: $(B)/uringnbd $(INTEG_TESTS) | $(B)/.deps-test
 check-interop: $(B)/uringnbd | $(B)/.deps-test
 	$(Q)$(TEST_ENV) tests/run-tests.sh tests/interop/*.sh
 
+# The kernel's NBD client, in a qemu guest (the kernel package is cached in build/vm).
+check-vm: $(B)/uringnbd | $(B)/.deps-test
+	$(Q)$(TEST_ENV) VM_DIR=$(CURDIR)/build/vm tests/run-tests.sh tests/vm/kernel-client.sh
+
 check: $(B)/uringnbd $(UNIT_TESTS) $(INTEG_TESTS) | $(B)/.deps-test
 	$(Q)for t in $(UNIT_TESTS); do CK_DEFAULT_TIMEOUT=10 $$t || exit 1; done
 	$(Q)$(MAKE) -s check-fuzz
-	$(Q)$(TEST_ENV) tests/run-tests.sh $(INTEG_TESTS) tests/interop/*.sh
+	$(Q)$(TEST_ENV) VM_DIR=$(CURDIR)/build/vm tests/run-tests.sh $(INTEG_TESTS) tests/interop/*.sh \
+	    tests/vm/kernel-client.sh
 
 # ---- install ----
 install: $(B)/uringnbd

@@ -1,0 +1,70 @@
+#!/bin/sh
+# /init of the test guest (busybox sh; real tools by full path). Attaches
+# /dev/nbd0 from uringnbd over 4 virtio-serial connections, puts ext4 on it,
+# checks it, then exercises discard. Prints GUEST PASS or GUEST FAIL: why.
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+fail() { echo "GUEST FAIL: $*"; poweroff -f; sleep 10; }
+step() { echo "guest: $*"; }
+
+for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci \
+         virtio_console nbd; do
+    insmod /lib/modules/$m.ko || fail "insmod $m"
+done
+# The ports appear asynchronously; their names say which are ours.
+for i in $(seq 1 200); do
+    [ "$(ls /sys/class/virtio-ports 2>/dev/null | wc -l)" -ge 4 ] && break
+    sleep 0.05
+done
+: >/tmp/ports
+for p in /sys/class/virtio-ports/*; do
+    case "$(cat "$p/name")" in uringnbd*) echo "$(basename "$p")" >>/tmp/ports ;; esac
+done
+[ "$(wc -l </tmp/ports)" -eq 4 ] || fail "expected 4 ports, found: $(cat /tmp/ports)"
+for p in $(cat /tmp/ports); do
+    for i in $(seq 1 100); do [ -e /dev/$p ] && break; sleep 0.05; done
+done
+
+# Each connection nbd-client makes to this socket goes to its own port.
+/usr/bin/socat UNIX-LISTEN:/tmp/nbd.sock,fork EXEC:/bin/pick-port &
+for i in $(seq 1 100); do [ -S /tmp/nbd.sock ] && break; sleep 0.05; done
+
+step "attaching /dev/nbd0 with 4 connections"
+/usr/sbin/nbd-client -unix /tmp/nbd.sock /dev/nbd0 -N disk0 -C 4 || fail "nbd-client"
+for i in $(seq 1 200); do
+    [ "$(cat /sys/block/nbd0/size 2>/dev/null)" -gt 0 ] 2>/dev/null && break
+    sleep 0.05
+done
+[ "$(cat /sys/block/nbd0/size)" -gt 0 ] || fail "/dev/nbd0 has no size"
+step "/dev/nbd0: $(cat /sys/block/nbd0/size) sectors"
+
+/usr/sbin/mke2fs -q -F -t ext4 /dev/nbd0 || fail "mkfs.ext4"
+mount -t ext4 /dev/nbd0 /mnt || fail "mount"
+for i in 1 2 3 4 5 6 7 8; do
+    dd if=/dev/urandom of=/mnt/file$i bs=1000 count=$((i * 37)) 2>/dev/null || fail "write file$i"
+done
+mkdir /mnt/dir && echo "hello from the guest" >/mnt/dir/hello
+dd if=/dev/urandom of=/mnt/random bs=1M count=16 2>/dev/null || fail "write 16 MiB"
+(cd /mnt && sha256sum file* random dir/hello) >/tmp/sums
+sync
+umount /mnt || fail "umount"
+echo 3 >/proc/sys/vm/drop_caches
+/usr/sbin/e2fsck -fn /dev/nbd0 >/tmp/fsck.log 2>&1 || { cat /tmp/fsck.log; fail "e2fsck"; }
+mount -t ext4 /dev/nbd0 /mnt || fail "remount"
+(cd /mnt && sha256sum -c /tmp/sums >/dev/null) || fail "checksums differ after remount"
+sed 's/^/SUM /' /tmp/sums
+umount /mnt
+
+step "discard: 64 MiB written, deleted, fstrim"
+mount -t ext4 -o discard /dev/nbd0 /mnt || fail "mount -o discard"
+dd if=/dev/urandom of=/mnt/big bs=1M count=64 2>/dev/null || fail "write 64 MiB"
+sync
+rm /mnt/big
+sync
+fstrim -v /mnt || fail "fstrim"
+umount /mnt || fail "umount after fstrim"
+/usr/sbin/nbd-client -d /dev/nbd0 || fail "nbd-client -d"
+echo "GUEST PASS"
+poweroff -f

@@ -1,0 +1,103 @@
+#!/bin/bash
+# The real kernel client: a qemu guest (software emulation, no network
+# device) attaches /dev/nbd0 from uringnbd with nbd-client over 4
+# virtio-serial connections, makes and checks an ext4 filesystem on it,
+# and exercises discard; the host then checks the image itself. Debian's
+# cloud kernel is fetched with apt-get download and cached under build/vm.
+. "$(dirname "$0")/../interop/lib.bash"
+VM=${VM_DIR:-build/vm}
+HERE=$(cd "$(dirname "$0")" && pwd)
+need qemu-system-x86_64 cpio gzip e2fsck debugfs
+[ -x /bin/busybox ] || skip "busybox-static is not installed"
+for t in /usr/sbin/nbd-client /usr/bin/socat /usr/sbin/mke2fs /usr/sbin/e2fsck; do
+    [ -x $t ] || skip "$t is not installed"
+done
+mkdir -p "$VM"
+
+# The kernel: the newest cloud kernel Debian has, unpacked, never installed.
+cloud_kernel() {
+    apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}'
+}
+pkg=$(cloud_kernel)
+if [ -z "$pkg" ] && [ "$(id -u)" = 0 ]; then
+    apt-get update -q >/dev/null 2>&1 || true  # a fresh machine may have no package lists
+    pkg=$(cloud_kernel)
+fi
+if [ -z "$pkg" ]; then
+    pkg=$(ls "$VM" | sed -n 's/^kernel-//p' | tail -n 1)
+    [ -n "$pkg" ] || skip "no linux-image-cloud-amd64 known to apt (run apt-get update)"
+fi
+K="$VM/kernel-$pkg"
+if [ ! -f "$K/done" ]; then
+    rm -rf "$K" && mkdir -p "$K"
+    (cd "$K" && chmod 777 . && apt-get download "$pkg" >/dev/null 2>&1) || fail "apt-get download $pkg"
+    dpkg -x "$K"/*.deb "$K/root" || fail "unpacking $pkg"
+    rm -f "$K"/*.deb
+    touch "$K/done"
+fi
+kver=$(ls "$K/root/lib/modules")
+vmlinuz=$(ls "$K"/root/boot/vmlinuz-*)
+
+# The initramfs: busybox, the real tools and their libraries, 7 modules.
+R="$T/initramfs"
+mkdir -p "$R"/{bin,proc,sys,dev,tmp,mnt,etc,lib/modules}
+cp /bin/busybox "$R/bin/busybox"
+for a in $(/bin/busybox --list); do
+    [ "$a" = busybox ] || ln -sf busybox "$R/bin/$a"
+done
+for t in /usr/sbin/nbd-client /usr/bin/socat /usr/sbin/mke2fs /usr/sbin/e2fsck; do
+    mkdir -p "$R$(dirname $t)" && cp "$t" "$R$t"
+    for lib in $(ldd "$t" | grep -o '/[^ ]*'); do
+        mkdir -p "$R$(dirname "$lib")" && cp -L "$lib" "$R$lib"
+    done
+done
+cp /etc/mke2fs.conf "$R/etc/" 2>/dev/null || true
+for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci \
+         virtio_console nbd; do
+    f=$(find "$K/root/lib/modules/$kver" -name "$m.ko*" | head -n 1)
+    [ -n "$f" ] || fail "module $m not in $pkg"
+    case "$f" in
+    *.xz) xz -dc "$f" >"$R/lib/modules/$m.ko" ;;
+    *.zst) zstd -qdc "$f" >"$R/lib/modules/$m.ko" ;;
+    *) cp "$f" "$R/lib/modules/$m.ko" ;;
+    esac
+done
+install -m 0755 "$HERE/guest-init.sh" "$R/init"
+install -m 0755 "$HERE/pick-port.sh" "$R/bin/pick-port"
+(cd "$R" && find . | cpio -o -H newc --quiet | gzip -1) >"$T/initrd.gz"
+
+# The export, and the guest with one virtio-serial port per connection.
+truncate -s 256M "$T/disk.img"
+start_daemon "$T/disk.img" -n disk0
+timeout 10 nbd-client -l -unix "$SOCK" >"$T/list" 2>&1 || { cat "$T/list"; fail "nbd-client -l"; }
+grep -q '^disk0' "$T/list" || { cat "$T/list"; fail "nbd-client -l does not list disk0"; }
+ports=()
+for i in 0 1 2 3; do
+    ports+=(-chardev "socket,id=c$i,path=$SOCK"
+            -device "virtserialport,bus=vs.0,chardev=c$i,name=uringnbd$i")
+done
+start=$(date +%s)
+timeout 120 qemu-system-x86_64 -accel tcg -cpu max -smp 4 -m 768 -nodefaults -display none \
+    -no-reboot -serial "file:$T/console.log" -kernel "$vmlinuz" -initrd "$T/initrd.gz" \
+    -append "console=ttyS0 panic=-1 quiet" -device virtio-serial-pci,id=vs "${ports[@]}" \
+    >"$T/qemu.log" 2>&1
+rc=$?
+echo "guest ran $(($(date +%s) - start)) s (qemu exit $rc)"
+if ! grep -q '^GUEST PASS' "$T/console.log"; then
+    echo "---- guest console ----" >&2
+    tail -n 60 "$T/console.log" >&2
+    cat "$T/qemu.log" >&2
+    fail "the guest did not pass"
+fi
+grep '^guest:' "$T/console.log"
+stop_daemon
+
+# The host's view of what the guest wrote.
+timeout 60 e2fsck -fn "$T/disk.img" >"$T/fsck.log" 2>&1 || { cat "$T/fsck.log"; fail "e2fsck of the image"; }
+want=$(tr -d '\r' <"$T/console.log" | awk '$1 == "SUM" && $3 == "random" {print $2}')
+got=$(debugfs -R "cat /random" "$T/disk.img" 2>/dev/null | sha256sum | cut -d' ' -f1)
+[ -n "$want" ] && [ "$want" = "$got" ] || fail "debugfs reads /random as $got, the guest wrote $want"
+debugfs -R "cat /dir/hello" "$T/disk.img" 2>/dev/null | grep -q "hello from the guest" || fail "debugfs /dir/hello"
+used=$(du -k "$T/disk.img" | cut -f1)
+echo "image allocation after discard: $used KiB (64 MiB were written and deleted)"
+[ "$used" -lt $((56 * 1024)) ] || fail "discard punched no holes: $used KiB allocated"
