@@ -44,7 +44,8 @@ endif
 PROTO_SRC  := proto/negotiate.c proto/request.c
 LOCK_SRC   := lock/rangelock.c
 DAEMON_SRC := daemon/main.c daemon/log.c daemon/export.c daemon/pool.c daemon/worker.c \
-              daemon/conn.c daemon/transmit.c daemon/reply.c daemon/listen.c
+              daemon/conn.c daemon/transmit.c daemon/reply.c daemon/listen.c \
+              daemon/config.c daemon/notify.c daemon/server.c
 UNIT_TESTS := $(patsubst tests/unit/%.c,$(B)/tests/unit/%,$(wildcard tests/unit/test_*.c))
 INTEG_TESTS := $(patsubst tests/integration/%.c,$(B)/tests/integration/%,\
                  $(filter-out tests/integration/harness.c,$(wildcard tests/integration/*.c)))

@@ -85,7 +85,7 @@ void conn_new(struct worker *w, int fd)
 	if (w->conns)
 		w->conns->prev = c;
 	w->conns = c;
-	w->nconns++;
+	__atomic_add_fetch(&w->nconns, 1, __ATOMIC_RELAXED);
 	log_debug("conn %" PRIu64 ": accepted on worker %d", c->id, w->id);
 
 	pthread_once(&greeting_once, greeting_init);
@@ -123,8 +123,9 @@ static void conn_free(struct conn *c)
 		w->conns = c->next;
 	if (c->next)
 		c->next->prev = c->prev;
-	w->nconns--;
+	__atomic_sub_fetch(&w->nconns, 1, __ATOMIC_RELAXED);
 	close(c->fd);
+	export_put((struct export *)c->exp);
 	free(c->hs_buf);
 	free(c->hs_out.data);
 	free(c->rxbuf);
@@ -156,18 +157,23 @@ static void conn_hs_option(struct conn *c)
 	if (!data && c->opt.len_bytes == 0)
 		data = (const uint8_t *)"";
 	c->hs_out.len = 0;
+	/* The table may be replaced by a reload; not while this looks in it. */
+	pthread_rwlock_rdlock(&c->w->srv->exports_lock);
 	while ((ret = proto_negotiate(&c->sess, &ex, &c->opt, data,
 				      &c->hs_out)) == -ENOBUFS) {
 		size_t cap = c->hs_out.cap ? c->hs_out.cap * 2 : 4096;
 		uint8_t *p = realloc(c->hs_out.data, cap);
 
-		if (!p) {
-			conn_close(c, "out of memory for an option reply");
-			return;
-		}
+		if (!p)
+			break;
 		c->hs_out.data = p;
 		c->hs_out.cap = cap;
 	}
+	if (ret == 0 && c->sess.phase == PROTO_PHASE_TRANSMISSION) {
+		c->exp = c->sess.export.opaque;
+		export_get((struct export *)c->exp); /* ours until the connection goes */
+	}
+	pthread_rwlock_unlock(&c->w->srv->exports_lock);
 	if (ret < 0) {
 		conn_close(c, "negotiation failed");
 		return;

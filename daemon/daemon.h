@@ -46,7 +46,21 @@ void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(p
 #define EXPORT_MAX_REQUEST_BYTES (32u * 1024 * 1024) /* largest READ/WRITE served */
 #define EXPORT_MAX_ALIGN_BYTES (32u * 1024)          /* two edge blocks fit one pool chunk */
 
+/* One lock manager per backing file, shared by every export of that file. */
+struct file_locks {
+	struct rl_manager *m;
+	_Atomic int refs;
+	dev_t dev;
+	ino_t ino;
+};
+
+/*
+ * An export. Heap object, reference counted: the server's table holds one
+ * reference and every connection that chose it holds one, so an export
+ * removed by a reload lives on until its last connection closes.
+ */
 struct export {
+	_Atomic int refs;
 	char *name;            /* export name ("" is the default export) */
 	char *description;
 	char *path;            /* backing file or block device */
@@ -58,9 +72,8 @@ struct export {
 	uint64_t direct_end;   /* size rounded down to align_bytes: O_DIRECT below it */
 	uint32_t align_bytes;  /* direct-I/O offset/length alignment */
 	uint16_t tflags;       /* transmission flags it supports */
-	struct rl_manager *locks; /* every request locks the byte range it touches; shared
-				     by every export of the same file (device, inode) */
-	bool owns_locks;
+	struct rl_manager *locks; /* every request locks the byte range it touches */
+	struct file_locks *file_locks; /* whose manager that is (shared per file) */
 	dev_t dev;
 	ino_t ino;
 };
@@ -71,21 +84,29 @@ struct export_spec {
 	const char *path;
 	bool readonly;
 	char *storage;         /* heap copy the strings point into, or NULL */
+	char *extra[2];        /* more heap strings (config file), freed with it */
+	unsigned nextra;
+	int config_line;       /* where a config file defined it */
 };
 
 /*
  * Opens and probes the backing file; logs one clear message on failure.
- * Exports of the same file among others[0..nothers) share its lock manager.
+ * Returns a new export holding one reference, or NULL. Exports of the same
+ * file among others[0..nothers) share its lock manager.
  */
-int export_open(struct export *e, const struct export_spec *spec, const struct export *others,
-		size_t nothers);
+struct export *export_open(const struct export_spec *spec, struct export *const *others,
+			   size_t nothers);
+void export_get(struct export *e);
+/* Drops a reference; the last one closes and frees the export. */
+void export_put(struct export *e);
+/* Whether e is what spec describes (a reload may keep it). */
+bool export_matches(const struct export *e, const struct export_spec *spec);
 /*
  * base:allocation of [off, off + len) from SEEK_DATA/SEEK_HOLE: at most max
  * extents (one if `one`), covering at least the first byte. Returns the count.
  */
 size_t export_extents(const struct export *e, uint64_t off, uint64_t len, bool one,
 		      struct proto_extent *ext, size_t max);
-void export_release(struct export *e);
 /* Fills the negotiation view of e. */
 void export_describe(const struct export *e, struct proto_export *out);
 
@@ -343,9 +364,32 @@ int listen_inherited(struct server *srv);
 void listen_start(struct server *srv);
 void listen_close(struct server *srv);
 
+/* ---- config.c ---- */
+struct config {
+	char *unix_path, *bind, *port, *pid_file;
+	int threads;               /* 0: not set */
+	long long pool_bytes;      /* 0: not set */
+	int log_level;             /* -1: not set */
+	bool log_level_set;
+	struct export_spec *exports;
+	size_t nexports;
+};
+
+/* Parses the file into *cfg; logs "file:line: why" and returns -1 on error. */
+int config_load(const char *path, struct config *cfg);
+void config_free(struct config *cfg);
+long long config_parse_size(const char *s);
+int config_parse_bool(const char *v);
+int config_parse_log_level(const char *v);
+
+/* ---- notify.c: systemd's notification protocol ---- */
+/* Sends "READY=1", "STATUS=..." etc. to $NOTIFY_SOCKET, if set. */
+void notify_send(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 /* ---- main.c ---- */
 struct server {
-	struct export *exports;
+	pthread_rwlock_t exports_lock; /* the table; negotiation reads, reload writes */
+	struct export **exports;
 	size_t nexports;
 	struct worker *workers;
 	unsigned nworkers;
@@ -362,5 +406,9 @@ int server_export_lookup(void *srv, const char *name, size_t name_len, struct pr
 int server_export_nth(void *srv, size_t i, struct proto_export *out);
 /* Hands an accepted socket to a worker. */
 void server_accept(struct server *srv, int fd);
+struct export **server_build_exports(struct server *s, const struct export_spec *specs, size_t n);
+void server_swap_exports(struct server *s, struct export **t, size_t n);
+void server_log_exports(struct server *s);
+unsigned server_connections(struct server *s);
 
 #endif

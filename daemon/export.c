@@ -5,6 +5,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stdatomic.h>
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <stdlib.h>
@@ -50,25 +51,40 @@ static int export_probe_direct(int fd, uint32_t align, uint64_t size)
 	return err;
 }
 
-int export_open(struct export *e, const struct export_spec *spec, const struct export *others,
-		size_t nothers)
+static void file_locks_put(struct file_locks *fl)
 {
+	if (fl && atomic_fetch_sub(&fl->refs, 1) == 1) {
+		rl_manager_free(fl->m);
+		free(fl);
+	}
+}
+
+struct export *export_open(const struct export_spec *spec, struct export *const *others,
+			   size_t nothers)
+{
+	struct export *e = calloc(1, sizeof(*e));
 	size_t i;
+
+	if (!e) {
+		log_error("export \"%s\": out of memory", spec->path);
+		return NULL;
+	}
 	struct stat st;
 	int flags = (spec->readonly ? O_RDONLY : O_RDWR) | O_DIRECT | O_CLOEXEC;
 	int err;
 
-	memset(e, 0, sizeof(*e));
-	e->fd_buffered = -1;
+	e->fd = e->fd_buffered = -1;
 	/* Judge the kind of file first: opening a device may have side effects. */
 	if (stat(spec->path, &st) < 0) {
 		err = errno;
 		log_error("export \"%s\": %s", spec->path, strerror(err));
-		return -err;
+		free(e);
+		return NULL;
 	}
 	if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
 		log_error("export \"%s\": not a regular file or block device", spec->path);
-		return -EINVAL;
+		free(e);
+		return NULL;
 	}
 	e->fd = open(spec->path, flags);
 	if (e->fd < 0) {
@@ -78,7 +94,8 @@ int export_open(struct export *e, const struct export_spec *spec, const struct e
 				  spec->path);
 		else
 			log_error("open \"%s\": %s", spec->path, strerror(err));
-		return -err;
+		free(e);
+		return NULL;
 	}
 	if (fstat(e->fd, &st) < 0) {
 		err = errno;
@@ -129,13 +146,25 @@ int export_open(struct export *e, const struct export_spec *spec, const struct e
 	}
 	e->dev = st.st_dev;
 	e->ino = st.st_ino;
-	for (i = 0; i < nothers && !e->locks; i++)
-		if (others[i].dev == e->dev && others[i].ino == e->ino)
-			e->locks = others[i].locks;
-	if (!e->locks) {
-		e->locks = rl_manager_new();
-		e->owns_locks = true;
+	for (i = 0; i < nothers && !e->file_locks; i++)
+		if (others[i]->dev == e->dev && others[i]->ino == e->ino) {
+			e->file_locks = others[i]->file_locks;
+			atomic_fetch_add(&e->file_locks->refs, 1);
+		}
+	if (!e->file_locks) {
+		e->file_locks = calloc(1, sizeof(*e->file_locks));
+		if (e->file_locks) {
+			e->file_locks->m = rl_manager_new();
+			e->file_locks->refs = 1;
+			e->file_locks->dev = e->dev;
+			e->file_locks->ino = e->ino;
+			if (!e->file_locks->m) {
+				free(e->file_locks);
+				e->file_locks = NULL;
+			}
+		}
 	}
+	e->locks = e->file_locks ? e->file_locks->m : NULL;
 	e->name = strdup(spec->name ? spec->name : "");
 	e->description = strdup(spec->description ? spec->description : "");
 	e->path = strdup(spec->path);
@@ -153,36 +182,45 @@ int export_open(struct export *e, const struct export_spec *spec, const struct e
 	else
 		e->tflags |= NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES |
 			     NBD_FLAG_SEND_FAST_ZERO;
-	return 0;
+	e->refs = 1;
+	return e;
 
 out_free:
 	free(e->name);
 	free(e->description);
 	free(e->path);
-	if (e->owns_locks)
-		rl_manager_free(e->locks);
+	file_locks_put(e->file_locks);
 out_close_fd:
 	if (e->fd_buffered >= 0)
 		close(e->fd_buffered);
 	close(e->fd);
-	e->fd = -1;
-	return -err;
+	free(e);
+	return NULL;
 }
 
-void export_release(struct export *e)
+void export_get(struct export *e)
 {
-	if (e->fd >= 0)
-		close(e->fd);
-	if (e->fd_buffered >= 0)
-		close(e->fd_buffered);
-	if (e->owns_locks)
-		rl_manager_free(e->locks);
+	atomic_fetch_add(&e->refs, 1);
+}
+
+void export_put(struct export *e)
+{
+	if (!e || atomic_fetch_sub(&e->refs, 1) != 1)
+		return;
+	close(e->fd);
+	close(e->fd_buffered);
+	file_locks_put(e->file_locks);
 	free(e->name);
 	free(e->description);
 	free(e->path);
-	memset(e, 0, sizeof(*e));
-	e->fd = -1;
-	e->fd_buffered = -1;
+	free(e);
+}
+
+bool export_matches(const struct export *e, const struct export_spec *spec)
+{
+	return !strcmp(e->name, spec->name) && !strcmp(e->path, spec->path) &&
+	       !strcmp(e->description, spec->description ? spec->description : "") &&
+	       e->readonly == spec->readonly;
 }
 
 void export_describe(const struct export *e, struct proto_export *out)

@@ -171,26 +171,35 @@ int listen_unix(struct server *srv, const char *path)
 int listen_inherited(struct server *srv)
 {
 	const char *pid = getenv("LISTEN_PID"), *fds = getenv("LISTEN_FDS");
-	char desc[32];
+	char *names = getenv("LISTEN_FDNAMES") ? strdup(getenv("LISTEN_FDNAMES")) : NULL;
+	char *name = names, *next;
+	char desc[300];
 	long n, i;
-	int ret;
+	int ret = 0;
 
-	if (!pid || !fds || strtol(pid, NULL, 10) != (long)getpid())
+	if (!pid || !fds || strtol(pid, NULL, 10) != (long)getpid()) {
+		free(names);
 		return 0;
+	}
 	n = strtol(fds, NULL, 10);
 	unsetenv("LISTEN_PID");
 	unsetenv("LISTEN_FDS");
 	unsetenv("LISTEN_FDNAMES");
-	for (i = 0; i < n; i++) {
+	for (i = 0; i < n && ret >= 0; i++) {
 		int fd = SD_LISTEN_FDS_START + (int)i;
 
+		/* LISTEN_FDNAMES: one name per fd, colon-separated (the unit's FileDescriptorName=). */
+		next = name ? strchr(name, ':') : NULL;
+		if (next)
+			*next++ = '\0';
 		fcntl(fd, F_SETFD, FD_CLOEXEC);
-		snprintf(desc, sizeof(desc), "inherited fd %d", fd);
+		snprintf(desc, sizeof(desc), "socket-activated fd %d (%.200s)", fd,
+			 name && *name ? name : "unnamed");
+		name = next;
 		ret = listener_add(srv, fd, desc, NULL);
-		if (ret < 0)
-			return ret;
 	}
-	return (int)n;
+	free(names);
+	return ret < 0 ? ret : (int)n;
 }
 
 void listen_start(struct server *srv)

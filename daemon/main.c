@@ -1,10 +1,15 @@
 /*
- * uringnbd: command line, start-up, signals and shutdown.
+ * uringnbd: command line, configuration, start-up, signals and shutdown.
  *
- * The main thread opens the exports, starts the workers, listens, writes
- * the pid file once listening, and then runs a libev loop that only accepts
- * connections and handles signals. SIGINT/SIGTERM: stop accepting, let each
- * worker close its connections once their requests are done, exit 0.
+ * The main thread merges the configuration (defaults < --config file <
+ * command line), opens the exports, starts the workers, listens, writes the
+ * pid file and tells systemd it is ready; then its libev loop only accepts
+ * connections and handles signals:
+ *   SIGINT/SIGTERM  stop accepting, let connections finish, flush, exit 0
+ *                   (a second one exits at once)
+ *   SIGHUP          reload the --config file's exports; a bad file is
+ *                   reported and the old configuration stays
+ *   SIGUSR1         log the counters
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -20,73 +25,39 @@
 
 #define DEFAULT_PORT "10809"
 #define DEFAULT_POOL_BYTES (64u * 1024 * 1024)
+#define STATUS_INTERVAL_S 2.0
 
 static struct server srv;
-
-int server_export_lookup(void *ctx, const char *name, size_t name_len, struct proto_export *out)
-{
-	struct server *s = ctx;
-	size_t i;
-
-	for (i = 0; i < s->nexports; i++) {
-		const struct export *e = &s->exports[i];
-
-		if (strlen(e->name) == name_len && memcmp(e->name, name, name_len) == 0) {
-			export_describe(e, out);
-			return 0;
-		}
-	}
-	return -ENOENT;
-}
-
-int server_export_nth(void *ctx, size_t i, struct proto_export *out)
-{
-	struct server *s = ctx;
-
-	if (i >= s->nexports)
-		return -ENOENT;
-	export_describe(&s->exports[i], out);
-	return 0;
-}
-
-void server_accept(struct server *s, int fd)
-{
-	struct worker *w;
-
-	if (s->shutting_down) {
-		close(fd);
-		return;
-	}
-	/* Round-robin: a connection stays on its worker for its whole life. */
-	w = &s->workers[s->next_worker++ % s->nworkers];
-	worker_adopt(w, fd);
-}
+static struct config cli;          /* what the command line said */
+static const char *config_path;    /* --config, or NULL */
+static int stop_signals;
 
 static void usage(FILE *f)
 {
 	fprintf(f,
 		"usage: uringnbd [OPTIONS] [FILE]\n"
 		"Export FILE (a regular file or block device) over NBD with O_DIRECT I/O.\n\n"
+		"  -c, --config PATH    read settings and exports from PATH (see uringnbd.conf(5))\n"
 		"  -e, --export NAME=PATH[,readonly][,description=TEXT]\n"
 		"                       one more export (repeatable); FILE is the export -n names\n"
 		"  -U, --unix PATH      listen on a unix socket (with only -U, no TCP)\n"
 		"  -b, --bind ADDR      TCP address to listen on (default localhost)\n"
 		"  -p, --port PORT      TCP port (default " DEFAULT_PORT ")\n"
-		"  -n, --name NAME      export name (default \"\")\n"
-		"  -d, --description TEXT  export description\n"
-		"  -r, --read-only      refuse writes\n"
+		"  -n, --name NAME      export name of FILE (default \"\")\n"
+		"  -d, --description TEXT  description of FILE\n"
+		"  -r, --read-only      FILE refuses writes\n"
 		"  -t, --threads N      worker threads (default: online CPUs)\n"
 		"      --pool-size SIZE buffer pool per worker, e.g. 64M (default 64M)\n"
 		"      --pid-file PATH  write the pid here once listening\n"
-		"  -v, --verbose        log every connection and request\n"
+		"  -l, --log-level L    error, warning, info (default) or debug\n"
+		"  -v, --verbose        the same as --log-level debug\n"
 		"  -V, --version        print the version and exit\n"
 		"  -h, --help           print this help and exit\n");
 }
 
 /*
  * --export NAME=PATH[,readonly][,description=TEXT]: fills *spec from a
- * copy of arg (kept for the life of the process). description= takes the
- * rest of the argument, commas included.
+ * copy of arg. description= takes the rest of the argument, commas included.
  */
 static int parse_export(const char *arg, struct export_spec *spec)
 {
@@ -131,34 +102,43 @@ static int parse_export(const char *arg, struct export_spec *spec)
 	return 0;
 }
 
-/* "64M", "1G", "4096": bytes, or -1. */
-static long long parse_size(const char *s)
+static int add_spec(struct config *cfg, const struct export_spec *spec)
 {
-	char *end;
-	long long v;
+	struct export_spec *a = realloc(cfg->exports, (cfg->nexports + 1) * sizeof(*a));
 
-	errno = 0;
-	v = strtoll(s, &end, 10);
-	if (errno || v < 0 || end == s)
+	if (!a)
 		return -1;
-	switch (*end) {
-	case 'k': case 'K': v <<= 10; end++; break;
-	case 'm': case 'M': v <<= 20; end++; break;
-	case 'g': case 'G': v <<= 30; end++; break;
-	case '\0': break;
-	default: return -1;
-	}
-	return *end ? -1 : v;
+	cfg->exports = a;
+	a[cfg->nexports++] = *spec;
+	return 0;
 }
 
-static void on_stop_signal(struct ev_loop *loop, ev_signal *w, int revents)
+/*
+ * The exports in force: the file's, then the command line's; a command-line
+ * export replaces a file export of the same name. Returns a new array of
+ * borrowed specs (free only the array), or NULL with *n = 0 on error.
+ */
+static struct export_spec *merge_exports(const struct config *file, size_t *n)
 {
-	(void)revents;
-	log_info("%s: shutting down", strsignal(w->signum));
-	ev_break(loop, EVBREAK_ALL);
+	struct export_spec *m = calloc(file->nexports + cli.nexports + 1, sizeof(*m));
+	size_t i, j, k = 0;
+
+	*n = 0;
+	if (!m)
+		return NULL;
+	for (i = 0; i < file->nexports; i++) {
+		for (j = 0; j < cli.nexports; j++)
+			if (!strcmp(cli.exports[j].name, file->exports[i].name))
+				break;
+		if (j == cli.nexports)
+			m[k++] = file->exports[i];
+	}
+	for (j = 0; j < cli.nexports; j++)
+		m[k++] = cli.exports[j];
+	*n = k;
+	return m;
 }
 
-/* Counters of every worker, summed: logged on SIGUSR1 and at exit. */
 static void log_stats(void)
 {
 	struct worker_stats sum = { 0 };
@@ -173,12 +153,77 @@ static void log_stats(void)
 		 (uint64_t)sum.buffered_ios);
 }
 
+static void notify_status(void)
+{
+	notify_send("STATUS=serving %zu export%s, %u connection%s", srv.nexports,
+		    srv.nexports == 1 ? "" : "s", server_connections(&srv),
+		    server_connections(&srv) == 1 ? "" : "s");
+}
+
+static void on_status_timer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	(void)loop;
+	(void)w;
+	(void)revents;
+	notify_status();
+}
+
+static void on_stop_signal(struct ev_loop *loop, ev_signal *w, int revents)
+{
+	(void)revents;
+	if (++stop_signals > 1) {
+		log_warn("%s again: exiting at once", strsignal(w->signum));
+		_exit(1);
+	}
+	log_info("%s: shutting down", strsignal(w->signum));
+	notify_send("STOPPING=1");
+	ev_break(loop, EVBREAK_ALL);
+}
+
 static void on_usr1(struct ev_loop *loop, ev_signal *w, int revents)
 {
 	(void)loop;
 	(void)w;
 	(void)revents;
 	log_stats();
+}
+
+/* SIGHUP: the exports of the --config file (and the command line) again. */
+static void on_reload(struct ev_loop *loop, ev_signal *w, int revents)
+{
+	struct config file;
+	struct export_spec *specs;
+	struct export **t;
+	size_t n, before = srv.nexports;
+
+	(void)loop;
+	(void)w;
+	(void)revents;
+	if (!config_path) {
+		log_info("SIGHUP: no --config file to reload");
+		return;
+	}
+	notify_send("RELOADING=1");
+	if (config_load(config_path, &file) < 0) {
+		log_error("reload: \"%s\" refused; the previous configuration stays", config_path);
+		notify_send("READY=1");
+		return;
+	}
+	specs = merge_exports(&file, &n);
+	t = specs ? server_build_exports(&srv, specs, n) : NULL;
+	if (!t) {
+		log_error("reload: exports of \"%s\" could not be opened; the previous configuration "
+			  "stays", config_path);
+	} else {
+		server_swap_exports(&srv, t, n);
+		log_info("reload: %zu export%s (was %zu); existing connections are untouched", n,
+			 n == 1 ? "" : "s", before);
+		server_log_exports(&srv);
+	}
+	free(specs);
+	config_free(&file);
+	notify_send("READY=1");
+	notify_status();
 }
 
 static int write_pid_file(const char *path)
@@ -196,11 +241,13 @@ static int write_pid_file(const char *path)
 	return 0;
 }
 
-int main(int argc, char **argv)
+/* Parses the command line into cli (and config_path). Returns -1 to exit 1, 1 to exit 0. */
+static int parse_args(int argc, char **argv)
 {
 	static const struct option longopts[] = {
-		{ "unix", required_argument, NULL, 'U' },
+		{ "config", required_argument, NULL, 'c' },
 		{ "export", required_argument, NULL, 'e' },
+		{ "unix", required_argument, NULL, 'U' },
 		{ "bind", required_argument, NULL, 'b' },
 		{ "port", required_argument, NULL, 'p' },
 		{ "name", required_argument, NULL, 'n' },
@@ -209,97 +256,133 @@ int main(int argc, char **argv)
 		{ "threads", required_argument, NULL, 't' },
 		{ "pool-size", required_argument, NULL, 'P' },
 		{ "pid-file", required_argument, NULL, 'F' },
+		{ "log-level", required_argument, NULL, 'l' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "version", no_argument, NULL, 'V' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	const char *unix_path = NULL, *bind_addr = NULL, *port = NULL, *pid_file = NULL;
-	struct export_spec spec = { .name = "", .description = "" };
-	struct export_spec *specs = NULL;
-	size_t nspecs = 0, j, k;
-	ev_signal sigint_w, sigterm_w, sigusr1_w;
-	long threads = 0;
+	struct export_spec file_spec = { .name = "", .description = "" }, spec;
+	long long n;
 	char *end;
-	long long pool = DEFAULT_POOL_BYTES;
-	int opt, status = 1, inherited;
-	unsigned i, started = 0;
+	int opt;
 
-	while ((opt = getopt_long(argc, argv, "U:e:b:p:n:d:rt:vVh", longopts, NULL)) != -1) {
+	cli.log_level = -1;
+	while ((opt = getopt_long(argc, argv, "c:e:U:b:p:n:d:rt:l:vVh", longopts, NULL)) != -1) {
 		switch (opt) {
-		case 'e': {
-			struct export_spec *p = realloc(specs, (nspecs + 1) * sizeof(*specs));
-
-			if (!p)
-				return 1;
-			specs = p;
-			if (parse_export(optarg, &p[nspecs]) < 0) {
-				free(p[nspecs].storage);
-				return 1;
+		case 'c': config_path = optarg; break;
+		case 'e':
+			if (parse_export(optarg, &spec) < 0 || add_spec(&cli, &spec) < 0) {
+				free(spec.storage);
+				return -1;
 			}
-			specs = p;
-			nspecs++;
 			break;
-		}
-		case 'U': unix_path = optarg; break;
-		case 'b': bind_addr = optarg; break;
-		case 'p': port = optarg; break;
-		case 'n': spec.name = optarg; break;
-		case 'd': spec.description = optarg; break;
-		case 'r': spec.readonly = true; break;
+		case 'U': free(cli.unix_path); cli.unix_path = strdup(optarg); break;
+		case 'b': free(cli.bind); cli.bind = strdup(optarg); break;
+		case 'p': free(cli.port); cli.port = strdup(optarg); break;
+		case 'n': file_spec.name = optarg; break;
+		case 'd': file_spec.description = optarg; break;
+		case 'r': file_spec.readonly = true; break;
 		case 't':
-			threads = strtol(optarg, &end, 10);
-			if (*end || end == optarg || threads < 1 || threads > 256) {
+			n = strtol(optarg, &end, 10);
+			if (*end || end == optarg || n < 1 || n > 256) {
 				fprintf(stderr, "uringnbd: --threads \"%s\": expected 1 to 256\n", optarg);
-				return 1;
+				return -1;
 			}
+			cli.threads = (int)n;
 			break;
 		case 'P':
-			pool = parse_size(optarg);
-			if (pool < (long long)EXPORT_MAX_REQUEST_BYTES) {
+			n = config_parse_size(optarg);
+			if (n < (long long)EXPORT_MAX_REQUEST_BYTES) {
 				fprintf(stderr, "uringnbd: --pool-size \"%s\": expected a size of at least 32M\n",
 					optarg);
-				return 1;
+				return -1;
+			}
+			cli.pool_bytes = n;
+			break;
+		case 'F': free(cli.pid_file); cli.pid_file = strdup(optarg); break;
+		case 'l':
+			cli.log_level = config_parse_log_level(optarg);
+			if (cli.log_level < 0) {
+				fprintf(stderr, "uringnbd: --log-level \"%s\": expected error, warning, "
+					"info or debug\n", optarg);
+				return -1;
 			}
 			break;
-		case 'F': pid_file = optarg; break;
-		case 'v': log_max_level = LOG_DEBUG; break;
-		case 'V': printf("uringnbd " URINGNBD_VERSION "\n"); return 0;
-		case 'h': usage(stdout); return 0;
-		default: usage(stderr); return 1;
+		case 'v': cli.log_level = LOG_DEBUG; break;
+		case 'V': printf("uringnbd " URINGNBD_VERSION "\n"); return 1;
+		case 'h': usage(stdout); return 1;
+		default: usage(stderr); return -1;
 		}
 	}
-	if (optind < argc - 1 || (optind == argc && nspecs == 0)) {
-		fprintf(stderr, "uringnbd: expected one FILE to export, or --export\n");
+	if (optind < argc - 1 || (optind == argc && cli.nexports == 0 && !config_path)) {
+		fprintf(stderr, "uringnbd: expected one FILE to export, --export or --config\n");
 		usage(stderr);
-		return 1;
+		return -1;
 	}
-	/* The positional FILE is the first export, named by --name. */
+	/* The positional FILE is an export too, named by --name. */
 	if (optind == argc - 1) {
-		struct export_spec *p = realloc(specs, (nspecs + 1) * sizeof(*specs));
-
-		if (!p)
-			return 1;
-		specs = p;
-		memmove(specs + 1, specs, nspecs * sizeof(*specs));
-		spec.path = argv[optind];
-		specs[0] = spec;
-		nspecs++;
+		file_spec.path = argv[optind];
+		if (add_spec(&cli, &file_spec) < 0)
+			return -1;
 	}
-	for (j = 0; j < nspecs; j++) {
-		if (strlen(specs[j].name) > PROTO_NAME_MAX ||
-		    strlen(specs[j].description) > PROTO_NAME_MAX) {
-			fprintf(stderr, "uringnbd: export \"%.64s\": name and description are limited "
-				"to %d bytes\n", specs[j].name, PROTO_NAME_MAX);
-			return 1;
+	return 0;
+}
+
+/* Refuses duplicate or over-long names among the merged exports. */
+static int check_specs(const struct export_spec *specs, size_t n)
+{
+	size_t i, j;
+
+	if (n == 0) {
+		log_error("no exports configured");
+		return -1;
+	}
+	for (i = 0; i < n; i++) {
+		if (strlen(specs[i].name) > PROTO_NAME_MAX ||
+		    strlen(specs[i].description) > PROTO_NAME_MAX) {
+			log_error("export \"%.64s\": name and description are limited to %d bytes",
+				  specs[i].name, PROTO_NAME_MAX);
+			return -1;
 		}
-		for (k = 0; k < j; k++)
-			if (strcmp(specs[j].name, specs[k].name) == 0) {
-				fprintf(stderr, "uringnbd: export name \"%s\" given twice\n",
-					specs[j].name);
-				return 1;
+		for (j = 0; j < i; j++)
+			if (strcmp(specs[i].name, specs[j].name) == 0) {
+				log_error("export name \"%s\" given twice", specs[i].name);
+				return -1;
 			}
 	}
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	struct config file = { .log_level = -1 };
+	struct export_spec *specs = NULL;
+	ev_signal sigint_w, sigterm_w, sigusr1_w, sighup_w;
+	ev_timer status_w;
+	const char *unix_path, *bind_addr, *port, *pid_file;
+	size_t nspecs = 0, j;
+	long threads;
+	int status = 1, inherited, ret;
+	unsigned i, started = 0;
+
+	ret = parse_args(argc, argv);
+	if (ret)
+		return ret < 0 ? 1 : 0;
+	if (config_path && config_load(config_path, &file) < 0)
+		return 1;
+	/* The command line overrides the file. */
+	unix_path = cli.unix_path ? cli.unix_path : file.unix_path;
+	bind_addr = cli.bind ? cli.bind : file.bind;
+	port = cli.port ? cli.port : file.port;
+	pid_file = cli.pid_file ? cli.pid_file : file.pid_file;
+	threads = cli.threads ? cli.threads : file.threads;
+	srv.pool_bytes = (size_t)(cli.pool_bytes ? cli.pool_bytes
+				  : file.pool_bytes ? file.pool_bytes : DEFAULT_POOL_BYTES);
+	if (cli.log_level >= 0)
+		log_max_level = (enum log_level)cli.log_level;
+	else if (file.log_level_set)
+		log_max_level = (enum log_level)file.log_level;
 	if (threads == 0) {
 		threads = sysconf(_SC_NPROCESSORS_ONLN);
 		if (threads < 1)
@@ -307,15 +390,14 @@ int main(int argc, char **argv)
 	}
 	signal(SIGPIPE, SIG_IGN);
 
-	srv.exports = calloc(nspecs, sizeof(*srv.exports));
+	pthread_rwlock_init(&srv.exports_lock, NULL);
+	specs = merge_exports(&file, &nspecs);
+	if (!specs || check_specs(specs, nspecs) < 0)
+		goto out_config;
+	srv.exports = server_build_exports(&srv, specs, nspecs);
 	if (!srv.exports)
-		return 1;
-	for (j = 0; j < nspecs; j++) {
-		if (export_open(&srv.exports[j], &specs[j], srv.exports, j) < 0)
-			goto out_listeners;
-		srv.nexports++;
-	}
-	srv.pool_bytes = (size_t)pool;
+		goto out_config;
+	srv.nexports = nspecs;
 	srv.loop = ev_default_loop(EVFLAG_AUTO);
 
 	inherited = listen_inherited(&srv);
@@ -338,12 +420,10 @@ int main(int argc, char **argv)
 	listen_start(&srv);
 	if (pid_file && write_pid_file(pid_file) < 0)
 		goto out_workers;
-	for (j = 0; j < srv.nexports; j++)
-		log_info("export \"%s\": \"%s\", %" PRIu64 " bytes, direct-I/O alignment %u, %s",
-			 srv.exports[j].name, srv.exports[j].path, srv.exports[j].size_bytes,
-			 srv.exports[j].align_bytes,
-			 srv.exports[j].readonly ? "read-only" : "read-write");
-	log_info("%u worker%s", srv.nworkers, srv.nworkers == 1 ? "" : "s");
+	server_log_exports(&srv);
+	log_info("%u worker%s, buffer pool %zu MiB each%s%s", srv.nworkers,
+		 srv.nworkers == 1 ? "" : "s", srv.pool_bytes >> 20,
+		 config_path ? ", config " : "", config_path ? config_path : "");
 
 	ev_signal_init(&sigint_w, on_stop_signal, SIGINT);
 	ev_signal_start(srv.loop, &sigint_w);
@@ -351,6 +431,13 @@ int main(int argc, char **argv)
 	ev_signal_start(srv.loop, &sigterm_w);
 	ev_signal_init(&sigusr1_w, on_usr1, SIGUSR1);
 	ev_signal_start(srv.loop, &sigusr1_w);
+	ev_signal_init(&sighup_w, on_reload, SIGHUP);
+	ev_signal_start(srv.loop, &sighup_w);
+	ev_timer_init(&status_w, on_status_timer, STATUS_INTERVAL_S, STATUS_INTERVAL_S);
+	if (getenv("NOTIFY_SOCKET"))
+		ev_timer_start(srv.loop, &status_w);
+	notify_send("READY=1\nMAINPID=%ld", (long)getpid());
+	notify_status();
 	ev_run(srv.loop, 0);
 	status = 0;
 
@@ -364,8 +451,8 @@ out_workers:
 		worker_join(&srv.workers[i]);
 	/* Every acknowledged write is on stable storage before exit. */
 	for (j = 0; j < srv.nexports; j++)
-		if (!srv.exports[j].readonly && fdatasync(srv.exports[j].fd) < 0)
-			log_error("flush \"%s\": %s", srv.exports[j].path, strerror(errno));
+		if (!srv.exports[j]->readonly && fdatasync(srv.exports[j]->fd) < 0)
+			log_error("flush \"%s\": %s", srv.exports[j]->path, strerror(errno));
 	if (status == 0)
 		log_stats();
 	free(srv.workers);
@@ -373,11 +460,11 @@ out_workers:
 		unlink(pid_file);
 out_listeners:
 	listen_close(&srv);
-	for (i = 0; i < srv.nexports; i++)
-		export_release(&srv.exports[i]);
-	free(srv.exports);
-	for (j = 0; j < nspecs; j++)
-		free(specs[j].storage);
+	server_swap_exports(&srv, NULL, 0);
+out_config:
 	free(specs);
+	config_free(&file);
+	config_free(&cli);
+	pthread_rwlock_destroy(&srv.exports_lock);
 	return status;
 }

@@ -730,7 +730,6 @@ void conn_rx_done(struct conn *c, int res)
 
 void conn_transmit_start(struct conn *c)
 {
-	c->exp = c->sess.export.opaque;
 	free(c->hs_buf);
 	free(c->hs_out.data);
 	c->hs_buf = NULL;

@@ -16,7 +16,7 @@ expect_error() {
 expect_error 'export "/nonexistent/disk.img": No such file or directory' -U "$SOCK" /nonexistent/disk.img
 expect_error "export \"$T\": not a regular file or block device" -U "$SOCK" "$T"
 expect_error 'export "/dev/null": not a regular file or block device' -U "$SOCK" /dev/null
-expect_error 'expected one FILE to export, or --export' -U "$SOCK"
+expect_error 'expected one FILE to export, --export or --config' -U "$SOCK"
 expect_error '--threads "0"' -t 0 -U "$SOCK" "$T/x"
 expect_error '--threads "2x"' -t 2x -U "$SOCK" "$T/x"
 expect_error '--pool-size "1M"' --pool-size 1M -U "$SOCK" "$T/x"

@@ -1,0 +1,251 @@
+/*
+ * The configuration file: INI-style, a [global] section and one
+ * [export NAME] section per export, '#' or ';' comments, "key = value".
+ * Parsed whole into a struct config; any error names the file and line
+ * and the file is refused (at start: exit; on SIGHUP: the old
+ * configuration stays).
+ */
+#define _GNU_SOURCE
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon.h"
+
+static char *trim(char *s)
+{
+	char *e;
+
+	while (isspace((unsigned char)*s))
+		s++;
+	e = s + strlen(s);
+	while (e > s && isspace((unsigned char)e[-1]))
+		*--e = '\0';
+	return s;
+}
+
+int config_parse_bool(const char *v)
+{
+	if (!strcmp(v, "true") || !strcmp(v, "yes") || !strcmp(v, "on") || !strcmp(v, "1"))
+		return 1;
+	if (!strcmp(v, "false") || !strcmp(v, "no") || !strcmp(v, "off") || !strcmp(v, "0"))
+		return 0;
+	return -1;
+}
+
+long long config_parse_size(const char *s)
+{
+	char *end;
+	long long v;
+
+	errno = 0;
+	v = strtoll(s, &end, 10);
+	if (errno || v < 0 || end == s)
+		return -1;
+	switch (*end) {
+	case 'k': case 'K': v <<= 10; end++; break;
+	case 'm': case 'M': v <<= 20; end++; break;
+	case 'g': case 'G': v <<= 30; end++; break;
+	case '\0': break;
+	default: return -1;
+	}
+	return *end ? -1 : v;
+}
+
+int config_parse_log_level(const char *v)
+{
+	static const char *const names[] = { "error", "warning", "info", "debug" };
+	int i;
+
+	for (i = 0; i < 4; i++)
+		if (!strcmp(v, names[i]))
+			return i;
+	return -1;
+}
+
+void config_free(struct config *cfg)
+{
+	size_t i;
+
+	for (i = 0; i < cfg->nexports; i++) {
+		unsigned j;
+
+		for (j = 0; j < cfg->exports[i].nextra; j++)
+			free(cfg->exports[i].extra[j]);
+		free(cfg->exports[i].storage);
+	}
+	free(cfg->exports);
+	free(cfg->unix_path);
+	free(cfg->bind);
+	free(cfg->port);
+	free(cfg->pid_file);
+	memset(cfg, 0, sizeof(*cfg));
+}
+
+#define CFG_ERR(...) do { log_error(__VA_ARGS__); goto out_err; } while (0)
+
+static int set_str(char **dst, const char *v)
+{
+	free(*dst);
+	*dst = strdup(v);
+	return *dst ? 0 : -1;
+}
+
+/* One key of [global]. Returns 0, or -1 with *why set. */
+static int global_key(struct config *cfg, const char *k, const char *v, const char **why)
+{
+	long long n;
+
+	if (!strcmp(k, "unix")) {
+		return set_str(&cfg->unix_path, v);
+	} else if (!strcmp(k, "bind")) {
+		return set_str(&cfg->bind, v);
+	} else if (!strcmp(k, "port")) {
+		return set_str(&cfg->port, v);
+	} else if (!strcmp(k, "pid-file")) {
+		return set_str(&cfg->pid_file, v);
+	} else if (!strcmp(k, "threads")) {
+		n = config_parse_size(v);
+		if (n < 1 || n > 256) {
+			*why = "threads: expected 1 to 256";
+			return -1;
+		}
+		cfg->threads = (int)n;
+	} else if (!strcmp(k, "pool-size")) {
+		n = config_parse_size(v);
+		if (n < (long long)EXPORT_MAX_REQUEST_BYTES) {
+			*why = "pool-size: expected a size of at least 32M";
+			return -1;
+		}
+		cfg->pool_bytes = n;
+	} else if (!strcmp(k, "log-level")) {
+		cfg->log_level = config_parse_log_level(v);
+		if (cfg->log_level < 0) {
+			*why = "log-level: expected error, warning, info or debug";
+			return -1;
+		}
+		cfg->log_level_set = true;
+	} else {
+		*why = "unknown key in [global]";
+		return -1;
+	}
+	return 0;
+}
+
+int config_load(const char *path, struct config *cfg)
+{
+	struct export_spec *spec = NULL;
+	char *line = NULL, *p, *k, *v, *eq;
+	size_t cap = 0, i;
+	int lineno = 0, section = 0; /* 0 none, 1 global, 2 export */
+	const char *why = NULL;
+	FILE *f;
+
+	memset(cfg, 0, sizeof(*cfg));
+	cfg->log_level = -1;
+	f = fopen(path, "r");
+	if (!f) {
+		log_error("config \"%s\": %s", path, strerror(errno));
+		return -1;
+	}
+	while (getline(&line, &cap, f) > 0) {
+		lineno++;
+		p = trim(line);
+		if (!*p || *p == '#' || *p == ';')
+			continue;
+		if (*p == '[') {
+			char *end = strchr(p, ']');
+
+			if (!end || trim(end + 1)[0])
+				CFG_ERR("%s:%d: malformed section header", path, lineno);
+			*end = '\0';
+			p = trim(p + 1);
+			if (!strcmp(p, "global")) {
+				section = 1;
+			} else if (!strncmp(p, "export", 6) && (p[6] == '\0' || isspace((unsigned char)p[6]))) {
+				struct export_spec *a = realloc(cfg->exports,
+								(cfg->nexports + 1) * sizeof(*a));
+				char *name = trim(p + 6);
+
+				if (!a)
+					CFG_ERR("%s:%d: out of memory", path, lineno);
+				cfg->exports = a;
+				spec = &a[cfg->nexports++];
+				memset(spec, 0, sizeof(*spec));
+				/* storage holds the name; path and description follow as set. */
+				if (*name == '"' && name[strlen(name) - 1] == '"' && strlen(name) >= 2) {
+					name[strlen(name) - 1] = '\0';
+					name++;
+				}
+				spec->storage = strdup(name);
+				spec->name = spec->storage;
+				spec->description = "";
+				spec->config_line = lineno;
+				if (!spec->storage)
+					CFG_ERR("%s:%d: out of memory", path, lineno);
+				if (strlen(name) > PROTO_NAME_MAX)
+					CFG_ERR("%s:%d: export name longer than %d bytes", path, lineno,
+						PROTO_NAME_MAX);
+				for (i = 0; i + 1 < cfg->nexports; i++)
+					if (!strcmp(cfg->exports[i].name, spec->name))
+						CFG_ERR("%s:%d: export \"%s\" defined twice", path, lineno,
+							spec->name);
+				section = 2;
+			} else {
+				CFG_ERR("%s:%d: unknown section [%s]", path, lineno, p);
+			}
+			continue;
+		}
+		eq = strchr(p, '=');
+		if (!eq)
+			CFG_ERR("%s:%d: expected key = value", path, lineno);
+		*eq = '\0';
+		k = trim(p);
+		v = trim(eq + 1);
+		if (section == 0)
+			CFG_ERR("%s:%d: \"%s\" outside a section", path, lineno, k);
+		if (section == 1) {
+			if (global_key(cfg, k, v, &why) < 0)
+				CFG_ERR("%s:%d: %s: \"%s\"", path, lineno, why ? why : "out of memory", k);
+			continue;
+		}
+		/* [export NAME]: path, readonly, description. Strings live in extra. */
+		if (!strcmp(k, "path") || !strcmp(k, "description")) {
+			char *copy = strdup(v);
+
+			if (!copy || spec->nextra == sizeof(spec->extra) / sizeof(spec->extra[0]))
+				CFG_ERR("%s:%d: out of memory or repeated key \"%s\"", path, lineno, k);
+			spec->extra[spec->nextra++] = copy;
+			if (!strcmp(k, "path"))
+				spec->path = copy;
+			else
+				spec->description = copy;
+			if (strlen(copy) > PROTO_NAME_MAX && k[0] == 'd')
+				CFG_ERR("%s:%d: description longer than %d bytes", path, lineno,
+					PROTO_NAME_MAX);
+		} else if (!strcmp(k, "readonly")) {
+			int b = config_parse_bool(v);
+
+			if (b < 0)
+				CFG_ERR("%s:%d: readonly: expected true or false", path, lineno);
+			spec->readonly = b;
+		} else {
+			CFG_ERR("%s:%d: unknown key \"%s\" in [export %s]", path, lineno, k, spec->name);
+		}
+	}
+	for (i = 0; i < cfg->nexports; i++)
+		if (!cfg->exports[i].path)
+			CFG_ERR("%s:%d: [export %s] has no path", path, cfg->exports[i].config_line,
+				cfg->exports[i].name);
+	free(line);
+	fclose(f);
+	return 0;
+
+out_err:
+	free(line);
+	fclose(f);
+	config_free(cfg);
+	return -1;
+}
