@@ -16,7 +16,7 @@ CC      ?= cc
 BUILD_PKGS := gcc make pkg-config liburing-dev libev-dev libnbd-dev check
 TEST_PKGS  := libnbd-bin qemu-utils nbdkit nbd-server nbd-client fio python3-libnbd \
               fuse3 e2fsprogs util-linux procps bc clang libclang-rt-14-dev \
-              qemu-system-x86 busybox-static socat cpio
+              qemu-system-x86 busybox-static socat cpio mandoc systemd
 
 WARN   := -Wall -Wextra -Wshadow -Wvla -Wstrict-prototypes -Wmissing-prototypes \
           -Wformat=2 -Wundef -fno-common
@@ -158,7 +158,7 @@ check-integration: $(B)/uringnbd $(INTEG_TESTS) | $(B)/.deps-test
 	$(Q)$(TEST_ENV) tests/run-tests.sh $(INTEG_TESTS)
 
 check-interop: $(B)/uringnbd | $(B)/.deps-test
-	$(Q)$(TEST_ENV) tests/run-tests.sh tests/interop/*.sh
+	$(Q)$(TEST_ENV) tests/run-tests.sh tests/interop/*.sh tests/interop/*.py
 
 # The kernel's NBD client, in a qemu guest (the kernel package is cached in build/vm).
 check-vm: $(B)/uringnbd | $(B)/.deps-test
@@ -167,12 +167,30 @@ check-vm: $(B)/uringnbd | $(B)/.deps-test
 check: $(B)/uringnbd $(UNIT_TESTS) $(INTEG_TESTS) | $(B)/.deps-test
 	$(Q)for t in $(UNIT_TESTS); do CK_DEFAULT_TIMEOUT=10 $$t || exit 1; done
 	$(Q)$(MAKE) -s check-fuzz
-	$(Q)$(TEST_ENV) VM_DIR=$(CURDIR)/build/vm tests/run-tests.sh $(INTEG_TESTS) tests/interop/*.sh \
+	$(Q)$(TEST_ENV) VM_DIR=$(CURDIR)/build/vm tests/run-tests.sh $(INTEG_TESTS) tests/interop/*.sh tests/interop/*.py \
 	    tests/vm/kernel-client.sh
 
 # ---- install ----
+SBINDIR    ?= $(PREFIX)/sbin
+MANDIR     ?= $(PREFIX)/share/man
+DOCDIR     ?= $(PREFIX)/share/doc/uringnbd
+UNITDIR    ?= $(PREFIX)/lib/systemd/system
+SYSCONFDIR ?= /etc
+UNITS      := uringnbd.service uringnbd.socket uringnbd@.service
+
 install: $(B)/uringnbd
-	install -D -m 0755 $(B)/uringnbd $(DESTDIR)$(PREFIX)/sbin/uringnbd
+	install -D -m 0755 $(B)/uringnbd $(DESTDIR)$(SBINDIR)/uringnbd
+	install -D -m 0644 man/uringnbd.8 $(DESTDIR)$(MANDIR)/man8/uringnbd.8
+	install -D -m 0644 man/uringnbd.conf.5 $(DESTDIR)$(MANDIR)/man5/uringnbd.conf.5
+	install -d $(DESTDIR)$(UNITDIR)
+	for u in $(UNITS); do \
+	    sed -e 's|/usr/sbin/uringnbd|$(SBINDIR)/uringnbd|' -e 's|/etc/uringnbd|$(SYSCONFDIR)/uringnbd|' \
+	        systemd/$$u >$(DESTDIR)$(UNITDIR)/$$u && chmod 0644 $(DESTDIR)$(UNITDIR)/$$u; done
+	install -D -m 0644 systemd/uringnbd.conf.example $(DESTDIR)$(DOCDIR)/uringnbd.conf.example
+	install -D -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
+	@# The example becomes the configuration only where there is none yet.
+	[ -e $(DESTDIR)$(SYSCONFDIR)/uringnbd/uringnbd.conf ] || \
+	    install -D -m 0644 systemd/uringnbd.conf.example $(DESTDIR)$(SYSCONFDIR)/uringnbd/uringnbd.conf
 
 clean:
 	rm -rf build

@@ -180,6 +180,17 @@ static void on_stop_signal(struct ev_loop *loop, ev_signal *w, int revents)
 	ev_break(loop, EVBREAK_ALL);
 }
 
+/* After the loop has stopped, libev no longer sees signals: this does. */
+static void on_second_signal(int sig)
+{
+	static const char msg[] = "uringnbd: warning: second signal during shutdown: exiting at once\n";
+
+	(void)sig;
+	if (write(2, msg, sizeof(msg) - 1) < 0)
+		_exit(1);
+	_exit(1);
+}
+
 static void on_usr1(struct ev_loop *loop, ev_signal *w, int revents)
 {
 	(void)loop;
@@ -442,6 +453,12 @@ int main(int argc, char **argv)
 	status = 0;
 
 out_workers:
+	if (status == 0) {
+		struct sigaction sa = { .sa_handler = on_second_signal };
+
+		sigaction(SIGTERM, &sa, NULL);
+		sigaction(SIGINT, &sa, NULL);
+	}
 	/* Stop accepting first, then let every worker finish its connections. */
 	srv.shutting_down = true;
 	listen_close(&srv);

@@ -62,7 +62,8 @@ struct export **server_build_exports(struct server *s, const struct export_spec 
 	all = calloc(n + s->nexports + 1, sizeof(*all));
 	if (!t || !all)
 		goto out_err;
-	memcpy(all, s->exports, s->nexports * sizeof(*all));
+	if (s->nexports)
+		memcpy(all, s->exports, s->nexports * sizeof(*all));
 	for (i = 0; i < n; i++) {
 		for (j = 0; j < s->nexports && !t[i]; j++)
 			if (export_matches(s->exports[j], &specs[i])) {
@@ -71,7 +72,8 @@ struct export **server_build_exports(struct server *s, const struct export_spec 
 			}
 		if (!t[i]) {
 			/* Files already open (old or new) share their lock manager. */
-			memcpy(all + s->nexports, t, i * sizeof(*t));
+			if (i)
+				memcpy(all + s->nexports, t, i * sizeof(*t));
 			t[i] = export_open(&specs[i], all, s->nexports + i);
 			if (!t[i])
 				goto out_err;

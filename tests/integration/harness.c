@@ -198,6 +198,20 @@ void harness_stop(struct daemon *d)
 	rmdir(d->sockdir);
 }
 
+void harness_wait(struct daemon *d)
+{
+	int status;
+
+	if (d->pid <= 0)
+		return;
+	status = wait_exit(d, 10000);
+	CHECK(status != -1, "daemon did not exit within 10 s");
+	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "daemon exited with status 0x%x",
+	      status);
+	CHECK(access(d->sock, F_OK) != 0, "daemon left its socket %s behind", d->sock);
+	rmdir(d->sockdir);
+}
+
 void harness_kill(struct daemon *d)
 {
 	if (d->pid <= 0)

@@ -32,6 +32,8 @@ void harness_start(struct daemon *d, ...);
 struct nbd_handle *harness_connect(struct daemon *d, bool structured);
 /* SIGTERM, then waits; fails the test unless the daemon exits 0. */
 void harness_stop(struct daemon *d);
+/* Waits for a daemon already told to stop; fails the test unless it exits 0. */
+void harness_wait(struct daemon *d);
 /* SIGKILL and reap. */
 void harness_kill(struct daemon *d);
 /* A raw unix-socket connection to the daemon. */

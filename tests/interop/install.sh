@@ -1,0 +1,42 @@
+#!/bin/bash
+# make install into a DESTDIR: binary, man pages (mandoc -Tlint clean),
+# systemd units (systemd-analyze verify clean, security exposure <= 2.0,
+# Type=notify) and the example configuration, which uringnbd accepts.
+. "$(dirname "$0")/lib.bash"
+need mandoc systemd-analyze make
+D="$(cd "$T" && pwd)/root"
+make -s install DESTDIR="$D" PREFIX=/usr B="$(dirname "$URINGNBD")" >"$T/install.log" 2>&1 ||
+    { cat "$T/install.log"; fail "make install"; }
+for f in usr/sbin/uringnbd usr/share/man/man8/uringnbd.8 usr/share/man/man5/uringnbd.conf.5 \
+         usr/lib/systemd/system/uringnbd.service usr/lib/systemd/system/uringnbd.socket \
+         usr/lib/systemd/system/uringnbd@.service etc/uringnbd/uringnbd.conf \
+         usr/share/doc/uringnbd/uringnbd.conf.example; do
+    [ -e "$D/$f" ] || fail "make install did not install /$f"
+done
+"$D/usr/sbin/uringnbd" -V | grep -q '^uringnbd ' || fail "installed binary"
+mandoc -Tlint -W warning "$D"/usr/share/man/man8/uringnbd.8 "$D"/usr/share/man/man5/uringnbd.conf.5 ||
+    fail "mandoc -Tlint"
+
+# Verify the units as installed; their ExecStart must exist, so point it at DESTDIR.
+U="$T/units"
+mkdir -p "$U"
+for u in uringnbd.service uringnbd.socket uringnbd@.service; do
+    sed "s|/usr/sbin/uringnbd|$D/usr/sbin/uringnbd|" "$D/usr/lib/systemd/system/$u" >"$U/$u"
+done
+cp "$U/uringnbd@.service" "$U/uringnbd@disk0.service"
+(cd "$U" && MANPATH="$D/usr/share/man" systemd-analyze verify uringnbd.service uringnbd.socket \
+    uringnbd@disk0.service) >"$T/verify.log" 2>&1 || { cat "$T/verify.log"; fail "systemd-analyze verify"; }
+[ ! -s "$T/verify.log" ] || { cat "$T/verify.log"; fail "systemd-analyze verify printed warnings"; }
+for u in uringnbd.service uringnbd@disk0.service; do
+    level=$(cd "$U" && systemd-analyze security --offline=true "$u" 2>/dev/null |
+            sed -n 's/.*Overall exposure level for .*: \([0-9.]*\).*/\1/p')
+    echo "$u: exposure $level"
+    [ -n "$level" ] && awk -v l="$level" 'BEGIN { exit !(l <= 2.0) }' || fail "$u exposure $level > 2.0"
+    grep -q '^Type=notify' "$U/$u" || fail "$u is not Type=notify"
+done
+
+# The example configuration is valid: uringnbd reads it (and reports its missing images).
+"$D/usr/sbin/uringnbd" --config "$D/etc/uringnbd/uringnbd.conf" -U "$SOCKDIR/x" 2>"$T/ex.log" &&
+    fail "the example configuration started without its images"
+grep -q 'export "/srv/nbd/disk0.img": No such file or directory' "$T/ex.log" ||
+    { cat "$T/ex.log"; fail "the example configuration was not parsed"; }
