@@ -180,6 +180,30 @@ static int info_reply(struct proto_buf *out, uint32_t option, uint16_t info, con
 	return proto_encode_option_reply(out, option, NBD_REP_INFO, item, 2 + len);
 }
 
+/*
+ * The export an option names (INFO, GO, the META_CONTEXT options). Returns
+ * 0 with *e filled; 1 when it appended the error reply instead (name too
+ * long, shutting down, no such export); -ENOBUFS.
+ */
+static int find_export(const struct proto_exports *ex, const struct proto_option *opt,
+		       const char *name, uint32_t name_len, struct proto_export *e,
+		       struct proto_buf *out)
+{
+	int ret;
+
+	if (name_len > PROTO_NAME_MAX)
+		ret = reply_error(out, opt->option, NBD_REP_ERR_TOO_BIG,
+				  "export name longer than %d bytes", PROTO_NAME_MAX);
+	else if (ex->shutting_down)
+		ret = reply_error(out, opt->option, NBD_REP_ERR_SHUTDOWN, "server is shutting down");
+	else if (ex->lookup(ex->ctx, name, name_len, e) < 0)
+		ret = reply_error(out, opt->option, NBD_REP_ERR_UNKNOWN, "no export named \"%.*s\"",
+				  name_width(name_len), name);
+	else
+		return 0;
+	return ret < 0 ? ret : 1;
+}
+
 static int opt_info_go(struct proto_session *s, const struct proto_exports *ex,
 		       const struct proto_option *opt, const uint8_t *data,
 		       struct proto_buf *out)
@@ -204,16 +228,9 @@ static int opt_info_go(struct proto_session *s, const struct proto_exports *ex,
 		return reply_error(out, opt->option, NBD_REP_ERR_INVALID,
 				   "%s: %u information requests do not match the length",
 				   proto_opt_name(opt->option), nreq);
-	if (name_len > PROTO_NAME_MAX)
-		return reply_error(out, opt->option, NBD_REP_ERR_TOO_BIG,
-				   "export name longer than %d bytes", PROTO_NAME_MAX);
-	if (ex->shutting_down)
-		return reply_error(out, opt->option, NBD_REP_ERR_SHUTDOWN,
-				   "server is shutting down");
-	if (ex->lookup(ex->ctx, (const char *)data + 4, name_len, &e) < 0)
-		return reply_error(out, opt->option, NBD_REP_ERR_UNKNOWN,
-				   "no export named \"%.*s\"", name_width(name_len),
-				   (const char *)data + 4);
+	ret = find_export(ex, opt, (const char *)data + 4, name_len, &e, out);
+	if (ret)
+		return ret < 0 ? ret : 0;
 
 	tflags = session_tflags(s, &e);
 	proto_put_u16(p, NBD_INFO_EXPORT);
@@ -309,16 +326,9 @@ static int opt_meta_context(struct proto_session *s, const struct proto_exports 
 		return reply_error(out, opt->option, NBD_REP_ERR_INVALID,
 				   "%s: %u bytes after the last query", proto_opt_name(opt->option),
 				   len - p);
-	if (name_len > PROTO_NAME_MAX)
-		return reply_error(out, opt->option, NBD_REP_ERR_TOO_BIG,
-				   "export name longer than %d bytes", PROTO_NAME_MAX);
-	if (ex->shutting_down)
-		return reply_error(out, opt->option, NBD_REP_ERR_SHUTDOWN,
-				   "server is shutting down");
-	if (ex->lookup(ex->ctx, (const char *)data + 4, name_len, &e) < 0)
-		return reply_error(out, opt->option, NBD_REP_ERR_UNKNOWN,
-				   "no export named \"%.*s\"", name_width(name_len),
-				   (const char *)data + 4);
+	ret = find_export(ex, opt, (const char *)data + 4, name_len, &e, out);
+	if (ret)
+		return ret < 0 ? ret : 0;
 
 	if (!set && nq == 0)
 		match = true;
