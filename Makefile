@@ -43,6 +43,7 @@ endif
 # ---- sources ----
 PROTO_SRC  := proto/negotiate.c proto/request.c
 LOCK_SRC   := lock/rangelock.c
+CACHE_SRC  := cache/cache.c
 DAEMON_SRC := daemon/main.c daemon/log.c daemon/export.c daemon/pool.c daemon/worker.c \
               daemon/conn.c daemon/transmit.c daemon/reply.c daemon/listen.c \
               daemon/config.c daemon/notify.c daemon/server.c
@@ -52,6 +53,7 @@ INTEG_TESTS := $(patsubst tests/integration/%.c,$(B)/tests/integration/%,\
 
 PROTO_OBJ  := $(PROTO_SRC:%.c=$(B)/%.o)
 LOCK_OBJ   := $(LOCK_SRC:%.c=$(B)/%.o)
+CACHE_OBJ  := $(CACHE_SRC:%.c=$(B)/%.o)
 DAEMON_OBJ := $(DAEMON_SRC:%.c=$(B)/%.o)
 DAEMON_LIBS := -luring -lev
 
@@ -98,6 +100,10 @@ $(B)/tests/unit/test_proto: $(B)/tests/unit/test_proto.o $(PROTO_OBJ)
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $$(pkg-config --libs check)
 
 $(B)/tests/unit/test_rangelock: $(B)/tests/unit/test_rangelock.o $(LOCK_OBJ)
+	$(quiet) LD $@
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $$(pkg-config --libs check)
+
+$(B)/tests/unit/test_cache: $(B)/tests/unit/test_cache.o $(CACHE_OBJ)
 	$(quiet) LD $@
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $$(pkg-config --libs check)
 
