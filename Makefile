@@ -46,7 +46,7 @@ LOCK_SRC   := lock/rangelock.c
 CACHE_SRC  := cache/cache.c
 DAEMON_SRC := daemon/main.c daemon/log.c daemon/export.c daemon/pool.c daemon/worker.c \
               daemon/conn.c daemon/transmit.c daemon/reply.c daemon/listen.c \
-              daemon/config.c daemon/notify.c daemon/server.c
+              daemon/config.c daemon/notify.c daemon/server.c daemon/cached.c
 UNIT_TESTS := $(patsubst tests/unit/%.c,$(B)/tests/unit/%,$(wildcard tests/unit/test_*.c))
 INTEG_TESTS := $(patsubst tests/integration/%.c,$(B)/tests/integration/%,\
                  $(filter-out tests/integration/harness.c,$(wildcard tests/integration/*.c)))
@@ -91,7 +91,7 @@ $(B)/%.o: %.c | $(B)/.deps-build
 	$(quiet) CC $@
 	$(Q)$(CC) $(CFLAGS) $(if $(findstring tests/unit,$@),$$(pkg-config --cflags check)) -c -o $@ $<
 
-$(B)/uringnbd: $(DAEMON_OBJ) $(PROTO_OBJ) $(LOCK_OBJ)
+$(B)/uringnbd: $(DAEMON_OBJ) $(PROTO_OBJ) $(LOCK_OBJ) $(CACHE_OBJ)
 	$(quiet) LD $@
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(DAEMON_LIBS)
 

@@ -120,6 +120,13 @@ static int global_key(struct config *cfg, const char *k, const char *v, const ch
 			return -1;
 		}
 		cfg->pool_bytes = n;
+	} else if (!strcmp(k, "cache-size")) {
+		n = config_parse_size(v);
+		if (n < (long long)CACHE_PAGE_BYTES) {
+			*why = "cache-size: expected a size of at least 4K";
+			return -1;
+		}
+		cfg->cache_bytes = n;
 	} else if (!strcmp(k, "log-level")) {
 		cfg->log_level = config_parse_log_level(v);
 		if (cfg->log_level < 0) {
@@ -225,6 +232,10 @@ int config_load(const char *path, struct config *cfg)
 			if (strlen(copy) > PROTO_NAME_MAX && k[0] == 'd')
 				CFG_ERR("%s:%d: description longer than %d bytes", path, lineno,
 					PROTO_NAME_MAX);
+		} else if (!strcmp(k, "cache")) {
+			spec->cache_mode = cache_mode_parse(v);
+			if (spec->cache_mode < 0)
+				CFG_ERR("%s:%d: cache: expected none, always or auto", path, lineno);
 		} else if (!strcmp(k, "readonly")) {
 			int b = config_parse_bool(v);
 

@@ -28,6 +28,7 @@
 #include <sys/types.h>
 #include <sys/uio.h>
 
+#include "../cache/cache.h"
 #include "../lock/rangelock.h"
 #include "../proto/proto.h"
 
@@ -49,6 +50,7 @@ void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(p
 /* One lock manager per backing file, shared by every export of that file. */
 struct file_locks {
 	struct rl_manager *m;
+	uint64_t cache_id;        /* this file's key in the page cache (never reused) */
 	_Atomic int refs;
 	dev_t dev;
 	ino_t ino;
@@ -72,17 +74,29 @@ struct export {
 	uint64_t direct_end;   /* size rounded down to align_bytes: O_DIRECT below it */
 	uint32_t align_bytes;  /* direct-I/O offset/length alignment */
 	uint16_t tflags;       /* transmission flags it supports */
+	int cache_mode;        /* enum cache_mode */
 	struct rl_manager *locks; /* every request locks the byte range it touches */
 	struct file_locks *file_locks; /* whose manager that is (shared per file) */
 	dev_t dev;
 	ino_t ino;
 };
 
+/* Which reads go through the page cache. */
+enum cache_mode {
+	CACHE_MODE_NONE,    /* direct only */
+	CACHE_MODE_ALWAYS,  /* every read served from and filled into the cache */
+	CACHE_MODE_AUTO,    /* reads under 64 KiB or unaligned through the cache */
+};
+#define CACHE_AUTO_MAX_BYTES (64u * 1024)
+int cache_mode_parse(const char *s); /* -1 if unknown */
+const char *cache_mode_name(int mode);
+
 struct export_spec {
 	const char *name;
 	const char *description;
 	const char *path;
 	bool readonly;
+	int cache_mode;        /* enum cache_mode */
 	char *storage;         /* heap copy the strings point into, or NULL */
 	char *extra[2];        /* more heap strings (config file), freed with it */
 	unsigned nextra;
@@ -167,6 +181,7 @@ enum op {
 	OP_REQ_RX_DATA,   /* WRITE payload recv into the request's pages (req) */
 	OP_REQ_FILE,      /* file read/write/fsync of the request's data (req) */
 	OP_REQ_RMW,       /* edge-block read before an unaligned write (req) */
+	OP_CACHE_FILL,    /* one page read for the cache, or around it (cache slot) */
 	OP_MAX
 };
 #define OP_BITS 4u
@@ -199,6 +214,8 @@ struct worker {
 	struct conn *pool_waiters_tail;
 	struct req *grants_local;  /* lock grants made on this thread, to resume */
 	struct req *grants_remote; /* made on other threads (under inbox_lock) */
+	struct cache_slot *slots_local;  /* cache waits ended on this thread, to resume */
+	struct cache_slot *slots_remote; /* ended on other threads (under inbox_lock) */
 	struct worker_stats stats;
 	void *zeroes;             /* WORKER_ZEROES_BYTES of zeroes, never written */
 };
@@ -222,11 +239,24 @@ void worker_pool_wait(struct worker *w, struct conn *c);
 void worker_pool_unwait(struct worker *w, struct conn *c);
 /* Hands a granted request back to its own worker (from any thread). */
 void worker_post_grant(struct req *q);
+/* Hands a cache slot whose wait ended back to its own worker (from any thread). */
+void worker_post_slot(struct cache_slot *s);
 /* Adds a worker's counters into *sum. */
 void worker_stats_add(const struct worker *w, struct worker_stats *sum);
 
 /* ---- conn.c / transmit.c / reply.c ---- */
 #define CONN_MAX_REQS 128 /* requests in flight per connection */
+#define CACHE_WINDOW 16   /* pages of a cached read looked up at a time */
+
+/* One page of a cached read: its fill, its wait, or its read around the cache. */
+struct cache_slot {
+	struct req *q;
+	struct cache_page *p;      /* the placeholder being filled; NULL when reading around */
+	uint64_t index;            /* page index in the file */
+	uint32_t buf_off;          /* where the page goes in the request's buffer */
+	struct cache_waiter w;     /* parked on another request's fill */
+	struct cache_slot *next;   /* worker's resume list */
+} __attribute__((aligned(1u << 4)));
 #define REQ_INLINE_CHUNKS 16
 /*
  * Requests are received into a buffer, so that every request that has
@@ -259,6 +289,10 @@ struct req {
 	uint64_t io_done_bytes;    /* progress of the current file or recv op */
 	unsigned rmw_pending;      /* edge reads in flight */
 	int rmw_err;               /* first error of those */
+	bool cached;               /* a READ or CACHE through the page cache */
+	uint32_t cache_next, cache_npages; /* pages looked up so far, of the span */
+	uint32_t cache_pending;    /* fills, waits and reads of the window in flight */
+	struct cache_slot slots[CACHE_WINDOW];
 	struct rl_lock lock;       /* held from before the I/O until it completes */
 	bool locked;
 	uint64_t lock_wait_start_ns;
@@ -339,6 +373,12 @@ void req_rx_data_done(struct req *q, int res);
 void req_file_done(struct req *q, int res);
 void req_rmw_done(struct req *q, int res);
 void req_lock_granted(struct req *q);
+void req_finish(struct req *q, uint32_t nbd_error);
+
+/* cached.c */
+void req_cached_start(struct req *q);
+void cache_slot_fill_done(struct cache_slot *s, int res);
+void cache_slot_resume(struct cache_slot *s);
 void conn_pool_ready(struct conn *c);
 void req_free(struct req *q);
 void req_release_buffers(struct req *q, struct pool *pool);
@@ -369,6 +409,7 @@ struct config {
 	char *unix_path, *bind, *port, *pid_file;
 	int threads;               /* 0: not set */
 	long long pool_bytes;      /* 0: not set */
+	long long cache_bytes;     /* 0: not set */
 	int log_level;             /* -1: not set */
 	bool log_level_set;
 	struct export_spec *exports;
@@ -397,6 +438,8 @@ struct server {
 	struct listener *listeners;
 	size_t nlisteners;
 	size_t pool_bytes;         /* per worker */
+	struct cache *cache;       /* shared by every cached export */
+	unsigned test_fill_delay_ms; /* URINGNBD_TEST_FILL_DELAY_MS: tests only */
 	struct ev_loop *loop;      /* main thread's */
 	volatile bool shutting_down;
 };

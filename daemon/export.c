@@ -154,6 +154,9 @@ struct export *export_open(const struct export_spec *spec, struct export *const 
 	if (!e->file_locks) {
 		e->file_locks = calloc(1, sizeof(*e->file_locks));
 		if (e->file_locks) {
+			static _Atomic uint64_t next_cache_id;
+
+			e->file_locks->cache_id = atomic_fetch_add(&next_cache_id, 1) + 1;
 			e->file_locks->m = rl_manager_new();
 			e->file_locks->refs = 1;
 			e->file_locks->dev = e->dev;
@@ -174,6 +177,12 @@ struct export *export_open(const struct export_spec *spec, struct export *const 
 		goto out_free;
 	}
 	e->readonly = spec->readonly;
+	e->cache_mode = spec->cache_mode;
+	if (e->cache_mode != CACHE_MODE_NONE && e->align_bytes > CACHE_PAGE_BYTES) {
+		log_warn("export \"%s\": direct-I/O alignment %u is over the cache page size: "
+			 "cache=none", spec->path, e->align_bytes);
+		e->cache_mode = CACHE_MODE_NONE;
+	}
 	/* No daemon cache: every acknowledged write is in the file, visible to all. */
 	e->tflags = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_FUA |
 		    NBD_FLAG_SEND_DF | NBD_FLAG_CAN_MULTI_CONN | NBD_FLAG_SEND_CACHE;
@@ -220,7 +229,7 @@ bool export_matches(const struct export *e, const struct export_spec *spec)
 {
 	return !strcmp(e->name, spec->name) && !strcmp(e->path, spec->path) &&
 	       !strcmp(e->description, spec->description ? spec->description : "") &&
-	       e->readonly == spec->readonly;
+	       e->readonly == spec->readonly && e->cache_mode == spec->cache_mode;
 }
 
 void export_describe(const struct export *e, struct proto_export *out)

@@ -25,6 +25,7 @@
 
 #define DEFAULT_PORT "10809"
 #define DEFAULT_POOL_BYTES (64u * 1024 * 1024)
+#define DEFAULT_CACHE_BYTES (64u * 1024 * 1024)
 #define STATUS_INTERVAL_S 2.0
 
 static struct server srv;
@@ -38,7 +39,7 @@ static void usage(FILE *f)
 		"usage: uringnbd [OPTIONS] [FILE]\n"
 		"Export FILE (a regular file or block device) over NBD with O_DIRECT I/O.\n\n"
 		"  -c, --config PATH    read settings and exports from PATH (see uringnbd.conf(5))\n"
-		"  -e, --export NAME=PATH[,readonly][,description=TEXT]\n"
+		"  -e, --export NAME=PATH[,readonly][,cache=MODE][,description=TEXT]\n"
 		"                       one more export (repeatable); FILE is the export -n names\n"
 		"  -U, --unix PATH      listen on a unix socket (with only -U, no TCP)\n"
 		"  -b, --bind ADDR      TCP address to listen on (default localhost)\n"
@@ -46,6 +47,8 @@ static void usage(FILE *f)
 		"  -n, --name NAME      export name of FILE (default \"\")\n"
 		"  -d, --description TEXT  description of FILE\n"
 		"  -r, --read-only      FILE refuses writes\n"
+		"      --cache MODE     FILE's reads: none (direct), always or auto (default none)\n"
+		"      --cache-size SIZE  the page cache shared by cached exports (default 64M)\n"
 		"  -t, --threads N      worker threads (default: online CPUs)\n"
 		"      --pool-size SIZE buffer pool per worker, e.g. 64M (default 64M)\n"
 		"      --pid-file PATH  write the pid here once listening\n"
@@ -94,6 +97,8 @@ static int parse_export(const char *arg, struct export_spec *spec)
 			*next++ = '\0';
 		if (strcmp(key, "readonly") == 0 || strcmp(key, "ro") == 0) {
 			spec->readonly = true;
+		} else if (strncmp(key, "cache=", 6) == 0 && cache_mode_parse(key + 6) >= 0) {
+			spec->cache_mode = cache_mode_parse(key + 6);
 		} else {
 			fprintf(stderr, "uringnbd: --export \"%s\": unknown key \"%s\"\n", arg, key);
 			return -1;
@@ -151,6 +156,17 @@ static void log_stats(void)
 		 (uint64_t)sum.lock_acquired, (uint64_t)sum.lock_waited,
 		 (double)sum.lock_wait_ns / 1e6, (uint64_t)sum.rmw_writes,
 		 (uint64_t)sum.buffered_ios);
+	if (srv.cache) {
+		struct cache_stats c;
+
+		cache_get_stats(srv.cache, &c);
+		log_info("stats: cache %" PRIu64 " hits, %" PRIu64 " misses, %" PRIu64 " waits on fills, "
+			 "%" PRIu64 " fills, %" PRIu64 " stale fills dropped, %" PRIu64 " evictions, "
+			 "%" PRIu64 " invalidated, %" PRIu64 " full; %" PRIu64 " of %" PRIu64
+			 " pages used (%" PRIu64 " bytes)", c.hits, c.misses, c.waits, c.fills,
+			 c.stale_fills_dropped, c.evictions, c.invalidated, c.full, c.pages_used,
+			 c.budget_pages, c.pages_used * CACHE_PAGE_BYTES);
+	}
 }
 
 static void notify_status(void)
@@ -266,6 +282,8 @@ static int parse_args(int argc, char **argv)
 		{ "read-only", no_argument, NULL, 'r' },
 		{ "threads", required_argument, NULL, 't' },
 		{ "pool-size", required_argument, NULL, 'P' },
+		{ "cache", required_argument, NULL, 'C' },
+		{ "cache-size", required_argument, NULL, 'S' },
 		{ "pid-file", required_argument, NULL, 'F' },
 		{ "log-level", required_argument, NULL, 'l' },
 		{ "verbose", no_argument, NULL, 'v' },
@@ -310,6 +328,23 @@ static int parse_args(int argc, char **argv)
 				return -1;
 			}
 			cli.pool_bytes = n;
+			break;
+		case 'C':
+			file_spec.cache_mode = cache_mode_parse(optarg);
+			if (file_spec.cache_mode < 0) {
+				fprintf(stderr, "uringnbd: --cache \"%s\": expected none, always or auto\n",
+					optarg);
+				return -1;
+			}
+			break;
+		case 'S':
+			n = config_parse_size(optarg);
+			if (n < (long long)CACHE_PAGE_BYTES) {
+				fprintf(stderr, "uringnbd: --cache-size \"%s\": expected a size of at least 4K\n",
+					optarg);
+				return -1;
+			}
+			cli.cache_bytes = n;
 			break;
 		case 'F': free(cli.pid_file); cli.pid_file = strdup(optarg); break;
 		case 'l':
@@ -402,6 +437,14 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 
 	pthread_rwlock_init(&srv.exports_lock, NULL);
+	srv.cache = cache_new((size_t)(cli.cache_bytes ? cli.cache_bytes
+				       : file.cache_bytes ? file.cache_bytes : DEFAULT_CACHE_BYTES));
+	if (!srv.cache) {
+		log_error("page cache: out of memory");
+		goto out_config;
+	}
+	if (getenv("URINGNBD_TEST_FILL_DELAY_MS"))
+		srv.test_fill_delay_ms = (unsigned)atoi(getenv("URINGNBD_TEST_FILL_DELAY_MS"));
 	specs = merge_exports(&file, &nspecs);
 	if (!specs || check_specs(specs, nspecs) < 0)
 		goto out_config;
@@ -482,6 +525,7 @@ out_config:
 	free(specs);
 	config_free(&file);
 	config_free(&cli);
+	cache_free(srv.cache);
 	pthread_rwlock_destroy(&srv.exports_lock);
 	return status;
 }

@@ -106,6 +106,21 @@ void req_free(struct req *q)
 	worker_pool_kick(c->w);
 }
 
+/* Reads through the page cache: per the export's mode (CACHE always, when cached). */
+static bool req_wants_cache(const struct req *q)
+{
+	const struct export *e = q->c->exp;
+
+	if (e->cache_mode == CACHE_MODE_NONE || !q->c->w->srv->cache)
+		return false;
+	if (q->r.type == NBD_CMD_CACHE)
+		return true;
+	if (q->r.type != NBD_CMD_READ)
+		return false;
+	return e->cache_mode == CACHE_MODE_ALWAYS || q->r.len_bytes < CACHE_AUTO_MAX_BYTES ||
+	       q->r.offset % e->align_bytes || q->r.len_bytes % e->align_bytes;
+}
+
 /* Decides which bytes of the file move and where the client's data sits. */
 static void req_plan(struct req *q)
 {
@@ -118,6 +133,19 @@ static void req_plan(struct req *q)
 	q->data_off = 0;
 	q->want_bounce = q->r.type == NBD_CMD_BLOCK_STATUS; /* the reply is built there */
 	q->chunks_needed = q->want_bounce;
+	q->cached = false;
+	if (q->r.len_bytes && req_wants_cache(q)) {
+		/* Whole cache pages around the request; the reply slices them. */
+		uint64_t p = CACHE_PAGE_BYTES;
+
+		q->cached = true;
+		q->io_off = off / p * p;
+		q->io_len = (end + p - 1) / p * p - q->io_off;
+		q->data_off = (uint32_t)(off - q->io_off);
+		if (q->r.type == NBD_CMD_READ)
+			q->chunks_needed = pool_chunks_for(q->io_len);
+		return;
+	}
 	if ((q->r.type != NBD_CMD_READ && q->r.type != NBD_CMD_WRITE) || q->r.len_bytes == 0)
 		return;
 	if (a_end > e->direct_end) {
@@ -169,9 +197,18 @@ static void req_unlock(struct req *q)
 	}
 }
 
-/* A request that ends early: unlock, then reply with err (or drop if closing). */
-static void req_finish(struct req *q, uint32_t nbd_error)
+/*
+ * A request ends: a write-type request tells the cache (before unlocking,
+ * so no read can fill a page from before it afterwards); unlock; reply
+ * with nbd_error, or drop the request if the connection is closing.
+ */
+void req_finish(struct req *q, uint32_t nbd_error)
 {
+	struct cache *cache = q->c->w->srv->cache;
+
+	if (cache && q->locked && (q->r.type == NBD_CMD_WRITE || q->r.type == NBD_CMD_TRIM ||
+				   q->r.type == NBD_CMD_WRITE_ZEROES))
+		cache_invalidate(cache, q->c->exp->file_locks->cache_id, q->r.offset, q->r.len_bytes);
 	req_unlock(q);
 	if (q->c->state == CONN_CLOSING) {
 		req_free(q);
@@ -393,6 +430,10 @@ static void req_locked(struct req *q)
 {
 	const struct export *e = q->c->exp;
 
+	if (q->cached) {
+		req_cached_start(q);
+		return;
+	}
 	switch (q->r.type) {
 	case NBD_CMD_TRIM:
 		q->falloc_mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
@@ -667,8 +708,8 @@ static bool conn_rx_request(struct conn *c)
 		req_start_file(q);
 		return true;
 	}
-	/* Nothing to move: answered at once (CACHE has no cache to fill here). */
-	if (q->r.type == NBD_CMD_CACHE || q->r.len_bytes == 0) {
+	/* Nothing to move: answered at once (CACHE on an export without a cache). */
+	if ((q->r.type == NBD_CMD_CACHE && !q->cached) || q->r.len_bytes == 0) {
 		req_reply(q);
 		return true;
 	}

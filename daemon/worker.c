@@ -26,11 +26,13 @@
 
 typedef void (*conn_done_fn)(struct conn *c, int res);
 typedef void (*req_done_fn)(struct req *q, int res);
+typedef void (*slot_done_fn)(struct cache_slot *s, int res);
 
 /* The one place a completion finds its handler. */
 static const struct {
 	conn_done_fn conn;
 	req_done_fn req;
+	slot_done_fn slot;
 } dispatch[OP_MAX] = {
 	[OP_CONN_HS] = { .conn = conn_hs_done },
 	[OP_CONN_RX] = { .conn = conn_rx_done },
@@ -39,6 +41,7 @@ static const struct {
 	[OP_REQ_RX_DATA] = { .req = req_rx_data_done },
 	[OP_REQ_FILE] = { .req = req_file_done },
 	[OP_REQ_RMW] = { .req = req_rmw_done },
+	[OP_CACHE_FILL] = { .slot = cache_slot_fill_done },
 };
 
 /* The worker whose loop runs on this thread (NULL on the main thread). */
@@ -76,6 +79,12 @@ static void worker_dispatch(struct io_uring_cqe *cqe)
 		c = obj;
 		c->sqes--;
 		dispatch[op].conn(c, cqe->res);
+	} else if (dispatch[op].slot) {
+		struct cache_slot *s = obj;
+
+		c = s->q->c;
+		c->sqes--;
+		dispatch[op].slot(s, cqe->res);
 	} else {
 		struct req *q = obj;
 
@@ -102,6 +111,49 @@ void worker_post_grant(struct req *q)
 	ev_async_send(w->loop, &w->wake);
 }
 
+void worker_post_slot(struct cache_slot *s)
+{
+	struct worker *w = s->q->c->w;
+
+	if (w == tls_worker) {
+		s->next = w->slots_local;
+		w->slots_local = s;
+		return;
+	}
+	pthread_mutex_lock(&w->inbox_lock);
+	s->next = w->slots_remote;
+	w->slots_remote = s;
+	pthread_mutex_unlock(&w->inbox_lock);
+	ev_async_send(w->loop, &w->wake);
+}
+
+/* Resumes cache slots whose wait ended; each counted as pending. */
+static bool worker_run_slots(struct worker *w)
+{
+	struct cache_slot *s = w->slots_local;
+
+	w->slots_local = NULL;
+	if (!s) {
+		pthread_mutex_lock(&w->inbox_lock);
+		s = w->slots_remote;
+		w->slots_remote = NULL;
+		pthread_mutex_unlock(&w->inbox_lock);
+	}
+	if (!s)
+		return false;
+	while (s) {
+		struct cache_slot *next = s->next;
+		struct conn *c = s->q->c;
+
+		s->next = NULL;
+		c->sqes--;
+		cache_slot_resume(s);
+		conn_put(c);
+		s = next;
+	}
+	return true;
+}
+
 /* Resumes requests whose range lock was granted; they count as pending ops. */
 static void worker_run_grants(struct worker *w)
 {
@@ -113,8 +165,11 @@ static void worker_run_grants(struct worker *w)
 			q = w->grants_remote;
 			w->grants_remote = NULL;
 			pthread_mutex_unlock(&w->inbox_lock);
-			if (!q)
+			if (!q) {
+				if (worker_run_slots(w))
+					continue;
 				return;
+			}
 		} else {
 			w->grants_local = NULL;
 		}

@@ -246,6 +246,10 @@ def sigterm_in_flight():
         bufs.append(b)
         cookies.append(h.aio_pwrite(b, i * 65536, flags=nbd.CMD_FLAG_FUA if i % 2 else 0))
         if i == 100:
+            # Some writes acknowledged and more on the wire, then the signal.
+            end = time.time() + 10
+            while h.aio_peek_command_completed() == 0 and time.time() < end:
+                h.poll(100)
             p.send_signal(signal.SIGTERM)
     acked, refused = [], 0
     while h.aio_in_flight() > 0:
