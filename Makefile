@@ -58,7 +58,7 @@ DAEMON_OBJ := $(DAEMON_SRC:%.c=$(B)/%.o)
 DAEMON_LIBS := -luring -lev
 
 .SECONDARY:
-.PHONY: check-vm bench fuzz check-fuzz bench-lock all run check check-unit check-integration check-interop install clean deps deps-test
+.PHONY: analyze check-vm bench fuzz check-fuzz bench-lock all run check check-unit check-integration check-interop install clean deps deps-test
 all: $(B)/uringnbd
 
 # ---- Debian packages: installed when missing (as root), else the command is printed ----
@@ -139,6 +139,13 @@ check-fuzz: build/fuzz/fuzz_proto
 	    -artifact_prefix=build/fuzz/ build/fuzz/corpus 2>build/fuzz/log || \
 	    { tail -n 40 build/fuzz/log; echo "fuzz: crash saved under build/fuzz/"; exit 1; }
 	$(Q)grep -E '^#[0-9]+.*DONE' build/fuzz/log | sed 's/^/  FUZZ    /' || tail -n 3 build/fuzz/log
+
+# ---- static analysis: gcc -fanalyzer, warnings are errors for the modules ----
+analyze: | $(B)/.deps-build
+	$(Q)for f in $(PROTO_SRC) $(LOCK_SRC) $(CACHE_SRC); do \
+	    echo "  ANALYZE $$f"; \
+	    $(CC) -std=gnu11 -O1 -fanalyzer $(WARN) -Werror -pthread -c $$f -o /dev/null || exit 1; \
+	done
 
 # ---- run ----
 IMG := build/uringnbd.img
