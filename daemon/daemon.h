@@ -187,10 +187,6 @@ enum op {
 #define OP_BITS 4u
 #define OP_MASK ((1u << OP_BITS) - 1)
 
-struct conn_list {
-	struct conn *head;
-};
-
 struct worker {
 	int id;
 	struct server *srv;

@@ -700,7 +700,7 @@ static bool conn_rx_request(struct conn *c)
 	}
 	if (c->w->srv->shutting_down)
 		return req_refuse(q, NBD_ESHUTDOWN);
-	err = proto_validate_request(&c->sess, &q->r, EXPORT_MAX_REQUEST_BYTES, 1);
+	err = proto_validate_request(&c->sess, &q->r, EXPORT_MAX_REQUEST_BYTES);
 	if (err != NBD_SUCCESS)
 		return req_refuse(q, err);
 	req_plan(q);

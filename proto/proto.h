@@ -269,12 +269,11 @@ uint64_t proto_request_payload_len(const struct proto_session *s, const struct p
 /*
  * Validates a decoded request against the session and export. Returns
  * NBD_SUCCESS or the NBD error to reply with (EINVAL, EPERM, ENOSPC, ...),
- * after the payload has been read. max_len_bytes is the largest request the
- * server accepts (for READ and WRITE). align_bytes is the required alignment
- * of offset and length for READ and WRITE (1 for none).
+ * after the payload has been read. max_len_bytes is the largest READ or
+ * WRITE the server accepts; any offset and length within it is valid.
  */
 uint32_t proto_validate_request(const struct proto_session *s, const struct proto_request *req,
-				uint64_t max_len_bytes, uint32_t align_bytes);
+				uint64_t max_len_bytes);
 
 /*
  * Encodes the header of one reply chunk for the session: a structured chunk
@@ -306,16 +305,6 @@ void proto_encode_chunk_hdr(uint8_t out[PROTO_CHUNK_HDR_LEN], uint16_t flags, ui
 #define PROTO_REPLY_MAX_LEN (PROTO_REPLY_HDR_MAX_LEN + 8)
 size_t proto_encode_reply(const struct proto_session *s, uint8_t out[PROTO_REPLY_MAX_LEN],
 			  const struct proto_request *req, uint32_t nbd_error, bool *has_data);
-
-/* Header + offset of an OFFSET_DATA chunk carrying len_bytes of data. */
-#define PROTO_OFFSET_DATA_HDR_LEN (PROTO_CHUNK_HDR_LEN + 8)
-void proto_encode_offset_data(uint8_t out[PROTO_OFFSET_DATA_HDR_LEN], bool done,
-			      uint64_t cookie, uint64_t offset, uint32_t len_bytes);
-
-/* An ERROR chunk with an empty message (the DONE flag set). */
-#define PROTO_ERROR_CHUNK_LEN (PROTO_CHUNK_HDR_LEN + 6)
-void proto_encode_error_chunk(uint8_t out[PROTO_ERROR_CHUNK_LEN], uint64_t cookie,
-			      uint32_t nbd_error);
 
 /* One extent of block status. */
 struct proto_extent {

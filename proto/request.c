@@ -79,7 +79,7 @@ static uint16_t command_tflag(uint16_t type)
 }
 
 uint32_t proto_validate_request(const struct proto_session *s, const struct proto_request *req,
-				uint64_t max_len_bytes, uint32_t align_bytes)
+				uint64_t max_len_bytes)
 {
 	uint64_t size = s->export.size_bytes;
 	bool writes = req->type == NBD_CMD_WRITE || req->type == NBD_CMD_TRIM ||
@@ -114,9 +114,6 @@ uint32_t proto_validate_request(const struct proto_session *s, const struct prot
 	if (req->offset > size || req->len_bytes > size - req->offset)
 		return (req->type == NBD_CMD_WRITE || req->type == NBD_CMD_WRITE_ZEROES) ? NBD_ENOSPC
 											  : NBD_EINVAL;
-	if (align_bytes > 1 && (req->type == NBD_CMD_READ || req->type == NBD_CMD_WRITE) &&
-	    (req->offset % align_bytes || req->len_bytes % align_bytes))
-		return NBD_EINVAL;
 	return NBD_SUCCESS;
 }
 
@@ -221,22 +218,6 @@ void proto_encode_chunk_hdr(uint8_t out[PROTO_CHUNK_HDR_LEN], uint16_t flags, ui
 	proto_put_u16(out + 6, type);
 	proto_put_u64(out + 8, cookie);
 	proto_put_u32(out + 16, len_bytes);
-}
-
-void proto_encode_offset_data(uint8_t out[PROTO_OFFSET_DATA_HDR_LEN], bool done,
-			      uint64_t cookie, uint64_t offset, uint32_t len_bytes)
-{
-	proto_encode_chunk_hdr(out, done ? NBD_REPLY_FLAG_DONE : 0, NBD_REPLY_TYPE_OFFSET_DATA,
-			       cookie, 8 + len_bytes);
-	proto_put_u64(out + PROTO_CHUNK_HDR_LEN, offset);
-}
-
-void proto_encode_error_chunk(uint8_t out[PROTO_ERROR_CHUNK_LEN], uint64_t cookie,
-			      uint32_t nbd_error)
-{
-	proto_encode_chunk_hdr(out, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_ERROR, cookie, 6);
-	proto_put_u32(out + PROTO_CHUNK_HDR_LEN, nbd_error);
-	proto_put_u16(out + PROTO_CHUNK_HDR_LEN + 4, 0);
 }
 
 uint32_t proto_errno_to_nbd(int err)

@@ -113,7 +113,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (proto_decode_request(&s, data + pos, &r) < 0)
 			return 0; /* the daemon disconnects */
 		pos += proto_request_hdr_len(&s);
-		err = proto_validate_request(&s, &r, 1 << 25, 1);
+		err = proto_validate_request(&s, &r, 1 << 25);
 		if (err == NBD_SUCCESS && r.type != NBD_CMD_FLUSH) {
 			/* Whatever is accepted stays inside the export. */
 			assert(r.offset <= s.export.size_bytes);
