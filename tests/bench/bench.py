@@ -5,7 +5,7 @@ unix socket, and fio on the raw file as the ceiling. fio's nbd engine drives
 the servers. Several short rounds with the targets interleaved; medians are
 reported. Not a test: nothing here asserts a number.
 
-Environment: BENCH_ROUNDS (3), BENCH_RUNTIME seconds per run (4),
+Environment: BENCH_ROUNDS (5), BENCH_RUNTIME seconds per run (4),
 BENCH_SIZE image size (1G), BENCH_ONLY comma-separated target names,
 URINGNBD (build/uringnbd), BENCH_DIR (build/bench).
 """
@@ -19,21 +19,25 @@ import subprocess
 import sys
 import time
 
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 RUNTIME = int(os.environ.get("BENCH_RUNTIME", "4"))
 SIZE = os.environ.get("BENCH_SIZE", "1G")
 URINGNBD = os.environ.get("URINGNBD", "build/uringnbd")
 DIR = os.path.abspath(os.environ.get("BENCH_DIR", "build/bench"))
 SOCKDIR = "/tmp/uringnbd-bench"
 
-# name, rw, bs, iodepth, numjobs (connections)
+# name, rw, bs, iodepth, numjobs (connections), flush at the end
 WORKLOADS = [
-    ("4k randread QD32", "randread", "4k", 32, 1),
-    ("4k randwrite QD32", "randwrite", "4k", 32, 1),
-    ("1M seqread QD8", "read", "1M", 8, 1),
-    ("1M seqwrite QD8", "write", "1M", 8, 1),
-    ("4k randread QD1", "randread", "4k", 1, 1),
-    ("4k randread 4x QD16", "randread", "4k", 16, 4),
+    ("4k randread QD32", "randread", "4k", 32, 1, False),
+    ("4k randwrite QD32", "randwrite", "4k", 32, 1, False),
+    ("1M seqread QD8", "read", "1M", 8, 1, False),
+    ("1M seqwrite QD8", "write", "1M", 8, 1, False),
+    ("4k randread QD1", "randread", "4k", 1, 1, False),
+    ("4k randread 4x QD16", "randread", "4k", 16, 4, False),
+    # The same writes counted until a final FLUSH has made them durable:
+    # a server that acknowledges from the page cache pays for it here.
+    ("4k randwrite QD32 +flush", "randwrite", "4k", 32, 1, True),
+    ("1M seqwrite QD8 +flush", "write", "1M", 8, 1, True),
 ]
 
 
@@ -134,10 +138,11 @@ def children(pid):
 
 
 def fio(target, wl, img):
-    name, rw, bs, qd, jobs = wl
+    name, rw, bs, qd, jobs, flush = wl
     args = ["fio", "--name=bench", f"--rw={rw}", f"--bs={bs}", f"--iodepth={qd}",
             f"--numjobs={jobs}", "--group_reporting", f"--runtime={RUNTIME}", "--time_based",
-            f"--size={SIZE}", "--output-format=json", "--randrepeat=0"]
+            f"--size={SIZE}", "--output-format=json", "--randrepeat=0",
+            f"--end_fsync={int(flush)}"]
     if target is None:
         args += ["--ioengine=io_uring", "--direct=1", f"--filename={img}"]
     else:
@@ -194,7 +199,7 @@ def main():
                     cache[n] = max(cache[n], fincore_bytes(img))
                     target.stop()
                 res[(n, wl[0])].append((iops, bw))
-                print(f"  round {rnd + 1} {wl[0]:<22} {n:<11} {iops:10.0f} IOPS "
+                print(f"  round {rnd + 1} {wl[0]:<25} {n:<11} {iops:10.0f} IOPS "
                       f"{bw / 1e6:9.1f} MB/s", flush=True)
 
     lines = []
@@ -202,7 +207,8 @@ def main():
     lines.append(f"# uringnbd benchmark, {time.strftime('%Y-%m-%d')}, {host}")
     lines.append(f"# {ROUNDS} rounds x {RUNTIME} s per run, medians; image {SIZE} of random data")
     lines.append("")
-    hdr = f"{'workload':<22} {'target':<11} {'IOPS':>10} {'MB/s':>9} {'vs best peer':>12} {'vs raw':>7}"
+    hdr = (f"{'workload':<25} {'target':<11} {'IOPS':>8} {'MB/s':>8} {'vs best peer':>12} "
+           f"{'vs raw':>7}  {'IOPS min-max':>15}")
     lines.append(hdr)
     for wl in WORKLOADS:
         med = {n: (statistics.median(x[0] for x in res[(n, wl[0])]),
@@ -214,14 +220,17 @@ def main():
             iops, bw = med[n]
             vb = f"{iops / best:.2f}x" if best else "-"
             vr = f"{iops / raw:.2f}x" if raw else "-"
-            lines.append(f"{wl[0]:<22} {n:<11} {iops:10.0f} {bw / 1e6:9.1f} {vb:>12} {vr:>7}")
+            lo = min(x[0] for x in res[(n, wl[0])])
+            hi = max(x[0] for x in res[(n, wl[0])])
+            lines.append(f"{wl[0]:<25} {n:<11} {iops:8.0f} {bw / 1e6:8.1f} {vb:>12} {vr:>7}  "
+                         f"{lo:7.0f}-{hi:<7.0f}")
         lines.append("")
     lines.append(f"{'server':<11} {'CPU s/GiB (median)':>20} {'page cache after (bytes)':>26}")
     for n in names:
         if n == "raw file":
             continue
         lines.append(f"{n:<11} {statistics.median(cpu[n]) if cpu[n] else 0:20.3f} {cache[n]:26d}")
-    text = "\n".join(lines) + "\n"
+    text = "\n".join(line.rstrip() for line in lines) + "\n"
     print()
     print(text)
     out = f"{DIR}/bench-{time.strftime('%Y%m%d-%H%M%S')}.txt"
