@@ -84,6 +84,21 @@ void config_free(struct config *cfg)
 	memset(cfg, 0, sizeof(*cfg));
 }
 
+/* A plain decimal count, 0 to 1000000; -1 otherwise. */
+long long config_parse_count(const char *s)
+{
+	char *end;
+	long long n;
+
+	if (*s < '0' || *s > '9')
+		return -1;
+	errno = 0;
+	n = strtoll(s, &end, 10);
+	if (errno || *end || n > 1000000)
+		return -1;
+	return n;
+}
+
 #define CFG_ERR(...) do { log_error(__VA_ARGS__); goto out_err; } while (0)
 
 static int set_str(char **dst, const char *v)
@@ -120,6 +135,13 @@ static int global_key(struct config *cfg, const char *k, const char *v, const ch
 			return -1;
 		}
 		cfg->pool_bytes = n;
+	} else if (!strcmp(k, "max-connections")) {
+		n = config_parse_count(v);
+		if (n < 0) {
+			*why = "max-connections: expected 0 (no limit) to 1000000";
+			return -1;
+		}
+		cfg->max_conns = n;
 	} else if (!strcmp(k, "cache-size")) {
 		n = config_parse_size(v);
 		if (n < (long long)CACHE_PAGE_BYTES) {
@@ -152,6 +174,7 @@ int config_load(const char *path, struct config *cfg)
 
 	memset(cfg, 0, sizeof(*cfg));
 	cfg->log_level = -1;
+	cfg->max_conns = -1;
 	f = fopen(path, "r");
 	if (!f) {
 		log_error("config \"%s\": %s", path, strerror(errno));

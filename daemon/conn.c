@@ -69,6 +69,7 @@ void conn_new(struct worker *w, int fd)
 	if (!c) {
 		log_error("worker %d: out of memory for a new connection", w->id);
 		close(fd);
+		server_conn_gone(w->srv);
 		return;
 	}
 	memset(c, 0, sizeof(*c));
@@ -125,6 +126,7 @@ static void conn_free(struct conn *c)
 		c->next->prev = c->prev;
 	__atomic_sub_fetch(&w->nconns, 1, __ATOMIC_RELAXED);
 	close(c->fd);
+	server_conn_gone(w->srv);
 	export_put((struct export *)c->exp);
 	free(c->hs_buf);
 	free(c->hs_out.data);

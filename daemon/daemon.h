@@ -398,6 +398,12 @@ int listen_unix(struct server *srv, const char *path);
 int listen_inherited(struct server *srv);
 /* Starts accepting on the main loop; closes (and unlinks unix sockets). */
 void listen_start(struct server *srv);
+/*
+ * At the connection limit the listeners stop (clients wait in the backlog)
+ * and start again when a connection ends. Main thread only.
+ */
+void listen_pause(struct server *srv);
+void listen_resume(struct server *srv);
 void listen_close(struct server *srv);
 
 /* ---- config.c ---- */
@@ -406,6 +412,7 @@ struct config {
 	int threads;               /* 0: not set */
 	long long pool_bytes;      /* 0: not set */
 	long long cache_bytes;     /* 0: not set */
+	long long max_conns;       /* -1: not set; 0: no limit */
 	int log_level;             /* -1: not set */
 	bool log_level_set;
 	struct export_spec *exports;
@@ -416,6 +423,7 @@ struct config {
 int config_load(const char *path, struct config *cfg);
 void config_free(struct config *cfg);
 long long config_parse_size(const char *s);
+long long config_parse_count(const char *s);
 int config_parse_bool(const char *v);
 int config_parse_log_level(const char *v);
 
@@ -435,6 +443,10 @@ struct server {
 	size_t nlisteners;
 	size_t pool_bytes;         /* per worker */
 	struct cache *cache;       /* shared by every cached export */
+	unsigned max_conns;        /* 0: no limit */
+	unsigned live_conns;       /* accepted, not yet closed (atomic) */
+	bool accept_paused;        /* listeners stopped at max_conns (atomic) */
+	ev_async accept_resume;    /* main loop: a connection ended while paused */
 	unsigned test_fill_delay_ms; /* URINGNBD_TEST_FILL_DELAY_MS: tests only */
 	struct ev_loop *loop;      /* main thread's */
 	volatile bool shutting_down;
@@ -443,8 +455,12 @@ struct server {
 /* Export lookup for negotiation, as struct proto_exports wants it (ctx = srv). */
 int server_export_lookup(void *srv, const char *name, size_t name_len, struct proto_export *out);
 int server_export_nth(void *srv, size_t i, struct proto_export *out);
-/* Hands an accepted socket to a worker. */
+/* Hands an accepted socket to a worker; it counts against max_conns. */
 void server_accept(struct server *srv, int fd);
+/* An accepted socket is closed (any thread); wakes paused listeners. */
+void server_conn_gone(struct server *srv);
+/* At max_conns: accepting more would exceed the limit. */
+bool server_at_capacity(struct server *srv);
 struct export **server_build_exports(struct server *s, const struct export_spec *specs, size_t n);
 void server_swap_exports(struct server *s, struct export **t, size_t n);
 void server_log_exports(struct server *s);

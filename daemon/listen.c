@@ -29,6 +29,10 @@ static void listener_accept_cb(struct ev_loop *loop, ev_io *watcher, int revents
 	(void)loop;
 	(void)revents;
 	for (;;) {
+		if (server_at_capacity(l->srv)) {
+			listen_pause(l->srv);
+			return;
+		}
 		fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC);
 		if (fd < 0) {
 			if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
@@ -216,6 +220,33 @@ void listen_start(struct server *srv)
 	}
 }
 
+void listen_pause(struct server *srv)
+{
+	size_t i;
+
+	if (srv->accept_paused)
+		return;
+	for (i = 0; i < srv->nlisteners; i++)
+		ev_io_stop(srv->loop, &srv->listeners[i].watcher);
+	__atomic_store_n(&srv->accept_paused, true, __ATOMIC_SEQ_CST);
+	log_warn("%u connections, the limit: new clients wait until one ends", srv->max_conns);
+	/* A connection that ended before the flag was set sent no wakeup. */
+	if (!server_at_capacity(srv))
+		listen_resume(srv);
+}
+
+void listen_resume(struct server *srv)
+{
+	size_t i;
+
+	if (!srv->accept_paused || srv->shutting_down || server_at_capacity(srv))
+		return;
+	__atomic_store_n(&srv->accept_paused, false, __ATOMIC_SEQ_CST);
+	for (i = 0; i < srv->nlisteners; i++)
+		ev_io_start(srv->loop, &srv->listeners[i].watcher);
+	log_info("accepting again");
+}
+
 void listen_close(struct server *srv)
 {
 	size_t i;
@@ -223,7 +254,7 @@ void listen_close(struct server *srv)
 	for (i = 0; i < srv->nlisteners; i++) {
 		struct listener *l = &srv->listeners[i];
 
-		if (srv->loop)
+		if (srv->loop && ev_is_active(&l->watcher))
 			ev_io_stop(srv->loop, &l->watcher);
 		close(l->fd);
 		if (l->unix_path)

@@ -26,6 +26,7 @@
 #define DEFAULT_PORT "10809"
 #define DEFAULT_POOL_BYTES (64u * 1024 * 1024)
 #define DEFAULT_CACHE_BYTES (64u * 1024 * 1024)
+#define DEFAULT_MAX_CONNS 1024  /* about 460 KiB each, buffers apart */
 #define STATUS_INTERVAL_S 2.0
 
 static struct server srv;
@@ -51,6 +52,7 @@ static void usage(FILE *f)
 		"      --cache-size SIZE  the page cache shared by cached exports (default 64M)\n"
 		"  -t, --threads N      worker threads (default: online CPUs)\n"
 		"      --pool-size SIZE buffer pool per worker, e.g. 64M (default 64M)\n"
+		"      --max-connections N  more clients wait to be accepted (default 1024, 0: no limit)\n"
 		"      --pid-file PATH  write the pid here once listening\n"
 		"  -l, --log-level L    error, warning, info (default) or debug\n"
 		"  -v, --verbose        the same as --log-level debug\n"
@@ -207,6 +209,14 @@ static void on_second_signal(int sig)
 	_exit(1);
 }
 
+static void on_accept_resume(struct ev_loop *loop, ev_async *w, int revents)
+{
+	(void)loop;
+	(void)w;
+	(void)revents;
+	listen_resume(&srv);
+}
+
 static void on_usr1(struct ev_loop *loop, ev_signal *w, int revents)
 {
 	(void)loop;
@@ -282,6 +292,7 @@ static int parse_args(int argc, char **argv)
 		{ "read-only", no_argument, NULL, 'r' },
 		{ "threads", required_argument, NULL, 't' },
 		{ "pool-size", required_argument, NULL, 'P' },
+		{ "max-connections", required_argument, NULL, 'M' },
 		{ "cache", required_argument, NULL, 'C' },
 		{ "cache-size", required_argument, NULL, 'S' },
 		{ "pid-file", required_argument, NULL, 'F' },
@@ -297,6 +308,7 @@ static int parse_args(int argc, char **argv)
 	int opt;
 
 	cli.log_level = -1;
+	cli.max_conns = -1;
 	while ((opt = getopt_long(argc, argv, "c:e:U:b:p:n:d:rt:l:vVh", longopts, NULL)) != -1) {
 		switch (opt) {
 		case 'c': config_path = optarg; break;
@@ -345,6 +357,14 @@ static int parse_args(int argc, char **argv)
 				return -1;
 			}
 			cli.cache_bytes = n;
+			break;
+		case 'M':
+			cli.max_conns = config_parse_count(optarg);
+			if (cli.max_conns < 0) {
+				fprintf(stderr, "uringnbd: --max-connections \"%s\": expected 0 (no limit) to 1000000\n",
+					optarg);
+				return -1;
+			}
 			break;
 		case 'F': free(cli.pid_file); cli.pid_file = strdup(optarg); break;
 		case 'l':
@@ -402,7 +422,7 @@ static int check_specs(const struct export_spec *specs, size_t n)
 
 int main(int argc, char **argv)
 {
-	struct config file = { .log_level = -1 };
+	struct config file = { .log_level = -1, .max_conns = -1 };
 	struct export_spec *specs = NULL;
 	ev_signal sigint_w, sigterm_w, sigusr1_w, sighup_w;
 	ev_timer status_w;
@@ -425,6 +445,8 @@ int main(int argc, char **argv)
 	threads = cli.threads ? cli.threads : file.threads;
 	srv.pool_bytes = (size_t)(cli.pool_bytes ? cli.pool_bytes
 				  : file.pool_bytes ? file.pool_bytes : DEFAULT_POOL_BYTES);
+	srv.max_conns = (unsigned)(cli.max_conns >= 0 ? cli.max_conns
+				   : file.max_conns >= 0 ? file.max_conns : DEFAULT_MAX_CONNS);
 	if (cli.log_level >= 0)
 		log_max_level = (enum log_level)cli.log_level;
 	else if (file.log_level_set)
@@ -471,10 +493,14 @@ int main(int argc, char **argv)
 		if (worker_start(&srv.workers[started], &srv, (int)started) < 0)
 			goto out_workers;
 
+	ev_async_init(&srv.accept_resume, on_accept_resume);
+	ev_async_start(srv.loop, &srv.accept_resume);
 	listen_start(&srv);
 	if (pid_file && write_pid_file(pid_file) < 0)
 		goto out_workers;
 	server_log_exports(&srv);
+	if (srv.max_conns)
+		log_info("at most %u connections at a time", srv.max_conns);
 	log_info("%u worker%s, buffer pool %zu MiB each%s%s", srv.nworkers,
 		 srv.nworkers == 1 ? "" : "s", srv.pool_bytes >> 20,
 		 config_path ? ", config " : "", config_path ? config_path : "");

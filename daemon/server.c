@@ -45,8 +45,26 @@ void server_accept(struct server *s, int fd)
 		close(fd);
 		return;
 	}
+	__atomic_add_fetch(&s->live_conns, 1, __ATOMIC_SEQ_CST);
 	/* Round-robin: a connection stays on its worker for its whole life. */
 	worker_adopt(&s->workers[s->next_worker++ % s->nworkers], fd);
+}
+
+bool server_at_capacity(struct server *s)
+{
+	return s->max_conns &&
+	       __atomic_load_n(&s->live_conns, __ATOMIC_SEQ_CST) >= s->max_conns;
+}
+
+void server_conn_gone(struct server *s)
+{
+	/*
+	 * Paired with listen_pause(), which sets accept_paused and then reads
+	 * live_conns: one of the two sides sees the other's store.
+	 */
+	__atomic_sub_fetch(&s->live_conns, 1, __ATOMIC_SEQ_CST);
+	if (__atomic_load_n(&s->accept_paused, __ATOMIC_SEQ_CST))
+		ev_async_send(s->loop, &s->accept_resume);
 }
 
 /*

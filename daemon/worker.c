@@ -250,9 +250,10 @@ static void worker_wake_cb(struct ev_loop *loop, ev_async *watcher, int revents)
 		stop = w->stop;
 		pthread_mutex_unlock(&w->inbox_lock);
 		for (i = 0; i < n; i++) {
-			if (stop)
+			if (stop) {
 				close(fds[i]);
-			else
+				server_conn_gone(w->srv);
+			} else
 				conn_new(w, fds[i]);
 		}
 	} while (n == 64);
@@ -438,6 +439,7 @@ void worker_adopt(struct worker *w, int fd)
 			pthread_mutex_unlock(&w->inbox_lock);
 			log_error("worker %d: out of memory adopting a connection", w->id);
 			close(fd);
+			server_conn_gone(w->srv);
 			return;
 		}
 		w->inbox = p;

@@ -118,6 +118,8 @@ def config_errors():
     cases = [
         ("[global]\nthreads = 2\nbogus = 1\n", ":3: unknown key in [global]"),
         ("[global]\nthreads = 0\n", ":2: threads: expected 1 to 256"),
+        ("[global]\nmax-connections = many\n",
+         ":2: max-connections: expected 0 (no limit) to 1000000"),
         ("[exports]\n", ":1: unknown section [exports]"),
         ("[export a]\npath = /x\nreadonly = maybe\n", ":3: readonly: expected true or false"),
         ("[export a]\ndescription = no path\n", ":1: [export a] has no path"),
