@@ -142,6 +142,13 @@ static int global_key(struct config *cfg, const char *k, const char *v, const ch
 			return -1;
 		}
 		cfg->max_conns = n;
+	} else if (!strcmp(k, "handshake-timeout")) {
+		n = config_parse_count(v);
+		if (n < 0 || n > 86400) {
+			*why = "handshake-timeout: expected 0 (none) to 86400 seconds";
+			return -1;
+		}
+		cfg->handshake_timeout_s = n;
 	} else if (!strcmp(k, "cache-size")) {
 		n = config_parse_size(v);
 		if (n < (long long)CACHE_PAGE_BYTES) {
@@ -175,6 +182,7 @@ int config_load(const char *path, struct config *cfg)
 	memset(cfg, 0, sizeof(*cfg));
 	cfg->log_level = -1;
 	cfg->max_conns = -1;
+	cfg->handshake_timeout_s = -1;
 	f = fopen(path, "r");
 	if (!f) {
 		log_error("config \"%s\": %s", path, strerror(errno));

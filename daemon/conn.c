@@ -6,6 +6,9 @@
  * option replies come from proto_negotiate(). Once an export is chosen, the
  * connection moves to transmit.c for good.
  *
+ * A negotiation that has not chosen an export within the handshake timeout
+ * is closed, so silent clients cannot hold connection slots.
+ *
  * Closing is two-phase: conn_close() shuts the socket down, which makes any
  * recv or send in flight complete; the connection is freed by conn_put()
  * once no SQE names it or its requests (c->sqes == 0).
@@ -60,6 +63,20 @@ static bool hs_step_sends(enum hs_step step)
 	return step == HS_GREETING || step == HS_REPLY;
 }
 
+static void conn_hs_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+	struct conn *c = t->data;
+
+	(void)loop;
+	(void)revents;
+	if (c->state != CONN_HANDSHAKE)
+		return;
+	log_info("conn %" PRIu64 ": no export chosen within %u s: closing", c->id,
+		 c->w->srv->handshake_timeout_s);
+	conn_close(c, NULL);
+	conn_put(c);
+}
+
 void conn_new(struct worker *w, int fd)
 {
 	struct conn *c;
@@ -88,6 +105,10 @@ void conn_new(struct worker *w, int fd)
 	w->conns = c;
 	__atomic_add_fetch(&w->nconns, 1, __ATOMIC_RELAXED);
 	log_debug("conn %" PRIu64 ": accepted on worker %d", c->id, w->id);
+	ev_timer_init(&c->hs_timer, conn_hs_timeout_cb, w->srv->handshake_timeout_s, 0.);
+	c->hs_timer.data = c;
+	if (w->srv->handshake_timeout_s)
+		ev_timer_start(w->loop, &c->hs_timer);
 
 	pthread_once(&greeting_once, greeting_init);
 	conn_hs_io(c, HS_GREETING, true, greeting, sizeof(greeting));
@@ -100,6 +121,7 @@ void conn_close(struct conn *c, const char *why)
 	if (why)
 		log_debug("conn %" PRIu64 ": closing: %s", c->id, why);
 	c->state = CONN_CLOSING;
+	ev_timer_stop(c->w->loop, &c->hs_timer);
 	worker_pool_unwait(c->w, c);
 	/* Completes every recv/send in flight; file I/O finishes on its own. */
 	shutdown(c->fd, SHUT_RDWR);

@@ -319,6 +319,7 @@ struct conn {
 				      plus requests waiting for a range lock */
 
 	/* handshake */
+	ev_timer hs_timer;         /* bounds the negotiation (server handshake_timeout_s) */
 	struct proto_session sess;
 	int hs_step;               /* which handshake step the current I/O is for */
 	uint8_t *hs_buf;           /* option payload (heap, handshake only) */
@@ -413,6 +414,7 @@ struct config {
 	long long pool_bytes;      /* 0: not set */
 	long long cache_bytes;     /* 0: not set */
 	long long max_conns;       /* -1: not set; 0: no limit */
+	long long handshake_timeout_s; /* -1: not set; 0: none */
 	int log_level;             /* -1: not set */
 	bool log_level_set;
 	struct export_spec *exports;
@@ -444,6 +446,7 @@ struct server {
 	size_t pool_bytes;         /* per worker */
 	struct cache *cache;       /* shared by every cached export */
 	unsigned max_conns;        /* 0: no limit */
+	unsigned handshake_timeout_s; /* 0: none */
 	unsigned live_conns;       /* accepted, not yet closed (atomic) */
 	bool accept_paused;        /* listeners stopped at max_conns (atomic) */
 	ev_async accept_resume;    /* main loop: a connection ended while paused */

@@ -27,6 +27,7 @@
 #define DEFAULT_POOL_BYTES (64u * 1024 * 1024)
 #define DEFAULT_CACHE_BYTES (64u * 1024 * 1024)
 #define DEFAULT_MAX_CONNS 1024  /* about 460 KiB each, buffers apart */
+#define DEFAULT_HANDSHAKE_TIMEOUT_S 10
 #define STATUS_INTERVAL_S 2.0
 
 static struct server srv;
@@ -53,6 +54,7 @@ static void usage(FILE *f)
 		"  -t, --threads N      worker threads (default: online CPUs)\n"
 		"      --pool-size SIZE buffer pool per worker, e.g. 64M (default 64M)\n"
 		"      --max-connections N  more clients wait to be accepted (default 1024, 0: no limit)\n"
+		"      --handshake-timeout S  close negotiations longer than S seconds (default 10, 0: none)\n"
 		"      --pid-file PATH  write the pid here once listening\n"
 		"  -l, --log-level L    error, warning, info (default) or debug\n"
 		"  -v, --verbose        the same as --log-level debug\n"
@@ -293,6 +295,7 @@ static int parse_args(int argc, char **argv)
 		{ "threads", required_argument, NULL, 't' },
 		{ "pool-size", required_argument, NULL, 'P' },
 		{ "max-connections", required_argument, NULL, 'M' },
+		{ "handshake-timeout", required_argument, NULL, 'H' },
 		{ "cache", required_argument, NULL, 'C' },
 		{ "cache-size", required_argument, NULL, 'S' },
 		{ "pid-file", required_argument, NULL, 'F' },
@@ -309,6 +312,7 @@ static int parse_args(int argc, char **argv)
 
 	cli.log_level = -1;
 	cli.max_conns = -1;
+	cli.handshake_timeout_s = -1;
 	while ((opt = getopt_long(argc, argv, "c:e:U:b:p:n:d:rt:l:vVh", longopts, NULL)) != -1) {
 		switch (opt) {
 		case 'c': config_path = optarg; break;
@@ -362,6 +366,14 @@ static int parse_args(int argc, char **argv)
 			cli.max_conns = config_parse_count(optarg);
 			if (cli.max_conns < 0) {
 				fprintf(stderr, "uringnbd: --max-connections \"%s\": expected 0 (no limit) to 1000000\n",
+					optarg);
+				return -1;
+			}
+			break;
+		case 'H':
+			cli.handshake_timeout_s = config_parse_count(optarg);
+			if (cli.handshake_timeout_s < 0 || cli.handshake_timeout_s > 86400) {
+				fprintf(stderr, "uringnbd: --handshake-timeout \"%s\": expected 0 (none) to 86400 seconds\n",
 					optarg);
 				return -1;
 			}
@@ -422,7 +434,7 @@ static int check_specs(const struct export_spec *specs, size_t n)
 
 int main(int argc, char **argv)
 {
-	struct config file = { .log_level = -1, .max_conns = -1 };
+	struct config file = { .log_level = -1, .max_conns = -1, .handshake_timeout_s = -1 };
 	struct export_spec *specs = NULL;
 	ev_signal sigint_w, sigterm_w, sigusr1_w, sighup_w;
 	ev_timer status_w;
@@ -447,6 +459,8 @@ int main(int argc, char **argv)
 				  : file.pool_bytes ? file.pool_bytes : DEFAULT_POOL_BYTES);
 	srv.max_conns = (unsigned)(cli.max_conns >= 0 ? cli.max_conns
 				   : file.max_conns >= 0 ? file.max_conns : DEFAULT_MAX_CONNS);
+	srv.handshake_timeout_s = (unsigned)(cli.handshake_timeout_s >= 0 ? cli.handshake_timeout_s
+		: file.handshake_timeout_s >= 0 ? file.handshake_timeout_s : DEFAULT_HANDSHAKE_TIMEOUT_S);
 	if (cli.log_level >= 0)
 		log_max_level = (enum log_level)cli.log_level;
 	else if (file.log_level_set)

@@ -771,6 +771,7 @@ void conn_rx_done(struct conn *c, int res)
 
 void conn_transmit_start(struct conn *c)
 {
+	ev_timer_stop(c->w->loop, &c->hs_timer);
 	free(c->hs_buf);
 	free(c->hs_out.data);
 	c->hs_buf = NULL;

@@ -345,3 +345,38 @@ uint32_t raw_option_reply(int fd, uint32_t opt)
 	return proto_get_u32(h + 12);
 }
 
+
+double harness_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+bool harness_wait_ready(struct nbd_handle *h, double secs)
+{
+	double end = harness_now() + secs;
+
+	while (!nbd_aio_is_ready(h)) {
+		CHECK(!nbd_aio_is_dead(h) && !nbd_aio_is_closed(h), "connection died: %s",
+		      nbd_get_error());
+		if (harness_now() >= end)
+			return false;
+		CHECK(nbd_poll(h, 50) >= 0, "nbd_poll: %s", nbd_get_error());
+	}
+	return true;
+}
+
+bool harness_log_has(struct daemon *d, const char *what)
+{
+	static char buf[1 << 20];
+	FILE *f = fopen(d->log, "r");
+	size_t n;
+
+	CHECK(f, "open %s: %s", d->log, strerror(errno));
+	n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = 0;
+	return strstr(buf, what) != NULL;
+}

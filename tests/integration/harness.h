@@ -50,6 +50,13 @@ void raw_option(int fd, uint64_t magic, uint32_t opt, const void *data, uint32_t
 /* Reads one option reply to opt; returns its type and skips its payload. */
 uint32_t raw_option_reply(int fd, uint32_t opt);
 
+/* Monotonic seconds. */
+double harness_now(void);
+/* Drives an nbd_aio_connect_* handshake for up to secs; true once ready. */
+bool harness_wait_ready(struct nbd_handle *h, double secs);
+/* The daemon's log so far contains what. */
+bool harness_log_has(struct daemon *d, const char *what);
+
 /* Deterministic data: byte i of a pattern seeded by seed. */
 void harness_fill(uint8_t *buf, size_t len, uint64_t seed);
 /* Aligned memory for pread on the image file. */

@@ -4,21 +4,9 @@
  * ends; then it is served. Connections already open keep working meanwhile,
  * and a stop with a client still waiting exits cleanly.
  */
-#include <errno.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "harness.h"
-
-static double now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 /* Starts a handshake without waiting for it. */
 static struct nbd_handle *connect_async(struct daemon *d)
@@ -31,21 +19,6 @@ static struct nbd_handle *connect_async(struct daemon *d)
 	return h;
 }
 
-/* Drives h for up to secs; true once its handshake finished. */
-static bool wait_ready(struct nbd_handle *h, double secs)
-{
-	double end = now_s() + secs;
-
-	while (!nbd_aio_is_ready(h)) {
-		CHECK(!nbd_aio_is_dead(h) && !nbd_aio_is_closed(h), "connection died: %s",
-		      nbd_get_error());
-		if (now_s() >= end)
-			return false;
-		CHECK(nbd_poll(h, 50) >= 0, "nbd_poll: %s", nbd_get_error());
-	}
-	return true;
-}
-
 static void check_io(struct nbd_handle *h, uint64_t off, uint8_t seed)
 {
 	uint8_t w[4096], r[4096];
@@ -54,19 +27,6 @@ static void check_io(struct nbd_handle *h, uint64_t off, uint8_t seed)
 	NBD_OK(nbd_pwrite(h, w, sizeof(w), off, 0));
 	NBD_OK(nbd_pread(h, r, sizeof(r), off, 0));
 	CHECK(memcmp(w, r, sizeof(w)) == 0, "read back differs at %llu", (unsigned long long)off);
-}
-
-static bool log_has(struct daemon *d, const char *what)
-{
-	char buf[65536];
-	FILE *f = fopen(d->log, "r");
-	size_t n;
-
-	CHECK(f, "%s: %s", d->log, strerror(errno));
-	n = fread(buf, 1, sizeof(buf) - 1, f);
-	fclose(f);
-	buf[n] = 0;
-	return strstr(buf, what) != NULL;
 }
 
 int main(void)
@@ -85,24 +45,24 @@ int main(void)
 
 	/* A third client waits: not served, not refused. */
 	h3 = connect_async(&d);
-	CHECK(!wait_ready(h3, 0.5), "a third connection was served over a limit of 2");
-	CHECK(log_has(&d, "2 connections, the limit"), "no log line about the limit");
+	CHECK(!harness_wait_ready(h3, 0.5), "a third connection was served over a limit of 2");
+	CHECK(harness_log_has(&d, "2 connections, the limit"), "no log line about the limit");
 	check_io(h2, 8192, 3); /* the others are undisturbed */
 
 	/* One leaves: the waiting client is served. */
 	NBD_OK(nbd_shutdown(h1, 0));
 	nbd_close(h1);
-	CHECK(wait_ready(h3, 5.0), "the waiting client was not served after a connection ended");
+	CHECK(harness_wait_ready(h3, 5.0), "the waiting client was not served after a connection ended");
 	check_io(h3, 12288, 4);
 
 	/* Full again; a stop with a client still waiting exits 0 and lets it go. */
 	h4 = connect_async(&d);
-	CHECK(!wait_ready(h4, 0.3), "a connection was served over the limit again");
+	CHECK(!harness_wait_ready(h4, 0.3), "a connection was served over the limit again");
 	harness_stop(&d);
 	{
-		double end = now_s() + 5.0;
+		double end = harness_now() + 5.0;
 
-		while (!nbd_aio_is_dead(h4) && !nbd_aio_is_closed(h4) && now_s() < end)
+		while (!nbd_aio_is_dead(h4) && !nbd_aio_is_closed(h4) && harness_now() < end)
 			(void)nbd_poll(h4, 50);
 		CHECK(nbd_aio_is_dead(h4) || nbd_aio_is_closed(h4),
 		      "the waiting client was left hanging after the daemon stopped");

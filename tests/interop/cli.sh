@@ -22,6 +22,7 @@ expect_error '--threads "2x"' -t 2x -U "$SOCK" "$T/x"
 expect_error '--pool-size "1M"' --pool-size 1M -U "$SOCK" "$T/x"
 expect_error '--max-connections "-1"' --max-connections -1 -U "$SOCK" "$T/x"
 expect_error '--max-connections "8k"' --max-connections 8k -U "$SOCK" "$T/x"
+expect_error '--handshake-timeout "1.5"' --handshake-timeout 1.5 -U "$SOCK" "$T/x"
 expect_error 'usage:' --no-such-option
 timeout 10 "$URINGNBD" -V | grep -q '^uringnbd [0-9]' || fail "-V"
 timeout 10 "$URINGNBD" --help | grep -q -- '--read-only' || fail "--help"

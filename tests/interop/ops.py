@@ -120,6 +120,8 @@ def config_errors():
         ("[global]\nthreads = 0\n", ":2: threads: expected 1 to 256"),
         ("[global]\nmax-connections = many\n",
          ":2: max-connections: expected 0 (no limit) to 1000000"),
+        ("[global]\nhandshake-timeout = 99999\n",
+         ":2: handshake-timeout: expected 0 (none) to 86400 seconds"),
         ("[exports]\n", ":1: unknown section [exports]"),
         ("[export a]\npath = /x\nreadonly = maybe\n", ":3: readonly: expected true or false"),
         ("[export a]\ndescription = no path\n", ":1: [export a] has no path"),
