@@ -229,7 +229,8 @@ void listen_pause(struct server *srv)
 	for (i = 0; i < srv->nlisteners; i++)
 		ev_io_stop(srv->loop, &srv->listeners[i].watcher);
 	__atomic_store_n(&srv->accept_paused, true, __ATOMIC_SEQ_CST);
-	log_warn("%u connections, the limit: new clients wait until one ends", srv->max_conns);
+	log_warn("%u connection%s, the limit: new clients wait until one ends", srv->max_conns,
+		 srv->max_conns == 1 ? "" : "s");
 	/* A connection that ended before the flag was set sent no wakeup. */
 	if (!server_at_capacity(srv))
 		listen_resume(srv);

@@ -514,7 +514,8 @@ int main(int argc, char **argv)
 		goto out_workers;
 	server_log_exports(&srv);
 	if (srv.max_conns)
-		log_info("at most %u connections at a time", srv.max_conns);
+		log_info("at most %u connection%s at a time", srv.max_conns,
+			 srv.max_conns == 1 ? "" : "s");
 	log_info("%u worker%s, buffer pool %zu MiB each%s%s", srv.nworkers,
 		 srv.nworkers == 1 ? "" : "s", srv.pool_bytes >> 20,
 		 config_path ? ", config " : "", config_path ? config_path : "");
