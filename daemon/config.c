@@ -108,8 +108,15 @@ static int set_str(char **dst, const char *v)
 	return *dst ? 0 : -1;
 }
 
-/* One key of [global]. Returns 0, or -1 with *why set. */
-static int global_key(struct config *cfg, const char *k, const char *v, const char **why)
+void config_init(struct config *cfg)
+{
+	memset(cfg, 0, sizeof(*cfg));
+	cfg->log_level = -1;
+	cfg->max_conns = -1;
+	cfg->handshake_timeout_s = -1;
+}
+
+int config_set_global(struct config *cfg, const char *k, const char *v, const char **why)
 {
 	long long n;
 
@@ -179,10 +186,7 @@ int config_load(const char *path, struct config *cfg)
 	const char *why = NULL;
 	FILE *f;
 
-	memset(cfg, 0, sizeof(*cfg));
-	cfg->log_level = -1;
-	cfg->max_conns = -1;
-	cfg->handshake_timeout_s = -1;
+	config_init(cfg);
 	f = fopen(path, "r");
 	if (!f) {
 		log_error("config \"%s\": %s", path, strerror(errno));
@@ -245,7 +249,7 @@ int config_load(const char *path, struct config *cfg)
 		if (section == 0)
 			CFG_ERR("%s:%d: \"%s\" outside a section", path, lineno, k);
 		if (section == 1) {
-			if (global_key(cfg, k, v, &why) < 0)
+			if (config_set_global(cfg, k, v, &why) < 0)
 				CFG_ERR("%s:%d: %s: \"%s\"", path, lineno, why ? why : "out of memory", k);
 			continue;
 		}

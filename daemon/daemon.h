@@ -421,6 +421,14 @@ struct config {
 	size_t nexports;
 };
 
+/* Every setting "not set". */
+void config_init(struct config *cfg);
+/*
+ * One [global] key (also what the command line's global options go
+ * through, so both accept and refuse the same values). Returns 0, or -1
+ * with *why naming the key and what it expects.
+ */
+int config_set_global(struct config *cfg, const char *key, const char *value, const char **why);
 /* Parses the file into *cfg; logs "file:line: why" and returns -1 on error. */
 int config_load(const char *path, struct config *cfg);
 void config_free(struct config *cfg);

@@ -280,6 +280,17 @@ static int write_pid_file(const char *path)
 	return 0;
 }
 
+/* A global option, checked as the config file's key of that name is. */
+static int cli_global(const char *key, const char *value)
+{
+	const char *why = NULL;
+
+	if (config_set_global(&cli, key, value, &why) == 0)
+		return 0;
+	fprintf(stderr, "uringnbd: --%s \"%s\": %s\n", key, value, why ? why : "out of memory");
+	return -1;
+}
+
 /* Parses the command line into cli (and config_path). Returns -1 to exit 1, 1 to exit 0. */
 static int parse_args(int argc, char **argv)
 {
@@ -306,13 +317,9 @@ static int parse_args(int argc, char **argv)
 		{ NULL, 0, NULL, 0 },
 	};
 	struct export_spec file_spec = { .name = "", .description = "" }, spec;
-	long long n;
-	char *end;
 	int opt;
 
-	cli.log_level = -1;
-	cli.max_conns = -1;
-	cli.handshake_timeout_s = -1;
+	config_init(&cli);
 	while ((opt = getopt_long(argc, argv, "c:e:U:b:p:n:d:rt:l:vVh", longopts, NULL)) != -1) {
 		switch (opt) {
 		case 'c': config_path = optarg; break;
@@ -322,68 +329,24 @@ static int parse_args(int argc, char **argv)
 				return -1;
 			}
 			break;
-		case 'U': free(cli.unix_path); cli.unix_path = strdup(optarg); break;
-		case 'b': free(cli.bind); cli.bind = strdup(optarg); break;
-		case 'p': free(cli.port); cli.port = strdup(optarg); break;
+		case 'U': if (cli_global("unix", optarg) < 0) return -1; break;
+		case 'b': if (cli_global("bind", optarg) < 0) return -1; break;
+		case 'p': if (cli_global("port", optarg) < 0) return -1; break;
 		case 'n': file_spec.name = optarg; break;
 		case 'd': file_spec.description = optarg; break;
 		case 'r': file_spec.readonly = true; break;
-		case 't':
-			n = strtol(optarg, &end, 10);
-			if (*end || end == optarg || n < 1 || n > 256) {
-				fprintf(stderr, "uringnbd: --threads \"%s\": expected 1 to 256\n", optarg);
-				return -1;
-			}
-			cli.threads = (int)n;
-			break;
-		case 'P':
-			n = config_parse_size(optarg);
-			if (n < (long long)EXPORT_MAX_REQUEST_BYTES) {
-				fprintf(stderr, "uringnbd: --pool-size \"%s\": expected a size of at least 32M\n",
-					optarg);
-				return -1;
-			}
-			cli.pool_bytes = n;
-			break;
+		case 't': if (cli_global("threads", optarg) < 0) return -1; break;
+		case 'P': if (cli_global("pool-size", optarg) < 0) return -1; break;
+		case 'M': if (cli_global("max-connections", optarg) < 0) return -1; break;
+		case 'H': if (cli_global("handshake-timeout", optarg) < 0) return -1; break;
+		case 'S': if (cli_global("cache-size", optarg) < 0) return -1; break;
+		case 'F': if (cli_global("pid-file", optarg) < 0) return -1; break;
+		case 'l': if (cli_global("log-level", optarg) < 0) return -1; break;
 		case 'C':
 			file_spec.cache_mode = cache_mode_parse(optarg);
 			if (file_spec.cache_mode < 0) {
 				fprintf(stderr, "uringnbd: --cache \"%s\": expected none, always or auto\n",
 					optarg);
-				return -1;
-			}
-			break;
-		case 'S':
-			n = config_parse_size(optarg);
-			if (n < (long long)CACHE_PAGE_BYTES) {
-				fprintf(stderr, "uringnbd: --cache-size \"%s\": expected a size of at least 4K\n",
-					optarg);
-				return -1;
-			}
-			cli.cache_bytes = n;
-			break;
-		case 'M':
-			cli.max_conns = config_parse_count(optarg);
-			if (cli.max_conns < 0) {
-				fprintf(stderr, "uringnbd: --max-connections \"%s\": expected 0 (no limit) to 1000000\n",
-					optarg);
-				return -1;
-			}
-			break;
-		case 'H':
-			cli.handshake_timeout_s = config_parse_count(optarg);
-			if (cli.handshake_timeout_s < 0 || cli.handshake_timeout_s > 86400) {
-				fprintf(stderr, "uringnbd: --handshake-timeout \"%s\": expected 0 (none) to 86400 seconds\n",
-					optarg);
-				return -1;
-			}
-			break;
-		case 'F': free(cli.pid_file); cli.pid_file = strdup(optarg); break;
-		case 'l':
-			cli.log_level = config_parse_log_level(optarg);
-			if (cli.log_level < 0) {
-				fprintf(stderr, "uringnbd: --log-level \"%s\": expected error, warning, "
-					"info or debug\n", optarg);
 				return -1;
 			}
 			break;
@@ -434,7 +397,7 @@ static int check_specs(const struct export_spec *specs, size_t n)
 
 int main(int argc, char **argv)
 {
-	struct config file = { .log_level = -1, .max_conns = -1, .handshake_timeout_s = -1 };
+	struct config file;
 	struct export_spec *specs = NULL;
 	ev_signal sigint_w, sigterm_w, sigusr1_w, sighup_w;
 	ev_timer status_w;
@@ -444,6 +407,7 @@ int main(int argc, char **argv)
 	int status = 1, inherited, ret;
 	unsigned i, started = 0;
 
+	config_init(&file);
 	ret = parse_args(argc, argv);
 	if (ret)
 		return ret < 0 ? 1 : 0;

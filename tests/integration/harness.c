@@ -345,7 +345,6 @@ uint32_t raw_option_reply(int fd, uint32_t opt)
 	return proto_get_u32(h + 12);
 }
 
-
 double harness_now(void)
 {
 	struct timespec ts;
