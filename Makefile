@@ -1,12 +1,16 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # uringnbd: one non-recursive Makefile.
-#   make            build build/uringnbd (installs missing Debian packages first)
-#   make run        build, create build/uringnbd.img (1 GiB, sparse) and serve it
-#   make check      unit + integration + interop tests (as root: everything runs)
+#   make            build build/uringnbd (never changes the host)
+#   make deps       install the missing Debian packages to build (as root)
+#   make run        deps, build, create build/uringnbd.img (1 GiB, sparse) and serve it
+#   make check      deps, then unit, fuzz, integration, interop and VM tests
 #   make check-unit fast unit tests, no sockets
 #   make check-vm   the kernel NBD client in a qemu guest (also part of check)
 #   make bench      side-by-side benchmark against nbd-server, nbdkit, qemu-nbd
+#   make analyze    gcc -fanalyzer over every module, daemon/ included
 #   make install    PREFIX=/usr/local DESTDIR=
 #   SANITIZE=1      ASan+UBSan build and tests    WERROR=1  -Werror    V=1  full commands
+# Only deps, run, check*, bench, fuzz and analyze install packages (as root).
 
 PREFIX  ?= /usr/local
 DESTDIR ?=
@@ -44,9 +48,11 @@ endif
 PROTO_SRC  := proto/negotiate.c proto/request.c
 LOCK_SRC   := lock/rangelock.c
 CACHE_SRC  := cache/cache.c
-DAEMON_SRC := daemon/main.c daemon/log.c daemon/export.c daemon/pool.c daemon/worker.c \
-              daemon/conn.c daemon/transmit.c daemon/reply.c daemon/listen.c \
-              daemon/config.c daemon/notify.c daemon/server.c daemon/cached.c
+DAEMON_SRC := daemon/main.c daemon/cli.c daemon/log.c daemon/export.c daemon/pool.c daemon/plan.c \
+              daemon/worker.c daemon/conn.c daemon/handshake.c daemon/rx.c daemon/request.c \
+              daemon/fileio.c daemon/cached.c daemon/reply.c daemon/listen.c daemon/config.c \
+              daemon/notify.c daemon/server.c
+HOOKS_OBJ  := $(DAEMON_SRC:%.c=$(B)/hooks/%.o)
 UNIT_TESTS := $(patsubst tests/unit/%.c,$(B)/tests/unit/%,$(wildcard tests/unit/test_*.c))
 INTEG_TESTS := $(patsubst tests/integration/%.c,$(B)/tests/integration/%,\
                  $(filter-out tests/integration/harness.c,$(wildcard tests/integration/*.c)))
@@ -57,9 +63,16 @@ CACHE_OBJ  := $(CACHE_SRC:%.c=$(B)/%.o)
 DAEMON_OBJ := $(DAEMON_SRC:%.c=$(B)/%.o)
 DAEMON_LIBS := -luring -lev
 
+INTEROP_TESTS := $(wildcard tests/interop/*.sh tests/interop/*.py)
+VM_TESTS      := tests/vm/kernel-client.sh
+
 .SECONDARY:
-.PHONY: analyze check-vm bench fuzz check-fuzz bench-lock all run check check-unit check-integration check-interop install clean deps deps-test
+.PHONY: analyze check-vm bench fuzz check-fuzz bench-lock all run check check-unit check-integration check-interop check-tests install clean deps deps-test
 all: $(B)/uringnbd
+
+# Goals that may install packages build after them; plain `make` never does.
+INSTALLING_GOALS := deps deps-test run check check-% bench bench-lock fuzz analyze
+DEPS_FIRST := $(if $(filter $(INSTALLING_GOALS),$(MAKECMDGOALS)),$(B)/.deps-build)
 
 # ---- Debian packages: installed when missing (as root), else the command is printed ----
 define ensure_pkgs
@@ -86,12 +99,22 @@ $(B)/.deps-test: | $(B)/.deps-build
 	$(call ensure_pkgs,$(TEST_PKGS))
 
 # ---- build ----
-$(B)/%.o: %.c | $(B)/.deps-build
+$(B)/hooks/%.o: %.c | $(DEPS_FIRST)
+	@mkdir -p $(dir $@)
+	$(quiet) CC $@
+	$(Q)$(CC) $(CFLAGS) -DURINGNBD_TEST_HOOKS -c -o $@ $<
+
+$(B)/%.o: %.c | $(DEPS_FIRST)
 	@mkdir -p $(dir $@)
 	$(quiet) CC $@
 	$(Q)$(CC) $(CFLAGS) $(if $(findstring tests/unit,$@),$$(pkg-config --cflags check)) -c -o $@ $<
 
 $(B)/uringnbd: $(DAEMON_OBJ) $(PROTO_OBJ) $(LOCK_OBJ) $(CACHE_OBJ)
+	$(quiet) LD $@
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(DAEMON_LIBS)
+
+# The same daemon with test-only hooks (URINGNBD_TEST_HOOKS); never installed.
+$(B)/uringnbd-test-hooks: $(HOOKS_OBJ) $(PROTO_OBJ) $(LOCK_OBJ) $(CACHE_OBJ)
 	$(quiet) LD $@
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(DAEMON_LIBS)
 
@@ -104,6 +127,14 @@ $(B)/tests/unit/test_rangelock: $(B)/tests/unit/test_rangelock.o $(LOCK_OBJ)
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $$(pkg-config --libs check)
 
 $(B)/tests/unit/test_cache: $(B)/tests/unit/test_cache.o $(CACHE_OBJ)
+	$(quiet) LD $@
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $$(pkg-config --libs check)
+
+$(B)/tests/unit/test_plan: $(B)/tests/unit/test_plan.o $(B)/daemon/plan.o
+	$(quiet) LD $@
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $$(pkg-config --libs check)
+
+$(B)/tests/unit/test_pool: $(B)/tests/unit/test_pool.o $(B)/daemon/pool.o
 	$(quiet) LD $@
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $$(pkg-config --libs check)
 
@@ -140,9 +171,9 @@ check-fuzz: build/fuzz/fuzz_proto
 	    { tail -n 40 build/fuzz/log; echo "fuzz: crash saved under build/fuzz/"; exit 1; }
 	$(Q)grep -E '^#[0-9]+.*DONE' build/fuzz/log | sed 's/^/  FUZZ    /' || tail -n 3 build/fuzz/log
 
-# ---- static analysis: gcc -fanalyzer, warnings are errors for the modules ----
+# ---- static analysis: gcc -fanalyzer, warnings are errors, every module ----
 analyze: | $(B)/.deps-build
-	$(Q)for f in $(PROTO_SRC) $(LOCK_SRC) $(CACHE_SRC); do \
+	$(Q)for f in $(PROTO_SRC) $(LOCK_SRC) $(CACHE_SRC) $(DAEMON_SRC); do \
 	    echo "  ANALYZE $$f"; \
 	    $(CC) -std=gnu11 -O1 -fanalyzer $(WARN) -Werror -pthread -c $$f -o /dev/null || exit 1; \
 	done
@@ -153,7 +184,7 @@ $(IMG):
 	@mkdir -p $(dir $@)
 	truncate -s 1G $@
 
-run: $(B)/uringnbd $(IMG)
+run: $(B)/uringnbd $(IMG) | $(B)/.deps-build
 	@echo "serving $(IMG) on 127.0.0.1:10809 and $(CURDIR)/build/uringnbd.sock (Ctrl-C stops)"
 	@echo "  nbdinfo nbd://127.0.0.1                      # size, block sizes, flags"
 	@echo "  nbdinfo 'nbd+unix:///?socket=$(CURDIR)/build/uringnbd.sock'"
@@ -162,26 +193,29 @@ run: $(B)/uringnbd $(IMG)
 	$(B)/uringnbd -b 127.0.0.1 -U $(CURDIR)/build/uringnbd.sock $(IMG)
 
 # ---- tests ----
-TEST_ENV := URINGNBD=$(CURDIR)/$(B)/uringnbd TEST_TMPDIR=$(CURDIR)/$(B)/tmp
+TEST_ENV := URINGNBD=$(CURDIR)/$(B)/uringnbd URINGNBD_TEST_HOOKS_BIN=$(CURDIR)/$(B)/uringnbd-test-hooks \
+            TEST_TMPDIR=$(CURDIR)/$(B)/tmp VM_DIR=$(CURDIR)/build/vm
+RUN_TESTS := $(TEST_ENV) tests/run-tests.sh
+TEST_BINS := $(B)/uringnbd $(B)/uringnbd-test-hooks $(INTEG_TESTS)
 
 check-unit: $(UNIT_TESTS)
 	$(Q)for t in $(UNIT_TESTS); do CK_DEFAULT_TIMEOUT=10 $$t || exit 1; done
 
-check-integration: $(B)/uringnbd $(INTEG_TESTS) | $(B)/.deps-test
-	$(Q)$(TEST_ENV) tests/run-tests.sh $(INTEG_TESTS)
+check-integration: $(TEST_BINS) | $(B)/.deps-test
+	$(Q)$(RUN_TESTS) $(INTEG_TESTS)
 
-check-interop: $(B)/uringnbd | $(B)/.deps-test
-	$(Q)$(TEST_ENV) tests/run-tests.sh tests/interop/*.sh tests/interop/*.py
+check-interop: $(TEST_BINS) | $(B)/.deps-test
+	$(Q)$(RUN_TESTS) $(INTEROP_TESTS)
 
 # The kernel's NBD client, in a qemu guest (the kernel package is cached in build/vm).
-check-vm: $(B)/uringnbd | $(B)/.deps-test
-	$(Q)$(TEST_ENV) VM_DIR=$(CURDIR)/build/vm tests/run-tests.sh tests/vm/kernel-client.sh
+check-vm: $(TEST_BINS) | $(B)/.deps-test
+	$(Q)$(RUN_TESTS) $(VM_TESTS)
 
-check: $(B)/uringnbd $(UNIT_TESTS) $(INTEG_TESTS) | $(B)/.deps-test
-	$(Q)for t in $(UNIT_TESTS); do CK_DEFAULT_TIMEOUT=10 $$t || exit 1; done
-	$(Q)$(MAKE) -s check-fuzz
-	$(Q)$(TEST_ENV) VM_DIR=$(CURDIR)/build/vm tests/run-tests.sh $(INTEG_TESTS) tests/interop/*.sh tests/interop/*.py \
-	    tests/vm/kernel-client.sh
+# Every test program and script in one run, so one closing line counts them all.
+check-tests: $(TEST_BINS) | $(B)/.deps-test
+	$(Q)$(RUN_TESTS) $(INTEG_TESTS) $(INTEROP_TESTS) $(VM_TESTS)
+
+check: check-unit check-fuzz check-tests
 
 # ---- install ----
 SBINDIR    ?= $(PREFIX)/sbin

@@ -1,14 +1,16 @@
+// SPDX-License-Identifier: BSD-3-Clause
 /*
  * Reads through the page cache (exports with cache=always or auto).
  *
  * A cached READ (or CACHE prefetch) holds its shared range lock like any
- * read, and walks the 4 KiB pages of its span CACHE_WINDOW at a time. For
- * each page: a hit is copied into the request's buffer; a miss gets one
- * O_DIRECT read into the new placeholder, copied once it lands; a wait
- * parks the slot until the other request's fill ends and then looks up
- * again; FULL reads the page straight into the buffer. When a window has
- * nothing in flight the next one starts; after the last, the request
- * finishes like a direct read.
+ * read, and walks the 4 KiB pages of its span CACHE_WINDOW at a time, one
+ * page_slot each. For each page: a hit is copied into the request's buffer;
+ * a miss gets one O_DIRECT read into the new placeholder, copied once it
+ * lands; a wait parks the slot until the other request's fill ends (the end
+ * is posted to this worker) and then looks up again; FULL reads the page
+ * straight into the buffer. When a window has nothing in flight the next
+ * one starts; after the last, the request finishes like a direct read. A
+ * prefetch copies nothing and has no buffer.
  *
  * Coherence is kept by the writers: every WRITE, TRIM and WRITE_ZEROES of
  * the file, through any export, calls cache_invalidate() after its I/O and
@@ -20,9 +22,8 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <string.h>
-#include <unistd.h>
 
-#include "daemon.h"
+#include "conn.h"
 
 #define CACHE_PREFETCH_MAX_BYTES (32u << 20) /* NBD_CMD_CACHE is advisory beyond this */
 
@@ -31,12 +32,14 @@ static struct cache *srv_cache(const struct req *q)
 	return q->c->w->srv->cache;
 }
 
-static uint64_t cache_id(const struct req *q)
+static uint64_t file_cache_id(const struct req *q)
 {
 	return q->c->exp->file_locks->cache_id;
 }
 
 static void cached_window(struct req *q);
+static void slot_fill_done(struct conn_op *o, int res);
+static void slot_resume(struct conn_op *o, int res);
 
 /* One outcome of the window is in: the next window when none is left. */
 static void slot_done(struct req *q)
@@ -50,35 +53,47 @@ static void slot_done(struct req *q)
 		cached_window(q);
 }
 
+/* Any thread: the fill it waited for has ended; resume on its own worker. */
 static void slot_wake(struct cache_waiter *w)
 {
-	struct cache_slot *s = (struct cache_slot *)((char *)w - offsetof(struct cache_slot, w));
+	struct page_slot *s = container_of(w, struct page_slot, w);
 
-	worker_post_slot(s); /* any thread: the request resumes on its own worker */
+	worker_post(s->q->c->w, &s->op.op, 0);
 }
 
 /* Reads page s->index into dst (a placeholder, or the request's buffer). */
-static void slot_prep_read(struct cache_slot *s, void *dst)
+static void slot_prep_read(struct page_slot *s, void *dst)
 {
 	struct req *q = s->q;
-	struct io_uring_sqe *sqe = ring_get_sqe(q->c, s, OP_CACHE_FILL);
+	struct io_uring_sqe *sqe;
 
+	conn_op_init(&s->op, q->c, slot_fill_done);
+	sqe = conn_sqe(&s->op);
 	io_uring_prep_read(sqe, q->c->exp->fd, dst, CACHE_PAGE_BYTES, s->index * CACHE_PAGE_BYTES);
 	q->cache_pending++;
 }
 
+/* The page's place in the request's buffer (a page never straddles a chunk). */
+static void *slot_buf(const struct page_slot *s)
+{
+	struct iovec v;
+
+	iov_slice(s->q->iov, s->q->niov, s->buf_off, CACHE_PAGE_BYTES, &v);
+	return v.iov_base;
+}
+
 /* Looks page s up; whatever cannot be answered now adds to cache_pending. */
-static void slot_lookup(struct cache_slot *s)
+static void slot_lookup(struct page_slot *s)
 {
 	struct req *q = s->q;
 	struct cache *cache = srv_cache(q);
 	bool read = q->r.type == NBD_CMD_READ;
 	struct cache_page *p;
 
-	switch (cache_lookup(cache, cache_id(q), s->index, &s->w, &p)) {
+	switch (cache_lookup(cache, file_cache_id(q), s->index, &s->w, &p)) {
 	case CACHE_HIT:
 		if (read)
-			iov_copy_in(q->iov, q->niov, s->buf_off, cache_page_data(p), CACHE_PAGE_BYTES);
+			memcpy(slot_buf(s), cache_page_data(p), CACHE_PAGE_BYTES);
 		cache_unpin(cache, p);
 		break;
 	case CACHE_MISS:
@@ -86,25 +101,21 @@ static void slot_lookup(struct cache_slot *s)
 		slot_prep_read(s, cache_page_data(p));
 		break;
 	case CACHE_WAIT:
+		conn_op_init(&s->op, q->c, slot_resume);
+		conn_expect(&s->op); /* slot_wake posts it */
 		q->cache_pending++;
-		q->c->sqes++; /* parked: the connection outlives the wait */
 		break;
 	case CACHE_FULL:
 		s->p = NULL;
-		if (read) {
-			struct iovec v;
-
-			/* A page never straddles a pool chunk: both are page-aligned. */
-			iov_slice(q->iov, q->niov, s->buf_off, CACHE_PAGE_BYTES, &v);
-			slot_prep_read(s, v.iov_base);
-		}
+		if (read)
+			slot_prep_read(s, slot_buf(s));
 		break;
 	}
 }
 
 static void cached_window(struct req *q)
 {
-	uint64_t first = q->io_off / CACHE_PAGE_BYTES;
+	uint64_t first = q->plan.io_off / CACHE_PAGE_BYTES;
 	unsigned i, n;
 
 	while (q->cache_pending == 0) {
@@ -116,7 +127,7 @@ static void cached_window(struct req *q)
 		if (n > CACHE_WINDOW)
 			n = CACHE_WINDOW;
 		for (i = 0; i < n; i++) {
-			struct cache_slot *s = &q->slots[i];
+			struct page_slot *s = &q->slots[i];
 
 			s->q = q;
 			s->p = NULL;
@@ -129,10 +140,11 @@ static void cached_window(struct req *q)
 	}
 }
 
-void req_cached_start(struct req *q)
+void cached_start(struct req *q)
 {
-	uint64_t len = q->io_len;
+	uint64_t len = q->plan.io_len;
 
+	req_set_state(q, REQ_CACHED);
 	if (q->r.type == NBD_CMD_CACHE && len > CACHE_PREFETCH_MAX_BYTES)
 		len = CACHE_PREFETCH_MAX_BYTES;
 	q->cache_next = 0;
@@ -142,23 +154,49 @@ void req_cached_start(struct req *q)
 	cached_window(q);
 }
 
-void cache_slot_fill_done(struct cache_slot *s, int res)
+#ifdef URINGNBD_TEST_HOOKS
+/*
+ * Test builds only: hold a fill open for srv->test_fill_delay_ms (a timeout
+ * on the ring, so the loop runs on) so that a write can overtake it.
+ * Returns true if the fill's end was deferred.
+ */
+static bool slot_hold_fill(struct page_slot *s, int res)
 {
-	struct req *q = s->q;
-	unsigned delay = q->c->w->srv->test_fill_delay_ms;
+	unsigned delay = s->q->c->w->srv->test_fill_delay_ms;
+	struct io_uring_sqe *sqe;
 
+	if (!delay || !s->p || s->delayed)
+		return false;
+	s->delayed = true;
+	s->held_res = res;
+	s->hold.tv_sec = delay / 1000;
+	s->hold.tv_nsec = (long long)(delay % 1000) * 1000000;
+	sqe = conn_sqe(&s->op);
+	io_uring_prep_timeout(sqe, &s->hold, 0, 0);
+	return true;
+}
+#endif
+
+static void slot_fill_done(struct conn_op *o, int res)
+{
+	struct page_slot *s = container_of(o, struct page_slot, op);
+	struct req *q = s->q;
+	bool read = q->r.type == NBD_CMD_READ;
+
+#ifdef URINGNBD_TEST_HOOKS
+	if (slot_hold_fill(s, res))
+		return;
+	if (s->delayed) {
+		s->delayed = false;
+		res = s->held_res;
+	}
+#endif
 	if (res >= 0 && res < (int)CACHE_PAGE_BYTES) {
 		/* The end of the file: the rest of the page reads as zeroes. */
-		uint8_t *dst = s->p ? cache_page_data(s->p) : NULL;
+		uint8_t *dst = s->p ? cache_page_data(s->p) : read ? slot_buf(s) : NULL;
 
 		if (dst)
 			memset(dst + res, 0, CACHE_PAGE_BYTES - (unsigned)res);
-		else if (q->r.type == NBD_CMD_READ) {
-			struct iovec v;
-
-			iov_slice(q->iov, q->niov, s->buf_off, CACHE_PAGE_BYTES, &v);
-			memset((uint8_t *)v.iov_base + res, 0, CACHE_PAGE_BYTES - (unsigned)res);
-		}
 	}
 	if (res < 0 && q->nbd_error == NBD_SUCCESS) {
 		log_warn("conn %" PRIu64 ": cache fill at offset %" PRIu64 ": %s", q->c->id,
@@ -166,22 +204,20 @@ void cache_slot_fill_done(struct cache_slot *s, int res)
 		q->nbd_error = proto_errno_to_nbd(-res);
 	}
 	if (s->p) {
-		/* Tests only: hold the fill open so that a write can overtake it. */
-		if (delay)
-			usleep(delay * 1000u);
-		if (res >= 0 && q->r.type == NBD_CMD_READ)
-			iov_copy_in(q->iov, q->niov, s->buf_off, cache_page_data(s->p),
-				    CACHE_PAGE_BYTES);
+		if (res >= 0 && read)
+			memcpy(slot_buf(s), cache_page_data(s->p), CACHE_PAGE_BYTES);
 		cache_fill_done(srv_cache(q), s->p, res >= 0);
 		s->p = NULL;
 	}
 	slot_done(q);
 }
 
-void cache_slot_resume(struct cache_slot *s)
+static void slot_resume(struct conn_op *o, int res)
 {
+	struct page_slot *s = container_of(o, struct page_slot, op);
 	struct req *q = s->q;
 
+	(void)res;
 	/* The wait is over: look up again (a hit now, or a new fill). */
 	if (q->c->state != CONN_CLOSING && q->nbd_error == NBD_SUCCESS) {
 		q->cache_pending--;
@@ -189,20 +225,4 @@ void cache_slot_resume(struct cache_slot *s)
 		q->cache_pending++;
 	}
 	slot_done(q);
-}
-
-int cache_mode_parse(const char *s)
-{
-	if (!strcmp(s, "none"))
-		return CACHE_MODE_NONE;
-	if (!strcmp(s, "always"))
-		return CACHE_MODE_ALWAYS;
-	if (!strcmp(s, "auto"))
-		return CACHE_MODE_AUTO;
-	return -1;
-}
-
-const char *cache_mode_name(int mode)
-{
-	return mode == CACHE_MODE_ALWAYS ? "always" : mode == CACHE_MODE_AUTO ? "auto" : "none";
 }

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 /*
  * The configuration file: INI-style, a [global] section and one
  * [export NAME] section per export, '#' or ';' comments, "key = value".
@@ -295,3 +296,83 @@ out_err:
 	config_free(cfg);
 	return -1;
 }
+
+int cache_mode_parse(const char *s)
+{
+	if (!strcmp(s, "none"))
+		return CACHE_MODE_NONE;
+	if (!strcmp(s, "always"))
+		return CACHE_MODE_ALWAYS;
+	if (!strcmp(s, "auto"))
+		return CACHE_MODE_AUTO;
+	return -1;
+}
+
+const char *cache_mode_name(int mode)
+{
+	return mode == CACHE_MODE_ALWAYS ? "always" : mode == CACHE_MODE_AUTO ? "auto" : "none";
+}
+
+int config_add_export(struct config *cfg, const struct export_spec *spec)
+{
+	struct export_spec *a = realloc(cfg->exports, (cfg->nexports + 1) * sizeof(*a));
+
+	if (!a)
+		return -1;
+	cfg->exports = a;
+	a[cfg->nexports++] = *spec;
+	return 0;
+}
+
+/*
+ * The exports in force: the file's, then the command line's; a command-line
+ * export replaces a file export of the same name. Returns a new array of
+ * borrowed specs (free only the array), or NULL with *n = 0 on error.
+ */
+struct export_spec *config_merge_exports(const struct config *file, const struct config *cli,
+					 size_t *n)
+{
+	struct export_spec *m = calloc(file->nexports + cli->nexports + 1, sizeof(*m));
+	size_t i, j, k = 0;
+
+	*n = 0;
+	if (!m)
+		return NULL;
+	for (i = 0; i < file->nexports; i++) {
+		for (j = 0; j < cli->nexports; j++)
+			if (!strcmp(cli->exports[j].name, file->exports[i].name))
+				break;
+		if (j == cli->nexports)
+			m[k++] = file->exports[i];
+	}
+	for (j = 0; j < cli->nexports; j++)
+		m[k++] = cli->exports[j];
+	*n = k;
+	return m;
+}
+
+/* Refuses duplicate or over-long names among the merged exports. */
+int config_check_exports(const struct export_spec *specs, size_t n)
+{
+	size_t i, j;
+
+	if (n == 0) {
+		log_error("no exports configured");
+		return -1;
+	}
+	for (i = 0; i < n; i++) {
+		if (strlen(specs[i].name) > PROTO_NAME_MAX ||
+		    strlen(specs[i].description) > PROTO_NAME_MAX) {
+			log_error("export \"%.64s\": name and description are limited to %d bytes",
+				  specs[i].name, PROTO_NAME_MAX);
+			return -1;
+		}
+		for (j = 0; j < i; j++)
+			if (strcmp(specs[i].name, specs[j].name) == 0) {
+				log_error("export name \"%s\" given twice", specs[i].name);
+				return -1;
+			}
+	}
+	return 0;
+}
+

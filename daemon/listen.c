@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 /*
  * Listeners: TCP, unix sockets, and sockets passed by systemd (LISTEN_FDS).
  * They live on the main thread's loop; each accepted socket goes to a worker.
@@ -224,11 +225,11 @@ void listen_pause(struct server *srv)
 {
 	size_t i;
 
-	if (srv->accept_paused)
+	if (atomic_load(&srv->accept_paused))
 		return;
 	for (i = 0; i < srv->nlisteners; i++)
 		ev_io_stop(srv->loop, &srv->listeners[i].watcher);
-	__atomic_store_n(&srv->accept_paused, true, __ATOMIC_SEQ_CST);
+	atomic_store(&srv->accept_paused, true);
 	log_warn("%u connection%s, the limit: new clients wait until one ends", srv->max_conns,
 		 srv->max_conns == 1 ? "" : "s");
 	/* A connection that ended before the flag was set sent no wakeup. */
@@ -240,9 +241,10 @@ void listen_resume(struct server *srv)
 {
 	size_t i;
 
-	if (!srv->accept_paused || srv->shutting_down || server_at_capacity(srv))
+	if (!atomic_load(&srv->accept_paused) || server_shutting_down(srv) ||
+	    server_at_capacity(srv))
 		return;
-	__atomic_store_n(&srv->accept_paused, false, __ATOMIC_SEQ_CST);
+	atomic_store(&srv->accept_paused, false);
 	for (i = 0; i < srv->nlisteners; i++)
 		ev_io_start(srv->loop, &srv->listeners[i].watcher);
 	log_info("accepting again");

@@ -1,5 +1,6 @@
+// SPDX-License-Identifier: BSD-3-Clause
 /*
- * uringnbd: command line, configuration, start-up, signals and shutdown.
+ * uringnbd: configuration, start-up, signals and shutdown.
  *
  * The main thread merges the configuration (defaults < --config file <
  * command line), opens the exports, starts the workers, listens, writes the
@@ -13,7 +14,6 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
@@ -23,7 +23,6 @@
 
 #include "daemon.h"
 
-#define DEFAULT_PORT "10809"
 #define DEFAULT_POOL_BYTES (64u * 1024 * 1024)
 #define DEFAULT_CACHE_BYTES (64u * 1024 * 1024)
 #define DEFAULT_MAX_CONNS 1024  /* about 460 KiB each, buffers apart */
@@ -34,119 +33,6 @@ static struct server srv;
 static struct config cli;          /* what the command line said */
 static const char *config_path;    /* --config, or NULL */
 static int stop_signals;
-
-static void usage(FILE *f)
-{
-	fprintf(f,
-		"usage: uringnbd [OPTIONS] [FILE]\n"
-		"Export FILE (a regular file or block device) over NBD with O_DIRECT I/O.\n\n"
-		"  -c, --config PATH    read settings and exports from PATH (see uringnbd.conf(5))\n"
-		"  -e, --export NAME=PATH[,readonly][,cache=MODE][,description=TEXT]\n"
-		"                       one more export (repeatable); FILE is the export -n names\n"
-		"  -U, --unix PATH      listen on a unix socket (with only -U, no TCP)\n"
-		"  -b, --bind ADDR      TCP address to listen on (default localhost)\n"
-		"  -p, --port PORT      TCP port (default " DEFAULT_PORT ")\n"
-		"  -n, --name NAME      export name of FILE (default \"\")\n"
-		"  -d, --description TEXT  description of FILE\n"
-		"  -r, --read-only      FILE refuses writes\n"
-		"      --cache MODE     FILE's reads: none (direct), always or auto (default none)\n"
-		"      --cache-size SIZE  the page cache shared by cached exports (default 64M)\n"
-		"  -t, --threads N      worker threads (default: online CPUs)\n"
-		"      --pool-size SIZE buffer pool per worker, e.g. 64M (default 64M)\n"
-		"      --max-connections N  more clients wait to be accepted (default 1024, 0: no limit)\n"
-		"      --handshake-timeout S  close negotiations longer than S seconds (default 10, 0: none)\n"
-		"      --pid-file PATH  write the pid here once listening\n"
-		"  -l, --log-level L    error, warning, info (default) or debug\n"
-		"  -v, --verbose        the same as --log-level debug\n"
-		"  -V, --version        print the version and exit\n"
-		"  -h, --help           print this help and exit\n");
-}
-
-/*
- * --export NAME=PATH[,readonly][,description=TEXT]: fills *spec from a
- * copy of arg. description= takes the rest of the argument, commas included.
- */
-static int parse_export(const char *arg, struct export_spec *spec)
-{
-	char *s, *eq, *key, *next;
-
-	memset(spec, 0, sizeof(*spec));
-	s = spec->storage = strdup(arg);
-	if (!s)
-		return -1;
-	spec->description = "";
-	eq = strchr(s, '=');
-	if (!eq || eq == s) {
-		fprintf(stderr, "uringnbd: --export \"%s\": expected NAME=PATH[,readonly]"
-				"[,description=TEXT]\n", arg);
-		return -1;
-	}
-	*eq = '\0';
-	spec->name = s;
-	spec->path = eq + 1;
-	next = strchr(spec->path, ',');
-	if (next)
-		*next++ = '\0';
-	if (!spec->path[0]) {
-		fprintf(stderr, "uringnbd: --export \"%s\": no PATH\n", arg);
-		return -1;
-	}
-	while ((key = next)) {
-		if (strncmp(key, "description=", 12) == 0) {
-			spec->description = key + 12;
-			break;
-		}
-		next = strchr(key, ',');
-		if (next)
-			*next++ = '\0';
-		if (strcmp(key, "readonly") == 0 || strcmp(key, "ro") == 0) {
-			spec->readonly = true;
-		} else if (strncmp(key, "cache=", 6) == 0 && cache_mode_parse(key + 6) >= 0) {
-			spec->cache_mode = cache_mode_parse(key + 6);
-		} else {
-			fprintf(stderr, "uringnbd: --export \"%s\": unknown key \"%s\"\n", arg, key);
-			return -1;
-		}
-	}
-	return 0;
-}
-
-static int add_spec(struct config *cfg, const struct export_spec *spec)
-{
-	struct export_spec *a = realloc(cfg->exports, (cfg->nexports + 1) * sizeof(*a));
-
-	if (!a)
-		return -1;
-	cfg->exports = a;
-	a[cfg->nexports++] = *spec;
-	return 0;
-}
-
-/*
- * The exports in force: the file's, then the command line's; a command-line
- * export replaces a file export of the same name. Returns a new array of
- * borrowed specs (free only the array), or NULL with *n = 0 on error.
- */
-static struct export_spec *merge_exports(const struct config *file, size_t *n)
-{
-	struct export_spec *m = calloc(file->nexports + cli.nexports + 1, sizeof(*m));
-	size_t i, j, k = 0;
-
-	*n = 0;
-	if (!m)
-		return NULL;
-	for (i = 0; i < file->nexports; i++) {
-		for (j = 0; j < cli.nexports; j++)
-			if (!strcmp(cli.exports[j].name, file->exports[i].name))
-				break;
-		if (j == cli.nexports)
-			m[k++] = file->exports[i];
-	}
-	for (j = 0; j < cli.nexports; j++)
-		m[k++] = cli.exports[j];
-	*n = k;
-	return m;
-}
 
 static void log_stats(void)
 {
@@ -248,7 +134,7 @@ static void on_reload(struct ev_loop *loop, ev_signal *w, int revents)
 		notify_send("READY=1");
 		return;
 	}
-	specs = merge_exports(&file, &n);
+	specs = config_merge_exports(&file, &cli, &n);
 	t = specs ? server_build_exports(&srv, specs, n) : NULL;
 	if (!t) {
 		log_error("reload: exports of \"%s\" could not be opened; the previous configuration "
@@ -280,121 +166,6 @@ static int write_pid_file(const char *path)
 	return 0;
 }
 
-/* A global option, checked as the config file's key of that name is. */
-static int cli_global(const char *key, const char *value)
-{
-	const char *why = NULL;
-
-	if (config_set_global(&cli, key, value, &why) == 0)
-		return 0;
-	fprintf(stderr, "uringnbd: --%s \"%s\": %s\n", key, value, why ? why : "out of memory");
-	return -1;
-}
-
-/* Parses the command line into cli (and config_path). Returns -1 to exit 1, 1 to exit 0. */
-static int parse_args(int argc, char **argv)
-{
-	static const struct option longopts[] = {
-		{ "config", required_argument, NULL, 'c' },
-		{ "export", required_argument, NULL, 'e' },
-		{ "unix", required_argument, NULL, 'U' },
-		{ "bind", required_argument, NULL, 'b' },
-		{ "port", required_argument, NULL, 'p' },
-		{ "name", required_argument, NULL, 'n' },
-		{ "description", required_argument, NULL, 'd' },
-		{ "read-only", no_argument, NULL, 'r' },
-		{ "threads", required_argument, NULL, 't' },
-		{ "pool-size", required_argument, NULL, 'P' },
-		{ "max-connections", required_argument, NULL, 'M' },
-		{ "handshake-timeout", required_argument, NULL, 'H' },
-		{ "cache", required_argument, NULL, 'C' },
-		{ "cache-size", required_argument, NULL, 'S' },
-		{ "pid-file", required_argument, NULL, 'F' },
-		{ "log-level", required_argument, NULL, 'l' },
-		{ "verbose", no_argument, NULL, 'v' },
-		{ "version", no_argument, NULL, 'V' },
-		{ "help", no_argument, NULL, 'h' },
-		{ NULL, 0, NULL, 0 },
-	};
-	struct export_spec file_spec = { .name = "", .description = "" }, spec;
-	int opt;
-
-	config_init(&cli);
-	while ((opt = getopt_long(argc, argv, "c:e:U:b:p:n:d:rt:l:vVh", longopts, NULL)) != -1) {
-		switch (opt) {
-		case 'c': config_path = optarg; break;
-		case 'e':
-			if (parse_export(optarg, &spec) < 0 || add_spec(&cli, &spec) < 0) {
-				free(spec.storage);
-				return -1;
-			}
-			break;
-		case 'U': if (cli_global("unix", optarg) < 0) return -1; break;
-		case 'b': if (cli_global("bind", optarg) < 0) return -1; break;
-		case 'p': if (cli_global("port", optarg) < 0) return -1; break;
-		case 'n': file_spec.name = optarg; break;
-		case 'd': file_spec.description = optarg; break;
-		case 'r': file_spec.readonly = true; break;
-		case 't': if (cli_global("threads", optarg) < 0) return -1; break;
-		case 'P': if (cli_global("pool-size", optarg) < 0) return -1; break;
-		case 'M': if (cli_global("max-connections", optarg) < 0) return -1; break;
-		case 'H': if (cli_global("handshake-timeout", optarg) < 0) return -1; break;
-		case 'S': if (cli_global("cache-size", optarg) < 0) return -1; break;
-		case 'F': if (cli_global("pid-file", optarg) < 0) return -1; break;
-		case 'l': if (cli_global("log-level", optarg) < 0) return -1; break;
-		case 'C':
-			file_spec.cache_mode = cache_mode_parse(optarg);
-			if (file_spec.cache_mode < 0) {
-				fprintf(stderr, "uringnbd: --cache \"%s\": expected none, always or auto\n",
-					optarg);
-				return -1;
-			}
-			break;
-		case 'v': cli.log_level = LOG_DEBUG; break;
-		case 'V': printf("uringnbd " URINGNBD_VERSION "\n"); return 1;
-		case 'h': usage(stdout); return 1;
-		default: usage(stderr); return -1;
-		}
-	}
-	if (optind < argc - 1 || (optind == argc && cli.nexports == 0 && !config_path)) {
-		fprintf(stderr, "uringnbd: expected one FILE to export, --export or --config\n");
-		usage(stderr);
-		return -1;
-	}
-	/* The positional FILE is an export too, named by --name. */
-	if (optind == argc - 1) {
-		file_spec.path = argv[optind];
-		if (add_spec(&cli, &file_spec) < 0)
-			return -1;
-	}
-	return 0;
-}
-
-/* Refuses duplicate or over-long names among the merged exports. */
-static int check_specs(const struct export_spec *specs, size_t n)
-{
-	size_t i, j;
-
-	if (n == 0) {
-		log_error("no exports configured");
-		return -1;
-	}
-	for (i = 0; i < n; i++) {
-		if (strlen(specs[i].name) > PROTO_NAME_MAX ||
-		    strlen(specs[i].description) > PROTO_NAME_MAX) {
-			log_error("export \"%.64s\": name and description are limited to %d bytes",
-				  specs[i].name, PROTO_NAME_MAX);
-			return -1;
-		}
-		for (j = 0; j < i; j++)
-			if (strcmp(specs[i].name, specs[j].name) == 0) {
-				log_error("export name \"%s\" given twice", specs[i].name);
-				return -1;
-			}
-	}
-	return 0;
-}
-
 int main(int argc, char **argv)
 {
 	struct config file;
@@ -408,7 +179,7 @@ int main(int argc, char **argv)
 	unsigned i, started = 0;
 
 	config_init(&file);
-	ret = parse_args(argc, argv);
+	ret = cli_parse(argc, argv, &cli, &config_path);
 	if (ret)
 		return ret < 0 ? 1 : 0;
 	if (config_path && config_load(config_path, &file) < 0)
@@ -443,10 +214,12 @@ int main(int argc, char **argv)
 		log_error("page cache: out of memory");
 		goto out_config;
 	}
+#ifdef URINGNBD_TEST_HOOKS
 	if (getenv("URINGNBD_TEST_FILL_DELAY_MS"))
 		srv.test_fill_delay_ms = (unsigned)atoi(getenv("URINGNBD_TEST_FILL_DELAY_MS"));
-	specs = merge_exports(&file, &nspecs);
-	if (!specs || check_specs(specs, nspecs) < 0)
+#endif
+	specs = config_merge_exports(&file, &cli, &nspecs);
+	if (!specs || config_check_exports(specs, nspecs) < 0)
 		goto out_config;
 	srv.exports = server_build_exports(&srv, specs, nspecs);
 	if (!srv.exports)
@@ -460,7 +233,7 @@ int main(int argc, char **argv)
 	if (unix_path && listen_unix(&srv, unix_path) < 0)
 		goto out_listeners;
 	if ((bind_addr || port || (!unix_path && !inherited)) &&
-	    listen_tcp(&srv, bind_addr ? bind_addr : "localhost", port ? port : DEFAULT_PORT) < 0)
+	    listen_tcp(&srv, bind_addr ? bind_addr : "localhost", port ? port : LISTEN_DEFAULT_PORT) < 0)
 		goto out_listeners;
 
 	srv.nworkers = (unsigned)threads;
@@ -508,7 +281,7 @@ out_workers:
 		sigaction(SIGINT, &sa, NULL);
 	}
 	/* Stop accepting first, then let every worker finish its connections. */
-	srv.shutting_down = true;
+	atomic_store_explicit(&srv.shutting_down, true, memory_order_relaxed);
 	listen_close(&srv);
 	for (i = 0; i < started; i++)
 		worker_stop(&srv.workers[i]);

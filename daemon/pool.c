@@ -1,11 +1,7 @@
+// SPDX-License-Identifier: BSD-3-Clause
 /*
- * The buffer pool: page-aligned memory for O_DIRECT, mapped and faulted in
- * once at start, handed out in 64 KiB chunks (one iovec each) from a stack
- * of free chunk indices. A request of n bytes takes ceil(n / 64 KiB) chunks,
- * so even the largest request (32 MiB) is one readv/writev of 512 iovecs.
- *
- * Owned by one worker; not thread-safe. When the pool is empty, the caller
- * parks and retries after pool_put() (see the worker's wait FIFO).
+ * The buffer pool and iovec helpers (see pool.h). Chunks are handed out
+ * lowest index first, so consecutive gets tend to be contiguous.
  */
 #include <assert.h>
 #include <errno.h>
@@ -13,15 +9,15 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#include "daemon.h"
+#include "pool.h"
 
-int pool_init(struct pool *p, size_t size_bytes)
+int pool_init(struct pool *p, size_t size_bytes, uint32_t min_chunks)
 {
 	uint32_t i;
 
 	p->nchunks = (uint32_t)(size_bytes / POOL_CHUNK_BYTES);
-	if (p->nchunks < POOL_MAX_CHUNKS_PER_REQ)
-		p->nchunks = POOL_MAX_CHUNKS_PER_REQ;
+	if (p->nchunks < min_chunks)
+		p->nchunks = min_chunks;
 	p->base = mmap(NULL, (size_t)p->nchunks * POOL_CHUNK_BYTES, PROT_READ | PROT_WRITE,
 		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
 	if (p->base == MAP_FAILED)
@@ -51,7 +47,6 @@ int pool_get(struct pool *p, uint64_t len_bytes, struct iovec *iov)
 {
 	uint32_t n = pool_chunks_for(len_bytes), i;
 
-	assert(n <= POOL_MAX_CHUNKS_PER_REQ);
 	if (n > p->nfree)
 		return -ENOBUFS;
 	for (i = 0; i < n; i++) {

@@ -1,40 +1,25 @@
+// SPDX-License-Identifier: BSD-3-Clause
 /*
  * Replies: queued per connection in completion order and sent by one
  * sendmsg at a time, each carrying as many queued replies (header iovec
  * plus data chunks) as fit in 1024 iovecs. One send in flight keeps replies
- * whole on the wire; batching keeps it to about one syscall-free SQE per
- * loop iteration under load.
+ * whole on the wire; batching keeps it to about one SQE per loop iteration
+ * under load. A reply's request is recycled once the send has carried it.
  */
 #define _GNU_SOURCE
 #include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <string.h>
-#include <sys/socket.h>
 
-#include "daemon.h"
+#include "conn.h"
 
 #define SEND_IOV_MAX (sizeof(((struct conn *)0)->send_iov) / sizeof(struct iovec))
 
-void req_reply(struct req *q)
-{
-	struct conn *c = q->c;
-	bool has_data = false;
+static void reply_send_done(struct conn_op *o, int res);
 
-	if (!q->reply_raw_len)
-		q->reply_hdr_len = (uint32_t)proto_encode_reply(&c->sess, q->reply_hdr, &q->r,
-								q->nbd_error, &has_data);
-	q->reply_data = has_data;
-	q->next = NULL;
-	if (c->sendq_tail)
-		c->sendq_tail->next = q;
-	else
-		c->sendq_head = q;
-	c->sendq_tail = q;
-	conn_send_kick(c);
-}
-
-void conn_send_kick(struct conn *c)
+/* Sends what is queued, if no send is in flight. */
+static void reply_send(struct conn *c)
 {
 	struct io_uring_sqe *sqe;
 	struct req *q, **tail = &c->sending;
@@ -57,7 +42,8 @@ void conn_send_kick(struct conn *c)
 		}
 		n++;
 		if (q->reply_data)
-			n += iov_slice(q->iov, q->niov, q->data_off, q->r.len_bytes, &c->send_iov[n]);
+			n += iov_slice(q->iov, q->niov, q->plan.data_off, q->r.len_bytes,
+				       &c->send_iov[n]);
 		c->sendq_head = q->next;
 		if (!c->sendq_head)
 			c->sendq_tail = NULL;
@@ -69,38 +55,66 @@ void conn_send_kick(struct conn *c)
 	memset(&c->send_msg, 0, sizeof(c->send_msg));
 	c->send_msg.msg_iov = c->send_iov;
 	c->send_msg.msg_iovlen = n;
-	sqe = ring_get_sqe(c, c, OP_CONN_SEND);
+	conn_op_init(&c->send_op, c, reply_send_done);
+	sqe = conn_sqe(&c->send_op);
 	io_uring_prep_sendmsg(sqe, c->fd, &c->send_msg, MSG_NOSIGNAL | MSG_WAITALL);
 }
 
-static void conn_free_sending(struct conn *c)
+void reply_queue(struct req *q)
+{
+	struct conn *c = q->c;
+	bool has_data = false;
+
+	req_set_state(q, REQ_REPLY);
+	if (!q->reply_raw_len)
+		q->reply_hdr_len = (uint32_t)proto_encode_reply(&c->sess, q->reply_hdr, &q->r,
+								q->nbd_error, &has_data);
+	q->reply_data = has_data;
+	q->next = NULL;
+	if (c->sendq_tail)
+		c->sendq_tail->next = q;
+	else
+		c->sendq_head = q;
+	c->sendq_tail = q;
+	reply_send(c);
+}
+
+/* The replies the finished send carried. */
+static void reply_recycle_sent(struct conn *c)
 {
 	struct req *q = c->sending, *next;
 
 	c->sending = NULL;
 	for (; q; q = next) {
 		next = q->next;
-		req_free(q);
+		req_recycle(q);
 	}
 }
 
-void conn_send_done(struct conn *c, int res)
+/* The connection closes: recycle every reply not yet sent. */
+static void reply_drop_all(struct conn *c)
 {
+	reply_recycle_sent(c);
+	while (c->sendq_head) {
+		struct req *q = c->sendq_head;
+
+		c->sendq_head = q->next;
+		req_recycle(q);
+	}
+	c->sendq_tail = NULL;
+}
+
+static void reply_send_done(struct conn_op *o, int res)
+{
+	struct conn *c = o->c;
 	struct msghdr *m = &c->send_msg;
 	size_t left = res > 0 ? (size_t)res : 0;
 
 	if (c->state == CONN_CLOSING || res <= 0) {
 		if (c->state != CONN_CLOSING)
 			conn_close(c, res == 0 ? "send made no progress" : strerror(-res));
-		conn_free_sending(c);
 		/* Replies still queued go with the connection. */
-		while (c->sendq_head) {
-			struct req *q = c->sendq_head;
-
-			c->sendq_head = q->next;
-			req_free(q);
-		}
-		c->sendq_tail = NULL;
+		reply_drop_all(c);
 		return;
 	}
 	/* Skip what was sent; resubmit the rest of a short send. */
@@ -114,10 +128,10 @@ void conn_send_done(struct conn *c, int res)
 
 		m->msg_iov->iov_base = (uint8_t *)m->msg_iov->iov_base + left;
 		m->msg_iov->iov_len -= left;
-		sqe = ring_get_sqe(c, c, OP_CONN_SEND);
+		sqe = conn_sqe(&c->send_op);
 		io_uring_prep_sendmsg(sqe, c->fd, m, MSG_NOSIGNAL | MSG_WAITALL);
 		return;
 	}
-	conn_free_sending(c);
-	conn_send_kick(c);
+	reply_recycle_sent(c);
+	reply_send(c);
 }

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 /*
  * The server's export table: looked up by every worker during negotiation
  * (read lock) and replaced whole by a reload (write lock). A connection
@@ -39,21 +40,25 @@ int server_export_nth(void *ctx, size_t i, struct proto_export *out)
 	return 0;
 }
 
+bool server_shutting_down(const struct server *s)
+{
+	return atomic_load_explicit(&s->shutting_down, memory_order_relaxed);
+}
+
 void server_accept(struct server *s, int fd)
 {
-	if (s->shutting_down) {
+	if (server_shutting_down(s)) {
 		close(fd);
 		return;
 	}
-	__atomic_add_fetch(&s->live_conns, 1, __ATOMIC_SEQ_CST);
+	atomic_fetch_add(&s->live_conns, 1);
 	/* Round-robin: a connection stays on its worker for its whole life. */
 	worker_adopt(&s->workers[s->next_worker++ % s->nworkers], fd);
 }
 
 bool server_at_capacity(struct server *s)
 {
-	return s->max_conns &&
-	       __atomic_load_n(&s->live_conns, __ATOMIC_SEQ_CST) >= s->max_conns;
+	return s->max_conns && atomic_load(&s->live_conns) >= s->max_conns;
 }
 
 void server_conn_gone(struct server *s)
@@ -62,15 +67,11 @@ void server_conn_gone(struct server *s)
 	 * Paired with listen_pause(), which sets accept_paused and then reads
 	 * live_conns: one of the two sides sees the other's store.
 	 */
-	__atomic_sub_fetch(&s->live_conns, 1, __ATOMIC_SEQ_CST);
-	if (__atomic_load_n(&s->accept_paused, __ATOMIC_SEQ_CST))
+	atomic_fetch_sub(&s->live_conns, 1);
+	if (atomic_load(&s->accept_paused))
 		ev_async_send(s->loop, &s->accept_resume);
 }
 
-/*
- * Opens the exports specs describe, keeping (sharing) those of the current
- * table that match. Returns the new table, or NULL with nothing changed.
- */
 struct export **server_build_exports(struct server *s, const struct export_spec *specs,
 				     size_t n)
 {
@@ -108,7 +109,6 @@ out_err:
 	return NULL;
 }
 
-/* Installs a new table; the old one's references are dropped. */
 void server_swap_exports(struct server *s, struct export **t, size_t n)
 {
 	struct export **old;
@@ -143,6 +143,6 @@ unsigned server_connections(struct server *s)
 	unsigned i, n = 0;
 
 	for (i = 0; i < s->nworkers; i++)
-		n += __atomic_load_n(&s->workers[i].nconns, __ATOMIC_RELAXED);
+		n += atomic_load_explicit(&s->workers[i].nconns, memory_order_relaxed);
 	return n;
 }

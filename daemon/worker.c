@@ -1,14 +1,18 @@
+// SPDX-License-Identifier: BSD-3-Clause
 /*
  * Workers: one thread, one libev loop, one io_uring, one buffer pool each.
+ * This is the loop-and-ring layer; it knows no NBD types.
  *
  * libev owns waiting. The ring signals an eventfd on every completion; an
- * ev_io on it drains the completion queue through the dispatch table. SQEs
- * queued by handlers are submitted once per loop iteration from an
- * ev_prepare watcher (or early, if the submission queue fills). Handlers
- * only change state and queue SQEs: they never wait and never recurse.
- *
- * user_data = object pointer | op code; objects are at least 16-byte
- * aligned, which the tag asserts.
+ * ev_io on it reaps the completion queue. Every SQE's user_data points at
+ * a struct op, and a completion is op->done(op, cqe->res). Work that a
+ * completion (or another thread) unblocks is posted to the worker's ready
+ * list and run from the loop, never from inside the handler that freed it:
+ * handlers only change state, queue SQEs and post ops, they never wait and
+ * never recurse. Requests waiting for buffer chunks wait in a FIFO and are
+ * posted, oldest first, when the pool has room for them. SQEs are submitted
+ * once per loop iteration from an ev_prepare watcher (or early, if the
+ * submission queue fills).
  */
 #define _GNU_SOURCE
 #include <assert.h>
@@ -24,209 +28,177 @@
 #define RING_ENTRIES 1024
 #define RING_CQ_ENTRIES 8192
 
-typedef void (*conn_done_fn)(struct conn *c, int res);
-typedef void (*req_done_fn)(struct req *q, int res);
-typedef void (*slot_done_fn)(struct cache_slot *s, int res);
-
-/* The one place a completion finds its handler. */
-static const struct {
-	conn_done_fn conn;
-	req_done_fn req;
-	slot_done_fn slot;
-} dispatch[OP_MAX] = {
-	[OP_CONN_HS] = { .conn = conn_hs_done },
-	[OP_CONN_RX] = { .conn = conn_rx_done },
-	[OP_CONN_RX_SKIP] = { .conn = conn_rx_skip_done },
-	[OP_CONN_SEND] = { .conn = conn_send_done },
-	[OP_REQ_RX_DATA] = { .req = req_rx_data_done },
-	[OP_REQ_FILE] = { .req = req_file_done },
-	[OP_REQ_RMW] = { .req = req_rmw_done },
-	[OP_CACHE_FILL] = { .slot = cache_slot_fill_done },
-};
-
 /* The worker whose loop runs on this thread (NULL on the main thread). */
 static __thread struct worker *tls_worker;
 
-struct io_uring_sqe *ring_get_sqe(struct conn *c, void *obj, enum op op)
+static void worker_submit(struct worker *w)
 {
-	struct worker *w = c->w;
+	int ret = io_uring_submit(&w->ring);
+
+	/* EBUSY/EAGAIN: the kernel is short of room; reaping makes some. */
+	if (ret < 0 && ret != -EAGAIN && ret != -EBUSY && ret != -EINTR)
+		log_error("worker %d: io_uring_submit: %s", w->id, strerror(-ret));
+}
+
+struct io_uring_sqe *worker_sqe(struct worker *w, struct op *op)
+{
 	struct io_uring_sqe *sqe;
 
-	while (!(sqe = io_uring_get_sqe(&w->ring))) {
-		int ret = io_uring_submit(&w->ring);
-
-		if (ret < 0 && ret != -EAGAIN && ret != -EBUSY && ret != -EINTR) {
-			log_error("worker %d: io_uring_submit: %s", w->id, strerror(-ret));
-			abort();
-		}
-	}
-	assert(((uintptr_t)obj & OP_MASK) == 0);
-	assert(op > OP_NONE && op < OP_MAX);
-	io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)obj | op);
-	c->sqes++;
+	assert(w == tls_worker);
+	while (!(sqe = io_uring_get_sqe(&w->ring)))
+		worker_submit(w);
+	io_uring_sqe_set_data(sqe, op);
 	return sqe;
 }
 
-static void worker_dispatch(struct io_uring_cqe *cqe)
+static void ready_push(struct worker *w, struct op *op)
 {
-	uint64_t ud = io_uring_cqe_get_data64(cqe);
-	enum op op = (enum op)(ud & OP_MASK);
-	void *obj = (void *)(uintptr_t)(ud & ~(uint64_t)OP_MASK);
-	struct conn *c;
-
-	assert(op > OP_NONE && op < OP_MAX);
-	if (dispatch[op].conn) {
-		c = obj;
-		c->sqes--;
-		dispatch[op].conn(c, cqe->res);
-	} else if (dispatch[op].slot) {
-		struct cache_slot *s = obj;
-
-		c = s->q->c;
-		c->sqes--;
-		dispatch[op].slot(s, cqe->res);
-	} else {
-		struct req *q = obj;
-
-		c = q->c;
-		c->sqes--;
-		dispatch[op].req(q, cqe->res);
-	}
-	conn_put(c);
+	op->next = NULL;
+	if (w->ready_tail)
+		w->ready_tail->next = op;
+	else
+		w->ready_head = op;
+	w->ready_tail = op;
 }
 
-void worker_post_grant(struct req *q)
+void worker_post(struct worker *w, struct op *op, int res)
 {
-	struct worker *w = q->c->w;
-
+	op->res = res;
 	if (w == tls_worker) {
-		q->next = w->grants_local;
-		w->grants_local = q;
+		ready_push(w, op);
 		return;
 	}
 	pthread_mutex_lock(&w->inbox_lock);
-	q->next = w->grants_remote;
-	w->grants_remote = q;
+	op->next = w->ready_remote;
+	w->ready_remote = op;
 	pthread_mutex_unlock(&w->inbox_lock);
 	ev_async_send(w->loop, &w->wake);
 }
 
-void worker_post_slot(struct cache_slot *s)
+void worker_pool_wait(struct worker *w, struct pool_waiter *pw, bool front)
 {
-	struct worker *w = s->q->c->w;
+	struct pool_waiter **pp = &w->pool_waiters;
 
-	if (w == tls_worker) {
-		s->next = w->slots_local;
-		w->slots_local = s;
+	assert(!pw->queued);
+	if (!front)
+		while (*pp)
+			pp = &(*pp)->next;
+	pw->next = *pp;
+	*pp = pw;
+	pw->queued = true;
+}
+
+static void pool_unlink(struct worker *w, struct pool_waiter *pw)
+{
+	struct pool_waiter **pp;
+
+	for (pp = &w->pool_waiters; *pp != pw; pp = &(*pp)->next)
+		assert(*pp);
+	*pp = pw->next;
+	pw->next = NULL;
+	pw->queued = false;
+}
+
+void worker_pool_cancel(struct worker *w, struct pool_waiter *pw)
+{
+	if (!pw->queued)
 		return;
-	}
-	pthread_mutex_lock(&w->inbox_lock);
-	s->next = w->slots_remote;
-	w->slots_remote = s;
-	pthread_mutex_unlock(&w->inbox_lock);
-	ev_async_send(w->loop, &w->wake);
+	pool_unlink(w, pw);
+	worker_post(w, pw->op, -ECANCELED);
 }
 
-/* Resumes cache slots whose wait ended; each counted as pending. */
-static bool worker_run_slots(struct worker *w)
+/* Posts the oldest waiters that the free chunks can satisfy; true if any. */
+static bool worker_pool_kick(struct worker *w)
 {
-	struct cache_slot *s = w->slots_local;
+	uint32_t avail = w->pool.nfree;
+	struct pool_waiter *pw;
+	bool any = false;
 
-	w->slots_local = NULL;
-	if (!s) {
-		pthread_mutex_lock(&w->inbox_lock);
-		s = w->slots_remote;
-		w->slots_remote = NULL;
-		pthread_mutex_unlock(&w->inbox_lock);
+	while ((pw = w->pool_waiters) && pw->chunks <= avail) {
+		avail -= pw->chunks;
+		pool_unlink(w, pw);
+		worker_post(w, pw->op, 0);
+		any = true;
 	}
-	if (!s)
-		return false;
-	while (s) {
-		struct cache_slot *next = s->next;
-		struct conn *c = s->q->c;
-
-		s->next = NULL;
-		c->sqes--;
-		cache_slot_resume(s);
-		conn_put(c);
-		s = next;
-	}
-	return true;
+	return any;
 }
 
-/* Resumes requests whose range lock was granted; they count as pending ops. */
-static void worker_run_grants(struct worker *w)
+static void worker_reap(struct worker *w)
+{
+	struct io_uring_cqe *cqe;
+
+	while (io_uring_peek_cqe(&w->ring, &cqe) == 0) {
+		struct op *op = io_uring_cqe_get_data(cqe);
+		int res = cqe->res;
+
+		/* Free the CQ slot first: the handler may queue (and submit) more. */
+		io_uring_cqe_seen(&w->ring, cqe);
+		op->done(op, res);
+	}
+}
+
+/* Runs posted ops until none is left (those they post run in the same pass). */
+static void worker_run_ready(struct worker *w)
 {
 	for (;;) {
-		struct req *q = w->grants_local;
+		struct op *op = w->ready_head;
 
-		if (!q) {
+		if (!op) {
 			pthread_mutex_lock(&w->inbox_lock);
-			q = w->grants_remote;
-			w->grants_remote = NULL;
+			op = w->ready_remote;
+			w->ready_remote = NULL;
 			pthread_mutex_unlock(&w->inbox_lock);
-			if (!q) {
-				if (worker_run_slots(w))
-					continue;
-				return;
-			}
-		} else {
-			w->grants_local = NULL;
-		}
-		while (q) {
-			struct req *next = q->next;
-			struct conn *c = q->c;
+			/* Remote posts come LIFO; their order does not matter. */
+			while (op) {
+				struct op *next = op->next;
 
-			q->next = NULL;
-			c->sqes--;
-			req_lock_granted(q);
-			conn_put(c);
-			q = next;
+				ready_push(w, op);
+				op = next;
+			}
+			if (!w->ready_head && !worker_pool_kick(w))
+				return;
+			continue;
 		}
+		w->ready_head = op->next;
+		if (!w->ready_head)
+			w->ready_tail = NULL;
+		op->next = NULL;
+		op->done(op, op->res);
 	}
 }
 
 void worker_stats_add(const struct worker *w, struct worker_stats *sum)
 {
-	sum->lock_acquired += w->stats.lock_acquired;
-	sum->lock_waited += w->stats.lock_waited;
-	sum->lock_wait_ns += w->stats.lock_wait_ns;
-	sum->rmw_writes += w->stats.rmw_writes;
-	sum->buffered_ios += w->stats.buffered_ios;
+#define ADD(f) stat_add(&sum->f, atomic_load_explicit(&w->stats.f, memory_order_relaxed))
+	ADD(lock_acquired);
+	ADD(lock_waited);
+	ADD(lock_wait_ns);
+	ADD(rmw_writes);
+	ADD(buffered_ios);
+#undef ADD
 }
 
 static void worker_cq_cb(struct ev_loop *loop, ev_io *watcher, int revents)
 {
 	struct worker *w = watcher->data;
-	struct io_uring_cqe *cqe;
 	eventfd_t v;
 
 	(void)loop;
 	(void)revents;
 	(void)eventfd_read(w->efd, &v);
-	while (io_uring_peek_cqe(&w->ring, &cqe) == 0) {
-		struct io_uring_cqe copy = *cqe;
-
-		/* Free the CQ slot first: the handler may queue (and submit) more. */
-		io_uring_cqe_seen(&w->ring, cqe);
-		worker_dispatch(&copy);
-	}
-	worker_run_grants(w);
+	worker_reap(w);
+	worker_run_ready(w);
 }
 
-static void worker_submit_cb(struct ev_loop *loop, ev_prepare *watcher, int revents)
+static void worker_prepare_cb(struct ev_loop *loop, ev_prepare *watcher, int revents)
 {
 	struct worker *w = watcher->data;
-	int ret;
 
 	(void)loop;
 	(void)revents;
-	worker_run_grants(w);
-	if (!io_uring_sq_ready(&w->ring))
-		return;
-	ret = io_uring_submit(&w->ring);
-	if (ret < 0 && ret != -EAGAIN && ret != -EBUSY && ret != -EINTR)
-		log_error("worker %d: io_uring_submit: %s", w->id, strerror(-ret));
+	worker_run_ready(w);
+	if (io_uring_sq_ready(&w->ring))
+		worker_submit(w);
 	/* Completions that arrived during submit signal the eventfd. */
 }
 
@@ -238,7 +210,6 @@ static void worker_wake_cb(struct ev_loop *loop, ev_async *watcher, int revents)
 	bool stop;
 
 	(void)revents;
-	worker_run_grants(w);
 	do {
 		pthread_mutex_lock(&w->inbox_lock);
 		n = w->inbox_len < 64 ? w->inbox_len : 64;
@@ -253,91 +224,27 @@ static void worker_wake_cb(struct ev_loop *loop, ev_async *watcher, int revents)
 			if (stop) {
 				close(fds[i]);
 				server_conn_gone(w->srv);
-			} else
-				conn_new(w, fds[i]);
-		}
-	} while (n == 64);
-
-	if (stop && !w->stopping) {
-		struct conn *c, *next;
-
-		/*
-		 * Graceful: negotiations get ERR_SHUTDOWN on their next option;
-		 * connections finish their requests (new ones get ESHUTDOWN) and
-		 * close when idle; the grace timer closes the rest.
-		 */
-		w->stopping = true;
-		ev_timer_start(loop, &w->grace);
-		for (c = w->conns; c; c = next) {
-			next = c->next;
-			if (c->state == CONN_TRANSMIT && c->live_reqs) {
-				c->close_when_idle = true;
-			} else if (c->state == CONN_TRANSMIT) {
-				conn_close(c, "server shutting down");
-				conn_put(c);
+			} else {
+				conns_adopt(w, fds[i]);
 			}
 		}
+	} while (n == 64);
+	worker_run_ready(w);
+
+	if (stop && !w->stopping) {
+		w->stopping = true;
+		ev_timer_start(loop, &w->grace);
+		conns_stop(w);
 	}
-	if (w->stopping && w->nconns == 0)
+	if (w->stopping && atomic_load_explicit(&w->nconns, memory_order_relaxed) == 0)
 		ev_break(loop, EVBREAK_ALL);
 }
 
 static void worker_grace_cb(struct ev_loop *loop, ev_timer *watcher, int revents)
 {
-	struct worker *w = watcher->data;
-	struct conn *c, *next;
-
 	(void)loop;
 	(void)revents;
-	for (c = w->conns; c; c = next) {
-		next = c->next;
-		conn_close(c, "server shut down: grace period over");
-		conn_put(c);
-	}
-}
-
-void worker_pool_wait(struct worker *w, struct conn *c)
-{
-	assert(!c->in_pool_wait);
-	c->in_pool_wait = true;
-	c->pool_next = NULL;
-	if (w->pool_waiters_tail)
-		w->pool_waiters_tail->pool_next = c;
-	else
-		w->pool_waiters_head = c;
-	w->pool_waiters_tail = c;
-}
-
-void worker_pool_unwait(struct worker *w, struct conn *c)
-{
-	struct conn **pp, *prev = NULL;
-
-	if (!c->in_pool_wait)
-		return;
-	for (pp = &w->pool_waiters_head; *pp; prev = *pp, pp = &(*pp)->pool_next) {
-		if (*pp == c) {
-			*pp = c->pool_next;
-			if (w->pool_waiters_tail == c)
-				w->pool_waiters_tail = prev;
-			break;
-		}
-	}
-	c->in_pool_wait = false;
-}
-
-void worker_pool_kick(struct worker *w)
-{
-	struct conn *c;
-
-	/* Oldest first; stop at the first one that still does not fit. */
-	while ((c = w->pool_waiters_head)) {
-		uint32_t need = c->rx_req ? c->rx_req->chunks_needed : 0;
-
-		if (need > w->pool.nfree)
-			break;
-		worker_pool_unwait(w, c);
-		conn_pool_ready(c);
-	}
+	conns_close_all(watcher->data);
 }
 
 static void *worker_main(void *arg)
@@ -365,12 +272,11 @@ int worker_start(struct worker *w, struct server *srv, int id)
 		log_error("worker %d: %s", id, strerror(-ret));
 		return ret;
 	}
-	ret = pool_init(&w->pool, srv->pool_bytes);
+	ret = pool_init(&w->pool, srv->pool_bytes, EXPORT_MAX_CHUNKS_PER_REQ);
 	if (ret < 0) {
 		log_error("worker %d: buffer pool of %zu bytes: %s", id, srv->pool_bytes,
 			  strerror(-ret));
-		munmap(w->zeroes, WORKER_ZEROES_BYTES);
-		return ret;
+		goto out_unmap_zeroes;
 	}
 	memset(&params, 0, sizeof(params));
 	params.flags = IORING_SETUP_CQSIZE;
@@ -400,7 +306,7 @@ int worker_start(struct worker *w, struct server *srv, int id)
 	ev_io_init(&w->efd_watcher, worker_cq_cb, w->efd, EV_READ);
 	w->efd_watcher.data = w;
 	ev_io_start(w->loop, &w->efd_watcher);
-	ev_prepare_init(&w->submit_watcher, worker_submit_cb);
+	ev_prepare_init(&w->submit_watcher, worker_prepare_cb);
 	w->submit_watcher.data = w;
 	ev_prepare_start(w->loop, &w->submit_watcher);
 	ev_timer_init(&w->grace, worker_grace_cb, WORKER_STOP_GRACE_S, 0.);
@@ -424,6 +330,7 @@ out_ring:
 	io_uring_queue_exit(&w->ring);
 out_pool:
 	pool_release(&w->pool);
+out_unmap_zeroes:
 	munmap(w->zeroes, WORKER_ZEROES_BYTES);
 	return ret;
 }

@@ -1,0 +1,179 @@
+// SPDX-License-Identifier: BSD-3-Clause
+/*
+ * The command line: global options go through the configuration file's key
+ * parser (config_set_global), so both accept and refuse the same values
+ * with the same words; FILE and --export add exports.
+ */
+#define _GNU_SOURCE
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon.h"
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: uringnbd [OPTIONS] [FILE]\n"
+		"Export FILE (a regular file or block device) over NBD with O_DIRECT I/O.\n\n"
+		"  -c, --config PATH    read settings and exports from PATH (see uringnbd.conf(5))\n"
+		"  -e, --export NAME=PATH[,readonly][,cache=MODE][,description=TEXT]\n"
+		"                       one more export (repeatable); FILE is the export -n names\n"
+		"  -U, --unix PATH      listen on a unix socket (with only -U, no TCP)\n"
+		"  -b, --bind ADDR      TCP address to listen on (default localhost)\n"
+		"  -p, --port PORT      TCP port (default " LISTEN_DEFAULT_PORT ")\n"
+		"  -n, --name NAME      export name of FILE (default \"\")\n"
+		"  -d, --description TEXT  description of FILE\n"
+		"  -r, --read-only      FILE refuses writes\n"
+		"      --cache MODE     FILE's reads: none (direct), always or auto (default none)\n"
+		"      --cache-size SIZE  the page cache shared by cached exports (default 64M)\n"
+		"  -t, --threads N      worker threads (default: online CPUs)\n"
+		"      --pool-size SIZE buffer pool per worker, e.g. 64M (default 64M)\n"
+		"      --max-connections N  more clients wait to be accepted (default 1024, 0: no limit)\n"
+		"      --handshake-timeout S  close negotiations longer than S seconds (default 10, 0: none)\n"
+		"      --pid-file PATH  write the pid here once listening\n"
+		"  -l, --log-level L    error, warning, info (default) or debug\n"
+		"  -v, --verbose        the same as --log-level debug\n"
+		"  -V, --version        print the version and exit\n"
+		"  -h, --help           print this help and exit\n");
+}
+
+/*
+ * --export NAME=PATH[,readonly][,description=TEXT]: fills *spec from a
+ * copy of arg. description= takes the rest of the argument, commas included.
+ */
+static int parse_export(const char *arg, struct export_spec *spec)
+{
+	char *s, *eq, *key, *next;
+
+	memset(spec, 0, sizeof(*spec));
+	s = spec->storage = strdup(arg);
+	if (!s)
+		return -1;
+	spec->description = "";
+	eq = strchr(s, '=');
+	if (!eq || eq == s) {
+		fprintf(stderr, "uringnbd: --export \"%s\": expected NAME=PATH[,readonly]"
+				"[,description=TEXT]\n", arg);
+		return -1;
+	}
+	*eq = '\0';
+	spec->name = s;
+	spec->path = eq + 1;
+	next = strchr(spec->path, ',');
+	if (next)
+		*next++ = '\0';
+	if (!spec->path[0]) {
+		fprintf(stderr, "uringnbd: --export \"%s\": no PATH\n", arg);
+		return -1;
+	}
+	while ((key = next)) {
+		if (strncmp(key, "description=", 12) == 0) {
+			spec->description = key + 12;
+			break;
+		}
+		next = strchr(key, ',');
+		if (next)
+			*next++ = '\0';
+		if (strcmp(key, "readonly") == 0 || strcmp(key, "ro") == 0) {
+			spec->readonly = true;
+		} else if (strncmp(key, "cache=", 6) == 0 && cache_mode_parse(key + 6) >= 0) {
+			spec->cache_mode = cache_mode_parse(key + 6);
+		} else {
+			fprintf(stderr, "uringnbd: --export \"%s\": unknown key \"%s\"\n", arg, key);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+/* A global option, checked as the config file's key of that name is. */
+static int cli_global(struct config *cli, const char *key, const char *value)
+{
+	const char *why = NULL;
+
+	if (config_set_global(cli, key, value, &why) == 0)
+		return 0;
+	fprintf(stderr, "uringnbd: --%s \"%s\": %s\n", key, value, why ? why : "out of memory");
+	return -1;
+}
+
+int cli_parse(int argc, char **argv, struct config *cli, const char **config_path)
+{
+	static const struct option longopts[] = {
+		{ "config", required_argument, NULL, 'c' },
+		{ "export", required_argument, NULL, 'e' },
+		{ "unix", required_argument, NULL, 'U' },
+		{ "bind", required_argument, NULL, 'b' },
+		{ "port", required_argument, NULL, 'p' },
+		{ "name", required_argument, NULL, 'n' },
+		{ "description", required_argument, NULL, 'd' },
+		{ "read-only", no_argument, NULL, 'r' },
+		{ "threads", required_argument, NULL, 't' },
+		{ "pool-size", required_argument, NULL, 'P' },
+		{ "max-connections", required_argument, NULL, 'M' },
+		{ "handshake-timeout", required_argument, NULL, 'H' },
+		{ "cache", required_argument, NULL, 'C' },
+		{ "cache-size", required_argument, NULL, 'S' },
+		{ "pid-file", required_argument, NULL, 'F' },
+		{ "log-level", required_argument, NULL, 'l' },
+		{ "verbose", no_argument, NULL, 'v' },
+		{ "version", no_argument, NULL, 'V' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct export_spec file_spec = { .name = "", .description = "" }, spec;
+	int opt;
+
+	config_init(cli);
+	while ((opt = getopt_long(argc, argv, "c:e:U:b:p:n:d:rt:l:vVh", longopts, NULL)) != -1) {
+		switch (opt) {
+		case 'c': *config_path = optarg; break;
+		case 'e':
+			if (parse_export(optarg, &spec) < 0 || config_add_export(cli, &spec) < 0) {
+				free(spec.storage);
+				return -1;
+			}
+			break;
+		case 'U': if (cli_global(cli, "unix", optarg) < 0) return -1; break;
+		case 'b': if (cli_global(cli, "bind", optarg) < 0) return -1; break;
+		case 'p': if (cli_global(cli, "port", optarg) < 0) return -1; break;
+		case 'n': file_spec.name = optarg; break;
+		case 'd': file_spec.description = optarg; break;
+		case 'r': file_spec.readonly = true; break;
+		case 't': if (cli_global(cli, "threads", optarg) < 0) return -1; break;
+		case 'P': if (cli_global(cli, "pool-size", optarg) < 0) return -1; break;
+		case 'M': if (cli_global(cli, "max-connections", optarg) < 0) return -1; break;
+		case 'H': if (cli_global(cli, "handshake-timeout", optarg) < 0) return -1; break;
+		case 'S': if (cli_global(cli, "cache-size", optarg) < 0) return -1; break;
+		case 'F': if (cli_global(cli, "pid-file", optarg) < 0) return -1; break;
+		case 'l': if (cli_global(cli, "log-level", optarg) < 0) return -1; break;
+		case 'C':
+			file_spec.cache_mode = cache_mode_parse(optarg);
+			if (file_spec.cache_mode < 0) {
+				fprintf(stderr, "uringnbd: --cache \"%s\": expected none, always or auto\n",
+					optarg);
+				return -1;
+			}
+			break;
+		case 'v': cli->log_level = LOG_DEBUG; break;
+		case 'V': printf("uringnbd " URINGNBD_VERSION "\n"); return 1;
+		case 'h': usage(stdout); return 1;
+		default: usage(stderr); return -1;
+		}
+	}
+	if (optind < argc - 1 || (optind == argc && cli->nexports == 0 && !*config_path)) {
+		fprintf(stderr, "uringnbd: expected one FILE to export, --export or --config\n");
+		usage(stderr);
+		return -1;
+	}
+	/* The positional FILE is an export too, named by --name. */
+	if (optind == argc - 1) {
+		file_spec.path = argv[optind];
+		if (config_add_export(cli, &file_spec) < 0)
+			return -1;
+	}
+	return 0;
+}
+

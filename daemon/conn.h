@@ -1,0 +1,262 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/*
+ * conn: a client connection and its requests, on the worker that owns them.
+ * Included by the connection side of daemon/ only (conn.c, handshake.c,
+ * rx.c, request.c, fileio.c, cached.c, reply.c); worker.c, server.c and
+ * main.c do not see these types.
+ *
+ * Completions: everything a connection waits for is a struct conn_op (an
+ * SQE, a range-lock grant, a cache fill's end, a pool wait, a posted
+ * resume). conn.c counts them in c->pending; each conn_op's fn runs from the
+ * loop, and the connection is freed once it is closing and nothing is
+ * pending, so no memory an SQE names is freed under the kernel.
+ *
+ * A request's life, one state at a time, every change through
+ * req_set_state(), which asserts the transition is legal:
+ *
+ *   FREE -> NEW --------------------------------------------> REPLY -> FREE
+ *            |   (refused, or nothing to move)                 ^
+ *            +-> SKIP (refused, payload discarded) ------------+
+ *            +-> BUFFERS -> PAYLOAD (WRITE) -> LOCK_WAIT -> LOCKED
+ *            +-> FLUSH ----------------------------------------+
+ *   LOCKED -> RMW -> IO | IO | FALLOC -> [ZERO_WRITE] -> [SYNC] | CACHED
+ *          -> (unlock) REPLY
+ *
+ * Steps may be skipped (no buffers needed, lock granted at once, payload
+ * already buffered); any state may go to FREE when the connection closes.
+ * "Locked" is a set of states: the range lock is held exactly while the
+ * request is in LOCKED, RMW, IO, FALLOC, ZERO_WRITE, SYNC or CACHED.
+ */
+#ifndef URINGNBD_CONN_H
+#define URINGNBD_CONN_H
+
+#include <sys/socket.h>
+
+#include "daemon.h"
+
+#define CONN_MAX_REQS 128 /* requests in flight per connection */
+#define CACHE_WINDOW 16   /* pages of a cached read looked up at a time */
+#define REQ_INLINE_CHUNKS 16 /* iovecs kept in the request: spans up to 1 MiB */
+/*
+ * Requests are received into a buffer, so that every request that has
+ * arrived is dispatched in the same loop iteration (one submit for all of
+ * them). WRITE payloads in it are copied to the request's pages; the rest of
+ * a larger payload is received straight into them.
+ */
+#define CONN_RXBUF_BYTES (256u * 1024)
+
+struct conn;
+
+/* An op of a connection: counted in c->pending until fn has run. */
+struct conn_op {
+	struct op op;              /* what the worker completes */
+	struct conn *c;
+	void (*fn)(struct conn_op *o, int res);
+};
+
+/* One page of a cached read: its fill, its wait, or its read around the cache. */
+struct page_slot {
+	struct req *q;
+	struct conn_op op;         /* the fill's read, or the end of a wait */
+	struct cache_page *p;      /* the placeholder being filled; NULL when reading around */
+	uint64_t index;            /* page index in the file */
+	uint32_t buf_off;          /* where the page goes in the request's buffer */
+	struct cache_waiter w;     /* parked on another request's fill */
+#ifdef URINGNBD_TEST_HOOKS
+	bool delayed;              /* the fill's end is being held open */
+	int held_res;              /* ...and this was its result */
+	struct __kernel_timespec hold; /* ...for this long */
+#endif
+};
+
+enum req_state {
+	REQ_FREE,        /* slot unused */
+	REQ_NEW,         /* header decoded: being validated and planned */
+	REQ_BUFFERS,     /* waiting for pool chunks */
+	REQ_PAYLOAD,     /* receiving the rest of a WRITE payload into its chunks */
+	REQ_SKIP,        /* refused: discarding the rest of its payload */
+	REQ_LOCK_WAIT,   /* waiting for its range lock */
+	REQ_LOCKED,      /* lock held: choosing its work (block status is done here) */
+	REQ_RMW,         /* reading the edge blocks of an unaligned write */
+	REQ_IO,          /* reading or writing its data */
+	REQ_FALLOC,      /* TRIM / WRITE_ZEROES by fallocate */
+	REQ_ZERO_WRITE,  /* WRITE_ZEROES by writing zeroes (no fallocate support) */
+	REQ_SYNC,        /* fdatasync after a TRIM / WRITE_ZEROES with FUA */
+	REQ_CACHED,      /* pages through the page cache */
+	REQ_FLUSH,       /* fdatasync (no lock) */
+	REQ_REPLY,       /* queued for sending, or being sent */
+	REQ_NSTATES
+};
+
+struct req {
+	struct conn *c;
+	enum req_state state;      /* change only through req_set_state() */
+	struct proto_request r;
+	struct plan plan;          /* which bytes move, where, under which lock */
+	uint32_t nbd_error;        /* error to reply with, NBD_SUCCESS if none */
+	struct conn_op op;         /* its one op in flight: payload, lock grant, edge reads,
+				      file I/O, or a pool wait */
+	struct pool_waiter buf_wait; /* waiting for chunks (REQ_BUFFERS) */
+	int falloc_mode;           /* TRIM / WRITE_ZEROES: the fallocate mode tried */
+	/* Buffers: the span in pool chunks, and a bounce chunk for edge blocks. */
+	struct iovec *iov;         /* one pool chunk each, the last trimmed to io_len */
+	uint32_t niov;             /* chunks held in iov */
+	struct iovec *io_iov;      /* scratch: the slice the current op moves */
+	struct iovec bounce;       /* edge blocks (head at 0, tail at align); or NULL */
+	struct iovec iov_inline[REQ_INLINE_CHUNKS];
+	struct iovec io_iov_inline[REQ_INLINE_CHUNKS];
+	uint64_t io_done_bytes;    /* progress of the current file or receive op */
+	unsigned rmw_pending;      /* edge reads in flight */
+	int rmw_err;               /* first error of those */
+	uint32_t cache_next, cache_npages; /* pages looked up so far, of the span */
+	uint32_t cache_pending;    /* fills, waits and reads of the window in flight */
+	struct page_slot slots[CACHE_WINDOW];
+	struct rl_lock lock;       /* held in the locked states */
+	uint64_t lock_wait_start_ns;
+	uint8_t reply_hdr[PROTO_REPLY_MAX_LEN]; /* simple reply or final chunk */
+	uint32_t reply_hdr_len;
+	bool reply_data;           /* data pages follow the reply header */
+	uint32_t reply_raw_len;    /* if set: the whole reply is in the bounce chunk */
+	struct req *next;          /* free list or send queue */
+};
+
+enum conn_state {
+	CONN_HANDSHAKE,   /* option haggling */
+	CONN_TRANSMIT,    /* serving requests */
+	CONN_STOPPING,    /* server stopping: new requests get ESHUTDOWN; close when idle */
+	CONN_DRAINING,    /* DISC seen: finish in-flight requests, then close */
+	CONN_CLOSING,     /* socket shut down; freed once nothing is pending */
+};
+
+/* The receive side of a connection in transmission. */
+enum rx_state {
+	RX_IDLE,          /* nothing in flight: parse what is buffered, then receive */
+	RX_RECV,          /* a receive into rxbuf is in flight */
+	RX_PAYLOAD,       /* rx_req's payload is being received into its chunks */
+	RX_SKIP,          /* rx_req's refused payload is being discarded */
+	RX_WAIT_SLOT,     /* every request slot is busy */
+	RX_WAIT_BUFFERS,  /* rx_req waits for pool chunks */
+	RX_STOPPED,       /* DISC seen, or closing: nothing more is read */
+};
+
+struct conn {
+	struct worker *w;
+	struct conn *prev, *next;  /* worker's list */
+	uint64_t id;
+	int fd;
+	enum conn_state state;
+	unsigned pending;          /* conn_ops not yet completed (SQEs, waits, posts) */
+	struct conn_op close_op;   /* posted by conn_close: the free is checked from the loop */
+
+	/* handshake (handshake.c) */
+	ev_timer hs_timer;         /* bounds the negotiation (server handshake_timeout_s) */
+	struct conn_op hs_op;      /* the handshake send or receive in flight */
+	struct proto_session sess;
+	int hs_step;               /* which handshake step the current I/O is for */
+	uint8_t *hs_buf;           /* option payload (heap, handshake only) */
+	size_t hs_cap;
+	struct proto_buf hs_out;   /* replies (heap, handshake only) */
+	uint8_t hs_hdr[PROTO_OPTION_HDR_LEN];
+	struct proto_option opt;
+	uint8_t *io_ptr;           /* exact send/recv in progress */
+	size_t io_left;
+	uint64_t skip_left;        /* payload bytes still to discard */
+
+	/* transmission: receiving (rx.c) */
+	const struct export *exp;
+	enum rx_state rx;
+	uint8_t *rxbuf;            /* CONN_RXBUF_BYTES: requests as they arrive */
+	size_t rx_start, rx_end;   /* unparsed bytes are rxbuf[rx_start, rx_end) */
+	size_t rx_hdr_len;         /* 28, or 32 with extended headers */
+	struct conn_op rx_op;      /* the receive into rxbuf, or a skip */
+	struct conn_op resume_op;  /* posted when a slot frees while RX_WAIT_SLOT */
+	struct msghdr rx_msg;      /* WRITE payload recvmsg in flight */
+	struct req *rx_req;        /* RX_PAYLOAD, RX_SKIP, RX_WAIT_BUFFERS: which request */
+
+	struct req *free_reqs;
+	unsigned live_reqs;        /* slots taken */
+	struct req reqs[CONN_MAX_REQS];
+
+	/* replies (reply.c): one sendmsg in flight, many replies per sendmsg */
+	struct conn_op send_op;
+	struct req *sendq_head, *sendq_tail;
+	struct req *sending;       /* replies in the sendmsg in flight (chained) */
+	struct msghdr send_msg;
+	struct iovec send_iov[1024];
+};
+
+/* ---- conn.c ---- */
+/* Prepares o to run fn for connection c. */
+void conn_op_init(struct conn_op *o, struct conn *c, void (*fn)(struct conn_op *, int));
+/* A fresh SQE completing o (counted as pending). Never NULL. */
+struct io_uring_sqe *conn_sqe(struct conn_op *o);
+/* Posts o to the ready list with res (counted as pending); from c's worker. */
+void conn_post(struct conn_op *o, int res);
+/* o will be posted from elsewhere (a lock grant, a cache wait): count it now. */
+void conn_expect(struct conn_op *o);
+/* Shuts the socket down; the connection is freed once nothing is pending. */
+void conn_close(struct conn *c, const char *why);
+/* DRAINING or STOPPING with no request left: close. */
+void conn_close_if_idle(struct conn *c);
+uint64_t now_ns(void);
+
+/* ---- handshake.c ---- */
+/* The greeting goes out; negotiation runs until an export is chosen. */
+void handshake_start(struct conn *c);
+
+/* ---- rx.c ---- */
+/* An export is chosen: serve requests. */
+void rx_start(struct conn *c);
+/* Parses what is buffered, then receives more; only in RX_IDLE. */
+void rx_next(struct conn *c);
+/* A request slot was freed: resume a receive waiting for one. */
+void rx_slot_freed(struct conn *c);
+/* Receives the rest of q's WRITE payload into its chunks. */
+void rx_payload(struct req *q);
+
+/* ---- request.c ---- */
+/* Asserts that the transition is one of the life cycle's, then makes it. */
+void req_set_state(struct req *q, enum req_state to);
+/* Whether q holds its range lock. */
+static inline bool req_locked(const struct req *q)
+{
+	return q->state >= REQ_LOCKED && q->state <= REQ_CACHED;
+}
+/* Takes a free slot (there is one) for a request being decoded: REQ_NEW. */
+struct req *req_take(struct conn *c);
+/*
+ * Takes the pool chunks q's plan needs: 0, -ENOBUFS (none taken: wait for
+ * the pool), or -ENOMEM (fail the request).
+ */
+int req_get_buffers(struct req *q);
+/* Gives q's chunks back to the pool. */
+void req_release_buffers(struct req *q);
+/* Buffers in hand, payload received: lock, then do the work. */
+void req_lock(struct req *q);
+/*
+ * The request's work is over: a write tells the cache, the lock is released,
+ * and the reply is queued (or the request recycled if the connection closes).
+ */
+void req_finish(struct req *q, uint32_t nbd_error);
+/*
+ * The slot is free again: buffers back to the pool (pool waiters are posted
+ * by the worker), a receive waiting for a slot is posted, an idle draining
+ * connection closes. Calls nothing that could come back here.
+ */
+void req_recycle(struct req *q);
+
+/* ---- fileio.c ---- */
+/* Under the lock: the work of a direct request (read, write, trim, zero, extents). */
+void fileio_start(struct req *q);
+/* FLUSH: fdatasync, no lock. */
+void fileio_flush(struct req *q);
+
+/* ---- cached.c ---- */
+/* Under the lock: a READ or CACHE through the page cache. */
+void cached_start(struct req *q);
+
+/* ---- reply.c ---- */
+/* Encodes q's reply (nbd_error) and queues it; sends if none is in flight. */
+void reply_queue(struct req *q);
+
+#endif

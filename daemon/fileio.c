@@ -1,0 +1,293 @@
+// SPDX-License-Identifier: BSD-3-Clause
+/*
+ * The file I/O steps of a direct request, under its range lock: reads and
+ * writes of the planned span (plan.h), the edge-block reads of unaligned
+ * writes, TRIM and WRITE_ZEROES by fallocate with their fallbacks, the sync
+ * after FUA, FLUSH, and block status.
+ *
+ * Reads move the whole span into the request's chunks and the reply sends
+ * the client's slice of it, no copy. Unaligned writes have their payload at
+ * its place in the span; the one or two edge blocks are read into the bounce
+ * chunk, the neighbours' bytes copied in, and the span written, all under
+ * one exclusive lock over the span, so a concurrent writer of the same
+ * blocks cannot lose bytes. Short transfers are resubmitted for the rest.
+ */
+#define _GNU_SOURCE
+#include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <linux/falloc.h>
+#include <string.h>
+
+#include "conn.h"
+
+#define BLOCK_STATUS_MAX_EXTENTS 1024
+
+static void fileio_done(struct conn_op *o, int res);
+
+/* Queues the I/O of the request's current state (from io_done_bytes on). */
+static void fileio_prep(struct req *q)
+{
+	struct conn *c = q->c;
+	const struct export *e = c->exp;
+	struct io_uring_sqe *sqe = conn_sqe(&q->op);
+	int fd = q->plan.buffered ? e->fd_buffered : e->fd;
+	uint64_t left;
+	unsigned n;
+
+	switch (q->state) {
+	case REQ_FALLOC:
+		io_uring_prep_fallocate(sqe, e->fd, q->falloc_mode, (off_t)q->r.offset,
+					(off_t)q->r.len_bytes);
+		return;
+	case REQ_ZERO_WRITE:
+		left = q->r.len_bytes - q->io_done_bytes;
+		n = left < WORKER_ZEROES_BYTES ? (unsigned)left : WORKER_ZEROES_BYTES;
+		io_uring_prep_write(sqe, e->fd_buffered, c->w->zeroes, n,
+				    q->r.offset + q->io_done_bytes);
+		return;
+	case REQ_SYNC:
+	case REQ_FLUSH:
+		io_uring_prep_fsync(sqe, e->fd, IORING_FSYNC_DATASYNC);
+		return;
+	case REQ_IO:
+		n = iov_slice(q->iov, q->niov, q->io_done_bytes, q->plan.io_len - q->io_done_bytes,
+			      q->io_iov);
+		if (q->r.type == NBD_CMD_READ)
+			io_uring_prep_readv(sqe, fd, q->io_iov, n, q->plan.io_off + q->io_done_bytes);
+		else
+			io_uring_prep_writev2(sqe, fd, q->io_iov, n, q->plan.io_off + q->io_done_bytes,
+					      (q->r.flags & NBD_CMD_FLAG_FUA) ? RWF_DSYNC : 0);
+		return;
+	default:
+		assert(0);
+	}
+}
+
+/* Enters a file I/O state and queues its first I/O. */
+static void fileio_step(struct req *q, enum req_state state)
+{
+	req_set_state(q, state);
+	conn_op_init(&q->op, q->c, fileio_done);
+	q->io_done_bytes = 0;
+	fileio_prep(q);
+}
+
+/* TRIM and WRITE_ZEROES are done: with FUA, make them durable first. */
+static void fileio_zeroed(struct req *q)
+{
+	if (q->r.flags & NBD_CMD_FLAG_FUA)
+		fileio_step(q, REQ_SYNC);
+	else
+		req_finish(q, NBD_SUCCESS);
+}
+
+static void fileio_falloc_done(struct req *q, int res)
+{
+	if (res >= 0) {
+		fileio_zeroed(q);
+		return;
+	}
+	if (res != -EOPNOTSUPP && res != -ENOTTY) {
+		req_finish(q, proto_errno_to_nbd(-res));
+		return;
+	}
+	/* TRIM is advisory: where holes cannot be punched, it is done as it is. */
+	if (q->r.type == NBD_CMD_TRIM) {
+		fileio_zeroed(q);
+		return;
+	}
+	if (q->falloc_mode & FALLOC_FL_PUNCH_HOLE) {
+		q->falloc_mode = FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE;
+		fileio_step(q, REQ_FALLOC);
+		return;
+	}
+	/* No cheap way to zero: FAST_ZERO asks to fail fast rather than write. */
+	if (q->r.flags & NBD_CMD_FLAG_FAST_ZERO) {
+		req_finish(q, NBD_ENOTSUP);
+		return;
+	}
+	fileio_step(q, REQ_ZERO_WRITE);
+}
+
+static void fileio_zero_write_done(struct req *q, int res)
+{
+	if (res <= 0) {
+		req_finish(q, res < 0 ? proto_errno_to_nbd(-res) : NBD_EIO);
+		return;
+	}
+	q->io_done_bytes += (uint64_t)res;
+	if (q->io_done_bytes < q->r.len_bytes)
+		fileio_prep(q);
+	else
+		fileio_zeroed(q);
+}
+
+static void fileio_data_done(struct req *q, int res)
+{
+	struct conn *c = q->c;
+
+	if (res < 0) {
+		log_warn("conn %" PRIu64 ": %s offset %" PRIu64 " length %" PRIu64 ": %s", c->id,
+			 proto_cmd_name(q->r.type), q->r.offset, q->r.len_bytes, strerror(-res));
+		req_finish(q, proto_errno_to_nbd(-res));
+		return;
+	}
+	if (res == 0) {
+		/* The file shrank under us: nothing more will come. */
+		log_warn("conn %" PRIu64 ": %s offset %" PRIu64 ": unexpected end of file", c->id,
+			 proto_cmd_name(q->r.type), q->r.offset);
+		req_finish(q, NBD_EIO);
+		return;
+	}
+	q->io_done_bytes += (uint64_t)res;
+	if (q->io_done_bytes < q->plan.io_len) {
+		fileio_prep(q); /* short transfer: the rest */
+		return;
+	}
+	req_finish(q, NBD_SUCCESS);
+}
+
+static void fileio_done(struct conn_op *o, int res)
+{
+	struct req *q = container_of(o, struct req, op);
+
+	if (q->c->state == CONN_CLOSING) {
+		req_finish(q, NBD_EIO);
+		return;
+	}
+	switch (q->state) {
+	case REQ_FALLOC:
+		fileio_falloc_done(q, res);
+		break;
+	case REQ_ZERO_WRITE:
+		fileio_zero_write_done(q, res);
+		break;
+	case REQ_SYNC:
+	case REQ_FLUSH:
+		if (res < 0)
+			log_warn("conn %" PRIu64 ": %s: flush: %s", q->c->id,
+				 proto_cmd_name(q->r.type), strerror(-res));
+		req_finish(q, res < 0 ? proto_errno_to_nbd(-res) : NBD_SUCCESS);
+		break;
+	case REQ_IO:
+		fileio_data_done(q, res);
+		break;
+	default:
+		assert(0);
+	}
+}
+
+static void fileio_rmw_done(struct conn_op *o, int res)
+{
+	struct req *q = container_of(o, struct req, op);
+	uint32_t a = q->c->exp->align_bytes;
+	const uint8_t *bounce = q->bounce.iov_base;
+	const struct plan *p = &q->plan;
+
+	if (res != (int)a && !q->rmw_err)
+		q->rmw_err = res < 0 ? res : -EIO;
+	if (--q->rmw_pending)
+		return;
+	if (q->c->state == CONN_CLOSING) {
+		req_finish(q, NBD_EIO);
+		return;
+	}
+	if (q->rmw_err) {
+		log_warn("conn %" PRIu64 ": WRITE offset %" PRIu64 ": reading edge blocks: %s",
+			 q->c->id, q->r.offset, strerror(-q->rmw_err));
+		req_finish(q, proto_errno_to_nbd(-q->rmw_err));
+		return;
+	}
+	if (p->rmw_head)
+		iov_copy_in(q->iov, q->niov, 0, bounce, p->data_off);
+	if (p->rmw_tail) {
+		uint64_t tail_block = p->io_len - a;
+		uint32_t keep_from = (uint32_t)(p->data_off + q->r.len_bytes - tail_block);
+		const uint8_t *src = (p->rmw_head && p->io_len == a) ? bounce : bounce + a;
+
+		iov_copy_in(q->iov, q->niov, tail_block + keep_from, src + keep_from,
+			    a - keep_from);
+	}
+	fileio_step(q, REQ_IO);
+}
+
+/* Under the exclusive lock: read the edge blocks an unaligned write keeps. */
+static void fileio_start_rmw(struct req *q)
+{
+	struct conn *c = q->c;
+	const struct plan *p = &q->plan;
+	uint32_t a = c->exp->align_bytes;
+	uint8_t *bounce = q->bounce.iov_base;
+	struct io_uring_sqe *sqe;
+
+	req_set_state(q, REQ_RMW);
+	conn_op_init(&q->op, c, fileio_rmw_done);
+	stat_add(&c->w->stats.rmw_writes, 1);
+	q->rmw_pending = 0;
+	q->rmw_err = 0;
+	if (p->rmw_head) {
+		sqe = conn_sqe(&q->op);
+		io_uring_prep_read(sqe, c->exp->fd, bounce, a, p->io_off);
+		q->rmw_pending++;
+	}
+	/* A one-block span with both edges unaligned needs one read, not two. */
+	if (p->rmw_tail && !(p->rmw_head && p->io_len == a)) {
+		sqe = conn_sqe(&q->op);
+		io_uring_prep_read(sqe, c->exp->fd, bounce + a, a, p->io_off + p->io_len - a);
+		q->rmw_pending++;
+	}
+}
+
+/* base:allocation from the file's holes, built straight into the bounce chunk. */
+static void fileio_block_status(struct req *q)
+{
+	struct proto_extent ext[BLOCK_STATUS_MAX_EXTENTS];
+	size_t n = export_extents(q->c->exp, q->r.offset, q->r.len_bytes,
+				  q->r.flags & NBD_CMD_FLAG_REQ_ONE, ext, BLOCK_STATUS_MAX_EXTENTS);
+	int len = proto_encode_block_status(&q->c->sess, q->bounce.iov_base, POOL_CHUNK_BYTES,
+					    &q->r, ext, n);
+
+	assert(len > 0);
+	q->reply_raw_len = (uint32_t)len;
+	req_finish(q, NBD_SUCCESS);
+}
+
+void fileio_start(struct req *q)
+{
+	const struct export *e = q->c->exp;
+
+	switch (q->r.type) {
+	case NBD_CMD_TRIM:
+		q->falloc_mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+		fileio_step(q, REQ_FALLOC);
+		break;
+	case NBD_CMD_WRITE_ZEROES:
+		/* Holes read as zeroes and are cheapest, unless NO_HOLE forbids them. */
+		if (!(q->r.flags & NBD_CMD_FLAG_NO_HOLE)) {
+			q->falloc_mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+		} else if (e->is_blockdev && (q->r.flags & NBD_CMD_FLAG_FAST_ZERO)) {
+			/* A device's zero-out may fall back to writing: not fast. */
+			req_finish(q, NBD_ENOTSUP);
+			break;
+		} else {
+			q->falloc_mode = FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE;
+		}
+		fileio_step(q, REQ_FALLOC);
+		break;
+	case NBD_CMD_BLOCK_STATUS:
+		fileio_block_status(q);
+		break;
+	default:
+		if (q->plan.rmw_head || q->plan.rmw_tail)
+			fileio_start_rmw(q);
+		else
+			fileio_step(q, REQ_IO);
+	}
+}
+
+void fileio_flush(struct req *q)
+{
+	fileio_step(q, REQ_FLUSH);
+}

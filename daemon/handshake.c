@@ -1,0 +1,243 @@
+// SPDX-License-Identifier: BSD-3-Clause
+/*
+ * The handshake: the greeting, the client's flags, and option haggling
+ * until an export is chosen (or the client goes).
+ *
+ * Handshake I/O is exact: each step sends or receives a known number of
+ * bytes (short transfers are resubmitted), and option replies come from
+ * proto_negotiate(), which holds the whole of the protocol's rules. Once an
+ * export is chosen the connection moves to rx.c for good. A negotiation that
+ * has not chosen an export within the handshake timeout is closed, so silent
+ * clients cannot hold connection slots.
+ */
+#define _GNU_SOURCE
+#include <assert.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "conn.h"
+
+enum hs_step {
+	HS_GREETING,
+	HS_CLIENT_FLAGS,
+	HS_OPT_HDR,
+	HS_OPT_DATA,
+	HS_OPT_SKIP,
+	HS_REPLY,
+};
+
+#define HS_SKIP_CHUNK 65536
+
+static uint8_t greeting[PROTO_GREETING_LEN];
+static pthread_once_t greeting_once = PTHREAD_ONCE_INIT;
+
+static void greeting_init(void)
+{
+	proto_encode_greeting(greeting);
+}
+
+static void hs_io(struct conn *c, enum hs_step step, bool send, void *p, size_t len)
+{
+	struct io_uring_sqe *sqe = conn_sqe(&c->hs_op);
+
+	c->hs_step = step;
+	c->io_ptr = p;
+	c->io_left = len;
+	if (send)
+		io_uring_prep_send(sqe, c->fd, p, len, MSG_NOSIGNAL | MSG_WAITALL);
+	else
+		io_uring_prep_recv(sqe, c->fd, p, len, MSG_WAITALL);
+}
+
+static bool hs_step_sends(enum hs_step step)
+{
+	return step == HS_GREETING || step == HS_REPLY;
+}
+
+static void hs_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+	struct conn *c = t->data;
+
+	(void)loop;
+	(void)revents;
+	if (c->state != CONN_HANDSHAKE)
+		return;
+	log_info("conn %" PRIu64 ": no export chosen within %u s: closing", c->id,
+		 c->w->srv->handshake_timeout_s);
+	conn_close(c, NULL);
+}
+
+static void hs_option(struct conn *c)
+{
+	const uint8_t *data = c->opt.len_bytes <= PROTO_OPTION_DATA_MAX ? c->hs_buf : NULL;
+	struct proto_exports ex = {
+		.lookup = server_export_lookup,
+		.nth = server_export_nth,
+		.ctx = c->w->srv,
+		.shutting_down = server_shutting_down(c->w->srv),
+	};
+	int ret;
+
+	if (!data && c->opt.len_bytes == 0)
+		data = (const uint8_t *)"";
+	c->hs_out.len = 0;
+	/* The table may be replaced by a reload; not while this looks in it. */
+	pthread_rwlock_rdlock(&c->w->srv->exports_lock);
+	while ((ret = proto_negotiate(&c->sess, &ex, &c->opt, data,
+				      &c->hs_out)) == -ENOBUFS) {
+		size_t cap = c->hs_out.cap ? c->hs_out.cap * 2 : 4096;
+		uint8_t *p = realloc(c->hs_out.data, cap);
+
+		if (!p)
+			break;
+		c->hs_out.data = p;
+		c->hs_out.cap = cap;
+	}
+	if (ret == 0 && c->sess.phase == PROTO_PHASE_TRANSMISSION) {
+		c->exp = c->sess.export.opaque;
+		export_get((struct export *)c->exp); /* ours until the connection goes */
+	}
+	pthread_rwlock_unlock(&c->w->srv->exports_lock);
+	if (ret < 0) {
+		conn_close(c, "negotiation failed");
+		return;
+	}
+	log_debug("conn %" PRIu64 ": %s (%u bytes of data)", c->id,
+		  proto_opt_name(c->opt.option), c->opt.len_bytes);
+	if (c->hs_out.len) {
+		hs_io(c, HS_REPLY, true, c->hs_out.data, c->hs_out.len);
+		return;
+	}
+	if (c->sess.phase == PROTO_PHASE_CLOSE) {
+		if (c->opt.option == NBD_OPT_EXPORT_NAME)
+			log_info("conn %" PRIu64 ": refused NBD_OPT_EXPORT_NAME \"%.*s\"", c->id,
+				 c->opt.len_bytes > 64 || !data ? 64 : (int)c->opt.len_bytes,
+				 data ? (const char *)data : "(too long)");
+		conn_close(c, "negotiation ended");
+	} else {
+		hs_io(c, HS_OPT_HDR, false, c->hs_hdr, sizeof(c->hs_hdr));
+	}
+}
+
+static void hs_opt_hdr(struct conn *c)
+{
+	uint32_t len;
+
+	if (proto_decode_option(c->hs_hdr, &c->opt) < 0) {
+		conn_close(c, "bad option magic");
+		return;
+	}
+	len = c->opt.len_bytes;
+	if (len > PROTO_OPTION_DATA_MAX) {
+		if (c->opt.option == NBD_OPT_EXPORT_NAME) {
+			conn_close(c, "export name too long");
+			return;
+		}
+		c->skip_left = len;
+		if (c->hs_cap < HS_SKIP_CHUNK) {
+			uint8_t *p = realloc(c->hs_buf, HS_SKIP_CHUNK);
+
+			if (!p) {
+				conn_close(c, "out of memory for option data");
+				return;
+			}
+			c->hs_buf = p;
+			c->hs_cap = HS_SKIP_CHUNK;
+		}
+		hs_io(c, HS_OPT_SKIP, false, c->hs_buf,
+			   c->skip_left < HS_SKIP_CHUNK ? c->skip_left : HS_SKIP_CHUNK);
+		return;
+	}
+	if (len == 0) {
+		hs_option(c);
+		return;
+	}
+	if (c->hs_cap < len + 1) {
+		uint8_t *p = realloc(c->hs_buf, len + 1);
+
+		if (!p) {
+			conn_close(c, "out of memory for option data");
+			return;
+		}
+		c->hs_buf = p;
+		c->hs_cap = len + 1;
+	}
+	hs_io(c, HS_OPT_DATA, false, c->hs_buf, len);
+}
+
+static void hs_step_done(struct conn *c)
+{
+	switch (c->hs_step) {
+	case HS_GREETING:
+		hs_io(c, HS_CLIENT_FLAGS, false, c->hs_hdr, PROTO_CLIENT_FLAGS_LEN);
+		break;
+	case HS_CLIENT_FLAGS:
+		if (proto_session_start(&c->sess, c->hs_hdr) < 0) {
+			conn_close(c, "client sent unknown flags");
+			return;
+		}
+		hs_io(c, HS_OPT_HDR, false, c->hs_hdr, sizeof(c->hs_hdr));
+		break;
+	case HS_OPT_HDR:
+		hs_opt_hdr(c);
+		break;
+	case HS_OPT_DATA:
+		c->hs_buf[c->opt.len_bytes] = 0;
+		hs_option(c);
+		break;
+	case HS_OPT_SKIP:
+		c->skip_left -= HS_SKIP_CHUNK < c->skip_left ? HS_SKIP_CHUNK : c->skip_left;
+		if (c->skip_left)
+			hs_io(c, HS_OPT_SKIP, false, c->hs_buf,
+				   c->skip_left < HS_SKIP_CHUNK ? c->skip_left : HS_SKIP_CHUNK);
+		else
+			hs_option(c);
+		break;
+	case HS_REPLY:
+		if (c->sess.phase == PROTO_PHASE_TRANSMISSION)
+			rx_start(c);
+		else if (c->sess.phase == PROTO_PHASE_CLOSE)
+			conn_close(c, "negotiation ended");
+		else
+			hs_io(c, HS_OPT_HDR, false, c->hs_hdr, sizeof(c->hs_hdr));
+		break;
+	default:
+		assert(0);
+	}
+}
+
+static void hs_done(struct conn_op *o, int res)
+{
+	struct conn *c = o->c;
+
+	if (c->state == CONN_CLOSING)
+		return;
+	if (res <= 0) {
+		conn_close(c, res == 0 ? "client closed during handshake" : strerror(-res));
+		return;
+	}
+	assert((size_t)res <= c->io_left);
+	c->io_ptr += res;
+	c->io_left -= (size_t)res;
+	if (c->io_left) {
+		/* Short transfer: the rest of the same step. */
+		hs_io(c, (enum hs_step)c->hs_step, hs_step_sends(c->hs_step), c->io_ptr,
+			   c->io_left);
+		return;
+	}
+	hs_step_done(c);
+}
+
+void handshake_start(struct conn *c)
+{
+	conn_op_init(&c->hs_op, c, hs_done);
+	ev_timer_init(&c->hs_timer, hs_timeout_cb, c->w->srv->handshake_timeout_s, 0.);
+	c->hs_timer.data = c;
+	if (c->w->srv->handshake_timeout_s)
+		ev_timer_start(c->w->loop, &c->hs_timer);
+	pthread_once(&greeting_once, greeting_init);
+	hs_io(c, HS_GREETING, true, greeting, sizeof(greeting));
+}

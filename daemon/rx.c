@@ -1,0 +1,357 @@
+// SPDX-License-Identifier: BSD-3-Clause
+/*
+ * Requests in from the wire, in wire order.
+ *
+ * One receive is in flight per connection at a time (c->rx says which: a
+ * receive into the connection's buffer, a WRITE payload straight into the
+ * request's pool chunks, or a refused payload being discarded). Every whole
+ * request header in the buffer is taken in one go, so all that arrived is
+ * submitted in the same loop iteration; once taken, each request runs on
+ * its own (request.c) and replies in completion order (reply.c).
+ *
+ * For each request: decode, validate, plan, take buffers, take the payload;
+ * then the lock. Receiving pauses while every request slot is busy
+ * (RX_WAIT_SLOT) or the pool has no buffers (RX_WAIT_BUFFERS), which is how
+ * a fast client is slowed down instead of failed; the slot or the buffers
+ * arrive as a posted op, never as a call from the code that freed them.
+ */
+#define _GNU_SOURCE
+#include <assert.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "conn.h"
+
+#define SKIP_MAX_BYTES (UINT64_C(1) << 32)  /* a larger refused payload is a disconnect */
+
+static bool rx_buffers(struct req *q);
+
+/* c may receive and parse (it is serving, and nothing of its intake is in flight). */
+static bool rx_open(const struct conn *c)
+{
+	return (c->state == CONN_TRANSMIT || c->state == CONN_STOPPING) && c->rx == RX_IDLE;
+}
+
+static void rx_payload_done(struct conn_op *o, int res)
+{
+	struct req *q = container_of(o, struct req, op);
+	struct conn *c = q->c;
+
+	if (c->state == CONN_CLOSING) {
+		req_recycle(q);
+		return;
+	}
+	if (res <= 0) {
+		conn_close(c, res == 0 ? "client closed during a WRITE payload" : strerror(-res));
+		req_recycle(q);
+		return;
+	}
+	q->io_done_bytes += (uint64_t)res;
+	if (q->io_done_bytes < q->r.len_bytes) {
+		rx_payload(q);
+		return;
+	}
+	c->rx = RX_IDLE;
+	c->rx_req = NULL;
+	req_lock(q);
+	rx_next(c);
+}
+
+void rx_payload(struct req *q)
+{
+	struct conn *c = q->c;
+	struct io_uring_sqe *sqe;
+
+	conn_op_init(&q->op, c, rx_payload_done);
+	sqe = conn_sqe(&q->op);
+	/* The msghdr lives in the connection: one receive at a time. */
+	memset(&c->rx_msg, 0, sizeof(c->rx_msg));
+	c->rx_msg.msg_iov = q->io_iov;
+	c->rx_msg.msg_iovlen = iov_slice(q->iov, q->niov, q->plan.data_off + q->io_done_bytes,
+					 q->r.len_bytes - q->io_done_bytes, q->io_iov);
+	io_uring_prep_recvmsg(sqe, c->fd, &c->rx_msg, MSG_WAITALL);
+}
+
+/*
+ * Buffers are in hand. A READ goes to its lock; a WRITE takes what of its
+ * payload is already buffered and, if that is not all of it, receives the
+ * rest straight into its pages. Returns false if receiving must wait.
+ */
+static bool rx_take_payload(struct req *q)
+{
+	struct conn *c = q->c;
+	size_t n;
+
+	if (q->r.type != NBD_CMD_WRITE) {
+		req_lock(q);
+		return true;
+	}
+	n = c->rx_end - c->rx_start;
+	if (n > q->r.len_bytes)
+		n = (size_t)q->r.len_bytes;
+	iov_copy_in(q->iov, q->niov, q->plan.data_off, c->rxbuf + c->rx_start, n);
+	c->rx_start += n;
+	if (n == q->r.len_bytes) {
+		req_lock(q);
+		return true;
+	}
+	/* The buffer is empty now: the rest bypasses it. */
+	c->rx_start = c->rx_end = 0;
+	c->rx = RX_PAYLOAD;
+	c->rx_req = q;
+	req_set_state(q, REQ_PAYLOAD);
+	q->io_done_bytes = n;
+	rx_payload(q);
+	return false;
+}
+
+static void rx_prep_skip(struct conn *c)
+{
+	struct io_uring_sqe *sqe = conn_sqe(&c->rx_op);
+	size_t n = c->skip_left < CONN_RXBUF_BYTES ? (size_t)c->skip_left : CONN_RXBUF_BYTES;
+
+	/* The receive buffer is empty: use it as scratch. */
+	io_uring_prep_recv(sqe, c->fd, c->rxbuf, n, 0);
+}
+
+static void rx_skip_done(struct conn_op *o, int res)
+{
+	struct conn *c = o->c;
+	struct req *q = c->rx_req;
+
+	if (c->state == CONN_CLOSING || res <= 0) {
+		if (c->state != CONN_CLOSING)
+			conn_close(c, res == 0 ? "client closed during a payload" : strerror(-res));
+		c->rx_req = NULL;
+		req_recycle(q);
+		return;
+	}
+	c->skip_left -= (uint64_t)res;
+	if (c->skip_left) {
+		rx_prep_skip(c);
+		return;
+	}
+	c->rx_req = NULL;
+	c->rx = RX_IDLE;
+	reply_queue(q);
+	rx_next(c);
+}
+
+/*
+ * A refused request: drop its payload, if any, then reply with the error.
+ * Returns false if the rest of the payload must be received first.
+ */
+static bool rx_refuse(struct req *q, uint32_t nbd_error)
+{
+	struct conn *c = q->c;
+	uint64_t payload = proto_request_payload_len(&c->sess, &q->r), n;
+
+	q->nbd_error = nbd_error;
+	log_debug("conn %" PRIu64 ": %s flags 0x%x offset %" PRIu64 " length %" PRIu64
+		  ": refused with error %u", c->id, proto_cmd_name(q->r.type), q->r.flags,
+		  q->r.offset, q->r.len_bytes, nbd_error);
+	n = c->rx_end - c->rx_start;
+	if (n > payload)
+		n = payload;
+	c->rx_start += n;
+	if (n == payload) {
+		reply_queue(q);
+		return true;
+	}
+	if (payload > SKIP_MAX_BYTES) {
+		conn_close(c, "refused request with a payload over 4 GiB");
+		req_recycle(q);
+		return false;
+	}
+	req_set_state(q, REQ_SKIP);
+	c->rx_start = c->rx_end = 0;
+	c->skip_left = payload - n;
+	c->rx_req = q;
+	c->rx = RX_SKIP;
+	conn_op_init(&c->rx_op, c, rx_skip_done);
+	rx_prep_skip(c);
+	return false;
+}
+
+/* The pool has room again (or the connection closes). */
+static void rx_buffers_ready(struct conn_op *o, int res)
+{
+	struct req *q = container_of(o, struct req, op);
+	struct conn *c = q->c;
+
+	assert(c->rx_req == q || c->state == CONN_CLOSING);
+	if (res < 0 || c->state == CONN_CLOSING) {
+		c->rx_req = NULL;
+		req_recycle(q);
+		return;
+	}
+	c->rx = RX_IDLE;
+	c->rx_req = NULL;
+	if (rx_buffers(q))
+		rx_next(c);
+}
+
+/* Takes the plan's buffers, or parks; a request that cannot have them is refused. */
+static bool rx_buffers(struct req *q)
+{
+	struct conn *c = q->c;
+	bool waited = q->state == REQ_BUFFERS;
+	int ret = req_get_buffers(q);
+
+	if (ret == -ENOBUFS) {
+		if (!waited)
+			req_set_state(q, REQ_BUFFERS);
+		c->rx = RX_WAIT_BUFFERS;
+		c->rx_req = q;
+		conn_op_init(&q->op, c, rx_buffers_ready);
+		q->buf_wait.chunks = q->plan.chunks + q->plan.bounce;
+		conn_expect(&q->op);
+		/* One that was woken keeps its place at the head. */
+		worker_pool_wait(c->w, &q->buf_wait, waited);
+		return false;
+	}
+	if (ret < 0) {
+		log_warn("conn %" PRIu64 ": %s of %" PRIu64 " bytes: %s", c->id,
+			 proto_cmd_name(q->r.type), q->r.len_bytes, strerror(-ret));
+		return rx_refuse(q, proto_errno_to_nbd(-ret));
+	}
+	return rx_take_payload(q);
+}
+
+/*
+ * Takes the request whose header starts the buffer. Returns false when
+ * receiving must stop for now (a payload being received or skipped, buffers
+ * awaited, DISC, or the connection closed).
+ */
+static bool rx_request(struct conn *c)
+{
+	struct req *q = req_take(c);
+	const struct export *e = c->exp;
+	struct plan_in in;
+	uint32_t err;
+
+	if (proto_decode_request(&c->sess, c->rxbuf + c->rx_start, &q->r) < 0) {
+		conn_close(c, "bad request magic");
+		req_recycle(q);
+		return false;
+	}
+	c->rx_start += c->rx_hdr_len;
+	log_debug("conn %" PRIu64 ": %s flags 0x%x offset %" PRIu64 " length %" PRIu64,
+		  c->id, proto_cmd_name(q->r.type), q->r.flags, q->r.offset, q->r.len_bytes);
+
+	if (q->r.type == NBD_CMD_DISC) {
+		/* No reply; finish what is in flight, then close. */
+		c->state = CONN_DRAINING;
+		c->rx = RX_STOPPED;
+		req_recycle(q);
+		return false;
+	}
+	if (server_shutting_down(c->w->srv))
+		return rx_refuse(q, NBD_ESHUTDOWN);
+	err = proto_validate_request(&c->sess, &q->r, EXPORT_MAX_REQUEST_BYTES);
+	if (err != NBD_SUCCESS)
+		return rx_refuse(q, err);
+	in = (struct plan_in){
+		.type = q->r.type,
+		.offset = q->r.offset,
+		.len_bytes = q->r.len_bytes,
+		.align_bytes = e->align_bytes,
+		.direct_end = e->direct_end,
+		.cache = c->w->srv->cache ? (enum cache_mode)e->cache_mode : CACHE_MODE_NONE,
+		.cache_page_bytes = CACHE_PAGE_BYTES,
+	};
+	plan_request(&in, &q->plan);
+	if (q->r.type == NBD_CMD_FLUSH) {
+		fileio_flush(q);
+		return true;
+	}
+	/* Nothing to move: answered at once (CACHE on an export without a cache). */
+	if (!q->plan.locks) {
+		reply_queue(q);
+		return true;
+	}
+	return rx_buffers(q);
+}
+
+static void rx_done(struct conn_op *o, int res)
+{
+	struct conn *c = o->c;
+
+	if (c->state == CONN_CLOSING)
+		return;
+	c->rx = RX_IDLE;
+	if (res <= 0) {
+		if (res == 0 && c->rx_end == c->rx_start)
+			conn_close(c, "client closed the connection");
+		else
+			conn_close(c, res == 0 ? "client closed mid-request" : strerror(-res));
+		return;
+	}
+	c->rx_end += (size_t)res;
+	rx_next(c);
+}
+
+void rx_next(struct conn *c)
+{
+	struct io_uring_sqe *sqe;
+
+	while (rx_open(c) && c->rx_end - c->rx_start >= c->rx_hdr_len) {
+		if (!c->free_reqs) {
+			c->rx = RX_WAIT_SLOT; /* resumed by rx_slot_freed() */
+			return;
+		}
+		if (!rx_request(c))
+			return;
+	}
+	if (!rx_open(c))
+		return;
+	/* Keep the partial request, if any, at the front; receive behind it. */
+	if (c->rx_start) {
+		memmove(c->rxbuf, c->rxbuf + c->rx_start, c->rx_end - c->rx_start);
+		c->rx_end -= c->rx_start;
+		c->rx_start = 0;
+	}
+	c->rx = RX_RECV;
+	conn_op_init(&c->rx_op, c, rx_done);
+	sqe = conn_sqe(&c->rx_op);
+	io_uring_prep_recv(sqe, c->fd, c->rxbuf + c->rx_end, CONN_RXBUF_BYTES - c->rx_end, 0);
+}
+
+static void rx_resume(struct conn_op *o, int res)
+{
+	(void)res;
+	rx_next(o->c);
+}
+
+void rx_slot_freed(struct conn *c)
+{
+	if (c->rx != RX_WAIT_SLOT)
+		return;
+	c->rx = RX_IDLE;
+	conn_post(&c->resume_op, 0);
+}
+
+void rx_start(struct conn *c)
+{
+	ev_timer_stop(c->w->loop, &c->hs_timer);
+	free(c->hs_buf);
+	free(c->hs_out.data);
+	c->hs_buf = NULL;
+	c->hs_out.data = NULL;
+	c->hs_cap = c->hs_out.cap = 0;
+	c->rxbuf = malloc(CONN_RXBUF_BYTES);
+	if (!c->rxbuf) {
+		conn_close(c, "out of memory for a receive buffer");
+		return;
+	}
+	c->state = CONN_TRANSMIT;
+	c->rx = RX_IDLE;
+	c->rx_hdr_len = proto_request_hdr_len(&c->sess);
+	conn_op_init(&c->resume_op, c, rx_resume);
+	log_info("conn %" PRIu64 ": serving export \"%s\" (%s)", c->id, c->exp->name,
+		 c->sess.extended ? "extended headers" :
+		 c->sess.structured ? "structured replies" : "simple replies");
+	rx_next(c);
+}
