@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /*
  * cache: a small, bounded page cache with placeholder entries, for clients
  * that want buffered I/O, kept coherent with direct I/O on the same file.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 /*
  * Exports: a backing file or block device opened with O_DIRECT, its size,
  * and the alignment direct I/O needs on it. Opened before the workers start

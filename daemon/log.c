@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 /*
  * Logging to stderr (journald collects it): one line per message, a level
  * prefix, lowercase text with the subject quoted. Safe from any thread.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 /*
  * systemd's notification protocol (sd_notify(3)), written out: one datagram
  * to the unix socket named by $NOTIFY_SOCKET ('@' means the abstract

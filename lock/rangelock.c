@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 /*
  * The range lock manager: an interval tree of every held and waiting lock.
  * See rangelock.h for the model and the guarantees.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 /*
  * Fixed-newstyle option negotiation: one option in, reply bytes and the next
  * session state out. The caller does the socket work; see proto.h.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 /*
  * Transmission phase: request headers in, reply headers out, and the one
  * place where a request is judged valid or given its NBD error.

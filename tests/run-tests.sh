@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Runs test programs and scripts, each bounded by a timeout, and prints one
 # line per test and a closing "N passed, N failed, N skipped" line.
 # Exit status: 0 if none failed. A test exits 0 (pass), 77 (skip) or else fails.

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: BSD-3-Clause
 """Side-by-side benchmark: uringnbd against nbd-server, nbdkit (file plugin)
 and qemu-nbd (--cache=none --aio=io_uring) on the same image, each on its own
 unix socket, and fio on the raw file as the ceiling. fio's nbd engine drives

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 /*
  * Range lock manager benchmark (not a test): acquire + release of a lock
  * that does not conflict, with 1, 64 and 4096 other ranges held, single

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 /*
  * libFuzzer target over proto/: the input is what a client sends. Client
  * flags, then options until an export is chosen, then requests: each is

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 /*
  * 64 requests in flight on one connection: writes to distinct ranges, then
  * reads of them, then a mix; every reply matches its request, and the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 /*
  * Broken and vanishing clients, over a raw socket and libnbd: each is
  * answered as the spec says or cut off, and a good client connected all the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 /* Connect and negotiate: size, block sizes, flags, listing, refused names. */
 #include <errno.h>
 #include <stdlib.h>

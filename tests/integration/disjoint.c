@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 /*
  * Requests on disjoint ranges are not serialised: 4 connections x 16 in
  * flight, each in its own region, aligned and unaligned, and the daemon's

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 /*
  * Extended headers over a raw socket (Debian's libnbd cannot speak them):
  * negotiation rules, 32-byte requests with 64-bit lengths, extended reply

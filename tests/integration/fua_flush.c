@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 /*
  * FUA and FLUSH: FUA writes and flushes are accepted on every command as
  * the spec says, and data acknowledged with FUA or followed by an

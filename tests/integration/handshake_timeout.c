@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 /*
  * --handshake-timeout: a client that connects and never chooses an export
  * is closed after the timeout, freeing its connection slot for a client

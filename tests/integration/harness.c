@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 /* See harness.h. */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -101,25 +102,33 @@ void harness_image(struct daemon *d, uint64_t size_bytes)
 	close(fd);
 }
 
+/* The listening socket the daemon inherits, made by the test (as systemd does). */
+static int listen_socket(const char *path)
+{
+	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+	int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+
+	CHECK(fd >= 0, "socket: %s", strerror(errno));
+	CHECK(strlen(path) < sizeof(sun.sun_path), "socket path too long");
+	strcpy(sun.sun_path, path);
+	unlink(path);
+	CHECK(bind(fd, (struct sockaddr *)&sun, sizeof(sun)) == 0, "bind %s: %s", path,
+	      strerror(errno));
+	CHECK(listen(fd, 128) == 0, "listen: %s", strerror(errno));
+	return fd;
+}
+
 void harness_start(struct daemon *d, ...)
 {
 	const char *argv[64];
 	const char *bin = getenv("URINGNBD");
-	struct timespec nap = { 0, 5 * 1000 * 1000 };
-	char pidfile[sizeof(d->dir) + 8];
 	va_list ap;
-	int argc = 0, i, fd;
+	int argc = 0, fd, lfd;
 	const char *a;
 
 	if (!bin)
 		bin = "build/uringnbd";
-	snprintf(pidfile, sizeof(pidfile), "%s/pid", d->dir);
-	unlink(pidfile);
 	argv[argc++] = bin;
-	argv[argc++] = "-U";
-	argv[argc++] = d->sock;
-	argv[argc++] = "--pid-file";
-	argv[argc++] = pidfile;
 	va_start(ap, d);
 	while ((a = va_arg(ap, const char *)) && argc < 60)
 		argv[argc++] = a;
@@ -129,32 +138,32 @@ void harness_start(struct daemon *d, ...)
 
 	mkdir(d->sockdir, 0700); /* again, after a harness_stop() */
 	harness_current = d;
+	/* Socket activation: clients may connect at once; nothing to poll for. */
+	lfd = listen_socket(d->sock);
 	d->pid = fork();
 	CHECK(d->pid >= 0, "fork: %s", strerror(errno));
 	if (d->pid == 0) {
+		char pid[32];
+
 		fd = open(d->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
 		if (fd >= 0) {
 			dup2(fd, 2);
 			close(fd);
 		}
+		if (lfd != 3) {
+			dup2(lfd, 3);
+			close(lfd);
+		}
+		snprintf(pid, sizeof(pid), "%ld", (long)getpid());
+		setenv("LISTEN_PID", pid, 1);
+		setenv("LISTEN_FDS", "1", 1);
+		unsetenv("LISTEN_FDNAMES");
 		execv(bin, (char *const *)argv);
 		fprintf(stderr, "exec %s: %s\n", bin, strerror(errno));
 		_exit(127);
 	}
-	/* Ready once the pid file exists (written after listening); at most 10 s. */
-	for (i = 0; i < 2000; i++) {
-		int status;
-
-		if (access(pidfile, F_OK) == 0)
-			return;
-		if (waitpid(d->pid, &status, WNOHANG) == d->pid) {
-			d->pid = 0;
-			harness_fail(__FILE__, __LINE__, "daemon exited during start-up (status 0x%x)",
-				     status);
-		}
-		nanosleep(&nap, NULL);
-	}
-	harness_fail(__FILE__, __LINE__, "daemon did not start within 10 s");
+	/* Only the daemon holds it: if it dies, waiting clients are refused. */
+	close(lfd);
 }
 
 struct nbd_handle *harness_connect(struct daemon *d, bool structured)
@@ -194,7 +203,7 @@ void harness_stop(struct daemon *d)
 	CHECK(status != -1, "daemon did not exit within 10 s of SIGTERM");
 	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0,
 	      "daemon exited with status 0x%x after SIGTERM", status);
-	CHECK(access(d->sock, F_OK) != 0, "daemon left its socket %s behind", d->sock);
+	unlink(d->sock); /* the test's, like systemd's */
 	rmdir(d->sockdir);
 }
 
@@ -208,7 +217,7 @@ void harness_wait(struct daemon *d)
 	CHECK(status != -1, "daemon did not exit within 10 s");
 	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "daemon exited with status 0x%x",
 	      status);
-	CHECK(access(d->sock, F_OK) != 0, "daemon left its socket %s behind", d->sock);
+	unlink(d->sock);
 	rmdir(d->sockdir);
 }
 

@@ -1,7 +1,9 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /*
  * Integration test harness: each test starts its own uringnbd on a private
- * unix socket in a fresh temporary directory, talks to it with libnbd (or a
- * raw socket), and stops it. Every test is bounded by alarm(); a failure
+ * unix socket in a fresh temporary directory (the socket is made by the
+ * harness and passed by socket activation, so clients connect at once with
+ * no polling), talks to it with libnbd (or a raw socket), and stops it. Every test is bounded by alarm(); a failure
  * prints where and why, then the daemon's log. Exit 0 pass, 1 fail, 77 skip.
  */
 #ifndef URINGNBD_HARNESS_H
@@ -26,7 +28,7 @@ struct daemon {
 void harness_init(const char *name, unsigned timeout_s);
 /* Makes d->dir and a sparse image of size_bytes at d->img. */
 void harness_image(struct daemon *d, uint64_t size_bytes);
-/* Starts uringnbd -U d->sock [args...] d->img; NULL-terminated args. */
+/* Starts uringnbd [args...] d->img on d->sock (inherited); NULL-terminated args. */
 void harness_start(struct daemon *d, ...);
 /* A libnbd handle connected to the daemon (structured replies as asked). */
 struct nbd_handle *harness_connect(struct daemon *d, bool structured);

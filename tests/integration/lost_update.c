@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 /*
  * No lost update: 8 connections (on two workers) write interleaved 100-byte
  * pieces that share sectors, many requests in flight each, several rounds;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 /*
  * --max-connections: at the limit, a further client is not refused but
  * waits (in the listen backlog, its handshake unanswered) until a connection

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 /*
  * TRIM, WRITE_ZEROES (NO_HOLE, FAST_ZERO, FUA, unaligned), CACHE and
  * BLOCK_STATUS with base:allocation, checked through libnbd and against

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 /*
  * Requests the daemon must refuse, sent for real with libnbd's strict mode
  * off: past the end (EINVAL for reads, ENOSPC for writes),

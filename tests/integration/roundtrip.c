@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 /*
  * Data round trips: patterns written at many offsets and sizes (up to the
  * 32 MiB maximum) read back through NBD and straight from the image file,

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 /*
  * Socket activation: libnbd starts uringnbd with a listening socket passed
  * as LISTEN_FDS (systemd's protocol), and serves through it.

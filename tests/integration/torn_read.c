@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 /*
  * No torn read: one connection rewrites a 1 MiB range alternately with two
  * uniform patterns while three others read it with requests in flight;

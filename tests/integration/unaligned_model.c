@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 /*
  * Any offset and length is served exactly: the cases named in the design
  * (1 MiB + 8 at offsets 1 and 2, 2 MiB + 16 at offset 1, single bytes at

@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Command line: bad files and options get one clear message naming the
 # path and the reason, and exit 1; sockets in use are refused, stale ones
 # replaced; the pid file appears once listening and goes at exit.

@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
 # make install into a DESTDIR: binary, man pages (mandoc -Tlint clean),
 # systemd units (systemd-analyze verify clean, security exposure <= 2.0,
 # Type=notify) and the example configuration, which uringnbd accepts.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # Shared by the interop tests: a daemon per test on a private unix socket,
 # an image on a filesystem that does O_DIRECT, cleanup on any exit, and
 # fail/skip that say why. Exit 0 pass, 1 fail, 77 skip.

@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
 # nbdcopy 64 MiB of random data in and out, compared with cmp, and the
 # image itself compared with what went in.
 . "$(dirname "$0")/lib.bash"

@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
 # A filesystem through the whole stack: nbdfuse exposes the export as a
 # file, losetup makes it a block device, ext4 is created, mounted and
 # written, and e2fsck finds it clean through the export and in the image.

@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
 # nbdinfo reads size, block sizes and flags; --list lists the export.
 . "$(dirname "$0")/lib.bash"
 need nbdinfo

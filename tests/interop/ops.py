@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: BSD-3-Clause
 """Operations: the config file (errors name file:line; the command line
 overrides it), SIGHUP reload (exports added and removed while a client stays
 connected to a removed one; a bad file keeps the old configuration),

@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
 # No double caching: after 64 MiB written and read through the export, the
 # image has (next to) nothing in the kernel page cache.
 . "$(dirname "$0")/lib.bash"

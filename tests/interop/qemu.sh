@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
 # qemu-io patterns and qemu-img compare/convert against the export.
 . "$(dirname "$0")/lib.bash"
 need qemu-io qemu-img

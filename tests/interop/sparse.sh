@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Sparse images through real tools: nbdinfo --map and qemu-img map report
 # the holes (base:allocation from SEEK_DATA/SEEK_HOLE), nbdcopy (which
 # uses block status and WRITE_ZEROES) copies a sparse image into the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 /*
  * Unit tests of cache/ alone (no I/O): hits and misses, one fill for many
  * readers, the stale-fill path, invalidation boundaries, pinned pages,

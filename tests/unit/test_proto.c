@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 /*
  * Unit tests of proto/: every option and each error reply of negotiation,
  * request validation and the reply encoders, without sockets.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 /*
  * Unit tests of lock/: the rules one by one, random sequences against a
  * brute-force oracle (seed printed; RL_SEED=N repeats a run), and a

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # /init of the test guest (busybox sh; real tools by full path). Attaches
 # /dev/nbd0 from uringnbd over 4 virtio-serial connections, puts ext4 on it,
 # checks it, then exercises discard. Prints GUEST PASS or GUEST FAIL: why.

@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
 # The real kernel client: a qemu guest (software emulation, no network
 # device) attaches /dev/nbd0 from uringnbd with nbd-client over 4
 # virtio-serial connections, makes and checks an ext4 filesystem on it,

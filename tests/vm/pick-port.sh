@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # Claims the next free virtio-serial port (mkdir is atomic) and joins this
 # connection to it.
 for p in $(cat /tmp/ports); do
