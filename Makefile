@@ -173,10 +173,10 @@ check-fuzz: build/fuzz/fuzz_proto
 
 # ---- static analysis: gcc -fanalyzer, warnings are errors, every module ----
 analyze: | $(B)/.deps-build
-	$(Q)for f in $(PROTO_SRC) $(LOCK_SRC) $(CACHE_SRC) $(DAEMON_SRC); do \
+	$(Q)bad=; for f in $(PROTO_SRC) $(LOCK_SRC) $(CACHE_SRC) $(DAEMON_SRC); do \
 	    echo "  ANALYZE $$f"; \
-	    $(CC) -std=gnu11 -O1 -fanalyzer $(WARN) -Werror -pthread -c $$f -o /dev/null || exit 1; \
-	done
+	    $(CC) -std=gnu11 -O1 -fanalyzer $(WARN) -Werror -pthread -c $$f -o /dev/null || bad="$$bad $$f"; \
+	done; [ -z "$$bad" ] || { echo "analyze: findings in$$bad" >&2; exit 1; }
 
 # ---- run ----
 IMG := build/uringnbd.img

@@ -46,25 +46,42 @@ static void listener_accept_cb(struct ev_loop *loop, ev_io *watcher, int revents
 	}
 }
 
+/*
+ * Adds a listener for fd (still the caller's to close on error).
+ * -fanalyzer does not follow the strings into srv->listeners, which
+ * listen_close() frees.
+ */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpragmas"
+#pragma GCC diagnostic ignored "-Wanalyzer-malloc-leak"
 static int listener_add(struct server *srv, int fd, const char *desc, const char *unix_path)
 {
 	struct listener *ls, *l;
+	char *d, *u = NULL;
 
-	ls = realloc(srv->listeners, (srv->nlisteners + 1) * sizeof(*ls));
-	if (!ls)
+	if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) < 0)
+		return -errno;
+	d = strdup(desc);
+	if (unix_path)
+		u = strdup(unix_path);
+	ls = d && (u || !unix_path) ? realloc(srv->listeners, (srv->nlisteners + 1) * sizeof(*ls))
+				    : NULL;
+	if (!ls) {
+		free(d);
+		free(u);
 		return -ENOMEM;
+	}
 	srv->listeners = ls;
 	/* Watchers hold pointers into the array: only add before the loop runs. */
 	l = &ls[srv->nlisteners++];
 	memset(l, 0, sizeof(*l));
 	l->fd = fd;
 	l->srv = srv;
-	l->desc = strdup(desc);
-	l->unix_path = unix_path ? strdup(unix_path) : NULL;
-	if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) < 0)
-		return -errno;
+	l->desc = d;
+	l->unix_path = u;
 	return 0;
 }
+#pragma GCC diagnostic pop
 
 int listen_tcp(struct server *srv, const char *addr, const char *port)
 {

@@ -14,6 +14,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
@@ -154,13 +155,20 @@ static void on_reload(struct ev_loop *loop, ev_signal *w, int revents)
 static int write_pid_file(const char *path)
 {
 	char tmp[4096];
-	FILE *f;
+	int fd, ok;
 
 	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-	f = fopen(tmp, "w");
-	if (!f || fprintf(f, "%ld\n", (long)getpid()) < 0 || fclose(f) != 0 ||
-	    rename(tmp, path) < 0) {
+	/* Never through a link someone left at the temporary's name. */
+	unlink(tmp);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+	if (fd < 0) {
+		log_error("pid file \"%s\": %s", tmp, strerror(errno));
+		return -1;
+	}
+	ok = dprintf(fd, "%ld\n", (long)getpid()) > 0;
+	if (close(fd) < 0 || !ok || rename(tmp, path) < 0) {
 		log_error("pid file \"%s\": %s", path, strerror(errno));
+		unlink(tmp);
 		return -1;
 	}
 	return 0;
