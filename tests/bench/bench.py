@@ -8,7 +8,9 @@ reported. Not a test: nothing here asserts a number.
 
 Environment: BENCH_ROUNDS (5), BENCH_RUNTIME seconds per run (4),
 BENCH_SIZE image size (1G), BENCH_ONLY comma-separated target names,
-URINGNBD (build/uringnbd), BENCH_DIR (build/bench).
+URINGNBD (build/uringnbd), BENCH_DIR (build/bench); URINGNBD_BASE names
+another uringnbd binary, run in the same rounds as "uringnbd-base" (a
+before/after pair for a change).
 """
 import json
 import os
@@ -24,6 +26,7 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 RUNTIME = int(os.environ.get("BENCH_RUNTIME", "4"))
 SIZE = os.environ.get("BENCH_SIZE", "1G")
 URINGNBD = os.environ.get("URINGNBD", "build/uringnbd")
+URINGNBD_BASE = os.environ.get("URINGNBD_BASE")
 DIR = os.path.abspath(os.environ.get("BENCH_DIR", "build/bench"))
 SOCKDIR = "/tmp/uringnbd-bench"
 
@@ -74,8 +77,9 @@ class Server:
             os.unlink(self.sock)
         self.export = ""
         log = open(f"{DIR}/{self.name}.log", "a")
-        if self.name == "uringnbd":
-            self.proc = subprocess.Popen([URINGNBD, "-U", self.sock, self.img], stderr=log)
+        if self.name in ("uringnbd", "uringnbd-base"):
+            binary = URINGNBD if self.name == "uringnbd" else URINGNBD_BASE
+            self.proc = subprocess.Popen([binary, "-U", self.sock, self.img], stderr=log)
         elif self.name == "nbdkit":
             self.proc = subprocess.Popen(["nbdkit", "-f", "-U", self.sock, "file",
                                           f"file={self.img}", "cache=none"], stderr=log)
@@ -174,6 +178,8 @@ def main():
         sh("fio", "--name=fill", "--rw=write", "--bs=1M", f"--size={SIZE}", f"--filename={img}",
            "--ioengine=io_uring", "--direct=1", "--refill_buffers", "--output=/dev/null")
     names = ["uringnbd", "nbd-server", "nbdkit", "qemu-nbd", "raw file"]
+    if URINGNBD_BASE:
+        names.insert(1, "uringnbd-base")
     only = os.environ.get("BENCH_ONLY")
     if only:
         names = [n for n in names if n in only.split(",")]
@@ -200,7 +206,7 @@ def main():
                     cache[n] = max(cache[n], fincore_bytes(img))
                     target.stop()
                 res[(n, wl[0])].append((iops, bw))
-                print(f"  round {rnd + 1} {wl[0]:<25} {n:<11} {iops:10.0f} IOPS "
+                print(f"  round {rnd + 1} {wl[0]:<25} {n:<13} {iops:10.0f} IOPS "
                       f"{bw / 1e6:9.1f} MB/s", flush=True)
 
     lines = []
@@ -208,13 +214,13 @@ def main():
     lines.append(f"# uringnbd benchmark, {time.strftime('%Y-%m-%d')}, {host}")
     lines.append(f"# {ROUNDS} rounds x {RUNTIME} s per run, medians; image {SIZE} of random data")
     lines.append("")
-    hdr = (f"{'workload':<25} {'target':<11} {'IOPS':>8} {'MB/s':>8} {'vs best peer':>12} "
+    hdr = (f"{'workload':<25} {'target':<13} {'IOPS':>8} {'MB/s':>8} {'vs best peer':>12} "
            f"{'vs raw':>7}  {'IOPS min-max':>15}")
     lines.append(hdr)
     for wl in WORKLOADS:
         med = {n: (statistics.median(x[0] for x in res[(n, wl[0])]),
                    statistics.median(x[1] for x in res[(n, wl[0])])) for n in names}
-        peers = [med[n][0] for n in names if n not in ("uringnbd", "raw file")]
+        peers = [med[n][0] for n in names if n not in ("uringnbd", "uringnbd-base", "raw file")]
         best = max(peers) if peers else 0
         raw = med["raw file"][0] if "raw file" in med else 0
         for n in names:
@@ -223,14 +229,14 @@ def main():
             vr = f"{iops / raw:.2f}x" if raw else "-"
             lo = min(x[0] for x in res[(n, wl[0])])
             hi = max(x[0] for x in res[(n, wl[0])])
-            lines.append(f"{wl[0]:<25} {n:<11} {iops:8.0f} {bw / 1e6:8.1f} {vb:>12} {vr:>7}  "
+            lines.append(f"{wl[0]:<25} {n:<13} {iops:8.0f} {bw / 1e6:8.1f} {vb:>12} {vr:>7}  "
                          f"{lo:7.0f}-{hi:<7.0f}")
         lines.append("")
-    lines.append(f"{'server':<11} {'CPU s/GiB (median)':>20} {'page cache after (bytes)':>26}")
+    lines.append(f"{'server':<13} {'CPU s/GiB (median)':>20} {'page cache after (bytes)':>26}")
     for n in names:
         if n == "raw file":
             continue
-        lines.append(f"{n:<11} {statistics.median(cpu[n]) if cpu[n] else 0:20.3f} {cache[n]:26d}")
+        lines.append(f"{n:<13} {statistics.median(cpu[n]) if cpu[n] else 0:20.3f} {cache[n]:26d}")
     text = "\n".join(line.rstrip() for line in lines) + "\n"
     print()
     print(text)
