@@ -25,8 +25,6 @@
 
 #include "conn.h"
 
-#define CACHE_PREFETCH_MAX_BYTES (32u << 20) /* NBD_CMD_CACHE is advisory beyond this */
-
 static struct cache *srv_cache(const struct req *q)
 {
 	return q->c->w->srv->cache;
@@ -142,13 +140,9 @@ static void cached_window(struct req *q)
 
 void cached_start(struct req *q)
 {
-	uint64_t len = q->plan.io_len;
-
 	req_set_state(q, REQ_CACHED);
-	if (q->r.type == NBD_CMD_CACHE && len > CACHE_PREFETCH_MAX_BYTES)
-		len = CACHE_PREFETCH_MAX_BYTES;
 	q->cache_next = 0;
-	q->cache_npages = (uint32_t)(len / CACHE_PAGE_BYTES);
+	q->cache_npages = (uint32_t)(q->plan.io_len / CACHE_PAGE_BYTES);
 	q->cache_pending = 0;
 	q->nbd_error = NBD_SUCCESS;
 	cached_window(q);

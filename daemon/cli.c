@@ -32,6 +32,10 @@ static void usage(FILE *f)
 		"      --pool-size SIZE buffer pool per worker, e.g. 64M (default 64M)\n"
 		"      --max-connections N  more clients wait to be accepted (default 1024, 0: no limit)\n"
 		"      --handshake-timeout S  close negotiations longer than S seconds (default 10, 0: none)\n"
+		"      --keepalive S    TCP keepalive after S idle seconds (default 60, 0: off)\n"
+		"      --io-timeout S   close a connection whose reply or payload stalls S seconds\n"
+		"                       (default 60, 0: never)\n"
+		"      --idle-timeout S close a connection idle for S seconds (default 0: never)\n"
 		"      --pid-file PATH  write the pid here once listening\n"
 		"  -l, --log-level L    error, warning, info (default) or debug\n"
 		"  -v, --verbose        the same as --log-level debug\n"
@@ -114,6 +118,9 @@ int cli_parse(int argc, char **argv, struct config *cli, const char **config_pat
 		{ "pool-size", required_argument, NULL, 'P' },
 		{ "max-connections", required_argument, NULL, 'M' },
 		{ "handshake-timeout", required_argument, NULL, 'H' },
+		{ "keepalive", required_argument, NULL, 'K' },
+		{ "io-timeout", required_argument, NULL, 'I' },
+		{ "idle-timeout", required_argument, NULL, 'D' },
 		{ "cache", required_argument, NULL, 'C' },
 		{ "cache-size", required_argument, NULL, 'S' },
 		{ "pid-file", required_argument, NULL, 'F' },
@@ -146,6 +153,9 @@ int cli_parse(int argc, char **argv, struct config *cli, const char **config_pat
 		case 'P': if (cli_global(cli, "pool-size", optarg) < 0) return -1; break;
 		case 'M': if (cli_global(cli, "max-connections", optarg) < 0) return -1; break;
 		case 'H': if (cli_global(cli, "handshake-timeout", optarg) < 0) return -1; break;
+		case 'K': if (cli_global(cli, "keepalive", optarg) < 0) return -1; break;
+		case 'I': if (cli_global(cli, "io-timeout", optarg) < 0) return -1; break;
+		case 'D': if (cli_global(cli, "idle-timeout", optarg) < 0) return -1; break;
 		case 'S': if (cli_global(cli, "cache-size", optarg) < 0) return -1; break;
 		case 'F': if (cli_global(cli, "pid-file", optarg) < 0) return -1; break;
 		case 'l': if (cli_global(cli, "log-level", optarg) < 0) return -1; break;

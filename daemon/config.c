@@ -8,6 +8,7 @@
  */
 #define _GNU_SOURCE
 #include <ctype.h>
+#include <stddef.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,19 +41,26 @@ long long config_parse_size(const char *s)
 {
 	char *end;
 	long long v;
+	int shift = 0;
 
+	if (*s < '0' || *s > '9')
+		return -1;
 	errno = 0;
 	v = strtoll(s, &end, 10);
-	if (errno || v < 0 || end == s)
+	if (errno || end == s)
 		return -1;
 	switch (*end) {
-	case 'k': case 'K': v <<= 10; end++; break;
-	case 'm': case 'M': v <<= 20; end++; break;
-	case 'g': case 'G': v <<= 30; end++; break;
+	case 'k': case 'K': shift = 10; end++; break;
+	case 'm': case 'M': shift = 20; end++; break;
+	case 'g': case 'G': shift = 30; end++; break;
+	case 't': case 'T': shift = 40; end++; break;
 	case '\0': break;
 	default: return -1;
 	}
-	return *end ? -1 : v;
+	/* Sizes above 2^62 mean nothing here, and would overflow. */
+	if (*end || v > (INT64_C(1) << 62) >> shift)
+		return -1;
+	return v << shift;
 }
 
 int config_parse_log_level(const char *v)
@@ -85,7 +93,7 @@ void config_free(struct config *cfg)
 	memset(cfg, 0, sizeof(*cfg));
 }
 
-/* A plain decimal count, 0 to 1000000; -1 otherwise. */
+/* A plain decimal count, 0 to 2^31 - 1; -1 otherwise. */
 long long config_parse_count(const char *s)
 {
 	char *end;
@@ -95,7 +103,7 @@ long long config_parse_count(const char *s)
 		return -1;
 	errno = 0;
 	n = strtoll(s, &end, 10);
-	if (errno || *end || n > 1000000)
+	if (errno || *end || n > INT32_MAX)
 		return -1;
 	return n;
 }
@@ -115,12 +123,54 @@ void config_init(struct config *cfg)
 	cfg->log_level = -1;
 	cfg->max_conns = -1;
 	cfg->handshake_timeout_s = -1;
+	cfg->keepalive_s = -1;
+	cfg->io_timeout_s = -1;
+	cfg->idle_timeout_s = -1;
 }
+
+/* The [global] keys that take a number: where it goes and what is allowed. */
+static const struct {
+	const char *key;
+	size_t field;          /* offset of a long long in struct config */
+	bool size;             /* a size with an optional K, M, G or T */
+	long long min, max;
+	const char *why;       /* the message when out of range */
+} numeric_keys[] = {
+	{ "threads", offsetof(struct config, threads), false, 1, 256,
+	  "threads: expected 1 to 256" },
+	{ "pool-size", offsetof(struct config, pool_bytes), true, EXPORT_MAX_REQUEST_BYTES,
+	  INT64_C(1) << 62, "pool-size: expected a size of at least 32M" },
+	{ "cache-size", offsetof(struct config, cache_bytes), true, CACHE_PAGE_BYTES,
+	  INT64_C(1) << 62, "cache-size: expected a size of at least 4K" },
+	{ "max-connections", offsetof(struct config, max_conns), false, 0, 1000000,
+	  "max-connections: expected 0 (no limit) to 1000000" },
+	{ "handshake-timeout", offsetof(struct config, handshake_timeout_s), false, 0, 86400,
+	  "handshake-timeout: expected 0 (none) to 86400 seconds" },
+	{ "keepalive", offsetof(struct config, keepalive_s), false, 0, 86400,
+	  "keepalive: expected 0 (off) to 86400 seconds" },
+	{ "io-timeout", offsetof(struct config, io_timeout_s), false, 0, 86400,
+	  "io-timeout: expected 0 (none) to 86400 seconds" },
+	{ "idle-timeout", offsetof(struct config, idle_timeout_s), false, 0, 31536000,
+	  "idle-timeout: expected 0 (none) to 31536000 seconds" },
+};
 
 int config_set_global(struct config *cfg, const char *k, const char *v, const char **why)
 {
-	long long n;
+	size_t i;
 
+	for (i = 0; i < sizeof(numeric_keys) / sizeof(numeric_keys[0]); i++) {
+		long long n;
+
+		if (strcmp(k, numeric_keys[i].key))
+			continue;
+		n = numeric_keys[i].size ? config_parse_size(v) : config_parse_count(v);
+		if (n < numeric_keys[i].min || n > numeric_keys[i].max) {
+			*why = numeric_keys[i].why;
+			return -1;
+		}
+		*(long long *)(void *)((char *)cfg + numeric_keys[i].field) = n;
+		return 0;
+	}
 	if (!strcmp(k, "unix")) {
 		return set_str(&cfg->unix_path, v);
 	} else if (!strcmp(k, "bind")) {
@@ -129,41 +179,6 @@ int config_set_global(struct config *cfg, const char *k, const char *v, const ch
 		return set_str(&cfg->port, v);
 	} else if (!strcmp(k, "pid-file")) {
 		return set_str(&cfg->pid_file, v);
-	} else if (!strcmp(k, "threads")) {
-		n = config_parse_size(v);
-		if (n < 1 || n > 256) {
-			*why = "threads: expected 1 to 256";
-			return -1;
-		}
-		cfg->threads = (int)n;
-	} else if (!strcmp(k, "pool-size")) {
-		n = config_parse_size(v);
-		if (n < (long long)EXPORT_MAX_REQUEST_BYTES) {
-			*why = "pool-size: expected a size of at least 32M";
-			return -1;
-		}
-		cfg->pool_bytes = n;
-	} else if (!strcmp(k, "max-connections")) {
-		n = config_parse_count(v);
-		if (n < 0) {
-			*why = "max-connections: expected 0 (no limit) to 1000000";
-			return -1;
-		}
-		cfg->max_conns = n;
-	} else if (!strcmp(k, "handshake-timeout")) {
-		n = config_parse_count(v);
-		if (n < 0 || n > 86400) {
-			*why = "handshake-timeout: expected 0 (none) to 86400 seconds";
-			return -1;
-		}
-		cfg->handshake_timeout_s = n;
-	} else if (!strcmp(k, "cache-size")) {
-		n = config_parse_size(v);
-		if (n < (long long)CACHE_PAGE_BYTES) {
-			*why = "cache-size: expected a size of at least 4K";
-			return -1;
-		}
-		cfg->cache_bytes = n;
 	} else if (!strcmp(k, "log-level")) {
 		cfg->log_level = config_parse_log_level(v);
 		if (cfg->log_level < 0) {

@@ -42,6 +42,7 @@ static void conn_free(struct conn *c)
 		if (c->reqs[i].state != REQ_FREE)
 			req_recycle(&c->reqs[i]);
 	}
+	assert(c->acct.held == 0 && !c->buf_wait.queued && !c->buf_wait.promised);
 	if (c->prev)
 		c->prev->next = c->next;
 	else
@@ -100,8 +101,6 @@ void conn_expect(struct conn_op *o)
 
 void conn_close(struct conn *c, const char *why)
 {
-	unsigned i;
-
 	if (c->state == CONN_CLOSING)
 		return;
 	if (why)
@@ -109,9 +108,9 @@ void conn_close(struct conn *c, const char *why)
 	c->state = CONN_CLOSING;
 	c->rx = RX_STOPPED;
 	ev_timer_stop(c->w->loop, &c->hs_timer);
+	ev_timer_stop(c->w->loop, &c->watchdog);
 	/* A request waiting for buffers is told so (its op then recycles it). */
-	for (i = 0; i < CONN_MAX_REQS; i++)
-		worker_pool_cancel(c->w, &c->reqs[i].buf_wait);
+	worker_pool_cancel(c->w, &c->buf_wait);
 	/* Completes every receive and send in flight; file I/O finishes on its own. */
 	shutdown(c->fd, SHUT_RDWR);
 	/* Whatever is pending or not, the free is checked from the loop, not here. */
@@ -126,6 +125,51 @@ void conn_close_if_idle(struct conn *c)
 		conn_close(c, "client disconnected (NBD_CMD_DISC)");
 	else if (c->state == CONN_STOPPING)
 		conn_close(c, "server shutting down");
+}
+
+/*
+ * The watchdog: a reply batch or a payload that has not moved for
+ * io-timeout, or a connection with nothing in flight that has sent nothing
+ * for idle-timeout, is closed; its buffers come back as its ops complete.
+ */
+static void conn_watchdog_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+	struct conn *c = t->data;
+	const struct server *srv = c->w->srv;
+	ev_tstamp now = ev_now(loop);
+	bool moving = c->sending || c->rx == RX_PAYLOAD || c->rx == RX_SKIP;
+
+	(void)revents;
+	if (c->state == CONN_CLOSING)
+		return;
+	if (srv->io_timeout_s && moving && now - c->last_progress >= srv->io_timeout_s) {
+		log_info("conn %" PRIu64 ": %s made no progress for %u s (io-timeout): closing",
+			 c->id, c->sending ? "a reply" : "a WRITE payload", srv->io_timeout_s);
+		conn_close(c, NULL);
+	} else if (srv->idle_timeout_s && !c->live_reqs && c->rx == RX_RECV &&
+		   now - c->last_active >= srv->idle_timeout_s) {
+		log_info("conn %" PRIu64 ": idle for %u s (idle-timeout): closing", c->id,
+			 srv->idle_timeout_s);
+		conn_close(c, NULL);
+	}
+}
+
+void conn_watchdog_start(struct conn *c)
+{
+	const struct server *srv = c->w->srv;
+	unsigned shortest = srv->io_timeout_s;
+	ev_tstamp tick;
+
+	if (!shortest || (srv->idle_timeout_s && srv->idle_timeout_s < shortest))
+		shortest = srv->idle_timeout_s;
+	if (!shortest)
+		return;
+	/* Checked four times per timeout: a stall ends within 1.25 timeouts. */
+	tick = shortest / 4.0;
+	conn_progress(c);
+	conn_active(c);
+	ev_timer_set(&c->watchdog, tick, tick);
+	ev_timer_start(c->w->loop, &c->watchdog);
 }
 
 static void conn_closed(struct conn_op *o, int res)
@@ -152,12 +196,13 @@ void conns_adopt(struct worker *w, int fd)
 	c->state = CONN_HANDSHAKE;
 	c->rx = RX_STOPPED;
 	conn_op_init(&c->close_op, c, conn_closed);
+	ev_timer_init(&c->watchdog, conn_watchdog_cb, 1., 1.);
+	c->watchdog.data = c;
 	for (i = CONN_MAX_REQS; i-- > 0;) {
 		struct req *q = &c->reqs[i];
 
 		q->c = c;
 		q->state = REQ_FREE;
-		q->buf_wait.op = &q->op.op;
 		q->next = c->free_reqs;
 		c->free_reqs = q;
 	}

@@ -96,7 +96,6 @@ struct req {
 	uint32_t nbd_error;        /* error to reply with, NBD_SUCCESS if none */
 	struct conn_op op;         /* its one op in flight: payload, lock grant, edge reads,
 				      file I/O, or a pool wait */
-	struct pool_waiter buf_wait; /* waiting for chunks (REQ_BUFFERS) */
 	int falloc_mode;           /* TRIM / WRITE_ZEROES: the fallocate mode tried */
 	/* Buffers: the span in pool chunks, and a bounce chunk for edge blocks. */
 	struct iovec *iov;         /* one pool chunk each, the last trimmed to io_len */
@@ -147,12 +146,16 @@ struct conn {
 	enum conn_state state;
 	unsigned pending;          /* conn_ops not yet completed (SQEs, waits, posts) */
 	struct conn_op close_op;   /* posted by conn_close: the free is checked from the loop */
+	ev_timer watchdog;         /* io-timeout and idle-timeout, checked every tick */
+	ev_tstamp last_progress;   /* loop time a send or payload receive last moved */
+	ev_tstamp last_active;     /* loop time bytes last came in */
 
 	/* handshake (handshake.c) */
 	ev_timer hs_timer;         /* bounds the negotiation (server handshake_timeout_s) */
 	struct conn_op hs_op;      /* the handshake send or receive in flight */
 	struct proto_session sess;
 	int hs_step;               /* which handshake step the current I/O is for */
+	unsigned hs_options;       /* options received so far */
 	uint8_t *hs_buf;           /* option payload (heap, handshake only) */
 	size_t hs_cap;
 	struct proto_buf hs_out;   /* replies (heap, handshake only) */
@@ -172,6 +175,8 @@ struct conn {
 	struct conn_op resume_op;  /* posted when a slot frees while RX_WAIT_SLOT */
 	struct msghdr rx_msg;      /* WRITE payload recvmsg in flight */
 	struct req *rx_req;        /* RX_PAYLOAD, RX_SKIP, RX_WAIT_BUFFERS: which request */
+	struct pool_account acct;  /* pool chunks its requests hold (the fair share) */
+	struct pool_waiter buf_wait; /* rx_req's wait for chunks (RX_WAIT_BUFFERS) */
 
 	struct req *free_reqs;
 	unsigned live_reqs;        /* slots taken */
@@ -198,6 +203,18 @@ void conn_expect(struct conn_op *o);
 void conn_close(struct conn *c, const char *why);
 /* DRAINING or STOPPING with no request left: close. */
 void conn_close_if_idle(struct conn *c);
+/* A send or payload receive starts or moves on (for io-timeout). */
+static inline void conn_progress(struct conn *c)
+{
+	c->last_progress = ev_now(c->w->loop);
+}
+/* Bytes came in (for idle-timeout). */
+static inline void conn_active(struct conn *c)
+{
+	c->last_active = ev_now(c->w->loop);
+}
+/* Transmission starts: the watchdog runs if a timeout is set. */
+void conn_watchdog_start(struct conn *c);
 uint64_t now_ns(void);
 
 /* ---- handshake.c ---- */
@@ -225,8 +242,9 @@ static inline bool req_locked(const struct req *q)
 /* Takes a free slot (there is one) for a request being decoded: REQ_NEW. */
 struct req *req_take(struct conn *c);
 /*
- * Takes the pool chunks q's plan needs: 0, -ENOBUFS (none taken: wait for
- * the pool), or -ENOMEM (fail the request).
+ * Takes the pool chunks q's plan needs, within the connection's fair share
+ * (or those promised to its wait): 0, -ENOBUFS (none taken: wait for the
+ * pool), or -ENOMEM (fail the request).
  */
 int req_get_buffers(struct req *q);
 /* Gives q's chunks back to the pool. */

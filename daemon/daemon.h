@@ -36,8 +36,7 @@
  *  - Exports are reference counted and never change once open; a reload
  *    replaces the table, and connections keep the export they chose.
  *  - Fields read by other threads are <stdatomic.h> atomics with explicit
- *    orders: relaxed for counters, seq_cst where a pair of flags must see
- *    each other (see server_conn_gone).
+ *    orders (relaxed: they are counters and flags that order nothing else).
  */
 #ifndef URINGNBD_DAEMON_H
 #define URINGNBD_DAEMON_H
@@ -69,6 +68,24 @@ void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(p
 #define log_warn(...)  log_msg(LOG_WARN, __VA_ARGS__)
 #define log_info(...)  log_msg(LOG_INFO, __VA_ARGS__)
 #define log_debug(...) do { if (log_max_level >= LOG_DEBUG) log_msg(LOG_DEBUG, __VA_ARGS__); } while (0)
+/*
+ * A warning that may repeat (accept failures, submit errors): at most one
+ * line per LOG_LIMIT_INTERVAL_S for each limit, with the count of those
+ * left out. Safe from any thread; a limit is zero-initialised and static.
+ */
+#define LOG_LIMIT_INTERVAL_S 5
+struct log_limit {
+	atomic_uint_fast64_t next_ns;  /* monotonic time the next line may be written */
+	atomic_uint suppressed;        /* lines left out since the last one */
+};
+void log_msg_limited(struct log_limit *l, enum log_level level, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+/*
+ * Client-chosen bytes made safe for a log line: printable ASCII stays,
+ * anything else (and \\ and ") becomes \\xNN; cut with "..." to fit bufsz
+ * (at least 8). Returns buf.
+ */
+const char *log_escape(const void *s, size_t len, char *buf, size_t bufsz);
 
 /* ---- config.c ---- */
 /* One export as configured (command line or [export NAME] section). */
@@ -86,11 +103,14 @@ struct export_spec {
 
 struct config {
 	char *unix_path, *bind, *port, *pid_file;
-	int threads;               /* 0: not set */
+	long long threads;         /* 0: not set */
 	long long pool_bytes;      /* 0: not set */
 	long long cache_bytes;     /* 0: not set */
 	long long max_conns;       /* -1: not set; 0: no limit */
 	long long handshake_timeout_s; /* -1: not set; 0: none */
+	long long keepalive_s;     /* -1: not set; 0: off */
+	long long io_timeout_s;    /* -1: not set; 0: none */
+	long long idle_timeout_s;  /* -1: not set; 0: none */
 	int log_level;             /* -1: not set */
 	bool log_level_set;
 	struct export_spec *exports;
@@ -216,16 +236,10 @@ struct op {
 	int res;               /* the posted result */
 };
 
-/*
- * A wait for buffer pool chunks, oldest first. Its op is posted with res 0
- * once that many chunks are free (the waiter must then take them or wait
- * again), or with -ECANCELED by worker_pool_cancel().
- */
-struct pool_waiter {
+/* A completion taken off a full ring, to run from the loop. */
+struct deferred_cqe {
 	struct op *op;
-	uint32_t chunks;       /* how many it needs */
-	struct pool_waiter *next;
-	bool queued;
+	int res;
 };
 
 /* Counters a worker updates and the main thread reads (relaxed). */
@@ -260,8 +274,10 @@ struct worker {
 	bool stop;                /* set under inbox_lock by the main thread */
 	bool stopping;            /* worker-local copy once it acted on stop */
 	struct op *ready_head, *ready_tail; /* posted on this thread, FIFO */
-	struct pool pool;
-	struct pool_waiter *pool_waiters; /* FIFO */
+	struct deferred_cqe *deferred; /* taken off a full ring, run before newer ones */
+	size_t ndeferred, deferred_cap;
+	struct io_uring_sqe void_sqe; /* handed out when the ring refuses work */
+	struct pool pool;         /* with its fair shares and waiters (pool.h) */
 	struct conn *conns;       /* its connections: conn.c's list, opaque here */
 	atomic_uint nconns;       /* live connections (read by the main thread) */
 	struct worker_stats stats;
@@ -279,9 +295,15 @@ void worker_join(struct worker *w);
 struct io_uring_sqe *worker_sqe(struct worker *w, struct op *op);
 /* Queues op->done(op, res) on w's loop; from any thread. */
 void worker_post(struct worker *w, struct op *op, int res);
-/* Parks a wait for chunks: at the tail, or at the head to keep its turn. */
-void worker_pool_wait(struct worker *w, struct pool_waiter *pw, bool front);
-/* Ends a parked wait: its op is posted with -ECANCELED. No-op if not parked. */
+/* Whether a client may take need chunks now (its fair share, pool.h). */
+bool worker_pool_may_take(struct worker *w, const struct pool_account *a, uint32_t need);
+/*
+ * Parks a wait for chunks; pw->ctx is a struct op, posted with res 0 once
+ * the chunks are promised to it (it must pool_claim() them), or with
+ * -ECANCELED by worker_pool_cancel().
+ */
+void worker_pool_wait(struct worker *w, struct pool_waiter *pw);
+/* Ends a parked wait early. No-op if it is not parked. */
 void worker_pool_cancel(struct worker *w, struct pool_waiter *pw);
 /* Adds a worker's counters into *sum. */
 void worker_stats_add(const struct worker *w, struct worker_stats *sum);
@@ -309,12 +331,6 @@ int listen_unix(struct server *srv, const char *path);
 int listen_inherited(struct server *srv);
 /* Starts accepting on the main loop. */
 void listen_start(struct server *srv);
-/*
- * At the connection limit the listeners stop (clients wait in the backlog)
- * and start again when a connection ends. Main thread only.
- */
-void listen_pause(struct server *srv);
-void listen_resume(struct server *srv);
 /* Closes the listeners (and unlinks unix sockets). */
 void listen_close(struct server *srv);
 
@@ -332,9 +348,12 @@ struct server {
 	struct cache *cache;       /* shared by every cached export */
 	unsigned max_conns;        /* 0: no limit */
 	unsigned handshake_timeout_s; /* 0: none */
-	atomic_uint live_conns;    /* accepted, not yet closed (seq_cst, see server_conn_gone) */
-	atomic_bool accept_paused; /* listeners stopped at max_conns (seq_cst) */
-	ev_async accept_resume;    /* main loop: a connection ended while paused */
+	atomic_uint live_conns;    /* accepted, not yet closed */
+	unsigned keepalive_s;      /* TCP keepalive idle time; 0: no keepalive */
+	unsigned io_timeout_s;     /* a stalled reply or payload ends its connection; 0: never */
+	unsigned idle_timeout_s;   /* an idle connection is closed; 0: never */
+	ev_timer accept_backoff;   /* listeners stopped after EMFILE and the like */
+	double backoff_s;          /* its current length; 0 after a good accept */
 	unsigned test_fill_delay_ms; /* test builds only: hold cache fills open */
 	struct ev_loop *loop;      /* main thread's */
 	atomic_bool shutting_down; /* set once by the main thread (relaxed readers) */
@@ -345,9 +364,9 @@ int server_export_lookup(void *srv, const char *name, size_t name_len, struct pr
 int server_export_nth(void *srv, size_t i, struct proto_export *out);
 /* Hands an accepted socket to a worker; it counts against max_conns. */
 void server_accept(struct server *srv, int fd);
-/* An accepted socket is closed (any thread); wakes paused listeners. */
+/* An accepted socket is closed (any thread). */
 void server_conn_gone(struct server *srv);
-/* At max_conns: accepting more would exceed the limit. */
+/* At max_conns: a client accepted now is refused. */
 bool server_at_capacity(struct server *srv);
 bool server_shutting_down(const struct server *srv);
 /*

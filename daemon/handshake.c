@@ -30,6 +30,7 @@ enum hs_step {
 };
 
 #define HS_SKIP_CHUNK 65536
+#define HS_MAX_OPTIONS 256 /* per negotiation; real clients send a handful */
 
 static uint8_t greeting[PROTO_GREETING_LEN];
 static pthread_once_t greeting_once = PTHREAD_ONCE_INIT;
@@ -112,10 +113,11 @@ static void hs_option(struct conn *c)
 		return;
 	}
 	if (c->sess.phase == PROTO_PHASE_CLOSE) {
+		char name[4 * 64 + 4];
+
 		if (c->opt.option == NBD_OPT_EXPORT_NAME)
-			log_info("conn %" PRIu64 ": refused NBD_OPT_EXPORT_NAME \"%.*s\"", c->id,
-				 c->opt.len_bytes > 64 || !data ? 64 : (int)c->opt.len_bytes,
-				 data ? (const char *)data : "(too long)");
+			log_info("conn %" PRIu64 ": refused NBD_OPT_EXPORT_NAME \"%s\"", c->id,
+				 log_escape(data, data ? c->opt.len_bytes : 0, name, sizeof(name)));
 		conn_close(c, "negotiation ended");
 	} else {
 		hs_io(c, HS_OPT_HDR, false, c->hs_hdr, sizeof(c->hs_hdr));
@@ -128,6 +130,12 @@ static void hs_opt_hdr(struct conn *c)
 
 	if (proto_decode_option(c->hs_hdr, &c->opt) < 0) {
 		conn_close(c, "bad option magic");
+		return;
+	}
+	if (++c->hs_options > HS_MAX_OPTIONS) {
+		log_warn("conn %" PRIu64 ": more than %u options in one negotiation: closing", c->id,
+			 HS_MAX_OPTIONS);
+		conn_close(c, NULL);
 		return;
 	}
 	len = c->opt.len_bytes;

@@ -2,6 +2,13 @@
 /*
  * Listeners: TCP, unix sockets, and sockets passed by systemd (LISTEN_FDS).
  * They live on the main thread's loop; each accepted socket goes to a worker.
+ *
+ * A client over max-connections is accepted and closed at once, so it
+ * reports a closed connection instead of hanging in the backlog. Out of
+ * descriptors, the listeners stop for a backoff (0.1 s doubling to 2 s)
+ * rather than spin on EMFILE; repeated warnings are rate-limited. TCP
+ * connections get keepalive and TCP_USER_TIMEOUT, so a peer that vanished
+ * is found (keepalive seconds idle, then 6 probes 10 s apart).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -20,29 +27,103 @@
 #include "daemon.h"
 
 #define LISTEN_BACKLOG 128
+#define LISTEN_ACCEPT_BATCH 64          /* accepts per wakeup, so signals are not starved */
+#define LISTEN_BACKOFF_MIN_S 0.1
+#define LISTEN_BACKOFF_MAX_S 2.0
+#define LISTEN_KEEPALIVE_INTERVAL_S 10  /* between keepalive probes */
+#define LISTEN_KEEPALIVE_PROBES 6       /* unanswered probes that end a connection */
 #define SD_LISTEN_FDS_START 3
+
+static struct log_limit accept_limit, full_limit;
+
+static void listen_watch(struct server *srv, bool on)
+{
+	size_t i;
+
+	for (i = 0; i < srv->nlisteners; i++) {
+		if (on)
+			ev_io_start(srv->loop, &srv->listeners[i].watcher);
+		else
+			ev_io_stop(srv->loop, &srv->listeners[i].watcher);
+	}
+}
+
+static void listen_backoff_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+	struct server *srv = t->data;
+
+	(void)loop;
+	(void)revents;
+	if (!server_shutting_down(srv))
+		listen_watch(srv, true);
+}
+
+/*
+ * Out of descriptors (or memory): stop accepting for a while instead of
+ * spinning on the same error; the wait doubles while it lasts.
+ */
+static void listen_backoff(struct server *srv, const struct listener *l, int err)
+{
+	srv->backoff_s = srv->backoff_s ? srv->backoff_s * 2 : LISTEN_BACKOFF_MIN_S;
+	if (srv->backoff_s > LISTEN_BACKOFF_MAX_S)
+		srv->backoff_s = LISTEN_BACKOFF_MAX_S;
+	log_msg_limited(&accept_limit, LOG_WARN, "accept on %s: %s: not accepting for %.1f s",
+			l->desc, strerror(err), srv->backoff_s);
+	listen_watch(srv, false);
+	ev_timer_set(&srv->accept_backoff, srv->backoff_s, 0.);
+	ev_timer_start(srv->loop, &srv->accept_backoff);
+}
+
+/* TCP only (fails harmlessly on unix sockets): a vanished peer is found. */
+static void listen_tune(const struct server *srv, int fd)
+{
+	int one = 1, idle = (int)srv->keepalive_s, intvl = LISTEN_KEEPALIVE_INTERVAL_S;
+	int cnt = LISTEN_KEEPALIVE_PROBES;
+	unsigned user_timeout_ms = (srv->keepalive_s + LISTEN_KEEPALIVE_INTERVAL_S *
+				    LISTEN_KEEPALIVE_PROBES) * 1000u;
+
+	/* Replies are whole messages: send them at once. */
+	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	if (!srv->keepalive_s)
+		return;
+	(void)setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+	(void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+	(void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
+	(void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
+	/* Unacknowledged data for as long also ends the connection. */
+	(void)setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout_ms,
+			 sizeof(user_timeout_ms));
+}
 
 static void listener_accept_cb(struct ev_loop *loop, ev_io *watcher, int revents)
 {
 	struct listener *l = watcher->data;
-	int fd, one = 1;
+	struct server *srv = l->srv;
+	int fd, n;
 
 	(void)loop;
 	(void)revents;
-	for (;;) {
-		if (server_at_capacity(l->srv)) {
-			listen_pause(l->srv);
-			return;
-		}
+	for (n = 0; n < LISTEN_ACCEPT_BATCH; n++) {
 		fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC);
 		if (fd < 0) {
-			if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
-				log_warn("accept on %s: %s", l->desc, strerror(errno));
+			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
+				listen_backoff(srv, l, errno);
+			else if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
+				log_msg_limited(&accept_limit, LOG_WARN, "accept on %s: %s", l->desc,
+						strerror(errno));
 			return;
 		}
-		/* Replies are whole messages: send them at once. Fails harmlessly on unix. */
-		(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-		server_accept(l->srv, fd);
+		srv->backoff_s = 0;
+		if (server_at_capacity(srv)) {
+			/* A clear end now beats a silent wait in the backlog. */
+			log_msg_limited(&full_limit, LOG_WARN,
+					"%u connection%s, the limit: refused a client on %s",
+					srv->max_conns, srv->max_conns == 1 ? "" : "s", l->desc);
+			close(fd);
+			continue;
+		}
+		listen_tune(srv, fd);
+		server_accept(srv, fd);
 	}
 }
 
@@ -236,35 +317,8 @@ void listen_start(struct server *srv)
 		ev_io_start(srv->loop, &l->watcher);
 		log_info("listening on %s", l->desc);
 	}
-}
-
-void listen_pause(struct server *srv)
-{
-	size_t i;
-
-	if (atomic_load(&srv->accept_paused))
-		return;
-	for (i = 0; i < srv->nlisteners; i++)
-		ev_io_stop(srv->loop, &srv->listeners[i].watcher);
-	atomic_store(&srv->accept_paused, true);
-	log_warn("%u connection%s, the limit: new clients wait until one ends", srv->max_conns,
-		 srv->max_conns == 1 ? "" : "s");
-	/* A connection that ended before the flag was set sent no wakeup. */
-	if (!server_at_capacity(srv))
-		listen_resume(srv);
-}
-
-void listen_resume(struct server *srv)
-{
-	size_t i;
-
-	if (!atomic_load(&srv->accept_paused) || server_shutting_down(srv) ||
-	    server_at_capacity(srv))
-		return;
-	atomic_store(&srv->accept_paused, false);
-	for (i = 0; i < srv->nlisteners; i++)
-		ev_io_start(srv->loop, &srv->listeners[i].watcher);
-	log_info("accepting again");
+	ev_timer_init(&srv->accept_backoff, listen_backoff_cb, LISTEN_BACKOFF_MIN_S, 0.);
+	srv->accept_backoff.data = srv;
 }
 
 void listen_close(struct server *srv)
@@ -276,6 +330,8 @@ void listen_close(struct server *srv)
 
 		if (srv->loop && ev_is_active(&l->watcher))
 			ev_io_stop(srv->loop, &l->watcher);
+		if (srv->loop && ev_is_active(&srv->accept_backoff))
+			ev_timer_stop(srv->loop, &srv->accept_backoff);
 		close(l->fd);
 		if (l->unix_path)
 			unlink(l->unix_path);

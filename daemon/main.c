@@ -17,6 +17,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,8 +27,11 @@
 
 #define DEFAULT_POOL_BYTES (64u * 1024 * 1024)
 #define DEFAULT_CACHE_BYTES (64u * 1024 * 1024)
-#define DEFAULT_MAX_CONNS 1024  /* about 460 KiB each, buffers apart */
+#define DEFAULT_MAX_CONNS 1024
 #define DEFAULT_HANDSHAKE_TIMEOUT_S 10
+#define DEFAULT_KEEPALIVE_S 60
+#define DEFAULT_IO_TIMEOUT_S 60
+#define NOFILE_RESERVE 64 /* descriptors beside connections: exports, listeners, rings */
 #define STATUS_INTERVAL_S 2.0
 
 static struct server srv;
@@ -98,14 +102,6 @@ static void on_second_signal(int sig)
 	_exit(1);
 }
 
-static void on_accept_resume(struct ev_loop *loop, ev_async *w, int revents)
-{
-	(void)loop;
-	(void)w;
-	(void)revents;
-	listen_resume(&srv);
-}
-
 static void on_usr1(struct ev_loop *loop, ev_signal *w, int revents)
 {
 	(void)loop;
@@ -150,6 +146,34 @@ static void on_reload(struct ev_loop *loop, ev_signal *w, int revents)
 	config_free(&file);
 	notify_send("READY=1");
 	notify_status();
+}
+
+/* A count from the command line, else the file, else the default (-1: not set). */
+static unsigned setting(long long from_cli, long long from_file, unsigned dflt)
+{
+	return (unsigned)(from_cli >= 0 ? from_cli : from_file >= 0 ? from_file : dflt);
+}
+
+/*
+ * Every connection is a descriptor: raise the soft limit to the hard one,
+ * and say so if max-connections still cannot be met.
+ */
+static void raise_nofile(unsigned max_conns)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return;
+	if (rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+			(void)getrlimit(RLIMIT_NOFILE, &rl);
+	}
+	if (max_conns && rl.rlim_cur != RLIM_INFINITY &&
+	    rl.rlim_cur < (rlim_t)max_conns + NOFILE_RESERVE)
+		log_warn("descriptor limit %llu is under max-connections %u + %u: clients past it "
+			 "are refused until descriptors free up (raise LimitNOFILE= or ulimit -n)",
+			 (unsigned long long)rl.rlim_cur, max_conns, NOFILE_RESERVE);
 }
 
 static int write_pid_file(const char *path)
@@ -200,10 +224,12 @@ int main(int argc, char **argv)
 	threads = cli.threads ? cli.threads : file.threads;
 	srv.pool_bytes = (size_t)(cli.pool_bytes ? cli.pool_bytes
 				  : file.pool_bytes ? file.pool_bytes : DEFAULT_POOL_BYTES);
-	srv.max_conns = (unsigned)(cli.max_conns >= 0 ? cli.max_conns
-				   : file.max_conns >= 0 ? file.max_conns : DEFAULT_MAX_CONNS);
-	srv.handshake_timeout_s = (unsigned)(cli.handshake_timeout_s >= 0 ? cli.handshake_timeout_s
-		: file.handshake_timeout_s >= 0 ? file.handshake_timeout_s : DEFAULT_HANDSHAKE_TIMEOUT_S);
+	srv.max_conns = setting(cli.max_conns, file.max_conns, DEFAULT_MAX_CONNS);
+	srv.handshake_timeout_s = setting(cli.handshake_timeout_s, file.handshake_timeout_s,
+					  DEFAULT_HANDSHAKE_TIMEOUT_S);
+	srv.keepalive_s = setting(cli.keepalive_s, file.keepalive_s, DEFAULT_KEEPALIVE_S);
+	srv.io_timeout_s = setting(cli.io_timeout_s, file.io_timeout_s, DEFAULT_IO_TIMEOUT_S);
+	srv.idle_timeout_s = setting(cli.idle_timeout_s, file.idle_timeout_s, 0);
 	if (cli.log_level >= 0)
 		log_max_level = (enum log_level)cli.log_level;
 	else if (file.log_level_set)
@@ -214,6 +240,7 @@ int main(int argc, char **argv)
 			threads = 1;
 	}
 	signal(SIGPIPE, SIG_IGN);
+	raise_nofile(srv.max_conns);
 
 	pthread_rwlock_init(&srv.exports_lock, NULL);
 	srv.cache = cache_new((size_t)(cli.cache_bytes ? cli.cache_bytes
@@ -252,8 +279,6 @@ int main(int argc, char **argv)
 		if (worker_start(&srv.workers[started], &srv, (int)started) < 0)
 			goto out_workers;
 
-	ev_async_init(&srv.accept_resume, on_accept_resume);
-	ev_async_start(srv.loop, &srv.accept_resume);
 	listen_start(&srv);
 	if (pid_file && write_pid_file(pid_file) < 0)
 		goto out_workers;

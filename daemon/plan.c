@@ -32,7 +32,7 @@ static void plan_lock(const struct plan_in *in, struct plan *out)
 		return;
 	out->lock_first = in->offset;
 	out->lock_last = in->offset + in->len_bytes - 1;
-	if (in->type == NBD_CMD_WRITE && !out->buffered) {
+	if ((in->type == NBD_CMD_WRITE && !out->buffered) || in->type == NBD_CMD_CACHE) {
 		out->lock_first = out->io_off;
 		out->lock_last = out->io_off + out->io_len - 1;
 	}
@@ -50,6 +50,8 @@ void plan_request(const struct plan_in *in, struct plan *out)
 		uint64_t p = in->cache_page_bytes;
 
 		out->cached = true;
+		if (in->type == NBD_CMD_CACHE && end - off > PLAN_PREFETCH_MAX_BYTES)
+			end = off + PLAN_PREFETCH_MAX_BYTES;
 		out->io_off = off / p * p;
 		out->io_len = (end + p - 1) / p * p - out->io_off;
 		out->data_off = (uint32_t)(off - out->io_off);

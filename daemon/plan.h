@@ -10,8 +10,8 @@
  * the span, under one exclusive lock over the span. A request touching the
  * partial last block of a file (size not a multiple of the alignment) is
  * done on exactly its bytes through the buffered descriptor instead.
- * Cached reads (and CACHE prefetches) cover the whole 4 KiB cache pages
- * around them.
+ * Cached reads cover the whole cache pages around them; a CACHE prefetch
+ * covers the pages of its first PLAN_PREFETCH_MAX_BYTES, and locks only those.
  *
  * Locks: READ, BLOCK_STATUS and CACHE shared over their bytes; WRITE
  * exclusive over its span (its bytes when buffered); TRIM and WRITE_ZEROES
@@ -31,6 +31,8 @@ enum cache_mode {
 	CACHE_MODE_AUTO,    /* reads under 64 KiB or unaligned through the cache */
 };
 #define CACHE_AUTO_MAX_BYTES (64u * 1024)
+/* NBD_CMD_CACHE is advisory: a prefetch fills at most this much from its offset. */
+#define PLAN_PREFETCH_MAX_BYTES (32u << 20)
 
 /* What the plan is made from: the request and the export's geometry. */
 struct plan_in {

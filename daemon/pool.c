@@ -11,13 +11,19 @@
 
 #include "pool.h"
 
-int pool_init(struct pool *p, size_t size_bytes, uint32_t min_chunks)
+int pool_init(struct pool *p, size_t size_bytes, uint32_t max_req)
 {
-	uint32_t i;
+	/* nchunks - nchunks / 8 >= max_req: one largest request fits beside the reserve. */
+	uint32_t min_chunks = max_req + max_req / 7 + 1, i;
 
+	memset(p, 0, sizeof(*p));
 	p->nchunks = (uint32_t)(size_bytes / POOL_CHUNK_BYTES);
 	if (p->nchunks < min_chunks)
 		p->nchunks = min_chunks;
+	p->reserve = p->nchunks / 8;
+	p->cap = (p->nchunks - p->reserve) / 2;
+	if (p->cap < max_req)
+		p->cap = max_req;
 	p->base = mmap(NULL, (size_t)p->nchunks * POOL_CHUNK_BYTES, PROT_READ | PROT_WRITE,
 		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
 	if (p->base == MAP_FAILED)
@@ -71,6 +77,96 @@ void pool_put(struct pool *p, uint32_t n, const struct iovec *iov)
 		assert(p->nfree < p->nchunks);
 		p->free_stack[p->nfree++] = (uint32_t)(off / POOL_CHUNK_BYTES);
 	}
+}
+
+/* Light: within an even split of the reserve among the clients. */
+static int pool_light(const struct pool *p, const struct pool_account *a, uint32_t need,
+		      unsigned nclients)
+{
+	uint32_t share = p->reserve / (nclients ? nclients : 1);
+
+	return a->held + need <= (share ? share : 1);
+}
+
+static int pool_fits_general(const struct pool *p, const struct pool_account *a,
+			     uint32_t need, uint32_t avail)
+{
+	return avail >= need + p->reserve && a->held + need <= p->cap;
+}
+
+/* A queued waiter that holds the line for the general pool. */
+static int pool_in_line(const struct pool *p, const struct pool_waiter *pw)
+{
+	return pw->acct->held + pw->chunks <= p->cap;
+}
+
+int pool_may_take(const struct pool *p, const struct pool_account *a, uint32_t need,
+		  unsigned nclients)
+{
+	uint32_t avail = p->nfree - p->promised;
+	const struct pool_waiter *pw;
+
+	if (avail >= need && pool_light(p, a, need, nclients))
+		return 1;
+	for (pw = p->waiters; pw; pw = pw->next)
+		if (pool_in_line(p, pw))
+			return 0;
+	return pool_fits_general(p, a, need, avail);
+}
+
+void pool_wait(struct pool *p, struct pool_waiter *pw)
+{
+	struct pool_waiter **pp = &p->waiters;
+
+	assert(!pw->queued && !pw->promised);
+	while (*pp)
+		pp = &(*pp)->next;
+	pw->next = NULL;
+	*pp = pw;
+	pw->queued = 1;
+}
+
+void pool_unwait(struct pool *p, struct pool_waiter *pw)
+{
+	struct pool_waiter **pp;
+
+	if (!pw->queued)
+		return;
+	for (pp = &p->waiters; *pp != pw; pp = &(*pp)->next)
+		assert(*pp);
+	*pp = pw->next;
+	pw->next = NULL;
+	pw->queued = 0;
+}
+
+struct pool_waiter *pool_next_ready(struct pool *p, unsigned nclients)
+{
+	uint32_t avail = p->nfree - p->promised;
+	struct pool_waiter *pw;
+	int line_held = 0;
+
+	for (pw = p->waiters; pw; pw = pw->next) {
+		int ok = avail >= pw->chunks && pool_light(p, pw->acct, pw->chunks, nclients);
+
+		if (!ok && !line_held && pool_in_line(p, pw)) {
+			ok = pool_fits_general(p, pw->acct, pw->chunks, avail);
+			line_held = !ok; /* the oldest in line keeps its turn */
+		}
+		if (ok) {
+			pool_unwait(p, pw);
+			pw->promised = pw->chunks;
+			p->promised += pw->chunks;
+			return pw;
+		}
+	}
+	return NULL;
+}
+
+void pool_claim(struct pool *p, struct pool_waiter *pw)
+{
+	assert(p->promised >= pw->promised);
+	p->promised -= pw->promised;
+	pw->promised = 0;
 }
 
 unsigned iov_slice(const struct iovec *src, unsigned nsrc, size_t off, size_t len,

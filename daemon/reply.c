@@ -56,6 +56,7 @@ static void reply_send(struct conn *c)
 	c->send_msg.msg_iov = c->send_iov;
 	c->send_msg.msg_iovlen = n;
 	conn_op_init(&c->send_op, c, reply_send_done);
+	conn_progress(c);
 	sqe = conn_sqe(&c->send_op);
 	io_uring_prep_sendmsg(sqe, c->fd, &c->send_msg, MSG_NOSIGNAL | MSG_WAITALL);
 }

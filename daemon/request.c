@@ -65,11 +65,16 @@ struct req *req_take(struct conn *c)
 
 int req_get_buffers(struct req *q)
 {
-	struct pool *pool = &q->c->w->pool;
-	uint32_t n = q->plan.chunks;
+	struct conn *c = q->c;
+	struct pool *pool = &c->w->pool;
+	uint32_t n = q->plan.chunks, need = n + q->plan.bounce;
 	int got;
 
-	if (n + q->plan.bounce > pool->nfree)
+	if (c->buf_wait.promised)
+		pool_claim(pool, &c->buf_wait); /* its turn came: they are free */
+	else if (!worker_pool_may_take(c->w, &c->acct, need))
+		return -ENOBUFS;
+	if (need > pool->nfree)
 		return -ENOBUFS;
 	if (n > REQ_INLINE_CHUNKS) {
 		q->iov = malloc(2 * n * sizeof(*q->iov));
@@ -86,11 +91,13 @@ int req_get_buffers(struct req *q)
 			goto out_release;
 		assert((uint32_t)got == n);
 		q->niov = n;
+		c->acct.held += n;
 	}
 	if (q->plan.bounce) {
 		got = pool_get(pool, POOL_CHUNK_BYTES, &q->bounce);
 		if (got < 0)
 			goto out_release;
+		c->acct.held++;
 	}
 	return 0;
 
@@ -102,11 +109,16 @@ out_release:
 void req_release_buffers(struct req *q)
 {
 	struct pool *pool = &q->c->w->pool;
+	struct pool_account *a = &q->c->acct;
 
-	if (q->niov)
+	if (q->niov) {
 		pool_put(pool, q->niov, q->iov);
-	if (q->bounce.iov_base)
+		a->held -= q->niov;
+	}
+	if (q->bounce.iov_base) {
 		pool_put(pool, 1, &q->bounce);
+		a->held--;
+	}
 	if (q->iov && q->iov != q->iov_inline)
 		free(q->iov); /* io_iov is its second half */
 	q->iov = q->io_iov = NULL;

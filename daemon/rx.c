@@ -65,6 +65,7 @@ void rx_payload(struct req *q)
 	struct io_uring_sqe *sqe;
 
 	conn_op_init(&q->op, c, rx_payload_done);
+	conn_progress(c);
 	sqe = conn_sqe(&q->op);
 	/* The msghdr lives in the connection: one receive at a time. */
 	memset(&c->rx_msg, 0, sizeof(c->rx_msg));
@@ -112,6 +113,7 @@ static void rx_prep_skip(struct conn *c)
 	struct io_uring_sqe *sqe = conn_sqe(&c->rx_op);
 	size_t n = c->skip_left < CONN_RXBUF_BYTES ? (size_t)c->skip_left : CONN_RXBUF_BYTES;
 
+	conn_progress(c);
 	/* The receive buffer is empty: use it as scratch. */
 	io_uring_prep_recv(sqe, c->fd, c->rxbuf, n, 0);
 }
@@ -183,6 +185,8 @@ static void rx_buffers_ready(struct conn_op *o, int res)
 
 	assert(c->rx_req == q || c->state == CONN_CLOSING);
 	if (res < 0 || c->state == CONN_CLOSING) {
+		if (c->buf_wait.promised)
+			pool_claim(&c->w->pool, &c->buf_wait); /* given up */
 		c->rx_req = NULL;
 		req_recycle(q);
 		return;
@@ -206,10 +210,11 @@ static bool rx_buffers(struct req *q)
 		c->rx = RX_WAIT_BUFFERS;
 		c->rx_req = q;
 		conn_op_init(&q->op, c, rx_buffers_ready);
-		q->buf_wait.chunks = q->plan.chunks + q->plan.bounce;
+		c->buf_wait.acct = &c->acct;
+		c->buf_wait.chunks = q->plan.chunks + q->plan.bounce;
+		c->buf_wait.ctx = &q->op.op;
 		conn_expect(&q->op);
-		/* One that was woken keeps its place at the head. */
-		worker_pool_wait(c->w, &q->buf_wait, waited);
+		worker_pool_wait(c->w, &c->buf_wait);
 		return false;
 	}
 	if (ret < 0) {
@@ -290,6 +295,7 @@ static void rx_done(struct conn_op *o, int res)
 		return;
 	}
 	c->rx_end += (size_t)res;
+	conn_active(c);
 	rx_next(c);
 }
 
@@ -350,6 +356,7 @@ void rx_start(struct conn *c)
 	c->rx = RX_IDLE;
 	c->rx_hdr_len = proto_request_hdr_len(&c->sess);
 	conn_op_init(&c->resume_op, c, rx_resume);
+	conn_watchdog_start(c);
 	log_info("conn %" PRIu64 ": serving export \"%s\" (%s)", c->id, c->exp->name,
 		 c->sess.extended ? "extended headers" :
 		 c->sess.structured ? "structured replies" : "simple replies");

@@ -51,25 +51,20 @@ void server_accept(struct server *s, int fd)
 		close(fd);
 		return;
 	}
-	atomic_fetch_add(&s->live_conns, 1);
+	atomic_fetch_add_explicit(&s->live_conns, 1, memory_order_relaxed);
 	/* Round-robin: a connection stays on its worker for its whole life. */
 	worker_adopt(&s->workers[s->next_worker++ % s->nworkers], fd);
 }
 
 bool server_at_capacity(struct server *s)
 {
-	return s->max_conns && atomic_load(&s->live_conns) >= s->max_conns;
+	return s->max_conns &&
+	       atomic_load_explicit(&s->live_conns, memory_order_relaxed) >= s->max_conns;
 }
 
 void server_conn_gone(struct server *s)
 {
-	/*
-	 * Paired with listen_pause(), which sets accept_paused and then reads
-	 * live_conns: one of the two sides sees the other's store.
-	 */
-	atomic_fetch_sub(&s->live_conns, 1);
-	if (atomic_load(&s->accept_paused))
-		ev_async_send(s->loop, &s->accept_resume);
+	atomic_fetch_sub_explicit(&s->live_conns, 1, memory_order_relaxed);
 }
 
 struct export **server_build_exports(struct server *s, const struct export_spec *specs,

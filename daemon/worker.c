@@ -9,10 +9,12 @@
  * completion (or another thread) unblocks is posted to the worker's ready
  * list and run from the loop, never from inside the handler that freed it:
  * handlers only change state, queue SQEs and post ops, they never wait and
- * never recurse. Requests waiting for buffer chunks wait in a FIFO and are
- * posted, oldest first, when the pool has room for them. SQEs are submitted
+ * never recurse. Requests waiting for buffer chunks are posted when the
+ * pool can give them their fair share (pool.h). SQEs are submitted
  * once per loop iteration from an ev_prepare watcher (or early, if the
- * submission queue fills).
+ * submission queue fills; if the completion queue is full too, completions
+ * are moved aside to be run later, and if the ring refuses work the op is
+ * failed with the ring's error instead of aborting).
  */
 #define _GNU_SOURCE
 #include <assert.h>
@@ -31,22 +33,67 @@
 /* The worker whose loop runs on this thread (NULL on the main thread). */
 static __thread struct worker *tls_worker;
 
-static void worker_submit(struct worker *w)
+static struct log_limit submit_limit;
+
+/* Submits what is queued; returns 0 or the error io_uring_submit gave. */
+static int worker_submit(struct worker *w)
 {
 	int ret = io_uring_submit(&w->ring);
 
-	/* EBUSY/EAGAIN: the kernel is short of room; reaping makes some. */
-	if (ret < 0 && ret != -EAGAIN && ret != -EBUSY && ret != -EINTR)
-		log_error("worker %d: io_uring_submit: %s", w->id, strerror(-ret));
+	if (ret >= 0 || ret == -EINTR)
+		return 0;
+	/* EBUSY/EAGAIN: completions must be reaped first; the loop does that. */
+	if (ret != -EBUSY && ret != -EAGAIN)
+		log_msg_limited(&submit_limit, LOG_ERROR, "worker %d: io_uring_submit: %s", w->id,
+				strerror(-ret));
+	return ret;
+}
+
+/*
+ * Moves every completion off the ring without running it (it runs from the
+ * loop, in order, before newer ones), so that a submit can go on from
+ * inside a handler when the completion queue is full.
+ */
+static void worker_defer_cqes(struct worker *w)
+{
+	struct io_uring_cqe *cqe;
+
+	while (io_uring_peek_cqe(&w->ring, &cqe) == 0) {
+		if (w->ndeferred == w->deferred_cap) {
+			size_t cap = w->deferred_cap ? 2 * w->deferred_cap : 256;
+			struct deferred_cqe *d = realloc(w->deferred, cap * sizeof(*d));
+
+			if (!d) {
+				log_error("worker %d: out of memory holding completions", w->id);
+				abort();
+			}
+			w->deferred = d;
+			w->deferred_cap = cap;
+		}
+		w->deferred[w->ndeferred].op = io_uring_cqe_get_data(cqe);
+		w->deferred[w->ndeferred].res = cqe->res;
+		w->ndeferred++;
+		io_uring_cqe_seen(&w->ring, cqe);
+	}
 }
 
 struct io_uring_sqe *worker_sqe(struct worker *w, struct op *op)
 {
 	struct io_uring_sqe *sqe;
+	int ret;
 
 	assert(w == tls_worker);
-	while (!(sqe = io_uring_get_sqe(&w->ring)))
-		worker_submit(w);
+	while (!(sqe = io_uring_get_sqe(&w->ring))) {
+		ret = worker_submit(w);
+		if (ret == -EBUSY || ret == -EAGAIN) {
+			worker_defer_cqes(w);
+		} else if (ret < 0) {
+			/* The ring refuses work: this op fails, the caller's SQE goes nowhere. */
+			worker_post(w, op, ret);
+			memset(&w->void_sqe, 0, sizeof(w->void_sqe));
+			return &w->void_sqe;
+		}
+	}
 	io_uring_sqe_set_data(sqe, op);
 	return sqe;
 }
@@ -75,49 +122,37 @@ void worker_post(struct worker *w, struct op *op, int res)
 	ev_async_send(w->loop, &w->wake);
 }
 
-void worker_pool_wait(struct worker *w, struct pool_waiter *pw, bool front)
+static unsigned worker_clients(struct worker *w)
 {
-	struct pool_waiter **pp = &w->pool_waiters;
-
-	assert(!pw->queued);
-	if (!front)
-		while (*pp)
-			pp = &(*pp)->next;
-	pw->next = *pp;
-	*pp = pw;
-	pw->queued = true;
+	return atomic_load_explicit(&w->nconns, memory_order_relaxed);
 }
 
-static void pool_unlink(struct worker *w, struct pool_waiter *pw)
+bool worker_pool_may_take(struct worker *w, const struct pool_account *a, uint32_t need)
 {
-	struct pool_waiter **pp;
+	return pool_may_take(&w->pool, a, need, worker_clients(w));
+}
 
-	for (pp = &w->pool_waiters; *pp != pw; pp = &(*pp)->next)
-		assert(*pp);
-	*pp = pw->next;
-	pw->next = NULL;
-	pw->queued = false;
+void worker_pool_wait(struct worker *w, struct pool_waiter *pw)
+{
+	pool_wait(&w->pool, pw);
 }
 
 void worker_pool_cancel(struct worker *w, struct pool_waiter *pw)
 {
 	if (!pw->queued)
 		return;
-	pool_unlink(w, pw);
-	worker_post(w, pw->op, -ECANCELED);
+	pool_unwait(&w->pool, pw);
+	worker_post(w, pw->ctx, -ECANCELED);
 }
 
-/* Posts the oldest waiters that the free chunks can satisfy; true if any. */
+/* Posts the waiters the free chunks can satisfy now; true if any. */
 static bool worker_pool_kick(struct worker *w)
 {
-	uint32_t avail = w->pool.nfree;
 	struct pool_waiter *pw;
 	bool any = false;
 
-	while ((pw = w->pool_waiters) && pw->chunks <= avail) {
-		avail -= pw->chunks;
-		pool_unlink(w, pw);
-		worker_post(w, pw->op, 0);
+	while ((pw = pool_next_ready(&w->pool, worker_clients(w)))) {
+		worker_post(w, pw->ctx, 0);
 		any = true;
 	}
 	return any;
@@ -126,6 +161,12 @@ static bool worker_pool_kick(struct worker *w)
 static void worker_reap(struct worker *w)
 {
 	struct io_uring_cqe *cqe;
+	size_t i;
+
+	/* Those a full queue made us take off the ring first, in their order. */
+	for (i = 0; i < w->ndeferred; i++)
+		w->deferred[i].op->done(w->deferred[i].op, w->deferred[i].res);
+	w->ndeferred = 0;
 
 	while (io_uring_peek_cqe(&w->ring, &cqe) == 0) {
 		struct op *op = io_uring_cqe_get_data(cqe);
@@ -196,6 +237,8 @@ static void worker_prepare_cb(struct ev_loop *loop, ev_prepare *watcher, int rev
 
 	(void)loop;
 	(void)revents;
+	if (w->ndeferred)
+		worker_reap(w);
 	worker_run_ready(w);
 	if (io_uring_sq_ready(&w->ring))
 		worker_submit(w);
@@ -374,5 +417,6 @@ void worker_join(struct worker *w)
 	pool_release(&w->pool);
 	munmap(w->zeroes, WORKER_ZEROES_BYTES);
 	free(w->inbox);
+	free(w->deferred);
 	pthread_mutex_destroy(&w->inbox_lock);
 }

@@ -432,6 +432,11 @@ int proto_negotiate(struct proto_session *s, const struct proto_exports *ex,
 
 	if (s->phase != PROTO_PHASE_OPTIONS)
 		return -EINVAL;
+	/* SET_META_CONTEXT replaces the selection, even when it fails. */
+	if (opt->option == NBD_OPT_SET_META_CONTEXT) {
+		next.meta_base_allocation = false;
+		next.meta_export = NULL;
+	}
 	ret = negotiate_one(&next, ex, opt, data, out);
 	if (ret < 0) {
 		out->len = start;

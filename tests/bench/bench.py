@@ -8,7 +8,8 @@ reported. Not a test: nothing here asserts a number.
 
 Environment: BENCH_ROUNDS (5), BENCH_RUNTIME seconds per run (4),
 BENCH_SIZE image size (1G), BENCH_ONLY comma-separated target names,
-URINGNBD (build/uringnbd), BENCH_DIR (build/bench); URINGNBD_BASE names
+BENCH_WORKLOADS comma-separated workload names, URINGNBD (build/uringnbd),
+BENCH_DIR (build/bench); URINGNBD_BASE names
 another uringnbd binary, run in the same rounds as "uringnbd-base" (a
 before/after pair for a change).
 """
@@ -183,11 +184,15 @@ def main():
     only = os.environ.get("BENCH_ONLY")
     if only:
         names = [n for n in names if n in only.split(",")]
-    res = {(n, w[0]): [] for n in names for w in WORKLOADS}
+    workloads = WORKLOADS
+    if os.environ.get("BENCH_WORKLOADS"):
+        pick = os.environ["BENCH_WORKLOADS"].split(",")
+        workloads = [w for w in WORKLOADS if w[0] in pick]
+    res = {(n, w[0]): [] for n in names for w in workloads}
     cpu = {n: [] for n in names}
     cache = {n: 0 for n in names}
     for rnd in range(ROUNDS):
-        for wl in WORKLOADS:
+        for wl in workloads:
             # Interleaved, and rotated each round so no target always goes first.
             order = names[rnd % len(names):] + names[:rnd % len(names)]
             for n in order:
@@ -217,7 +222,7 @@ def main():
     hdr = (f"{'workload':<25} {'target':<13} {'IOPS':>8} {'MB/s':>8} {'vs best peer':>12} "
            f"{'vs raw':>7}  {'IOPS min-max':>15}")
     lines.append(hdr)
-    for wl in WORKLOADS:
+    for wl in workloads:
         med = {n: (statistics.median(x[0] for x in res[(n, wl[0])]),
                    statistics.median(x[1] for x in res[(n, wl[0])])) for n in names}
         peers = [med[n][0] for n in names if n not in ("uringnbd", "uringnbd-base", "raw file")]

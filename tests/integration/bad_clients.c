@@ -13,30 +13,13 @@
 #include "harness.h"
 
 /* Old-style EXPORT_NAME of the default export; returns the socket in transmission. */
-static int raw_transmission(struct daemon *d)
+static int bad_transmission(struct daemon *d)
 {
-	uint8_t r[10];
-	int fd = raw_hello(d, NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES);
+	uint64_t size;
+	int fd = raw_transmission(d, &size);
 
-	raw_option(fd, NBD_IHAVEOPT, NBD_OPT_EXPORT_NAME, NULL, 0);
-	raw_recv(fd, r, sizeof(r));
-	CHECK(proto_get_u64(r) == 4 << 20, "EXPORT_NAME size");
-	CHECK(proto_get_u16(r + 8) & NBD_FLAG_HAS_FLAGS, "EXPORT_NAME flags");
+	CHECK(size == 4 << 20, "EXPORT_NAME size");
 	return fd;
-}
-
-static void send_request(int fd, uint32_t magic, uint16_t flags, uint16_t type, uint64_t cookie,
-			 uint64_t off, uint32_t len)
-{
-	uint8_t h[PROTO_REQUEST_LEN];
-
-	proto_put_u32(h, magic);
-	proto_put_u16(h + 4, flags);
-	proto_put_u16(h + 6, type);
-	proto_put_u64(h + 8, cookie);
-	proto_put_u64(h + 16, off);
-	proto_put_u32(h + 24, len);
-	raw_send(fd, h, sizeof(h));
 }
 
 static uint32_t recv_simple_reply(int fd, uint64_t cookie)
@@ -99,21 +82,21 @@ int main(void)
 	raw_expect_closed(fd, "EXPORT_NAME of an unknown export");
 
 	/* Transmission: unknown command and bad flags get EINVAL; bad magic is a disconnect. */
-	fd = raw_transmission(&d);
-	send_request(fd, NBD_REQUEST_MAGIC, 0, 77, 1, 0, 512);
+	fd = bad_transmission(&d);
+	raw_request(fd, NBD_REQUEST_MAGIC, 0, 77, 1, 0, 512);
 	CHECK(recv_simple_reply(fd, 1) == NBD_EINVAL, "unknown command not EINVAL");
-	send_request(fd, NBD_REQUEST_MAGIC, 1u << 12, NBD_CMD_READ, 2, 0, 512);
+	raw_request(fd, NBD_REQUEST_MAGIC, 1u << 12, NBD_CMD_READ, 2, 0, 512);
 	CHECK(recv_simple_reply(fd, 2) == NBD_EINVAL, "unknown flag not EINVAL");
-	send_request(fd, NBD_REQUEST_MAGIC, 0, NBD_CMD_READ, 3, 0, 0);
+	raw_request(fd, NBD_REQUEST_MAGIC, 0, NBD_CMD_READ, 3, 0, 0);
 	CHECK(recv_simple_reply(fd, 3) == 0, "zero-length read not answered");
-	send_request(fd, NBD_REQUEST_MAGIC, 0, NBD_CMD_FLUSH, 4, 0, 0);
+	raw_request(fd, NBD_REQUEST_MAGIC, 0, NBD_CMD_FLUSH, 4, 0, 0);
 	CHECK(recv_simple_reply(fd, 4) == 0, "flush failed");
-	send_request(fd, 0x12345678, 0, NBD_CMD_READ, 5, 0, 512);
+	raw_request(fd, 0x12345678, 0, NBD_CMD_READ, 5, 0, 512);
 	raw_expect_closed(fd, "bad request magic");
 
 	/* A WRITE whose payload never fully arrives. */
-	fd = raw_transmission(&d);
-	send_request(fd, NBD_REQUEST_MAGIC, 0, NBD_CMD_WRITE, 6, 0, 4096);
+	fd = bad_transmission(&d);
+	raw_request(fd, NBD_REQUEST_MAGIC, 0, NBD_CMD_WRITE, 6, 0, 4096);
 	raw_send(fd, buf, 100);
 	close(fd);
 

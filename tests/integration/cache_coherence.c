@@ -48,16 +48,6 @@ static struct cstats cache_stats(struct daemon *d)
 	return s;
 }
 
-static struct nbd_handle *open_export(struct daemon *d, const char *name)
-{
-	struct nbd_handle *h = nbd_create();
-
-	CHECK(h, "nbd_create");
-	NBD_OK(nbd_set_export_name(h, name));
-	NBD_OK(nbd_connect_unix(h, d->sock));
-	return h;
-}
-
 static void model_test(struct daemon *d, uint64_t seed)
 {
 	static const char *const names[] = { "direct", "cached", "auto" };
@@ -67,7 +57,7 @@ static void model_test(struct daemon *d, uint64_t seed)
 	int i, k;
 
 	for (k = 0; k < 3; k++)
-		h[k] = open_export(d, names[k]);
+		h[k] = harness_connect_export(d, names[k]);
 	srandom((unsigned)seed);
 	for (i = 0; i < 3000; i++) {
 		uint64_t len = (uint64_t)random() % (i % 20 == 0 ? (1 << 20) : 9000) + 1;
@@ -111,7 +101,7 @@ static void concurrent_cold_readers(struct daemon *d)
 
 	harness_start(d, "-t", "2", "-n", "cached", "--cache", "always", NULL);
 	for (k = 0; k < 8; k++)
-		h[k] = open_export(d, "cached");
+		h[k] = harness_connect_export(d, "cached");
 	for (k = 0; k < 8; k++)
 		ck[k] = nbd_aio_pread(h[k], b + k * 4096, 4096, 1 << 20, NBD_NULL_COMPLETION, 0);
 	for (k = 0; k < 8; k++) {
@@ -148,8 +138,8 @@ static void stale_fill(struct daemon *d, const char *image, const char *hooks_bi
 	harness_start(d, "-t", "1", "-n", "cached", "--cache", "always", "-e", direct, NULL);
 	unsetenv("URINGNBD_TEST_FILL_DELAY_MS");
 	setenv("URINGNBD", shipped_bin, 1);
-	a = open_export(d, "cached");
-	w = open_export(d, "direct");
+	a = harness_connect_export(d, "cached");
+	w = harness_connect_export(d, "direct");
 	/* A reads bytes [0, 100) of a cold page: its fill reads the page, then lingers. */
 	ck = nbd_aio_pread(a, b, 100, 2 << 20, NBD_NULL_COMPLETION, 0);
 	CHECK(ck > 0, "aio_pread");
@@ -185,7 +175,7 @@ static void budget(struct daemon *d)
 	int i;
 
 	harness_start(d, "-n", "cached", "--cache", "always", "--cache-size", "1M", NULL);
-	h = open_export(d, "cached");
+	h = harness_connect_export(d, "cached");
 	for (i = 0; i < 10; i++)
 		NBD_OK(nbd_pread(h, b, 1 << 20, (uint64_t)(i % 8) << 20, 0));
 	nbd_close(h);
@@ -205,7 +195,7 @@ static void prefetch(struct daemon *d)
 	struct cstats s;
 
 	harness_start(d, "-n", "cached", "--cache", "always", NULL);
-	h = open_export(d, "cached");
+	h = harness_connect_export(d, "cached");
 	NBD_OK(nbd_cache(h, 65536, 4 << 20, 0));
 	NBD_OK(nbd_pread(h, b, 65536, 4 << 20, 0));
 	nbd_close(h);
@@ -221,7 +211,7 @@ static void durability(struct daemon *d)
 	struct nbd_handle *h;
 
 	harness_start(d, "-n", "cached", "--cache", "always", NULL);
-	h = open_export(d, "cached");
+	h = harness_connect_export(d, "cached");
 	NBD_OK(nbd_pread(h, r, 65536, 0, 0)); /* the pages are cached */
 	harness_fill(a, 65536, 5);
 	harness_fill(b, 65536, 6);

@@ -166,6 +166,16 @@ void harness_start(struct daemon *d, ...)
 	close(lfd);
 }
 
+struct nbd_handle *harness_connect_export(struct daemon *d, const char *name)
+{
+	struct nbd_handle *h = nbd_create();
+
+	CHECK(h, "nbd_create: %s", nbd_get_error());
+	NBD_OK(nbd_set_export_name(h, name));
+	NBD_OK(nbd_connect_unix(h, d->sock));
+	return h;
+}
+
 struct nbd_handle *harness_connect(struct daemon *d, bool structured)
 {
 	struct nbd_handle *h = nbd_create();
@@ -324,6 +334,33 @@ int raw_hello(struct daemon *d, uint32_t client_flags)
 	proto_put_u32(f, client_flags);
 	raw_send(fd, f, 4);
 	return fd;
+}
+
+int raw_transmission(struct daemon *d, uint64_t *size_bytes)
+{
+	uint8_t r[10];
+	int fd = raw_hello(d, NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES);
+
+	raw_option(fd, NBD_IHAVEOPT, NBD_OPT_EXPORT_NAME, NULL, 0);
+	raw_recv(fd, r, sizeof(r));
+	CHECK(proto_get_u16(r + 8) & NBD_FLAG_HAS_FLAGS, "EXPORT_NAME flags");
+	if (size_bytes)
+		*size_bytes = proto_get_u64(r);
+	return fd;
+}
+
+void raw_request(int fd, uint32_t magic, uint16_t flags, uint16_t type, uint64_t cookie,
+		 uint64_t off, uint32_t len)
+{
+	uint8_t h[PROTO_REQUEST_LEN];
+
+	proto_put_u32(h, magic);
+	proto_put_u16(h + 4, flags);
+	proto_put_u16(h + 6, type);
+	proto_put_u64(h + 8, cookie);
+	proto_put_u64(h + 16, off);
+	proto_put_u32(h + 24, len);
+	raw_send(fd, h, sizeof(h));
 }
 
 void raw_option(int fd, uint64_t magic, uint32_t opt, const void *data, uint32_t len)

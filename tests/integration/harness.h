@@ -32,6 +32,8 @@ void harness_image(struct daemon *d, uint64_t size_bytes);
 void harness_start(struct daemon *d, ...);
 /* A libnbd handle connected to the daemon (structured replies as asked). */
 struct nbd_handle *harness_connect(struct daemon *d, bool structured);
+/* A libnbd handle connected to the export called name. */
+struct nbd_handle *harness_connect_export(struct daemon *d, const char *name);
 /* SIGTERM, then waits; fails the test unless the daemon exits 0. */
 void harness_stop(struct daemon *d);
 /* Waits for a daemon already told to stop; fails the test unless it exits 0. */
@@ -49,6 +51,11 @@ void raw_expect_closed(int fd, const char *what);
 /* Connects, checks the greeting, sends client_flags. */
 int raw_hello(struct daemon *d, uint32_t client_flags);
 void raw_option(int fd, uint64_t magic, uint32_t opt, const void *data, uint32_t len);
+/* raw_hello, then EXPORT_NAME of the default export: the socket, in transmission. */
+int raw_transmission(struct daemon *d, uint64_t *size_bytes);
+/* One compact request header (magic NBD_REQUEST_MAGIC, or a bad one). */
+void raw_request(int fd, uint32_t magic, uint16_t flags, uint16_t type, uint64_t cookie,
+		 uint64_t off, uint32_t len);
 /* Reads one option reply to opt; returns its type and skips its payload. */
 uint32_t raw_option_reply(int fd, uint32_t opt);
 

@@ -170,10 +170,14 @@ START_TEST(test_cached_read_and_prefetch)
 	ck_assert_uint_eq(r.io_len, 4096);
 	ck_assert_uint_eq(r.data_off, 904);
 	ck_assert_uint_eq(r.chunks, 1);
-	/* A prefetch of any length needs no buffer. */
+	/* A prefetch of any length needs no buffer, and fills (and locks) its first 32 MiB. */
 	ck_assert(c.cached && c.locks);
 	ck_assert_uint_eq(c.chunks, 0);
 	ck_assert(!c.bounce);
+	ck_assert_uint_eq(c.io_off, 4096);
+	ck_assert_uint_eq(c.io_len, (32u << 20) + 4096);
+	ck_assert_uint_eq(c.lock_first, 4096);
+	ck_assert_uint_eq(c.lock_last, 4096 + c.io_len - 1);
 }
 END_TEST
 
@@ -201,7 +205,8 @@ START_TEST(test_random_invariants)
 		struct plan p;
 
 		plan_request(&in, &p);
-		if (in.type == NBD_CMD_READ || in.type == NBD_CMD_WRITE || p.cached) {
+		if (in.type == NBD_CMD_READ || in.type == NBD_CMD_WRITE ||
+		    (p.cached && len <= PLAN_PREFETCH_MAX_BYTES)) {
 			/* The buffer covers the request. */
 			ck_assert_uint_le(p.io_off, off);
 			ck_assert_uint_eq(p.io_off + p.data_off, off);
@@ -234,7 +239,12 @@ START_TEST(test_random_invariants)
 		ck_assert(p.locks == (in.type != NBD_CMD_CACHE || p.cached));
 		ck_assert(p.exclusive == (in.type == NBD_CMD_WRITE || in.type == NBD_CMD_TRIM ||
 					  in.type == NBD_CMD_WRITE_ZEROES));
-		if (p.locks) {
+		if (p.locks && in.type == NBD_CMD_CACHE) {
+			/* A prefetch locks the pages it fills, and only those. */
+			ck_assert_uint_eq(p.lock_first, p.io_off);
+			ck_assert_uint_eq(p.lock_last, p.io_off + p.io_len - 1);
+			ck_assert_uint_le(p.io_len, PLAN_PREFETCH_MAX_BYTES + 2 * PAGE);
+		} else if (p.locks) {
 			ck_assert_uint_le(p.lock_first, off);
 			ck_assert_uint_ge(p.lock_last, off + len - 1);
 			if (in.type == NBD_CMD_WRITE && !p.buffered) {

@@ -706,6 +706,31 @@ START_TEST(test_meta_set_other_export_lapses)
 }
 END_TEST
 
+/* The spec: a SET_META_CONTEXT that fails still replaces the selection. */
+START_TEST(test_meta_failed_set_clears)
+{
+	static const char *const exact[] = { "base:allocation" };
+	uint8_t p[128];
+	uint32_t len;
+
+	ck_assert_int_eq(negotiate(NBD_OPT_STRUCTURED_REPLY, NULL, 0), 0);
+	len = meta_payload(p, "", exact, 1);
+	ck_assert_int_eq(negotiate(NBD_OPT_SET_META_CONTEXT, p, len), 0);
+	ck_assert(sess.meta_base_allocation);
+	/* Malformed: an error reply, and nothing is selected any more. */
+	ck_assert_int_eq(negotiate(NBD_OPT_SET_META_CONTEXT, p, len - 1), 0);
+	assert_one_error(NBD_OPT_SET_META_CONTEXT, NBD_REP_ERR_INVALID);
+	ck_assert(!sess.meta_base_allocation);
+	/* An unknown export: the same. */
+	ck_assert_int_eq(negotiate(NBD_OPT_SET_META_CONTEXT, p, len), 0);
+	ck_assert(sess.meta_base_allocation);
+	len = meta_payload(p, "nope", exact, 1);
+	ck_assert_int_eq(negotiate(NBD_OPT_SET_META_CONTEXT, p, len), 0);
+	assert_one_error(NBD_OPT_SET_META_CONTEXT, NBD_REP_ERR_UNKNOWN);
+	ck_assert(!sess.meta_base_allocation);
+}
+END_TEST
+
 START_TEST(test_meta_malformed)
 {
 	static const char *const exact[] = { "base:allocation" };
@@ -917,6 +942,7 @@ static Suite *proto_suite(void)
 	tcase_add_test(hs, test_meta_set_and_go);
 	tcase_add_test(hs, test_meta_set_other_export_lapses);
 	tcase_add_test(hs, test_meta_malformed);
+	tcase_add_test(hs, test_meta_failed_set_clears);
 	tcase_add_test(hs, test_repeated_options);
 	suite_add_tcase(s, hs);
 
