@@ -12,10 +12,12 @@
  */
 #define _GNU_SOURCE
 #include <assert.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -36,11 +38,13 @@ static void conn_free(struct conn *c)
 	struct worker *w = c->w;
 	unsigned i;
 
-	for (i = 0; i < CONN_MAX_REQS; i++) {
+	for (i = 0; i < c->reqs_fresh; i++) {
+		struct req *q = &c->area->reqs[i];
+
 		/* Nothing is pending, so no request is locked or doing I/O. */
-		assert(!req_locked(&c->reqs[i]));
-		if (c->reqs[i].state != REQ_FREE)
-			req_recycle(&c->reqs[i]);
+		assert(!req_locked(q));
+		if (q->state != REQ_FREE)
+			req_recycle(q);
 	}
 	assert(c->acct.held == 0 && !c->buf_wait.queued && !c->buf_wait.promised);
 	if (c->prev)
@@ -55,7 +59,8 @@ static void conn_free(struct conn *c)
 	export_put((struct export *)c->exp);
 	free(c->hs_buf);
 	free(c->hs_out.data);
-	free(c->rxbuf);
+	if (c->area)
+		munmap(c->area, sizeof(*c->area));
 	log_debug("conn %" PRIu64 ": closed", c->id);
 	free(c);
 	if (w->stopping && atomic_load_explicit(&w->nconns, memory_order_relaxed) == 0)
@@ -128,9 +133,45 @@ void conn_close_if_idle(struct conn *c)
 }
 
 /*
+ * Gives the area's pages back when the connection has been quiet long
+ * enough: no request, nothing sent, nothing buffered, and only a quiet
+ * receive in flight (which writes nowhere past CONN_RX_QUIET_BYTES).
+ */
+static void conn_cancel_done(struct conn_op *o, int res)
+{
+	(void)o;
+	(void)res; /* the receive it cancelled (or that had completed) says what happened */
+}
+
+static void conn_area_release(struct conn *c, ev_tstamp now)
+{
+	uint8_t *from = c->area->rxbuf + CONN_RX_QUIET_BYTES;
+
+	if (c->area_quiet || c->live_reqs || c->sending || c->rx != RX_RECV || c->rx_end ||
+	    now - c->last_active < CONN_QUIET_S)
+		return;
+	if (!c->rx_quiet) {
+		/* Posted while busy, it may write anywhere: rx.c replaces it with a quiet one. */
+		if (!c->rx_cancelling) {
+			c->rx_cancelling = true;
+			conn_op_init(&c->cancel_op, c, conn_cancel_done);
+			io_uring_prep_cancel(conn_sqe(&c->cancel_op), &c->rx_op.op, 0);
+		}
+		return;
+	}
+	if (madvise(from, (size_t)((uint8_t *)(c->area + 1) - from), MADV_DONTNEED) < 0)
+		return;
+	/* The slots read as zeroes now: free and never used. */
+	c->free_reqs = NULL;
+	c->reqs_fresh = 0;
+	c->area_quiet = true;
+}
+
+/*
  * The watchdog: a reply batch or a payload that has not moved for
  * io-timeout, or a connection with nothing in flight that has sent nothing
  * for idle-timeout, is closed; its buffers come back as its ops complete.
+ * A quiet connection gives its area's pages back.
  */
 static void conn_watchdog_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
@@ -151,25 +192,33 @@ static void conn_watchdog_cb(struct ev_loop *loop, ev_timer *t, int revents)
 		log_info("conn %" PRIu64 ": idle for %u s (idle-timeout): closing", c->id,
 			 srv->idle_timeout_s);
 		conn_close(c, NULL);
+	} else {
+		conn_area_release(c, now);
 	}
 }
 
-void conn_watchdog_start(struct conn *c)
+int conn_transmit_start(struct conn *c)
 {
 	const struct server *srv = c->w->srv;
-	unsigned shortest = srv->io_timeout_s;
-	ev_tstamp tick;
+	ev_tstamp tick = CONN_QUIET_S;
+	void *area;
 
-	if (!shortest || (srv->idle_timeout_s && srv->idle_timeout_s < shortest))
-		shortest = srv->idle_timeout_s;
-	if (!shortest)
-		return;
+	area = mmap(NULL, sizeof(*c->area), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+		    -1, 0);
+	if (area == MAP_FAILED)
+		return -errno;
+	c->area = area;
+	c->rxbuf = c->area->rxbuf;
 	/* Checked four times per timeout: a stall ends within 1.25 timeouts. */
-	tick = shortest / 4.0;
+	if (srv->io_timeout_s && srv->io_timeout_s / 4.0 < tick)
+		tick = srv->io_timeout_s / 4.0;
+	if (srv->idle_timeout_s && srv->idle_timeout_s / 4.0 < tick)
+		tick = srv->idle_timeout_s / 4.0;
 	conn_progress(c);
 	conn_active(c);
 	ev_timer_set(&c->watchdog, tick, tick);
 	ev_timer_start(c->w->loop, &c->watchdog);
+	return 0;
 }
 
 static void conn_closed(struct conn_op *o, int res)
@@ -181,7 +230,6 @@ static void conn_closed(struct conn_op *o, int res)
 void conns_adopt(struct worker *w, int fd)
 {
 	struct conn *c;
-	unsigned i;
 
 	c = calloc(1, sizeof(*c));
 	if (!c) {
@@ -198,14 +246,6 @@ void conns_adopt(struct worker *w, int fd)
 	conn_op_init(&c->close_op, c, conn_closed);
 	ev_timer_init(&c->watchdog, conn_watchdog_cb, 1., 1.);
 	c->watchdog.data = c;
-	for (i = CONN_MAX_REQS; i-- > 0;) {
-		struct req *q = &c->reqs[i];
-
-		q->c = c;
-		q->state = REQ_FREE;
-		q->next = c->free_reqs;
-		c->free_reqs = q;
-	}
 	c->next = w->conns;
 	if (w->conns)
 		w->conns->prev = c;

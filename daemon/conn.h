@@ -44,6 +44,14 @@
  * a larger payload is received straight into them.
  */
 #define CONN_RXBUF_BYTES (256u * 1024)
+/*
+ * A receive posted while the connection has nothing in flight uses only the
+ * start of the buffer (room for a header and a 4 KiB payload and more), so
+ * the rest of the area can be given back while it waits.
+ */
+#define CONN_RX_QUIET_BYTES (16u * 1024)
+#define CONN_QUIET_S 2.0      /* quiet this long: the area's pages are given back */
+#define CONN_SEND_IOVS 1024   /* iovecs in one reply sendmsg */
 
 struct conn;
 
@@ -119,6 +127,20 @@ struct req {
 	struct req *next;          /* free list or send queue */
 };
 
+/*
+ * What a connection needs only while it serves requests. Mapped (not
+ * touched) when transmission starts; its pages are touched as traffic needs
+ * them, request slots are handed out lowest first and reused most recently
+ * freed first, and once the connection has been quiet for CONN_QUIET_S
+ * everything but the start of rxbuf is given back (MADV_DONTNEED), so an
+ * idle connection costs a few KiB however busy it once was.
+ */
+struct conn_area {
+	uint8_t rxbuf[CONN_RXBUF_BYTES];     /* first, page-aligned */
+	struct iovec send_iov[CONN_SEND_IOVS];
+	struct req reqs[CONN_MAX_REQS];
+};
+
 enum conn_state {
 	CONN_HANDSHAKE,   /* option haggling */
 	CONN_TRANSMIT,    /* serving requests */
@@ -167,8 +189,13 @@ struct conn {
 
 	/* transmission: receiving (rx.c) */
 	const struct export *exp;
+	struct conn_area *area;    /* mmap'd at transmission start; NULL before */
+	bool area_quiet;           /* its pages were given back; nothing touched since */
 	enum rx_state rx;
-	uint8_t *rxbuf;            /* CONN_RXBUF_BYTES: requests as they arrive */
+	bool rx_quiet;             /* the receive in flight uses only CONN_RX_QUIET_BYTES */
+	bool rx_cancelling;        /* a full-size receive is being replaced by a quiet one */
+	struct conn_op cancel_op;  /* that cancel's own completion */
+	uint8_t *rxbuf;            /* area->rxbuf: requests as they arrive */
 	size_t rx_start, rx_end;   /* unparsed bytes are rxbuf[rx_start, rx_end) */
 	size_t rx_hdr_len;         /* 28, or 32 with extended headers */
 	struct conn_op rx_op;      /* the receive into rxbuf, or a skip */
@@ -178,16 +205,15 @@ struct conn {
 	struct pool_account acct;  /* pool chunks its requests hold (the fair share) */
 	struct pool_waiter buf_wait; /* rx_req's wait for chunks (RX_WAIT_BUFFERS) */
 
-	struct req *free_reqs;
+	struct req *free_reqs;     /* slots used before and free again, most recent first */
+	unsigned reqs_fresh;       /* area->reqs[reqs_fresh..] never used since mapped or given back */
 	unsigned live_reqs;        /* slots taken */
-	struct req reqs[CONN_MAX_REQS];
 
 	/* replies (reply.c): one sendmsg in flight, many replies per sendmsg */
 	struct conn_op send_op;
 	struct req *sendq_head, *sendq_tail;
 	struct req *sending;       /* replies in the sendmsg in flight (chained) */
-	struct msghdr send_msg;
-	struct iovec send_iov[1024];
+	struct msghdr send_msg;    /* its iovecs are area->send_iov */
 };
 
 /* ---- conn.c ---- */
@@ -213,8 +239,8 @@ static inline void conn_active(struct conn *c)
 {
 	c->last_active = ev_now(c->w->loop);
 }
-/* Transmission starts: the watchdog runs if a timeout is set. */
-void conn_watchdog_start(struct conn *c);
+/* Transmission starts: the area is mapped and the watchdog runs. Returns 0 or -errno. */
+int conn_transmit_start(struct conn *c);
 uint64_t now_ns(void);
 
 /* ---- handshake.c ---- */

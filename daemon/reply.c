@@ -14,8 +14,6 @@
 
 #include "conn.h"
 
-#define SEND_IOV_MAX (sizeof(((struct conn *)0)->send_iov) / sizeof(struct iovec))
-
 static void reply_send_done(struct conn_op *o, int res);
 
 /* Sends what is queued, if no send is in flight. */
@@ -23,6 +21,7 @@ static void reply_send(struct conn *c)
 {
 	struct io_uring_sqe *sqe;
 	struct req *q, **tail = &c->sending;
+	struct iovec *iov = c->area->send_iov;
 	size_t n = 0;
 
 	if (c->sending || !c->sendq_head || c->state == CONN_CLOSING)
@@ -30,20 +29,19 @@ static void reply_send(struct conn *c)
 	while ((q = c->sendq_head)) {
 		size_t need = 1 + (q->reply_data ? q->niov : 0);
 
-		if (n + need > SEND_IOV_MAX)
+		if (n + need > CONN_SEND_IOVS)
 			break;
 		if (q->reply_raw_len) {
 			/* Built whole in the bounce chunk (block status). */
-			c->send_iov[n].iov_base = q->bounce.iov_base;
-			c->send_iov[n].iov_len = q->reply_raw_len;
+			iov[n].iov_base = q->bounce.iov_base;
+			iov[n].iov_len = q->reply_raw_len;
 		} else {
-			c->send_iov[n].iov_base = q->reply_hdr;
-			c->send_iov[n].iov_len = q->reply_hdr_len;
+			iov[n].iov_base = q->reply_hdr;
+			iov[n].iov_len = q->reply_hdr_len;
 		}
 		n++;
 		if (q->reply_data)
-			n += iov_slice(q->iov, q->niov, q->plan.data_off, q->r.len_bytes,
-				       &c->send_iov[n]);
+			n += iov_slice(q->iov, q->niov, q->plan.data_off, q->r.len_bytes, &iov[n]);
 		c->sendq_head = q->next;
 		if (!c->sendq_head)
 			c->sendq_tail = NULL;
@@ -53,7 +51,7 @@ static void reply_send(struct conn *c)
 	}
 	assert(n > 0);
 	memset(&c->send_msg, 0, sizeof(c->send_msg));
-	c->send_msg.msg_iov = c->send_iov;
+	c->send_msg.msg_iov = iov;
 	c->send_msg.msg_iovlen = n;
 	conn_op_init(&c->send_op, c, reply_send_done);
 	conn_progress(c);

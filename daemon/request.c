@@ -50,8 +50,14 @@ struct req *req_take(struct conn *c)
 {
 	struct req *q = c->free_reqs;
 
-	assert(q);
-	c->free_reqs = q->next;
+	assert(c->live_reqs < CONN_MAX_REQS);
+	if (q) {
+		c->free_reqs = q->next;
+	} else {
+		/* A slot never used since the area was mapped (or given back). */
+		q = &c->area->reqs[c->reqs_fresh++];
+		q->c = c;
+	}
 	q->next = NULL;
 	req_set_state(q, REQ_NEW);
 	q->nbd_error = NBD_SUCCESS;

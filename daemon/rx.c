@@ -283,10 +283,16 @@ static bool rx_request(struct conn *c)
 static void rx_done(struct conn_op *o, int res)
 {
 	struct conn *c = o->c;
+	bool replaced = res == -ECANCELED && c->rx_cancelling;
 
+	c->rx_cancelling = false;
 	if (c->state == CONN_CLOSING)
 		return;
 	c->rx = RX_IDLE;
+	if (replaced) {
+		rx_next(c); /* the same receive again, a quiet one (conn.c) */
+		return;
+	}
 	if (res <= 0) {
 		if (res == 0 && c->rx_end == c->rx_start)
 			conn_close(c, "client closed the connection");
@@ -295,6 +301,7 @@ static void rx_done(struct conn_op *o, int res)
 		return;
 	}
 	c->rx_end += (size_t)res;
+	c->area_quiet = false;
 	conn_active(c);
 	rx_next(c);
 }
@@ -304,7 +311,7 @@ void rx_next(struct conn *c)
 	struct io_uring_sqe *sqe;
 
 	while (rx_open(c) && c->rx_end - c->rx_start >= c->rx_hdr_len) {
-		if (!c->free_reqs) {
+		if (c->live_reqs == CONN_MAX_REQS) {
 			c->rx = RX_WAIT_SLOT; /* resumed by rx_slot_freed() */
 			return;
 		}
@@ -320,9 +327,12 @@ void rx_next(struct conn *c)
 		c->rx_start = 0;
 	}
 	c->rx = RX_RECV;
+	/* Nothing in flight: a small receive, so the area can be given back meanwhile. */
+	c->rx_quiet = !c->live_reqs && !c->rx_end;
 	conn_op_init(&c->rx_op, c, rx_done);
 	sqe = conn_sqe(&c->rx_op);
-	io_uring_prep_recv(sqe, c->fd, c->rxbuf + c->rx_end, CONN_RXBUF_BYTES - c->rx_end, 0);
+	io_uring_prep_recv(sqe, c->fd, c->rxbuf + c->rx_end,
+			   c->rx_quiet ? CONN_RX_QUIET_BYTES : CONN_RXBUF_BYTES - c->rx_end, 0);
 }
 
 static void rx_resume(struct conn_op *o, int res)
@@ -347,16 +357,14 @@ void rx_start(struct conn *c)
 	c->hs_buf = NULL;
 	c->hs_out.data = NULL;
 	c->hs_cap = c->hs_out.cap = 0;
-	c->rxbuf = malloc(CONN_RXBUF_BYTES);
-	if (!c->rxbuf) {
-		conn_close(c, "out of memory for a receive buffer");
+	if (conn_transmit_start(c) < 0) {
+		conn_close(c, "out of memory for the connection's buffers");
 		return;
 	}
 	c->state = CONN_TRANSMIT;
 	c->rx = RX_IDLE;
 	c->rx_hdr_len = proto_request_hdr_len(&c->sess);
 	conn_op_init(&c->resume_op, c, rx_resume);
-	conn_watchdog_start(c);
 	log_info("conn %" PRIu64 ": serving export \"%s\" (%s)", c->id, c->exp->name,
 		 c->sess.extended ? "extended headers" :
 		 c->sess.structured ? "structured replies" : "simple replies");
