@@ -7,11 +7,13 @@
 #   make check-unit fast unit tests, no sockets
 #   make check-vm   the kernel NBD client in a qemu guest (also part of check)
 #   make bench      side-by-side benchmark against nbd-server, nbdkit, qemu-nbd
+#                   (bench-lock: the lock manager; bench-idle: memory per idle connection)
 #   make analyze    gcc -fanalyzer over every module, daemon/ included
 #   make install    PREFIX=/usr/local DESTDIR=
 #   SANITIZE=1      ASan+UBSan build and tests    WERROR=1  -Werror    V=1  full commands
 # Only deps, run, check*, bench, fuzz and analyze install packages (as root).
 
+SHELL   := /bin/bash
 PREFIX  ?= /usr/local
 DESTDIR ?=
 B       := build
@@ -67,7 +69,7 @@ INTEROP_TESTS := $(wildcard tests/interop/*.sh tests/interop/*.py)
 VM_TESTS      := tests/vm/kernel-client.sh
 
 .SECONDARY:
-.PHONY: analyze check-vm bench fuzz check-fuzz bench-lock all run check check-unit check-integration check-interop check-tests install clean deps deps-test
+.PHONY: analyze check-vm bench bench-idle fuzz check-fuzz bench-lock all run check check-unit check-integration check-interop check-tests install clean deps deps-test
 all: $(B)/uringnbd
 
 # Goals that may install packages build after them; plain `make` never does.
@@ -147,13 +149,20 @@ $(B)/tests/bench/rl_bench: $(B)/tests/bench/rl_bench.o $(LOCK_OBJ)
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^
 
 # ---- benchmarks (measure; never part of check) ----
-bench: $(B)/uringnbd bench-lock | $(B)/.deps-test
+bench: $(B)/uringnbd bench-lock bench-idle | $(B)/.deps-test
 	$(Q)URINGNBD=$(CURDIR)/$(B)/uringnbd BENCH_DIR=$(CURDIR)/build/bench python3 tests/bench/bench.py
+
+# Memory per idle connection (10,000 of them) against nbdkit and qemu-nbd.
+bench-idle: $(B)/uringnbd | $(B)/.deps-test
+	$(Q)URINGNBD=$(CURDIR)/$(B)/uringnbd BENCH_DIR=$(CURDIR)/build/bench python3 tests/bench/idle_rss.py \
+	    | tee $(B)/bench-idle.txt
 
 bench-lock: $(B)/tests/bench/rl_bench
 	$(Q)$(B)/tests/bench/rl_bench | tee $(B)/bench-lock.txt
 
-# ---- fuzzing: libFuzzer (clang) over proto/; a short bounded run is part of check ----
+# ---- fuzzing: libFuzzer (clang) over proto/, and the whole server over a
+# socketpair (tests/fuzz/fuzz_server.c runs uringnbd --single, under ASan with
+# SANITIZE=1); a short bounded run of each is part of check ----
 FUZZ_FLAGS := -std=gnu11 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
 FUZZ_SECONDS ?= 20
 build/fuzz/fuzz_proto: tests/fuzz/fuzz_proto.c $(PROTO_SRC) proto/proto.h | $(B)/.deps-test
@@ -161,15 +170,23 @@ build/fuzz/fuzz_proto: tests/fuzz/fuzz_proto.c $(PROTO_SRC) proto/proto.h | $(B)
 	$(quiet) FUZZ $@
 	$(Q)clang $(FUZZ_FLAGS) -o $@ tests/fuzz/fuzz_proto.c $(PROTO_SRC)
 
-fuzz: build/fuzz/fuzz_proto
+$(B)/fuzz/fuzz_server: tests/fuzz/fuzz_server.c proto/proto.h
+	@mkdir -p $(dir $@)
+	$(quiet) LD $@
+	$(Q)$(CC) -std=gnu11 -O2 -g $(WARN) $(if $(filter 1,$(WERROR)),-Werror) -o $@ $<
 
-# Runs the fuzzer for FUZZ_SECONDS on a copy of the seed corpus.
-check-fuzz: build/fuzz/fuzz_proto
+fuzz: build/fuzz/fuzz_proto $(B)/fuzz/fuzz_server $(B)/uringnbd
+
+# Runs each fuzzer for FUZZ_SECONDS: the proto one on a copy of the seed corpus.
+check-fuzz: build/fuzz/fuzz_proto $(B)/fuzz/fuzz_server $(B)/uringnbd
 	$(Q)rm -rf build/fuzz/corpus && mkdir -p build/fuzz/corpus && cp tests/fuzz/corpus/* build/fuzz/corpus/
 	$(Q)build/fuzz/fuzz_proto -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 \
 	    -artifact_prefix=build/fuzz/ build/fuzz/corpus 2>build/fuzz/log || \
 	    { tail -n 40 build/fuzz/log; echo "fuzz: crash saved under build/fuzz/"; exit 1; }
 	$(Q)grep -E '^#[0-9]+.*DONE' build/fuzz/log | sed 's/^/  FUZZ    /' || tail -n 3 build/fuzz/log
+	$(Q)rm -f $(B)/fuzz/server.img && truncate -s 64M $(B)/fuzz/server.img
+	$(Q)$(B)/fuzz/fuzz_server $(CURDIR)/$(B)/uringnbd $(B)/fuzz/server.img $(FUZZ_SECONDS) \
+	    | sed 's/^/  FUZZ    /'; exit $${PIPESTATUS[0]}
 
 # ---- static analysis: gcc -fanalyzer, warnings are errors, every module ----
 analyze: | $(B)/.deps-build

@@ -21,6 +21,7 @@ static void usage(FILE *f)
 		"  -e, --export NAME=PATH[,readonly][,cache=MODE][,description=TEXT]\n"
 		"                       one more export (repeatable); FILE is the export -n names\n"
 		"  -U, --unix PATH      listen on a unix socket (with only -U, no TCP)\n"
+		"  -s, --single         serve one client on stdin/stdout (inetd, ssh), then exit\n"
 		"  -b, --bind ADDR      TCP address to listen on (default localhost)\n"
 		"  -p, --port PORT      TCP port (default " LISTEN_DEFAULT_PORT ")\n"
 		"  -n, --name NAME      export name of FILE (default \"\")\n"
@@ -30,7 +31,9 @@ static void usage(FILE *f)
 		"      --cache-size SIZE  the page cache shared by cached exports (default 64M)\n"
 		"  -t, --threads N      worker threads (default: online CPUs)\n"
 		"      --pool-size SIZE buffer pool per worker, e.g. 64M (default 64M)\n"
-		"      --max-connections N  more clients wait to be accepted (default 1024, 0: no limit)\n"
+		"      --max-connections N  clients over N are refused (default 1024, 0: no limit)\n"
+		"      --max-connections-per-client N  per address, or uid on a unix socket\n"
+		"                       (default 0: no limit)\n"
 		"      --handshake-timeout S  close negotiations longer than S seconds (default 10, 0: none)\n"
 		"      --keepalive S    TCP keepalive after S idle seconds (default 60, 0: off)\n"
 		"      --io-timeout S   close a connection whose reply or payload stalls S seconds\n"
@@ -120,6 +123,8 @@ int cli_parse(int argc, char **argv, struct config *cli, const char **config_pat
 		{ "handshake-timeout", required_argument, NULL, 'H' },
 		{ "keepalive", required_argument, NULL, 'K' },
 		{ "io-timeout", required_argument, NULL, 'I' },
+		{ "max-connections-per-client", required_argument, NULL, 'Q' },
+		{ "single", no_argument, NULL, 's' },
 		{ "idle-timeout", required_argument, NULL, 'D' },
 		{ "cache", required_argument, NULL, 'C' },
 		{ "cache-size", required_argument, NULL, 'S' },
@@ -134,7 +139,7 @@ int cli_parse(int argc, char **argv, struct config *cli, const char **config_pat
 	int opt;
 
 	config_init(cli);
-	while ((opt = getopt_long(argc, argv, "c:e:U:b:p:n:d:rt:l:vVh", longopts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "c:e:U:b:p:n:d:rst:l:vVh", longopts, NULL)) != -1) {
 		switch (opt) {
 		case 'c': *config_path = optarg; break;
 		case 'e':
@@ -155,6 +160,11 @@ int cli_parse(int argc, char **argv, struct config *cli, const char **config_pat
 		case 'H': if (cli_global(cli, "handshake-timeout", optarg) < 0) return -1; break;
 		case 'K': if (cli_global(cli, "keepalive", optarg) < 0) return -1; break;
 		case 'I': if (cli_global(cli, "io-timeout", optarg) < 0) return -1; break;
+		case 'Q':
+			if (cli_global(cli, "max-connections-per-client", optarg) < 0)
+				return -1;
+			break;
+		case 's': cli->single = true; break;
 		case 'D': if (cli_global(cli, "idle-timeout", optarg) < 0) return -1; break;
 		case 'S': if (cli_global(cli, "cache-size", optarg) < 0) return -1; break;
 		case 'F': if (cli_global(cli, "pid-file", optarg) < 0) return -1; break;

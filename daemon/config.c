@@ -126,6 +126,7 @@ void config_init(struct config *cfg)
 	cfg->keepalive_s = -1;
 	cfg->io_timeout_s = -1;
 	cfg->idle_timeout_s = -1;
+	cfg->max_conns_per_client = -1;
 }
 
 /* The [global] keys that take a number: where it goes and what is allowed. */
@@ -144,6 +145,8 @@ static const struct {
 	  INT64_C(1) << 62, "cache-size: expected a size of at least 4K" },
 	{ "max-connections", offsetof(struct config, max_conns), false, 0, 1000000,
 	  "max-connections: expected 0 (no limit) to 1000000" },
+	{ "max-connections-per-client", offsetof(struct config, max_conns_per_client), false, 0,
+	  1000000, "max-connections-per-client: expected 0 (no limit) to 1000000" },
 	{ "handshake-timeout", offsetof(struct config, handshake_timeout_s), false, 0, 86400,
 	  "handshake-timeout: expected 0 (none) to 86400 seconds" },
 	{ "keepalive", offsetof(struct config, keepalive_s), false, 0, 86400,

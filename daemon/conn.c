@@ -55,7 +55,9 @@ static void conn_free(struct conn *c)
 		c->next->prev = c->prev;
 	atomic_fetch_sub_explicit(&w->nconns, 1, memory_order_relaxed);
 	close(c->fd);
-	server_conn_gone(w->srv);
+	if (c->fd_out != c->fd)
+		close(c->fd_out);
+	server_conn_gone(w->srv, &c->key);
 	export_put((struct export *)c->exp);
 	free(c->hs_buf);
 	free(c->hs_out.data);
@@ -65,6 +67,47 @@ static void conn_free(struct conn *c)
 	free(c);
 	if (w->stopping && atomic_load_explicit(&w->nconns, memory_order_relaxed) == 0)
 		ev_break(w->loop, EVBREAK_ALL);
+}
+
+/* A cancel's own completion: the ops it cancelled say what happened. */
+static void conn_cancel_done(struct conn_op *o, int res)
+{
+	(void)o;
+	(void)res;
+}
+
+void conn_prep_recv(struct io_uring_sqe *sqe, const struct conn *c, void *buf, size_t len,
+		    bool waitall)
+{
+	if (c->stream)
+		io_uring_prep_read(sqe, c->fd, buf, (unsigned)len, (uint64_t)-1);
+	else
+		io_uring_prep_recv(sqe, c->fd, buf, len, waitall ? MSG_WAITALL : 0);
+}
+
+void conn_prep_recvmsg(struct io_uring_sqe *sqe, const struct conn *c, struct msghdr *m)
+{
+	if (c->stream)
+		io_uring_prep_readv(sqe, c->fd, m->msg_iov, (unsigned)m->msg_iovlen, (uint64_t)-1);
+	else
+		io_uring_prep_recvmsg(sqe, c->fd, m, MSG_WAITALL);
+}
+
+void conn_prep_send(struct io_uring_sqe *sqe, const struct conn *c, const void *buf, size_t len)
+{
+	if (c->stream)
+		io_uring_prep_write(sqe, c->fd_out, buf, (unsigned)len, (uint64_t)-1);
+	else
+		io_uring_prep_send(sqe, c->fd, buf, len, MSG_NOSIGNAL | MSG_WAITALL);
+}
+
+void conn_prep_sendmsg(struct io_uring_sqe *sqe, const struct conn *c, struct msghdr *m)
+{
+	if (c->stream)
+		io_uring_prep_writev(sqe, c->fd_out, m->msg_iov, (unsigned)m->msg_iovlen,
+				     (uint64_t)-1);
+	else
+		io_uring_prep_sendmsg(sqe, c->fd, m, MSG_NOSIGNAL | MSG_WAITALL);
 }
 
 static void conn_op_done(struct op *op, int res)
@@ -117,7 +160,17 @@ void conn_close(struct conn *c, const char *why)
 	/* A request waiting for buffers is told so (its op then recycles it). */
 	worker_pool_cancel(c->w, &c->buf_wait);
 	/* Completes every receive and send in flight; file I/O finishes on its own. */
-	shutdown(c->fd, SHUT_RDWR);
+	if (!c->stream) {
+		shutdown(c->fd, SHUT_RDWR);
+	} else {
+		/* Pipes cannot be shut down: cancel what waits on them. */
+		conn_op_init(&c->shut_op, c, conn_cancel_done);
+		io_uring_prep_cancel_fd(conn_sqe(&c->shut_op), c->fd, IORING_ASYNC_CANCEL_ALL);
+		if (c->fd_out != c->fd) {
+			io_uring_prep_cancel_fd(conn_sqe(&c->shut_op), c->fd_out,
+						IORING_ASYNC_CANCEL_ALL);
+		}
+	}
 	/* Whatever is pending or not, the free is checked from the loop, not here. */
 	conn_post(&c->close_op, 0);
 }
@@ -137,12 +190,6 @@ void conn_close_if_idle(struct conn *c)
  * enough: no request, nothing sent, nothing buffered, and only a quiet
  * receive in flight (which writes nowhere past CONN_RX_QUIET_BYTES).
  */
-static void conn_cancel_done(struct conn_op *o, int res)
-{
-	(void)o;
-	(void)res; /* the receive it cancelled (or that had completed) says what happened */
-}
-
 static void conn_area_release(struct conn *c, ev_tstamp now)
 {
 	uint8_t *from = c->area->rxbuf + CONN_RX_QUIET_BYTES;
@@ -227,19 +274,24 @@ static void conn_closed(struct conn_op *o, int res)
 	(void)res; /* conn_op_done frees the connection once nothing else is pending */
 }
 
-void conns_adopt(struct worker *w, int fd)
+void conns_adopt(struct worker *w, const struct client *cl)
 {
 	struct conn *c;
 
 	c = calloc(1, sizeof(*c));
 	if (!c) {
 		log_error("worker %d: out of memory for a new connection", w->id);
-		close(fd);
-		server_conn_gone(w->srv);
+		close(cl->fd);
+		if (cl->fd_out != cl->fd)
+			close(cl->fd_out);
+		server_conn_gone(w->srv, &cl->key);
 		return;
 	}
 	c->w = w;
-	c->fd = fd;
+	c->fd = cl->fd;
+	c->fd_out = cl->fd_out;
+	c->stream = cl->stream;
+	c->key = cl->key;
 	c->id = atomic_fetch_add_explicit(&conn_ids, 1, memory_order_relaxed) + 1;
 	c->state = CONN_HANDSHAKE;
 	c->rx = RX_STOPPED;

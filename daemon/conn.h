@@ -164,10 +164,14 @@ struct conn {
 	struct worker *w;
 	struct conn *prev, *next;  /* worker's list */
 	uint64_t id;
-	int fd;
+	int fd;                    /* the socket; or, serving stdin/stdout, what it reads */
+	int fd_out;                /* what it writes: fd, or stdout */
+	bool stream;               /* fd and fd_out are pipes or files: read/write, not recv/send */
+	struct client_key key;     /* who it is, for the per-client limit */
 	enum conn_state state;
 	unsigned pending;          /* conn_ops not yet completed (SQEs, waits, posts) */
 	struct conn_op close_op;   /* posted by conn_close: the free is checked from the loop */
+	struct conn_op shut_op;    /* a stream's cancel of its reads and writes at close */
 	ev_timer watchdog;         /* io-timeout and idle-timeout, checked every tick */
 	ev_tstamp last_progress;   /* loop time a send or payload receive last moved */
 	ev_tstamp last_active;     /* loop time bytes last came in */
@@ -239,6 +243,15 @@ static inline void conn_active(struct conn *c)
 {
 	c->last_active = ev_now(c->w->loop);
 }
+/*
+ * The connection's own I/O: recv/send (MSG_WAITALL where asked) on a
+ * socket, read/write on the pipes of a single-connection daemon.
+ */
+void conn_prep_recv(struct io_uring_sqe *sqe, const struct conn *c, void *buf, size_t len,
+		    bool waitall);
+void conn_prep_recvmsg(struct io_uring_sqe *sqe, const struct conn *c, struct msghdr *m);
+void conn_prep_send(struct io_uring_sqe *sqe, const struct conn *c, const void *buf, size_t len);
+void conn_prep_sendmsg(struct io_uring_sqe *sqe, const struct conn *c, struct msghdr *m);
 /* Transmission starts: the area is mapped and the watchdog runs. Returns 0 or -errno. */
 int conn_transmit_start(struct conn *c);
 uint64_t now_ns(void);

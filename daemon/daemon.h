@@ -111,6 +111,8 @@ struct config {
 	long long keepalive_s;     /* -1: not set; 0: off */
 	long long io_timeout_s;    /* -1: not set; 0: none */
 	long long idle_timeout_s;  /* -1: not set; 0: none */
+	long long max_conns_per_client; /* -1: not set; 0: no limit */
+	bool single;               /* -s: one client on stdin/stdout (command line only) */
 	int log_level;             /* -1: not set */
 	bool log_level_set;
 	struct export_spec *exports;
@@ -222,6 +224,21 @@ void export_describe(const struct export *e, struct proto_export *out);
 
 /* ---- worker.c: the loop-and-ring layer ---- */
 struct server;
+
+/* Who a client is, for the per-client connection limit. */
+struct client_key {
+	int family;               /* AF_INET, AF_INET6, AF_UNIX (by uid); 0: not counted */
+	uint32_t uid;             /* AF_UNIX: the peer's uid (SO_PEERCRED) */
+	uint8_t addr[16];         /* AF_INET (first 4 bytes), AF_INET6 */
+};
+
+/* An accepted client, handed from the main thread to a worker. */
+struct client {
+	int fd;                   /* its socket; or stdin of a single-connection daemon */
+	int fd_out;               /* fd, or stdout */
+	bool stream;              /* fd and fd_out are pipes: read/write, not recv/send */
+	struct client_key key;
+};
 struct conn; /* conn.h's; opaque here */
 
 /*
@@ -268,7 +285,7 @@ struct worker {
 	ev_async wake;            /* inbox, remote ready ops, or stop */
 	ev_timer grace;           /* bounds a graceful stop */
 	pthread_mutex_t inbox_lock;
-	int *inbox;               /* accepted sockets waiting to be adopted */
+	struct client *inbox;     /* accepted clients waiting to be adopted */
 	size_t inbox_len, inbox_cap;
 	struct op *ready_remote;  /* posted by other threads (under inbox_lock) */
 	bool stop;                /* set under inbox_lock by the main thread */
@@ -287,8 +304,8 @@ struct worker {
 #define WORKER_STOP_GRACE_S 5.0   /* a stop closes whatever is left after this */
 
 int worker_start(struct worker *w, struct server *srv, int id);
-/* Hands an accepted socket to w (from the main thread). */
-void worker_adopt(struct worker *w, int fd);
+/* Hands an accepted client to w (from the main thread); w owns its descriptors. */
+void worker_adopt(struct worker *w, const struct client *cl);
 void worker_stop(struct worker *w);
 void worker_join(struct worker *w);
 /* A fresh SQE whose completion is op. Never NULL (submits to make room). */
@@ -309,8 +326,8 @@ void worker_pool_cancel(struct worker *w, struct pool_waiter *pw);
 void worker_stats_add(const struct worker *w, struct worker_stats *sum);
 
 /* ---- conn.c: what the worker asks of its connections (no NBD types) ---- */
-/* A new connection on w for an accepted socket. */
-void conns_adopt(struct worker *w, int fd);
+/* A new connection on w for an accepted client. */
+void conns_adopt(struct worker *w, const struct client *cl);
 /* Graceful stop: idle connections close, busy ones close when idle. */
 void conns_stop(struct worker *w);
 /* The grace period is over: close every connection. */
@@ -349,6 +366,12 @@ struct server {
 	unsigned max_conns;        /* 0: no limit */
 	unsigned handshake_timeout_s; /* 0: none */
 	atomic_uint live_conns;    /* accepted, not yet closed */
+	unsigned max_conns_per_client; /* 0: no limit */
+	pthread_mutex_t clients_lock; /* the per-client counts (accept: main; close: workers) */
+	struct client_count *clients; /* keys with connections open, unordered */
+	size_t nclients, clients_cap;
+	bool single;               /* serving one client on stdin/stdout, then exiting */
+	ev_async single_done;      /* main loop: that client is gone */
 	unsigned keepalive_s;      /* TCP keepalive idle time; 0: no keepalive */
 	unsigned io_timeout_s;     /* a stalled reply or payload ends its connection; 0: never */
 	unsigned idle_timeout_s;   /* an idle connection is closed; 0: never */
@@ -362,10 +385,16 @@ struct server {
 /* Export lookup for negotiation, as struct proto_exports wants it (ctx = srv). */
 int server_export_lookup(void *srv, const char *name, size_t name_len, struct proto_export *out);
 int server_export_nth(void *srv, size_t i, struct proto_export *out);
-/* Hands an accepted socket to a worker; it counts against max_conns. */
-void server_accept(struct server *srv, int fd);
-/* An accepted socket is closed (any thread). */
-void server_conn_gone(struct server *srv);
+/*
+ * Hands an accepted client to a worker: it counts against max_conns and
+ * its key's max_conns_per_client. Returns 0, or -EUSERS with the client
+ * closed when its key is at the per-client limit.
+ */
+int server_accept(struct server *srv, const struct client *cl);
+/* An accepted client is closed (any thread). */
+void server_conn_gone(struct server *srv, const struct client_key *key);
+/* "127.0.0.1", "[::1]", "uid 1000": the key for log lines. */
+const char *server_client_name(const struct client_key *key, char *buf, size_t len);
 /* At max_conns: a client accepted now is refused. */
 bool server_at_capacity(struct server *srv);
 bool server_shutting_down(const struct server *srv);

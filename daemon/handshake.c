@@ -48,9 +48,9 @@ static void hs_io(struct conn *c, enum hs_step step, bool send, void *p, size_t 
 	c->io_ptr = p;
 	c->io_left = len;
 	if (send)
-		io_uring_prep_send(sqe, c->fd, p, len, MSG_NOSIGNAL | MSG_WAITALL);
+		conn_prep_send(sqe, c, p, len);
 	else
-		io_uring_prep_recv(sqe, c->fd, p, len, MSG_WAITALL);
+		conn_prep_recv(sqe, c, p, len, true);
 }
 
 static bool hs_step_sends(enum hs_step step)

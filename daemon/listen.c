@@ -8,7 +8,9 @@
  * descriptors, the listeners stop for a backoff (0.1 s doubling to 2 s)
  * rather than spin on EMFILE; repeated warnings are rate-limited. TCP
  * connections get keepalive and TCP_USER_TIMEOUT, so a peer that vanished
- * is found (keepalive seconds idle, then 6 probes 10 s apart).
+ * is found (keepalive seconds idle, then 6 probes 10 s apart). With
+ * max-connections-per-client, a client (an address on TCP, a uid on a unix
+ * socket) over its limit is refused the same way.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -34,7 +36,28 @@
 #define LISTEN_KEEPALIVE_PROBES 6       /* unanswered probes that end a connection */
 #define SD_LISTEN_FDS_START 3
 
-static struct log_limit accept_limit, full_limit;
+static struct log_limit accept_limit, full_limit, client_limit;
+
+/* Who the peer is: its address on TCP, its uid on a unix socket. */
+static void listen_client_key(int fd, const struct sockaddr_storage *sa, struct client_key *key)
+{
+	memset(key, 0, sizeof(*key));
+	if (sa->ss_family == AF_INET) {
+		key->family = AF_INET;
+		memcpy(key->addr, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, 4);
+	} else if (sa->ss_family == AF_INET6) {
+		key->family = AF_INET6;
+		memcpy(key->addr, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, 16);
+	} else if (sa->ss_family == AF_UNIX) {
+		struct ucred cred;
+		socklen_t len = sizeof(cred);
+
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
+			key->family = AF_UNIX;
+			key->uid = cred.uid;
+		}
+	}
+}
 
 static void listen_watch(struct server *srv, bool on)
 {
@@ -99,12 +122,17 @@ static void listener_accept_cb(struct ev_loop *loop, ev_io *watcher, int revents
 {
 	struct listener *l = watcher->data;
 	struct server *srv = l->srv;
+	struct sockaddr_storage sa;
+	struct client cl;
+	socklen_t salen;
+	char who[64];
 	int fd, n;
 
 	(void)loop;
 	(void)revents;
 	for (n = 0; n < LISTEN_ACCEPT_BATCH; n++) {
-		fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC);
+		salen = sizeof(sa);
+		fd = accept4(l->fd, (struct sockaddr *)&sa, &salen, SOCK_CLOEXEC);
 		if (fd < 0) {
 			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
 				listen_backoff(srv, l, errno);
@@ -123,7 +151,13 @@ static void listener_accept_cb(struct ev_loop *loop, ev_io *watcher, int revents
 			continue;
 		}
 		listen_tune(srv, fd);
-		server_accept(srv, fd);
+		cl = (struct client){ .fd = fd, .fd_out = fd };
+		listen_client_key(fd, &sa, &cl.key);
+		if (server_accept(srv, &cl) == -EUSERS)
+			log_msg_limited(&client_limit, LOG_WARN,
+					"%s has %u connections, the per-client limit: refused it on %s",
+					server_client_name(&cl.key, who, sizeof(who)),
+					srv->max_conns_per_client, l->desc);
 	}
 }
 

@@ -18,6 +18,7 @@
 #include <inttypes.h>
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -176,6 +177,32 @@ static void raise_nofile(unsigned max_conns)
 			 (unsigned long long)rl.rlim_cur, max_conns, NOFILE_RESERVE);
 }
 
+static void on_single_done(struct ev_loop *loop, ev_async *w, int revents)
+{
+	(void)w;
+	(void)revents;
+	log_info("the client on stdin/stdout is gone: exiting");
+	ev_break(loop, EVBREAK_ALL);
+}
+
+/*
+ * --single: stdin and stdout are the one client (inetd passes a socket,
+ * ssh and socat pipes); the daemon exits when it goes.
+ */
+static void serve_stdio(void)
+{
+	struct client cl = { .fd = 0, .fd_out = 1 };
+	struct stat st;
+
+	if (fstat(0, &st) == 0 && S_ISSOCK(st.st_mode))
+		cl.fd_out = 0;
+	else
+		cl.stream = true;
+	ev_async_init(&srv.single_done, on_single_done);
+	ev_async_start(srv.loop, &srv.single_done);
+	server_accept(&srv, &cl);
+}
+
 static int write_pid_file(const char *path)
 {
 	char tmp[4096];
@@ -230,6 +257,15 @@ int main(int argc, char **argv)
 	srv.keepalive_s = setting(cli.keepalive_s, file.keepalive_s, DEFAULT_KEEPALIVE_S);
 	srv.io_timeout_s = setting(cli.io_timeout_s, file.io_timeout_s, DEFAULT_IO_TIMEOUT_S);
 	srv.idle_timeout_s = setting(cli.idle_timeout_s, file.idle_timeout_s, 0);
+	srv.max_conns_per_client = setting(cli.max_conns_per_client, file.max_conns_per_client, 0);
+	srv.single = cli.single;
+	if (srv.single && (cli.unix_path || cli.bind || cli.port)) {
+		fprintf(stderr, "uringnbd: --single serves stdin and stdout: -U, -b and -p do not "
+				"apply\n");
+		return 1;
+	}
+	if (srv.single && !threads)
+		threads = 1;
 	if (cli.log_level >= 0)
 		log_max_level = (enum log_level)cli.log_level;
 	else if (file.log_level_set)
@@ -243,6 +279,7 @@ int main(int argc, char **argv)
 	raise_nofile(srv.max_conns);
 
 	pthread_rwlock_init(&srv.exports_lock, NULL);
+	pthread_mutex_init(&srv.clients_lock, NULL);
 	srv.cache = cache_new((size_t)(cli.cache_bytes ? cli.cache_bytes
 				       : file.cache_bytes ? file.cache_bytes : DEFAULT_CACHE_BYTES));
 	if (!srv.cache) {
@@ -262,14 +299,17 @@ int main(int argc, char **argv)
 	srv.nexports = nspecs;
 	srv.loop = ev_default_loop(EVFLAG_AUTO);
 
-	inherited = listen_inherited(&srv);
-	if (inherited < 0)
-		goto out_listeners;
-	if (unix_path && listen_unix(&srv, unix_path) < 0)
-		goto out_listeners;
-	if ((bind_addr || port || (!unix_path && !inherited)) &&
-	    listen_tcp(&srv, bind_addr ? bind_addr : "localhost", port ? port : LISTEN_DEFAULT_PORT) < 0)
-		goto out_listeners;
+	if (!srv.single) {
+		inherited = listen_inherited(&srv);
+		if (inherited < 0)
+			goto out_listeners;
+		if (unix_path && listen_unix(&srv, unix_path) < 0)
+			goto out_listeners;
+		if ((bind_addr || port || (!unix_path && !inherited)) &&
+		    listen_tcp(&srv, bind_addr ? bind_addr : "localhost",
+			       port ? port : LISTEN_DEFAULT_PORT) < 0)
+			goto out_listeners;
+	}
 
 	srv.nworkers = (unsigned)threads;
 	srv.workers = calloc(srv.nworkers, sizeof(*srv.workers));
@@ -280,6 +320,8 @@ int main(int argc, char **argv)
 			goto out_workers;
 
 	listen_start(&srv);
+	if (srv.single)
+		serve_stdio();
 	if (pid_file && write_pid_file(pid_file) < 0)
 		goto out_workers;
 	server_log_exports(&srv);
@@ -338,5 +380,7 @@ out_config:
 	config_free(&cli);
 	cache_free(srv.cache);
 	pthread_rwlock_destroy(&srv.exports_lock);
+	pthread_mutex_destroy(&srv.clients_lock);
+	free(srv.clients);
 	return status;
 }

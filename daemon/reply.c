@@ -56,7 +56,7 @@ static void reply_send(struct conn *c)
 	conn_op_init(&c->send_op, c, reply_send_done);
 	conn_progress(c);
 	sqe = conn_sqe(&c->send_op);
-	io_uring_prep_sendmsg(sqe, c->fd, &c->send_msg, MSG_NOSIGNAL | MSG_WAITALL);
+	conn_prep_sendmsg(sqe, c, &c->send_msg);
 }
 
 void reply_queue(struct req *q)
@@ -128,7 +128,7 @@ static void reply_send_done(struct conn_op *o, int res)
 		m->msg_iov->iov_base = (uint8_t *)m->msg_iov->iov_base + left;
 		m->msg_iov->iov_len -= left;
 		sqe = conn_sqe(&c->send_op);
-		io_uring_prep_sendmsg(sqe, c->fd, m, MSG_NOSIGNAL | MSG_WAITALL);
+		conn_prep_sendmsg(sqe, c, m);
 		return;
 	}
 	reply_recycle_sent(c);

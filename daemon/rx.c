@@ -72,7 +72,7 @@ void rx_payload(struct req *q)
 	c->rx_msg.msg_iov = q->io_iov;
 	c->rx_msg.msg_iovlen = iov_slice(q->iov, q->niov, q->plan.data_off + q->io_done_bytes,
 					 q->r.len_bytes - q->io_done_bytes, q->io_iov);
-	io_uring_prep_recvmsg(sqe, c->fd, &c->rx_msg, MSG_WAITALL);
+	conn_prep_recvmsg(sqe, c, &c->rx_msg);
 }
 
 /*
@@ -115,7 +115,7 @@ static void rx_prep_skip(struct conn *c)
 
 	conn_progress(c);
 	/* The receive buffer is empty: use it as scratch. */
-	io_uring_prep_recv(sqe, c->fd, c->rxbuf, n, 0);
+	conn_prep_recv(sqe, c, c->rxbuf, n, false);
 }
 
 static void rx_skip_done(struct conn_op *o, int res)
@@ -331,8 +331,8 @@ void rx_next(struct conn *c)
 	c->rx_quiet = !c->live_reqs && !c->rx_end;
 	conn_op_init(&c->rx_op, c, rx_done);
 	sqe = conn_sqe(&c->rx_op);
-	io_uring_prep_recv(sqe, c->fd, c->rxbuf + c->rx_end,
-			   c->rx_quiet ? CONN_RX_QUIET_BYTES : CONN_RXBUF_BYTES - c->rx_end, 0);
+	conn_prep_recv(sqe, c, c->rxbuf + c->rx_end,
+		       c->rx_quiet ? CONN_RX_QUIET_BYTES : CONN_RXBUF_BYTES - c->rx_end, false);
 }
 
 static void rx_resume(struct conn_op *o, int res)
@@ -351,6 +351,8 @@ void rx_slot_freed(struct conn *c)
 
 void rx_start(struct conn *c)
 {
+	char who[64];
+
 	ev_timer_stop(c->w->loop, &c->hs_timer);
 	free(c->hs_buf);
 	free(c->hs_out.data);
@@ -365,7 +367,8 @@ void rx_start(struct conn *c)
 	c->rx = RX_IDLE;
 	c->rx_hdr_len = proto_request_hdr_len(&c->sess);
 	conn_op_init(&c->resume_op, c, rx_resume);
-	log_info("conn %" PRIu64 ": serving export \"%s\" (%s)", c->id, c->exp->name,
+	log_info("conn %" PRIu64 ": serving export \"%s\" to %s (%s)", c->id, c->exp->name,
+		 c->stream ? "stdin/stdout" : server_client_name(&c->key, who, sizeof(who)),
 		 c->sess.extended ? "extended headers" :
 		 c->sess.structured ? "structured replies" : "simple replies");
 	rx_next(c);

@@ -10,6 +10,9 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <sys/socket.h>
 
 #include "daemon.h"
 
@@ -45,15 +48,93 @@ bool server_shutting_down(const struct server *s)
 	return atomic_load_explicit(&s->shutting_down, memory_order_relaxed);
 }
 
-void server_accept(struct server *s, int fd)
+/* Connections open per client key (linear: a few thousand keys at most). */
+struct client_count {
+	struct client_key key;
+	unsigned n;
+};
+
+static bool key_equal(const struct client_key *a, const struct client_key *b)
 {
-	if (server_shutting_down(s)) {
-		close(fd);
+	return a->family == b->family && a->uid == b->uid && !memcmp(a->addr, b->addr, 16);
+}
+
+/* Counts one more connection for key; false (nothing counted) at the limit. */
+static bool client_take(struct server *s, const struct client_key *key)
+{
+	bool ok = true;
+	size_t i;
+
+	if (!s->max_conns_per_client || !key->family)
+		return true;
+	pthread_mutex_lock(&s->clients_lock);
+	for (i = 0; i < s->nclients && !key_equal(&s->clients[i].key, key); i++)
+		;
+	if (i < s->nclients) {
+		ok = s->clients[i].n < s->max_conns_per_client;
+		if (ok)
+			s->clients[i].n++;
+	} else {
+		if (s->nclients == s->clients_cap) {
+			size_t cap = s->clients_cap ? 2 * s->clients_cap : 64;
+			struct client_count *c = realloc(s->clients, cap * sizeof(*c));
+
+			if (c) {
+				s->clients = c;
+				s->clients_cap = cap;
+			}
+		}
+		/* Out of memory: the client is served uncounted rather than refused. */
+		if (s->nclients < s->clients_cap)
+			s->clients[s->nclients++] = (struct client_count){ .key = *key, .n = 1 };
+	}
+	pthread_mutex_unlock(&s->clients_lock);
+	return ok;
+}
+
+static void client_put(struct server *s, const struct client_key *key)
+{
+	size_t i;
+
+	if (!s->max_conns_per_client || !key->family)
 		return;
+	pthread_mutex_lock(&s->clients_lock);
+	for (i = 0; i < s->nclients; i++) {
+		if (!key_equal(&s->clients[i].key, key))
+			continue;
+		if (--s->clients[i].n == 0)
+			s->clients[i] = s->clients[--s->nclients];
+		break;
+	}
+	pthread_mutex_unlock(&s->clients_lock);
+}
+
+const char *server_client_name(const struct client_key *key, char *buf, size_t len)
+{
+	char a[INET6_ADDRSTRLEN];
+
+	if (key->family == AF_UNIX)
+		snprintf(buf, len, "uid %u", key->uid);
+	else if (key->family == AF_INET || key->family == AF_INET6)
+		snprintf(buf, len, key->family == AF_INET6 ? "[%s]" : "%s",
+			 inet_ntop(key->family, key->addr, a, sizeof(a)) ? a : "?");
+	else
+		snprintf(buf, len, "a client");
+	return buf;
+}
+
+int server_accept(struct server *s, const struct client *cl)
+{
+	if (server_shutting_down(s) || !client_take(s, &cl->key)) {
+		close(cl->fd);
+		if (cl->fd_out != cl->fd)
+			close(cl->fd_out);
+		return server_shutting_down(s) ? -ESHUTDOWN : -EUSERS;
 	}
 	atomic_fetch_add_explicit(&s->live_conns, 1, memory_order_relaxed);
 	/* Round-robin: a connection stays on its worker for its whole life. */
-	worker_adopt(&s->workers[s->next_worker++ % s->nworkers], fd);
+	worker_adopt(&s->workers[s->next_worker++ % s->nworkers], cl);
+	return 0;
 }
 
 bool server_at_capacity(struct server *s)
@@ -62,9 +143,12 @@ bool server_at_capacity(struct server *s)
 	       atomic_load_explicit(&s->live_conns, memory_order_relaxed) >= s->max_conns;
 }
 
-void server_conn_gone(struct server *s)
+void server_conn_gone(struct server *s, const struct client_key *key)
 {
+	client_put(s, key);
 	atomic_fetch_sub_explicit(&s->live_conns, 1, memory_order_relaxed);
+	if (s->single)
+		ev_async_send(s->loop, &s->single_done);
 }
 
 struct export **server_build_exports(struct server *s, const struct export_spec *specs,

@@ -248,7 +248,7 @@ static void worker_prepare_cb(struct ev_loop *loop, ev_prepare *watcher, int rev
 static void worker_wake_cb(struct ev_loop *loop, ev_async *watcher, int revents)
 {
 	struct worker *w = watcher->data;
-	int fds[64];
+	struct client cl[64];
 	size_t n, i;
 	bool stop;
 
@@ -257,18 +257,20 @@ static void worker_wake_cb(struct ev_loop *loop, ev_async *watcher, int revents)
 		pthread_mutex_lock(&w->inbox_lock);
 		n = w->inbox_len < 64 ? w->inbox_len : 64;
 		if (n) {
-			memcpy(fds, w->inbox, n * sizeof(int));
-			memmove(w->inbox, w->inbox + n, (w->inbox_len - n) * sizeof(int));
+			memcpy(cl, w->inbox, n * sizeof(*cl));
+			memmove(w->inbox, w->inbox + n, (w->inbox_len - n) * sizeof(*cl));
 			w->inbox_len -= n;
 		}
 		stop = w->stop;
 		pthread_mutex_unlock(&w->inbox_lock);
 		for (i = 0; i < n; i++) {
 			if (stop) {
-				close(fds[i]);
-				server_conn_gone(w->srv);
+				close(cl[i].fd);
+				if (cl[i].fd_out != cl[i].fd)
+					close(cl[i].fd_out);
+				server_conn_gone(w->srv, &cl[i].key);
 			} else {
-				conns_adopt(w, fds[i]);
+				conns_adopt(w, &cl[i]);
 			}
 		}
 	} while (n == 64);
@@ -378,24 +380,26 @@ out_unmap_zeroes:
 	return ret;
 }
 
-void worker_adopt(struct worker *w, int fd)
+void worker_adopt(struct worker *w, const struct client *cl)
 {
 	pthread_mutex_lock(&w->inbox_lock);
 	if (w->inbox_len == w->inbox_cap) {
 		size_t cap = w->inbox_cap ? w->inbox_cap * 2 : 16;
-		int *p = realloc(w->inbox, cap * sizeof(int));
+		struct client *p = realloc(w->inbox, cap * sizeof(*p));
 
 		if (!p) {
 			pthread_mutex_unlock(&w->inbox_lock);
 			log_error("worker %d: out of memory adopting a connection", w->id);
-			close(fd);
-			server_conn_gone(w->srv);
+			close(cl->fd);
+			if (cl->fd_out != cl->fd)
+				close(cl->fd_out);
+			server_conn_gone(w->srv, &cl->key);
 			return;
 		}
 		w->inbox = p;
 		w->inbox_cap = cap;
 	}
-	w->inbox[w->inbox_len++] = fd;
+	w->inbox[w->inbox_len++] = *cl;
 	pthread_mutex_unlock(&w->inbox_lock);
 	ev_async_send(w->loop, &w->wake);
 }
