@@ -21,7 +21,7 @@ CC      ?= cc
 
 BUILD_PKGS := gcc make pkg-config liburing-dev libev-dev libnbd-dev check
 TEST_PKGS  := libnbd-bin qemu-utils nbdkit nbd-server nbd-client fio python3-libnbd \
-              fuse3 e2fsprogs util-linux procps bc clang libclang-rt-14-dev \
+              fuse3 libfuse3-dev e2fsprogs util-linux procps bc clang libclang-rt-14-dev \
               qemu-system-x86 busybox-static socat cpio mandoc systemd
 
 WARN   := -Wall -Wextra -Wshadow -Wvla -Wstrict-prototypes -Wmissing-prototypes \
@@ -50,7 +50,7 @@ endif
 PROTO_SRC  := proto/negotiate.c proto/request.c
 LOCK_SRC   := lock/rangelock.c
 CACHE_SRC  := cache/cache.c
-DAEMON_SRC := daemon/main.c daemon/cli.c daemon/log.c daemon/export.c daemon/pool.c daemon/plan.c \
+DAEMON_SRC := daemon/main.c daemon/cli.c daemon/log.c daemon/backing.c daemon/export.c daemon/pool.c daemon/plan.c \
               daemon/worker.c daemon/conn.c daemon/handshake.c daemon/rx.c daemon/request.c \
               daemon/fileio.c daemon/cached.c daemon/reply.c daemon/listen.c daemon/config.c \
               daemon/notify.c daemon/server.c
@@ -66,10 +66,11 @@ DAEMON_OBJ := $(DAEMON_SRC:%.c=$(B)/%.o)
 DAEMON_LIBS := -luring -lev
 
 INTEROP_TESTS := $(wildcard tests/interop/*.sh tests/interop/*.py)
+FAULT_TESTS   := $(wildcard tests/faults/*.py)
 VM_TESTS      := tests/vm/kernel-client.sh
 
 .SECONDARY:
-.PHONY: analyze check-vm bench bench-idle fuzz check-fuzz bench-lock all run check check-unit check-integration check-interop check-tests install clean deps deps-test
+.PHONY: analyze check-vm bench bench-idle fuzz check-fuzz bench-lock all run check check-unit check-integration check-interop check-faults check-tests install clean deps deps-test
 all: $(B)/uringnbd
 
 # Goals that may install packages build after them; plain `make` never does.
@@ -144,6 +145,12 @@ $(B)/tests/integration/%: $(B)/tests/integration/%.o $(B)/tests/integration/harn
 	$(quiet) LD $@
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ -lnbd
 
+# A FUSE filesystem that fails flushes and writes on demand (tests/faults).
+$(B)/tests/faults/faultfs: tests/faults/faultfs.c | $(B)/.deps-test
+	@mkdir -p $(dir $@)
+	$(quiet) LD $@
+	$(Q)$(CC) $(CFLAGS) $$(pkg-config --cflags fuse3) -o $@ $< $$(pkg-config --libs fuse3)
+
 $(B)/tests/bench/rl_bench: $(B)/tests/bench/rl_bench.o $(LOCK_OBJ)
 	$(quiet) LD $@
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^
@@ -211,9 +218,10 @@ run: $(B)/uringnbd $(IMG) | $(B)/.deps-build
 
 # ---- tests ----
 TEST_ENV := URINGNBD=$(CURDIR)/$(B)/uringnbd URINGNBD_TEST_HOOKS_BIN=$(CURDIR)/$(B)/uringnbd-test-hooks \
-            TEST_TMPDIR=$(CURDIR)/$(B)/tmp VM_DIR=$(CURDIR)/build/vm
+            FAULTFS=$(CURDIR)/$(B)/tests/faults/faultfs TEST_TMPDIR=$(CURDIR)/$(B)/tmp \
+            VM_DIR=$(CURDIR)/build/vm
 RUN_TESTS := $(TEST_ENV) tests/run-tests.sh
-TEST_BINS := $(B)/uringnbd $(B)/uringnbd-test-hooks $(INTEG_TESTS)
+TEST_BINS := $(B)/uringnbd $(B)/uringnbd-test-hooks $(B)/tests/faults/faultfs $(INTEG_TESTS)
 
 check-unit: $(UNIT_TESTS)
 	$(Q)for t in $(UNIT_TESTS); do CK_DEFAULT_TIMEOUT=10 $$t || exit 1; done
@@ -224,13 +232,17 @@ check-integration: $(TEST_BINS) | $(B)/.deps-test
 check-interop: $(TEST_BINS) | $(B)/.deps-test
 	$(Q)$(RUN_TESTS) $(INTEROP_TESTS)
 
+# Storage faults with real parts: faultfs (FUSE), loop devices.
+check-faults: $(TEST_BINS) | $(B)/.deps-test
+	$(Q)$(RUN_TESTS) $(FAULT_TESTS)
+
 # The kernel's NBD client, in a qemu guest (the kernel package is cached in build/vm).
 check-vm: $(TEST_BINS) | $(B)/.deps-test
 	$(Q)$(RUN_TESTS) $(VM_TESTS)
 
 # Every test program and script in one run, so one closing line counts them all.
 check-tests: $(TEST_BINS) | $(B)/.deps-test
-	$(Q)$(RUN_TESTS) $(INTEG_TESTS) $(INTEROP_TESTS) $(VM_TESTS)
+	$(Q)$(RUN_TESTS) $(INTEG_TESTS) $(INTEROP_TESTS) $(FAULT_TESTS) $(VM_TESTS)
 
 check: check-unit check-fuzz check-tests
 

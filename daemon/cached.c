@@ -32,7 +32,7 @@ static struct cache *srv_cache(const struct req *q)
 
 static uint64_t file_cache_id(const struct req *q)
 {
-	return q->c->exp->file_locks->cache_id;
+	return q->c->exp->backing->cache_id;
 }
 
 static void cached_window(struct req *q);

@@ -12,7 +12,9 @@
  *   notify.c     systemd's notification protocol
  *   listen.c     TCP, unix and socket-activated listeners (main thread)
  *   server.c     the export table, connection placement and limits
- *   export.c     opening and probing backing files; one lock manager per file
+ *   backing.c    the registry of backing files: one lock manager, cache key and
+ *                durability error per file, across reloads
+ *   export.c     opening and probing backing files
  *   worker.c     a thread with one libev loop, one io_uring, one buffer pool;
  *                knows no NBD: completions are struct op callbacks
  *   pool.c       page-aligned buffers and iovec helpers (pool.h, pure)
@@ -48,6 +50,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 
 #include "../cache/cache.h"
@@ -159,22 +162,38 @@ int cli_parse(int argc, char **argv, struct config *cli, const char **config_pat
 /* Sends "READY=1", "STATUS=..." etc. to $NOTIFY_SOCKET, if set. */
 void notify_send(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
-/* ---- export.c ---- */
 #define EXPORT_MAX_REQUEST_BYTES (32u * 1024 * 1024) /* largest READ/WRITE served */
 #define EXPORT_MAX_ALIGN_BYTES (32u * 1024)          /* two edge blocks fit one pool chunk */
 /* The largest request's aligned span (request + two edge blocks), plus a bounce chunk. */
 #define EXPORT_MAX_CHUNKS_PER_REQ \
 	((EXPORT_MAX_REQUEST_BYTES + 2 * EXPORT_MAX_ALIGN_BYTES) / POOL_CHUNK_BYTES + 1)
 
-/* One lock manager per backing file, shared by every export of that file. */
-struct file_locks {
-	struct rl_manager *m;
-	uint64_t cache_id;        /* this file's key in the page cache (never reused) */
-	atomic_int refs;          /* exports holding it */
-	dev_t dev;
+/* ---- backing.c: one record per backing file, outliving export tables ---- */
+struct backing {
+	bool is_blockdev;
+	dev_t dev;                /* a file's identity: st_dev and st_ino */
 	ino_t ino;
+	dev_t rdev;               /* a block device's: st_rdev */
+	char *path;               /* as first opened, for log lines */
+	struct rl_manager *locks; /* every request of every export of the file */
+	uint64_t cache_id;        /* its key in the page cache (never reused) */
+	atomic_int durability_err; /* errno of the first failed flush; 0 if none */
+	unsigned refs;            /* exports holding it (under the registry's lock) */
+	struct backing *next;     /* registry list */
 };
 
+/*
+ * The record of the file st describes (opened as path), made if none is
+ * held: a new reference, or NULL if out of memory.
+ */
+struct backing *backing_get(const struct stat *st, const char *path);
+void backing_put(struct backing *b);
+/* A flush or FUA write of the file failed with err: remembered (and logged) once. */
+void backing_fail(struct backing *b, int err);
+/* The remembered durability error, or 0. */
+int backing_durability_err(const struct backing *b);
+
+/* ---- export.c ---- */
 /*
  * An export. Heap object, reference counted: the server's table holds one
  * reference and every connection that chose it holds one, so an export
@@ -196,18 +215,15 @@ struct export {
 	uint16_t tflags;       /* transmission flags it supports */
 	int cache_mode;        /* enum cache_mode */
 	struct rl_manager *locks; /* every request locks the byte range it touches */
-	struct file_locks *file_locks; /* whose manager that is (shared per file) */
-	dev_t dev;
-	ino_t ino;
+	struct backing *backing;  /* whose manager that is (one per file, see backing.c) */
 };
 
 /*
  * Opens and probes the backing file; logs one clear message on failure.
- * Returns a new export holding one reference, or NULL. Exports of the same
- * file among others[0..nothers) share its lock manager.
+ * Returns a new export holding one reference, or NULL. Every export of the
+ * same file shares its backing record (lock manager, cache key, errors).
  */
-struct export *export_open(const struct export_spec *spec, struct export *const *others,
-			   size_t nothers);
+struct export *export_open(const struct export_spec *spec);
 void export_get(struct export *e);
 /* Drops a reference; the last one closes and frees the export. */
 void export_put(struct export *e);

@@ -52,19 +52,9 @@ static int export_probe_direct(int fd, uint32_t align, uint64_t size)
 	return err;
 }
 
-static void file_locks_put(struct file_locks *fl)
-{
-	if (fl && atomic_fetch_sub(&fl->refs, 1) == 1) {
-		rl_manager_free(fl->m);
-		free(fl);
-	}
-}
-
-struct export *export_open(const struct export_spec *spec, struct export *const *others,
-			   size_t nothers)
+struct export *export_open(const struct export_spec *spec)
 {
 	struct export *e = calloc(1, sizeof(*e));
-	size_t i;
 
 	if (!e) {
 		log_error("export \"%s\": out of memory", spec->path);
@@ -145,30 +135,8 @@ struct export *export_open(const struct export_spec *spec, struct export *const 
 		log_error("open \"%s\": %s", spec->path, strerror(err));
 		goto out_close_fd;
 	}
-	e->dev = st.st_dev;
-	e->ino = st.st_ino;
-	for (i = 0; i < nothers && !e->file_locks; i++)
-		if (others[i]->dev == e->dev && others[i]->ino == e->ino) {
-			e->file_locks = others[i]->file_locks;
-			atomic_fetch_add(&e->file_locks->refs, 1);
-		}
-	if (!e->file_locks) {
-		e->file_locks = calloc(1, sizeof(*e->file_locks));
-		if (e->file_locks) {
-			static _Atomic uint64_t next_cache_id;
-
-			e->file_locks->cache_id = atomic_fetch_add(&next_cache_id, 1) + 1;
-			e->file_locks->m = rl_manager_new();
-			e->file_locks->refs = 1;
-			e->file_locks->dev = e->dev;
-			e->file_locks->ino = e->ino;
-			if (!e->file_locks->m) {
-				free(e->file_locks);
-				e->file_locks = NULL;
-			}
-		}
-	}
-	e->locks = e->file_locks ? e->file_locks->m : NULL;
+	e->backing = backing_get(&st, spec->path);
+	e->locks = e->backing ? e->backing->locks : NULL;
 	e->name = strdup(spec->name ? spec->name : "");
 	e->description = strdup(spec->description ? spec->description : "");
 	e->path = strdup(spec->path);
@@ -199,7 +167,7 @@ out_free:
 	free(e->name);
 	free(e->description);
 	free(e->path);
-	file_locks_put(e->file_locks);
+	backing_put(e->backing);
 out_close_fd:
 	if (e->fd_buffered >= 0)
 		close(e->fd_buffered);
@@ -219,7 +187,7 @@ void export_put(struct export *e)
 		return;
 	close(e->fd);
 	close(e->fd_buffered);
-	file_locks_put(e->file_locks);
+	backing_put(e->backing);
 	free(e->name);
 	free(e->description);
 	free(e->path);

@@ -11,6 +11,12 @@
  * chunk, the neighbours' bytes copied in, and the span written, all under
  * one exclusive lock over the span, so a concurrent writer of the same
  * blocks cannot lose bytes. Short transfers are resubmitted for the rest.
+ *
+ * Durability errors are sticky (backing.c): once a flush (or the sync after
+ * a FUA TRIM/WRITE_ZEROES, or a FUA write with EIO) of a file has failed,
+ * every later FLUSH and FUA request to that file, through any export or
+ * connection, fails with EIO, so no client is told that data is safe that
+ * may have been lost. Only a restart clears it.
  */
 #define _GNU_SOURCE
 #include <assert.h>
@@ -74,13 +80,21 @@ static void fileio_step(struct req *q, enum req_state state)
 	fileio_prep(q);
 }
 
+/* A flush of this file failed before: nothing is promised durable any more. */
+static bool fileio_lost(const struct req *q)
+{
+	return backing_durability_err(q->c->exp->backing) != 0;
+}
+
 /* TRIM and WRITE_ZEROES are done: with FUA, make them durable first. */
 static void fileio_zeroed(struct req *q)
 {
-	if (q->r.flags & NBD_CMD_FLAG_FUA)
-		fileio_step(q, REQ_SYNC);
-	else
+	if (!(q->r.flags & NBD_CMD_FLAG_FUA))
 		req_finish(q, NBD_SUCCESS);
+	else if (fileio_lost(q))
+		req_finish(q, NBD_EIO);
+	else
+		fileio_step(q, REQ_SYNC);
 }
 
 static void fileio_falloc_done(struct req *q, int res)
@@ -131,6 +145,9 @@ static void fileio_data_done(struct req *q, int res)
 	if (res < 0) {
 		log_warn("conn %" PRIu64 ": %s offset %" PRIu64 " length %" PRIu64 ": %s", c->id,
 			 proto_cmd_name(q->r.type), q->r.offset, q->r.len_bytes, strerror(-res));
+		/* A FUA write that hit an I/O error may have lost earlier writes' writeback too. */
+		if (q->r.type == NBD_CMD_WRITE && (q->r.flags & NBD_CMD_FLAG_FUA) && res == -EIO)
+			backing_fail(c->exp->backing, EIO);
 		req_finish(q, proto_errno_to_nbd(-res));
 		return;
 	}
@@ -166,10 +183,10 @@ static void fileio_done(struct conn_op *o, int res)
 		break;
 	case REQ_SYNC:
 	case REQ_FLUSH:
+		/* The first failure is remembered: no later flush may say all is well. */
 		if (res < 0)
-			log_warn("conn %" PRIu64 ": %s: flush: %s", q->c->id,
-				 proto_cmd_name(q->r.type), strerror(-res));
-		req_finish(q, res < 0 ? proto_errno_to_nbd(-res) : NBD_SUCCESS);
+			backing_fail(q->c->exp->backing, -res);
+		req_finish(q, res < 0 || fileio_lost(q) ? NBD_EIO : NBD_SUCCESS);
 		break;
 	case REQ_IO:
 		fileio_data_done(q, res);
@@ -280,7 +297,9 @@ void fileio_start(struct req *q)
 		fileio_block_status(q);
 		break;
 	default:
-		if (q->plan.rmw_head || q->plan.rmw_tail)
+		if (q->r.type == NBD_CMD_WRITE && (q->r.flags & NBD_CMD_FLAG_FUA) && fileio_lost(q))
+			req_finish(q, NBD_EIO);
+		else if (q->plan.rmw_head || q->plan.rmw_tail)
 			fileio_start_rmw(q);
 		else
 			fileio_step(q, REQ_IO);
@@ -289,5 +308,8 @@ void fileio_start(struct req *q)
 
 void fileio_flush(struct req *q)
 {
-	fileio_step(q, REQ_FLUSH);
+	if (fileio_lost(q))
+		req_finish(q, NBD_EIO);
+	else
+		fileio_step(q, REQ_FLUSH);
 }

@@ -235,6 +235,7 @@ int main(int argc, char **argv)
 	size_t nspecs = 0, j;
 	long threads;
 	int status = 1, inherited, ret;
+	bool ran;
 	unsigned i, started = 0;
 
 	config_init(&file);
@@ -362,14 +363,26 @@ out_workers:
 		worker_stop(&srv.workers[i]);
 	for (i = 0; i < started; i++)
 		worker_join(&srv.workers[i]);
-	/* Every acknowledged write is on stable storage before exit. */
-	for (j = 0; j < srv.nexports; j++)
-		if (!srv.exports[j]->readonly && fdatasync(srv.exports[j]->fd) < 0)
-			log_error("flush \"%s\": %s", srv.exports[j]->path, strerror(errno));
-	if (status == 0)
+	/* Every acknowledged write is on stable storage before exit; if not, say so. */
+	ran = status == 0;
+	for (j = 0; j < srv.nexports; j++) {
+		const struct export *e = srv.exports[j];
+
+		if (e->readonly)
+			continue;
+		if (fdatasync(e->fd) < 0) {
+			log_error("flush \"%s\" at exit: %s", e->path, strerror(errno));
+			status = 1;
+		} else if (backing_durability_err(e->backing)) {
+			log_error("\"%s\": exiting with writes that may have been lost (a flush "
+				  "failed: %s)", e->path, strerror(backing_durability_err(e->backing)));
+			status = 1;
+		}
+	}
+	if (ran)
 		log_stats();
 	free(srv.workers);
-	if (pid_file && status == 0)
+	if (pid_file && ran)
 		unlink(pid_file);
 out_listeners:
 	listen_close(&srv);

@@ -193,7 +193,7 @@ void req_finish(struct req *q, uint32_t nbd_error)
 	if (req_locked(q)) {
 		/* Before unlocking, so that no read can fill a page from before it afterwards. */
 		if (cache && q->plan.exclusive)
-			cache_invalidate(cache, c->exp->file_locks->cache_id, q->r.offset,
+			cache_invalidate(cache, c->exp->backing->cache_id, q->r.offset,
 					 q->r.len_bytes);
 		rl_release(c->exp->locks, &q->lock);
 	}

@@ -154,37 +154,27 @@ void server_conn_gone(struct server *s, const struct client_key *key)
 struct export **server_build_exports(struct server *s, const struct export_spec *specs,
 				     size_t n)
 {
-	struct export **t = calloc(n ? n : 1, sizeof(*t)), **all;
+	struct export **t = calloc(n ? n : 1, sizeof(*t));
 	size_t i, j;
 
-	all = calloc(n + s->nexports + 1, sizeof(*all));
-	if (!t || !all)
-		goto out_err;
-	if (s->nexports)
-		memcpy(all, s->exports, s->nexports * sizeof(*all));
+	if (!t)
+		return NULL;
 	for (i = 0; i < n; i++) {
 		for (j = 0; j < s->nexports && !t[i]; j++)
 			if (export_matches(s->exports[j], &specs[i])) {
 				t[i] = s->exports[j];
 				export_get(t[i]);
 			}
-		if (!t[i]) {
-			/* Files already open (old or new) share their lock manager. */
-			if (i)
-				memcpy(all + s->nexports, t, i * sizeof(*t));
-			t[i] = export_open(&specs[i], all, s->nexports + i);
-			if (!t[i])
-				goto out_err;
-		}
+		/* A new export of a file already open, in any table, shares its record. */
+		if (!t[i] && !(t[i] = export_open(&specs[i])))
+			goto out_err;
 	}
-	free(all);
 	return t;
 
 out_err:
-	for (i = 0; t && i < n; i++)
+	for (i = 0; i < n; i++)
 		export_put(t[i]);
 	free(t);
-	free(all);
 	return NULL;
 }
 

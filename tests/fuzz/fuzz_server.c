@@ -13,7 +13,8 @@
  *
  * usage: fuzz_server URINGNBD IMAGE SECONDS [SEED]
  * A failing case prints its seed; FUZZ_SEED=N with SECONDS 0 replays it
- * alone. The bytes it sent are saved beside the image (case-SEED.bin).
+ * alone. The bytes it sent (the first 16 MiB) are saved beside the image
+ * (IMAGE.case-SEED.bin).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -51,6 +52,7 @@ static struct {
 	unsigned nmaybe;             /* MAYBE_MAX + 1: too many to tell, not checked */
 } canary[CANARY_BLOCKS];
 static uint64_t rng;
+#define SENT_MAX (16u << 20)           /* what is kept of a case's bytes */
 static uint8_t *sent;                 /* what the case sent, for the record */
 static size_t sent_len, sent_cap;
 
@@ -113,15 +115,16 @@ static bool wait_fd(struct peer *p, short ev)
 static void put(struct peer *p, const void *buf, size_t len)
 {
 	const uint8_t *b = buf;
+	size_t keep = sent_len + len <= SENT_MAX ? len : SENT_MAX - sent_len;
 
-	if (sent_len + len > sent_cap) {
-		sent_cap = (sent_len + len) * 2;
+	if (sent_len + keep > sent_cap) {
+		sent_cap = (sent_len + keep) * 2;
 		sent = realloc(sent, sent_cap);
 		if (!sent)
 			abort();
 	}
-	memcpy(sent + sent_len, buf, len);
-	sent_len += len;
+	memcpy(sent + sent_len, buf, keep);
+	sent_len += keep;
 	while (len && !p->dead) {
 		ssize_t n = send(p->fd, b, len, MSG_NOSIGNAL);
 

@@ -166,6 +166,61 @@ void harness_start(struct daemon *d, ...)
 	close(lfd);
 }
 
+static uint64_t piece_seed(unsigned k, unsigned p, unsigned round)
+{
+	return ((uint64_t)k << 40) | ((uint64_t)p << 8) | round;
+}
+
+void harness_write_pieces(struct nbd_handle *h, unsigned k, unsigned conns, unsigned pieces,
+			  unsigned rounds, uint64_t base)
+{
+	uint8_t (*data)[HARNESS_PIECE] = calloc(pieces, HARNESS_PIECE);
+	unsigned p, round;
+
+	CHECK(data, "out of memory");
+	for (round = 0; round < rounds; round++) {
+		for (p = 0; p < pieces; p++) {
+			uint64_t piece = (uint64_t)p * conns + k; /* interleaved with the others */
+
+			harness_fill(data[p], HARNESS_PIECE, piece_seed(k, p, round));
+			CHECK(nbd_aio_pwrite(h, data[p], HARNESS_PIECE, base + piece * HARNESS_PIECE,
+					     NBD_NULL_COMPLETION, 0) > 0,
+			      "aio_pwrite: %s", nbd_get_error());
+			/* Keep up to 64 in flight. */
+			while (nbd_aio_in_flight(h) >= 64)
+				CHECK(nbd_poll(h, -1) != -1, "poll: %s", nbd_get_error());
+			while (nbd_aio_peek_command_completed(h) > 0)
+				CHECK(nbd_aio_command_completed(h, (uint64_t)nbd_aio_peek_command_completed(h)) == 1,
+				      "write failed: %s", nbd_get_error());
+		}
+		while (nbd_aio_in_flight(h) > 0)
+			CHECK(nbd_poll(h, -1) != -1, "poll: %s", nbd_get_error());
+		while (nbd_aio_peek_command_completed(h) > 0)
+			CHECK(nbd_aio_command_completed(h, (uint64_t)nbd_aio_peek_command_completed(h)) == 1,
+			      "write failed: %s", nbd_get_error());
+	}
+	free(data);
+}
+
+void harness_check_pieces(struct nbd_handle *h, unsigned conns, unsigned pieces,
+			  unsigned rounds, uint64_t base)
+{
+	uint8_t *all = malloc((size_t)conns * pieces * HARNESS_PIECE), want[HARNESS_PIECE];
+	unsigned k, p;
+
+	CHECK(all, "out of memory");
+	NBD_OK(nbd_pread(h, all, (size_t)conns * pieces * HARNESS_PIECE, base, 0));
+	for (k = 0; k < conns; k++)
+		for (p = 0; p < pieces; p++) {
+			uint64_t piece = (uint64_t)p * conns + k;
+
+			harness_fill(want, HARNESS_PIECE, piece_seed(k, p, rounds - 1));
+			CHECK(memcmp(all + piece * HARNESS_PIECE, want, HARNESS_PIECE) == 0,
+			      "piece %u of writer %u lost its last write", p, k);
+		}
+	free(all);
+}
+
 struct nbd_handle *harness_connect_export(struct daemon *d, const char *name)
 {
 	struct nbd_handle *h = nbd_create();

@@ -59,6 +59,18 @@ void raw_request(int fd, uint32_t magic, uint16_t flags, uint16_t type, uint64_t
 /* Reads one option reply to opt; returns its type and skips its payload. */
 uint32_t raw_option_reply(int fd, uint32_t opt);
 
+/*
+ * Writer k of conns writes pieces of HARNESS_PIECE bytes interleaved with
+ * the other writers' from byte base (so neighbours share sectors), rounds
+ * times over, up to 64 in flight; harness_check_pieces() then finds every
+ * piece holding its writer's last round.
+ */
+#define HARNESS_PIECE 100
+void harness_write_pieces(struct nbd_handle *h, unsigned k, unsigned conns, unsigned pieces,
+			  unsigned rounds, uint64_t base);
+void harness_check_pieces(struct nbd_handle *h, unsigned conns, unsigned pieces,
+			  unsigned rounds, uint64_t base);
+
 /* Monotonic seconds. */
 double harness_now(void);
 /* Drives an nbd_aio_connect_* handshake for up to secs; true once ready. */

@@ -1,0 +1,100 @@
+// SPDX-License-Identifier: BSD-3-Clause
+/*
+ * The registry of backing files: one record per file (by device and inode;
+ * a block device by its device number), shared by every export of that
+ * file for as long as any of them lives, across any number of reloads. It
+ * holds what must be one per file, whichever export or table a request
+ * came through: the range lock manager, the page cache's key, and the
+ * first failed flush (a durability error, which every later FLUSH and FUA
+ * write of the file then reports).
+ *
+ * The registry is a list under a mutex; exports get and put records when
+ * they open and close (rare), requests only read them.
+ */
+#define _GNU_SOURCE
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "daemon.h"
+
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct backing *registry;       /* every record with a reference */
+static uint64_t next_cache_id;         /* under registry_lock */
+
+struct backing *backing_get(const struct stat *st, const char *path)
+{
+	bool dev = S_ISBLK(st->st_mode);
+	struct backing *b;
+
+	pthread_mutex_lock(&registry_lock);
+	for (b = registry; b; b = b->next)
+		if (b->is_blockdev == dev && (dev ? b->rdev == st->st_rdev
+						  : b->dev == st->st_dev && b->ino == st->st_ino))
+			break;
+	if (b) {
+		b->refs++;
+		pthread_mutex_unlock(&registry_lock);
+		return b;
+	}
+	b = calloc(1, sizeof(*b));
+	if (b) {
+		b->locks = rl_manager_new();
+		b->path = strdup(path);
+	}
+	if (!b || !b->locks || !b->path) {
+		if (b) {
+			rl_manager_free(b->locks);
+			free(b->path);
+		}
+		free(b);
+		pthread_mutex_unlock(&registry_lock);
+		return NULL;
+	}
+	b->is_blockdev = dev;
+	b->dev = st->st_dev;
+	b->ino = st->st_ino;
+	b->rdev = st->st_rdev;
+	b->cache_id = ++next_cache_id;
+	b->refs = 1;
+	b->next = registry;
+	registry = b;
+	pthread_mutex_unlock(&registry_lock);
+	return b;
+}
+
+void backing_put(struct backing *b)
+{
+	struct backing **pp;
+
+	if (!b)
+		return;
+	pthread_mutex_lock(&registry_lock);
+	if (--b->refs) {
+		pthread_mutex_unlock(&registry_lock);
+		return;
+	}
+	for (pp = &registry; *pp != b; pp = &(*pp)->next)
+		;
+	*pp = b->next;
+	pthread_mutex_unlock(&registry_lock);
+	rl_manager_free(b->locks);
+	free(b->path);
+	free(b);
+}
+
+void backing_fail(struct backing *b, int err)
+{
+	int none = 0;
+
+	if (atomic_compare_exchange_strong(&b->durability_err, &none, err))
+		log_error("\"%s\": a flush failed (%s): writes since the last good flush may be lost; "
+			  "every later FLUSH and FUA write to this file fails with EIO until uringnbd "
+			  "is restarted", b->path, strerror(err));
+}
+
+int backing_durability_err(const struct backing *b)
+{
+	return atomic_load_explicit(&b->durability_err, memory_order_relaxed);
+}
