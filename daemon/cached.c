@@ -186,11 +186,19 @@ static void slot_fill_done(struct conn_op *o, int res)
 	}
 #endif
 	if (res >= 0 && res < (int)CACHE_PAGE_BYTES) {
-		/* The end of the file: the rest of the page reads as zeroes. */
+		uint64_t end = s->index * CACHE_PAGE_BYTES + (uint64_t)res;
 		uint8_t *dst = s->p ? cache_page_data(s->p) : read ? slot_buf(s) : NULL;
 
-		if (dst)
+		if (end < q->c->exp->size_bytes) {
+			/* Short before the export's end (the file shrank?): an error, not zeroes. */
+			log_warn("conn %" PRIu64 ": cache fill at offset %" PRIu64 ": %d bytes of %u "
+				 "before the end of the export", q->c->id, s->index * CACHE_PAGE_BYTES,
+				 res, CACHE_PAGE_BYTES);
+			res = -EIO;
+		} else if (dst) {
+			/* The end of the file: the rest of the page reads as zeroes. */
 			memset(dst + res, 0, CACHE_PAGE_BYTES - (unsigned)res);
+		}
 	}
 	if (res < 0 && q->nbd_error == NBD_SUCCESS) {
 		log_warn("conn %" PRIu64 ": cache fill at offset %" PRIu64 ": %s", q->c->id,

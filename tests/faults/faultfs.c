@@ -1,10 +1,11 @@
 // SPDX-License-Identifier: BSD-3-Clause
 /*
  * faultfs: a FUSE filesystem for fault tests. It passes the files of one
- * flat directory through, and fails on demand: while the file named by
- * the trigger path exists, fsync and fdatasync fail with EIO (a disk whose
- * cache flush fails), and if the trigger file's first byte is 'w', writes
- * fail with EIO too. O_DIRECT opens pass through.
+ * flat directory through, and fails on demand with EIO while the file
+ * named by the trigger path exists, as its contents say: 'r' reads fail,
+ * 'w' writes (and fallocate) fail, 'f' fsync and fdatasync fail (a disk
+ * whose cache flush fails); an empty trigger means 'f'. O_DIRECT opens
+ * pass through.
  *
  * usage: faultfs BACKDIR TRIGGER MOUNTPOINT [-f] [FUSE options]
  * (runs in the background unless -f; unmount with fusermount3 -u)
@@ -15,6 +16,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <fuse.h>
+#include <stdbool.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,18 +31,20 @@ static void back_path(char *out, const char *path)
 	snprintf(out, PATH_MAX, "%s%s", backdir, path);
 }
 
-/* 0 (no fault), 1 (flushes fail), 2 (writes fail too). */
-static int fault(void)
+/* Whether operation op ('r', 'w' or 'f') is to fail now. */
+static bool fault(char op)
 {
-	char c = 0;
+	char what[8] = { 0 };
+	ssize_t n;
 	int fd = open(trigger, O_RDONLY);
 
 	if (fd < 0)
-		return 0;
-	if (read(fd, &c, 1) != 1)
-		c = 0;
+		return false;
+	n = read(fd, what, sizeof(what) - 1);
 	close(fd);
-	return c == 'w' ? 2 : 1;
+	if (n <= 0)
+		return op == 'f';
+	return strchr(what, op) != NULL;
 }
 
 static int ff_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
@@ -102,9 +106,12 @@ static int ff_create(const char *path, mode_t mode, struct fuse_file_info *fi)
 
 static int ff_read(const char *path, char *buf, size_t len, off_t off, struct fuse_file_info *fi)
 {
-	ssize_t n = pread((int)fi->fh, buf, len, off);
+	ssize_t n;
 
 	(void)path;
+	if (fault('r'))
+		return -EIO;
+	n = pread((int)fi->fh, buf, len, off);
 	return n < 0 ? -errno : (int)n;
 }
 
@@ -114,7 +121,7 @@ static int ff_write(const char *path, const char *buf, size_t len, off_t off,
 	ssize_t n;
 
 	(void)path;
-	if (fault() == 2)
+	if (fault('w'))
 		return -EIO;
 	n = pwrite((int)fi->fh, buf, len, off);
 	return n < 0 ? -errno : (int)n;
@@ -123,7 +130,7 @@ static int ff_write(const char *path, const char *buf, size_t len, off_t off,
 static int ff_fsync(const char *path, int datasync, struct fuse_file_info *fi)
 {
 	(void)path;
-	if (fault())
+	if (fault('f'))
 		return -EIO;
 	return (datasync ? fdatasync((int)fi->fh) : fsync((int)fi->fh)) < 0 ? -errno : 0;
 }
@@ -142,7 +149,7 @@ static int ff_fallocate(const char *path, int mode, off_t off, off_t len,
 			struct fuse_file_info *fi)
 {
 	(void)path;
-	if (fault() == 2)
+	if (fault('w'))
 		return -EIO;
 	return fallocate((int)fi->fh, mode, off, len) < 0 ? -errno : 0;
 }
