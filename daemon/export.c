@@ -13,7 +13,9 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <stdio.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "daemon.h"
@@ -30,6 +32,33 @@ static uint32_t export_probe_align(int fd, bool is_blockdev)
 	if (is_blockdev && ioctl(fd, BLKSSZGET, &ssz) == 0 && ssz > 0)
 		return (uint32_t)ssz;
 	return 4096;
+}
+
+/*
+ * Whether the disk under the file (or the device itself) is rotational, as
+ * sysfs says: the device's queue, or its parent's for a partition.
+ */
+static bool export_rotational(const struct stat *st)
+{
+	dev_t d = S_ISBLK(st->st_mode) ? st->st_rdev : st->st_dev;
+	static const char *const where[] = { "queue", "../queue" };
+	char path[128], c = '0';
+	size_t i;
+
+	for (i = 0; i < 2; i++) {
+		int fd;
+
+		snprintf(path, sizeof(path), "/sys/dev/block/%u:%u/%s/rotational", major(d),
+			 minor(d), where[i]);
+		fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		if (read(fd, &c, 1) != 1)
+			c = '0';
+		close(fd);
+		break;
+	}
+	return c == '1';
 }
 
 /* One aligned read proves the filesystem really does direct I/O. */
@@ -155,6 +184,8 @@ struct export *export_open(const struct export_spec *spec)
 	/* No daemon cache: every acknowledged write is in the file, visible to all. */
 	e->tflags = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_FUA |
 		    NBD_FLAG_SEND_DF | NBD_FLAG_CAN_MULTI_CONN | NBD_FLAG_SEND_CACHE;
+	if (export_rotational(&st))
+		e->tflags |= NBD_FLAG_ROTATIONAL;
 	if (e->readonly)
 		e->tflags |= NBD_FLAG_READ_ONLY;
 	else

@@ -44,8 +44,8 @@ static void fileio_prep(struct req *q)
 
 	switch (q->state) {
 	case REQ_FALLOC:
-		io_uring_prep_fallocate(sqe, e->fd, q->falloc_mode, (off_t)q->r.offset,
-					(off_t)q->r.len_bytes);
+		io_uring_prep_fallocate(sqe, e->fd, q->falloc_mode, (off_t)q->plan.io_off,
+					(off_t)q->plan.io_len);
 		return;
 	case REQ_ZERO_WRITE:
 		left = q->r.len_bytes - q->io_done_bytes;
@@ -278,9 +278,23 @@ void fileio_start(struct req *q)
 	switch (q->r.type) {
 	case NBD_CMD_TRIM:
 		q->falloc_mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
-		fileio_step(q, REQ_FALLOC);
+		/* On a device: no whole block inside it, nothing to discard (advisory). */
+		if (!q->plan.io_len)
+			fileio_zeroed(q);
+		else
+			fileio_step(q, REQ_FALLOC);
 		break;
 	case NBD_CMD_WRITE_ZEROES:
+		if (q->plan.zero_write) {
+			/* Unaligned on a device: written as zeroes, edges kept; not fast. */
+			if (q->r.flags & NBD_CMD_FLAG_FAST_ZERO)
+				req_finish(q, NBD_ENOTSUP);
+			else if (q->plan.rmw_head || q->plan.rmw_tail)
+				fileio_start_rmw(q);
+			else
+				fileio_step(q, REQ_IO);
+			break;
+		}
 		/* Holes read as zeroes and are cheapest, unless NO_HOLE forbids them. */
 		if (!(q->r.flags & NBD_CMD_FLAG_NO_HOLE)) {
 			q->falloc_mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;

@@ -32,7 +32,8 @@ static void plan_lock(const struct plan_in *in, struct plan *out)
 		return;
 	out->lock_first = in->offset;
 	out->lock_last = in->offset + in->len_bytes - 1;
-	if ((in->type == NBD_CMD_WRITE && !out->buffered) || in->type == NBD_CMD_CACHE) {
+	if ((in->type == NBD_CMD_WRITE && !out->buffered) || in->type == NBD_CMD_CACHE ||
+	    out->zero_write) {
 		out->lock_first = out->io_off;
 		out->lock_last = out->io_off + out->io_len - 1;
 	}
@@ -61,7 +62,26 @@ void plan_request(const struct plan_in *in, struct plan *out)
 		plan_lock(in, out);
 		return;
 	}
-	if ((in->type == NBD_CMD_READ || in->type == NBD_CMD_WRITE) && in->len_bytes) {
+	if ((in->type == NBD_CMD_TRIM || in->type == NBD_CMD_WRITE_ZEROES) && in->len_bytes) {
+		out->io_off = off;
+		out->io_len = in->len_bytes;
+		if (in->blockdev && in->type == NBD_CMD_TRIM) {
+			/* The whole blocks inside it, if any. */
+			uint64_t first = (off + a - 1) / a * a, last = end / a * a;
+
+			out->io_off = first;
+			out->io_len = last > first ? last - first : 0;
+		} else if (in->blockdev && (off % a || end % a)) {
+			out->zero_write = true;
+			out->io_off = a_first;
+			out->io_len = a_end - a_first;
+			out->data_off = (uint32_t)(off - a_first);
+			out->rmw_head = off != a_first;
+			out->rmw_tail = end != a_end;
+			out->bounce = true;
+			out->chunks = pool_chunks_for(out->io_len);
+		}
+	} else if ((in->type == NBD_CMD_READ || in->type == NBD_CMD_WRITE) && in->len_bytes) {
 		if (a_end > in->direct_end) {
 			out->buffered = true;
 			out->io_off = off;

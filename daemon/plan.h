@@ -13,9 +13,15 @@
  * Cached reads cover the whole cache pages around them; a CACHE prefetch
  * covers the pages of its first PLAN_PREFETCH_MAX_BYTES, and locks only those.
  *
- * Locks: READ, BLOCK_STATUS and CACHE shared over their bytes; WRITE
- * exclusive over its span (its bytes when buffered); TRIM and WRITE_ZEROES
- * exclusive over their bytes. So a writer's lock covers every block it
+ * TRIM and WRITE_ZEROES are fallocate()s of io_off/io_len: their bytes on a
+ * file; on a block device, which takes whole blocks only, TRIM shrinks to
+ * the blocks inside it (it is advisory; none is fine) and an unaligned
+ * WRITE_ZEROES becomes a write of zeroes over its span with its edges read
+ * first, like an unaligned WRITE.
+ *
+ * Locks: READ, BLOCK_STATUS and CACHE shared over their bytes; WRITE (and a
+ * zero_write) exclusive over its span (its bytes when buffered); TRIM and
+ * WRITE_ZEROES exclusive over their bytes. So a writer's lock covers every block it
  * rewrites and a reader's covers every byte it returns.
  */
 #ifndef URINGNBD_PLAN_H
@@ -42,6 +48,7 @@ struct plan_in {
 	uint32_t align_bytes;     /* direct-I/O alignment, a power of two */
 	uint64_t direct_end;      /* file size rounded down to align_bytes */
 	enum cache_mode cache;    /* the export's mode; CACHE_MODE_NONE without a cache */
+	bool blockdev;            /* a block device: fallocate takes whole blocks only */
 	uint32_t cache_page_bytes; /* the cache's page size */
 };
 
@@ -54,6 +61,7 @@ struct plan {
 	bool buffered;            /* touches the partial last block: buffered descriptor */
 	bool rmw_head, rmw_tail;  /* unaligned write: edge blocks to read first */
 	bool cached;              /* a READ or CACHE through the page cache */
+	bool zero_write;          /* WRITE_ZEROES done as a write of zeroes (unaligned, device) */
 	bool locks;               /* takes a range lock (FLUSH and empty requests do not) */
 	bool exclusive;           /* ...exclusive, else shared */
 	uint64_t lock_first, lock_last; /* ...over these bytes (closed interval) */

@@ -214,3 +214,23 @@ void iov_copy_in(const struct iovec *iov, unsigned n, size_t off, const void *bu
 	}
 	assert(len == 0);
 }
+
+void iov_zero(const struct iovec *iov, unsigned n, size_t off, size_t len)
+{
+	unsigned i = 0;
+
+	while (i < n && off >= iov[i].iov_len) {
+		off -= iov[i].iov_len;
+		i++;
+	}
+	for (; i < n && len; i++) {
+		size_t take = iov[i].iov_len - off;
+
+		if (take > len)
+			take = len;
+		memset((uint8_t *)iov[i].iov_base + off, 0, take);
+		len -= take;
+		off = 0;
+	}
+	assert(len == 0);
+}

@@ -110,5 +110,7 @@ unsigned iov_slice(const struct iovec *src, unsigned nsrc, size_t off, size_t le
 		   struct iovec *dst);
 /* Copies len bytes from buf to byte offset off of the iovecs. */
 void iov_copy_in(const struct iovec *iov, unsigned n, size_t off, const void *buf, size_t len);
+/* Zeroes len bytes from byte offset off of the iovecs. */
+void iov_zero(const struct iovec *iov, unsigned n, size_t off, size_t len);
 
 #endif

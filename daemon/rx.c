@@ -86,6 +86,9 @@ static bool rx_take_payload(struct req *q)
 	size_t n;
 
 	if (q->r.type != NBD_CMD_WRITE) {
+		/* A write of zeroes has its zeroes where a payload would go. */
+		if (q->plan.zero_write)
+			iov_zero(q->iov, q->niov, q->plan.data_off, q->r.len_bytes);
 		req_lock(q);
 		return true;
 	}
@@ -265,6 +268,7 @@ static bool rx_request(struct conn *c)
 		.align_bytes = e->align_bytes,
 		.direct_end = e->direct_end,
 		.cache = c->w->srv->cache ? (enum cache_mode)e->cache_mode : CACHE_MODE_NONE,
+		.blockdev = e->is_blockdev,
 		.cache_page_bytes = CACHE_PAGE_BYTES,
 	};
 	plan_request(&in, &q->plan);
@@ -277,6 +281,9 @@ static bool rx_request(struct conn *c)
 		reply_queue(q);
 		return true;
 	}
+	/* An unaligned WRITE_ZEROES on a device is a write: no larger than a WRITE. */
+	if (q->plan.zero_write && q->r.len_bytes > EXPORT_MAX_REQUEST_BYTES)
+		return rx_refuse(q, NBD_EINVAL);
 	return rx_buffers(q);
 }
 

@@ -5,6 +5,7 @@ gets EIO, on direct and cached exports alike; the daemon serves on, a
 client of another export is not disturbed, and once the fault is gone the
 same requests succeed and the data written since reads back. No flush
 fails here, so nothing becomes sticky."""
+import atexit
 import os
 import shutil
 import subprocess
@@ -34,6 +35,9 @@ def cleanup():
         proc.wait()
     if mounted:
         subprocess.run(["fusermount3", "-u", MNT], stderr=subprocess.DEVNULL)
+
+
+atexit.register(cleanup)
 
 
 def fail(msg):

@@ -8,6 +8,7 @@ connection and on a new one, while plain writes and reads go on; the event
 is logged once with the path; and the daemon exits 1 at SIGTERM because
 writes may have been lost. Without the sticky error the second FLUSH would
 succeed although the data behind the first was never made durable."""
+import atexit
 import os
 import shutil
 import signal
@@ -38,6 +39,9 @@ def cleanup():
         proc.wait()
     if mounted:
         subprocess.run(["fusermount3", "-u", MNT], stderr=subprocess.DEVNULL)
+
+
+atexit.register(cleanup)
 
 
 def fail(msg):

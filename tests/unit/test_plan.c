@@ -181,6 +181,48 @@ START_TEST(test_cached_read_and_prefetch)
 }
 END_TEST
 
+/* A block device takes discards and zeroing in whole blocks only. */
+START_TEST(test_blockdev_trim_and_zero)
+{
+	struct plan_in in = { .type = NBD_CMD_TRIM, .offset = 512, .len_bytes = 9000,
+			      .align_bytes = A, .direct_end = 1 << 20, .blockdev = true };
+	struct plan p;
+
+	plan_request(&in, &p);
+	ck_assert_uint_eq(p.io_off, 4096);      /* the whole blocks inside */
+	ck_assert_uint_eq(p.io_len, 4096);
+	ck_assert(!p.zero_write && p.chunks == 0);
+	ck_assert_uint_eq(p.lock_first, 512);
+	in.len_bytes = 512;                     /* no whole block: nothing to discard */
+	plan_request(&in, &p);
+	ck_assert_uint_eq(p.io_len, 0);
+	ck_assert(p.locks);
+
+	in.type = NBD_CMD_WRITE_ZEROES;
+	in.offset = 8192 + 7;
+	in.len_bytes = 100;
+	plan_request(&in, &p);
+	ck_assert(p.zero_write && p.rmw_head && p.rmw_tail && p.bounce && p.exclusive);
+	ck_assert_uint_eq(p.io_off, 8192);
+	ck_assert_uint_eq(p.io_len, 4096);
+	ck_assert_uint_eq(p.data_off, 7);
+	ck_assert_uint_eq(p.chunks, 1);
+	ck_assert_uint_eq(p.lock_first, 8192);  /* the span it rewrites */
+	ck_assert_uint_eq(p.lock_last, 8192 + 4095);
+	in.offset = 8192;                        /* aligned: fallocate as on a file */
+	in.len_bytes = 8192;
+	plan_request(&in, &p);
+	ck_assert(!p.zero_write && p.chunks == 0);
+	ck_assert_uint_eq(p.io_off, 8192);
+	ck_assert_uint_eq(p.io_len, 8192);
+	in.blockdev = false;                     /* a file: any bytes */
+	in.offset = 8199;
+	plan_request(&in, &p);
+	ck_assert(!p.zero_write);
+	ck_assert_uint_eq(p.io_off, 8199);
+}
+END_TEST
+
 /* Invariants over random requests, against the rules read directly. */
 START_TEST(test_random_invariants)
 {
@@ -274,6 +316,7 @@ static Suite *plan_suite(void)
 	tcase_add_test(tc, test_trim_zero_block_status);
 	tcase_add_test(tc, test_cache_modes);
 	tcase_add_test(tc, test_cached_read_and_prefetch);
+	tcase_add_test(tc, test_blockdev_trim_and_zero);
 	tcase_add_test(tc, test_random_invariants);
 	suite_add_tcase(s, tc);
 	return s;
