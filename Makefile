@@ -21,7 +21,8 @@ CC      ?= cc
 
 BUILD_PKGS := gcc make pkg-config liburing-dev libev-dev libnbd-dev check
 TEST_PKGS  := libnbd-bin qemu-utils nbdkit nbd-server nbd-client fio python3-libnbd \
-              fuse3 libfuse3-dev e2fsprogs util-linux procps bc clang libclang-rt-14-dev \
+              fuse3 libfuse3-dev e2fsprogs xfsprogs btrfs-progs util-linux procps bc clang \
+              libclang-rt-14-dev \
               qemu-system-x86 busybox-static socat cpio mandoc systemd
 
 WARN   := -Wall -Wextra -Wshadow -Wvla -Wstrict-prototypes -Wmissing-prototypes \
@@ -66,7 +67,7 @@ DAEMON_OBJ := $(DAEMON_SRC:%.c=$(B)/%.o)
 DAEMON_LIBS := -luring -lev
 
 INTEROP_TESTS := $(wildcard tests/interop/*.sh tests/interop/*.py)
-FAULT_TESTS   := $(wildcard tests/faults/*.py)
+FAULT_TESTS   := $(filter-out tests/faults/faultlib.py,$(wildcard tests/faults/*.py))
 VM_TESTS      := tests/vm/kernel-client.sh
 
 .SECONDARY:

@@ -1,0 +1,106 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""Shared by the fault tests: a scratch directory, loop-mounted filesystems
+made with real mkfs, a daemon on a private unix socket, and cleanup of all
+of it on any exit. Exit 0 pass, 1 fail, 77 skip."""
+import atexit
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+URINGNBD = os.path.abspath(os.environ.get("URINGNBD", "build/uringnbd"))
+BASE = os.environ.get("TEST_TMPDIR", "build/tmp")
+
+
+class Fault:
+    def __init__(self, name):
+        self.name = name
+        os.makedirs(BASE, exist_ok=True)
+        self.dir = tempfile.mkdtemp(prefix=name + ".", dir=BASE)
+        self.sockdir = tempfile.mkdtemp(prefix="uringnbd-test.", dir="/tmp")
+        self.sock = os.path.join(self.sockdir, "sock")
+        self.log = os.path.join(self.dir, "daemon.log")
+        self.proc = None
+        self.mounts = []
+        self.loops = []
+        atexit.register(self.cleanup)
+
+    def cleanup(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for m in reversed(self.mounts):
+            subprocess.run(["umount", m], stderr=subprocess.DEVNULL)
+        for dev in self.loops:
+            subprocess.run(["losetup", "-d", dev], stderr=subprocess.DEVNULL)
+        self.mounts, self.loops = [], []
+        shutil.rmtree(self.sockdir, ignore_errors=True)
+
+    def fail(self, msg):
+        print(f"FAIL {self.name}: {msg}", file=sys.stderr)
+        if os.path.exists(self.log):
+            print("---- daemon log ----\n" + open(self.log).read()[-3000:], file=sys.stderr)
+        sys.exit(1)
+
+    def skip(self, msg):
+        print(f"SKIP {self.name}: {msg}", file=sys.stderr)
+        sys.exit(77)
+
+    def need_root(self, *tools):
+        if os.getuid() != 0:
+            self.skip("needs root (loop devices and mounts)")
+        for t in tools:
+            if not shutil.which(t):
+                self.skip(f"{t} is not installed")
+
+    def mount_fs(self, fstype, size_bytes, *mkfs_args):
+        """A fresh filesystem on a loop device; returns (device, mountpoint)."""
+        img = os.path.join(self.dir, f"{fstype}.fs")
+        with open(img, "wb") as f:
+            f.truncate(size_bytes)
+        dev = subprocess.run(["losetup", "--find", "--show", img], capture_output=True,
+                             text=True).stdout.strip()
+        if not dev:
+            self.skip("no loop device")
+        self.loops.append(dev)
+        r = subprocess.run([f"mkfs.{fstype}", *mkfs_args, dev], capture_output=True, text=True)
+        if r.returncode != 0:
+            self.fail(f"mkfs.{fstype}: {r.stderr.strip()[-300:]}")
+        mnt = os.path.join(self.dir, f"{fstype}.mnt")
+        os.makedirs(mnt)
+        if subprocess.run(["mount", dev, mnt]).returncode != 0:
+            self.fail(f"mount {fstype}")
+        self.mounts.append(mnt)
+        return dev, mnt
+
+    def umount(self, mnt):
+        if subprocess.run(["umount", mnt]).returncode != 0:
+            self.fail(f"umount {mnt}")
+        self.mounts.remove(mnt)
+
+    def start(self, *args):
+        if os.path.exists(self.sock):
+            os.unlink(self.sock)
+        self.proc = subprocess.Popen([URINGNBD, "-U", self.sock, *args],
+                                     stderr=open(self.log, "a"))
+        for _ in range(1000):
+            if os.path.exists(self.sock):
+                return
+            if self.proc.poll() is not None:
+                self.fail(f"the daemon exited at start ({self.proc.returncode})")
+            time.sleep(0.01)
+        self.fail("the daemon did not start")
+
+    def stop(self, status=0):
+        self.proc.terminate()
+        try:
+            rc = self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.fail("the daemon did not exit after SIGTERM")
+        if rc != status:
+            self.fail(f"the daemon exited with {rc}, expected {status}")
+
+    def uri(self, export=""):
+        return f"nbd+unix:///{export}?socket={self.sock}"
