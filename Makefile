@@ -53,7 +53,7 @@ LOCK_SRC   := lock/rangelock.c
 CACHE_SRC  := cache/cache.c
 DAEMON_SRC := daemon/main.c daemon/cli.c daemon/log.c daemon/backing.c daemon/export.c daemon/pool.c daemon/plan.c \
               daemon/worker.c daemon/conn.c daemon/handshake.c daemon/rx.c daemon/request.c \
-              daemon/fileio.c daemon/cached.c daemon/reply.c daemon/listen.c daemon/config.c \
+              daemon/fileio.c daemon/cached.c daemon/reply.c daemon/offload.c daemon/listen.c daemon/config.c \
               daemon/notify.c daemon/server.c
 HOOKS_OBJ  := $(DAEMON_SRC:%.c=$(B)/hooks/%.o)
 UNIT_TESTS := $(patsubst tests/unit/%.c,$(B)/tests/unit/%,$(wildcard tests/unit/test_*.c))

@@ -19,13 +19,13 @@
  *            +-> SKIP (refused, payload discarded) ------------+
  *            +-> BUFFERS -> PAYLOAD (WRITE) -> LOCK_WAIT -> LOCKED
  *            +-> FLUSH ----------------------------------------+
- *   LOCKED -> RMW -> IO | IO | FALLOC -> [ZERO_WRITE] -> [SYNC] | CACHED
+ *   LOCKED -> RMW -> IO | IO | FALLOC -> [ZERO_WRITE] -> [SYNC] | CACHED | EXTENTS
  *          -> (unlock) REPLY
  *
  * Steps may be skipped (no buffers needed, lock granted at once, payload
  * already buffered); any state may go to FREE when the connection closes.
  * "Locked" is a set of states: the range lock is held exactly while the
- * request is in LOCKED, RMW, IO, FALLOC, ZERO_WRITE, SYNC or CACHED.
+ * request is in LOCKED, RMW, IO, FALLOC, ZERO_WRITE, SYNC, CACHED or EXTENTS.
  */
 #ifndef URINGNBD_CONN_H
 #define URINGNBD_CONN_H
@@ -91,6 +91,7 @@ enum req_state {
 	REQ_ZERO_WRITE,  /* WRITE_ZEROES by writing zeroes (no fallocate support) */
 	REQ_SYNC,        /* fdatasync after a TRIM / WRITE_ZEROES with FUA */
 	REQ_CACHED,      /* pages through the page cache */
+	REQ_EXTENTS,     /* BLOCK_STATUS: the extent query runs on an offload thread */
 	REQ_FLUSH,       /* fdatasync (no lock) */
 	REQ_REPLY,       /* queued for sending, or being sent */
 	REQ_NSTATES
@@ -103,7 +104,9 @@ struct req {
 	struct plan plan;          /* which bytes move, where, under which lock */
 	uint32_t nbd_error;        /* error to reply with, NBD_SUCCESS if none */
 	struct conn_op op;         /* its one op in flight: payload, lock grant, edge reads,
-				      file I/O, or a pool wait */
+				      file I/O, a pool wait, or an offloaded extent query */
+	struct offload_job job;    /* BLOCK_STATUS: the extent query off the loop */
+	size_t nextents;           /* ...and how many extents it found */
 	int falloc_mode;           /* TRIM / WRITE_ZEROES: the fallocate mode tried */
 	/* Buffers: the span in pool chunks, and a bounce chunk for edge blocks. */
 	struct iovec *iov;         /* one pool chunk each, the last trimmed to io_len */
@@ -276,7 +279,7 @@ void req_set_state(struct req *q, enum req_state to);
 /* Whether q holds its range lock. */
 static inline bool req_locked(const struct req *q)
 {
-	return q->state >= REQ_LOCKED && q->state <= REQ_CACHED;
+	return q->state >= REQ_LOCKED && q->state <= REQ_EXTENTS;
 }
 /* Takes a free slot (there is one) for a request being decoded: REQ_NEW. */
 struct req *req_take(struct conn *c);

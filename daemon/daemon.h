@@ -17,6 +17,7 @@
  *   export.c     opening and probing backing files
  *   worker.c     a thread with one libev loop, one io_uring, one buffer pool;
  *                knows no NBD: completions are struct op callbacks
+ *   offload.c    threads for blocking calls (extent queries), posted back
  *   pool.c       page-aligned buffers and iovec helpers (pool.h, pure)
  *   plan.c       request arithmetic: spans, edges, locks (plan.h, pure)
  *   conn.c       a connection's life cycle on its worker (conn.h)
@@ -340,6 +341,20 @@ void worker_pool_wait(struct worker *w, struct pool_waiter *pw);
 void worker_pool_cancel(struct worker *w, struct pool_waiter *pw);
 /* Adds a worker's counters into *sum. */
 void worker_stats_add(const struct worker *w, struct worker_stats *sum);
+
+/* ---- offload.c: blocking calls on threads of their own ---- */
+/*
+ * fn runs on an offload thread (it may block: lseek, ioctl); then op is
+ * posted to w with res 0. The job and what fn touches belong to the
+ * offload thread until op runs.
+ */
+struct offload_job {
+	void (*fn)(struct offload_job *j);
+	struct worker *w;
+	struct op *op;
+	struct offload_job *next;
+};
+void offload_queue(struct offload_job *j);
 
 /* ---- conn.c: what the worker asks of its connections (no NBD types) ---- */
 /* A new connection on w for an accepted client. */

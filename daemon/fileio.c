@@ -257,18 +257,50 @@ static void fileio_start_rmw(struct req *q)
 	}
 }
 
-/* base:allocation from the file's holes, built straight into the bounce chunk. */
-static void fileio_block_status(struct req *q)
-{
-	struct proto_extent ext[BLOCK_STATUS_MAX_EXTENTS];
-	size_t n = export_extents(q->c->exp, q->r.offset, q->r.len_bytes,
-				  q->r.flags & NBD_CMD_FLAG_REQ_ONE, ext, BLOCK_STATUS_MAX_EXTENTS);
-	int len = proto_encode_block_status(&q->c->sess, q->bounce.iov_base, POOL_CHUNK_BYTES,
-					    &q->r, ext, n);
+/*
+ * BLOCK_STATUS: base:allocation from the file's holes. The lseek walk may
+ * block on slow storage, so it runs on an offload thread; the extents land
+ * in the back half of the bounce chunk and the reply is built in its front.
+ */
+#define EXTENTS_OFF (POOL_CHUNK_BYTES / 2)
 
+static void fileio_extents_query(struct offload_job *j)
+{
+	struct req *q = container_of(j, struct req, job);
+
+	q->nextents = export_extents(q->c->exp, q->r.offset, q->r.len_bytes,
+				     q->r.flags & NBD_CMD_FLAG_REQ_ONE,
+				     (struct proto_extent *)((uint8_t *)q->bounce.iov_base + EXTENTS_OFF),
+				     BLOCK_STATUS_MAX_EXTENTS);
+}
+
+static void fileio_extents_done(struct conn_op *o, int res)
+{
+	struct req *q = container_of(o, struct req, op);
+	int len;
+
+	(void)res;
+	if (q->c->state == CONN_CLOSING) {
+		req_finish(q, NBD_EIO);
+		return;
+	}
+	len = proto_encode_block_status(&q->c->sess, q->bounce.iov_base, EXTENTS_OFF, &q->r,
+					(const struct proto_extent *)((uint8_t *)q->bounce.iov_base +
+								      EXTENTS_OFF), q->nextents);
 	assert(len > 0);
 	q->reply_raw_len = (uint32_t)len;
 	req_finish(q, NBD_SUCCESS);
+}
+
+static void fileio_block_status(struct req *q)
+{
+	_Static_assert(BLOCK_STATUS_MAX_EXTENTS * sizeof(struct proto_extent) <= EXTENTS_OFF,
+		       "the extents fit the back half of the bounce chunk");
+	req_set_state(q, REQ_EXTENTS);
+	conn_op_init(&q->op, q->c, fileio_extents_done);
+	conn_expect(&q->op);
+	q->job = (struct offload_job){ .fn = fileio_extents_query, .w = q->c->w, .op = &q->op.op };
+	offload_queue(&q->job);
 }
 
 void fileio_start(struct req *q)

@@ -18,7 +18,7 @@
 #define S(x) (1u << (x))
 #define LOCKED_STATES \
 	(S(REQ_LOCKED) | S(REQ_RMW) | S(REQ_IO) | S(REQ_FALLOC) | S(REQ_ZERO_WRITE) | \
-	 S(REQ_SYNC) | S(REQ_CACHED))
+	 S(REQ_SYNC) | S(REQ_CACHED) | S(REQ_EXTENTS))
 
 /* For each state, the states a request may enter it from. */
 static const uint32_t req_from[REQ_NSTATES] = {
@@ -35,6 +35,7 @@ static const uint32_t req_from[REQ_NSTATES] = {
 	[REQ_ZERO_WRITE] = S(REQ_FALLOC),
 	[REQ_SYNC] = S(REQ_LOCKED) | S(REQ_FALLOC) | S(REQ_ZERO_WRITE),
 	[REQ_CACHED] = S(REQ_LOCKED),
+	[REQ_EXTENTS] = S(REQ_LOCKED),
 	[REQ_FLUSH] = S(REQ_NEW),
 	[REQ_REPLY] = S(REQ_NEW) | S(REQ_SKIP) | S(REQ_BUFFERS) | S(REQ_FLUSH) | LOCKED_STATES,
 };

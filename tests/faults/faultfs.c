@@ -4,8 +4,8 @@
  * flat directory through, and fails on demand with EIO while the file
  * named by the trigger path exists, as its contents say: 'r' reads fail,
  * 'w' writes (and fallocate) fail, 'f' fsync and fdatasync fail (a disk
- * whose cache flush fails); an empty trigger means 'f'. O_DIRECT opens
- * pass through.
+ * whose cache flush fails), 'd' makes each SEEK_DATA/SEEK_HOLE take 50 ms (a
+ * slow store); an empty trigger means 'f'. O_DIRECT opens pass through.
  *
  * usage: faultfs BACKDIR TRIGGER MOUNTPOINT [-f] [FUSE options]
  * (runs in the background unless -f; unmount with fusermount3 -u)
@@ -154,6 +154,17 @@ static int ff_fallocate(const char *path, int mode, off_t off, off_t len,
 	return fallocate((int)fi->fh, mode, off, len) < 0 ? -errno : 0;
 }
 
+static off_t ff_lseek(const char *path, off_t off, int whence, struct fuse_file_info *fi)
+{
+	off_t r;
+
+	(void)path;
+	if (fault('d'))
+		usleep(50 * 1000);
+	r = lseek((int)fi->fh, off, whence);
+	return r < 0 ? -errno : r;
+}
+
 static int ff_release(const char *path, struct fuse_file_info *fi)
 {
 	(void)path;
@@ -179,6 +190,7 @@ static const struct fuse_operations ops = {
 	.fsync = ff_fsync,
 	.truncate = ff_truncate,
 	.fallocate = ff_fallocate,
+	.lseek = ff_lseek,
 	.release = ff_release,
 	.unlink = ff_unlink,
 };
