@@ -210,6 +210,7 @@ struct export {
 	int fd_buffered;       /* same file without O_DIRECT: the partial last block only */
 	bool readonly;
 	bool is_blockdev;
+	bool zeroes_fast;      /* zeroing is cheap: a file, or a device with a zeroing command */
 	uint64_t size_bytes;
 	uint64_t direct_end;   /* size rounded down to align_bytes: O_DIRECT below it */
 	uint32_t align_bytes;  /* direct-I/O offset/length alignment */
@@ -228,8 +229,15 @@ struct export *export_open(const struct export_spec *spec);
 void export_get(struct export *e);
 /* Drops a reference; the last one closes and frees the export. */
 void export_put(struct export *e);
-/* Whether e is what spec describes (a reload may keep it). */
+/* Whether e is what spec describes, and its file unchanged (a reload may keep it). */
 bool export_matches(const struct export *e, const struct export_spec *spec);
+/*
+ * Whether e's path now names another file, or its file has another size;
+ * if so, why says which (when why is not NULL).
+ */
+bool export_changed(const struct export *e, char *why, size_t len);
+/* A new export of what e describes, opened afresh (NULL, logged, on failure). */
+struct export *export_reopen(const struct export *e);
 /*
  * base:allocation of [off, off + len) from SEEK_DATA/SEEK_HOLE: at most max
  * extents (one if `one`), covering at least the first byte. Returns the count.
@@ -436,6 +444,11 @@ bool server_shutting_down(const struct server *srv);
 struct export **server_build_exports(struct server *s, const struct export_spec *specs, size_t n);
 /* Installs a new table; the old one's references are dropped. */
 void server_swap_exports(struct server *s, struct export **t, size_t n);
+/*
+ * Re-opens the exports whose file changed size or was replaced, for the
+ * connections that come next; those already open keep theirs. Any thread.
+ */
+void server_refresh_exports(struct server *s);
 void server_log_exports(struct server *s);
 unsigned server_connections(struct server *s);
 

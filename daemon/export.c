@@ -6,6 +6,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <inttypes.h>
 #include <stdatomic.h>
 #include <fcntl.h>
 #include <linux/fs.h>
@@ -35,30 +36,34 @@ static uint32_t export_probe_align(int fd, bool is_blockdev)
 }
 
 /*
- * Whether the disk under the file (or the device itself) is rotational, as
- * sysfs says: the device's queue, or its parent's for a partition.
+ * A queue attribute of the disk under the file (or of the device itself),
+ * from sysfs: the device's queue, or its parent's for a partition. Returns
+ * the number it holds, or dflt if there is none.
  */
-static bool export_rotational(const struct stat *st)
+static uint64_t export_queue_attr(const struct stat *st, const char *attr, uint64_t dflt)
 {
 	dev_t d = S_ISBLK(st->st_mode) ? st->st_rdev : st->st_dev;
 	static const char *const where[] = { "queue", "../queue" };
-	char path[128], c = '0';
+	char path[160], text[32];
 	size_t i;
 
 	for (i = 0; i < 2; i++) {
+		ssize_t n;
 		int fd;
 
-		snprintf(path, sizeof(path), "/sys/dev/block/%u:%u/%s/rotational", major(d),
-			 minor(d), where[i]);
+		snprintf(path, sizeof(path), "/sys/dev/block/%u:%u/%s/%s", major(d), minor(d),
+			 where[i], attr);
 		fd = open(path, O_RDONLY | O_CLOEXEC);
 		if (fd < 0)
 			continue;
-		if (read(fd, &c, 1) != 1)
-			c = '0';
+		n = read(fd, text, sizeof(text) - 1);
 		close(fd);
-		break;
+		if (n <= 0)
+			return dflt;
+		text[n] = '\0';
+		return strtoull(text, NULL, 10);
 	}
-	return c == '1';
+	return dflt;
 }
 
 /* One aligned read proves the filesystem really does direct I/O. */
@@ -184,8 +189,10 @@ struct export *export_open(const struct export_spec *spec)
 	/* No daemon cache: every acknowledged write is in the file, visible to all. */
 	e->tflags = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_FUA |
 		    NBD_FLAG_SEND_DF | NBD_FLAG_CAN_MULTI_CONN | NBD_FLAG_SEND_CACHE;
-	if (export_rotational(&st))
+	if (export_queue_attr(&st, "rotational", 0) == 1)
 		e->tflags |= NBD_FLAG_ROTATIONAL;
+	/* A device without a zeroing command would write zeroes: FAST_ZERO says no. */
+	e->zeroes_fast = !e->is_blockdev || export_queue_attr(&st, "write_zeroes_max_bytes", 0) > 0;
 	if (e->readonly)
 		e->tflags |= NBD_FLAG_READ_ONLY;
 	else
@@ -229,7 +236,51 @@ bool export_matches(const struct export *e, const struct export_spec *spec)
 {
 	return !strcmp(e->name, spec->name) && !strcmp(e->path, spec->path) &&
 	       !strcmp(e->description, spec->description ? spec->description : "") &&
-	       e->readonly == spec->readonly && e->cache_mode == spec->cache_mode;
+	       e->readonly == spec->readonly && e->cache_mode == spec->cache_mode &&
+	       !export_changed(e, NULL, 0);
+}
+
+bool export_changed(const struct export *e, char *why, size_t len)
+{
+	struct stat st;
+	uint64_t size;
+
+	if (stat(e->path, &st) < 0) {
+		/* Gone: keep serving the open file; nothing better to offer. */
+		return false;
+	}
+	if (e->is_blockdev ? !S_ISBLK(st.st_mode) || st.st_rdev != e->backing->rdev
+			   : !S_ISREG(st.st_mode) || st.st_dev != e->backing->dev ||
+			     st.st_ino != e->backing->ino) {
+		if (why)
+			snprintf(why, len, "replaced by another file");
+		return true;
+	}
+	if (e->is_blockdev) {
+		if (ioctl(e->fd, BLKGETSIZE64, &size) < 0)
+			return false;
+	} else {
+		size = (uint64_t)st.st_size;
+	}
+	if (size != e->size_bytes) {
+		if (why)
+			snprintf(why, len, "size %" PRIu64 " -> %" PRIu64 " bytes", e->size_bytes, size);
+		return true;
+	}
+	return false;
+}
+
+struct export *export_reopen(const struct export *e)
+{
+	struct export_spec spec = {
+		.name = e->name,
+		.description = e->description,
+		.path = e->path,
+		.readonly = e->readonly,
+		.cache_mode = e->cache_mode,
+	};
+
+	return export_open(&spec);
 }
 
 void export_describe(const struct export *e, struct proto_export *out)

@@ -327,13 +327,14 @@ void fileio_start(struct req *q)
 				fileio_step(q, REQ_IO);
 			break;
 		}
+		/* A device with no zeroing command would write zeroes: not fast. */
+		if (!e->zeroes_fast && (q->r.flags & NBD_CMD_FLAG_FAST_ZERO)) {
+			req_finish(q, NBD_ENOTSUP);
+			break;
+		}
 		/* Holes read as zeroes and are cheapest, unless NO_HOLE forbids them. */
 		if (!(q->r.flags & NBD_CMD_FLAG_NO_HOLE)) {
 			q->falloc_mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
-		} else if (e->is_blockdev && (q->r.flags & NBD_CMD_FLAG_FAST_ZERO)) {
-			/* A device's zero-out may fall back to writing: not fast. */
-			req_finish(q, NBD_ENOTSUP);
-			break;
 		} else {
 			q->falloc_mode = FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE;
 		}

@@ -85,6 +85,10 @@ static void hs_option(struct conn *c)
 	if (!data && c->opt.len_bytes == 0)
 		data = (const uint8_t *)"";
 	c->hs_out.len = 0;
+	/* An export is about to be described or chosen: a grown, shrunk or replaced file shows. */
+	if (c->opt.option == NBD_OPT_GO || c->opt.option == NBD_OPT_INFO ||
+	    c->opt.option == NBD_OPT_EXPORT_NAME)
+		server_refresh_exports(c->w->srv);
 	/* The table may be replaced by a reload; not while this looks in it. */
 	pthread_rwlock_rdlock(&c->w->srv->exports_lock);
 	while ((ret = proto_negotiate(&c->sess, &ex, &c->opt, data,

@@ -194,6 +194,43 @@ void server_swap_exports(struct server *s, struct export **t, size_t n)
 	free(old);
 }
 
+void server_refresh_exports(struct server *s)
+{
+	size_t i, n;
+
+	pthread_rwlock_rdlock(&s->exports_lock);
+	n = s->nexports;
+	pthread_rwlock_unlock(&s->exports_lock);
+	for (i = 0; i < n; i++) {
+		struct export *old, *fresh;
+		char why[128];
+
+		pthread_rwlock_rdlock(&s->exports_lock);
+		old = i < s->nexports ? s->exports[i] : NULL;
+		if (old && export_changed(old, why, sizeof(why)))
+			export_get(old);
+		else
+			old = NULL;
+		pthread_rwlock_unlock(&s->exports_lock);
+		if (!old)
+			continue;
+		fresh = export_reopen(old);
+		if (fresh) {
+			pthread_rwlock_wrlock(&s->exports_lock);
+			/* Another thread may have done it first: then this one is dropped. */
+			if (i < s->nexports && s->exports[i] == old) {
+				s->exports[i] = fresh;
+				fresh = old; /* the table's reference to drop */
+				log_info("export \"%s\": \"%s\" %s: new connections get it, open ones "
+					 "keep theirs", old->name, old->path, why);
+			}
+			pthread_rwlock_unlock(&s->exports_lock);
+			export_put(fresh);
+		}
+		export_put(old);
+	}
+}
+
 void server_log_exports(struct server *s)
 {
 	size_t i;

@@ -98,6 +98,17 @@ model[8192 + 7:8192 + 107] = bytes(100)
 h.zero(5000, 3 * 4096 - 100, nbd.CMD_FLAG_NO_HOLE | nbd.CMD_FLAG_FUA)
 model[3 * 4096 - 100:3 * 4096 - 100 + 5000] = bytes(5000)
 check(0, 6 * 4096)
+# A loop device has a zeroing command: FAST_ZERO of whole blocks is fine; an
+# unaligned one would be a write of zeroes, which FAST_ZERO refuses.
+h.zero(8192, 16384, nbd.CMD_FLAG_FAST_ZERO)
+model[16384:16384 + 8192] = bytes(8192)
+try:
+    h.zero(100, 16384 + 1, nbd.CMD_FLAG_FAST_ZERO)
+    fail("an unaligned FAST_ZERO on a device succeeded")
+except nbd.Error as e:
+    if e.errnum != 95:
+        fail(f"an unaligned FAST_ZERO on a device: {e} (expected ENOTSUP)")
+check(0, 8 * 4096)
 
 for i in range(300):
     op = rng.randrange(5)
