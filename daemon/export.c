@@ -1,13 +1,15 @@
 // SPDX-License-Identifier: BSD-3-Clause
 /*
  * Exports: a backing file or block device opened with O_DIRECT, its size,
- * and the alignment direct I/O needs on it. Opened before the workers start
- * and never changed afterwards, so workers share them without locking.
+ * the alignment direct I/O needs on it, and what the disk under it can do
+ * (sysfs). An export never changes once open, so workers share it without
+ * locking; a file that changes (size, identity) gets a new export for new
+ * connections (export_changed, server_refresh_exports), and the per-file
+ * state that must outlive exports is its backing record (backing.c).
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <inttypes.h>
-#include <stdatomic.h>
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <stdlib.h>

@@ -2,9 +2,17 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """Side-by-side benchmark: uringnbd against nbd-server, nbdkit (file plugin)
 and qemu-nbd (--cache=none --aio=io_uring) on the same image, each on its own
-unix socket, and fio on the raw file as the ceiling. fio's nbd engine drives
-the servers. Several short rounds with the targets interleaved; medians are
-reported. Not a test: nothing here asserts a number.
+unix socket or on TCP 127.0.0.1, and fio on the raw file as the ceiling.
+fio's nbd engine drives the servers. Several short rounds with the targets
+interleaved; medians are reported, with the device's average I/Os in flight
+during each run (from /sys/block/DEV/stat), and the server's CPU per GiB and
+context switches per request (over its whole life, all threads; not for
+nbd-server, which daemonizes). Not a test: nothing here asserts a number.
+
+Cold cache (BENCH_COLD=1): every server runs in a memory cgroup limited to
+BENCH_COLD_MEM (256M), so a server that reads through the page cache cannot
+keep the image there, as on a host serving many images (cgroup v1 memory
+controller, or v2).
 
 Environment: BENCH_ROUNDS (5), BENCH_RUNTIME seconds per run (4),
 BENCH_SIZE image size (1G), BENCH_ONLY comma-separated target names,
@@ -18,6 +26,7 @@ import os
 import platform
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -28,6 +37,9 @@ RUNTIME = int(os.environ.get("BENCH_RUNTIME", "4"))
 SIZE = os.environ.get("BENCH_SIZE", "1G")
 URINGNBD = os.environ.get("URINGNBD", "build/uringnbd")
 URINGNBD_BASE = os.environ.get("URINGNBD_BASE")
+TRANSPORTS = os.environ.get("BENCH_TRANSPORTS", "unix,tcp").split(",")
+COLD = os.environ.get("BENCH_COLD") == "1"
+COLD_MEM = os.environ.get("BENCH_COLD_MEM", "256M")
 DIR = os.path.abspath(os.environ.get("BENCH_DIR", "build/bench"))
 SOCKDIR = "/tmp/uringnbd-bench"
 
@@ -46,6 +58,19 @@ WORKLOADS = [
 ]
 
 
+def wait_port(port, proc=None, timeout=10.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"server exited: {proc.args}")
+            time.sleep(0.02)
+    raise RuntimeError(f"nothing listening on 127.0.0.1:{port}")
+
+
 def sh(*args, **kw):
     return subprocess.run(args, check=True, **kw)
 
@@ -61,16 +86,48 @@ def wait_socket(path, proc=None, timeout=10.0):
     raise RuntimeError(f"no socket {path}")
 
 
-class Server:
-    """One NBD server process on its own unix socket."""
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
 
-    def __init__(self, name, img):
-        self.name, self.img = name, img
+
+class Cgroup:
+    """A memory cgroup (v1 or v2) that the cold-cache servers run in."""
+
+    def __init__(self, limit):
+        v1 = "/sys/fs/cgroup/memory"
+        if os.path.isdir(v1):
+            self.path = f"{v1}/uringnbd-bench"
+            os.makedirs(self.path, exist_ok=True)
+            open(f"{self.path}/memory.limit_in_bytes", "w").write(limit)
+        else:
+            self.path = "/sys/fs/cgroup/uringnbd-bench"
+            os.makedirs(self.path, exist_ok=True)
+            open(f"{self.path}/memory.max", "w").write(limit)
+
+    def add(self, pid):
+        open(f"{self.path}/cgroup.procs", "w").write(str(pid))
+
+
+CGROUP = Cgroup(COLD_MEM) if COLD else None
+
+
+class Server:
+    """One NBD server process on its own unix socket or TCP port."""
+
+    def __init__(self, name, img, transport="unix"):
+        self.name, self.img, self.transport = name, img, transport
         self.sock = f"{SOCKDIR}/{name}.sock"
+        self.port = free_port()
         self.proc = None
         self.pid = None
 
     def uri(self):
+        if self.transport == "tcp":
+            return f"nbd://127.0.0.1:{self.port}/{self.export}"
         return f"nbd+unix:///{self.export}?socket={self.sock}"
 
     def start(self):
@@ -78,21 +135,27 @@ class Server:
             os.unlink(self.sock)
         self.export = ""
         log = open(f"{DIR}/{self.name}.log", "a")
+        tcp = self.transport == "tcp"
+        where = ["-b", "127.0.0.1", "-p", str(self.port)] if tcp else ["-U", self.sock]
         if self.name in ("uringnbd", "uringnbd-base"):
             binary = URINGNBD if self.name == "uringnbd" else URINGNBD_BASE
-            self.proc = subprocess.Popen([binary, "-U", self.sock, self.img], stderr=log)
+            self.proc = subprocess.Popen([binary, *where, self.img], stderr=log)
         elif self.name == "nbdkit":
-            self.proc = subprocess.Popen(["nbdkit", "-f", "-U", self.sock, "file",
+            where = ["-i", "127.0.0.1", "-p", str(self.port)] if tcp else ["-U", self.sock]
+            self.proc = subprocess.Popen(["nbdkit", "-f", *where, "file",
                                           f"file={self.img}", "cache=none"], stderr=log)
         elif self.name == "qemu-nbd":
-            self.proc = subprocess.Popen(["qemu-nbd", "-k", self.sock, "-f", "raw", "-t",
+            where = ["-b", "127.0.0.1", "-p", str(self.port)] if tcp else ["-k", self.sock]
+            self.proc = subprocess.Popen(["qemu-nbd", *where, "-f", "raw", "-t",
                                           "-e", "8", "--cache=none", "--aio=io_uring",
                                           self.img], stderr=log)
         elif self.name == "nbd-server":
             self.export = "export"
             conf = f"{DIR}/nbd-server.conf"
+            listen = (f"listenaddr = 127.0.0.1\nport = {self.port}\n" if tcp
+                      else f"unixsock = {self.sock}\n")
             with open(conf, "w") as f:
-                f.write(f"[generic]\nunixsock = {self.sock}\n"
+                f.write(f"[generic]\n{listen}"
                         f"[export]\nexportname = {self.img}\nflush = true\nfua = true\n")
             pidfile = f"{DIR}/nbd-server.pid"
             if os.path.exists(pidfile):
@@ -103,7 +166,12 @@ class Server:
             self.pid = int(open(pidfile).read().split()[0])
         if self.proc is not None:
             self.pid = self.proc.pid
-        wait_socket(self.sock, self.proc)
+        if CGROUP:
+            CGROUP.add(self.pid)  # before any client: a forking server's children follow
+        if tcp:
+            wait_port(self.port, self.proc)
+        else:
+            wait_socket(self.sock, self.proc)
 
     def stop(self):
         if self.pid:
@@ -111,11 +179,21 @@ class Server:
                 os.kill(self.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
+        self.csw = None
         if self.proc is not None:
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+            # Reaped here for its resource usage: every thread's, the exited ones too.
+            end = time.time() + 10
+            while True:
+                pid, _, ru = os.wait4(self.pid, os.WNOHANG)
+                if pid:
+                    self.csw = ru.ru_nvcsw + ru.ru_nivcsw
+                    self.proc.returncode = 0
+                    break
+                if time.time() > end:
+                    self.proc.kill()
+                    self.proc.wait()
+                    break
+                time.sleep(0.02)
         else:
             for _ in range(200):
                 if not os.path.exists(f"/proc/{self.pid}"):
@@ -136,6 +214,15 @@ class Server:
                 continue
             total += int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
         return total / tick
+
+def disk_queue_ms(img):
+    """time_in_queue (ms) of the device under img: its rate is the I/Os in flight."""
+    d = os.stat(img).st_dev
+    try:
+        f = open(f"/sys/dev/block/{os.major(d)}:{os.minor(d)}/stat").read().split()
+        return int(f[10])
+    except (FileNotFoundError, IndexError):
+        return None
 
 
 def children(pid):
@@ -184,64 +271,90 @@ def main():
     only = os.environ.get("BENCH_ONLY")
     if only:
         names = [n for n in names if n in only.split(",")]
+    # Each server over each transport; the raw file once.
+    targets = [(n, t) for t in TRANSPORTS for n in names if n != "raw file"]
+    if "raw file" in names:
+        targets.append(("raw file", ""))
     workloads = WORKLOADS
     if os.environ.get("BENCH_WORKLOADS"):
         pick = os.environ["BENCH_WORKLOADS"].split(",")
         workloads = [w for w in WORKLOADS if w[0] in pick]
-    res = {(n, w[0]): [] for n in names for w in workloads}
-    cpu = {n: [] for n in names}
-    cache = {n: 0 for n in names}
+    res = {(tg, w[0]): [] for tg in targets for w in workloads}
+    devq = {(tg, w[0]): [] for tg in targets for w in workloads}
+    cpu = {tg: [] for tg in targets}
+    csw = {tg: [] for tg in targets}
+    cache = {tg: 0 for tg in targets}
     for rnd in range(ROUNDS):
         for wl in workloads:
             # Interleaved, and rotated each round so no target always goes first.
-            order = names[rnd % len(names):] + names[:rnd % len(names)]
-            for n in order:
-                target = None if n == "raw file" else Server(n, img)
+            order = targets[rnd % len(targets):] + targets[:rnd % len(targets)]
+            for tg in order:
+                n, tr = tg
+                target = None if n == "raw file" else Server(n, img, tr)
                 drop_cache(img)
                 if target:
                     target.start()
                     c0 = target.cpu_seconds()
+                q0, t0 = disk_queue_ms(img), time.monotonic()
                 try:
                     iops, bw, moved = fio(target, wl, img)
                 finally:
+                    q1, t1 = disk_queue_ms(img), time.monotonic()
                     if target:
                         c1 = target.cpu_seconds()
+                if q0 is not None and q1 is not None:
+                    devq[(tg, wl[0])].append((q1 - q0) / ((t1 - t0) * 1000))
                 if target:
-                    cpu[n].append((c1 - c0) / (moved / (1 << 30)) if moved else 0)
-                    cache[n] = max(cache[n], fincore_bytes(img))
+                    cpu[tg].append((c1 - c0) / (moved / (1 << 30)) if moved else 0)
+                    cache[tg] = max(cache[tg], fincore_bytes(img))
                     target.stop()
-                res[(n, wl[0])].append((iops, bw))
-                print(f"  round {rnd + 1} {wl[0]:<25} {n:<13} {iops:10.0f} IOPS "
+                    reqs = moved / {"4k": 4096, "1M": 1 << 20}[wl[2]]
+                    if target.csw is not None and reqs:
+                        csw[tg].append(target.csw / reqs)
+                res[(tg, wl[0])].append((iops, bw))
+                label = f"{n} {tr}".strip()
+                print(f"  round {rnd + 1} {wl[0]:<25} {label:<18} {iops:10.0f} IOPS "
                       f"{bw / 1e6:9.1f} MB/s", flush=True)
+
+    def label(tg):
+        return f"{tg[0]} {tg[1]}".strip()
 
     lines = []
     host = f"{platform.node()}: {os.cpu_count()} CPUs, Linux {platform.release()}"
     lines.append(f"# uringnbd benchmark, {time.strftime('%Y-%m-%d')}, {host}")
-    lines.append(f"# {ROUNDS} rounds x {RUNTIME} s per run, medians; image {SIZE} of random data")
+    lines.append(f"# {ROUNDS} rounds x {RUNTIME} s per run, medians; image {SIZE} of random data"
+                 + (f"; cold cache: servers in a {COLD_MEM} memory cgroup" if COLD else ""))
+    lines.append("# vs best peer: against the best of nbd-server, nbdkit and qemu-nbd over the "
+                 "same transport; dev QD: average I/Os in flight at the disk")
     lines.append("")
-    hdr = (f"{'workload':<25} {'target':<13} {'IOPS':>8} {'MB/s':>8} {'vs best peer':>12} "
-           f"{'vs raw':>7}  {'IOPS min-max':>15}")
+    hdr = (f"{'workload':<25} {'target':<19} {'IOPS':>8} {'MB/s':>8} {'vs best peer':>12} "
+           f"{'vs raw':>7} {'dev QD':>6}  {'IOPS min-max':>15}")
     lines.append(hdr)
     for wl in workloads:
-        med = {n: (statistics.median(x[0] for x in res[(n, wl[0])]),
-                   statistics.median(x[1] for x in res[(n, wl[0])])) for n in names}
-        peers = [med[n][0] for n in names if n not in ("uringnbd", "uringnbd-base", "raw file")]
-        best = max(peers) if peers else 0
-        raw = med["raw file"][0] if "raw file" in med else 0
-        for n in names:
-            iops, bw = med[n]
-            vb = f"{iops / best:.2f}x" if best else "-"
+        med = {tg: (statistics.median(x[0] for x in res[(tg, wl[0])]),
+                    statistics.median(x[1] for x in res[(tg, wl[0])])) for tg in targets}
+        raw = med[("raw file", "")][0] if ("raw file", "") in med else 0
+        for tg in targets:
+            peers = [med[p][0] for p in targets
+                     if p[1] == tg[1] and p[0] not in ("uringnbd", "uringnbd-base", "raw file")]
+            best = max(peers) if peers else 0
+            iops, bw = med[tg]
+            vb = f"{iops / best:.2f}x" if best and tg[0] != "raw file" else "-"
             vr = f"{iops / raw:.2f}x" if raw else "-"
-            lo = min(x[0] for x in res[(n, wl[0])])
-            hi = max(x[0] for x in res[(n, wl[0])])
-            lines.append(f"{wl[0]:<25} {n:<13} {iops:8.0f} {bw / 1e6:8.1f} {vb:>12} {vr:>7}  "
-                         f"{lo:7.0f}-{hi:<7.0f}")
+            dq = f"{statistics.median(devq[(tg, wl[0])]):.1f}" if devq[(tg, wl[0])] else "-"
+            lo = min(x[0] for x in res[(tg, wl[0])])
+            hi = max(x[0] for x in res[(tg, wl[0])])
+            lines.append(f"{wl[0]:<25} {label(tg):<19} {iops:8.0f} {bw / 1e6:8.1f} {vb:>12} "
+                         f"{vr:>7} {dq:>6}  {lo:7.0f}-{hi:<7.0f}")
         lines.append("")
-    lines.append(f"{'server':<13} {'CPU s/GiB (median)':>20} {'page cache after (bytes)':>26}")
-    for n in names:
-        if n == "raw file":
+    lines.append(f"{'server':<19} {'CPU s/GiB':>10} {'csw/request':>12} "
+                 f"{'page cache after (bytes)':>26}")
+    for tg in targets:
+        if tg[0] == "raw file":
             continue
-        lines.append(f"{n:<13} {statistics.median(cpu[n]) if cpu[n] else 0:20.3f} {cache[n]:26d}")
+        c = statistics.median(cpu[tg]) if cpu[tg] else 0
+        x = f"{statistics.median(csw[tg]):.2f}" if csw[tg] else "-"
+        lines.append(f"{label(tg):<19} {c:10.3f} {x:>12} {cache[tg]:26d}")
     text = "\n".join(line.rstrip() for line in lines) + "\n"
     print()
     print(text)
