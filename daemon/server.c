@@ -160,11 +160,14 @@ struct export **server_build_exports(struct server *s, const struct export_spec 
 	if (!t)
 		return NULL;
 	for (i = 0; i < n; i++) {
+		/* Workers may swap a changed export in meanwhile (server_refresh_exports). */
+		pthread_rwlock_rdlock(&s->exports_lock);
 		for (j = 0; j < s->nexports && !t[i]; j++)
 			if (export_matches(s->exports[j], &specs[i])) {
 				t[i] = s->exports[j];
 				export_get(t[i]);
 			}
+		pthread_rwlock_unlock(&s->exports_lock);
 		/* A new export of a file already open, in any table, shares its record. */
 		if (!t[i] && !(t[i] = export_open(&specs[i])))
 			goto out_err;
@@ -235,6 +238,7 @@ void server_log_exports(struct server *s)
 {
 	size_t i;
 
+	pthread_rwlock_rdlock(&s->exports_lock);
 	for (i = 0; i < s->nexports; i++) {
 		const struct export *e = s->exports[i];
 
@@ -242,6 +246,7 @@ void server_log_exports(struct server *s)
 			 "cache=%s", e->name, e->path, e->size_bytes, e->align_bytes,
 			 e->readonly ? "read-only" : "read-write", cache_mode_name(e->cache_mode));
 	}
+	pthread_rwlock_unlock(&s->exports_lock);
 }
 
 unsigned server_connections(struct server *s)
