@@ -193,7 +193,8 @@ unsigned iov_slice(const struct iovec *src, unsigned nsrc, size_t off, size_t le
 	return n;
 }
 
-void iov_copy_in(const struct iovec *iov, unsigned n, size_t off, const void *buf, size_t len)
+/* Writes len bytes from buf (zeroes if buf is NULL) at byte offset off of the iovecs. */
+static void iov_put(const struct iovec *iov, unsigned n, size_t off, const void *buf, size_t len)
 {
 	const uint8_t *p = buf;
 	unsigned i = 0;
@@ -207,30 +208,25 @@ void iov_copy_in(const struct iovec *iov, unsigned n, size_t off, const void *bu
 
 		if (take > len)
 			take = len;
-		memcpy((uint8_t *)iov[i].iov_base + off, p, take);
-		p += take;
+		if (p) {
+			memcpy((uint8_t *)iov[i].iov_base + off, p, take);
+			p += take;
+		} else {
+			memset((uint8_t *)iov[i].iov_base + off, 0, take);
+		}
 		len -= take;
 		off = 0;
 	}
 	assert(len == 0);
+}
+
+void iov_copy_in(const struct iovec *iov, unsigned n, size_t off, const void *buf, size_t len)
+{
+	iov_put(iov, n, off, buf, len);
 }
 
 void iov_zero(const struct iovec *iov, unsigned n, size_t off, size_t len)
 {
-	unsigned i = 0;
-
-	while (i < n && off >= iov[i].iov_len) {
-		off -= iov[i].iov_len;
-		i++;
-	}
-	for (; i < n && len; i++) {
-		size_t take = iov[i].iov_len - off;
-
-		if (take > len)
-			take = len;
-		memset((uint8_t *)iov[i].iov_base + off, 0, take);
-		len -= take;
-		off = 0;
-	}
-	assert(len == 0);
+	iov_put(iov, n, off, NULL, len);
 }
+

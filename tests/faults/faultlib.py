@@ -11,6 +11,7 @@ import tempfile
 import time
 
 URINGNBD = os.path.abspath(os.environ.get("URINGNBD", "build/uringnbd"))
+FAULTFS = os.path.abspath(os.environ.get("FAULTFS", "build/tests/faults/faultfs"))
 BASE = os.environ.get("TEST_TMPDIR", "build/tmp")
 
 
@@ -74,6 +75,39 @@ class Fault:
             self.fail(f"mount {fstype}")
         self.mounts.append(mnt)
         return dev, mnt
+
+    def mount_faultfs(self):
+        """faultfs over a fresh directory; returns the mountpoint. fault() drives it."""
+        if not os.path.exists("/dev/fuse") or not os.path.exists(FAULTFS):
+            self.skip("no /dev/fuse, or faultfs not built")
+        mnt = os.path.join(self.dir, "mnt")
+        self.trigger = os.path.join(self.dir, "trigger")
+        os.makedirs(os.path.join(self.dir, "back"))
+        os.makedirs(mnt)
+        if subprocess.run([FAULTFS, os.path.join(self.dir, "back"), self.trigger,
+                           mnt]).returncode != 0:
+            self.fail("faultfs did not mount")
+        self.mounts.append(mnt)
+        return mnt
+
+    def fault(self, what):
+        """faultfs fails as what says ('r', 'w', 'f', 'd', or '' for flushes); None: no fault."""
+        if what is None:
+            if os.path.exists(self.trigger):
+                os.unlink(self.trigger)
+            return
+        with open(self.trigger, "w") as f:
+            f.write(what)
+
+    def expect_errno(self, what, errnum, fn):
+        """fn() must fail with NBD error errnum (an nbd.Error)."""
+        try:
+            fn()
+        except Exception as e:  # nbd.Error; faultlib does not import nbd
+            if getattr(e, "errnum", None) != errnum:
+                self.fail(f"{what}: {e} (expected errno {errnum})")
+            return
+        self.fail(f"{what} succeeded")
 
     def umount(self, mnt):
         if subprocess.run(["umount", mnt]).returncode != 0:

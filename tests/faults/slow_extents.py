@@ -5,7 +5,6 @@ A BLOCK_STATUS over an image of many extents then takes seconds; on the
 same worker (-t 1) another client's 4 KiB reads must still be answered
 promptly, because the extent walk runs off the worker's loop."""
 import os
-import subprocess
 import sys
 import time
 
@@ -14,17 +13,8 @@ import nbd
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from faultlib import Fault  # noqa: E402
 
-FAULTFS = os.path.abspath(os.environ.get("FAULTFS", "build/tests/faults/faultfs"))
 t = Fault("slow_extents.py")
-if not os.path.exists("/dev/fuse") or not os.path.exists(FAULTFS):
-    t.skip("no /dev/fuse, or faultfs not built")
-mnt = os.path.join(t.dir, "mnt")
-trigger = os.path.join(t.dir, "trigger")
-os.makedirs(os.path.join(t.dir, "back"))
-os.makedirs(mnt)
-if subprocess.run([FAULTFS, os.path.join(t.dir, "back"), trigger, mnt]).returncode != 0:
-    t.fail("faultfs did not mount")
-t.mounts.append(mnt)  # unmounted (umount works for FUSE as root) on any exit
+mnt = t.mount_faultfs()
 img = os.path.join(mnt, "disk.img")
 with open(img, "wb") as f:
     f.truncate(16 << 20)
@@ -37,8 +27,7 @@ a.add_meta_context("base:allocation")
 a.connect_uri(t.uri())
 b = nbd.NBD()
 b.connect_uri(t.uri())
-with open(trigger, "w") as f:
-    f.write("d")
+t.fault("d")
 extents = []
 t0 = time.monotonic()
 cookie = a.aio_block_status(16 << 20, 0,
@@ -53,7 +42,7 @@ for i in range(20):
 while not a.aio_command_completed(cookie):
     a.poll(-1)
 took = time.monotonic() - t0
-os.unlink(trigger)
+t.fault(None)
 print(f"BLOCK_STATUS took {took:.2f} s; meanwhile 20 reads on the same worker, the slowest "
       f"{worst * 1000:.1f} ms")
 if took < 1.0:
