@@ -37,24 +37,24 @@ def rss_kib(pid):
     return total
 
 
+def recv_exact(s, n, what):
+    data = b""
+    while len(data) < n:
+        chunk = s.recv(n - len(data))
+        if not chunk:
+            raise RuntimeError(f"closed {what}")
+        data += chunk
+    return data
+
+
 def connect(path):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(30)
     s.connect(path)
-    greeting = b""
-    while len(greeting) < 18:
-        chunk = s.recv(18 - len(greeting))
-        if not chunk:
-            raise RuntimeError("closed before the greeting")
-        greeting += chunk
+    recv_exact(s, 18, "before the greeting")
     s.sendall(struct.pack(">I", 3))  # FIXED_NEWSTYLE | NO_ZEROES
     s.sendall(struct.pack(">QII", 0x49484156454F5054, 1, 0))  # EXPORT_NAME ""
-    reply = b""
-    while len(reply) < 10:
-        chunk = s.recv(10 - len(reply))
-        if not chunk:
-            raise RuntimeError("closed during EXPORT_NAME")
-        reply += chunk
+    recv_exact(s, 10, "during EXPORT_NAME")
     return s
 
 

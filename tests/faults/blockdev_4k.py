@@ -8,75 +8,38 @@ a device in whole 4 KiB blocks only: a 512-byte TRIM is done as no discard
 span with the edge blocks kept; neither may fail. Trimmed bytes may read as
 anything, so the model stops checking them until they are written again.
 Seed printed; BLOCKDEV_SEED=N repeats it."""
-import atexit
 import os
 import random
-import shutil
 import subprocess
 import sys
-import tempfile
-import time
 
 import nbd
 
-URINGNBD = os.path.abspath(os.environ.get("URINGNBD", "build/uringnbd"))
-BASE = os.environ.get("TEST_TMPDIR", "build/tmp")
-os.makedirs(BASE, exist_ok=True)
-T = tempfile.mkdtemp(prefix="blockdev_4k.", dir=BASE)
-S = tempfile.mkdtemp(prefix="uringnbd-test.", dir="/tmp")
-SOCK = os.path.join(S, "sock")
-LOG = os.path.join(T, "daemon.log")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from faultlib import Fault  # noqa: E402
+
 SIZE = 16 << 20
-proc = None
-loopdev = None
-
-
-def cleanup():
-    if proc and proc.poll() is None:
-        proc.kill()
-        proc.wait()
-    if loopdev:
-        subprocess.run(["losetup", "-d", loopdev], stderr=subprocess.DEVNULL)
-
-
-atexit.register(cleanup)
-
-
-def fail(msg):
-    print(f"FAIL blockdev_4k.py: {msg}", file=sys.stderr)
-    if os.path.exists(LOG):
-        print("---- daemon log ----\n" + open(LOG).read()[-3000:], file=sys.stderr)
-    cleanup()
-    sys.exit(1)
-
-
-if os.getuid() != 0:
-    print("SKIP blockdev_4k.py: loop devices need root", file=sys.stderr)
-    sys.exit(77)
+t = Fault("blockdev_4k.py")
+t.need_root("losetup")
+fail = t.fail
 seed = int(os.environ.get("BLOCKDEV_SEED", random.randrange(1 << 30)))
 print(f"seed {seed} (BLOCKDEV_SEED={seed} repeats it)")
 rng = random.Random(seed)
-backing = os.path.join(T, "backing.img")
+backing = os.path.join(t.dir, "backing.img")
 model = bytearray(rng.randbytes(SIZE))
 with open(backing, "wb") as f:
     f.write(model)
 r = subprocess.run(["losetup", "--find", "--show", "--sector-size", "4096", backing],
                    capture_output=True, text=True)
 if r.returncode != 0:
-    print(f"SKIP blockdev_4k.py: losetup --sector-size 4096: {r.stderr.strip()}", file=sys.stderr)
-    sys.exit(77)
+    t.skip(f"losetup --sector-size 4096: {r.stderr.strip()}")
 loopdev = r.stdout.strip()
+t.loops.append(loopdev)  # detached on any exit
 known = bytearray(b"\x01" * SIZE)  # bytes whose contents the model knows
 
-proc = subprocess.Popen([URINGNBD, "-U", SOCK, loopdev], stderr=open(LOG, "w"))
-for _ in range(500):
-    if os.path.exists(SOCK):
-        break
-    if proc.poll() is not None:
-        fail("the daemon did not start on the device")
-    time.sleep(0.01)
+t.start(loopdev)
 h = nbd.NBD()
-h.connect_unix(SOCK)
+h.connect_uri(t.uri())
 if h.get_size() != SIZE:
     fail(f"size {h.get_size()}")
 if h.get_block_size(nbd.SIZE_PREFERRED) != 4096:
@@ -133,11 +96,9 @@ for i in range(300):
         known[off:off + length] = b"\x01" * length
 check(0, SIZE)
 h.shutdown()
-proc.terminate()
-if proc.wait(15) != 0:
-    fail("the daemon did not exit cleanly")
-if "EINVAL" in open(LOG).read() or "Invalid argument" in open(LOG).read():
+t.stop()
+log = open(t.log).read()
+if "EINVAL" in log or "Invalid argument" in log:
     fail("the device refused a request (EINVAL) on the way")
-cleanup()
-shutil.rmtree(S, ignore_errors=True)
+t.cleanup()
 print("300 random unaligned operations on a 4 KiB-sector device match the model")
