@@ -19,11 +19,11 @@ DESTDIR ?=
 B       := build
 CC      ?= cc
 
-BUILD_PKGS := gcc make pkg-config liburing-dev libev-dev libnbd-dev check
+BUILD_PKGS := gcc make pkg-config liburing-dev libev-dev libnbd-dev check libgnutls28-dev
 TEST_PKGS  := libnbd-bin qemu-utils nbdkit nbd-server nbd-client fio python3-libnbd \
               fuse3 libfuse3-dev e2fsprogs xfsprogs btrfs-progs util-linux procps bc clang \
               libclang-rt-14-dev \
-              qemu-system-x86 busybox-static socat cpio mandoc systemd
+              qemu-system-x86 busybox-static socat cpio mandoc systemd gnutls-bin
 
 WARN   := -Wall -Wextra -Wshadow -Wvla -Wstrict-prototypes -Wmissing-prototypes \
           -Wformat=2 -Wundef -fno-common
@@ -54,7 +54,7 @@ CACHE_SRC  := cache/cache.c
 DAEMON_SRC := daemon/main.c daemon/cli.c daemon/log.c daemon/backing.c daemon/export.c daemon/pool.c daemon/plan.c \
               daemon/worker.c daemon/conn.c daemon/handshake.c daemon/rx.c daemon/request.c \
               daemon/fileio.c daemon/cached.c daemon/reply.c daemon/offload.c daemon/listen.c daemon/config.c \
-              daemon/notify.c daemon/server.c
+              daemon/notify.c daemon/server.c daemon/access.c daemon/tls.c
 HOOKS_OBJ  := $(DAEMON_SRC:%.c=$(B)/hooks/%.o)
 UNIT_TESTS := $(patsubst tests/unit/%.c,$(B)/tests/unit/%,$(wildcard tests/unit/test_*.c))
 INTEG_TESTS := $(patsubst tests/integration/%.c,$(B)/tests/integration/%,\
@@ -64,7 +64,7 @@ PROTO_OBJ  := $(PROTO_SRC:%.c=$(B)/%.o)
 LOCK_OBJ   := $(LOCK_SRC:%.c=$(B)/%.o)
 CACHE_OBJ  := $(CACHE_SRC:%.c=$(B)/%.o)
 DAEMON_OBJ := $(DAEMON_SRC:%.c=$(B)/%.o)
-DAEMON_LIBS := -luring -lev
+DAEMON_LIBS := -luring -lev $$(pkg-config --libs gnutls)
 
 INTEROP_TESTS := $(wildcard tests/interop/*.sh tests/interop/*.py)
 FAULT_TESTS   := $(filter-out tests/faults/faultlib.py,$(wildcard tests/faults/*.py))

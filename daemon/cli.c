@@ -18,8 +18,10 @@ static void usage(FILE *f)
 		"usage: uringnbd [OPTIONS] [FILE]\n"
 		"Export FILE (a regular file or block device) over NBD with O_DIRECT I/O.\n\n"
 		"  -c, --config PATH    read settings and exports from PATH (see uringnbd.conf(5))\n"
-		"  -e, --export NAME=PATH[,readonly][,cache=MODE][,description=TEXT]\n"
-		"                       one more export (repeatable); FILE is the export -n names\n"
+		"  -e, --export NAME=PATH[,readonly][,cache=MODE][,tls=require][,allow=LIST]\n"
+		"                       [,deny=LIST][,tls-allow=LIST][,description=TEXT]\n"
+		"                       one more export (repeatable); FILE is the export -n names;\n"
+		"                       LIST items are separated by '+' here\n"
 		"  -U, --unix PATH      listen on a unix socket (with only -U, no TCP)\n"
 		"  -s, --single         serve one client on stdin/stdout (inetd, ssh), then exit\n"
 		"  -b, --bind ADDR      TCP address to listen on (default localhost)\n"
@@ -29,6 +31,14 @@ static void usage(FILE *f)
 		"  -r, --read-only      FILE refuses writes\n"
 		"      --cache MODE     FILE's reads: none (direct), always or auto (default none)\n"
 		"      --cache-size SIZE  the page cache shared by cached exports (default 64M)\n"
+		"      --allow LIST     FILE's clients let in (addresses, CIDR, uid:, gid:, all)\n"
+		"      --deny LIST      FILE's clients refused unless --allow lets them in\n"
+		"      --tls-allow LIST FILE only over TLS, to these PSK users or certificate CNs\n"
+		"      --tls MODE       off (default), on (STARTTLS offered) or require\n"
+		"      --tls-certificates DIR  ca-cert.pem, server-cert.pem, server-key.pem\n"
+		"      --tls-psk FILE   pre-shared keys in psktool's format\n"
+		"      --tls-verify-peer  clients must present a certificate the CA signed\n"
+		"      --list yes|no    answer NBD_OPT_LIST (default yes)\n"
 		"  -t, --threads N      worker threads (default: online CPUs)\n"
 		"      --pool-size SIZE buffer pool per worker, e.g. 64M (default 64M)\n"
 		"      --max-connections N  clients over N are refused (default 1024, 0: no limit)\n"
@@ -44,6 +54,20 @@ static void usage(FILE *f)
 		"  -v, --verbose        the same as --log-level debug\n"
 		"  -V, --version        print the version and exit\n"
 		"  -h, --help           print this help and exit\n");
+}
+
+/* The access lists of an export given on the command line, checked now. */
+static int cli_check_access(const char *what, const struct export_spec *spec)
+{
+	struct access a;
+	char err[256];
+
+	if (access_parse(&a, spec, err, sizeof(err)) < 0) {
+		fprintf(stderr, "uringnbd: %s: %s\n", what, err);
+		return -1;
+	}
+	access_free(&a);
+	return 0;
 }
 
 /*
@@ -87,12 +111,20 @@ static int parse_export(const char *arg, struct export_spec *spec)
 			spec->readonly = true;
 		} else if (strncmp(key, "cache=", 6) == 0 && cache_mode_parse(key + 6) >= 0) {
 			spec->cache_mode = cache_mode_parse(key + 6);
+		} else if (strcmp(key, "tls=require") == 0 || strcmp(key, "tls=on") == 0) {
+			spec->tls_required = key[4] == 'r';
+		} else if (strncmp(key, "allow=", 6) == 0) {
+			spec->allow = key + 6;
+		} else if (strncmp(key, "deny=", 5) == 0) {
+			spec->deny = key + 5;
+		} else if (strncmp(key, "tls-allow=", 10) == 0) {
+			spec->tls_allow = key + 10;
 		} else {
 			fprintf(stderr, "uringnbd: --export \"%s\": unknown key \"%s\"\n", arg, key);
 			return -1;
 		}
 	}
-	return 0;
+	return cli_check_access(arg, spec);
 }
 
 /* A global option, checked as the config file's key of that name is. */
@@ -129,6 +161,14 @@ int cli_parse(int argc, char **argv, struct config *cli, const char **config_pat
 		{ "cache", required_argument, NULL, 'C' },
 		{ "cache-size", required_argument, NULL, 'S' },
 		{ "pid-file", required_argument, NULL, 'F' },
+		{ "allow", required_argument, NULL, 'A' },
+		{ "deny", required_argument, NULL, 'X' },
+		{ "tls-allow", required_argument, NULL, 'W' },
+		{ "tls", required_argument, NULL, 'T' },
+		{ "tls-certificates", required_argument, NULL, 'R' },
+		{ "tls-psk", required_argument, NULL, 'k' },
+		{ "tls-verify-peer", no_argument, NULL, 'y' },
+		{ "list", required_argument, NULL, 'L' },
 		{ "log-level", required_argument, NULL, 'l' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "version", no_argument, NULL, 'V' },
@@ -168,6 +208,14 @@ int cli_parse(int argc, char **argv, struct config *cli, const char **config_pat
 		case 'D': if (cli_global(cli, "idle-timeout", optarg) < 0) return -1; break;
 		case 'S': if (cli_global(cli, "cache-size", optarg) < 0) return -1; break;
 		case 'F': if (cli_global(cli, "pid-file", optarg) < 0) return -1; break;
+		case 'A': file_spec.allow = optarg; break;
+		case 'X': file_spec.deny = optarg; break;
+		case 'W': file_spec.tls_allow = optarg; break;
+		case 'T': if (cli_global(cli, "tls", optarg) < 0) return -1; break;
+		case 'R': if (cli_global(cli, "tls-certificates", optarg) < 0) return -1; break;
+		case 'k': if (cli_global(cli, "tls-psk", optarg) < 0) return -1; break;
+		case 'y': if (cli_global(cli, "tls-verify-peer", "yes") < 0) return -1; break;
+		case 'L': if (cli_global(cli, "list", optarg) < 0) return -1; break;
 		case 'l': if (cli_global(cli, "log-level", optarg) < 0) return -1; break;
 		case 'C':
 			file_spec.cache_mode = cache_mode_parse(optarg);
@@ -191,6 +239,8 @@ int cli_parse(int argc, char **argv, struct config *cli, const char **config_pat
 	/* The positional FILE is an export too, named by --name. */
 	if (optind == argc - 1) {
 		file_spec.path = argv[optind];
+		if (cli_check_access(file_spec.path, &file_spec) < 0)
+			return -1;
 		if (config_add_export(cli, &file_spec) < 0)
 			return -1;
 	}

@@ -90,6 +90,8 @@ void config_free(struct config *cfg)
 	free(cfg->bind);
 	free(cfg->port);
 	free(cfg->pid_file);
+	free(cfg->tls_certificates);
+	free(cfg->tls_psk);
 	memset(cfg, 0, sizeof(*cfg));
 }
 
@@ -127,6 +129,20 @@ void config_init(struct config *cfg)
 	cfg->io_timeout_s = -1;
 	cfg->idle_timeout_s = -1;
 	cfg->max_conns_per_client = -1;
+	cfg->tls = -1;
+	cfg->tls_verify_peer = -1;
+	cfg->list = -1;
+}
+
+int config_parse_tls(const char *v)
+{
+	if (!strcmp(v, "off"))
+		return PROTO_TLS_OFF;
+	if (!strcmp(v, "on"))
+		return PROTO_TLS_ON;
+	if (!strcmp(v, "require"))
+		return PROTO_TLS_REQUIRE;
+	return -1;
 }
 
 /* The [global] keys that take a number: where it goes and what is allowed. */
@@ -182,6 +198,27 @@ int config_set_global(struct config *cfg, const char *k, const char *v, const ch
 		return set_str(&cfg->port, v);
 	} else if (!strcmp(k, "pid-file")) {
 		return set_str(&cfg->pid_file, v);
+	} else if (!strcmp(k, "tls")) {
+		cfg->tls = config_parse_tls(v);
+		if (cfg->tls < 0) {
+			*why = "tls: expected off, on or require";
+			return -1;
+		}
+	} else if (!strcmp(k, "tls-certificates")) {
+		return set_str(&cfg->tls_certificates, v);
+	} else if (!strcmp(k, "tls-psk")) {
+		return set_str(&cfg->tls_psk, v);
+	} else if (!strcmp(k, "tls-verify-peer") || !strcmp(k, "list")) {
+		int b = config_parse_bool(v);
+
+		if (b < 0) {
+			*why = k[0] == 'l' ? "list: expected yes or no" : "tls-verify-peer: expected yes or no";
+			return -1;
+		}
+		if (k[0] == 'l')
+			cfg->list = b;
+		else
+			cfg->tls_verify_peer = b;
 	} else if (!strcmp(k, "log-level")) {
 		cfg->log_level = config_parse_log_level(v);
 		if (cfg->log_level < 0) {
@@ -279,24 +316,45 @@ int config_load(const char *path, struct config *cfg)
 				CFG_ERR("%s:%d: %s: \"%s\"", path, lineno, why ? why : "out of memory", k);
 			continue;
 		}
-		/* [export NAME]: path, readonly, description. Strings live in extra. */
-		if (!strcmp(k, "path") || !strcmp(k, "description")) {
-			char *copy = strdup(v);
+		/* [export NAME]: strings live in extra. */
+		if (!strcmp(k, "path") || !strcmp(k, "description") || !strcmp(k, "allow") ||
+		    !strcmp(k, "deny") || !strcmp(k, "tls-allow")) {
+			const char **dst = !strcmp(k, "path") ? &spec->path :
+					   !strcmp(k, "description") ? &spec->description :
+					   !strcmp(k, "allow") ? &spec->allow :
+					   !strcmp(k, "deny") ? &spec->deny : &spec->tls_allow;
+			char *copy;
 
-			if (!copy || spec->nextra == sizeof(spec->extra) / sizeof(spec->extra[0]))
-				CFG_ERR("%s:%d: out of memory or repeated key \"%s\"", path, lineno, k);
+			if (*dst && (dst != &spec->description || spec->description[0]))
+				CFG_ERR("%s:%d: \"%s\" given twice in [export %s]", path, lineno, k,
+					spec->name);
+			copy = strdup(v);
+			if (!copy || spec->nextra == sizeof(spec->extra) / sizeof(spec->extra[0])) {
+				free(copy);
+				CFG_ERR("%s:%d: out of memory", path, lineno);
+			}
 			spec->extra[spec->nextra++] = copy;
-			if (!strcmp(k, "path"))
-				spec->path = copy;
-			else
-				spec->description = copy;
-			if (strlen(copy) > PROTO_NAME_MAX && k[0] == 'd')
+			*dst = copy;
+			if (dst == &spec->allow || dst == &spec->deny || dst == &spec->tls_allow) {
+				struct access a;
+				char err[256];
+
+				if (access_parse(&a, spec, err, sizeof(err)) < 0)
+					CFG_ERR("%s:%d: %s: %s", path, lineno, k, err);
+				access_free(&a);
+			}
+			if (strlen(copy) > PROTO_NAME_MAX && dst == &spec->description)
 				CFG_ERR("%s:%d: description longer than %d bytes", path, lineno,
 					PROTO_NAME_MAX);
 		} else if (!strcmp(k, "cache")) {
 			spec->cache_mode = cache_mode_parse(v);
 			if (spec->cache_mode < 0)
 				CFG_ERR("%s:%d: cache: expected none, always or auto", path, lineno);
+		} else if (!strcmp(k, "tls")) {
+			if (strcmp(v, "require") && strcmp(v, "off") && strcmp(v, "on"))
+				CFG_ERR("%s:%d: tls: expected require (TLS-only) or on (either)", path,
+					lineno);
+			spec->tls_required = !strcmp(v, "require");
 		} else if (!strcmp(k, "readonly")) {
 			int b = config_parse_bool(v);
 

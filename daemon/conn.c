@@ -15,6 +15,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -61,6 +62,7 @@ static void conn_free(struct conn *c)
 	export_put((struct export *)c->exp);
 	free(c->hs_buf);
 	free(c->hs_out.data);
+	tls_conn_free(c);
 	if (c->area)
 		munmap(c->area, sizeof(*c->area));
 	log_debug("conn %" PRIu64 ": closed", c->id);
@@ -108,6 +110,62 @@ void conn_prep_sendmsg(struct io_uring_sqe *sqe, const struct conn *c, struct ms
 				     (uint64_t)-1);
 	else
 		io_uring_prep_sendmsg(sqe, c->fd, m, MSG_NOSIGNAL | MSG_WAITALL);
+}
+
+void conn_recv(struct conn_op *o, void *buf, size_t len, bool waitall)
+{
+	struct iovec v = { buf, len };
+
+	if (o->c->tls) {
+		tls_recv(o, &v, 1, waitall);
+		return;
+	}
+	conn_prep_recv(conn_sqe(o), o->c, buf, len, waitall);
+}
+
+void conn_recvmsg(struct conn_op *o, struct msghdr *m)
+{
+	if (o->c->tls) {
+		tls_recv(o, m->msg_iov, (unsigned)m->msg_iovlen, true);
+		return;
+	}
+	conn_prep_recvmsg(conn_sqe(o), o->c, m);
+}
+
+void conn_send(struct conn_op *o, const void *buf, size_t len)
+{
+	struct iovec v = { (void *)buf, len };
+
+	if (o->c->tls) {
+		tls_send(o, &v, 1);
+		return;
+	}
+	conn_prep_send(conn_sqe(o), o->c, buf, len);
+}
+
+void conn_sendmsg(struct conn_op *o, struct msghdr *m)
+{
+	if (o->c->tls) {
+		tls_send(o, m->msg_iov, (unsigned)m->msg_iovlen);
+		return;
+	}
+	conn_prep_sendmsg(conn_sqe(o), o->c, m);
+}
+
+const char *conn_peer_name(const struct conn *c, char *buf, size_t len)
+{
+	if (c->stream)
+		snprintf(buf, len, "stdin/stdout");
+	else if (c->key.family == AF_UNIX && c->peer.cred)
+		snprintf(buf, len, "uid %u gid %u pid %d", c->key.uid, c->peer.gid, (int)c->peer.pid);
+	else if (c->key.family == AF_INET || c->key.family == AF_INET6) {
+		char a[64];
+
+		server_client_name(&c->key, a, sizeof(a));
+		snprintf(buf, len, "%s:%u", a, c->peer.port);
+	} else
+		snprintf(buf, len, "unknown peer");
+	return buf;
 }
 
 static void conn_op_done(struct op *op, int res)
@@ -159,6 +217,8 @@ void conn_close(struct conn *c, const char *why)
 	ev_timer_stop(c->w->loop, &c->watchdog);
 	/* A request waiting for buffers is told so (its op then recycles it). */
 	worker_pool_cancel(c->w, &c->buf_wait);
+	/* A receive or send waiting inside TLS for the socket ends too. */
+	tls_conn_closing(c);
 	/* Completes every receive and send in flight; file I/O finishes on its own. */
 	if (!c->stream) {
 		shutdown(c->fd, SHUT_RDWR);
@@ -201,8 +261,14 @@ static void conn_area_release(struct conn *c, ev_tstamp now)
 		/* Posted while busy, it may write anywhere: rx.c replaces it with a quiet one. */
 		if (!c->rx_cancelling) {
 			c->rx_cancelling = true;
-			conn_op_init(&c->cancel_op, c, conn_cancel_done);
-			io_uring_prep_cancel(conn_sqe(&c->cancel_op), &c->rx_op.op, 0);
+			if (c->tls) {
+				/* Not an SQE: TLS ends it if nothing was decrypted into it yet. */
+				if (!tls_cancel_recv(c, &c->rx_op))
+					c->rx_cancelling = false;
+			} else {
+				conn_op_init(&c->cancel_op, c, conn_cancel_done);
+				io_uring_prep_cancel(conn_sqe(&c->cancel_op), &c->rx_op.op, 0);
+			}
 		}
 		return;
 	}
@@ -292,6 +358,7 @@ void conns_adopt(struct worker *w, const struct client *cl)
 	c->fd_out = cl->fd_out;
 	c->stream = cl->stream;
 	c->key = cl->key;
+	c->peer = cl->peer;
 	c->id = atomic_fetch_add_explicit(&conn_ids, 1, memory_order_relaxed) + 1;
 	c->state = CONN_HANDSHAKE;
 	c->rx = RX_STOPPED;
@@ -303,7 +370,12 @@ void conns_adopt(struct worker *w, const struct client *cl)
 		w->conns->prev = c;
 	w->conns = c;
 	atomic_fetch_add_explicit(&w->nconns, 1, memory_order_relaxed);
-	log_debug("conn %" PRIu64 ": accepted on worker %d", c->id, w->id);
+	{
+		char who[96];
+
+		log_info("conn %" PRIu64 ": from %s (worker %d)", c->id,
+			 conn_peer_name(c, who, sizeof(who)), w->id);
+	}
 	handshake_start(c);
 }
 

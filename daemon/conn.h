@@ -171,6 +171,8 @@ struct conn {
 	int fd_out;                /* what it writes: fd, or stdout */
 	bool stream;               /* fd and fd_out are pipes or files: read/write, not recv/send */
 	struct client_key key;     /* who it is, for the per-client limit */
+	struct client_peer peer;   /* ...and the rest of what is known of it */
+	struct tls_conn *tls;      /* TLS session (tls.c) once STARTTLS was acknowledged */
 	enum conn_state state;
 	unsigned pending;          /* conn_ops not yet completed (SQEs, waits, posts) */
 	struct conn_op close_op;   /* posted by conn_close: the free is checked from the loop */
@@ -247,8 +249,21 @@ static inline void conn_active(struct conn *c)
 	c->last_active = ev_now(c->w->loop);
 }
 /*
- * The connection's own I/O: recv/send (MSG_WAITALL where asked) on a
- * socket, read/write on the pipes of a single-connection daemon.
+ * The connection's own I/O: o completes with the bytes moved (or -errno, or
+ * 0 at the end of the stream), like the SQE it stands for. Over TLS the
+ * bytes are plaintext and tls.c moves them; otherwise it is one SQE.
+ * recvmsg waits for all (MSG_WAITALL); a send may be short only on error.
+ */
+void conn_recv(struct conn_op *o, void *buf, size_t len, bool waitall);
+void conn_recvmsg(struct conn_op *o, struct msghdr *m);
+void conn_send(struct conn_op *o, const void *buf, size_t len);
+void conn_sendmsg(struct conn_op *o, struct msghdr *m);
+/* "127.0.0.1:40000", "[::1]:40000", "uid 1000 gid 1000 pid 42": for log lines. */
+const char *conn_peer_name(const struct conn *c, char *buf, size_t len);
+/*
+ * The transport underneath: recv/send (MSG_WAITALL where asked) on a
+ * socket, read/write on the pipes of a single-connection daemon. Used by
+ * the above, and by tls.c for ciphertext.
  */
 void conn_prep_recv(struct io_uring_sqe *sqe, const struct conn *c, void *buf, size_t len,
 		    bool waitall);
@@ -258,6 +273,30 @@ void conn_prep_sendmsg(struct io_uring_sqe *sqe, const struct conn *c, struct ms
 /* Transmission starts: the area is mapped and the watchdog runs. Returns 0 or -errno. */
 int conn_transmit_start(struct conn *c);
 uint64_t now_ns(void);
+
+/* ---- tls.c: the connection side ---- */
+/*
+ * STARTTLS was acknowledged: runs the TLS handshake on c's socket; done is
+ * posted with 0 once TLS is up, or -errno (the failure is logged and the
+ * client told by an alert). From then on conn_recv/conn_send go through
+ * TLS. Returns -errno if the session could not even be set up.
+ */
+int tls_conn_start(struct conn *c, struct tls_creds *creds, struct conn_op *done);
+void tls_recv(struct conn_op *o, const struct iovec *iov, unsigned niov, bool waitall);
+void tls_send(struct conn_op *o, const struct iovec *iov, unsigned niov);
+/* Ends a receive that has received nothing yet with -ECANCELED; false if it cannot. */
+bool tls_cancel_recv(struct conn *c, struct conn_op *o);
+/* The connection closes: ops waiting inside TLS end. */
+void tls_conn_closing(struct conn *c);
+void tls_conn_free(struct conn *c);
+bool tls_conn_up(const struct conn *c);
+/* A PSK username or a verified client certificate's DN; NULL if none. */
+const char *tls_conn_identity(const struct conn *c);
+/* What tls-allow matches: the PSK username or the certificate's CN; NULL if none. */
+const char *tls_conn_name(const struct conn *c);
+/* "(TLS1.3)-(ECDHE-SECP256R1)-...": free with tls_desc_free(). NULL before TLS. */
+char *tls_conn_desc(const struct conn *c);
+void tls_desc_free(char *desc);
 
 /* ---- handshake.c ---- */
 /* The greeting goes out; negotiation runs until an export is chosen. */

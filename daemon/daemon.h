@@ -15,6 +15,8 @@
  *   backing.c    the registry of backing files: one lock manager, cache key and
  *                durability error per file, across reloads
  *   export.c     opening and probing backing files
+ *   access.c     who may use an export: allow/deny lists, TLS-only, tls-allow
+ *   tls.c        GnuTLS credentials, and each connection's TLS on the io_uring path
  *   worker.c     a thread with one libev loop, one io_uring, one buffer pool;
  *                knows no NBD: completions are struct op callbacks
  *   offload.c    threads for blocking calls (extent queries), posted back
@@ -99,8 +101,12 @@ struct export_spec {
 	const char *path;
 	bool readonly;
 	int cache_mode;        /* enum cache_mode */
+	const char *allow;     /* access lists (access.c), or NULL */
+	const char *deny;
+	const char *tls_allow;
+	bool tls_required;     /* tls = require */
 	char *storage;         /* heap copy the strings point into, or NULL */
-	char *extra[2];        /* more heap strings (config file), freed with it */
+	char *extra[6];        /* more heap strings (config file), freed with it */
 	unsigned nextra;
 	int config_line;       /* where a config file defined it */
 };
@@ -116,6 +122,11 @@ struct config {
 	long long io_timeout_s;    /* -1: not set; 0: none */
 	long long idle_timeout_s;  /* -1: not set; 0: none */
 	long long max_conns_per_client; /* -1: not set; 0: no limit */
+	int tls;                   /* enum proto_tls; -1: not set */
+	char *tls_certificates;    /* directory (nbdkit's layout) */
+	char *tls_psk;             /* psktool file */
+	int tls_verify_peer;       /* -1: not set */
+	int list;                  /* exports are listed: -1 not set, 0, 1 */
 	bool single;               /* -s: one client on stdin/stdout (command line only) */
 	int log_level;             /* -1: not set */
 	bool log_level_set;
@@ -149,6 +160,7 @@ long long config_parse_size(const char *s);
 long long config_parse_count(const char *s);
 int config_parse_bool(const char *v);
 int config_parse_log_level(const char *v);
+int config_parse_tls(const char *v); /* enum proto_tls, or -1 */
 int cache_mode_parse(const char *s); /* enum cache_mode, or -1 if unknown */
 const char *cache_mode_name(int mode);
 
@@ -194,6 +206,40 @@ void backing_fail(struct backing *b, int err);
 /* The remembered durability error, or 0. */
 int backing_durability_err(const struct backing *b);
 
+/* ---- access.c ---- */
+struct acl_rule;
+struct access {
+	bool tls_only;            /* tls = require, or tls-allow is set */
+	struct acl_rule *allow, *deny;
+	size_t nallow, ndeny;
+	char **tls_names;         /* tls-allow: PSK usernames, certificate CNs */
+	size_t ntls_names;
+};
+/* Who asks for an export. */
+struct client_who {
+	const struct client_key *key;
+	const struct client_peer *peer;
+	bool tls;                 /* TLS is up */
+	const char *tls_name;     /* its PSK username or certificate CN; NULL if none */
+};
+enum access_verdict { ACCESS_OK, ACCESS_DENIED, ACCESS_NEEDS_TLS };
+/* Parses spec's allow, deny, tls-allow and tls into *a. Returns 0, or -1 with err set. */
+int access_parse(struct access *a, const struct export_spec *spec, char *err, size_t errlen);
+void access_free(struct access *a);
+enum access_verdict access_check(const struct access *a, const struct client_who *who);
+
+/* ---- tls.c: credentials (main thread) ---- */
+struct tls_creds; /* reference counted; a connection holds one from STARTTLS on */
+int tls_init(void);
+/*
+ * Loads X.509 files from certs_dir (ca-cert.pem, server-cert.pem,
+ * server-key.pem, ca-crl.pem if present) and/or a psktool file. Logs what
+ * is wrong and returns NULL on any error.
+ */
+struct tls_creds *tls_creds_load(const char *certs_dir, const char *psk_file, bool verify_peer);
+struct tls_creds *tls_creds_get(struct tls_creds *cr);
+void tls_creds_put(struct tls_creds *cr);
+
 /* ---- export.c ---- */
 /*
  * An export. Heap object, reference counted: the server's table holds one
@@ -216,6 +262,9 @@ struct export {
 	uint32_t align_bytes;  /* direct-I/O offset/length alignment */
 	uint16_t tflags;       /* transmission flags it supports */
 	int cache_mode;        /* enum cache_mode */
+	struct access access;  /* who may use it (access.c) */
+	char *access_src[3];   /* allow, deny, tls-allow as configured (NULL: not set) */
+	bool tls_required;
 	struct rl_manager *locks; /* every request locks the byte range it touches */
 	struct backing *backing;  /* whose manager that is (one per file, see backing.c) */
 };
@@ -257,12 +306,21 @@ struct client_key {
 	uint8_t addr[16];         /* AF_INET (first 4 bytes), AF_INET6 */
 };
 
+/* The rest of what is known of a client: for access control and log lines. */
+struct client_peer {
+	uint16_t port;            /* TCP: its port */
+	bool cred;                /* unix socket: SO_PEERCRED answered */
+	uint32_t gid;             /* ...its primary gid */
+	int32_t pid;              /* ...and pid */
+};
+
 /* An accepted client, handed from the main thread to a worker. */
 struct client {
 	int fd;                   /* its socket; or stdin of a single-connection daemon */
 	int fd_out;               /* fd, or stdout */
 	bool stream;              /* fd and fd_out are pipes: read/write, not recv/send */
 	struct client_key key;
+	struct client_peer peer;
 };
 struct conn; /* conn.h's; opaque here */
 
@@ -385,6 +443,8 @@ struct listener {
 int listen_tcp(struct server *srv, const char *addr, const char *port);
 int listen_unix(struct server *srv, const char *path);
 int listen_inherited(struct server *srv);
+/* Fills cl's key and peer from its socket fd (address and port, or SO_PEERCRED). */
+void listen_identify(int fd, struct client *cl);
 /* Starts accepting on the main loop. */
 void listen_start(struct server *srv);
 /* Closes the listeners (and unlinks unix sockets). */
@@ -417,6 +477,10 @@ struct server {
 	ev_timer accept_backoff;   /* listeners stopped after EMFILE and the like */
 	double backoff_s;          /* its current length; 0 after a good accept */
 	unsigned test_fill_delay_ms; /* test builds only: hold cache fills open */
+	enum proto_tls tls_mode;   /* off, on (SELECTIVETLS), require (FORCEDTLS) */
+	struct tls_creds *tls_creds; /* under exports_lock: a reload replaces them */
+	bool list_refused;         /* list = no */
+	struct log_limit refusal_limit; /* access refusals in the log */
 	struct ev_loop *loop;      /* main thread's */
 	atomic_bool shutting_down; /* set once by the main thread (relaxed readers) */
 };

@@ -88,6 +88,37 @@ static int export_probe_direct(int fd, uint32_t align, uint64_t size)
 	return err;
 }
 
+/* Who may use it: parsed from spec, and the spec's words kept to compare at reload. */
+static int export_access_init(struct export *e, const struct export_spec *spec)
+{
+	const char *src[3] = { spec->allow, spec->deny, spec->tls_allow };
+	char err[256];
+	int i;
+
+	for (i = 0; i < 3; i++)
+		if (src[i] && !(e->access_src[i] = strdup(src[i]))) {
+			log_error("export \"%s\": out of memory", spec->path);
+			return -1;
+		}
+	e->tls_required = spec->tls_required;
+	if (access_parse(&e->access, spec, err, sizeof(err)) < 0) {
+		log_error("export \"%s\": %s", spec->name ? spec->name : "", err);
+		return -1;
+	}
+	return 0;
+}
+
+static void export_access_free(struct export *e)
+{
+	int i;
+
+	access_free(&e->access);
+	for (i = 0; i < 3; i++) {
+		free(e->access_src[i]);
+		e->access_src[i] = NULL;
+	}
+}
+
 struct export *export_open(const struct export_spec *spec)
 {
 	struct export *e = calloc(1, sizeof(*e));
@@ -183,6 +214,8 @@ struct export *export_open(const struct export_spec *spec)
 	}
 	e->readonly = spec->readonly;
 	e->cache_mode = spec->cache_mode;
+	if (export_access_init(e, spec) < 0)
+		goto out_free;
 	if (e->cache_mode != CACHE_MODE_NONE && e->align_bytes > CACHE_PAGE_BYTES) {
 		log_warn("export \"%s\": direct-I/O alignment %u is over the cache page size: "
 			 "cache=none", spec->path, e->align_bytes);
@@ -204,6 +237,7 @@ struct export *export_open(const struct export_spec *spec)
 	return e;
 
 out_free:
+	export_access_free(e);
 	free(e->name);
 	free(e->description);
 	free(e->path);
@@ -228,10 +262,16 @@ void export_put(struct export *e)
 	close(e->fd);
 	close(e->fd_buffered);
 	backing_put(e->backing);
+	export_access_free(e);
 	free(e->name);
 	free(e->description);
 	free(e->path);
 	free(e);
+}
+
+static bool same_str(const char *a, const char *b)
+{
+	return (!a && !b) || (a && b && !strcmp(a, b));
 }
 
 bool export_matches(const struct export *e, const struct export_spec *spec)
@@ -239,7 +279,9 @@ bool export_matches(const struct export *e, const struct export_spec *spec)
 	return !strcmp(e->name, spec->name) && !strcmp(e->path, spec->path) &&
 	       !strcmp(e->description, spec->description ? spec->description : "") &&
 	       e->readonly == spec->readonly && e->cache_mode == spec->cache_mode &&
-	       !export_changed(e, NULL, 0);
+	       same_str(e->access_src[0], spec->allow) && same_str(e->access_src[1], spec->deny) &&
+	       same_str(e->access_src[2], spec->tls_allow) &&
+	       e->tls_required == spec->tls_required && !export_changed(e, NULL, 0);
 }
 
 bool export_changed(const struct export *e, char *why, size_t len)
@@ -280,6 +322,10 @@ struct export *export_reopen(const struct export *e)
 		.path = e->path,
 		.readonly = e->readonly,
 		.cache_mode = e->cache_mode,
+		.allow = e->access_src[0],
+		.deny = e->access_src[1],
+		.tls_allow = e->access_src[2],
+		.tls_required = e->tls_required,
 	};
 
 	return export_open(&spec);

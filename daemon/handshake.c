@@ -27,6 +27,7 @@ enum hs_step {
 	HS_OPT_DATA,
 	HS_OPT_SKIP,
 	HS_REPLY,
+	HS_TLS,       /* the TLS handshake after an acknowledged STARTTLS */
 };
 
 #define HS_SKIP_CHUNK 65536
@@ -42,15 +43,108 @@ static void greeting_init(void)
 
 static void hs_io(struct conn *c, enum hs_step step, bool send, void *p, size_t len)
 {
-	struct io_uring_sqe *sqe = conn_sqe(&c->hs_op);
-
 	c->hs_step = step;
 	c->io_ptr = p;
 	c->io_left = len;
 	if (send)
-		conn_prep_send(sqe, c, p, len);
+		conn_send(&c->hs_op, p, len);
 	else
-		conn_prep_recv(sqe, c, p, len, true);
+		conn_recv(&c->hs_op, p, len, true);
+}
+
+/* Who this connection is, for the exports' access rules. */
+static struct client_who hs_who(const struct conn *c)
+{
+	return (struct client_who){
+		.key = &c->key,
+		.peer = &c->peer,
+		.tls = tls_conn_up(c),
+		.tls_name = tls_conn_name(c),
+	};
+}
+
+/*
+ * The exports as this client may see them (struct proto_exports, ctx = c):
+ * one it is refused is ERR_POLICY and absent from LIST; one it may have
+ * only over TLS is marked tls_only.
+ */
+static int hs_lookup(void *ctx, const char *name, size_t name_len, struct proto_export *out)
+{
+	struct conn *c = ctx;
+	struct client_who who = hs_who(c);
+	const struct export *e;
+	enum access_verdict v;
+	int ret = server_export_lookup(c->w->srv, name, name_len, out);
+	char who_s[96], name_s[4 * 64 + 4];
+
+	if (ret < 0)
+		return ret;
+	e = out->opaque;
+	v = access_check(&e->access, &who);
+	out->tls_only = e->access.tls_only;
+	if (v == ACCESS_DENIED) {
+		log_msg_limited(&c->w->srv->refusal_limit, LOG_INFO,
+				"conn %" PRIu64 " (%s%s%s): export \"%s\" refused by its access rules",
+				c->id, conn_peer_name(c, who_s, sizeof(who_s)),
+				who.tls_name ? ", TLS " : "", who.tls_name ? who.tls_name : "",
+				log_escape(name, name_len, name_s, sizeof(name_s)));
+		return -EACCES;
+	}
+	return 0;
+}
+
+static int hs_nth(void *ctx, size_t i, struct proto_export *out)
+{
+	struct conn *c = ctx;
+	struct client_who who = hs_who(c);
+	size_t j, seen = 0;
+
+	for (j = 0; server_export_nth(c->w->srv, j, out) == 0; j++) {
+		const struct export *e = out->opaque;
+
+		if (access_check(&e->access, &who) == ACCESS_DENIED)
+			continue;
+		out->tls_only = e->access.tls_only;
+		if (seen++ == i)
+			return 0;
+	}
+	return -ENOENT;
+}
+
+/* STARTTLS was acknowledged and the ACK is out: the TLS handshake. */
+static void hs_starttls(struct conn *c)
+{
+	struct server *srv = c->w->srv;
+	struct tls_creds *creds;
+	int ret;
+
+	pthread_rwlock_rdlock(&srv->exports_lock);
+	creds = tls_creds_get(srv->tls_creds);
+	pthread_rwlock_unlock(&srv->exports_lock);
+	c->hs_step = HS_TLS;
+	ret = creds ? tls_conn_start(c, creds, &c->hs_op) : -ENOPROTOOPT;
+	tls_creds_put(creds);
+	if (ret < 0)
+		conn_close(c, "TLS session could not be set up");
+}
+
+static void hs_tls_done(struct conn *c, int res)
+{
+	char who[96], *desc;
+	const char *id;
+
+	if (res < 0) {
+		conn_close(c, "TLS handshake failed");
+		return;
+	}
+	/* Everything negotiated in plaintext is forgotten; the client starts over. */
+	proto_session_tls_started(&c->sess);
+	desc = tls_conn_desc(c);
+	id = tls_conn_identity(c);
+	log_info("conn %" PRIu64 " (%s): TLS %s%s%s", c->id, conn_peer_name(c, who, sizeof(who)),
+		 desc ? desc : "up", id ? ", identity " : ", no client identity", id ? id : "");
+	tls_desc_free(desc);
+	hs_io(c, HS_OPT_HDR, false, c->hs_hdr, sizeof(c->hs_hdr));
 }
 
 static bool hs_step_sends(enum hs_step step)
@@ -75,10 +169,12 @@ static void hs_option(struct conn *c)
 {
 	const uint8_t *data = c->opt.len_bytes <= PROTO_OPTION_DATA_MAX ? c->hs_buf : NULL;
 	struct proto_exports ex = {
-		.lookup = server_export_lookup,
-		.nth = server_export_nth,
-		.ctx = c->w->srv,
+		.lookup = hs_lookup,
+		.nth = hs_nth,
+		.ctx = c,
 		.shutting_down = server_shutting_down(c->w->srv),
+		.tls = c->w->srv->tls_mode,
+		.list_refused = c->w->srv->list_refused,
 	};
 	int ret;
 
@@ -209,7 +305,9 @@ static void hs_step_done(struct conn *c)
 			hs_option(c);
 		break;
 	case HS_REPLY:
-		if (c->sess.phase == PROTO_PHASE_TRANSMISSION)
+		if (c->sess.starttls)
+			hs_starttls(c);
+		else if (c->sess.phase == PROTO_PHASE_TRANSMISSION)
 			rx_start(c);
 		else if (c->sess.phase == PROTO_PHASE_CLOSE)
 			conn_close(c, "negotiation ended");
@@ -227,6 +325,10 @@ static void hs_done(struct conn_op *o, int res)
 
 	if (c->state == CONN_CLOSING)
 		return;
+	if (c->hs_step == HS_TLS) {
+		hs_tls_done(c, res);
+		return;
+	}
 	if (res <= 0) {
 		conn_close(c, res == 0 ? "client closed during handshake" : strerror(-res));
 		return;

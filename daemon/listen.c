@@ -38,23 +38,39 @@
 
 static struct log_limit accept_limit, full_limit, client_limit;
 
-/* Who the peer is: its address on TCP, its uid on a unix socket. */
-static void listen_client_key(int fd, const struct sockaddr_storage *sa, struct client_key *key)
+/* Who the peer is: its address and port on TCP, its credentials on a unix socket. */
+void listen_identify(int fd, struct client *cl)
 {
+	struct sockaddr_storage sa;
+	socklen_t salen = sizeof(sa);
+	struct client_key *key = &cl->key;
+
 	memset(key, 0, sizeof(*key));
-	if (sa->ss_family == AF_INET) {
+	memset(&cl->peer, 0, sizeof(cl->peer));
+	if (getpeername(fd, (struct sockaddr *)&sa, &salen) < 0)
+		return;
+	if (sa.ss_family == AF_INET) {
+		const struct sockaddr_in *in = (const struct sockaddr_in *)(const void *)&sa;
+
 		key->family = AF_INET;
-		memcpy(key->addr, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, 4);
-	} else if (sa->ss_family == AF_INET6) {
+		memcpy(key->addr, &in->sin_addr, 4);
+		cl->peer.port = ntohs(in->sin_port);
+	} else if (sa.ss_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)(const void *)&sa;
+
 		key->family = AF_INET6;
-		memcpy(key->addr, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, 16);
-	} else if (sa->ss_family == AF_UNIX) {
+		memcpy(key->addr, &in6->sin6_addr, 16);
+		cl->peer.port = ntohs(in6->sin6_port);
+	} else if (sa.ss_family == AF_UNIX) {
 		struct ucred cred;
 		socklen_t len = sizeof(cred);
 
 		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
 			key->family = AF_UNIX;
 			key->uid = cred.uid;
+			cl->peer.cred = true;
+			cl->peer.gid = cred.gid;
+			cl->peer.pid = cred.pid;
 		}
 	}
 }
@@ -152,7 +168,7 @@ static void listener_accept_cb(struct ev_loop *loop, ev_io *watcher, int revents
 		}
 		listen_tune(srv, fd);
 		cl = (struct client){ .fd = fd, .fd_out = fd };
-		listen_client_key(fd, &sa, &cl.key);
+		listen_identify(fd, &cl);
 		if (server_accept(srv, &cl) == -EUSERS)
 			log_msg_limited(&client_limit, LOG_WARN,
 					"%s has %u connections, the per-client limit: refused it on %s",

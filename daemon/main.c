@@ -111,6 +111,65 @@ static void on_usr1(struct ev_loop *loop, ev_signal *w, int revents)
 	log_stats();
 }
 
+/* The TLS settings in force: command line, else file. */
+static const char *tls_certs_dir(const struct config *file)
+{
+	return cli.tls_certificates ? cli.tls_certificates : file->tls_certificates;
+}
+
+static const char *tls_psk_file(const struct config *file)
+{
+	return cli.tls_psk ? cli.tls_psk : file->tls_psk;
+}
+
+/*
+ * The TLS mode and credentials of cli and *file: srv's mode is set and new
+ * credentials are returned in *creds (NULL when none are configured).
+ * Returns -1, logged, when they do not fit together or do not load.
+ */
+static int tls_settings(const struct config *file, const struct export_spec *specs, size_t n,
+			enum proto_tls *mode, struct tls_creds **creds)
+{
+	const char *dir = tls_certs_dir(file), *psk = tls_psk_file(file);
+	int verify = cli.tls_verify_peer >= 0 ? cli.tls_verify_peer : file->tls_verify_peer > 0;
+	size_t i;
+
+	*creds = NULL;
+	*mode = (enum proto_tls)(cli.tls >= 0 ? cli.tls : file->tls >= 0 ? file->tls : PROTO_TLS_OFF);
+	if (*mode != PROTO_TLS_OFF && !dir && !psk) {
+		log_error("tls=%s needs tls-certificates or tls-psk", *mode == PROTO_TLS_ON ? "on" :
+			  "require");
+		return -1;
+	}
+	for (i = 0; i < n && *mode == PROTO_TLS_OFF; i++)
+		if (specs[i].tls_required || specs[i].tls_allow) {
+			log_error("export \"%s\" is TLS-only (tls = require or tls-allow), but tls is "
+				  "off: set tls = on or require", specs[i].name);
+			return -1;
+		}
+	if (*mode == PROTO_TLS_OFF) {
+		if (dir || psk)
+			log_warn("TLS credentials are configured but tls is off: STARTTLS is refused");
+		return 0;
+	}
+	if (verify && !dir) {
+		log_error("tls-verify-peer needs tls-certificates (a CA to check client certificates)");
+		return -1;
+	}
+	*creds = tls_creds_load(dir, psk, verify);
+	return *creds ? 0 : -1;
+}
+
+static const char *tls_mode_name(enum proto_tls m)
+{
+	return m == PROTO_TLS_REQUIRE ? "require" : m == PROTO_TLS_ON ? "on" : "off";
+}
+
+static bool list_refused(const struct config *file)
+{
+	return (cli.list >= 0 ? cli.list : file->list) == 0;
+}
+
 /* SIGHUP: the exports of the --config file (and the command line) again. */
 static void on_reload(struct ev_loop *loop, ev_signal *w, int revents)
 {
@@ -118,6 +177,8 @@ static void on_reload(struct ev_loop *loop, ev_signal *w, int revents)
 	struct export_spec *specs;
 	struct export **t;
 	size_t n, before = srv.nexports;
+	struct tls_creds *creds = NULL, *old_creds;
+	enum proto_tls mode = PROTO_TLS_OFF;
 
 	(void)loop;
 	(void)w;
@@ -133,11 +194,32 @@ static void on_reload(struct ev_loop *loop, ev_signal *w, int revents)
 		return;
 	}
 	specs = config_merge_exports(&file, &cli, &n);
-	t = specs ? server_build_exports(&srv, specs, n) : NULL;
-	if (!t) {
-		log_error("reload: exports of \"%s\" could not be opened; the previous configuration "
-			  "stays", config_path);
+	if (specs && tls_settings(&file, specs, n, &mode, &creds) < 0) {
+		log_error("reload: TLS settings of \"%s\" refused; the previous configuration stays",
+			  config_path);
+		t = NULL;
+	} else if (specs && mode != srv.tls_mode) {
+		log_error("reload: tls cannot change from %s to %s without a restart; the previous "
+			  "configuration stays", tls_mode_name(srv.tls_mode), tls_mode_name(mode));
+		t = NULL;
 	} else {
+		t = specs ? server_build_exports(&srv, specs, n) : NULL;
+		if (!t)
+			log_error("reload: exports of \"%s\" could not be opened; the previous "
+				  "configuration stays", config_path);
+	}
+	if (!t) {
+		tls_creds_put(creds);
+	} else {
+		/* New credentials for new connections; running ones keep theirs. */
+		pthread_rwlock_wrlock(&srv.exports_lock);
+		old_creds = srv.tls_creds;
+		srv.tls_creds = creds;
+		srv.list_refused = list_refused(&file);
+		pthread_rwlock_unlock(&srv.exports_lock);
+		tls_creds_put(old_creds);
+		if (creds)
+			log_info("reload: TLS credentials reloaded");
 		server_swap_exports(&srv, t, n);
 		log_info("reload: %zu export%s (was %zu); existing connections are untouched", n,
 			 n == 1 ? "" : "s", before);
@@ -194,9 +276,12 @@ static void serve_stdio(void)
 	struct client cl = { .fd = 0, .fd_out = 1 };
 	struct stat st;
 
-	if (fstat(0, &st) == 0 && S_ISSOCK(st.st_mode))
+	if (fstat(0, &st) == 0 && S_ISSOCK(st.st_mode)) {
 		cl.fd_out = 0;
-	else
+		/* inetd's socket: the client's address counts for access rules and logs. */
+		listen_identify(0, &cl);
+		cl.fd = cl.fd_out = 0;
+	} else
 		cl.stream = true;
 	ev_async_init(&srv.single_done, on_single_done);
 	ev_async_start(srv.loop, &srv.single_done);
@@ -294,6 +379,9 @@ int main(int argc, char **argv)
 	specs = config_merge_exports(&file, &cli, &nspecs);
 	if (!specs || config_check_exports(specs, nspecs) < 0)
 		goto out_config;
+	if (tls_init() < 0 || tls_settings(&file, specs, nspecs, &srv.tls_mode, &srv.tls_creds) < 0)
+		goto out_config;
+	srv.list_refused = list_refused(&file);
 	srv.exports = server_build_exports(&srv, specs, nspecs);
 	if (!srv.exports)
 		goto out_config;
@@ -329,6 +417,11 @@ int main(int argc, char **argv)
 	if (srv.max_conns)
 		log_info("at most %u connection%s at a time", srv.max_conns,
 			 srv.max_conns == 1 ? "" : "s");
+	if (srv.tls_mode != PROTO_TLS_OFF)
+		log_info("TLS %s (%s%s%s)", srv.tls_mode == PROTO_TLS_REQUIRE ? "required" :
+			 "offered (STARTTLS)", tls_certs_dir(&file) ? "X.509" : "",
+			 tls_certs_dir(&file) && tls_psk_file(&file) ? ", " : "",
+			 tls_psk_file(&file) ? "PSK" : "");
 	log_info("%u worker%s, buffer pool %zu MiB each%s%s", srv.nworkers,
 		 srv.nworkers == 1 ? "" : "s", srv.pool_bytes >> 20,
 		 config_path ? ", config " : "", config_path ? config_path : "");
@@ -392,6 +485,7 @@ out_config:
 	config_free(&file);
 	config_free(&cli);
 	cache_free(srv.cache);
+	tls_creds_put(srv.tls_creds);
 	pthread_rwlock_destroy(&srv.exports_lock);
 	pthread_mutex_destroy(&srv.clients_lock);
 	free(srv.clients);

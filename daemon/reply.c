@@ -19,7 +19,6 @@ static void reply_send_done(struct conn_op *o, int res);
 /* Sends what is queued, if no send is in flight. */
 static void reply_send(struct conn *c)
 {
-	struct io_uring_sqe *sqe;
 	struct req *q, **tail = &c->sending;
 	struct iovec *iov = c->area->send_iov;
 	size_t n = 0;
@@ -55,8 +54,7 @@ static void reply_send(struct conn *c)
 	c->send_msg.msg_iovlen = n;
 	conn_op_init(&c->send_op, c, reply_send_done);
 	conn_progress(c);
-	sqe = conn_sqe(&c->send_op);
-	conn_prep_sendmsg(sqe, c, &c->send_msg);
+	conn_sendmsg(&c->send_op, &c->send_msg);
 }
 
 void reply_queue(struct req *q)
@@ -123,12 +121,9 @@ static void reply_send_done(struct conn_op *o, int res)
 		m->msg_iovlen--;
 	}
 	if (m->msg_iovlen) {
-		struct io_uring_sqe *sqe;
-
 		m->msg_iov->iov_base = (uint8_t *)m->msg_iov->iov_base + left;
 		m->msg_iov->iov_len -= left;
-		sqe = conn_sqe(&c->send_op);
-		conn_prep_sendmsg(sqe, c, m);
+		conn_sendmsg(&c->send_op, m);
 		return;
 	}
 	reply_recycle_sent(c);

@@ -62,17 +62,15 @@ static void rx_payload_done(struct conn_op *o, int res)
 void rx_payload(struct req *q)
 {
 	struct conn *c = q->c;
-	struct io_uring_sqe *sqe;
 
 	conn_op_init(&q->op, c, rx_payload_done);
 	conn_progress(c);
-	sqe = conn_sqe(&q->op);
 	/* The msghdr lives in the connection: one receive at a time. */
 	memset(&c->rx_msg, 0, sizeof(c->rx_msg));
 	c->rx_msg.msg_iov = q->io_iov;
 	c->rx_msg.msg_iovlen = iov_slice(q->iov, q->niov, q->plan.data_off + q->io_done_bytes,
 					 q->r.len_bytes - q->io_done_bytes, q->io_iov);
-	conn_prep_recvmsg(sqe, c, &c->rx_msg);
+	conn_recvmsg(&q->op, &c->rx_msg);
 }
 
 /*
@@ -113,12 +111,11 @@ static bool rx_take_payload(struct req *q)
 
 static void rx_prep_skip(struct conn *c)
 {
-	struct io_uring_sqe *sqe = conn_sqe(&c->rx_op);
 	size_t n = c->skip_left < CONN_RXBUF_BYTES ? (size_t)c->skip_left : CONN_RXBUF_BYTES;
 
 	conn_progress(c);
 	/* The receive buffer is empty: use it as scratch. */
-	conn_prep_recv(sqe, c, c->rxbuf, n, false);
+	conn_recv(&c->rx_op, c->rxbuf, n, false);
 }
 
 static void rx_skip_done(struct conn_op *o, int res)
@@ -315,8 +312,6 @@ static void rx_done(struct conn_op *o, int res)
 
 void rx_next(struct conn *c)
 {
-	struct io_uring_sqe *sqe;
-
 	while (rx_open(c) && c->rx_end - c->rx_start >= c->rx_hdr_len) {
 		if (c->live_reqs == CONN_MAX_REQS) {
 			c->rx = RX_WAIT_SLOT; /* resumed by rx_slot_freed() */
@@ -337,8 +332,7 @@ void rx_next(struct conn *c)
 	/* Nothing in flight: a small receive, so the area can be given back meanwhile. */
 	c->rx_quiet = !c->live_reqs && !c->rx_end;
 	conn_op_init(&c->rx_op, c, rx_done);
-	sqe = conn_sqe(&c->rx_op);
-	conn_prep_recv(sqe, c, c->rxbuf + c->rx_end,
+	conn_recv(&c->rx_op, c->rxbuf + c->rx_end,
 		       c->rx_quiet ? CONN_RX_QUIET_BYTES : CONN_RXBUF_BYTES - c->rx_end, false);
 }
 
@@ -358,7 +352,8 @@ void rx_slot_freed(struct conn *c)
 
 void rx_start(struct conn *c)
 {
-	char who[64];
+	char who[96];
+	const char *id = tls_conn_identity(c);
 
 	ev_timer_stop(c->w->loop, &c->hs_timer);
 	free(c->hs_buf);
@@ -374,9 +369,10 @@ void rx_start(struct conn *c)
 	c->rx = RX_IDLE;
 	c->rx_hdr_len = proto_request_hdr_len(&c->sess);
 	conn_op_init(&c->resume_op, c, rx_resume);
-	log_info("conn %" PRIu64 ": serving export \"%s\" to %s (%s)", c->id, c->exp->name,
-		 c->stream ? "stdin/stdout" : server_client_name(&c->key, who, sizeof(who)),
+	log_info("conn %" PRIu64 ": serving export \"%s\" to %s%s%s (%s%s)", c->id, c->exp->name,
+		 conn_peer_name(c, who, sizeof(who)), id ? ", TLS identity " : "", id ? id : "",
 		 c->sess.extended ? "extended headers" :
-		 c->sess.structured ? "structured replies" : "simple replies");
+		 c->sess.structured ? "structured replies" : "simple replies",
+		 tls_conn_up(c) ? ", TLS" : "");
 	rx_next(c);
 }

@@ -35,6 +35,16 @@ int proto_session_start(struct proto_session *s, const uint8_t in[PROTO_CLIENT_F
 	return 0;
 }
 
+void proto_session_tls_started(struct proto_session *s)
+{
+	s->structured = false;
+	s->extended = false;
+	s->meta_base_allocation = false;
+	s->meta_export = NULL;
+	s->starttls = false;
+	s->tls = true;
+}
+
 int proto_decode_option(const uint8_t in[PROTO_OPTION_HDR_LEN], struct proto_option *opt)
 {
 	if (proto_get_u64(in) != NBD_IHAVEOPT)
@@ -126,7 +136,9 @@ static int opt_export_name(struct proto_session *s, const struct proto_exports *
 
 	/* This option has no error reply: every refusal is a close. */
 	if (!data || opt->len_bytes > PROTO_NAME_MAX || ex->shutting_down ||
-	    ex->lookup(ex->ctx, (const char *)data, opt->len_bytes, &e) < 0) {
+	    (ex->tls == PROTO_TLS_REQUIRE && !s->tls) ||
+	    ex->lookup(ex->ctx, (const char *)data, opt->len_bytes, &e) < 0 ||
+	    (e.tls_only && !s->tls)) {
 		s->phase = PROTO_PHASE_CLOSE;
 		return 0;
 	}
@@ -142,8 +154,8 @@ static int opt_export_name(struct proto_session *s, const struct proto_exports *
 	return 0;
 }
 
-static int opt_list(const struct proto_exports *ex, const struct proto_option *opt,
-		    struct proto_buf *out)
+static int opt_list(const struct proto_session *s, const struct proto_exports *ex,
+		    const struct proto_option *opt, struct proto_buf *out)
 {
 	struct proto_export e;
 	uint8_t item[4 + PROTO_NAME_MAX * 2 + 2];
@@ -156,10 +168,16 @@ static int opt_list(const struct proto_exports *ex, const struct proto_option *o
 	if (ex->shutting_down)
 		return reply_error(out, opt->option, NBD_REP_ERR_SHUTDOWN,
 				   "server is shutting down");
+	if (ex->list_refused)
+		return reply_error(out, opt->option, NBD_REP_ERR_POLICY,
+				   "this server does not list its exports");
 	for (i = 0; ex->nth(ex->ctx, i, &e) == 0; i++) {
 		size_t nlen = strnlen(e.name, PROTO_NAME_MAX);
 		size_t dlen = strnlen(e.description, PROTO_NAME_MAX);
 
+		/* A TLS-only export is not shown to a client without TLS. */
+		if (e.tls_only && !s->tls)
+			continue;
 		proto_put_u32(item, (uint32_t)nlen);
 		memcpy(item + 4, e.name, nlen);
 		memcpy(item + 4 + nlen, e.description, dlen);
@@ -184,11 +202,12 @@ static int info_reply(struct proto_buf *out, uint32_t option, uint16_t info, con
 /*
  * The export an option names (INFO, GO, the META_CONTEXT options). Returns
  * 0 with *e filled; 1 when it appended the error reply instead (name too
- * long, shutting down, no such export); -ENOBUFS.
+ * long, shutting down, no such export, refused to this client, TLS-only
+ * without TLS); -ENOBUFS.
  */
-static int find_export(const struct proto_exports *ex, const struct proto_option *opt,
-		       const char *name, uint32_t name_len, struct proto_export *e,
-		       struct proto_buf *out)
+static int find_export(const struct proto_session *s, const struct proto_exports *ex,
+		       const struct proto_option *opt, const char *name, uint32_t name_len,
+		       struct proto_export *e, struct proto_buf *out)
 {
 	int ret;
 
@@ -197,8 +216,18 @@ static int find_export(const struct proto_exports *ex, const struct proto_option
 				  "export name longer than %d bytes", PROTO_NAME_MAX);
 	else if (ex->shutting_down)
 		ret = reply_error(out, opt->option, NBD_REP_ERR_SHUTDOWN, "server is shutting down");
-	else if (ex->lookup(ex->ctx, name, name_len, e) < 0)
+	else if ((ret = ex->lookup(ex->ctx, name, name_len, e)) == -EACCES)
+		ret = reply_error(out, opt->option, NBD_REP_ERR_POLICY,
+				  "access to export \"%.*s\" is denied", name_width(name_len), name);
+	else if (ret < 0)
 		ret = reply_error(out, opt->option, NBD_REP_ERR_UNKNOWN, "no export named \"%.*s\"",
+				  name_width(name_len), name);
+	else if (e->tls_only && !s->tls)
+		/* Only INFO and GO may say TLS_REQD; the rest are refused. */
+		ret = reply_error(out, opt->option,
+				  opt->option == NBD_OPT_INFO || opt->option == NBD_OPT_GO ?
+				  NBD_REP_ERR_TLS_REQD : NBD_REP_ERR_POLICY,
+				  "export \"%.*s\" needs TLS: send NBD_OPT_STARTTLS first",
 				  name_width(name_len), name);
 	else
 		return 0;
@@ -229,7 +258,7 @@ static int opt_info_go(struct proto_session *s, const struct proto_exports *ex,
 		return reply_error(out, opt->option, NBD_REP_ERR_INVALID,
 				   "%s: %u information requests do not match the length",
 				   proto_opt_name(opt->option), nreq);
-	ret = find_export(ex, opt, (const char *)data + 4, name_len, &e, out);
+	ret = find_export(s, ex, opt, (const char *)data + 4, name_len, &e, out);
 	if (ret)
 		return ret < 0 ? ret : 0;
 
@@ -327,7 +356,7 @@ static int opt_meta_context(struct proto_session *s, const struct proto_exports 
 		return reply_error(out, opt->option, NBD_REP_ERR_INVALID,
 				   "%s: %u bytes after the last query", proto_opt_name(opt->option),
 				   len - p);
-	ret = find_export(ex, opt, (const char *)data + 4, name_len, &e, out);
+	ret = find_export(s, ex, opt, (const char *)data + 4, name_len, &e, out);
 	if (ret)
 		return ret < 0 ? ret : 0;
 
@@ -369,13 +398,17 @@ static int negotiate_one(struct proto_session *s, const struct proto_exports *ex
 		s->phase = PROTO_PHASE_CLOSE;
 		return proto_encode_option_reply(out, opt->option, NBD_REP_ACK, NULL, 0);
 	}
+	/* FORCEDTLS: nothing but STARTTLS (and ABORT, above) before TLS. */
+	if (ex->tls == PROTO_TLS_REQUIRE && !s->tls && opt->option != NBD_OPT_STARTTLS)
+		return reply_error(out, opt->option, NBD_REP_ERR_TLS_REQD,
+				   "this server requires TLS: send NBD_OPT_STARTTLS first");
 	if (!data)
 		return reply_error(out, opt->option, NBD_REP_ERR_TOO_BIG,
 				   "option data longer than %d bytes", PROTO_OPTION_DATA_MAX);
 
 	switch (opt->option) {
 	case NBD_OPT_LIST:
-		return opt_list(ex, opt, out);
+		return opt_list(s, ex, opt, out);
 	case NBD_OPT_INFO:
 	case NBD_OPT_GO:
 		return opt_info_go(s, ex, opt, data, out);
@@ -383,8 +416,17 @@ static int negotiate_one(struct proto_session *s, const struct proto_exports *ex
 		if (opt->len_bytes != 0)
 			return reply_error(out, opt->option, NBD_REP_ERR_INVALID,
 					   "NBD_OPT_STARTTLS takes no data");
-		return reply_error(out, opt->option, NBD_REP_ERR_POLICY,
-				   "TLS is not supported by this server");
+		if (ex->tls == PROTO_TLS_OFF)
+			return reply_error(out, opt->option, NBD_REP_ERR_POLICY,
+					   "TLS is not enabled on this server");
+		if (s->tls)
+			return reply_error(out, opt->option, NBD_REP_ERR_INVALID,
+					   "TLS is already in use");
+		if (proto_encode_option_reply(out, opt->option, NBD_REP_ACK, NULL, 0) < 0)
+			return -ENOBUFS;
+		/* Nothing more is read in plaintext: the TLS handshake comes next. */
+		s->starttls = true;
+		return 0;
 	case NBD_OPT_STRUCTURED_REPLY:
 		if (opt->len_bytes != 0)
 			return reply_error(out, opt->option, NBD_REP_ERR_INVALID,

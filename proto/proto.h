@@ -172,13 +172,28 @@ struct proto_export {
 	uint32_t min_block;      /* block size constraints (NBD_INFO_BLOCK_SIZE) */
 	uint32_t pref_block;
 	uint32_t max_block;
+	bool tls_only;           /* served only once TLS is up (SELECTIVETLS) */
 	void *opaque;            /* the caller's export, handed back untouched */
 };
 
 /*
- * How negotiation sees the caller's exports. lookup() fills *out and returns
- * 0, or returns -ENOENT. nth() fills *out with the i-th export for LIST and
- * returns 0, or -ENOENT past the last one. Both may be called several times.
+ * The server's TLS mode, as the specification names them: NOTLS (STARTTLS
+ * gets ERR_POLICY), SELECTIVETLS (STARTTLS is accepted; tls_only exports
+ * need it), FORCEDTLS (every option but STARTTLS and ABORT gets
+ * ERR_TLS_REQD until TLS is up).
+ */
+enum proto_tls {
+	PROTO_TLS_OFF,
+	PROTO_TLS_ON,
+	PROTO_TLS_REQUIRE,
+};
+
+/*
+ * How negotiation sees the caller's exports, as this client may see them.
+ * lookup() fills *out and returns 0, or returns -ENOENT (no such export) or
+ * -EACCES (this client is refused it: ERR_POLICY). nth() fills *out with
+ * the i-th export this client may list and returns 0, or -ENOENT past the
+ * last one. Both may be called several times.
  */
 struct proto_exports {
 	int (*lookup)(void *ctx, const char *name, size_t name_len,
@@ -186,6 +201,8 @@ struct proto_exports {
 	int (*nth)(void *ctx, size_t i, struct proto_export *out);
 	void *ctx;
 	bool shutting_down; /* answer ERR_SHUTDOWN to options that would proceed */
+	enum proto_tls tls; /* the server's TLS mode */
+	bool list_refused;  /* answer LIST with ERR_POLICY */
 };
 
 /* Where a connection is in the handshake. */
@@ -205,6 +222,9 @@ struct proto_session {
 	const void *meta_export;  /* ...for this export (its opaque); else none */
 	struct proto_export export; /* valid once phase is TRANSMISSION */
 	uint16_t tflags;          /* transmission flags sent to the client */
+	bool tls;                 /* TLS is up (every option since went over it) */
+	bool starttls;            /* STARTTLS was acknowledged: the caller runs the TLS
+				     handshake, then calls proto_session_tls_started() */
 };
 
 /* An option header as read from the wire. */
@@ -232,6 +252,14 @@ void proto_encode_greeting(uint8_t out[PROTO_GREETING_LEN]);
  * -EPROTO when the client sets a flag it must not (the server then closes).
  */
 int proto_session_start(struct proto_session *s, const uint8_t in[PROTO_CLIENT_FLAGS_LEN]);
+
+/*
+ * The TLS handshake that followed an acknowledged STARTTLS succeeded:
+ * whatever was negotiated before it (structured replies, extended headers,
+ * meta contexts) is forgotten, as the specification requires, and the
+ * client starts over inside TLS.
+ */
+void proto_session_tls_started(struct proto_session *s);
 
 /* Decodes an option header; -EPROTO when the magic is not IHAVEOPT. */
 int proto_decode_option(const uint8_t in[PROTO_OPTION_HDR_LEN], struct proto_option *opt);
