@@ -187,6 +187,7 @@ struct conn {
 	struct proto_session sess;
 	int hs_step;               /* which handshake step the current I/O is for */
 	unsigned hs_options;       /* options received so far */
+	unsigned hs_refusals_logged; /* access refusals logged so far */
 	uint8_t *hs_buf;           /* option payload (heap, handshake only) */
 	size_t hs_cap;
 	struct proto_buf hs_out;   /* replies (heap, handshake only) */

@@ -480,7 +480,6 @@ struct server {
 	enum proto_tls tls_mode;   /* off, on (SELECTIVETLS), require (FORCEDTLS) */
 	struct tls_creds *tls_creds; /* under exports_lock: a reload replaces them */
 	bool list_refused;         /* list = no */
-	struct log_limit refusal_limit; /* access refusals in the log */
 	struct ev_loop *loop;      /* main thread's */
 	atomic_bool shutting_down; /* set once by the main thread (relaxed readers) */
 };

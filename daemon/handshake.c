@@ -32,6 +32,7 @@ enum hs_step {
 
 #define HS_SKIP_CHUNK 65536
 #define HS_MAX_OPTIONS 256 /* per negotiation; real clients send a handful */
+#define HS_REFUSALS_LOGGED 4 /* access refusals logged per connection */
 
 static uint8_t greeting[PROTO_GREETING_LEN];
 static pthread_once_t greeting_once = PTHREAD_ONCE_INIT;
@@ -83,11 +84,12 @@ static int hs_lookup(void *ctx, const char *name, size_t name_len, struct proto_
 	v = access_check(&e->access, &who);
 	out->tls_only = e->access.tls_only;
 	if (v == ACCESS_DENIED) {
-		log_msg_limited(&c->w->srv->refusal_limit, LOG_INFO,
-				"conn %" PRIu64 " (%s%s%s): export \"%s\" refused by its access rules",
-				c->id, conn_peer_name(c, who_s, sizeof(who_s)),
-				who.tls_name ? ", TLS " : "", who.tls_name ? who.tls_name : "",
-				log_escape(name, name_len, name_s, sizeof(name_s)));
+		/* Each connection's refusals, a few: it may ask 256 times. */
+		if (c->hs_refusals_logged++ < HS_REFUSALS_LOGGED)
+			log_info("conn %" PRIu64 " (%s%s%s): export \"%s\" refused by its access rules",
+				 c->id, conn_peer_name(c, who_s, sizeof(who_s)),
+				 who.tls_name ? ", TLS " : "", who.tls_name ? who.tls_name : "",
+				 log_escape(name, name_len, name_s, sizeof(name_s)));
 		return -EACCES;
 	}
 	return 0;

@@ -183,20 +183,18 @@ static void on_reload(struct ev_loop *loop, ev_signal *w, int revents)
 	(void)loop;
 	(void)w;
 	(void)revents;
-	if (!config_path) {
-		log_info("SIGHUP: no --config file to reload");
-		return;
-	}
 	notify_send("RELOADING=1");
-	if (config_load(config_path, &file) < 0) {
+	if (!config_path) {
+		/* The command line's exports stay; TLS credentials are read again. */
+		config_init(&file);
+	} else if (config_load(config_path, &file) < 0) {
 		log_error("reload: \"%s\" refused; the previous configuration stays", config_path);
 		notify_send("READY=1");
 		return;
 	}
 	specs = config_merge_exports(&file, &cli, &n);
 	if (specs && tls_settings(&file, specs, n, &mode, &creds) < 0) {
-		log_error("reload: TLS settings of \"%s\" refused; the previous configuration stays",
-			  config_path);
+		log_error("reload: TLS settings refused; the previous configuration stays");
 		t = NULL;
 	} else if (specs && mode != srv.tls_mode) {
 		log_error("reload: tls cannot change from %s to %s without a restart; the previous "
@@ -205,8 +203,8 @@ static void on_reload(struct ev_loop *loop, ev_signal *w, int revents)
 	} else {
 		t = specs ? server_build_exports(&srv, specs, n) : NULL;
 		if (!t)
-			log_error("reload: exports of \"%s\" could not be opened; the previous "
-				  "configuration stays", config_path);
+			log_error("reload: exports of %s could not be opened; the previous "
+				  "configuration stays", config_path ? config_path : "the command line");
 	}
 	if (!t) {
 		tls_creds_put(creds);

@@ -430,13 +430,28 @@ static void tls_log_failure(struct tls_conn *t, const char *what, int r)
 {
 	char who[96];
 
-	if (r == GNUTLS_E_FATAL_ALERT_RECEIVED || r == GNUTLS_E_WARNING_ALERT_RECEIVED)
-		log_info("conn %" PRIu64 " (%s): TLS %s: the client sent alert \"%s\"", t->c->id,
+	if (r == GNUTLS_E_FATAL_ALERT_RECEIVED || r == GNUTLS_E_WARNING_ALERT_RECEIVED) {
+		log_info("conn %" PRIu64 " (%s): TLS %s failed: the client sent alert \"%s\"", t->c->id,
 			 conn_peer_name(t->c, who, sizeof(who)), what,
 			 gnutls_alert_get_name(gnutls_alert_get(t->s)));
-	else
+	} else if (r == GNUTLS_E_CERTIFICATE_VERIFICATION_ERROR) {
+		gnutls_datum_t why = { NULL, 0 };
+		unsigned status = gnutls_session_get_verify_cert_status(t->s);
+
+		gnutls_certificate_verification_status_print(status, GNUTLS_CRT_X509, &why, 0);
+		log_info("conn %" PRIu64 " (%s): TLS %s failed: client certificate refused: %s",
+			 t->c->id, conn_peer_name(t->c, who, sizeof(who)), what,
+			 why.data ? (const char *)why.data : gnutls_strerror(r));
+		gnutls_free(why.data);
+	} else if (r == GNUTLS_E_PULL_ERROR || r == GNUTLS_E_PREMATURE_TERMINATION) {
+		log_info("conn %" PRIu64 " (%s): TLS %s failed: the client closed the connection (%s)",
+			 t->c->id, conn_peer_name(t->c, who, sizeof(who)), what,
+			 !t->up ? "did it refuse this server's certificate or key?" :
+			 gnutls_strerror(r));
+	} else {
 		log_info("conn %" PRIu64 " (%s): TLS %s failed: %s", t->c->id,
 			 conn_peer_name(t->c, who, sizeof(who)), what, gnutls_strerror(r));
+	}
 }
 
 /* The identity the handshake proved: a PSK username, or a verified certificate's DN. */

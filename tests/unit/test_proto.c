@@ -21,6 +21,9 @@ static const struct proto_export exports[] = {
 	  .max_block = 1 << 25, .opaque = (void *)&exports[1] },
 };
 
+/* "disk" may be made TLS-only, or refused to this client by access rules. */
+static bool tls_only_disk, denied_disk;
+
 static int lookup(void *ctx, const char *name, size_t len, struct proto_export *out)
 {
 	size_t i;
@@ -28,7 +31,10 @@ static int lookup(void *ctx, const char *name, size_t len, struct proto_export *
 	(void)ctx;
 	for (i = 0; i < 2; i++)
 		if (strlen(exports[i].name) == len && !memcmp(exports[i].name, name, len)) {
+			if (i == 1 && denied_disk)
+				return -EACCES;
 			*out = exports[i];
+			out->tls_only = i == 1 && tls_only_disk;
 			return 0;
 		}
 	return -ENOENT;
@@ -37,9 +43,10 @@ static int lookup(void *ctx, const char *name, size_t len, struct proto_export *
 static int nth(void *ctx, size_t i, struct proto_export *out)
 {
 	(void)ctx;
-	if (i >= 2)
+	if (i >= (denied_disk ? 1u : 2u))
 		return -ENOENT;
 	*out = exports[i];
+	out->tls_only = i == 1 && tls_only_disk;
 	return 0;
 }
 
@@ -53,6 +60,10 @@ static void setup(void)
 	uint8_t flags[4];
 
 	ex.shutting_down = false;
+	ex.tls = PROTO_TLS_OFF;
+	ex.list_refused = false;
+	tls_only_disk = false;
+	denied_disk = false;
 	proto_put_u32(flags, NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES);
 	ck_assert_int_eq(proto_session_start(&sess, flags), 0);
 	out.data = outbuf;
@@ -405,6 +416,137 @@ START_TEST(test_starttls_policy)
 	assert_one_error(NBD_OPT_STARTTLS, NBD_REP_ERR_POLICY);
 	ck_assert_int_eq(negotiate(NBD_OPT_STARTTLS, "x", 1), 0);
 	assert_one_error(NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID);
+}
+END_TEST
+
+/* FORCEDTLS: everything but STARTTLS and ABORT is TLS_REQD; EXPORT_NAME closes. */
+START_TEST(test_tls_forced)
+{
+	static const uint32_t opts[] = { NBD_OPT_LIST, NBD_OPT_STRUCTURED_REPLY,
+					 NBD_OPT_EXTENDED_HEADERS, 99 };
+	uint8_t p[64];
+	uint32_t len = info_payload(p, "", NULL, 0);
+	struct reply r[4];
+	size_t i;
+
+	ex.tls = PROTO_TLS_REQUIRE;
+	for (i = 0; i < sizeof(opts) / sizeof(opts[0]); i++) {
+		ck_assert_int_eq(negotiate(opts[i], NULL, 0), 0);
+		assert_one_error(opts[i], NBD_REP_ERR_TLS_REQD);
+	}
+	ck_assert_int_eq(negotiate(NBD_OPT_GO, p, len), 0);
+	assert_one_error(NBD_OPT_GO, NBD_REP_ERR_TLS_REQD);
+	ck_assert_int_eq(negotiate(NBD_OPT_INFO, p, len), 0);
+	assert_one_error(NBD_OPT_INFO, NBD_REP_ERR_TLS_REQD);
+	ck_assert(!sess.structured);
+	ck_assert_int_eq(negotiate(NBD_OPT_STARTTLS, NULL, 0), 0);
+	ck_assert_uint_eq(parse_replies(r, 4), 1);
+	ck_assert_uint_eq(r[0].type, NBD_REP_ACK);
+	ck_assert(sess.starttls);
+	proto_session_tls_started(&sess);
+	ck_assert(sess.tls && !sess.starttls);
+	/* Inside TLS: served, and no TLS_REQD ever. */
+	ck_assert_int_eq(negotiate(NBD_OPT_STARTTLS, NULL, 0), 0);
+	assert_one_error(NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID);
+	ck_assert_int_eq(negotiate(NBD_OPT_GO, p, len), 0);
+	ck_assert_int_eq(sess.phase, PROTO_PHASE_TRANSMISSION);
+}
+END_TEST
+
+START_TEST(test_tls_forced_export_name_closes)
+{
+	ex.tls = PROTO_TLS_REQUIRE;
+	ck_assert_int_eq(negotiate(NBD_OPT_EXPORT_NAME, "", 0), 0);
+	ck_assert_uint_eq(out.len, 0);
+	ck_assert_int_eq(sess.phase, PROTO_PHASE_CLOSE);
+}
+END_TEST
+
+/* What was negotiated before STARTTLS is forgotten after it. */
+START_TEST(test_tls_forgets_options)
+{
+	ex.tls = PROTO_TLS_ON;
+	ck_assert_int_eq(negotiate(NBD_OPT_EXTENDED_HEADERS, NULL, 0), 0);
+	ck_assert(sess.extended && sess.structured);
+	ck_assert_int_eq(negotiate(NBD_OPT_STARTTLS, NULL, 0), 0);
+	proto_session_tls_started(&sess);
+	ck_assert(!sess.extended && !sess.structured && !sess.meta_base_allocation);
+	ck_assert(sess.no_zeroes); /* client flags stay: they came before options */
+}
+END_TEST
+
+/* SELECTIVETLS: a TLS-only export is hidden, TLS_REQD for INFO/GO, POLICY otherwise. */
+START_TEST(test_tls_selective)
+{
+	uint8_t p[64], m[64];
+	uint32_t len = info_payload(p, "disk", NULL, 0);
+	struct reply r[8];
+
+	ex.tls = PROTO_TLS_ON;
+	tls_only_disk = true;
+	ck_assert_int_eq(negotiate(NBD_OPT_LIST, NULL, 0), 0);
+	ck_assert_uint_eq(parse_replies(r, 8), 2); /* "" and ACK */
+	ck_assert_uint_eq(r[0].type, NBD_REP_SERVER);
+	ck_assert_uint_eq(proto_get_u32(r[0].data), 0);
+	ck_assert_int_eq(negotiate(NBD_OPT_INFO, p, len), 0);
+	assert_one_error(NBD_OPT_INFO, NBD_REP_ERR_TLS_REQD);
+	ck_assert_int_eq(negotiate(NBD_OPT_GO, p, len), 0);
+	assert_one_error(NBD_OPT_GO, NBD_REP_ERR_TLS_REQD);
+	ck_assert_int_eq(negotiate(NBD_OPT_STRUCTURED_REPLY, NULL, 0), 0);
+	proto_put_u32(m, 4);
+	memcpy(m + 4, "disk", 4);
+	proto_put_u32(m + 8, 0);
+	ck_assert_int_eq(negotiate(NBD_OPT_LIST_META_CONTEXT, m, 12), 0);
+	assert_one_error(NBD_OPT_LIST_META_CONTEXT, NBD_REP_ERR_POLICY);
+	/* The other export is served without TLS. */
+	len = info_payload(p, "", NULL, 0);
+	ck_assert_int_eq(negotiate(NBD_OPT_INFO, p, len), 0);
+	ck_assert_uint_eq(parse_replies(r, 8), 3);
+	ck_assert_uint_eq(r[2].type, NBD_REP_ACK);
+	ck_assert_int_eq(negotiate(NBD_OPT_EXPORT_NAME, "disk", 4), 0);
+	ck_assert_int_eq(sess.phase, PROTO_PHASE_CLOSE);
+}
+END_TEST
+
+START_TEST(test_tls_selective_after_starttls)
+{
+	uint8_t p[64];
+	uint32_t len = info_payload(p, "disk", NULL, 0);
+	struct reply r[8];
+
+	ex.tls = PROTO_TLS_ON;
+	tls_only_disk = true;
+	ck_assert_int_eq(negotiate(NBD_OPT_STARTTLS, NULL, 0), 0);
+	proto_session_tls_started(&sess);
+	ck_assert_int_eq(negotiate(NBD_OPT_LIST, NULL, 0), 0);
+	ck_assert_uint_eq(parse_replies(r, 8), 3);
+	ck_assert_int_eq(negotiate(NBD_OPT_GO, p, len), 0);
+	ck_assert_int_eq(sess.phase, PROTO_PHASE_TRANSMISSION);
+}
+END_TEST
+
+/* Access refused: ERR_POLICY, and (nth skips it) absent from LIST; EXPORT_NAME closes. */
+START_TEST(test_access_refused)
+{
+	uint8_t p[64];
+	uint32_t len = info_payload(p, "disk", NULL, 0);
+	struct reply r[8];
+
+	denied_disk = true;
+	ck_assert_int_eq(negotiate(NBD_OPT_GO, p, len), 0);
+	assert_one_error(NBD_OPT_GO, NBD_REP_ERR_POLICY);
+	ck_assert_int_eq(negotiate(NBD_OPT_LIST, NULL, 0), 0);
+	ck_assert_uint_eq(parse_replies(r, 8), 2);
+	ck_assert_int_eq(negotiate(NBD_OPT_EXPORT_NAME, "disk", 4), 0);
+	ck_assert_int_eq(sess.phase, PROTO_PHASE_CLOSE);
+}
+END_TEST
+
+START_TEST(test_list_refused)
+{
+	ex.list_refused = true;
+	ck_assert_int_eq(negotiate(NBD_OPT_LIST, NULL, 0), 0);
+	assert_one_error(NBD_OPT_LIST, NBD_REP_ERR_POLICY);
 }
 END_TEST
 
@@ -933,6 +1075,13 @@ static Suite *proto_suite(void)
 	tcase_add_test(hs, test_go_shutting_down);
 	tcase_add_test(hs, test_structured_reply);
 	tcase_add_test(hs, test_starttls_policy);
+	tcase_add_test(hs, test_tls_forced);
+	tcase_add_test(hs, test_tls_forced_export_name_closes);
+	tcase_add_test(hs, test_tls_forgets_options);
+	tcase_add_test(hs, test_tls_selective);
+	tcase_add_test(hs, test_tls_selective_after_starttls);
+	tcase_add_test(hs, test_access_refused);
+	tcase_add_test(hs, test_list_refused);
 	tcase_add_test(hs, test_unknown_option_unsup);
 	tcase_add_test(hs, test_oversized_option_too_big);
 	tcase_add_test(hs, test_enobufs_changes_nothing);
