@@ -252,6 +252,7 @@ SBINDIR    ?= $(PREFIX)/sbin
 MANDIR     ?= $(PREFIX)/share/man
 DOCDIR     ?= $(PREFIX)/share/doc/uringnbd
 UNITDIR    ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
 SYSCONFDIR ?= /etc
 UNITS      := uringnbd.service uringnbd.socket uringnbd@.service
 
@@ -263,6 +264,10 @@ install: $(B)/uringnbd
 	for u in $(UNITS); do \
 	    sed -e 's|/usr/sbin/uringnbd|$(SBINDIR)/uringnbd|' -e 's|/etc/uringnbd|$(SYSCONFDIR)/uringnbd|' \
 	        systemd/$$u >$(DESTDIR)$(UNITDIR)/$$u && chmod 0644 $(DESTDIR)$(UNITDIR)/$$u; done
+	install -D -m 0644 systemd/uringnbd.sysusers $(DESTDIR)$(SYSUSERSDIR)/uringnbd.conf
+	@# The socket's group, now where systemd runs here (at boot elsewhere).
+	[ -n "$(DESTDIR)" ] || ! command -v systemd-sysusers >/dev/null || \
+	    systemd-sysusers $(SYSUSERSDIR)/uringnbd.conf || true
 	install -D -m 0644 systemd/uringnbd.conf.example $(DESTDIR)$(DOCDIR)/uringnbd.conf.example
 	install -D -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
 	@# The example becomes the configuration only where there is none yet.

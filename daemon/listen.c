@@ -214,6 +214,15 @@ static int listener_add(struct server *srv, int fd, const char *desc, const char
 }
 #pragma GCC diagnostic pop
 
+static bool listen_is_loopback(const struct sockaddr *sa)
+{
+	if (sa->sa_family == AF_INET)
+		return (ntohl(((const struct sockaddr_in *)(const void *)sa)->sin_addr.s_addr) >> 24) ==
+		       127;
+	return sa->sa_family == AF_INET6 &&
+	       IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr);
+}
+
 int listen_tcp(struct server *srv, const char *addr, const char *port)
 {
 	struct addrinfo hints, *res, *ai;
@@ -252,6 +261,10 @@ int listen_tcp(struct server *srv, const char *addr, const char *port)
 			freeaddrinfo(res);
 			return ret;
 		}
+		if (srv->tls_mode != PROTO_TLS_REQUIRE && !listen_is_loopback(ai->ai_addr))
+			log_warn("listening on %s without tls = require: anyone on the network who "
+				 "reaches it can use every export that access rules do not refuse, "
+				 "in plaintext", desc);
 		n++;
 	}
 	freeaddrinfo(res);
