@@ -9,6 +9,11 @@ during each run (from /sys/block/DEV/stat), and the server's CPU per GiB and
 context switches per request (over its whole life, all threads; not for
 nbd-server, which daemonizes). Not a test: nothing here asserts a number.
 
+TLS (transport "tls", in BENCH_TRANSPORTS): TCP 127.0.0.1 with TLS required
+and an X.509 certificate made by certtool, for uringnbd, nbdkit
+(--tls=require) and qemu-nbd (--tls-creds); nbd-server is left out. fio's
+libnbd finds the CA in $HOME/.pki/libnbd, a home made for it.
+
 Cold cache (BENCH_COLD=1): every server runs in a memory cgroup limited to
 BENCH_COLD_MEM (256M), so a server that reads through the page cache cannot
 keep the image there, as on a host serving many images (cgroup v1 memory
@@ -37,11 +42,13 @@ RUNTIME = int(os.environ.get("BENCH_RUNTIME", "4"))
 SIZE = os.environ.get("BENCH_SIZE", "1G")
 URINGNBD = os.environ.get("URINGNBD", "build/uringnbd")
 URINGNBD_BASE = os.environ.get("URINGNBD_BASE")
-TRANSPORTS = os.environ.get("BENCH_TRANSPORTS", "unix,tcp").split(",")
+TRANSPORTS = os.environ.get("BENCH_TRANSPORTS", "unix,tcp,tls").split(",")
 COLD = os.environ.get("BENCH_COLD") == "1"
 COLD_MEM = os.environ.get("BENCH_COLD_MEM", "256M")
 DIR = os.path.abspath(os.environ.get("BENCH_DIR", "build/bench"))
 SOCKDIR = "/tmp/uringnbd-bench"
+TLS_DIR = f"{DIR}/tls"
+TLS_HOME = f"{DIR}/tls-home"
 
 # name, rw, bs, iodepth, numjobs (connections), flush at the end
 WORKLOADS = [
@@ -126,6 +133,8 @@ class Server:
         self.pid = None
 
     def uri(self):
+        if self.transport == "tls":
+            return f"nbds://127.0.0.1:{self.port}/{self.export}"
         if self.transport == "tcp":
             return f"nbd://127.0.0.1:{self.port}/{self.export}"
         return f"nbd+unix:///{self.export}?socket={self.sock}"
@@ -135,17 +144,26 @@ class Server:
             os.unlink(self.sock)
         self.export = ""
         log = open(f"{DIR}/{self.name}.log", "a")
-        tcp = self.transport == "tcp"
+        tls = self.transport == "tls"
+        tcp = self.transport in ("tcp", "tls")
         where = ["-b", "127.0.0.1", "-p", str(self.port)] if tcp else ["-U", self.sock]
         if self.name in ("uringnbd", "uringnbd-base"):
             binary = URINGNBD if self.name == "uringnbd" else URINGNBD_BASE
+            if tls:
+                where += ["--tls", "require", "--tls-certificates", TLS_DIR]
             self.proc = subprocess.Popen([binary, *where, self.img], stderr=log)
         elif self.name == "nbdkit":
             where = ["-i", "127.0.0.1", "-p", str(self.port)] if tcp else ["-U", self.sock]
+            if tls:
+                where += ["--tls=require", f"--tls-certificates={TLS_DIR}"]
             self.proc = subprocess.Popen(["nbdkit", "-f", *where, "file",
                                           f"file={self.img}", "cache=none"], stderr=log)
         elif self.name == "qemu-nbd":
             where = ["-b", "127.0.0.1", "-p", str(self.port)] if tcp else ["-k", self.sock]
+            if tls:
+                where += ["--object",
+                          f"tls-creds-x509,id=tls0,endpoint=server,dir={TLS_DIR},verify-peer=off",
+                          "--tls-creds", "tls0"]
             self.proc = subprocess.Popen(["qemu-nbd", *where, "-f", "raw", "-t",
                                           "-e", "8", "--cache=none", "--aio=io_uring",
                                           self.img], stderr=log)
@@ -240,10 +258,34 @@ def fio(target, wl, img):
         args += ["--ioengine=io_uring", "--direct=1", f"--filename={img}"]
     else:
         args += ["--ioengine=nbd", f"--uri={target.uri()}"]
-    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    env = dict(os.environ, HOME=TLS_HOME) if target and target.transport == "tls" else None
+    # Bounded: a client that cannot connect must not hang the run.
+    out = subprocess.run(args, capture_output=True, text=True, check=True, env=env,
+                         timeout=RUNTIME * 3 + 60).stdout
     job = json.loads(out[out.index("{"):])["jobs"][0]
     side = job["read"] if "read" in rw else job["write"]
     return side["iops"], side["bw_bytes"], side["io_bytes"]
+
+
+def make_tls_keys():
+    """A CA and a server certificate for 127.0.0.1 in TLS_DIR; the CA in fio's libnbd home."""
+    os.makedirs(TLS_DIR, exist_ok=True)
+    os.makedirs(f"{TLS_HOME}/.pki/libnbd", exist_ok=True)
+    if not os.path.exists(f"{TLS_DIR}/server-cert.pem"):
+        ct = lambda *a: subprocess.run(["certtool", *a], check=True, capture_output=True)
+        open(f"{TLS_DIR}/ca.info", "w").write("cn = bench CA\nca\ncert_signing_key\n")
+        open(f"{TLS_DIR}/server.info", "w").write(
+            "cn = 127.0.0.1\nip_address = 127.0.0.1\ntls_www_server\nencryption_key\n"
+            "signing_key\n")
+        ct("--generate-privkey", "--outfile", f"{TLS_DIR}/ca-key.pem")
+        ct("--generate-self-signed", "--load-privkey", f"{TLS_DIR}/ca-key.pem", "--template",
+           f"{TLS_DIR}/ca.info", "--outfile", f"{TLS_DIR}/ca-cert.pem")
+        ct("--generate-privkey", "--outfile", f"{TLS_DIR}/server-key.pem")
+        ct("--generate-certificate", "--load-ca-certificate", f"{TLS_DIR}/ca-cert.pem",
+           "--load-ca-privkey", f"{TLS_DIR}/ca-key.pem", "--load-privkey",
+           f"{TLS_DIR}/server-key.pem", "--template", f"{TLS_DIR}/server.info",
+           "--outfile", f"{TLS_DIR}/server-cert.pem")
+    shutil.copy(f"{TLS_DIR}/ca-cert.pem", f"{TLS_HOME}/.pki/libnbd/ca-cert.pem")
 
 
 def fincore_bytes(img):
@@ -272,7 +314,10 @@ def main():
     if only:
         names = [n for n in names if n in only.split(",")]
     # Each server over each transport; the raw file once.
-    targets = [(n, t) for t in TRANSPORTS for n in names if n != "raw file"]
+    targets = [(n, t) for t in TRANSPORTS for n in names
+               if n != "raw file" and not (t == "tls" and n == "nbd-server")]
+    if "tls" in TRANSPORTS:
+        make_tls_keys()
     if "raw file" in names:
         targets.append(("raw file", ""))
     workloads = WORKLOADS
