@@ -193,7 +193,18 @@ check-fuzz: build/fuzz/fuzz_proto $(B)/fuzz/fuzz_server $(B)/uringnbd
 	    { tail -n 40 build/fuzz/log; echo "fuzz: crash saved under build/fuzz/"; exit 1; }
 	$(Q)grep -E '^#[0-9]+.*DONE' build/fuzz/log | sed 's/^/  FUZZ    /' || tail -n 3 build/fuzz/log
 	$(Q)rm -f $(B)/fuzz/server.img && truncate -s 64M $(B)/fuzz/server.img
-	$(Q)$(B)/fuzz/fuzz_server $(CURDIR)/$(B)/uringnbd $(B)/fuzz/server.img $(FUZZ_SECONDS) \
+	$(Q)d=$(B)/fuzz/tls && mkdir -p $$d && [ -s $$d/server-cert.pem ] || { \
+	    printf 'cn = fuzz CA\nca\ncert_signing_key\n' >$$d/ca.info && \
+	    printf 'cn = localhost\ntls_www_server\nencryption_key\nsigning_key\n' >$$d/server.info && \
+	    certtool --generate-privkey --outfile $$d/ca-key.pem 2>/dev/null && \
+	    certtool --generate-self-signed --load-privkey $$d/ca-key.pem --template $$d/ca.info \
+	        --outfile $$d/ca-cert.pem 2>/dev/null && \
+	    certtool --generate-privkey --outfile $$d/server-key.pem 2>/dev/null && \
+	    certtool --generate-certificate --load-ca-certificate $$d/ca-cert.pem \
+	        --load-ca-privkey $$d/ca-key.pem --load-privkey $$d/server-key.pem \
+	        --template $$d/server.info --outfile $$d/server-cert.pem 2>/dev/null; }
+	$(Q)FUZZ_TLS_DIR=$(CURDIR)/$(B)/fuzz/tls \
+	    $(B)/fuzz/fuzz_server $(CURDIR)/$(B)/uringnbd $(B)/fuzz/server.img $(FUZZ_SECONDS) \
 	    | sed 's/^/  FUZZ    /'; exit $${PIPESTATUS[0]}
 
 # ---- static analysis: gcc -fanalyzer, warnings are errors, every module ----

@@ -524,6 +524,8 @@ static void tls_pump_handshake(struct tls_conn *t)
 /* Decrypts into the waiting receive's buffers until it is satisfied or ciphertext runs out. */
 static void tls_pump_read(struct tls_conn *t)
 {
+	unsigned warnings = 0;
+
 	while (t->rd) {
 		const struct iovec *v;
 		ssize_t r;
@@ -566,7 +568,9 @@ static void tls_pump_read(struct tls_conn *t)
 			tls_arm_recv(t);
 			break;
 		}
-		if (r == GNUTLS_E_INTERRUPTED || !gnutls_error_is_fatal((int)r))
+		/* A warning alert and the like, a few times; renegotiation is not offered. */
+		if ((r == GNUTLS_E_INTERRUPTED || !gnutls_error_is_fatal((int)r)) &&
+		    r != GNUTLS_E_REHANDSHAKE && ++warnings < 16)
 			continue;
 		if (r == GNUTLS_E_PREMATURE_TERMINATION || r == GNUTLS_E_PULL_ERROR) {
 			/* The socket ended without close_notify: an end of stream like any other. */

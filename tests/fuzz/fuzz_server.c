@@ -11,6 +11,12 @@
  * waits for its acknowledgement; at the end the image must hold the last
  * acknowledged canary of every block: nothing acknowledged was lost.
  *
+ * With FUZZ_TLS_DIR (a directory of server-cert.pem, server-key.pem and
+ * ca-cert.pem), a third of the cases run the daemon with --tls on, and half
+ * of those send STARTTLS followed by bytes that are not a TLS handshake
+ * (and the random options may send STARTTLS too): the handshake's failure
+ * paths, with the options before and the bytes after it.
+ *
  * usage: fuzz_server URINGNBD IMAGE SECONDS [SEED]
  * A failing case prints its seed; FUZZ_SEED=N with SECONDS 0 replays it
  * alone. The bytes it sent (the first 16 MiB) are saved beside the image
@@ -499,9 +505,12 @@ static bool run_case(uint64_t seed)
 	int sv[2], status, fd;
 	pid_t pid;
 	double t0;
+	const char *tls_dir = getenv("FUZZ_TLS_DIR");
+	bool tls;
 
 	rng = seed;
 	sent_len = 0;
+	tls = tls_dir && below(3) == 0;
 	if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) < 0) {
 		perror("socketpair");
 		exit(2);
@@ -517,8 +526,15 @@ static bool run_case(uint64_t seed)
 			dup2(fd, 2);
 		close(sv[0]);
 		close(sv[1]);
-		execl(daemon_bin, daemon_bin, "--single", "--io-timeout", "1", "--handshake-timeout",
-		      "2", "--pool-size", "32M", "--cache", mode, "-l", "warning", image, (char *)NULL);
+		if (tls)
+			execl(daemon_bin, daemon_bin, "--single", "--io-timeout", "1",
+			      "--handshake-timeout", "2", "--pool-size", "32M", "--cache", mode, "-l",
+			      "warning", "--tls", "on", "--tls-certificates", tls_dir, image,
+			      (char *)NULL);
+		else
+			execl(daemon_bin, daemon_bin, "--single", "--io-timeout", "1",
+			      "--handshake-timeout", "2", "--pool-size", "32M", "--cache", mode, "-l",
+			      "warning", image, (char *)NULL);
 		_exit(127);
 	}
 	close(sv[1]);
@@ -527,6 +543,20 @@ static bool run_case(uint64_t seed)
 	p.deadline = now() + CASE_SECONDS;
 	if (below(6) == 0) {
 		put_garbage(&p, 2000);
+	} else if (tls && below(2)) {
+		uint8_t g[18], f[4];
+
+		/* STARTTLS, then what is not a TLS handshake (maybe a plaintext option). */
+		if (get(&p, g, sizeof(g))) {
+			proto_put_u32(f, NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES);
+			put(&p, f, 4);
+			if (below(2))
+				put_option(&p, NBD_OPT_STRUCTURED_REPLY, NULL, 0);
+			put_option(&p, NBD_OPT_STARTTLS, NULL, 0);
+			if (below(2))
+				put_option(&p, NBD_OPT_LIST, NULL, 0);
+			put_garbage(&p, 2000);
+		}
 	} else if (negotiate(&p)) {
 		write_canary(&p, seed);
 		p.deadline = now() + CASE_SECONDS;

@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: BSD-3-Clause
 # /init of the test guest (busybox sh; real tools by full path). Attaches
 # /dev/nbd0 from uringnbd over 4 virtio-serial connections, puts ext4 on it,
-# checks it, then exercises discard. Prints GUEST PASS or GUEST FAIL: why.
+# checks it, then exercises discard; then /dev/nbd1 over TLS on a fifth.
+# Prints GUEST PASS or GUEST FAIL: why.
 export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
@@ -16,14 +17,14 @@ for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_p
 done
 # The ports appear asynchronously; their names say which are ours.
 for i in $(seq 1 200); do
-    [ "$(ls /sys/class/virtio-ports 2>/dev/null | wc -l)" -ge 4 ] && break
+    [ "$(ls /sys/class/virtio-ports 2>/dev/null | wc -l)" -ge 5 ] && break
     sleep 0.05
 done
 : >/tmp/ports
 for p in /sys/class/virtio-ports/*; do
     case "$(cat "$p/name")" in uringnbd*) echo "$(basename "$p")" >>/tmp/ports ;; esac
 done
-[ "$(wc -l </tmp/ports)" -eq 4 ] || fail "expected 4 ports, found: $(cat /tmp/ports)"
+[ "$(wc -l </tmp/ports)" -eq 5 ] || fail "expected 5 ports, found: $(cat /tmp/ports)"
 for p in $(cat /tmp/ports); do
     for i in $(seq 1 100); do [ -e /dev/$p ] && break; sleep 0.05; done
 done
@@ -67,5 +68,23 @@ sync
 fstrim -v /mnt || fail "fstrim"
 umount /mnt || fail "umount after fstrim"
 /usr/sbin/nbd-client -d /dev/nbd0 || fail "nbd-client -d"
+
+step "attaching /dev/nbd1 over TLS"
+/usr/sbin/nbd-client -unix /tmp/nbd.sock /dev/nbd1 -N secure -cacertfile /etc/tls/ca-cert.pem \
+    -certfile /etc/tls/client-cert.pem -keyfile /etc/tls/client-key.pem -tlshostname localhost ||
+    fail "nbd-client over TLS"
+for i in $(seq 1 200); do
+    [ "$(cat /sys/block/nbd1/size 2>/dev/null)" -gt 0 ] 2>/dev/null && break
+    sleep 0.05
+done
+mount -t ext4 /dev/nbd1 /mnt || fail "mount over TLS"
+(cd /mnt && sha256sum -c /tmp/sums >/dev/null) || fail "checksums differ over TLS"
+echo "written over TLS" >/mnt/over-tls
+dd if=/dev/urandom of=/mnt/tls-random bs=1M count=8 2>/dev/null || fail "write 8 MiB over TLS"
+sync
+umount /mnt || fail "umount over TLS"
+/usr/sbin/e2fsck -fn /dev/nbd1 >/tmp/fsck.log 2>&1 || { cat /tmp/fsck.log; fail "e2fsck over TLS"; }
+step "over TLS: checksums match, 8 MiB written, e2fsck clean"
+/usr/sbin/nbd-client -d /dev/nbd1 || fail "nbd-client -d /dev/nbd1"
 echo "GUEST PASS"
 poweroff -f

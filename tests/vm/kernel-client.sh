@@ -3,12 +3,14 @@
 # The real kernel client: a qemu guest (software emulation, no network
 # device) attaches /dev/nbd0 from uringnbd with nbd-client over 4
 # virtio-serial connections, makes and checks an ext4 filesystem on it,
-# and exercises discard; the host then checks the image itself. Debian's
+# and exercises discard; then attaches the same image again over TLS
+# (nbd-client's user-space TLS, a client certificate made by certtool) and
+# checks and writes it; the host then checks the image itself. Debian's
 # cloud kernel is fetched with apt-get download and cached under build/vm.
 . "$(dirname "$0")/../interop/lib.bash"
 VM=${VM_DIR:-build/vm}
 HERE=$(cd "$(dirname "$0")" && pwd)
-need qemu-system-x86_64 cpio gzip e2fsck debugfs
+need qemu-system-x86_64 cpio gzip e2fsck debugfs certtool
 [ -x /bin/busybox ] || skip "busybox-static is not installed"
 for t in /usr/sbin/nbd-client /usr/bin/socat /usr/sbin/mke2fs /usr/sbin/e2fsck; do
     [ -x $t ] || skip "$t is not installed"
@@ -63,17 +65,40 @@ for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_p
     *) cp "$f" "$R/lib/modules/$m.ko" ;;
     esac
 done
+# TLS: a CA, the server's certificate, and the guest's client certificate.
+KEYS="$T/keys"
+mkdir -p "$KEYS/server" "$R/etc/tls"
+printf 'cn = vm test CA\nca\ncert_signing_key\nexpiration_days = 2\n' >"$KEYS/ca.info"
+printf 'cn = localhost\ndns_name = localhost\ntls_www_server\nencryption_key\nsigning_key\nexpiration_days = 2\n' \
+    >"$KEYS/server.info"
+printf 'cn = guest\ntls_www_client\nencryption_key\nsigning_key\nexpiration_days = 2\n' >"$KEYS/client.info"
+{
+    certtool --generate-privkey --outfile "$KEYS/ca-key.pem" &&
+    certtool --generate-self-signed --load-privkey "$KEYS/ca-key.pem" --template "$KEYS/ca.info" \
+        --outfile "$KEYS/server/ca-cert.pem" &&
+    for who in server client; do
+        certtool --generate-privkey --outfile "$KEYS/$who-key.pem" &&
+        certtool --generate-certificate --load-ca-certificate "$KEYS/server/ca-cert.pem" \
+            --load-ca-privkey "$KEYS/ca-key.pem" --load-privkey "$KEYS/$who-key.pem" \
+            --template "$KEYS/$who.info" --outfile "$KEYS/$who-cert.pem" || exit 1
+    done
+} >/dev/null 2>&1 || fail "certtool"
+cp "$KEYS/server-cert.pem" "$KEYS/server-key.pem" "$KEYS/server/"
+cp "$KEYS/server/ca-cert.pem" "$KEYS/client-cert.pem" "$KEYS/client-key.pem" "$R/etc/tls/"
 install -m 0755 "$HERE/guest-init.sh" "$R/init"
 install -m 0755 "$HERE/pick-port.sh" "$R/bin/pick-port"
 (cd "$R" && find . | cpio -o -H newc --quiet | gzip -1) >"$T/initrd.gz"
 
 # The export, and the guest with one virtio-serial port per connection.
 truncate -s 256M "$T/disk.img"
-start_daemon "$T/disk.img" -n disk0
+# Two exports of one image: disk0 in plaintext, secure only over TLS. The
+# ports connect when qemu starts, long before the guest speaks: no handshake timeout.
+start_daemon "$T/disk.img" -n disk0 -e "secure=$T/disk.img,tls=require" --tls on \
+    --tls-certificates "$KEYS/server" --tls-verify-peer --handshake-timeout 0
 timeout 10 nbd-client -l -unix "$SOCK" >"$T/list" 2>&1 || { cat "$T/list"; fail "nbd-client -l"; }
 grep -q '^disk0' "$T/list" || { cat "$T/list"; fail "nbd-client -l does not list disk0"; }
 ports=()
-for i in 0 1 2 3; do
+for i in 0 1 2 3 4; do
     ports+=(-chardev "socket,id=c$i,path=$SOCK"
             -device "virtserialport,bus=vs.0,chardev=c$i,name=uringnbd$i")
 done
@@ -91,6 +116,8 @@ if ! grep -q '^GUEST PASS' "$T/console.log"; then
     fail "the guest did not pass"
 fi
 grep '^guest:' "$T/console.log"
+grep -q 'serving export "secure" to .*TLS identity CN=guest.*, TLS)' "$T/daemon.log" ||
+    fail "the guest's TLS connection is not in the log"
 stop_daemon
 
 # The host's view of what the guest wrote.
@@ -99,6 +126,8 @@ want=$(tr -d '\r' <"$T/console.log" | awk '$1 == "SUM" && $3 == "random" {print 
 got=$(debugfs -R "cat /random" "$T/disk.img" 2>/dev/null | sha256sum | cut -d' ' -f1)
 [ -n "$want" ] && [ "$want" = "$got" ] || fail "debugfs reads /random as $got, the guest wrote $want"
 debugfs -R "cat /dir/hello" "$T/disk.img" 2>/dev/null | grep -q "hello from the guest" || fail "debugfs /dir/hello"
+debugfs -R "cat /over-tls" "$T/disk.img" 2>/dev/null | grep -q "written over TLS" ||
+    fail "debugfs /over-tls: what the guest wrote over TLS is not in the image"
 used=$(du -k "$T/disk.img" | cut -f1)
 echo "image allocation after discard: $used KiB (64 MiB were written and deleted)"
 [ "$used" -lt $((56 * 1024)) ] || fail "discard punched no holes: $used KiB allocated"
