@@ -79,6 +79,7 @@ void backing_put(struct backing *b)
 		;
 	*pp = b->next;
 	pthread_mutex_unlock(&registry_lock);
+	overlay_close(b->ov);
 	rl_manager_free(b->locks);
 	free(b->path);
 	free(b);

@@ -12,6 +12,11 @@
  * one starts; after the last, the request finishes like a direct read. A
  * prefetch copies nothing and has no buffer.
  *
+ * On an overlay export the cache holds the base's pages (keyed by the
+ * base's file, so every overlay of one base shares them); pages that live
+ * in the overlay are read around it, and overlay writes invalidate
+ * nothing, since the base never changes.
+ *
  * Coherence is kept by the writers: every WRITE, TRIM and WRITE_ZEROES of
  * the file, through any export, calls cache_invalidate() after its I/O and
  * before it unlocks (req_finish), so a fill that read the file before a
@@ -65,9 +70,16 @@ static void slot_prep_read(struct page_slot *s, void *dst)
 	struct req *q = s->q;
 	struct io_uring_sqe *sqe;
 
+	const struct export *e = q->c->exp;
+	uint64_t off = s->index * CACHE_PAGE_BYTES;
+
 	conn_op_init(&s->op, q->c, slot_fill_done);
 	sqe = conn_sqe(&s->op);
-	io_uring_prep_read(sqe, q->c->exp->fd, dst, CACHE_PAGE_BYTES, s->index * CACHE_PAGE_BYTES);
+	/* An overlay's own pages are read around the cache, which holds the base's. */
+	if (e->ov && !s->p && overlay_allocated(e->ov, off))
+		io_uring_prep_read(sqe, e->ov->fd, dst, CACHE_PAGE_BYTES, e->ov->data_off + off);
+	else
+		io_uring_prep_read(sqe, e->fd, dst, CACHE_PAGE_BYTES, off);
 	q->cache_pending++;
 }
 
@@ -86,8 +98,16 @@ static void slot_lookup(struct page_slot *s)
 	struct req *q = s->q;
 	struct cache *cache = srv_cache(q);
 	bool read = q->r.type == NBD_CMD_READ;
+	const struct export *e = q->c->exp;
 	struct cache_page *p;
 
+	/* A page that lives in the overlay: straight from there (stable under the lock). */
+	if (e->ov && overlay_allocated(e->ov, s->index * CACHE_PAGE_BYTES)) {
+		s->p = NULL;
+		if (read)
+			slot_prep_read(s, slot_buf(s));
+		return;
+	}
 	switch (cache_lookup(cache, file_cache_id(q), s->index, &s->w, &p)) {
 	case CACHE_HIT:
 		if (read)

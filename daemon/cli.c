@@ -19,7 +19,7 @@ static void usage(FILE *f)
 		"Export FILE (a regular file or block device) over NBD with O_DIRECT I/O.\n\n"
 		"  -c, --config PATH    read settings and exports from PATH (see uringnbd.conf(5))\n"
 		"  -e, --export NAME=PATH[,readonly][,cache=MODE][,tls=require][,allow=LIST]\n"
-		"                       [,deny=LIST][,tls-allow=LIST][,description=TEXT]\n"
+		"                       [,deny=LIST][,tls-allow=LIST][,overlay=PATH][,description=TEXT]\n"
 		"                       one more export (repeatable); FILE is the export -n names;\n"
 		"                       LIST items are separated by '+' here\n"
 		"  -U, --unix PATH      listen on a unix socket (with only -U, no TCP)\n"
@@ -31,6 +31,8 @@ static void usage(FILE *f)
 		"  -r, --read-only      FILE refuses writes\n"
 		"      --cache MODE     FILE's reads: none (direct), always or auto (default none)\n"
 		"      --cache-size SIZE  the page cache shared by cached exports (default 64M)\n"
+		"      --overlay PATH   FILE is a read-only base; writes go to the overlay file PATH\n"
+		"                       (made if missing; \"temporary\": unlinked, gone at exit)\n"
 		"      --allow LIST     FILE's clients let in (addresses, CIDR, uid:, gid:, all)\n"
 		"      --deny LIST      FILE's clients refused unless --allow lets them in\n"
 		"      --tls-allow LIST FILE only over TLS, to these PSK users or certificate CNs\n"
@@ -119,6 +121,8 @@ static int parse_export(const char *arg, struct export_spec *spec)
 			spec->deny = key + 5;
 		} else if (strncmp(key, "tls-allow=", 10) == 0) {
 			spec->tls_allow = key + 10;
+		} else if (strncmp(key, "overlay=", 8) == 0 && key[8]) {
+			spec->overlay = key + 8;
 		} else {
 			fprintf(stderr, "uringnbd: --export \"%s\": unknown key \"%s\"\n", arg, key);
 			return -1;
@@ -162,6 +166,7 @@ int cli_parse(int argc, char **argv, struct config *cli, const char **config_pat
 		{ "cache-size", required_argument, NULL, 'S' },
 		{ "pid-file", required_argument, NULL, 'F' },
 		{ "allow", required_argument, NULL, 'A' },
+		{ "overlay", required_argument, NULL, 'O' },
 		{ "deny", required_argument, NULL, 'X' },
 		{ "tls-allow", required_argument, NULL, 'W' },
 		{ "tls", required_argument, NULL, 'T' },
@@ -209,6 +214,7 @@ int cli_parse(int argc, char **argv, struct config *cli, const char **config_pat
 		case 'S': if (cli_global(cli, "cache-size", optarg) < 0) return -1; break;
 		case 'F': if (cli_global(cli, "pid-file", optarg) < 0) return -1; break;
 		case 'A': file_spec.allow = optarg; break;
+		case 'O': file_spec.overlay = optarg; break;
 		case 'X': file_spec.deny = optarg; break;
 		case 'W': file_spec.tls_allow = optarg; break;
 		case 'T': if (cli_global(cli, "tls", optarg) < 0) return -1; break;

@@ -318,8 +318,9 @@ int config_load(const char *path, struct config *cfg)
 		}
 		/* [export NAME]: strings live in extra. */
 		if (!strcmp(k, "path") || !strcmp(k, "description") || !strcmp(k, "allow") ||
-		    !strcmp(k, "deny") || !strcmp(k, "tls-allow")) {
+		    !strcmp(k, "deny") || !strcmp(k, "tls-allow") || !strcmp(k, "overlay")) {
 			const char **dst = !strcmp(k, "path") ? &spec->path :
+					   !strcmp(k, "overlay") ? &spec->overlay :
 					   !strcmp(k, "description") ? &spec->description :
 					   !strcmp(k, "allow") ? &spec->allow :
 					   !strcmp(k, "deny") ? &spec->deny : &spec->tls_allow;

@@ -15,6 +15,7 @@
  *   backing.c    the registry of backing files: one lock manager, cache key and
  *                durability error per file, across reloads
  *   export.c     opening and probing backing files
+ *   overlay.c    copy-on-write overlays: the overlay file's format, map and flush
  *   access.c     who may use an export: allow/deny lists, TLS-only, tls-allow
  *   tls.c        GnuTLS credentials, and each connection's TLS on the io_uring path
  *   worker.c     a thread with one libev loop, one io_uring, one buffer pool;
@@ -105,6 +106,7 @@ struct export_spec {
 	const char *deny;
 	const char *tls_allow;
 	bool tls_required;     /* tls = require */
+	const char *overlay;   /* overlay file, "temporary", or NULL (overlay.c) */
 	char *storage;         /* heap copy the strings point into, or NULL */
 	char *extra[6];        /* more heap strings (config file), freed with it */
 	unsigned nextra;
@@ -191,6 +193,7 @@ struct backing {
 	struct rl_manager *locks; /* every request of every export of the file */
 	uint64_t cache_id;        /* its key in the page cache (never reused) */
 	atomic_int durability_err; /* errno of the first failed flush; 0 if none */
+	struct overlay *ov;       /* an overlay file's shared state (overlay.c), or NULL */
 	unsigned refs;            /* exports holding it (under the registry's lock) */
 	struct backing *next;     /* registry list */
 };
@@ -240,6 +243,51 @@ struct tls_creds *tls_creds_load(const char *certs_dir, const char *psk_file, bo
 struct tls_creds *tls_creds_get(struct tls_creds *cr);
 void tls_creds_put(struct tls_creds *cr);
 
+/* ---- overlay.c ---- */
+#define OVERLAY_GRANULE_BYTES (32u * 1024) /* fits the edge-block bounce chunk (EXPORT_MAX_ALIGN_BYTES) */
+struct overlay {
+	int fd;                   /* O_DIRECT, read-write: the granules */
+	int fd_meta;              /* the same file, buffered: header and map */
+	char *path;               /* as configured ("temporary" for an unlinked one) */
+	uint64_t size_bytes;      /* = the base's */
+	ino_t base_ino;
+	uint64_t ngranules;
+	uint64_t map_off, map_bytes, data_off;
+	_Atomic uint64_t *live;   /* bit per granule: its data is in the overlay (reads use it) */
+	pthread_mutex_t flush_lock; /* one flush at a time; guards durable and snapshot */
+	uint8_t *durable;         /* the map as it is on disk */
+	uint8_t *snapshot;        /* a flush's copy of live */
+	bool map_dirty;           /* map pages written, not yet synced */
+};
+/* Opens PATH (created if missing) or an unlinked "temporary" file, O_DIRECT. */
+int overlay_open_file(const char *path, bool *created, int *fd_out);
+/*
+ * Gives backing record b (the overlay file's) its overlay state: formats a
+ * created file, or loads one and checks it was made over this base,
+ * unchanged. A second export of the same file shares the first's state
+ * (fd is then closed). Returns 0, or -errno with err saying why.
+ */
+int overlay_attach(struct backing *b, int fd, bool created, const char *path, int base_fd,
+		   const struct stat *base_st, const char *base_path, uint64_t size,
+		   char *err, size_t errlen);
+/* Flushes the map and frees (the backing record's last reference). */
+void overlay_close(struct overlay *ov);
+bool overlay_allocated(const struct overlay *ov, uint64_t off);
+/* Bytes from off (at most len) that all live in one layer; *in_overlay says which. */
+uint64_t overlay_run(const struct overlay *ov, uint64_t off, uint64_t len, bool *in_overlay);
+/* The granules [off, off + len) touches now live in the overlay (their data is written). */
+void overlay_mark(struct overlay *ov, uint64_t off, uint64_t len);
+/* The alignment to plan a write with: the granule where it would leave part of one unset. */
+uint32_t overlay_write_align(const struct overlay *ov, uint64_t off, uint64_t len, uint32_t align);
+/* Blocking: data, then the map, durable (see overlay.c). Returns 0 or -errno (logged). */
+int overlay_flush(struct overlay *ov);
+/* Blocking: WRITE_ZEROES of [off, off + len), under an exclusive lock over its granules. */
+int overlay_zero(struct overlay *ov, int base_fd, uint64_t off, uint64_t len);
+/* Blocking: base:allocation through both layers. */
+size_t overlay_extents(const struct overlay *ov, int base_fd, uint64_t off, uint64_t len,
+		       bool one, struct proto_extent *ext, size_t max);
+uint64_t overlay_allocated_bytes(const struct overlay *ov);
+
 /* ---- export.c ---- */
 /*
  * An export. Heap object, reference counted: the server's table holds one
@@ -267,7 +315,16 @@ struct export {
 	bool tls_required;
 	struct rl_manager *locks; /* every request locks the byte range it touches */
 	struct backing *backing;  /* whose manager that is (one per file, see backing.c) */
+	/* Overlay exports: fd is the base (read-only); writes go to the overlay. */
+	struct overlay *ov;       /* or NULL */
+	struct backing *ov_backing; /* the overlay file's record: its locks, map, errors */
+	char *overlay_src;        /* as configured, to compare at reload */
 };
+/* The record whose durability errors this export's flushes report. */
+static inline struct backing *export_store(const struct export *e)
+{
+	return e->ov ? e->ov_backing : e->backing;
+}
 
 /*
  * Opens and probes the backing file; logs one clear message on failure.
@@ -411,11 +468,12 @@ void worker_stats_add(const struct worker *w, struct worker_stats *sum);
 /* ---- offload.c: blocking calls on threads of their own ---- */
 /*
  * fn runs on an offload thread (it may block: lseek, ioctl); then op is
- * posted to w with res 0. The job and what fn touches belong to the
+ * posted to w with the res fn set (0 unless it sets one). The job and what fn touches belong to the
  * offload thread until op runs.
  */
 struct offload_job {
 	void (*fn)(struct offload_job *j);
+	int res;                  /* what fn sets: op is posted with it */
 	struct worker *w;
 	struct op *op;
 	struct offload_job *next;

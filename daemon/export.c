@@ -88,6 +88,71 @@ static int export_probe_direct(int fd, uint32_t align, uint64_t size)
 	return err;
 }
 
+/*
+ * The overlay of an export over base st (e->fd, read-only): its file,
+ * shared state, lock manager and alignment. Logs and returns -1 on error.
+ */
+static int export_overlay_open(struct export *e, const struct export_spec *spec,
+			       const struct stat *st)
+{
+	struct stat ost;
+	char err[512] = "";
+	bool created;
+	int fd, ret;
+	uint32_t align;
+
+	if (spec->readonly) {
+		log_error("export \"%s\": readonly and overlay together: the overlay would never "
+			  "be written", spec->name);
+		return -1;
+	}
+	if (e->size_bytes % OVERLAY_GRANULE_BYTES) {
+		log_error("export \"%s\": overlay: the base's size %llu is not a multiple of %u",
+			  spec->name, (unsigned long long)e->size_bytes, OVERLAY_GRANULE_BYTES);
+		return -1;
+	}
+	ret = overlay_open_file(spec->overlay, &created, &fd);
+	if (ret < 0) {
+		log_error("export \"%s\": overlay \"%s\": %s%s", spec->name, spec->overlay,
+			  strerror(-ret), ret == -EINVAL ? " (no O_DIRECT there?)" : "");
+		return -1;
+	}
+	if (fstat(fd, &ost) < 0 || !S_ISREG(ost.st_mode) ||
+	    (ost.st_dev == st->st_dev && ost.st_ino == st->st_ino)) {
+		log_error("export \"%s\": overlay \"%s\": not a regular file apart from the base",
+			  spec->name, spec->overlay);
+		close(fd);
+		return -1;
+	}
+	align = export_probe_align(fd, false);
+	e->ov_backing = backing_get(&ost, spec->overlay);
+	e->overlay_src = strdup(spec->overlay);
+	if (!e->ov_backing || !e->overlay_src) {
+		log_error("export \"%s\": out of memory", spec->name);
+		close(fd);
+		return -1;
+	}
+	ret = overlay_attach(e->ov_backing, fd, created, spec->overlay, e->fd, st, spec->path,
+			     e->size_bytes, err, sizeof(err));
+	if (ret < 0) {
+		log_error("export \"%s\": overlay \"%s\": %s", spec->name, spec->overlay, err);
+		return -1;
+	}
+	e->ov = e->ov_backing->ov;
+	e->locks = e->ov_backing->locks;
+	if (align > e->align_bytes)
+		e->align_bytes = align;
+	if (e->align_bytes > EXPORT_MAX_ALIGN_BYTES) {
+		log_error("export \"%s\": overlay alignment %u too large", spec->name, align);
+		return -1;
+	}
+	e->direct_end = e->size_bytes;
+	log_info("export \"%s\": overlay \"%s\" (%s), %llu bytes of %llu in it",
+		 spec->name, spec->overlay, created ? "new" : "existing",
+		 (unsigned long long)overlay_allocated_bytes(e->ov), (unsigned long long)e->size_bytes);
+	return 0;
+}
+
 /* Who may use it: parsed from spec, and the spec's words kept to compare at reload. */
 static int export_access_init(struct export *e, const struct export_spec *spec)
 {
@@ -128,7 +193,8 @@ struct export *export_open(const struct export_spec *spec)
 		return NULL;
 	}
 	struct stat st;
-	int flags = (spec->readonly ? O_RDONLY : O_RDWR) | O_DIRECT | O_CLOEXEC;
+	/* An overlay export never writes its base. */
+	int flags = (spec->readonly || spec->overlay ? O_RDONLY : O_RDWR) | O_DIRECT | O_CLOEXEC;
 	int err;
 
 	e->fd = e->fd_buffered = -1;
@@ -204,6 +270,10 @@ struct export *export_open(const struct export_spec *spec)
 	}
 	e->backing = backing_get(&st, spec->path);
 	e->locks = e->backing ? e->backing->locks : NULL;
+	if (spec->overlay && export_overlay_open(e, spec, &st) < 0) {
+		err = EINVAL;
+		goto out_free;
+	}
 	e->name = strdup(spec->name ? spec->name : "");
 	e->description = strdup(spec->description ? spec->description : "");
 	e->path = strdup(spec->path);
@@ -238,6 +308,8 @@ struct export *export_open(const struct export_spec *spec)
 
 out_free:
 	export_access_free(e);
+	backing_put(e->ov_backing);
+	free(e->overlay_src);
 	free(e->name);
 	free(e->description);
 	free(e->path);
@@ -262,6 +334,8 @@ void export_put(struct export *e)
 	close(e->fd);
 	close(e->fd_buffered);
 	backing_put(e->backing);
+	backing_put(e->ov_backing);
+	free(e->overlay_src);
 	export_access_free(e);
 	free(e->name);
 	free(e->description);
@@ -281,7 +355,8 @@ bool export_matches(const struct export *e, const struct export_spec *spec)
 	       e->readonly == spec->readonly && e->cache_mode == spec->cache_mode &&
 	       same_str(e->access_src[0], spec->allow) && same_str(e->access_src[1], spec->deny) &&
 	       same_str(e->access_src[2], spec->tls_allow) &&
-	       e->tls_required == spec->tls_required && !export_changed(e, NULL, 0);
+	       e->tls_required == spec->tls_required && same_str(e->overlay_src, spec->overlay) &&
+	       !export_changed(e, NULL, 0);
 }
 
 bool export_changed(const struct export *e, char *why, size_t len)
@@ -326,6 +401,7 @@ struct export *export_reopen(const struct export *e)
 		.deny = e->access_src[1],
 		.tls_allow = e->access_src[2],
 		.tls_required = e->tls_required,
+		.overlay = e->overlay_src,
 	};
 
 	return export_open(&spec);
@@ -350,6 +426,8 @@ size_t export_extents(const struct export *e, uint64_t off, uint64_t len, bool o
 	uint64_t pos = off, end = off + len;
 	size_t n = 0;
 
+	if (e->ov)
+		return overlay_extents(e->ov, e->fd, off, len, one, ext, max);
 	/* A block device reports everything allocated. */
 	if (e->is_blockdev) {
 		ext[0] = (struct proto_extent){ .len_bytes = len, .flags = 0 };

@@ -32,6 +32,51 @@
 
 static void fileio_done(struct conn_op *o, int res);
 
+/*
+ * An overlay export's read or write of the span from io_done_bytes on:
+ * a write goes to the overlay; a read takes the run of granules that live
+ * in one layer (the next run is the "short transfer" that follows).
+ */
+static void fileio_prep_overlay(struct req *q, struct io_uring_sqe *sqe)
+{
+	const struct export *e = q->c->exp;
+	uint64_t pos = q->plan.io_off + q->io_done_bytes, left = q->plan.io_len - q->io_done_bytes;
+	unsigned n;
+	bool in_ov = true;
+
+	if (q->r.type == NBD_CMD_READ)
+		left = overlay_run(e->ov, pos, left, &in_ov);
+	n = iov_slice(q->iov, q->niov, q->io_done_bytes, left, q->io_iov);
+	if (q->r.type == NBD_CMD_READ)
+		io_uring_prep_readv(sqe, in_ov ? e->ov->fd : e->fd, q->io_iov, n,
+				    in_ov ? e->ov->data_off + pos : pos);
+	else
+		io_uring_prep_writev(sqe, e->ov->fd, q->io_iov, n, e->ov->data_off + pos);
+}
+
+/* Overlay FLUSH, FUA, WRITE_ZEROES: blocking calls, on an offload thread. */
+static void fileio_overlay_job(struct offload_job *j)
+{
+	struct req *q = container_of(j, struct req, job);
+	const struct export *e = q->c->exp;
+	int ret = 0;
+
+	if (q->state == REQ_FALLOC)
+		ret = overlay_zero(e->ov, e->fd, q->r.offset, q->r.len_bytes);
+	if (ret == 0 && (q->state != REQ_FALLOC || (q->r.flags & NBD_CMD_FLAG_FUA)))
+		ret = overlay_flush(e->ov);
+	j->res = ret;
+}
+
+static void fileio_overlay_step(struct req *q, enum req_state state)
+{
+	req_set_state(q, state);
+	conn_op_init(&q->op, q->c, fileio_done);
+	conn_expect(&q->op);
+	q->job = (struct offload_job){ .fn = fileio_overlay_job, .w = q->c->w, .op = &q->op.op };
+	offload_queue(&q->job);
+}
+
 /* Queues the I/O of the request's current state (from io_done_bytes on). */
 static void fileio_prep(struct req *q)
 {
@@ -58,6 +103,10 @@ static void fileio_prep(struct req *q)
 		io_uring_prep_fsync(sqe, e->fd, IORING_FSYNC_DATASYNC);
 		return;
 	case REQ_IO:
+		if (e->ov) {
+			fileio_prep_overlay(q, sqe);
+			return;
+		}
 		n = iov_slice(q->iov, q->niov, q->io_done_bytes, q->plan.io_len - q->io_done_bytes,
 			      q->io_iov);
 		if (q->r.type == NBD_CMD_READ)
@@ -74,6 +123,11 @@ static void fileio_prep(struct req *q)
 /* Enters a file I/O state and queues its first I/O. */
 static void fileio_step(struct req *q, enum req_state state)
 {
+	/* An overlay's syncs also make its map durable: a blocking job. */
+	if (q->c->exp->ov && (state == REQ_SYNC || state == REQ_FLUSH)) {
+		fileio_overlay_step(q, state);
+		return;
+	}
 	req_set_state(q, state);
 	conn_op_init(&q->op, q->c, fileio_done);
 	q->io_done_bytes = 0;
@@ -83,7 +137,7 @@ static void fileio_step(struct req *q, enum req_state state)
 /* A flush of this file failed before: nothing is promised durable any more. */
 static bool fileio_lost(const struct req *q)
 {
-	return backing_durability_err(q->c->exp->backing) != 0;
+	return backing_durability_err(export_store(q->c->exp)) != 0;
 }
 
 /* TRIM and WRITE_ZEROES are done: with FUA, make them durable first. */
@@ -147,7 +201,7 @@ static void fileio_data_done(struct req *q, int res)
 			 proto_cmd_name(q->r.type), q->r.offset, q->r.len_bytes, strerror(-res));
 		/* A FUA write that hit an I/O error may have lost earlier writes' writeback too. */
 		if (q->r.type == NBD_CMD_WRITE && (q->r.flags & NBD_CMD_FLAG_FUA) && res == -EIO)
-			backing_fail(c->exp->backing, EIO);
+			backing_fail(export_store(c->exp), EIO);
 		req_finish(q, proto_errno_to_nbd(-res));
 		return;
 	}
@@ -163,6 +217,14 @@ static void fileio_data_done(struct req *q, int res)
 		fileio_prep(q); /* short transfer: the rest */
 		return;
 	}
+	if (c->exp->ov && q->r.type != NBD_CMD_READ) {
+		/* Every granule of the span is whole in the overlay now. */
+		overlay_mark(c->exp->ov, q->plan.io_off, q->plan.io_len);
+		if (q->r.flags & NBD_CMD_FLAG_FUA) {
+			fileio_step(q, REQ_SYNC);
+			return;
+		}
+	}
 	req_finish(q, NBD_SUCCESS);
 }
 
@@ -172,6 +234,13 @@ static void fileio_done(struct conn_op *o, int res)
 
 	if (q->c->state == CONN_CLOSING) {
 		req_finish(q, NBD_EIO);
+		return;
+	}
+	if (q->c->exp->ov && q->state == REQ_FALLOC) {
+		/* overlay_zero, and its flush with FUA, ran on an offload thread. */
+		if (res < 0 && (q->r.flags & NBD_CMD_FLAG_FUA))
+			backing_fail(export_store(q->c->exp), -res);
+		req_finish(q, res < 0 ? proto_errno_to_nbd(-res) : NBD_SUCCESS);
 		return;
 	}
 	switch (q->state) {
@@ -185,7 +254,7 @@ static void fileio_done(struct conn_op *o, int res)
 	case REQ_FLUSH:
 		/* The first failure is remembered: no later flush may say all is well. */
 		if (res < 0)
-			backing_fail(q->c->exp->backing, -res);
+			backing_fail(export_store(q->c->exp), -res);
 		req_finish(q, res < 0 || fileio_lost(q) ? NBD_EIO : NBD_SUCCESS);
 		break;
 	case REQ_IO:
@@ -199,7 +268,7 @@ static void fileio_done(struct conn_op *o, int res)
 static void fileio_rmw_done(struct conn_op *o, int res)
 {
 	struct req *q = container_of(o, struct req, op);
-	uint32_t a = q->c->exp->align_bytes;
+	uint32_t a = q->plan.align_bytes;
 	const uint8_t *bounce = q->bounce.iov_base;
 	const struct plan *p = &q->plan;
 
@@ -230,14 +299,25 @@ static void fileio_rmw_done(struct conn_op *o, int res)
 	fileio_step(q, REQ_IO);
 }
 
+/* Reads one edge block: from the file, or on an overlay from the layer it lives in. */
+static void fileio_prep_edge(struct req *q, void *dst, uint32_t a, uint64_t off)
+{
+	const struct export *e = q->c->exp;
+	struct io_uring_sqe *sqe = conn_sqe(&q->op);
+
+	if (e->ov && overlay_allocated(e->ov, off))
+		io_uring_prep_read(sqe, e->ov->fd, dst, a, e->ov->data_off + off);
+	else
+		io_uring_prep_read(sqe, e->fd, dst, a, off);
+}
+
 /* Under the exclusive lock: read the edge blocks an unaligned write keeps. */
 static void fileio_start_rmw(struct req *q)
 {
 	struct conn *c = q->c;
 	const struct plan *p = &q->plan;
-	uint32_t a = c->exp->align_bytes;
+	uint32_t a = p->align_bytes;
 	uint8_t *bounce = q->bounce.iov_base;
-	struct io_uring_sqe *sqe;
 
 	req_set_state(q, REQ_RMW);
 	conn_op_init(&q->op, c, fileio_rmw_done);
@@ -245,14 +325,12 @@ static void fileio_start_rmw(struct req *q)
 	q->rmw_pending = 0;
 	q->rmw_err = 0;
 	if (p->rmw_head) {
-		sqe = conn_sqe(&q->op);
-		io_uring_prep_read(sqe, c->exp->fd, bounce, a, p->io_off);
+		fileio_prep_edge(q, bounce, a, p->io_off);
 		q->rmw_pending++;
 	}
 	/* A one-block span with both edges unaligned needs one read, not two. */
 	if (p->rmw_tail && !(p->rmw_head && p->io_len == a)) {
-		sqe = conn_sqe(&q->op);
-		io_uring_prep_read(sqe, c->exp->fd, bounce + a, a, p->io_off + p->io_len - a);
+		fileio_prep_edge(q, bounce + a, a, p->io_off + p->io_len - a);
 		q->rmw_pending++;
 	}
 }
@@ -307,6 +385,18 @@ void fileio_start(struct req *q)
 {
 	const struct export *e = q->c->exp;
 
+	if (e->ov && q->r.type == NBD_CMD_TRIM) {
+		/* Advisory, and the base cannot shrink: nothing to do, nothing to sync. */
+		req_finish(q, NBD_SUCCESS);
+		return;
+	}
+	if (e->ov && q->r.type == NBD_CMD_WRITE_ZEROES) {
+		if ((q->r.flags & NBD_CMD_FLAG_FUA) && fileio_lost(q))
+			req_finish(q, NBD_EIO);
+		else
+			fileio_overlay_step(q, REQ_FALLOC);
+		return;
+	}
 	switch (q->r.type) {
 	case NBD_CMD_TRIM:
 		q->falloc_mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;

@@ -461,12 +461,13 @@ out_workers:
 
 		if (e->readonly)
 			continue;
-		if (fdatasync(e->fd) < 0) {
-			log_error("flush \"%s\" at exit: %s", e->path, strerror(errno));
+		if (e->ov ? overlay_flush(e->ov) < 0 : fdatasync(e->fd) < 0) {
+			log_error("flush \"%s\" at exit: %s", e->ov ? e->ov->path : e->path,
+				  strerror(errno));
 			status = 1;
-		} else if (backing_durability_err(e->backing)) {
+		} else if (backing_durability_err(export_store(e))) {
 			log_error("\"%s\": exiting with writes that may have been lost (a flush "
-				  "failed: %s)", e->path, strerror(backing_durability_err(e->backing)));
+				  "failed: %s)", e->path, strerror(backing_durability_err(export_store(e))));
 			status = 1;
 		}
 	}

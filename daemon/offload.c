@@ -38,7 +38,7 @@ static void *offload_main(void *arg)
 		pthread_mutex_unlock(&offload_lock);
 		j->next = NULL;
 		j->fn(j);
-		worker_post(j->w, j->op, 0);
+		worker_post(j->w, j->op, j->res);
 	}
 	return NULL;
 }
@@ -70,7 +70,7 @@ void offload_queue(struct offload_job *j)
 		/* No thread to be had: do it here, still finishing through the loop. */
 		pthread_mutex_unlock(&offload_lock);
 		j->fn(j);
-		worker_post(j->w, j->op, 0);
+		worker_post(j->w, j->op, j->res);
 		return;
 	}
 	j->next = NULL;

@@ -45,6 +45,7 @@ void plan_request(const struct plan_in *in, struct plan *out)
 	uint64_t a_first = off / a * a, a_end = (end + a - 1) / a * a;
 
 	memset(out, 0, sizeof(*out));
+	out->align_bytes = in->align_bytes;
 	out->bounce = in->type == NBD_CMD_BLOCK_STATUS; /* the reply is built there */
 	if (plan_wants_cache(in)) {
 		/* Whole cache pages around the request; the reply slices them. */

@@ -53,6 +53,7 @@ struct plan_in {
 };
 
 struct plan {
+	uint32_t align_bytes;     /* the alignment it was planned with (in's) */
 	uint64_t io_off;          /* file offset of buffer byte 0 */
 	uint64_t io_len;          /* bytes of file I/O: the span, or the request */
 	uint32_t data_off;        /* the client's bytes start here in the buffer */

@@ -33,7 +33,7 @@ static const uint32_t req_from[REQ_NSTATES] = {
 	[REQ_IO] = S(REQ_LOCKED) | S(REQ_RMW),
 	[REQ_FALLOC] = S(REQ_LOCKED) | S(REQ_FALLOC),
 	[REQ_ZERO_WRITE] = S(REQ_FALLOC),
-	[REQ_SYNC] = S(REQ_LOCKED) | S(REQ_FALLOC) | S(REQ_ZERO_WRITE),
+	[REQ_SYNC] = S(REQ_LOCKED) | S(REQ_FALLOC) | S(REQ_ZERO_WRITE) | S(REQ_IO),
 	[REQ_CACHED] = S(REQ_LOCKED),
 	[REQ_EXTENTS] = S(REQ_LOCKED),
 	[REQ_FLUSH] = S(REQ_NEW),
@@ -193,7 +193,8 @@ void req_finish(struct req *q, uint32_t nbd_error)
 
 	if (req_locked(q)) {
 		/* Before unlocking, so that no read can fill a page from before it afterwards. */
-		if (cache && q->plan.exclusive)
+		/* An overlay's writes leave its base, the cached file, as it was. */
+		if (cache && q->plan.exclusive && !c->exp->ov)
 			cache_invalidate(cache, c->exp->backing->cache_id, q->r.offset,
 					 q->r.len_bytes);
 		rl_release(c->exp->locks, &q->lock);
