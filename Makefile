@@ -7,7 +7,8 @@
 #   make check-unit fast unit tests, no sockets
 #   make check-vm   the kernel NBD client in a qemu guest (also part of check)
 #   make bench      side-by-side benchmark against nbd-server, nbdkit, qemu-nbd
-#                   (bench-lock: the lock manager; bench-idle: memory per idle connection)
+#                   (bench-lock: the lock manager; bench-idle: memory per idle connection;
+#                   bench-overlay: copy-on-write overlays against nbdkit's cow and qemu-nbd -s)
 #   make analyze    gcc -fanalyzer over every module, daemon/ included
 #   make install    PREFIX=/usr/local DESTDIR=
 #   SANITIZE=1      ASan+UBSan build and tests    WERROR=1  -Werror    V=1  full commands
@@ -71,11 +72,11 @@ FAULT_TESTS   := $(filter-out tests/faults/faultlib.py,$(wildcard tests/faults/*
 VM_TESTS      := tests/vm/kernel-client.sh
 
 .SECONDARY:
-.PHONY: analyze check-vm bench bench-idle fuzz check-fuzz bench-lock all run check check-unit check-integration check-interop check-faults check-tests install clean deps deps-test
+.PHONY: analyze check-vm bench bench-idle bench-overlay fuzz check-fuzz bench-lock all run check check-unit check-integration check-interop check-faults check-tests install clean deps deps-test
 all: $(B)/uringnbd
 
 # Goals that may install packages build after them; plain `make` never does.
-INSTALLING_GOALS := deps deps-test run check check-% bench bench-lock fuzz analyze
+INSTALLING_GOALS := deps deps-test run check check-% bench bench-% fuzz analyze
 DEPS_FIRST := $(if $(filter $(INSTALLING_GOALS),$(MAKECMDGOALS)),$(B)/.deps-build)
 
 # ---- Debian packages: installed when missing (as root), else the command is printed ----
@@ -161,6 +162,10 @@ bench: $(B)/uringnbd bench-lock bench-idle | $(B)/.deps-test
 	$(Q)URINGNBD=$(CURDIR)/$(B)/uringnbd BENCH_DIR=$(CURDIR)/build/bench python3 tests/bench/bench.py
 
 # Memory per idle connection (10,000 of them) against nbdkit and qemu-nbd.
+bench-overlay: $(B)/uringnbd | $(B)/.deps-test
+	$(Q)URINGNBD=$(CURDIR)/$(B)/uringnbd BENCH_DIR=$(CURDIR)/build/bench /usr/bin/python3 \
+	    tests/bench/overlay_bench.py
+
 bench-idle: $(B)/uringnbd | $(B)/.deps-test
 	$(Q)URINGNBD=$(CURDIR)/$(B)/uringnbd BENCH_DIR=$(CURDIR)/build/bench python3 tests/bench/idle_rss.py \
 	    | tee $(B)/bench-idle.txt
