@@ -24,7 +24,7 @@ BUILD_PKGS := gcc make pkg-config liburing-dev libev-dev libnbd-dev check libgnu
 TEST_PKGS  := libnbd-bin qemu-utils nbdkit nbd-server nbd-client fio python3-libnbd \
               fuse3 libfuse3-dev e2fsprogs xfsprogs btrfs-progs util-linux procps bc clang \
               libclang-rt-14-dev \
-              qemu-system-x86 busybox-static socat cpio mandoc systemd gnutls-bin
+              qemu-system-x86 busybox-static socat cpio mandoc systemd gnutls-bin mmdebstrap
 
 WARN   := -Wall -Wextra -Wshadow -Wvla -Wstrict-prototypes -Wmissing-prototypes \
           -Wformat=2 -Wundef -fno-common
@@ -69,7 +69,7 @@ DAEMON_LIBS := -luring -lev $$(pkg-config --libs gnutls)
 
 INTEROP_TESTS := $(wildcard tests/interop/*.sh tests/interop/*.py)
 FAULT_TESTS   := $(filter-out tests/faults/faultlib.py,$(wildcard tests/faults/*.py))
-VM_TESTS      := tests/vm/kernel-client.sh
+VM_TESTS      := tests/vm/kernel-client.sh tests/vm/systemd.sh
 
 .SECONDARY:
 .PHONY: analyze check-vm bench bench-idle bench-overlay fuzz check-fuzz bench-lock all run check check-unit check-integration check-interop check-faults check-tests install clean deps deps-test
@@ -293,4 +293,4 @@ install: $(B)/uringnbd
 clean:
 	rm -rf build
 
--include $(shell find build -name '*.d' -type f 2>/dev/null)
+-include $(shell find build \( -path build/tmp -o -path build/vm -o -path build/bench \) -prune -o -name '*.d' -type f -print 2>/dev/null)

@@ -17,29 +17,8 @@ for t in /usr/sbin/nbd-client /usr/bin/socat /usr/sbin/mke2fs /usr/sbin/e2fsck; 
 done
 mkdir -p "$VM"
 
-# The kernel: the newest cloud kernel Debian has, unpacked, never installed.
-cloud_kernel() {
-    apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}'
-}
-pkg=$(cloud_kernel)
-if [ -z "$pkg" ] && [ "$(id -u)" = 0 ]; then
-    apt-get update -q >/dev/null 2>&1 || true  # a fresh machine may have no package lists
-    pkg=$(cloud_kernel)
-fi
-if [ -z "$pkg" ]; then
-    pkg=$(ls "$VM" | sed -n 's/^kernel-//p' | tail -n 1)
-    [ -n "$pkg" ] || skip "no linux-image-cloud-amd64 known to apt (run apt-get update)"
-fi
-K="$VM/kernel-$pkg"
-if [ ! -f "$K/done" ]; then
-    rm -rf "$K" && mkdir -p "$K"
-    (cd "$K" && chmod 777 . && apt-get download "$pkg" >/dev/null 2>&1) || fail "apt-get download $pkg"
-    dpkg -x "$K"/*.deb "$K/root" || fail "unpacking $pkg"
-    rm -f "$K"/*.deb
-    touch "$K/done"
-fi
-kver=$(ls "$K/root/lib/modules")
-vmlinuz=$(ls "$K"/root/boot/vmlinuz-*)
+. "$HERE/kernel.sh"
+vm_kernel
 
 # The initramfs: busybox, the real tools and their libraries, 7 modules.
 R="$T/initramfs"

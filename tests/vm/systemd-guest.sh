@@ -1,0 +1,114 @@
+#!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
+# Runs inside the systemd guest (tests/vm/systemd.sh) as vmtest.service,
+# after boot, with the units exactly as `make install` put them. Prints
+# "guest: ..." steps and GUEST PASS or GUEST FAIL: why on the serial
+# console, then powers the guest off.
+fail() {
+    echo "GUEST FAIL: $*"
+    journalctl -b --no-pager -n 60 -u 'uringnbd*' 2>&1 | sed 's/^/journal: /'
+    systemctl poweroff --no-block
+    exit 1
+}
+step() { echo "guest: $(cut -d' ' -f1 /proc/uptime)s $*"; }
+step "booted; systemd $(systemctl --version | head -n 1 | cut -d' ' -f2)"
+
+getent group uringnbd >/dev/null || fail "systemd-sysusers did not create group uringnbd"
+mkdir -p /srv/nbd
+truncate -s 256M /srv/nbd/disk0.img
+chmod 0600 /srv/nbd/disk0.img
+cat >/etc/uringnbd/uringnbd.conf <<EOF
+[export disk0]
+path = /srv/nbd/disk0.img
+description = the VM test's disk
+EOF
+
+step "systemctl enable --now uringnbd.socket"
+systemctl enable --now uringnbd.socket || fail "enable --now uringnbd.socket"
+[ "$(stat -c '%a %G' /run/uringnbd.sock)" = "660 uringnbd" ] ||
+    fail "socket mode/group: $(stat -c '%a %G' /run/uringnbd.sock)"
+systemctl is-active -q uringnbd.service && fail "the service runs before any connection"
+modprobe nbd || fail "modprobe nbd"
+step "nbd-client attaches /dev/nbd0 (socket activation)"
+nbd-client -unix /run/uringnbd.sock /dev/nbd0 -N disk0 -C 2 || fail "nbd-client"
+systemctl is-active -q uringnbd.service || fail "the first connection did not start the service"
+journalctl -b --no-pager -u uringnbd.service | grep -q 'listening on socket-activated fd 3 (nbd)' ||
+    fail "the daemon did not get the socket named by FileDescriptorName=nbd"
+[ "$(cat /sys/block/nbd0/size)" -gt 0 ] || fail "/dev/nbd0 has no size"
+mkfs.ext4 -q -F /dev/nbd0 || fail "mkfs.ext4"
+mkdir -p /mnt && mount /dev/nbd0 /mnt || fail "mount"
+for i in 1 2 3 4 5 6; do
+    head -c $((i * 150000)) /dev/urandom >/mnt/file$i || fail "write file$i"
+done
+echo "hello from systemd" >/mnt/hello
+(cd /mnt && sha256sum file* hello) >/tmp/sums
+umount /mnt || fail "umount"
+mount /dev/nbd0 /mnt && (cd /mnt && sha256sum -c --quiet /tmp/sums) || fail "checksums after remount"
+umount /mnt
+sed 's/^/SUM /' /tmp/sums
+nbd-client -d /dev/nbd0 || fail "nbd-client -d"
+step "ext4 made, written, checked and detached"
+
+status=$(systemctl show -p StatusText --value uringnbd.service)
+step "STATUS=$status"
+case "$status" in "serving 1 export"*) ;; *) fail "no STATUS= line from the daemon: '$status'" ;; esac
+
+step "systemctl reload adds an export"
+truncate -s 64M /srv/nbd/disk1.img
+printf '[export disk1]\npath = /srv/nbd/disk1.img\n' >>/etc/uringnbd/uringnbd.conf
+systemctl reload uringnbd.service || fail "systemctl reload"
+# The reload is a signal: the new table is in place a moment later.
+for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
+    nbd-client -l -unix /run/uringnbd.sock >/tmp/list 2>&1 || fail "nbd-client -l: $(cat /tmp/list)"
+    grep -q '^disk1' /tmp/list && break
+    sleep 0.1
+done
+grep -q '^disk1' /tmp/list || fail "the reloaded export is not listed: $(cat /tmp/list)"
+systemctl is-active -q uringnbd.service || fail "the service is not active after reload"
+
+step "systemctl stop"
+t0=$(cut -d' ' -f1 /proc/uptime)
+systemctl stop uringnbd.service uringnbd.socket || fail "systemctl stop"
+t1=$(cut -d' ' -f1 /proc/uptime)
+step "stopped in $(echo "$t0 $t1" | awk '{printf "%.2f", $2 - $1}') s"
+[ "$(systemctl show -p Result --value uringnbd.service)" = success ] ||
+    fail "stop result: $(systemctl show -p Result --value uringnbd.service)"
+journalctl -b --no-pager -u uringnbd.service >/tmp/journal
+grep -q 'shutting down' /tmp/journal || fail "no clean shutdown in the journal"
+grep -q 'SIGKILL\|Killing process' /tmp/journal && fail "the stop timed out and killed the daemon"
+
+step "uringnbd@inst.service with its own configuration"
+cat >/etc/uringnbd/inst.conf <<EOF
+[global]
+unix = /run/uringnbd/inst.sock
+[export x]
+path = /srv/nbd/disk1.img
+EOF
+systemctl start uringnbd@inst.service || fail "start uringnbd@inst"
+nbd-client -l -unix /run/uringnbd/inst.sock 2>&1 | grep -q '^x' || fail "uringnbd@inst does not serve x"
+systemctl stop uringnbd@inst.service || fail "stop uringnbd@inst"
+
+step "a block device through a drop-in"
+[ -b /dev/vdb ] || fail "no /dev/vdb"
+cat >/etc/uringnbd/blk.conf <<EOF
+[global]
+unix = /run/uringnbd/blk.sock
+[export b]
+path = /dev/vdb
+EOF
+# Without the drop-in the device cannot be opened: the unit says so.
+systemctl start uringnbd@blk.service && fail "a block device was served without DeviceAllow="
+mkdir -p /etc/systemd/system/uringnbd@blk.service.d
+printf '[Service]\nPrivateDevices=no\nDeviceAllow=/dev/vdb rw\n' \
+    >/etc/systemd/system/uringnbd@blk.service.d/device.conf
+systemctl daemon-reload
+systemctl reset-failed uringnbd@blk.service
+systemctl start uringnbd@blk.service || fail "start uringnbd@blk with the drop-in"
+nbd-client -unix /run/uringnbd/blk.sock /dev/nbd1 -N b || fail "nbd-client on the block device"
+echo "written through the device export" | dd of=/dev/nbd1 bs=4096 conv=sync,fsync 2>/dev/null ||
+    fail "write to /dev/nbd1"
+nbd-client -d /dev/nbd1
+systemctl stop uringnbd@blk.service || fail "stop uringnbd@blk"
+step "all steps done"
+echo "GUEST PASS"
+systemctl poweroff --no-block

@@ -1,0 +1,132 @@
+#!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
+# The shipped units under a real systemd: a Debian 12 root filesystem built
+# by mmdebstrap from Debian's packages (cached in build/vm, so later runs
+# need no package registry) boots under qemu with Debian's cloud kernel and
+# systemd as PID 1; uringnbd is installed into it with `make install
+# DESTDIR=...` as a user would. tests/vm/systemd-guest.sh then runs as a
+# unit: socket activation, nbd-client attaching /dev/nbd0, ext4 written and
+# checked, STATUS=, reload, stop within the timeout with a clean shutdown
+# in the journal, uringnbd@.service, and a block device through a drop-in.
+# The host checks the image afterwards (e2fsck -fn and the checksums).
+. "$(dirname "$0")/../interop/lib.bash"
+VM=${VM_DIR:-build/vm}
+HERE=$(cd "$(dirname "$0")" && pwd)
+need qemu-system-x86_64 cpio gzip e2fsck debugfs mkfs.ext4 tar
+[ -x /bin/busybox ] || skip "busybox-static is not installed"
+[ "$(id -u)" = 0 ] || skip "needs root to unpack a root filesystem"
+mkdir -p "$VM"
+. "$HERE/kernel.sh"
+vm_kernel
+
+# The root filesystem, built once.
+ROOTFS="$VM/rootfs-bookworm.tar"
+if [ ! -s "$ROOTFS" ]; then
+    if ! command -v mmdebstrap >/dev/null; then
+        apt-get install -y -q mmdebstrap >/dev/null 2>&1 ||
+            skip "mmdebstrap is not installed and the package registry cannot provide it"
+    fi
+    start=$(date +%s)
+    mmdebstrap --variant=minbase \
+        --include=systemd,systemd-sysv,udev,kmod,nbd-client,e2fsprogs,util-linux,libev4,liburing2,libgnutls30 \
+        --customize-hook='rm -f "$1"/etc/machine-id' bookworm "$ROOTFS.tmp" \
+        >"$T/mmdebstrap.log" 2>&1 ||
+        skip "the root filesystem cannot be built (no package registry?): $(tail -n 1 "$T/mmdebstrap.log")"
+    mv "$ROOTFS.tmp" "$ROOTFS"
+    echo "root filesystem built in $(($(date +%s) - start)) s"
+fi
+
+R="$T/root"
+mkdir -p "$R"
+tar -xf "$ROOTFS" -C "$R" || fail "unpacking the root filesystem"
+mkdir -p "$R/lib/modules" && cp -a "$K/root/lib/modules/$kver" "$R/lib/modules/"
+chroot "$R" /sbin/depmod "$kver" || fail "depmod in the root filesystem"
+# A machine id of its own: without one systemd's first boot would enable every
+# unit by preset, uringnbd.service included, and this test wants to do that itself.
+head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$R/etc/machine-id"
+echo >>"$R/etc/machine-id"
+# Installed as a user would; the plain build (an ASan build needs libraries the guest lacks).
+env -u MAKEFLAGS -u MAKELEVEL make -s install DESTDIR="$(cd "$R" && pwd)" PREFIX=/usr \
+    SANITIZE= >"$T/install.log" 2>&1 || { cat "$T/install.log"; fail "make install"; }
+install -m 0755 "$HERE/systemd-guest.sh" "$R/usr/local/sbin/vmtest"
+cat >"$R/etc/systemd/system/vmtest.service" <<'EOF'
+[Unit]
+Description=uringnbd VM test
+After=multi-user.target
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/vmtest
+StandardOutput=tty
+StandardError=tty
+TTYPath=/dev/ttyS0
+EOF
+mkdir -p "$R/etc/systemd/system/multi-user.target.wants"
+ln -sf /etc/systemd/system/vmtest.service "$R/etc/systemd/system/multi-user.target.wants/"
+# No login prompts or waits on the console; the test is the only job.
+ln -sf /dev/null "$R/etc/systemd/system/serial-getty@ttyS0.service"
+ln -sf /dev/null "$R/etc/systemd/system/getty@tty1.service"
+echo uringnbd-vm >"$R/etc/hostname"
+mkfs.ext4 -q -F -d "$R" "$T/root.img" 1536M || fail "mkfs.ext4 -d of the root filesystem"
+rm -rf "$R"
+truncate -s 64M "$T/blk.img"
+
+# The initramfs: busybox mounts the root disk and hands over to systemd.
+I="$T/initramfs"
+mkdir -p "$I"/{bin,proc,sys,dev,newroot,lib/modules}
+cp /bin/busybox "$I/bin/busybox"
+for a in sh mount insmod switch_root sleep mkdir; do ln -sf busybox "$I/bin/$a"; done
+for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk; do
+    f=$(find "$K/root/lib/modules/$kver" -name "$m.ko*" | head -n 1)
+    [ -n "$f" ] || fail "module $m not in the kernel package"
+    case "$f" in
+    *.xz) xz -dc "$f" >"$I/lib/modules/$m.ko" ;;
+    *.zst) zstd -qdc "$f" >"$I/lib/modules/$m.ko" ;;
+    *) cp "$f" "$I/lib/modules/$m.ko" ;;
+    esac
+done
+cat >"$I/init" <<'EOF'
+#!/bin/sh
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk; do
+    insmod /lib/modules/$m.ko
+done
+for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
+    [ -b /dev/vda ] && break
+    sleep 0.2
+done
+mount -t ext4 -o rw /dev/vda /newroot || { echo "initramfs: no root"; exec sh; }
+umount /proc /sys
+mount --move /dev /newroot/dev
+exec switch_root /newroot /lib/systemd/systemd
+EOF
+chmod 0755 "$I/init"
+(cd "$I" && find . | cpio -o -H newc --quiet | gzip -1) >"$T/initrd.gz"
+
+start=$(date +%s)
+timeout 600 qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 1024 -nodefaults -display none \
+    -no-reboot -serial "file:$T/console.log" -kernel "$vmlinuz" -initrd "$T/initrd.gz" \
+    -append "console=ttyS0 panic=-1 quiet systemd.show_status=false" \
+    -drive "file=$T/root.img,if=virtio,format=raw" -drive "file=$T/blk.img,if=virtio,format=raw" \
+    >"$T/qemu.log" 2>&1
+rc=$?
+echo "guest ran $(($(date +%s) - start)) s (qemu exit $rc)"
+grep '^guest:' "$T/console.log" | tr -d '\r'
+if ! grep -q '^GUEST PASS' "$T/console.log"; then
+    echo "---- guest console ----" >&2
+    tail -n 80 "$T/console.log" >&2
+    cat "$T/qemu.log" >&2
+    fail "the guest did not pass"
+fi
+
+# The host's view of what the guest wrote through uringnbd.
+debugfs -R "dump /srv/nbd/disk0.img $T/disk0.img" "$T/root.img" >/dev/null 2>&1 ||
+    fail "debugfs could not take the export's image out of the guest's disk"
+timeout 60 e2fsck -fn "$T/disk0.img" >"$T/fsck.log" 2>&1 || { cat "$T/fsck.log"; fail "e2fsck of the image"; }
+want=$(tr -d '\r' <"$T/console.log" | awk '$1 == "SUM" && $3 == "hello" {print $2}')
+got=$(debugfs -R "cat /hello" "$T/disk0.img" 2>/dev/null | sha256sum | cut -d' ' -f1)
+[ -n "$want" ] && [ "$want" = "$got" ] || fail "debugfs reads /hello as $got, the guest wrote $want"
+head -c 64 "$T/blk.img" | grep -q "written through the device export" ||
+    fail "the block device export's write is not on the device"
+echo "systemd: socket activation, nbd-client, reload, STATUS=, stop, instance and device units"
