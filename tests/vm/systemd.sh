@@ -27,7 +27,8 @@ if [ ! -s "$ROOTFS" ]; then
             skip "mmdebstrap is not installed and the package registry cannot provide it"
     fi
     start=$(date +%s)
-    mmdebstrap --variant=minbase \
+    rm -rf "$ROOTFS.tmp"
+    mmdebstrap --variant=minbase --format=tar \
         --include=systemd,systemd-sysv,udev,kmod,nbd-client,e2fsprogs,util-linux,libev4,liburing2,libgnutls30 \
         --customize-hook='rm -f "$1"/etc/machine-id' bookworm "$ROOTFS.tmp" \
         >"$T/mmdebstrap.log" 2>&1 ||
