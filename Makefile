@@ -293,4 +293,4 @@ install: $(B)/uringnbd
 clean:
 	rm -rf build
 
--include $(shell find build \( -path build/tmp -o -path build/vm -o -path build/bench \) -prune -o -name '*.d' -type f -print 2>/dev/null)
+-include $(shell find build \( -path build/tmp -o -path build/sanitize/tmp -o -path build/vm -o -path build/bench \) -prune -o -name '*.d' -type f -print 2>/dev/null)
