@@ -158,7 +158,7 @@ $(B)/tests/bench/rl_bench: $(B)/tests/bench/rl_bench.o $(LOCK_OBJ)
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^
 
 # ---- benchmarks (measure; never part of check) ----
-bench: $(B)/uringnbd bench-lock bench-idle | $(B)/.deps-test
+bench: $(B)/uringnbd bench-lock bench-idle bench-overlay | $(B)/.deps-test
 	$(Q)URINGNBD=$(CURDIR)/$(B)/uringnbd BENCH_DIR=$(CURDIR)/build/bench python3 tests/bench/bench.py
 
 # Memory per idle connection (10,000 of them) against nbdkit and qemu-nbd.
