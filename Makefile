@@ -139,6 +139,10 @@ $(B)/tests/unit/test_plan: $(B)/tests/unit/test_plan.o $(B)/daemon/plan.o
 	$(quiet) LD $@
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $$(pkg-config --libs check)
 
+$(B)/tests/unit/test_access: $(B)/tests/unit/test_access.o $(B)/daemon/access.o
+	$(quiet) LD $@
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $$(pkg-config --libs check)
+
 $(B)/tests/unit/test_pool: $(B)/tests/unit/test_pool.o $(B)/daemon/pool.o
 	$(quiet) LD $@
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $$(pkg-config --libs check)
