@@ -249,6 +249,11 @@ int cli_parse(int argc, char **argv, struct config *cli, const char **config_pat
 			return -1;
 		if (config_add_export(cli, &file_spec) < 0)
 			return -1;
+	} else if (file_spec.allow || file_spec.deny || file_spec.tls_allow || file_spec.overlay) {
+		/* They describe FILE; silently serving without them would be worse. */
+		fprintf(stderr, "uringnbd: --allow, --deny, --tls-allow and --overlay apply to FILE, "
+				"and there is none (use allow=, deny=, tls-allow=, overlay= in --export)\n");
+		return -1;
 	}
 	return 0;
 }

@@ -267,7 +267,7 @@ int overlay_open_file(const char *path, bool *created, int *fd_out);
  * unchanged. A second export of the same file shares the first's state
  * (fd is then closed). Returns 0, or -errno with err saying why.
  */
-int overlay_attach(struct backing *b, int fd, bool created, const char *path, int base_fd,
+int overlay_attach(struct backing *b, int fd, bool created, const char *path,
 		   const struct stat *base_st, const char *base_path, uint64_t size,
 		   char *err, size_t errlen);
 /* Flushes the map and frees (the backing record's last reference). */
@@ -350,6 +350,13 @@ struct export *export_reopen(const struct export *e);
  */
 size_t export_extents(const struct export *e, uint64_t off, uint64_t len, bool one,
 		      struct proto_extent *ext, size_t max);
+/*
+ * The same from SEEK_DATA/SEEK_HOLE of fd, whose byte off + shift holds
+ * export byte off: extents appended to ext[n..max), the first merged into
+ * ext[n - 1] when their flags agree. Returns the new count.
+ */
+size_t export_file_extents(int fd, uint64_t shift, uint64_t off, uint64_t len,
+			   struct proto_extent *ext, size_t n, size_t max);
 /* Fills the negotiation view of e. */
 void export_describe(const struct export *e, struct proto_export *out);
 

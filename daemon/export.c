@@ -132,7 +132,7 @@ static int export_overlay_open(struct export *e, const struct export_spec *spec,
 		close(fd);
 		return -1;
 	}
-	ret = overlay_attach(e->ov_backing, fd, created, spec->overlay, e->fd, st, spec->path,
+	ret = overlay_attach(e->ov_backing, fd, created, spec->overlay, st, spec->path,
 			     e->size_bytes, err, sizeof(err));
 	if (ret < 0) {
 		log_error("export \"%s\": overlay \"%s\": %s", spec->name, spec->overlay, err);
@@ -420,12 +420,41 @@ void export_describe(const struct export *e, struct proto_export *out)
 	out->opaque = (void *)e;
 }
 
+size_t export_file_extents(int fd, uint64_t shift, uint64_t off, uint64_t len,
+			   struct proto_extent *ext, size_t n, size_t max)
+{
+	uint64_t pos = off, end = off + len;
+
+	while (pos < end && n < max) {
+		off_t data = lseek(fd, (off_t)(pos + shift), SEEK_DATA), hole;
+		uint64_t stop;
+		uint32_t flags;
+
+		if (data < 0) {
+			/* ENXIO: only a hole from here to the end; else say "data". */
+			stop = end;
+			flags = errno == ENXIO ? NBD_STATE_HOLE | NBD_STATE_ZERO : 0;
+		} else if ((uint64_t)data - shift > pos) {
+			stop = (uint64_t)data - shift < end ? (uint64_t)data - shift : end;
+			flags = NBD_STATE_HOLE | NBD_STATE_ZERO;
+		} else {
+			hole = lseek(fd, (off_t)(pos + shift), SEEK_HOLE);
+			stop = hole < 0 || (uint64_t)hole - shift > end ? end : (uint64_t)hole - shift;
+			flags = 0;
+		}
+		/* Equal neighbours merge (an overlay's layers meet). */
+		if (n && ext[n - 1].flags == flags)
+			ext[n - 1].len_bytes += stop - pos;
+		else
+			ext[n++] = (struct proto_extent){ .len_bytes = stop - pos, .flags = flags };
+		pos = stop;
+	}
+	return n;
+}
+
 size_t export_extents(const struct export *e, uint64_t off, uint64_t len, bool one,
 		      struct proto_extent *ext, size_t max)
 {
-	uint64_t pos = off, end = off + len;
-	size_t n = 0;
-
 	if (e->ov)
 		return overlay_extents(e->ov, e->fd, off, len, one, ext, max);
 	/* A block device reports everything allocated. */
@@ -433,30 +462,5 @@ size_t export_extents(const struct export *e, uint64_t off, uint64_t len, bool o
 		ext[0] = (struct proto_extent){ .len_bytes = len, .flags = 0 };
 		return 1;
 	}
-	while (pos < end && n < max && !(one && n == 1)) {
-		off_t data = lseek(e->fd, (off_t)pos, SEEK_DATA), hole;
-
-		if (data < 0) {
-			/* ENXIO: only a hole from here to the end; else say "data". */
-			ext[n++] = (struct proto_extent){
-				.len_bytes = end - pos,
-				.flags = errno == ENXIO ? NBD_STATE_HOLE | NBD_STATE_ZERO : 0,
-			};
-			break;
-		}
-		if ((uint64_t)data > pos) {
-			uint64_t stop = (uint64_t)data < end ? (uint64_t)data : end;
-
-			ext[n++] = (struct proto_extent){ .len_bytes = stop - pos,
-							  .flags = NBD_STATE_HOLE | NBD_STATE_ZERO };
-			pos = stop;
-			continue;
-		}
-		hole = lseek(e->fd, (off_t)pos, SEEK_HOLE);
-		if (hole < 0 || (uint64_t)hole > end)
-			hole = (off_t)end;
-		ext[n++] = (struct proto_extent){ .len_bytes = (uint64_t)hole - pos, .flags = 0 };
-		pos = (uint64_t)hole;
-	}
-	return n;
+	return export_file_extents(e->fd, 0, off, len, ext, 0, one ? 1 : max);
 }

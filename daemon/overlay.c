@@ -240,38 +240,6 @@ int overlay_zero(struct overlay *ov, int base_fd, uint64_t off, uint64_t len)
 	return ret;
 }
 
-/* base:allocation of [off, off + len) of one file region (fd, shift); appends to ext. */
-static size_t region_extents(int fd, uint64_t shift, uint64_t off, uint64_t len,
-			     struct proto_extent *ext, size_t n, size_t max)
-{
-	uint64_t end = off + len, pos = off;
-
-	while (pos < end && n < max) {
-		off_t data = lseek(fd, (off_t)(pos + shift), SEEK_DATA);
-		uint64_t d = data < 0 ? end : (uint64_t)data - shift, stop;
-		uint32_t flags;
-
-		if (d > pos) {
-			stop = d < end ? d : end;
-			flags = NBD_STATE_HOLE | NBD_STATE_ZERO;
-		} else {
-			off_t hole = lseek(fd, (off_t)(pos + shift), SEEK_HOLE);
-			uint64_t h = hole < 0 ? end : (uint64_t)hole - shift;
-
-			stop = h < end ? h : end;
-			if (stop <= pos)
-				stop = end;
-			flags = 0;
-		}
-		if (n && ext[n - 1].flags == flags)
-			ext[n - 1].len_bytes += stop - pos;
-		else
-			ext[n++] = (struct proto_extent){ .len_bytes = stop - pos, .flags = flags };
-		pos = stop;
-	}
-	return n;
-}
-
 size_t overlay_extents(const struct overlay *ov, int base_fd, uint64_t off, uint64_t len,
 		       bool one, struct proto_extent *ext, size_t max)
 {
@@ -283,8 +251,8 @@ size_t overlay_extents(const struct overlay *ov, int base_fd, uint64_t off, uint
 		uint64_t run = overlay_run(ov, pos, end - pos, &in_ov);
 
 		/* Equal neighbours merge, within a layer and across them. */
-		n = in_ov ? region_extents(ov->fd, ov->data_off, pos, run, ext, n, max)
-			  : region_extents(base_fd, 0, pos, run, ext, n, max);
+		n = in_ov ? export_file_extents(ov->fd, ov->data_off, pos, run, ext, n, max)
+			  : export_file_extents(base_fd, 0, pos, run, ext, n, max);
 		pos += run;
 		if (one && n)
 			break;
@@ -401,7 +369,7 @@ int overlay_open_file(const char *path, bool *created, int *fd_out)
 	return 0;
 }
 
-int overlay_attach(struct backing *b, int fd, bool created, const char *path, int base_fd,
+int overlay_attach(struct backing *b, int fd, bool created, const char *path,
 		   const struct stat *base_st, const char *base_path, uint64_t size,
 		   char *err, size_t errlen)
 {
@@ -427,7 +395,6 @@ int overlay_attach(struct backing *b, int fd, bool created, const char *path, in
 		close(fd);
 		return -ENOMEM;
 	}
-	(void)base_fd;
 	pthread_mutex_init(&ov->flush_lock, NULL);
 	ov->fd = fd;
 	ov->fd_meta = -1;

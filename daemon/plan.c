@@ -37,6 +37,12 @@ static void plan_lock(const struct plan_in *in, struct plan *out)
 		out->lock_first = out->io_off;
 		out->lock_last = out->io_off + out->io_len - 1;
 	}
+	if (in->granule_bytes && in->type == NBD_CMD_WRITE_ZEROES) {
+		uint64_t g = in->granule_bytes;
+
+		out->lock_first = in->offset / g * g;
+		out->lock_last = (in->offset + in->len_bytes + g - 1) / g * g - 1;
+	}
 }
 
 void plan_request(const struct plan_in *in, struct plan *out)

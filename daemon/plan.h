@@ -21,8 +21,9 @@
  *
  * Locks: READ, BLOCK_STATUS and CACHE shared over their bytes; WRITE (and a
  * zero_write) exclusive over its span (its bytes when buffered); TRIM and
- * WRITE_ZEROES exclusive over their bytes. So a writer's lock covers every block it
- * rewrites and a reader's covers every byte it returns.
+ * WRITE_ZEROES exclusive over their bytes (on an overlay, WRITE_ZEROES over
+ * the whole granules it touches, which it rewrites). So a writer's lock
+ * covers every block it rewrites and a reader's covers every byte it returns.
  */
 #ifndef URINGNBD_PLAN_H
 #define URINGNBD_PLAN_H
@@ -50,6 +51,7 @@ struct plan_in {
 	enum cache_mode cache;    /* the export's mode; CACHE_MODE_NONE without a cache */
 	bool blockdev;            /* a block device: fallocate takes whole blocks only */
 	uint32_t cache_page_bytes; /* the cache's page size */
+	uint32_t granule_bytes;   /* an overlay's granule (WRITE_ZEROES locks whole ones); 0: none */
 };
 
 struct plan {

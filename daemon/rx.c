@@ -267,18 +267,13 @@ static bool rx_request(struct conn *c)
 		.cache = c->w->srv->cache ? (enum cache_mode)e->cache_mode : CACHE_MODE_NONE,
 		.blockdev = e->is_blockdev && !e->ov,
 		.cache_page_bytes = CACHE_PAGE_BYTES,
+		.granule_bytes = e->ov ? OVERLAY_GRANULE_BYTES : 0,
 	};
 	/* A write that would leave part of a base granule copies the granule up (overlay.c). */
 	if (e->ov && q->r.type == NBD_CMD_WRITE && q->r.len_bytes)
 		in.align_bytes = overlay_write_align(e->ov, q->r.offset, q->r.len_bytes,
 						     e->align_bytes);
 	plan_request(&in, &q->plan);
-	/* WRITE_ZEROES on an overlay rewrites whole granules: lock them all. */
-	if (e->ov && q->r.type == NBD_CMD_WRITE_ZEROES && q->plan.locks) {
-		q->plan.lock_first = q->r.offset / OVERLAY_GRANULE_BYTES * OVERLAY_GRANULE_BYTES;
-		q->plan.lock_last = (q->r.offset + q->r.len_bytes + OVERLAY_GRANULE_BYTES - 1) /
-				    OVERLAY_GRANULE_BYTES * OVERLAY_GRANULE_BYTES - 1;
-	}
 	if (q->r.type == NBD_CMD_FLUSH) {
 		fileio_flush(q);
 		return true;

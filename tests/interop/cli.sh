@@ -28,6 +28,16 @@ expect_error '--cache-size "-4K"' --cache-size -4K -U "$SOCK" "$T/x"
 expect_error '--threads "1K"' -t 1K -U "$SOCK" "$T/x"
 expect_error '--io-timeout "-1": io-timeout: expected 0 (none) to 86400 seconds' --io-timeout -1 -U "$SOCK" "$T/x"
 expect_error '--idle-timeout "1y"' --idle-timeout 1y -U "$SOCK" "$T/x"
+# TLS and access settings.
+expect_error '--tls "yes": tls: expected off, on or require' --tls yes -U "$SOCK" "$T/x"
+expect_error 'tls=require needs tls-certificates or tls-psk' --tls require -U "$SOCK" "$T/x"
+expect_error 'tls-certificates: "/nonexistent/server-cert.pem"' --tls on \
+    --tls-certificates /nonexistent -U "$SOCK" "$T/x"
+expect_error '"10.0.0.0/33": expected all, anyipv4' --allow 10.0.0.0/33 -U "$SOCK" "$T/x"
+expect_error '"uid:no-such-user-here": no such user' -U "$SOCK" -e "a=$T/x,deny=uid:no-such-user-here"
+expect_error 'apply to FILE, and there is none' --allow 127.0.0.1 -U "$SOCK" -e "a=$T/x"
+expect_error 'is TLS-only (tls = require or tls-allow), but tls is off' -U "$SOCK" \
+    -e "a=$T/x,tls=require"
 expect_error '--keepalive "99999"' --keepalive 99999 -U "$SOCK" "$T/x"
 expect_error '--max-connections "-1"' --max-connections -1 -U "$SOCK" "$T/x"
 expect_error '--max-connections "8k"' --max-connections 8k -U "$SOCK" "$T/x"

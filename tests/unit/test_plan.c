@@ -138,6 +138,35 @@ START_TEST(test_trim_zero_block_status)
 }
 END_TEST
 
+/* On an overlay, WRITE_ZEROES rewrites whole granules: it locks them all. */
+START_TEST(test_overlay_zero_locks_granules)
+{
+	struct plan_in in = {
+		.type = NBD_CMD_WRITE_ZEROES, .offset = 40000, .len_bytes = 30000, .align_bytes = A,
+		.direct_end = 1 << 20, .cache_page_bytes = PAGE, .granule_bytes = 32768,
+	};
+	struct plan p;
+
+	plan_request(&in, &p);
+	ck_assert(p.locks && p.exclusive);
+	ck_assert_uint_eq(p.lock_first, 32768);
+	ck_assert_uint_eq(p.lock_last, 3 * 32768 - 1);
+	/* Granule-aligned: exactly its granules. */
+	in.offset = 65536;
+	in.len_bytes = 32768;
+	plan_request(&in, &p);
+	ck_assert_uint_eq(p.lock_first, 65536);
+	ck_assert_uint_eq(p.lock_last, 98303);
+	/* Other requests are not widened. */
+	in.type = NBD_CMD_READ;
+	in.offset = 40000;
+	in.len_bytes = 100;
+	plan_request(&in, &p);
+	ck_assert_uint_eq(p.lock_first, 40000);
+	ck_assert_uint_eq(p.lock_last, 40099);
+}
+END_TEST
+
 START_TEST(test_cache_modes)
 {
 	struct plan_in in = { .type = NBD_CMD_READ, .offset = 0, .len_bytes = 1 << 20,
@@ -314,6 +343,7 @@ static Suite *plan_suite(void)
 	tcase_add_test(tc, test_largest_request_fits);
 	tcase_add_test(tc, test_no_lock_for_flush_and_empty);
 	tcase_add_test(tc, test_trim_zero_block_status);
+	tcase_add_test(tc, test_overlay_zero_locks_granules);
 	tcase_add_test(tc, test_cache_modes);
 	tcase_add_test(tc, test_cached_read_and_prefetch);
 	tcase_add_test(tc, test_blockdev_trim_and_zero);
