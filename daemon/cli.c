@@ -51,6 +51,9 @@ static void usage(FILE *f)
 		"      --io-timeout S   close a connection whose reply or payload stalls S seconds\n"
 		"                       (default 60, 0: never)\n"
 		"      --idle-timeout S close a connection idle for S seconds (default 0: never)\n"
+		"      --busy-poll US   poll for completions up to US microseconds before\n"
+		"                       sleeping: lower latency at low queue depth for more\n"
+		"                       CPU (default 0: off)\n"
 		"      --pid-file PATH  write the pid here once listening\n"
 		"  -l, --log-level L    error, warning, info (default) or debug\n"
 		"  -v, --verbose        the same as --log-level debug\n"
@@ -162,6 +165,7 @@ int cli_parse(int argc, char **argv, struct config *cli, const char **config_pat
 		{ "max-connections-per-client", required_argument, NULL, 'Q' },
 		{ "single", no_argument, NULL, 's' },
 		{ "idle-timeout", required_argument, NULL, 'D' },
+		{ "busy-poll", required_argument, NULL, 'B' },
 		{ "cache", required_argument, NULL, 'C' },
 		{ "cache-size", required_argument, NULL, 'S' },
 		{ "pid-file", required_argument, NULL, 'F' },
@@ -211,6 +215,7 @@ int cli_parse(int argc, char **argv, struct config *cli, const char **config_pat
 			break;
 		case 's': cli->single = true; break;
 		case 'D': if (cli_global(cli, "idle-timeout", optarg) < 0) return -1; break;
+		case 'B': if (cli_global(cli, "busy-poll", optarg) < 0) return -1; break;
 		case 'S': if (cli_global(cli, "cache-size", optarg) < 0) return -1; break;
 		case 'F': if (cli_global(cli, "pid-file", optarg) < 0) return -1; break;
 		case 'A': file_spec.allow = optarg; break;

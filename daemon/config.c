@@ -128,6 +128,7 @@ void config_init(struct config *cfg)
 	cfg->keepalive_s = -1;
 	cfg->io_timeout_s = -1;
 	cfg->idle_timeout_s = -1;
+	cfg->busy_poll_us = -1;
 	cfg->max_conns_per_client = -1;
 	cfg->tls = -1;
 	cfg->tls_verify_peer = -1;
@@ -171,6 +172,8 @@ static const struct {
 	  "io-timeout: expected 0 (none) to 86400 seconds" },
 	{ "idle-timeout", offsetof(struct config, idle_timeout_s), false, 0, 31536000,
 	  "idle-timeout: expected 0 (none) to 31536000 seconds" },
+	{ "busy-poll", offsetof(struct config, busy_poll_us), false, 0, 10000,
+	  "busy-poll: expected 0 (off) to 10000 microseconds" },
 };
 
 int config_set_global(struct config *cfg, const char *k, const char *v, const char **why)

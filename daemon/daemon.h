@@ -123,6 +123,7 @@ struct config {
 	long long keepalive_s;     /* -1: not set; 0: off */
 	long long io_timeout_s;    /* -1: not set; 0: none */
 	long long idle_timeout_s;  /* -1: not set; 0: none */
+	long long busy_poll_us;    /* -1: not set; 0: off */
 	long long max_conns_per_client; /* -1: not set; 0: no limit */
 	int tls;                   /* enum proto_tls; -1: not set */
 	char *tls_certificates;    /* directory (nbdkit's layout) */
@@ -426,8 +427,7 @@ struct worker {
 	pthread_t thread;
 	struct ev_loop *loop;
 	struct io_uring ring;
-	int efd;                  /* eventfd the ring signals on completions */
-	ev_io efd_watcher;
+	ev_io cq_watcher;         /* the ring's fd: readable while completions wait */
 	ev_prepare submit_watcher; /* drains the ready list; one io_uring_submit per iteration */
 	ev_async wake;            /* inbox, remote ready ops, or stop */
 	ev_timer grace;           /* bounds a graceful stop */
@@ -539,6 +539,7 @@ struct server {
 	unsigned keepalive_s;      /* TCP keepalive idle time; 0: no keepalive */
 	unsigned io_timeout_s;     /* a stalled reply or payload ends its connection; 0: never */
 	unsigned idle_timeout_s;   /* an idle connection is closed; 0: never */
+	unsigned busy_poll_us;     /* workers poll this long before sleeping; 0: never */
 	ev_timer accept_backoff;   /* listeners stopped after EMFILE and the like */
 	double backoff_s;          /* its current length; 0 after a good accept */
 	unsigned test_fill_delay_ms; /* test builds only: hold cache fills open */

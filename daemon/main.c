@@ -341,6 +341,7 @@ int main(int argc, char **argv)
 	srv.keepalive_s = setting(cli.keepalive_s, file.keepalive_s, DEFAULT_KEEPALIVE_S);
 	srv.io_timeout_s = setting(cli.io_timeout_s, file.io_timeout_s, DEFAULT_IO_TIMEOUT_S);
 	srv.idle_timeout_s = setting(cli.idle_timeout_s, file.idle_timeout_s, 0);
+	srv.busy_poll_us = setting(cli.busy_poll_us, file.busy_poll_us, 0);
 	srv.max_conns_per_client = setting(cli.max_conns_per_client, file.max_conns_per_client, 0);
 	srv.single = cli.single;
 	if (srv.single && (cli.unix_path || cli.bind || cli.port)) {

@@ -3,8 +3,9 @@
  * Workers: one thread, one libev loop, one io_uring, one buffer pool each.
  * This is the loop-and-ring layer; it knows no NBD types.
  *
- * libev owns waiting. The ring signals an eventfd on every completion; an
- * ev_io on it reaps the completion queue. Every SQE's user_data points at
+ * libev owns waiting. The ring's own descriptor is in libev's epoll set
+ * (it polls readable while completions are queued); its ev_io reaps the
+ * completion queue. No eventfd: that would cost a read() per wakeup. Every SQE's user_data points at
  * a struct op, and a completion is op->done(op, cqe->res). Work that a
  * completion (or another thread) unblocks is posted to the worker's ready
  * list and run from the loop, never from inside the handler that freed it:
@@ -15,20 +16,32 @@
  * submission queue fills; if the completion queue is full too, completions
  * are moved aside to be run later, and if the ring refuses work the op is
  * failed with the ring's error instead of aborting).
+ *
+ * Busy polling (--busy-poll US, off by default): before the loop would
+ * sleep, the worker waits up to US microseconds for a completion by
+ * yielding the CPU in a loop. sched_yield() hands the CPU to any other
+ * runnable thread, and its return to user space runs io_uring's pending
+ * task work, so a completion is seen without first waking an idle CPU,
+ * which is the larger part of a request's latency at queue depth 1 in a
+ * VM (tests/bench/README.md has the figures). It costs the CPU time a
+ * sleeping worker would not use, and only while it has connections.
  */
 #define _GNU_SOURCE
 #include <assert.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
+#include <sched.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "daemon.h"
 
 #define RING_ENTRIES 1024
 #define RING_CQ_ENTRIES 8192
+/* Completions handled by busy polling before libev gets a turn (timers, adoption). */
+#define BUSY_POLL_PASSES 16
 
 /* The worker whose loop runs on this thread (NULL on the main thread). */
 static __thread struct worker *tls_worker;
@@ -222,13 +235,42 @@ void worker_stats_add(const struct worker *w, struct worker_stats *sum)
 static void worker_cq_cb(struct ev_loop *loop, ev_io *watcher, int revents)
 {
 	struct worker *w = watcher->data;
-	eventfd_t v;
 
 	(void)loop;
 	(void)revents;
-	(void)eventfd_read(w->efd, &v);
 	worker_reap(w);
 	worker_run_ready(w);
+}
+
+static int64_t now_ns(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+/* Waits up to busy_poll_us for each completion, handling what arrives. */
+static void worker_busy_poll(struct worker *w)
+{
+	int64_t budget = (int64_t)w->srv->busy_poll_us * 1000;
+	int pass;
+
+	for (pass = 0; pass < BUSY_POLL_PASSES; pass++) {
+		int64_t end;
+
+		if (io_uring_cq_ready(&w->ring) || !worker_clients(w) || w->ready_head)
+			return;  /* libev's turn: it has work, or nothing will come */
+		end = now_ns() + budget;
+		while (!io_uring_cq_ready(&w->ring) && now_ns() < end)
+			sched_yield();
+		if (!io_uring_cq_ready(&w->ring))
+			return;
+		worker_reap(w);
+		worker_run_ready(w);
+		if (io_uring_sq_ready(&w->ring))
+			worker_submit(w);
+	}
 }
 
 static void worker_prepare_cb(struct ev_loop *loop, ev_prepare *watcher, int revents)
@@ -242,7 +284,9 @@ static void worker_prepare_cb(struct ev_loop *loop, ev_prepare *watcher, int rev
 	worker_run_ready(w);
 	if (io_uring_sq_ready(&w->ring))
 		worker_submit(w);
-	/* Completions that arrived during submit signal the eventfd. */
+	if (w->srv->busy_poll_us)
+		worker_busy_poll(w);
+	/* Completions that arrived during submit make the ring fd readable. */
 }
 
 static void worker_wake_cb(struct ev_loop *loop, ev_async *watcher, int revents)
@@ -331,26 +375,15 @@ int worker_start(struct worker *w, struct server *srv, int id)
 		log_error("worker %d: io_uring_queue_init: %s", id, strerror(-ret));
 		goto out_pool;
 	}
-	w->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-	if (w->efd < 0) {
-		ret = -errno;
-		log_error("worker %d: eventfd: %s", id, strerror(-ret));
-		goto out_ring;
-	}
-	ret = io_uring_register_eventfd(&w->ring, w->efd);
-	if (ret < 0) {
-		log_error("worker %d: io_uring_register_eventfd: %s", id, strerror(-ret));
-		goto out_efd;
-	}
 	w->loop = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
 	if (!w->loop) {
 		ret = -ENOMEM;
 		log_error("worker %d: cannot create an event loop", id);
-		goto out_efd;
+		goto out_ring;
 	}
-	ev_io_init(&w->efd_watcher, worker_cq_cb, w->efd, EV_READ);
-	w->efd_watcher.data = w;
-	ev_io_start(w->loop, &w->efd_watcher);
+	ev_io_init(&w->cq_watcher, worker_cq_cb, w->ring.ring_fd, EV_READ);
+	w->cq_watcher.data = w;
+	ev_io_start(w->loop, &w->cq_watcher);
 	ev_prepare_init(&w->submit_watcher, worker_prepare_cb);
 	w->submit_watcher.data = w;
 	ev_prepare_start(w->loop, &w->submit_watcher);
@@ -369,8 +402,6 @@ int worker_start(struct worker *w, struct server *srv, int id)
 
 out_loop:
 	ev_loop_destroy(w->loop);
-out_efd:
-	close(w->efd);
 out_ring:
 	io_uring_queue_exit(&w->ring);
 out_pool:
@@ -416,7 +447,6 @@ void worker_join(struct worker *w)
 {
 	pthread_join(w->thread, NULL);
 	ev_loop_destroy(w->loop);
-	close(w->efd);
 	io_uring_queue_exit(&w->ring);
 	pool_release(&w->pool);
 	munmap(w->zeroes, WORKER_ZEROES_BYTES);

@@ -14,6 +14,10 @@ and an X.509 certificate made by certtool, for uringnbd, nbdkit
 (--tls=require) and qemu-nbd (--tls-creds); nbd-server is left out. fio's
 libnbd finds the CA in $HOME/.pki/libnbd, a home made for it.
 
+Pinned (BENCH_PIN=1): every server on CPU 0 and fio on CPU 1, as when the
+client runs on another machine; unpinned, the scheduler often runs a server
+thread and fio on one CPU, where a wakeup costs little.
+
 Cold cache (BENCH_COLD=1): every server runs in a memory cgroup limited to
 BENCH_COLD_MEM (256M), so a server that reads through the page cache cannot
 keep the image there, as on a host serving many images (cgroup v1 memory
@@ -25,6 +29,9 @@ BENCH_WORKLOADS comma-separated workload names, URINGNBD (build/uringnbd),
 BENCH_DIR (build/bench); URINGNBD_BASE names
 another uringnbd binary, run in the same rounds as "uringnbd-base" (a
 before/after pair for a change).
+
+"uringnbd-poll" is uringnbd with --busy-poll BENCH_BUSY_POLL (50)
+microseconds: the same binary trading CPU for latency, beside its default.
 """
 import json
 import os
@@ -42,6 +49,14 @@ RUNTIME = int(os.environ.get("BENCH_RUNTIME", "4"))
 SIZE = os.environ.get("BENCH_SIZE", "1G")
 URINGNBD = os.environ.get("URINGNBD", "build/uringnbd")
 URINGNBD_BASE = os.environ.get("URINGNBD_BASE")
+BUSY_POLL = os.environ.get("BENCH_BUSY_POLL", "50")
+OURS = ("uringnbd", "uringnbd-poll", "uringnbd-base")
+# BENCH_PIN=1: every server on CPU 0 and fio on CPU 1, as when the client is
+# another machine and the server's CPU is its own (unpinned, the scheduler
+# often puts both on one CPU, where a wakeup is cheap).
+PIN = os.environ.get("BENCH_PIN") == "1"
+PIN_SERVER = ["taskset", "-c", "0"] if PIN else []
+PIN_CLIENT = ["taskset", "-c", "1"] if PIN else []
 TRANSPORTS = os.environ.get("BENCH_TRANSPORTS", "unix,tcp,tls").split(",")
 COLD = os.environ.get("BENCH_COLD") == "1"
 COLD_MEM = os.environ.get("BENCH_COLD_MEM", "256M")
@@ -147,16 +162,18 @@ class Server:
         tls = self.transport == "tls"
         tcp = self.transport in ("tcp", "tls")
         where = ["-b", "127.0.0.1", "-p", str(self.port)] if tcp else ["-U", self.sock]
-        if self.name in ("uringnbd", "uringnbd-base"):
-            binary = URINGNBD if self.name == "uringnbd" else URINGNBD_BASE
+        if self.name in OURS:
+            binary = URINGNBD_BASE if self.name == "uringnbd-base" else URINGNBD
+            if self.name == "uringnbd-poll":
+                where += ["--busy-poll", BUSY_POLL]
             if tls:
                 where += ["--tls", "require", "--tls-certificates", TLS_DIR]
-            self.proc = subprocess.Popen([binary, *where, self.img], stderr=log)
+            self.proc = subprocess.Popen([*PIN_SERVER, binary, *where, self.img], stderr=log)
         elif self.name == "nbdkit":
             where = ["-i", "127.0.0.1", "-p", str(self.port)] if tcp else ["-U", self.sock]
             if tls:
                 where += ["--tls=require", f"--tls-certificates={TLS_DIR}"]
-            self.proc = subprocess.Popen(["nbdkit", "-f", *where, "file",
+            self.proc = subprocess.Popen([*PIN_SERVER, "nbdkit", "-f", *where, "file",
                                           f"file={self.img}", "cache=none"], stderr=log)
         elif self.name == "qemu-nbd":
             where = ["-b", "127.0.0.1", "-p", str(self.port)] if tcp else ["-k", self.sock]
@@ -164,7 +181,7 @@ class Server:
                 where += ["--object",
                           f"tls-creds-x509,id=tls0,endpoint=server,dir={TLS_DIR},verify-peer=off",
                           "--tls-creds", "tls0"]
-            self.proc = subprocess.Popen(["qemu-nbd", *where, "-f", "raw", "-t",
+            self.proc = subprocess.Popen([*PIN_SERVER, "qemu-nbd", *where, "-f", "raw", "-t",
                                           "-e", "8", "--cache=none", "--aio=io_uring",
                                           self.img], stderr=log)
         elif self.name == "nbd-server":
@@ -178,7 +195,7 @@ class Server:
             pidfile = f"{DIR}/nbd-server.pid"
             if os.path.exists(pidfile):
                 os.unlink(pidfile)
-            sh("nbd-server", "-C", conf, "-p", pidfile, stderr=log)
+            sh(*PIN_SERVER, "nbd-server", "-C", conf, "-p", pidfile, stderr=log)
             wait_socket(pidfile)
             time.sleep(0.1)
             self.pid = int(open(pidfile).read().split()[0])
@@ -250,7 +267,7 @@ def children(pid):
 
 def fio(target, wl, img):
     name, rw, bs, qd, jobs, flush = wl
-    args = ["fio", "--name=bench", f"--rw={rw}", f"--bs={bs}", f"--iodepth={qd}",
+    args = [*PIN_CLIENT, "fio", "--name=bench", f"--rw={rw}", f"--bs={bs}", f"--iodepth={qd}",
             f"--numjobs={jobs}", "--group_reporting", f"--runtime={RUNTIME}", "--time_based",
             f"--size={SIZE}", "--output-format=json", "--randrepeat=0",
             f"--end_fsync={int(flush)}"]
@@ -307,7 +324,7 @@ def main():
         print(f"writing a {SIZE} image of random data...", flush=True)
         sh("fio", "--name=fill", "--rw=write", "--bs=1M", f"--size={SIZE}", f"--filename={img}",
            "--ioengine=io_uring", "--direct=1", "--refill_buffers", "--output=/dev/null")
-    names = ["uringnbd", "nbd-server", "nbdkit", "qemu-nbd", "raw file"]
+    names = ["uringnbd", "uringnbd-poll", "nbd-server", "nbdkit", "qemu-nbd", "raw file"]
     if URINGNBD_BASE:
         names.insert(1, "uringnbd-base")
     only = os.environ.get("BENCH_ONLY")
@@ -327,6 +344,7 @@ def main():
     res = {(tg, w[0]): [] for tg in targets for w in workloads}
     devq = {(tg, w[0]): [] for tg in targets for w in workloads}
     cpu = {tg: [] for tg in targets}
+    cpuw = {(tg, w[0]): [] for tg in targets for w in workloads}
     csw = {tg: [] for tg in targets}
     cache = {tg: 0 for tg in targets}
     for rnd in range(ROUNDS):
@@ -351,6 +369,7 @@ def main():
                     devq[(tg, wl[0])].append((q1 - q0) / ((t1 - t0) * 1000))
                 if target:
                     cpu[tg].append((c1 - c0) / (moved / (1 << 30)) if moved else 0)
+                    cpuw[(tg, wl[0])].append(cpu[tg][-1])
                     cache[tg] = max(cache[tg], fincore_bytes(img))
                     target.stop()
                     reqs = moved / {"4k": 4096, "1M": 1 << 20}[wl[2]]
@@ -368,12 +387,14 @@ def main():
     host = f"{platform.node()}: {os.cpu_count()} CPUs, Linux {platform.release()}"
     lines.append(f"# uringnbd benchmark, {time.strftime('%Y-%m-%d')}, {host}")
     lines.append(f"# {ROUNDS} rounds x {RUNTIME} s per run, medians; image {SIZE} of random data"
-                 + (f"; cold cache: servers in a {COLD_MEM} memory cgroup" if COLD else ""))
+                 + (f"; cold cache: servers in a {COLD_MEM} memory cgroup" if COLD else "")
+                 + ("; pinned: servers on CPU 0, fio on CPU 1" if PIN else ""))
     lines.append("# vs best peer: against the best of nbd-server, nbdkit and qemu-nbd over the "
-                 "same transport; dev QD: average I/Os in flight at the disk")
+                 "same transport; dev QD: average I/Os in flight at the disk; CPU: the "
+                 "server's CPU seconds per GiB moved")
     lines.append("")
     hdr = (f"{'workload':<25} {'target':<19} {'IOPS':>8} {'MB/s':>8} {'vs best peer':>12} "
-           f"{'vs raw':>7} {'dev QD':>6}  {'IOPS min-max':>15}")
+           f"{'vs raw':>7} {'dev QD':>6} {'CPU':>6}  {'IOPS min-max':>15}")
     lines.append(hdr)
     for wl in workloads:
         med = {tg: (statistics.median(x[0] for x in res[(tg, wl[0])]),
@@ -381,16 +402,18 @@ def main():
         raw = med[("raw file", "")][0] if ("raw file", "") in med else 0
         for tg in targets:
             peers = [med[p][0] for p in targets
-                     if p[1] == tg[1] and p[0] not in ("uringnbd", "uringnbd-base", "raw file")]
+                     if p[1] == tg[1] and p[0] not in OURS + ("raw file",)]
             best = max(peers) if peers else 0
             iops, bw = med[tg]
             vb = f"{iops / best:.2f}x" if best and tg[0] != "raw file" else "-"
             vr = f"{iops / raw:.2f}x" if raw else "-"
             dq = f"{statistics.median(devq[(tg, wl[0])]):.1f}" if devq[(tg, wl[0])] else "-"
+            cw = (f"{statistics.median(cpuw[(tg, wl[0])]):.2f}" if cpuw[(tg, wl[0])]
+                  else "-")
             lo = min(x[0] for x in res[(tg, wl[0])])
             hi = max(x[0] for x in res[(tg, wl[0])])
             lines.append(f"{wl[0]:<25} {label(tg):<19} {iops:8.0f} {bw / 1e6:8.1f} {vb:>12} "
-                         f"{vr:>7} {dq:>6}  {lo:7.0f}-{hi:<7.0f}")
+                         f"{vr:>7} {dq:>6} {cw:>6}  {lo:7.0f}-{hi:<7.0f}")
         lines.append("")
     lines.append(f"{'server':<19} {'CPU s/GiB':>10} {'csw/request':>12} "
                  f"{'page cache after (bytes)':>26}")

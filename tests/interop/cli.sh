@@ -28,6 +28,8 @@ expect_error '--cache-size "-4K"' --cache-size -4K -U "$SOCK" "$T/x"
 expect_error '--threads "1K"' -t 1K -U "$SOCK" "$T/x"
 expect_error '--io-timeout "-1": io-timeout: expected 0 (none) to 86400 seconds' --io-timeout -1 -U "$SOCK" "$T/x"
 expect_error '--idle-timeout "1y"' --idle-timeout 1y -U "$SOCK" "$T/x"
+expect_error '--busy-poll "10001": busy-poll: expected 0 (off) to 10000 microseconds' --busy-poll 10001 -U "$SOCK" "$T/x"
+expect_error '--busy-poll "-5"' --busy-poll -5 -U "$SOCK" "$T/x"
 # TLS and access settings.
 expect_error '--tls "yes": tls: expected off, on or require' --tls yes -U "$SOCK" "$T/x"
 expect_error 'tls=require needs tls-certificates or tls-psk' --tls require -U "$SOCK" "$T/x"
