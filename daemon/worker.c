@@ -5,8 +5,8 @@
  *
  * libev owns waiting. The ring's own descriptor is in libev's epoll set
  * (it polls readable while completions are queued); its ev_io reaps the
- * completion queue. No eventfd: that would cost a read() per wakeup. Every SQE's user_data points at
- * a struct op, and a completion is op->done(op, cqe->res). Work that a
+ * completion queue (no eventfd: that would cost a read() per wakeup).
+ * Every SQE's user_data points at a struct op, and a completion is op->done(op, cqe->res). Work that a
  * completion (or another thread) unblocks is posted to the worker's ready
  * list and run from the loop, never from inside the handler that freed it:
  * handlers only change state, queue SQEs and post ops, they never wait and
