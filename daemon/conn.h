@@ -273,7 +273,6 @@ void conn_prep_send(struct io_uring_sqe *sqe, const struct conn *c, const void *
 void conn_prep_sendmsg(struct io_uring_sqe *sqe, const struct conn *c, struct msghdr *m);
 /* Transmission starts: the area is mapped and the watchdog runs. Returns 0 or -errno. */
 int conn_transmit_start(struct conn *c);
-uint64_t now_ns(void);
 
 /* ---- tls.c: the connection side ---- */
 /*

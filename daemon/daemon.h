@@ -471,6 +471,8 @@ void worker_pool_wait(struct worker *w, struct pool_waiter *pw);
 void worker_pool_cancel(struct worker *w, struct pool_waiter *pw);
 /* Adds a worker's counters into *sum. */
 void worker_stats_add(const struct worker *w, struct worker_stats *sum);
+/* CLOCK_MONOTONIC in nanoseconds. */
+uint64_t now_ns(void);
 
 /* ---- offload.c: blocking calls on threads of their own ---- */
 /*

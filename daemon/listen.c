@@ -33,13 +33,6 @@
 #define LISTEN_BACKOFF_MIN_S 0.1
 #define LISTEN_BACKOFF_MAX_S 2.0
 #define LISTEN_KEEPALIVE_INTERVAL_S 10  /* between keepalive probes */
-/*
- * A TCP connection's send buffer (the kernel doubles it): a 1 MiB READ
- * reply goes into the socket in one send instead of a retry per
- * autotuning step (tests/bench/README.md, 2026-11-26). A limit, not an
- * allocation: an idle connection holds none of it.
- */
-#define LISTEN_TCP_SNDBUF_BYTES (1 << 20)
 #define LISTEN_KEEPALIVE_PROBES 6       /* unanswered probes that end a connection */
 #define SD_LISTEN_FDS_START 3
 
@@ -120,21 +113,16 @@ static void listen_backoff(struct server *srv, const struct listener *l, int err
 	ev_timer_start(srv->loop, &srv->accept_backoff);
 }
 
-/* TCP only: a vanished peer is found, replies leave at once and in one go. */
+/* TCP only (fails harmlessly on unix sockets): a vanished peer is found. */
 static void listen_tune(const struct server *srv, int fd)
 {
 	int one = 1, idle = (int)srv->keepalive_s, intvl = LISTEN_KEEPALIVE_INTERVAL_S;
-	int sndbuf = LISTEN_TCP_SNDBUF_BYTES, domain = AF_UNIX;
-	socklen_t len = sizeof(domain);
 	int cnt = LISTEN_KEEPALIVE_PROBES;
 	unsigned user_timeout_ms = (srv->keepalive_s + LISTEN_KEEPALIVE_INTERVAL_S *
 				    LISTEN_KEEPALIVE_PROBES) * 1000u;
 
-	if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) < 0 || domain == AF_UNIX)
-		return;
 	/* Replies are whole messages: send them at once. */
 	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	(void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
 	if (!srv->keepalive_s)
 		return;
 	(void)setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));

@@ -6,16 +6,17 @@
  * libev owns waiting. The ring's own descriptor is in libev's epoll set
  * (it polls readable while completions are queued); its ev_io reaps the
  * completion queue (no eventfd: that would cost a read() per wakeup).
- * Every SQE's user_data points at a struct op, and a completion is op->done(op, cqe->res). Work that a
- * completion (or another thread) unblocks is posted to the worker's ready
- * list and run from the loop, never from inside the handler that freed it:
- * handlers only change state, queue SQEs and post ops, they never wait and
- * never recurse. Requests waiting for buffer chunks are posted when the
- * pool can give them their fair share (pool.h). SQEs are submitted
- * once per loop iteration from an ev_prepare watcher (or early, if the
- * submission queue fills; if the completion queue is full too, completions
- * are moved aside to be run later, and if the ring refuses work the op is
- * failed with the ring's error instead of aborting).
+ * Every SQE's user_data points at a struct op, and a completion is
+ * op->done(op, cqe->res). Work that a completion (or another thread)
+ * unblocks is posted to the worker's ready list and run from the loop,
+ * never from inside the handler that freed it: handlers only change state,
+ * queue SQEs and post ops, they never wait and never recurse. Requests
+ * waiting for buffer chunks are posted when the pool can give them their
+ * fair share (pool.h). SQEs are submitted once per loop iteration from an
+ * ev_prepare watcher (or early, if the submission queue fills; if the
+ * completion queue is full too, completions are moved aside to be run
+ * later, and if the ring refuses work the op is failed with the ring's
+ * error instead of aborting).
  *
  * Busy polling (--busy-poll US, off by default): before the loop would
  * sleep, the worker waits up to US microseconds for a completion by
@@ -242,22 +243,22 @@ static void worker_cq_cb(struct ev_loop *loop, ev_io *watcher, int revents)
 	worker_run_ready(w);
 }
 
-static int64_t now_ns(void)
+uint64_t now_ns(void)
 {
-	struct timespec t;
+	struct timespec ts;
 
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
 /* Waits up to busy_poll_us for each completion, handling what arrives. */
 static void worker_busy_poll(struct worker *w)
 {
-	int64_t budget = (int64_t)w->srv->busy_poll_us * 1000;
+	uint64_t budget = (uint64_t)w->srv->busy_poll_us * 1000;
 	int pass;
 
 	for (pass = 0; pass < BUSY_POLL_PASSES; pass++) {
-		int64_t end;
+		uint64_t end;
 
 		if (io_uring_cq_ready(&w->ring) || !worker_clients(w) || w->ready_head)
 			return;  /* libev's turn: it has work, or nothing will come */
