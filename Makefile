@@ -20,7 +20,7 @@ DESTDIR ?=
 B       := build
 CC      ?= cc
 
-BUILD_PKGS := gcc make pkg-config liburing-dev libev-dev libnbd-dev check libgnutls28-dev
+BUILD_PKGS := gcc make pkg-config liburing-dev libev-dev libnbd-dev check libgnutls28-dev libjson-c-dev
 TEST_PKGS  := libnbd-bin qemu-utils nbdkit nbd-server nbd-client fio python3-libnbd \
               fuse3 libfuse3-dev e2fsprogs xfsprogs btrfs-progs util-linux procps bc clang \
               libclang-rt-14-dev \
@@ -55,7 +55,8 @@ CACHE_SRC  := cache/cache.c
 DAEMON_SRC := daemon/main.c daemon/cli.c daemon/log.c daemon/backing.c daemon/export.c daemon/pool.c daemon/plan.c \
               daemon/worker.c daemon/conn.c daemon/handshake.c daemon/rx.c daemon/request.c \
               daemon/fileio.c daemon/cached.c daemon/reply.c daemon/offload.c daemon/listen.c daemon/config.c \
-              daemon/notify.c daemon/server.c daemon/access.c daemon/tls.c daemon/overlay.c
+              daemon/notify.c daemon/server.c daemon/access.c daemon/tls.c daemon/overlay.c \
+              daemon/ctlproto.c daemon/control.c daemon/command.c
 HOOKS_OBJ  := $(DAEMON_SRC:%.c=$(B)/hooks/%.o)
 UNIT_TESTS := $(patsubst tests/unit/%.c,$(B)/tests/unit/%,$(wildcard tests/unit/test_*.c))
 INTEG_TESTS := $(patsubst tests/integration/%.c,$(B)/tests/integration/%,\
@@ -65,7 +66,8 @@ PROTO_OBJ  := $(PROTO_SRC:%.c=$(B)/%.o)
 LOCK_OBJ   := $(LOCK_SRC:%.c=$(B)/%.o)
 CACHE_OBJ  := $(CACHE_SRC:%.c=$(B)/%.o)
 DAEMON_OBJ := $(DAEMON_SRC:%.c=$(B)/%.o)
-DAEMON_LIBS := -luring -lev $$(pkg-config --libs gnutls)
+DAEMON_LIBS := -luring -lev $$(pkg-config --libs gnutls json-c)
+CTL_OBJ    := $(B)/ctl/uringnbdctl.o $(B)/daemon/ctlproto.o
 
 INTEROP_TESTS := $(wildcard tests/interop/*.sh tests/interop/*.py)
 FAULT_TESTS   := $(filter-out tests/faults/faultlib.py,$(wildcard tests/faults/*.py))
@@ -73,7 +75,7 @@ VM_TESTS      := tests/vm/kernel-client.sh tests/vm/systemd.sh
 
 .SECONDARY:
 .PHONY: analyze check-vm bench bench-idle bench-overlay fuzz check-fuzz bench-lock all run check check-unit check-integration check-interop check-faults check-tests install clean deps deps-test
-all: $(B)/uringnbd
+all: $(B)/uringnbd $(B)/uringnbdctl
 
 # Goals that may install packages build after them; plain `make` never does.
 INSTALLING_GOALS := deps deps-test run check check-% bench bench-% fuzz analyze
@@ -117,6 +119,10 @@ $(B)/%.o: %.c | $(DEPS_FIRST)
 $(B)/uringnbd: $(DAEMON_OBJ) $(PROTO_OBJ) $(LOCK_OBJ) $(CACHE_OBJ)
 	$(quiet) LD $@
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(DAEMON_LIBS)
+
+$(B)/uringnbdctl: $(CTL_OBJ)
+	$(quiet) LD $@
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $$(pkg-config --libs json-c)
 
 # The same daemon with test-only hooks (URINGNBD_TEST_HOOKS); never installed.
 $(B)/uringnbd-test-hooks: $(HOOKS_OBJ) $(PROTO_OBJ) $(LOCK_OBJ) $(CACHE_OBJ)
@@ -229,20 +235,22 @@ $(IMG):
 	@mkdir -p $(dir $@)
 	truncate -s 1G $@
 
-run: $(B)/uringnbd $(IMG) | $(B)/.deps-build
+run: $(B)/uringnbd $(B)/uringnbdctl $(IMG) | $(B)/.deps-build
 	@echo "serving $(IMG) on 127.0.0.1:10809 and $(CURDIR)/build/uringnbd.sock (Ctrl-C stops)"
 	@echo "  nbdinfo nbd://127.0.0.1                      # size, block sizes, flags"
 	@echo "  nbdinfo 'nbd+unix:///?socket=$(CURDIR)/build/uringnbd.sock'"
 	@echo "  nbd-client 127.0.0.1 10809 /dev/nbd0 -N ''   # kernel block device (needs the nbd module)"
 	@echo "  mkdir -p /tmp/nbd && nbdfuse /tmp/nbd/disk nbd://127.0.0.1 &   # a file you can losetup"
-	$(B)/uringnbd -b 127.0.0.1 -U $(CURDIR)/build/uringnbd.sock $(IMG)
+	@echo "  $(B)/uringnbdctl -c $(CURDIR)/build/uringnbd.ctl exports   # the control socket"
+	$(B)/uringnbd -b 127.0.0.1 -U $(CURDIR)/build/uringnbd.sock --control $(CURDIR)/build/uringnbd.ctl $(IMG)
 
 # ---- tests ----
-TEST_ENV := URINGNBD=$(CURDIR)/$(B)/uringnbd URINGNBD_TEST_HOOKS_BIN=$(CURDIR)/$(B)/uringnbd-test-hooks \
+TEST_ENV := URINGNBD=$(CURDIR)/$(B)/uringnbd URINGNBDCTL=$(CURDIR)/$(B)/uringnbdctl \
+            URINGNBD_TEST_HOOKS_BIN=$(CURDIR)/$(B)/uringnbd-test-hooks \
             FAULTFS=$(CURDIR)/$(B)/tests/faults/faultfs TEST_TMPDIR=$(CURDIR)/$(B)/tmp \
             VM_DIR=$(CURDIR)/build/vm
 RUN_TESTS := $(TEST_ENV) tests/run-tests.sh
-TEST_BINS := $(B)/uringnbd $(B)/uringnbd-test-hooks $(B)/tests/faults/faultfs $(INTEG_TESTS)
+TEST_BINS := $(B)/uringnbd $(B)/uringnbdctl $(B)/uringnbd-test-hooks $(B)/tests/faults/faultfs $(INTEG_TESTS)
 
 check-unit: $(UNIT_TESTS)
 	$(Q)for t in $(UNIT_TESTS); do CK_DEFAULT_TIMEOUT=10 $$t || exit 1; done
@@ -274,11 +282,17 @@ DOCDIR     ?= $(PREFIX)/share/doc/uringnbd
 UNITDIR    ?= $(PREFIX)/lib/systemd/system
 SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
 SYSCONFDIR ?= /etc
+COMPLETIONDIR ?= $(PREFIX)/share/bash-completion/completions
 UNITS      := uringnbd.service uringnbd.socket uringnbd@.service
 
-install: $(B)/uringnbd
+install: $(B)/uringnbd $(B)/uringnbdctl
 	install -D -m 0755 $(B)/uringnbd $(DESTDIR)$(SBINDIR)/uringnbd
+	install -D -m 0755 $(B)/uringnbdctl $(DESTDIR)$(SBINDIR)/uringnbdctl
 	install -D -m 0644 man/uringnbd.8 $(DESTDIR)$(MANDIR)/man8/uringnbd.8
+	install -D -m 0644 man/uringnbdctl.8 $(DESTDIR)$(MANDIR)/man8/uringnbdctl.8
+	install -D -m 0644 ctl/uringnbdctl.bash-completion \
+	    $(DESTDIR)$(COMPLETIONDIR)/uringnbdctl
+	ln -sf uringnbdctl $(DESTDIR)$(COMPLETIONDIR)/uringnbd
 	install -D -m 0644 man/uringnbd.conf.5 $(DESTDIR)$(MANDIR)/man5/uringnbd.conf.5
 	install -d $(DESTDIR)$(UNITDIR)
 	for u in $(UNITS); do \

@@ -55,6 +55,7 @@ static void usage(FILE *f)
 		"                       sleeping: lower latency at low queue depth for more\n"
 		"                       CPU (default 0: off)\n"
 		"      --pid-file PATH  write the pid here once listening\n"
+		"      --control PATH   a control socket for uringnbdctl(8) (root and this uid)\n"
 		"  -l, --log-level L    error, warning, info (default) or debug\n"
 		"  -v, --verbose        the same as --log-level debug\n"
 		"  -V, --version        print the version and exit\n"
@@ -169,6 +170,7 @@ int cli_parse(int argc, char **argv, struct config *cli, const char **config_pat
 		{ "cache", required_argument, NULL, 'C' },
 		{ "cache-size", required_argument, NULL, 'S' },
 		{ "pid-file", required_argument, NULL, 'F' },
+		{ "control", required_argument, NULL, 'Z' },
 		{ "allow", required_argument, NULL, 'A' },
 		{ "overlay", required_argument, NULL, 'O' },
 		{ "deny", required_argument, NULL, 'X' },
@@ -218,6 +220,7 @@ int cli_parse(int argc, char **argv, struct config *cli, const char **config_pat
 		case 'B': if (cli_global(cli, "busy-poll", optarg) < 0) return -1; break;
 		case 'S': if (cli_global(cli, "cache-size", optarg) < 0) return -1; break;
 		case 'F': if (cli_global(cli, "pid-file", optarg) < 0) return -1; break;
+		case 'Z': if (cli_global(cli, "control", optarg) < 0) return -1; break;
 		case 'A': file_spec.allow = optarg; break;
 		case 'O': file_spec.overlay = optarg; break;
 		case 'X': file_spec.deny = optarg; break;

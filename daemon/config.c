@@ -90,6 +90,7 @@ void config_free(struct config *cfg)
 	free(cfg->bind);
 	free(cfg->port);
 	free(cfg->pid_file);
+	free(cfg->control_path);
 	free(cfg->tls_certificates);
 	free(cfg->tls_psk);
 	memset(cfg, 0, sizeof(*cfg));
@@ -201,6 +202,12 @@ int config_set_global(struct config *cfg, const char *k, const char *v, const ch
 		return set_str(&cfg->port, v);
 	} else if (!strcmp(k, "pid-file")) {
 		return set_str(&cfg->pid_file, v);
+	} else if (!strcmp(k, "control")) {
+		if (!*v) {
+			*why = "control: expected the path of a unix socket";
+			return -1;
+		}
+		return set_str(&cfg->control_path, v);
 	} else if (!strcmp(k, "tls")) {
 		cfg->tls = config_parse_tls(v);
 		if (cfg->tls < 0) {
@@ -231,6 +238,69 @@ int config_set_global(struct config *cfg, const char *k, const char *v, const ch
 		cfg->log_level_set = true;
 	} else {
 		*why = "unknown key in [global]";
+		return -1;
+	}
+	return 0;
+}
+
+int config_set_export(struct export_spec *spec, const char *k, const char *v, char *err,
+		      size_t errlen)
+{
+	if (!strcmp(k, "path") || !strcmp(k, "description") || !strcmp(k, "allow") ||
+	    !strcmp(k, "deny") || !strcmp(k, "tls-allow") || !strcmp(k, "overlay")) {
+		const char **dst = !strcmp(k, "path") ? &spec->path :
+				   !strcmp(k, "overlay") ? &spec->overlay :
+				   !strcmp(k, "description") ? &spec->description :
+				   !strcmp(k, "allow") ? &spec->allow :
+				   !strcmp(k, "deny") ? &spec->deny : &spec->tls_allow;
+		const char *old = *dst;
+
+		if (*dst && (dst != &spec->description || spec->description[0])) {
+			snprintf(err, errlen, "\"%s\" given twice in [export %s]", k, spec->name);
+			return -1;
+		}
+		if (strlen(v) > PROTO_NAME_MAX && dst == &spec->description) {
+			snprintf(err, errlen, "description longer than %d bytes", PROTO_NAME_MAX);
+			return -1;
+		}
+		if (!*v && dst == &spec->path) {
+			snprintf(err, errlen, "path: expected a file or block device");
+			return -1;
+		}
+		*dst = v;
+		if (dst == &spec->allow || dst == &spec->deny || dst == &spec->tls_allow) {
+			struct access a;
+			char why[256];
+
+			if (access_parse(&a, spec, why, sizeof(why)) < 0) {
+				snprintf(err, errlen, "%s: %s", k, why);
+				*dst = old;
+				return -1;
+			}
+			access_free(&a);
+		}
+	} else if (!strcmp(k, "cache")) {
+		if (cache_mode_parse(v) < 0) {
+			snprintf(err, errlen, "cache: expected none, always or auto");
+			return -1;
+		}
+		spec->cache_mode = cache_mode_parse(v);
+	} else if (!strcmp(k, "tls")) {
+		if (strcmp(v, "require") && strcmp(v, "off") && strcmp(v, "on")) {
+			snprintf(err, errlen, "tls: expected require (TLS-only) or on (either)");
+			return -1;
+		}
+		spec->tls_required = !strcmp(v, "require");
+	} else if (!strcmp(k, "readonly")) {
+		int b = config_parse_bool(v);
+
+		if (b < 0) {
+			snprintf(err, errlen, "readonly: expected true or false");
+			return -1;
+		}
+		spec->readonly = b;
+	} else {
+		snprintf(err, errlen, "unknown key \"%s\" in [export %s]", k, spec->name);
 		return -1;
 	}
 	return 0;
@@ -320,53 +390,17 @@ int config_load(const char *path, struct config *cfg)
 			continue;
 		}
 		/* [export NAME]: strings live in extra. */
-		if (!strcmp(k, "path") || !strcmp(k, "description") || !strcmp(k, "allow") ||
-		    !strcmp(k, "deny") || !strcmp(k, "tls-allow") || !strcmp(k, "overlay")) {
-			const char **dst = !strcmp(k, "path") ? &spec->path :
-					   !strcmp(k, "overlay") ? &spec->overlay :
-					   !strcmp(k, "description") ? &spec->description :
-					   !strcmp(k, "allow") ? &spec->allow :
-					   !strcmp(k, "deny") ? &spec->deny : &spec->tls_allow;
-			char *copy;
+		{
+			char err[300];
+			char *copy = strdup(v);
 
-			if (*dst && (dst != &spec->description || spec->description[0]))
-				CFG_ERR("%s:%d: \"%s\" given twice in [export %s]", path, lineno, k,
-					spec->name);
-			copy = strdup(v);
 			if (!copy || spec->nextra == sizeof(spec->extra) / sizeof(spec->extra[0])) {
 				free(copy);
 				CFG_ERR("%s:%d: out of memory", path, lineno);
 			}
 			spec->extra[spec->nextra++] = copy;
-			*dst = copy;
-			if (dst == &spec->allow || dst == &spec->deny || dst == &spec->tls_allow) {
-				struct access a;
-				char err[256];
-
-				if (access_parse(&a, spec, err, sizeof(err)) < 0)
-					CFG_ERR("%s:%d: %s: %s", path, lineno, k, err);
-				access_free(&a);
-			}
-			if (strlen(copy) > PROTO_NAME_MAX && dst == &spec->description)
-				CFG_ERR("%s:%d: description longer than %d bytes", path, lineno,
-					PROTO_NAME_MAX);
-		} else if (!strcmp(k, "cache")) {
-			spec->cache_mode = cache_mode_parse(v);
-			if (spec->cache_mode < 0)
-				CFG_ERR("%s:%d: cache: expected none, always or auto", path, lineno);
-		} else if (!strcmp(k, "tls")) {
-			if (strcmp(v, "require") && strcmp(v, "off") && strcmp(v, "on"))
-				CFG_ERR("%s:%d: tls: expected require (TLS-only) or on (either)", path,
-					lineno);
-			spec->tls_required = !strcmp(v, "require");
-		} else if (!strcmp(k, "readonly")) {
-			int b = config_parse_bool(v);
-
-			if (b < 0)
-				CFG_ERR("%s:%d: readonly: expected true or false", path, lineno);
-			spec->readonly = b;
-		} else {
-			CFG_ERR("%s:%d: unknown key \"%s\" in [export %s]", path, lineno, k, spec->name);
+			if (config_set_export(spec, k, copy, err, sizeof(err)) < 0)
+				CFG_ERR("%s:%d: %s", path, lineno, err);
 		}
 	}
 	for (i = 0; i < cfg->nexports; i++)

@@ -50,6 +50,8 @@ static void conn_free(struct conn *c)
 	if (c->fd_out != c->fd)
 		close(c->fd_out);
 	server_conn_gone(w->srv, &c->key);
+	if (c->exp)
+		stat_bump(&c->exp->ctr->slot[w->id].conns, (uint64_t)-1);
 	export_put((struct export *)c->exp);
 	free(c->hs_buf);
 	free(c->hs_out.data);
@@ -287,7 +289,11 @@ static void conn_watchdog_cb(struct ev_loop *loop, ev_timer *t, int revents)
 	(void)revents;
 	if (c->state == CONN_CLOSING)
 		return;
-	if (srv->io_timeout_s && moving && now - c->last_progress >= srv->io_timeout_s) {
+	if (c->stop_by && now >= c->stop_by) {
+		log_info("conn %" PRIu64 ": still busy %.0f s after a disconnect: closing", c->id,
+			 WORKER_STOP_GRACE_S);
+		conn_close(c, NULL);
+	} else if (srv->io_timeout_s && moving && now - c->last_progress >= srv->io_timeout_s) {
 		log_info("conn %" PRIu64 ": %s made no progress for %u s (io-timeout): closing",
 			 c->id, c->sending ? "a reply" : "a WRITE payload", srv->io_timeout_s);
 		conn_close(c, NULL);
@@ -353,6 +359,7 @@ void conns_adopt(struct worker *w, const struct client *cl)
 	c->id = atomic_fetch_add_explicit(&conn_ids, 1, memory_order_relaxed) + 1;
 	c->state = CONN_HANDSHAKE;
 	c->rx = RX_STOPPED;
+	c->started_ns = now_ns();
 	conn_op_init(&c->close_op, c, conn_closed);
 	ev_timer_init(&c->watchdog, conn_watchdog_cb, 1., 1.);
 	c->watchdog.data = c;
@@ -385,6 +392,68 @@ void conns_stop(struct worker *w)
 		c->state = CONN_STOPPING;
 		conn_close_if_idle(c);
 	}
+}
+
+int conns_report(struct worker *w, struct conn_info **out)
+{
+	unsigned n = atomic_load_explicit(&w->nconns, memory_order_relaxed), i = 0;
+	uint64_t now = now_ns();
+	struct conn_info *a;
+	struct conn *c;
+
+	*out = NULL;
+	a = calloc(n ? n : 1, sizeof(*a));
+	if (!a)
+		return -ENOMEM;
+	for (c = w->conns; c && i < n; c = c->next, i++) {
+		struct conn_info *ci = &a[i];
+		const char *ident = c->tls ? tls_conn_identity(c) : NULL;
+
+		ci->id = c->id;
+		ci->exp = (struct export *)c->exp;
+		if (ci->exp)
+			export_get(ci->exp);
+		conn_peer_name(c, ci->peer, sizeof(ci->peer));
+		ci->tls = c->tls && tls_conn_up(c);
+		ci->tls_identity = ident ? strdup(ident) : NULL;
+		ci->state = c->state == CONN_HANDSHAKE ? "negotiating" :
+			    c->state == CONN_TRANSMIT ? "serving" : "closing";
+		ci->worker = w->id;
+		ci->age_s = (double)(now - c->started_ns) / 1e9;
+		ci->in_flight = c->live_reqs;
+		ci->requests = c->requests;
+		ci->errors = c->errors;
+		ci->bytes_read = c->bytes_read;
+		ci->bytes_written = c->bytes_written;
+	}
+	*out = a;
+	return (int)i;
+}
+
+unsigned conns_disconnect(struct worker *w, uint64_t id, const char *export)
+{
+	unsigned n = 0;
+	struct conn *c;
+
+	for (c = w->conns; c; c = c->next) {
+		if ((id && c->id != id) || (export && (!c->exp || strcmp(c->exp->name, export))))
+			continue;
+		if (c->state == CONN_CLOSING)
+			continue;
+		n++;
+		log_info("conn %" PRIu64 ": disconnected by the control socket%s", c->id,
+			 c->live_reqs ? " once its requests are done" : "");
+		if (c->state != CONN_TRANSMIT) {
+			/* Negotiating, draining or stopping already: nothing to wait for. */
+			if (c->state == CONN_HANDSHAKE)
+				conn_close(c, "disconnected by the control socket");
+			continue;
+		}
+		c->state = CONN_STOPPING;
+		c->stop_by = ev_now(w->loop) + WORKER_STOP_GRACE_S;
+		conn_close_if_idle(c);
+	}
+	return n;
 }
 
 void conns_close_all(struct worker *w)

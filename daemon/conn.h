@@ -180,6 +180,10 @@ struct conn {
 	ev_timer watchdog;         /* io-timeout and idle-timeout, checked every tick */
 	ev_tstamp last_progress;   /* loop time a send or payload receive last moved */
 	ev_tstamp last_active;     /* loop time bytes last came in */
+	ev_tstamp stop_by;         /* disconnect asked: closed by then however busy; 0: not asked */
+	uint64_t started_ns;       /* now_ns() at adoption */
+	uint64_t requests, errors; /* replied to, and of those with an error */
+	uint64_t bytes_read, bytes_written; /* by successful READs and WRITEs */
 
 	/* handshake (handshake.c) */
 	ev_timer hs_timer;         /* bounds the negotiation (server handshake_timeout_s) */

@@ -88,6 +88,12 @@ struct log_limit {
 void log_msg_limited(struct log_limit *l, enum log_level level, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 /*
+ * While buf is set, the first error line this thread logs is also copied
+ * there (without the prefix): how a control command says why a call it
+ * made failed. log_capture(NULL, 0) ends it.
+ */
+void log_capture(char *buf, size_t len);
+/*
  * Client-chosen bytes made safe for a log line: printable ASCII stays,
  * anything else (and \\ and ") becomes \\xNN; cut with "..." to fit bufsz
  * (at least 8). Returns buf.
@@ -115,6 +121,7 @@ struct export_spec {
 
 struct config {
 	char *unix_path, *bind, *port, *pid_file;
+	char *control_path;        /* the control socket (control.c), or NULL */
 	long long threads;         /* 0: not set */
 	long long pool_bytes;      /* 0: not set */
 	long long cache_bytes;     /* 0: not set */
@@ -145,6 +152,13 @@ void config_init(struct config *cfg);
  * with *why naming the key and what it expects.
  */
 int config_set_global(struct config *cfg, const char *key, const char *value, const char **why);
+/*
+ * One [export NAME] key (the file's and the control socket's, so both
+ * accept and refuse the same values): spec keeps a pointer to v. Returns 0,
+ * or -1 with err saying why (spec unchanged).
+ */
+int config_set_export(struct export_spec *spec, const char *key, const char *v, char *err,
+		      size_t errlen);
 /* Parses the file into *cfg; logs "file:line: why" and returns -1 on error. */
 int config_load(const char *path, struct config *cfg);
 /* Appends a copy of *spec (its heap strings move to cfg). Returns 0 or -1. */
@@ -291,6 +305,41 @@ uint64_t overlay_allocated_bytes(const struct overlay *ov);
 
 /* ---- export.c ---- */
 /*
+ * An export's counters, one set per worker: only that worker writes its set
+ * (stat_bump: a plain load and store, no locked instruction), any thread
+ * reads them (relaxed) and sums the sets. Every export object of one name
+ * shares them across reloads and export-set, so they only grow.
+ */
+#define EXPORT_STAT_OPS 9 /* indexed by NBD_CMD_*; the last counts any other type */
+struct export_stats {
+	atomic_uint_fast64_t requests[EXPORT_STAT_OPS]; /* replied to */
+	atomic_uint_fast64_t bytes[EXPORT_STAT_OPS];    /* moved by those that succeeded */
+	atomic_uint_fast64_t errors[EXPORT_STAT_OPS];   /* replied to with an error */
+	atomic_uint_fast64_t in_flight;  /* requests received, not yet done with */
+	atomic_uint_fast64_t conns;      /* connections that chose it, still open */
+} __attribute__((aligned(64)));
+struct export_counters {
+	atomic_int refs;
+	int64_t since_s;          /* wall-clock seconds when the first of the name opened */
+	unsigned nslots;          /* one per worker */
+	struct export_stats slot[];
+};
+/* Workers there will be: how many sets each export's counters get. */
+void export_set_stat_slots(unsigned n);
+/* Adds every worker's set into *sum. */
+void export_stats_sum(const struct export_counters *ec, struct export_stats *sum);
+/* A worker's own counter: it is the only writer. */
+static inline void stat_bump(atomic_uint_fast64_t *counter, uint64_t n)
+{
+	atomic_store_explicit(counter, atomic_load_explicit(counter, memory_order_relaxed) + n,
+			      memory_order_relaxed);
+}
+static inline unsigned export_stat_op(uint16_t type)
+{
+	return type < EXPORT_STAT_OPS - 1 ? type : EXPORT_STAT_OPS - 1;
+}
+
+/*
  * An export. Heap object, reference counted: the server's table holds one
  * reference and every connection that chose it holds one, so an export
  * removed by a reload lives on until its last connection closes. Nothing
@@ -320,6 +369,7 @@ struct export {
 	struct overlay *ov;       /* or NULL */
 	struct backing *ov_backing; /* the overlay file's record: its locks, map, errors */
 	char *overlay_src;        /* as configured, to compare at reload */
+	struct export_counters *ctr; /* shared with the exports of the same name */
 };
 /* The record whose durability errors this export's flushes report. */
 static inline struct backing *export_store(const struct export *e)
@@ -345,6 +395,10 @@ bool export_matches(const struct export *e, const struct export_spec *spec);
 bool export_changed(const struct export *e, char *why, size_t len);
 /* A new export of what e describes, opened afresh (NULL, logged, on failure). */
 struct export *export_reopen(const struct export *e);
+/* What e was opened from (its strings are e's: valid while e is). */
+void export_spec_of(const struct export *e, struct export_spec *spec);
+/* e (not yet published) counts into from's counters from now on. */
+void export_share_counters(struct export *e, const struct export *from);
 /*
  * base:allocation of [off, off + len) from SEEK_DATA/SEEK_HOLE: at most max
  * extents (one if `one`), covering at least the first byte. Returns the count.
@@ -496,6 +550,36 @@ void conns_adopt(struct worker *w, const struct client *cl);
 void conns_stop(struct worker *w);
 /* The grace period is over: close every connection. */
 void conns_close_all(struct worker *w);
+/* One connection as the control socket reports it (filled on its worker). */
+struct conn_info {
+	uint64_t id;
+	struct export *exp;       /* a reference (export_put it), or NULL while negotiating */
+	char peer[96];            /* conn_peer_name() */
+	char *tls_identity;       /* heap: PSK user or certificate DN, or NULL */
+	bool tls;                 /* TLS is up */
+	const char *state;        /* "negotiating", "serving", "closing" (static) */
+	int worker;
+	double age_s;
+	unsigned in_flight;       /* requests received, not yet done with */
+	uint64_t requests, errors, bytes_read, bytes_written;
+};
+/* On w's thread: every connection of w into *out (heap). Returns the count, or -ENOMEM. */
+int conns_report(struct worker *w, struct conn_info **out);
+/*
+ * On w's thread: connection id (0: any) of the export named export (NULL:
+ * any) stops reading requests and closes once those in flight are replied
+ * to; one still busy after WORKER_STOP_GRACE_S is closed anyway. Returns
+ * how many matched.
+ */
+unsigned conns_disconnect(struct worker *w, uint64_t id, const char *export);
+
+/* ---- control.c: the control socket (control.h has its commands' side) ---- */
+/* Listens on path (0600; root and this uid) on srv's loop. Returns 0 or -errno (logged). */
+int control_start(struct server *srv, const char *path);
+/* Stops listening and closes the clients (main thread, the loop still there). */
+void control_close(void);
+/* After the workers are joined: frees the queries they never answered. */
+void control_free(void);
 
 /* ---- listen.c ---- */
 #define LISTEN_DEFAULT_PORT "10809"
@@ -509,6 +593,11 @@ struct listener {
 
 int listen_tcp(struct server *srv, const char *addr, const char *port);
 int listen_unix(struct server *srv, const char *path);
+/*
+ * A listening unix socket at path, no wider than mode (a stale socket there
+ * is replaced, a live one refused): its fd, or -errno (logged).
+ */
+int listen_unix_socket(const char *path, mode_t mode);
 int listen_inherited(struct server *srv);
 /* Fills cl's key and peer from its socket fd (address and port, or SO_PEERCRED). */
 void listen_identify(int fd, struct client *cl);
@@ -581,6 +670,25 @@ void server_swap_exports(struct server *s, struct export **t, size_t n);
  */
 void server_refresh_exports(struct server *s);
 void server_log_exports(struct server *s);
+/*
+ * The control socket's changes to the table (main thread). add takes e's
+ * reference; -EEXIST if the name is taken. remove refuses (-EBUSY) an export
+ * with connections unless force, and returns the table's reference, with
+ * *conns the connections it had; -ENOENT if there is none. replace puts
+ * fresh in the place of the export of its name and returns that one's
+ * reference (NULL if none: fresh is then not taken).
+ */
+int server_add_export(struct server *s, struct export *e);
+struct export *server_remove_export(struct server *s, const char *name, bool force,
+				    uint64_t *conns, int *err);
+struct export *server_replace_export(struct server *s, struct export *fresh);
+/* The export of that name, a new reference; NULL if none. */
+struct export *server_find_export(struct server *s, const char *name);
+/* The table now, each export a new reference; server_exports_put() drops them. */
+struct export **server_exports_get(struct server *s, size_t *n);
+void server_exports_put(struct export **t, size_t n);
+/* Logs what installing table t would add, remove and reopen (a reload). */
+void server_log_table_changes(struct server *s, struct export **t, size_t n);
 unsigned server_connections(struct server *s);
 
 #endif

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "daemon.h"
@@ -184,6 +185,61 @@ static void export_access_free(struct export *e)
 	}
 }
 
+static unsigned stat_slots = 1;
+
+void export_set_stat_slots(unsigned n)
+{
+	stat_slots = n ? n : 1;
+}
+
+static struct export_counters *counters_new(void)
+{
+	size_t size = sizeof(struct export_counters) + stat_slots * sizeof(struct export_stats);
+	struct export_counters *ec;
+
+	size = (size + 63) / 64 * 64;
+	ec = aligned_alloc(64, size);
+	if (!ec)
+		return NULL;
+	memset(ec, 0, size);
+	atomic_init(&ec->refs, 1);
+	ec->since_s = (int64_t)time(NULL);
+	ec->nslots = stat_slots;
+	return ec;
+}
+
+static void counters_put(struct export_counters *ec)
+{
+	if (ec && atomic_fetch_sub(&ec->refs, 1) == 1)
+		free(ec);
+}
+
+void export_share_counters(struct export *e, const struct export *from)
+{
+	if (!from || e->ctr == from->ctr || from->ctr->nslots != e->ctr->nslots)
+		return;
+	counters_put(e->ctr);
+	atomic_fetch_add(&from->ctr->refs, 1);
+	e->ctr = from->ctr;
+}
+
+void export_stats_sum(const struct export_counters *ec, struct export_stats *sum)
+{
+	unsigned i, k;
+
+#define LOAD(f) atomic_load_explicit(&ec->slot[i].f, memory_order_relaxed)
+	for (i = 0; i < ec->nslots; i++) {
+		for (k = 0; k < EXPORT_STAT_OPS; k++) {
+			stat_bump(&sum->requests[k], LOAD(requests[k]));
+			stat_bump(&sum->bytes[k], LOAD(bytes[k]));
+			stat_bump(&sum->errors[k], LOAD(errors[k]));
+		}
+		stat_bump(&sum->in_flight, LOAD(in_flight));
+		stat_bump(&sum->conns, LOAD(conns));
+	}
+#undef LOAD
+}
+
 struct export *export_open(const struct export_spec *spec)
 {
 	struct export *e = calloc(1, sizeof(*e));
@@ -277,7 +333,8 @@ struct export *export_open(const struct export_spec *spec)
 	e->name = strdup(spec->name ? spec->name : "");
 	e->description = strdup(spec->description ? spec->description : "");
 	e->path = strdup(spec->path);
-	if (!e->name || !e->description || !e->path || !e->locks) {
+	e->ctr = counters_new();
+	if (!e->name || !e->description || !e->path || !e->locks || !e->ctr) {
 		err = ENOMEM;
 		log_error("export \"%s\": %s", spec->path, strerror(err));
 		goto out_free;
@@ -313,6 +370,7 @@ out_free:
 	free(e->name);
 	free(e->description);
 	free(e->path);
+	counters_put(e->ctr);
 	backing_put(e->backing);
 out_close_fd:
 	if (e->fd_buffered >= 0)
@@ -340,6 +398,7 @@ void export_put(struct export *e)
 	free(e->name);
 	free(e->description);
 	free(e->path);
+	counters_put(e->ctr);
 	free(e);
 }
 
@@ -389,9 +448,9 @@ bool export_changed(const struct export *e, char *why, size_t len)
 	return false;
 }
 
-struct export *export_reopen(const struct export *e)
+void export_spec_of(const struct export *e, struct export_spec *spec)
 {
-	struct export_spec spec = {
+	*spec = (struct export_spec){
 		.name = e->name,
 		.description = e->description,
 		.path = e->path,
@@ -403,8 +462,18 @@ struct export *export_reopen(const struct export *e)
 		.tls_required = e->tls_required,
 		.overlay = e->overlay_src,
 	};
+}
 
-	return export_open(&spec);
+struct export *export_reopen(const struct export *e)
+{
+	struct export_spec spec;
+	struct export *fresh;
+
+	export_spec_of(e, &spec);
+	fresh = export_open(&spec);
+	if (fresh)
+		export_share_counters(fresh, e);
+	return fresh;
 }
 
 void export_describe(const struct export *e, struct proto_export *out)

@@ -202,6 +202,7 @@ static void hs_option(struct conn *c)
 	if (ret == 0 && c->sess.phase == PROTO_PHASE_TRANSMISSION) {
 		c->exp = c->sess.export.opaque;
 		export_get((struct export *)c->exp); /* ours until the connection goes */
+		stat_bump(&c->exp->ctr->slot[c->w->id].conns, 1);
 	}
 	pthread_rwlock_unlock(&c->w->srv->exports_lock);
 	if (ret < 0) {

@@ -288,11 +288,11 @@ static bool unix_socket_live(const struct sockaddr_un *sun)
 	return live;
 }
 
-int listen_unix(struct server *srv, const char *path)
+int listen_unix_socket(const char *path, mode_t mode)
 {
 	struct sockaddr_un sun;
 	struct stat st;
-	char desc[sizeof(sun.sun_path) + 8];
+	mode_t umask_was;
 	int fd, ret;
 
 	memset(&sun, 0, sizeof(sun));
@@ -319,13 +319,28 @@ int listen_unix(struct server *srv, const char *path)
 		log_error("unix socket \"%s\": %s", path, strerror(errno));
 		return ret;
 	}
-	if (bind(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0 ||
-	    listen(fd, LISTEN_BACKLOG) < 0) {
+	/* The socket is made with the mode the umask leaves: never wider than asked. */
+	umask_was = umask(0777);
+	umask(umask_was | ((mode_t)~mode & 0777));
+	ret = bind(fd, (struct sockaddr *)&sun, sizeof(sun));
+	umask(umask_was);
+	if (ret < 0 || listen(fd, LISTEN_BACKLOG) < 0) {
 		ret = -errno;
 		log_error("listen on unix socket \"%s\": %s", path, strerror(errno));
 		close(fd);
 		return ret;
 	}
+	return fd;
+}
+
+int listen_unix(struct server *srv, const char *path)
+{
+	char desc[4200];
+	int fd, ret;
+
+	fd = listen_unix_socket(path, 0777);
+	if (fd < 0)
+		return fd;
 	snprintf(desc, sizeof(desc), "unix:%s", path);
 	ret = listener_add(srv, fd, desc, path);
 	if (ret < 0)

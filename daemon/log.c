@@ -12,6 +12,18 @@
 
 enum log_level log_max_level = LOG_INFO;
 
+/* This thread's capture of error lines (log_capture), or NULL. */
+static __thread char *capture_buf;
+static __thread size_t capture_len;
+
+void log_capture(char *buf, size_t len)
+{
+	capture_buf = buf;
+	capture_len = len;
+	if (buf && len)
+		buf[0] = '\0';
+}
+
 void log_msg(enum log_level level, const char *fmt, ...)
 {
 	static const char *const prefix[] = { "error", "warning", "info", "debug" };
@@ -25,6 +37,8 @@ void log_msg(enum log_level level, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
 	va_end(ap);
+	if (capture_buf && level == LOG_ERROR && !capture_buf[0])
+		snprintf(capture_buf, capture_len, "%s", line + n);
 	/* One fputs per line keeps lines from different threads whole. */
 	fprintf(stderr, "%s\n", line);
 }

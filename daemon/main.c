@@ -218,6 +218,7 @@ static void on_reload(struct ev_loop *loop, ev_signal *w, int revents)
 		tls_creds_put(old_creds);
 		if (creds)
 			log_info("reload: TLS credentials reloaded");
+		server_log_table_changes(&srv, t, n);
 		server_swap_exports(&srv, t, n);
 		log_info("reload: %zu export%s (was %zu); existing connections are untouched", n,
 			 n == 1 ? "" : "s", before);
@@ -314,7 +315,7 @@ int main(int argc, char **argv)
 	struct export_spec *specs = NULL;
 	ev_signal sigint_w, sigterm_w, sigusr1_w, sighup_w;
 	ev_timer status_w;
-	const char *unix_path, *bind_addr, *port, *pid_file;
+	const char *unix_path, *bind_addr, *port, *pid_file, *control_path;
 	size_t nspecs = 0, j;
 	long threads;
 	int status = 1, inherited, ret;
@@ -332,6 +333,7 @@ int main(int argc, char **argv)
 	bind_addr = cli.bind ? cli.bind : file.bind;
 	port = cli.port ? cli.port : file.port;
 	pid_file = cli.pid_file ? cli.pid_file : file.pid_file;
+	control_path = cli.control_path ? cli.control_path : file.control_path;
 	threads = cli.threads ? cli.threads : file.threads;
 	srv.pool_bytes = (size_t)(cli.pool_bytes ? cli.pool_bytes
 				  : file.pool_bytes ? file.pool_bytes : DEFAULT_POOL_BYTES);
@@ -381,6 +383,7 @@ int main(int argc, char **argv)
 	if (tls_init() < 0 || tls_settings(&file, specs, nspecs, &srv.tls_mode, &srv.tls_creds) < 0)
 		goto out_config;
 	srv.list_refused = list_refused(&file);
+	export_set_stat_slots((unsigned)threads);
 	srv.exports = server_build_exports(&srv, specs, nspecs);
 	if (!srv.exports)
 		goto out_config;
@@ -407,6 +410,8 @@ int main(int argc, char **argv)
 		if (worker_start(&srv.workers[started], &srv, (int)started) < 0)
 			goto out_workers;
 
+	if (control_path && control_start(&srv, control_path) < 0)
+		goto out_workers;
 	listen_start(&srv);
 	if (srv.single)
 		serve_stdio();
@@ -450,11 +455,13 @@ out_workers:
 	}
 	/* Stop accepting first, then let every worker finish its connections. */
 	atomic_store_explicit(&srv.shutting_down, true, memory_order_relaxed);
+	control_close();
 	listen_close(&srv);
 	for (i = 0; i < started; i++)
 		worker_stop(&srv.workers[i]);
 	for (i = 0; i < started; i++)
 		worker_join(&srv.workers[i]);
+	control_free();
 	/* Every acknowledged write is on stable storage before exit; if not, say so. */
 	ran = status == 0;
 	for (j = 0; j < srv.nexports; j++) {

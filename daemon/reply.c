@@ -57,12 +57,36 @@ static void reply_send(struct conn *c)
 	conn_sendmsg(&c->send_op, &c->send_msg);
 }
 
+/* The export's counters (its worker's set) and the connection's. */
+static void reply_count(const struct req *q)
+{
+	struct conn *c = q->c;
+	struct export_stats *st = &c->exp->ctr->slot[c->w->id];
+	unsigned op = export_stat_op(q->r.type);
+
+	stat_bump(&st->requests[op], 1);
+	c->requests++;
+	if (q->nbd_error != NBD_SUCCESS) {
+		stat_bump(&st->errors[op], 1);
+		c->errors++;
+		return;
+	}
+	if (q->r.type == NBD_CMD_BLOCK_STATUS)
+		return;
+	stat_bump(&st->bytes[op], q->r.len_bytes);
+	if (q->r.type == NBD_CMD_READ)
+		c->bytes_read += q->r.len_bytes;
+	else if (q->r.type == NBD_CMD_WRITE)
+		c->bytes_written += q->r.len_bytes;
+}
+
 void reply_queue(struct req *q)
 {
 	struct conn *c = q->c;
 	bool has_data = false;
 
 	req_set_state(q, REQ_REPLY);
+	reply_count(q);
 	if (!q->reply_raw_len)
 		q->reply_hdr_len = (uint32_t)proto_encode_reply(&c->sess, q->reply_hdr, &q->r,
 								q->nbd_error, &has_data);

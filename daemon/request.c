@@ -67,6 +67,7 @@ struct req *req_take(struct conn *c)
 	q->bounce.iov_base = NULL;
 	q->reply_raw_len = 0;
 	c->live_reqs++;
+	stat_bump(&c->exp->ctr->slot[c->w->id].in_flight, 1);
 	return q;
 }
 
@@ -216,6 +217,7 @@ void req_recycle(struct req *q)
 	q->next = c->free_reqs;
 	c->free_reqs = q;
 	c->live_reqs--;
+	stat_bump(&c->exp->ctr->slot[c->w->id].in_flight, (uint64_t)-1);
 	if (c->state == CONN_CLOSING)
 		return;
 	conn_close_if_idle(c);

@@ -169,8 +169,16 @@ struct export **server_build_exports(struct server *s, const struct export_spec 
 			}
 		pthread_rwlock_unlock(&s->exports_lock);
 		/* A new export of a file already open, in any table, shares its record. */
-		if (!t[i] && !(t[i] = export_open(&specs[i])))
+		if (t[i])
+			continue;
+		if (!(t[i] = export_open(&specs[i])))
 			goto out_err;
+		/* Settings changed under the same name: its counters go on. */
+		pthread_rwlock_rdlock(&s->exports_lock);
+		for (j = 0; j < s->nexports; j++)
+			if (!strcmp(s->exports[j]->name, specs[i].name))
+				export_share_counters(t[i], s->exports[j]);
+		pthread_rwlock_unlock(&s->exports_lock);
 	}
 	return t;
 
@@ -195,6 +203,156 @@ void server_swap_exports(struct server *s, struct export **t, size_t n)
 	for (i = 0; i < nold; i++)
 		export_put(old[i]);
 	free(old);
+}
+
+/* Under exports_lock: the index of the export named name, or -1. */
+static ssize_t export_index(const struct server *s, const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < s->nexports; i++)
+		if (!strcmp(s->exports[i]->name, name))
+			return (ssize_t)i;
+	return -1;
+}
+
+/* Connections that chose e (its worker counters: closing ones included). */
+static uint64_t export_conns(const struct export *e)
+{
+	struct export_stats sum = { 0 };
+
+	export_stats_sum(e->ctr, &sum);
+	return sum.conns;
+}
+
+int server_add_export(struct server *s, struct export *e)
+{
+	struct export **t;
+
+	pthread_rwlock_wrlock(&s->exports_lock);
+	if (export_index(s, e->name) >= 0) {
+		pthread_rwlock_unlock(&s->exports_lock);
+		return -EEXIST;
+	}
+	t = realloc(s->exports, (s->nexports + 1) * sizeof(*t));
+	if (!t) {
+		pthread_rwlock_unlock(&s->exports_lock);
+		return -ENOMEM;
+	}
+	t[s->nexports] = e;
+	s->exports = t;
+	s->nexports++;
+	pthread_rwlock_unlock(&s->exports_lock);
+	return 0;
+}
+
+struct export *server_remove_export(struct server *s, const char *name, bool force,
+				    uint64_t *conns, int *err)
+{
+	struct export *e;
+	ssize_t i;
+
+	*conns = 0;
+	pthread_rwlock_wrlock(&s->exports_lock);
+	i = export_index(s, name);
+	if (i < 0) {
+		pthread_rwlock_unlock(&s->exports_lock);
+		*err = -ENOENT;
+		return NULL;
+	}
+	e = s->exports[i];
+	/* Held as writer: no connection can choose it meanwhile, so the count is whole. */
+	*conns = export_conns(e);
+	if (*conns && !force) {
+		pthread_rwlock_unlock(&s->exports_lock);
+		*err = -EBUSY;
+		return NULL;
+	}
+	memmove(&s->exports[i], &s->exports[i + 1], (s->nexports - (size_t)i - 1) * sizeof(e));
+	s->nexports--;
+	pthread_rwlock_unlock(&s->exports_lock);
+	*err = 0;
+	return e;
+}
+
+struct export *server_replace_export(struct server *s, struct export *fresh)
+{
+	struct export *old = NULL;
+	ssize_t i;
+
+	pthread_rwlock_wrlock(&s->exports_lock);
+	i = export_index(s, fresh->name);
+	if (i >= 0) {
+		old = s->exports[i];
+		s->exports[i] = fresh;
+	}
+	pthread_rwlock_unlock(&s->exports_lock);
+	return old;
+}
+
+struct export *server_find_export(struct server *s, const char *name)
+{
+	struct export *e = NULL;
+	ssize_t i;
+
+	pthread_rwlock_rdlock(&s->exports_lock);
+	i = export_index(s, name);
+	if (i >= 0) {
+		e = s->exports[i];
+		export_get(e);
+	}
+	pthread_rwlock_unlock(&s->exports_lock);
+	return e;
+}
+
+struct export **server_exports_get(struct server *s, size_t *n)
+{
+	struct export **t;
+	size_t i;
+
+	pthread_rwlock_rdlock(&s->exports_lock);
+	t = calloc(s->nexports ? s->nexports : 1, sizeof(*t));
+	*n = t ? s->nexports : 0;
+	for (i = 0; i < *n; i++) {
+		t[i] = s->exports[i];
+		export_get(t[i]);
+	}
+	pthread_rwlock_unlock(&s->exports_lock);
+	return t;
+}
+
+void server_exports_put(struct export **t, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		export_put(t[i]);
+	free(t);
+}
+
+void server_log_table_changes(struct server *s, struct export **t, size_t n)
+{
+	size_t i, j;
+
+	pthread_rwlock_rdlock(&s->exports_lock);
+	for (i = 0; i < s->nexports; i++) {
+		const struct export *e = s->exports[i];
+
+		for (j = 0; j < n && strcmp(t[j]->name, e->name); j++)
+			;
+		if (j == n)
+			log_info("reload: export \"%s\" removed (not in the configuration)", e->name);
+		else if (t[j] != e)
+			log_info("reload: export \"%s\" opened again with the configuration's "
+				 "settings", e->name);
+	}
+	for (j = 0; j < n; j++) {
+		for (i = 0; i < s->nexports && strcmp(t[j]->name, s->exports[i]->name); i++)
+			;
+		if (i == s->nexports)
+			log_info("reload: export \"%s\" added", t[j]->name);
+	}
+	pthread_rwlock_unlock(&s->exports_lock);
 }
 
 void server_refresh_exports(struct server *s)

@@ -1,0 +1,469 @@
+// SPDX-License-Identifier: BSD-3-Clause
+/*
+ * The control socket's commands (uringnbdctl(8) documents each). They run
+ * on the main thread with a parsed, validated request (ctlproto.c); those
+ * that need the connections ask the workers (ctl_call_query) and answer
+ * from the query's done().
+ *
+ * Changes made here (export-add, export-remove, export-set) last until
+ * the next reload: the configuration file stays the truth, and a reload
+ * logs each difference it undoes. Like a reload, export-set and a forced
+ * export-remove never change an open connection's settings: connections
+ * keep the export they chose (export-remove with force closes them).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "control.h"
+
+static const char *const op_names[EXPORT_STAT_OPS] = {
+	"read", "write", "disc", "flush", "trim", "cache", "write-zeroes", "block-status", "other",
+};
+
+static json_object *str_or_null(const char *s)
+{
+	return s ? json_object_new_string(s) : NULL;
+}
+
+/* {"read": n, ...} of one counter array, leaving out DISC (never replied to). */
+static json_object *per_op(const atomic_uint_fast64_t *v)
+{
+	json_object *o = json_object_new_object();
+	unsigned k;
+
+	for (k = 0; k < EXPORT_STAT_OPS; k++)
+		if (k != NBD_CMD_DISC)
+			json_object_object_add(o, op_names[k], json_object_new_uint64(
+				atomic_load_explicit(&v[k], memory_order_relaxed)));
+	return o;
+}
+
+static json_object *export_json(const struct export *e)
+{
+	json_object *o = json_object_new_object();
+	struct export_stats sum = { 0 };
+	int derr = backing_durability_err(export_store(e));
+
+	export_stats_sum(e->ctr, &sum);
+	json_object_object_add(o, "name", json_object_new_string(e->name));
+	json_object_object_add(o, "description", json_object_new_string(e->description));
+	json_object_object_add(o, "path", json_object_new_string(e->path));
+	json_object_object_add(o, "size", json_object_new_uint64(e->size_bytes));
+	json_object_object_add(o, "readonly", json_object_new_boolean(e->readonly));
+	json_object_object_add(o, "block-device", json_object_new_boolean(e->is_blockdev));
+	json_object_object_add(o, "cache", json_object_new_string(cache_mode_name(e->cache_mode)));
+	json_object_object_add(o, "overlay", str_or_null(e->overlay_src));
+	json_object_object_add(o, "tls-required", json_object_new_boolean(e->access.tls_only));
+	json_object_object_add(o, "allow", str_or_null(e->access_src[0]));
+	json_object_object_add(o, "deny", str_or_null(e->access_src[1]));
+	json_object_object_add(o, "tls-allow", str_or_null(e->access_src[2]));
+	json_object_object_add(o, "connections", json_object_new_uint64(sum.conns));
+	json_object_object_add(o, "in-flight", json_object_new_uint64(sum.in_flight));
+	json_object_object_add(o, "requests", per_op(sum.requests));
+	json_object_object_add(o, "bytes", per_op(sum.bytes));
+	json_object_object_add(o, "errors", per_op(sum.errors));
+	json_object_object_add(o, "durability-error", derr ? json_object_new_string(strerror(derr))
+							    : NULL);
+	json_object_object_add(o, "since", json_object_new_int64(e->ctr->since_s));
+	return o;
+}
+
+static void cmd_version(struct ctl_call *call)
+{
+	json_object *o = json_object_new_object();
+
+	json_object_object_add(o, "package", json_object_new_string("uringnbd"));
+	json_object_object_add(o, "version", json_object_new_string(URINGNBD_VERSION));
+	ctl_call_return(call, o);
+}
+
+static void cmd_exports(struct ctl_call *call)
+{
+	const char *name = ctl_arg_string(ctl_call_request(call), "name");
+	struct export **t;
+	json_object *a;
+	size_t n, i;
+
+	t = server_exports_get(ctl_call_server(call), &n);
+	if (!t) {
+		ctl_call_error(call, CTL_ERR_GENERIC, "out of memory");
+		return;
+	}
+	a = json_object_new_array();
+	for (i = 0; i < n; i++)
+		if (!name || !strcmp(name, t[i]->name))
+			json_object_array_add(a, export_json(t[i]));
+	server_exports_put(t, n);
+	if (name && json_object_array_length(a) == 0) {
+		json_object_put(a);
+		ctl_call_error(call, CTL_ERR_NOTFOUND, "no export \"%s\"", name);
+		return;
+	}
+	ctl_call_return(call, a);
+}
+
+static int info_by_id(const void *a, const void *b)
+{
+	const struct conn_info *x = *(const struct conn_info *const *)a;
+	const struct conn_info *y = *(const struct conn_info *const *)b;
+
+	return x->id < y->id ? -1 : x->id > y->id;
+}
+
+static void connections_done(struct ctl_call *call, const struct ctl_worker_result *r,
+			     unsigned nw)
+{
+	const char *export = ctl_arg_string(ctl_call_request(call), "export");
+	const struct conn_info **all;
+	size_t n = 0, i;
+	json_object *a;
+	unsigned w;
+	int k;
+
+	for (w = 0; w < nw; w++) {
+		if (r[w].n < 0) {
+			ctl_call_error(call, CTL_ERR_GENERIC, "worker %u: %s", w, strerror(-r[w].n));
+			return;
+		}
+		n += (size_t)r[w].n;
+	}
+	all = calloc(n ? n : 1, sizeof(*all));
+	if (!all) {
+		ctl_call_error(call, CTL_ERR_GENERIC, "out of memory");
+		return;
+	}
+	n = 0;
+	for (w = 0; w < nw; w++)
+		for (k = 0; k < r[w].n; k++)
+			if (!export || (r[w].info[k].exp && !strcmp(r[w].info[k].exp->name, export)))
+				all[n++] = &r[w].info[k];
+	qsort(all, n, sizeof(*all), info_by_id);
+	a = json_object_new_array();
+	for (i = 0; i < n; i++) {
+		const struct conn_info *ci = all[i];
+		json_object *o = json_object_new_object();
+
+		json_object_object_add(o, "id", json_object_new_uint64(ci->id));
+		json_object_object_add(o, "export", ci->exp ? json_object_new_string(ci->exp->name)
+							     : NULL);
+		json_object_object_add(o, "peer", json_object_new_string(ci->peer));
+		json_object_object_add(o, "tls", json_object_new_boolean(ci->tls));
+		json_object_object_add(o, "tls-identity", str_or_null(ci->tls_identity));
+		json_object_object_add(o, "state", json_object_new_string(ci->state));
+		json_object_object_add(o, "worker", json_object_new_int(ci->worker));
+		json_object_object_add(o, "age", json_object_new_double(ci->age_s));
+		json_object_object_add(o, "in-flight", json_object_new_uint64(ci->in_flight));
+		json_object_object_add(o, "requests", json_object_new_uint64(ci->requests));
+		json_object_object_add(o, "errors", json_object_new_uint64(ci->errors));
+		json_object_object_add(o, "bytes-read", json_object_new_uint64(ci->bytes_read));
+		json_object_object_add(o, "bytes-written",
+				       json_object_new_uint64(ci->bytes_written));
+		json_object_array_add(a, o);
+	}
+	free(all);
+	ctl_call_return(call, a);
+}
+
+static void cmd_connections(struct ctl_call *call)
+{
+	ctl_call_query(call, CTL_QUERY_LIST, 0, NULL, connections_done);
+}
+
+/* An export argument as the config file would spell it. */
+static const char *arg_text(const struct ctl_request *req, const struct ctl_arg_spec *a)
+{
+	if (a->type == CTL_ARG_BOOL)
+		return ctl_arg_bool(req, a->name, false) ? "true" : "false";
+	return ctl_arg_string(req, a->name);
+}
+
+/*
+ * Applies the request's export keys (all but name) to *spec, as a config
+ * file's [export] section would; a key already in spec is replaced.
+ * Returns 0, or -1 with the call answered.
+ */
+static int apply_keys(struct ctl_call *call, struct export_spec *spec)
+{
+	const struct ctl_request *req = ctl_call_request(call);
+	const struct ctl_arg_spec *a;
+	char err[300];
+
+	for (a = req->cmd->args; a->name; a++) {
+		if (!strcmp(a->name, "name") || !ctl_arg_given(req, a->name))
+			continue;
+		/* Replaced, not "given twice". */
+		if (!strcmp(a->name, "description"))
+			spec->description = "";
+		else if (!strcmp(a->name, "allow"))
+			spec->allow = NULL;
+		else if (!strcmp(a->name, "deny"))
+			spec->deny = NULL;
+		else if (!strcmp(a->name, "tls-allow"))
+			spec->tls_allow = NULL;
+		if (config_set_export(spec, a->name, arg_text(req, a), err, sizeof(err)) < 0) {
+			ctl_call_error(call, CTL_ERR_INVALID, "%s", err);
+			return -1;
+		}
+	}
+	/* An empty list means none, as an absent key would. */
+	if (spec->allow && !*spec->allow)
+		spec->allow = NULL;
+	if (spec->deny && !*spec->deny)
+		spec->deny = NULL;
+	if (spec->tls_allow && !*spec->tls_allow)
+		spec->tls_allow = NULL;
+	if ((spec->tls_required || spec->tls_allow) &&
+	    ctl_call_server(call)->tls_mode == PROTO_TLS_OFF) {
+		ctl_call_error(call, CTL_ERR_INVALID, "export \"%s\" would be TLS-only (tls = require "
+			       "or tls-allow), but tls is off", spec->name);
+		return -1;
+	}
+	return 0;
+}
+
+/* export_open with its error as the call's answer. */
+static struct export *open_for(struct ctl_call *call, const struct export_spec *spec)
+{
+	char why[512];
+	struct export *e;
+
+	log_capture(why, sizeof(why));
+	e = export_open(spec);
+	log_capture(NULL, 0);
+	if (!e)
+		ctl_call_error(call, CTL_ERR_GENERIC, "%s", why[0] ? why : "cannot open the export");
+	return e;
+}
+
+static void cmd_export_add(struct ctl_call *call)
+{
+	const struct ctl_request *req = ctl_call_request(call);
+	struct export_spec spec = { .description = "" };
+	struct server *srv = ctl_call_server(call);
+	struct export *e;
+	int ret;
+
+	spec.name = ctl_arg_string(req, "name");
+	if (strlen(spec.name) > PROTO_NAME_MAX) {
+		ctl_call_error(call, CTL_ERR_INVALID, "export name longer than %d bytes",
+			       PROTO_NAME_MAX);
+		return;
+	}
+	e = server_find_export(srv, spec.name);
+	if (e) {
+		export_put(e);
+		ctl_call_error(call, CTL_ERR_INVALID, "export \"%s\" exists already", spec.name);
+		return;
+	}
+	if (apply_keys(call, &spec) < 0 || !(e = open_for(call, &spec)))
+		return;
+	ret = server_add_export(srv, e);
+	if (ret < 0) {
+		export_put(e);
+		ctl_call_error(call, CTL_ERR_GENERIC, "export \"%s\": %s", spec.name, strerror(-ret));
+		return;
+	}
+	log_info("export \"%s\": \"%s\" added by the control socket (until the next reload)",
+		 e->name, e->path);
+	ctl_call_return(call, export_json(e));
+}
+
+static void remove_done(struct ctl_call *call, const struct ctl_worker_result *r, unsigned nw)
+{
+	json_object *o = json_object_new_object();
+	unsigned w, n = 0;
+
+	for (w = 0; w < nw; w++)
+		n += r[w].matched;
+	json_object_object_add(o, "removed", json_object_new_string(
+		ctl_arg_string(ctl_call_request(call), "name")));
+	json_object_object_add(o, "disconnected", json_object_new_uint64(n));
+	ctl_call_return(call, o);
+}
+
+static void cmd_export_remove(struct ctl_call *call)
+{
+	const struct ctl_request *req = ctl_call_request(call);
+	const char *name = ctl_arg_string(req, "name");
+	bool force = ctl_arg_bool(req, "force", false);
+	struct export *e;
+	uint64_t conns;
+	int err;
+
+	e = server_remove_export(ctl_call_server(call), name, force, &conns, &err);
+	if (err == -ENOENT) {
+		ctl_call_error(call, CTL_ERR_NOTFOUND, "no export \"%s\"", name);
+		return;
+	}
+	if (err == -EBUSY) {
+		ctl_call_error(call, CTL_ERR_BUSY, "export \"%s\" has %" PRIu64 " connection%s: "
+			       "disconnect %s or use force", name, conns, conns == 1 ? "" : "s",
+			       conns == 1 ? "it" : "them");
+		return;
+	}
+	log_info("export \"%s\" removed by the control socket%s", name,
+		 conns ? ": its connections close once their requests are done" : "");
+	export_put(e);
+	/* Its clients: new requests get ESHUTDOWN, those in flight are answered. */
+	ctl_call_query(call, CTL_QUERY_DISCONNECT, 0, name, remove_done);
+}
+
+static void cmd_export_set(struct ctl_call *call)
+{
+	const struct ctl_request *req = ctl_call_request(call);
+	const char *name = ctl_arg_string(req, "name");
+	struct server *srv = ctl_call_server(call);
+	struct export *old, *fresh, *was;
+	struct export_spec spec;
+
+	old = server_find_export(srv, name);
+	if (!old) {
+		ctl_call_error(call, CTL_ERR_NOTFOUND, "no export \"%s\"", name);
+		return;
+	}
+	export_spec_of(old, &spec);
+	if (apply_keys(call, &spec) < 0 || !(fresh = open_for(call, &spec))) {
+		export_put(old);
+		return;
+	}
+	export_share_counters(fresh, old);
+	was = server_replace_export(srv, fresh);
+	if (!was) {
+		/* Removed meanwhile (a reload): nothing to change. */
+		export_put(fresh);
+		export_put(old);
+		ctl_call_error(call, CTL_ERR_NOTFOUND, "no export \"%s\"", name);
+		return;
+	}
+	log_info("export \"%s\": settings changed by the control socket (new connections get "
+		 "them; until the next reload)", name);
+	ctl_call_return(call, export_json(fresh));
+	export_put(was);
+	export_put(old);
+}
+
+static void disconnect_done(struct ctl_call *call, const struct ctl_worker_result *r,
+			    unsigned nw)
+{
+	int64_t id = ctl_arg_int(ctl_call_request(call), "id", 0);
+	json_object *o;
+	unsigned w, n = 0;
+
+	for (w = 0; w < nw; w++)
+		n += r[w].matched;
+	if (!n) {
+		ctl_call_error(call, CTL_ERR_NOTFOUND, "no connection %" PRId64, id);
+		return;
+	}
+	o = json_object_new_object();
+	json_object_object_add(o, "disconnected", json_object_new_int64(id));
+	ctl_call_return(call, o);
+}
+
+static void cmd_disconnect(struct ctl_call *call)
+{
+	int64_t id = ctl_arg_int(ctl_call_request(call), "id", 0);
+
+	if (id <= 0) {
+		ctl_call_error(call, CTL_ERR_INVALID, "disconnect: \"id\" must be a connection id "
+			       "(1 or more)");
+		return;
+	}
+	ctl_call_query(call, CTL_QUERY_DISCONNECT, (uint64_t)id, NULL, disconnect_done);
+}
+
+static void cmd_log_level(struct ctl_call *call)
+{
+	static const char *const names[] = { "error", "warning", "info", "debug" };
+	const char *level = ctl_arg_string(ctl_call_request(call), "level");
+	json_object *o;
+
+	if (level) {
+		int l = config_parse_log_level(level);
+
+		if (l < 0) {
+			ctl_call_error(call, CTL_ERR_INVALID, "log-level: expected error, warning, "
+				       "info or debug");
+			return;
+		}
+		log_max_level = (enum log_level)l;
+		log_info("log level %s (control socket)", level);
+	}
+	o = json_object_new_object();
+	json_object_object_add(o, "level", json_object_new_string(names[log_max_level]));
+	ctl_call_return(call, o);
+}
+
+static void cmd_stats(struct ctl_call *call)
+{
+	struct server *srv = ctl_call_server(call);
+	struct worker_stats ws = { 0 };
+	json_object *o = json_object_new_object(), *l = json_object_new_object();
+	unsigned i;
+
+	for (i = 0; i < srv->nworkers; i++)
+		worker_stats_add(&srv->workers[i], &ws);
+	json_object_object_add(o, "connections", json_object_new_uint64(server_connections(srv)));
+	json_object_object_add(o, "workers", json_object_new_uint64(srv->nworkers));
+	json_object_object_add(l, "acquired", json_object_new_uint64(ws.lock_acquired));
+	json_object_object_add(l, "waited", json_object_new_uint64(ws.lock_waited));
+	json_object_object_add(l, "wait-seconds",
+			       json_object_new_double((double)ws.lock_wait_ns / 1e9));
+	json_object_object_add(o, "range-locks", l);
+	json_object_object_add(o, "rmw-writes", json_object_new_uint64(ws.rmw_writes));
+	json_object_object_add(o, "partial-block-requests", json_object_new_uint64(ws.buffered_ios));
+	if (srv->cache) {
+		struct cache_stats c;
+		json_object *co = json_object_new_object();
+
+		cache_get_stats(srv->cache, &c);
+		json_object_object_add(co, "hits", json_object_new_uint64(c.hits));
+		json_object_object_add(co, "misses", json_object_new_uint64(c.misses));
+		json_object_object_add(co, "waits", json_object_new_uint64(c.waits));
+		json_object_object_add(co, "fills", json_object_new_uint64(c.fills));
+		json_object_object_add(co, "stale-fills", json_object_new_uint64(c.stale_fills_dropped));
+		json_object_object_add(co, "evictions", json_object_new_uint64(c.evictions));
+		json_object_object_add(co, "invalidated", json_object_new_uint64(c.invalidated));
+		json_object_object_add(co, "full", json_object_new_uint64(c.full));
+		json_object_object_add(co, "bytes-used",
+				       json_object_new_uint64(c.pages_used * CACHE_PAGE_BYTES));
+		json_object_object_add(co, "bytes-budget",
+				       json_object_new_uint64(c.budget_pages * CACHE_PAGE_BYTES));
+		json_object_object_add(o, "cache", co);
+	}
+	ctl_call_return(call, o);
+}
+
+static const struct {
+	const char *name;
+	void (*run)(struct ctl_call *call);
+} commands[] = {
+	{ "version", cmd_version },
+	{ "exports", cmd_exports },
+	{ "connections", cmd_connections },
+	{ "export-add", cmd_export_add },
+	{ "export-remove", cmd_export_remove },
+	{ "export-set", cmd_export_set },
+	{ "disconnect", cmd_disconnect },
+	{ "log-level", cmd_log_level },
+	{ "stats", cmd_stats },
+};
+
+void command_run(struct ctl_call *call)
+{
+	const char *name = ctl_call_request(call)->cmd->name;
+	size_t i;
+
+	for (i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+		if (!strcmp(commands[i].name, name)) {
+			commands[i].run(call);
+			return;
+		}
+	/* A command in ctlproto's table without an implementation here: a bug. */
+	ctl_call_error(call, CTL_ERR_NOCMD, "command \"%s\" is not implemented", name);
+}

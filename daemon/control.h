@@ -1,0 +1,51 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/*
+ * control: the control socket (control.c) and its commands (command.c).
+ * Both run on the main thread's loop. They reach connections only by
+ * posting a query op to each worker's inbox (worker_post): the op runs on
+ * the worker, which fills a struct conn_info per connection or acts on a
+ * disconnect, then tells the main loop; and they read the per-worker
+ * counters (struct export_stats, struct worker_stats) that any thread may
+ * read. Nothing here touches a worker's or a connection's structures.
+ */
+#ifndef URINGNBD_CONTROL_H
+#define URINGNBD_CONTROL_H
+
+#include <json-c/json.h>
+
+#include "ctlproto.h"
+#include "daemon.h"
+
+/* A request being answered: owned by control.c until it is answered. */
+struct ctl_call;
+
+/* ---- control.c ---- */
+const struct ctl_request *ctl_call_request(const struct ctl_call *call);
+struct server *ctl_call_server(const struct ctl_call *call);
+/* The answer (ret is consumed); the call is over. */
+void ctl_call_return(struct ctl_call *call, json_object *ret);
+void ctl_call_error(struct ctl_call *call, const char *err_class, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+/* What one worker answered a query with. */
+struct ctl_worker_result {
+	struct conn_info *info;   /* CTL_QUERY_LIST: its connections (control.c frees them) */
+	int n;                    /* how many, or -errno */
+	unsigned matched;         /* CTL_QUERY_DISCONNECT: connections told to close */
+};
+enum ctl_query_kind { CTL_QUERY_LIST, CTL_QUERY_DISCONNECT };
+/*
+ * Asks every worker (for a disconnect: connection id, 0 for any, of the
+ * export named export, NULL for any); done(call, results, nworkers) runs on
+ * the main loop once all have answered, and must answer the call.
+ */
+typedef void ctl_query_done(struct ctl_call *call, const struct ctl_worker_result *r,
+			    unsigned n);
+void ctl_call_query(struct ctl_call *call, enum ctl_query_kind kind, uint64_t id,
+		    const char *export, ctl_query_done *done);
+
+/* ---- command.c ---- */
+/* Runs call's (parsed, validated) request; answers it now or after a query. */
+void command_run(struct ctl_call *call);
+
+#endif
