@@ -193,20 +193,31 @@ build/fuzz/fuzz_proto: tests/fuzz/fuzz_proto.c $(PROTO_SRC) proto/proto.h | $(B)
 	$(quiet) FUZZ $@
 	$(Q)clang $(FUZZ_FLAGS) -o $@ tests/fuzz/fuzz_proto.c $(PROTO_SRC)
 
+build/fuzz/fuzz_ctl: tests/fuzz/fuzz_ctl.c daemon/ctlproto.c daemon/ctlproto.h | $(B)/.deps-test
+	@mkdir -p $(dir $@)
+	$(quiet) FUZZ $@
+	$(Q)clang $(FUZZ_FLAGS) -o $@ tests/fuzz/fuzz_ctl.c daemon/ctlproto.c $$(pkg-config --libs json-c)
+
 $(B)/fuzz/fuzz_server: tests/fuzz/fuzz_server.c proto/proto.h
 	@mkdir -p $(dir $@)
 	$(quiet) LD $@
 	$(Q)$(CC) -std=gnu11 -O2 -g $(WARN) $(if $(filter 1,$(WERROR)),-Werror) -o $@ $<
 
-fuzz: build/fuzz/fuzz_proto $(B)/fuzz/fuzz_server $(B)/uringnbd
+fuzz: build/fuzz/fuzz_proto build/fuzz/fuzz_ctl $(B)/fuzz/fuzz_server $(B)/uringnbd
 
 # Runs each fuzzer for FUZZ_SECONDS: the proto one on a copy of the seed corpus.
-check-fuzz: build/fuzz/fuzz_proto $(B)/fuzz/fuzz_server $(B)/uringnbd
+check-fuzz: build/fuzz/fuzz_proto build/fuzz/fuzz_ctl $(B)/fuzz/fuzz_server $(B)/uringnbd
 	$(Q)rm -rf build/fuzz/corpus && mkdir -p build/fuzz/corpus && cp tests/fuzz/corpus/* build/fuzz/corpus/
 	$(Q)build/fuzz/fuzz_proto -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 \
 	    -artifact_prefix=build/fuzz/ build/fuzz/corpus 2>build/fuzz/log || \
 	    { tail -n 40 build/fuzz/log; echo "fuzz: crash saved under build/fuzz/"; exit 1; }
 	$(Q)grep -E '^#[0-9]+.*DONE' build/fuzz/log | sed 's/^/  FUZZ    /' || tail -n 3 build/fuzz/log
+	$(Q)rm -rf build/fuzz/corpus-ctl && mkdir -p build/fuzz/corpus-ctl && \
+	    cp tests/fuzz/corpus-ctl/* build/fuzz/corpus-ctl/
+	$(Q)build/fuzz/fuzz_ctl -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -max_len=70000 \
+	    -artifact_prefix=build/fuzz/ctl- build/fuzz/corpus-ctl 2>build/fuzz/log-ctl || \
+	    { tail -n 40 build/fuzz/log-ctl; echo "fuzz: crash saved under build/fuzz/"; exit 1; }
+	$(Q)grep -E '^#[0-9]+.*DONE' build/fuzz/log-ctl | sed 's/^/  FUZZ    ctl /' || tail -n 3 build/fuzz/log-ctl
 	$(Q)rm -f $(B)/fuzz/server.img && truncate -s 64M $(B)/fuzz/server.img
 	$(Q)d=$(B)/fuzz/tls && mkdir -p $$d && [ -s $$d/server-cert.pem ] || { \
 	    printf 'cn = fuzz CA\nca\ncert_signing_key\n' >$$d/ca.info && \

@@ -89,6 +89,22 @@ static bool type_ok(json_object *v, enum ctl_arg_type t)
 	return false;
 }
 
+/* A client's string for an error message: at most 64 bytes, cut between UTF-8 characters. */
+static const char *shown(const char *s, char *buf, size_t len)
+{
+	size_t n = strlen(s);
+
+	if (n <= 64) {
+		snprintf(buf, len, "%s", s);
+		return buf;
+	}
+	n = 64;
+	while (n && ((unsigned char)s[n] & 0xc0) == 0x80)
+		n--;
+	snprintf(buf, len, "%.*s...", (int)n, s);
+	return buf;
+}
+
 #define FAIL(cls, ...) do { *err_class = (cls); snprintf(err, errlen, __VA_ARGS__); \
 	return -1; } while (0)
 
@@ -136,9 +152,13 @@ int ctl_request_parse(const char *line, size_t len, struct ctl_request *req,
 	json_object_object_foreach(root, key, val) {
 		(void)val;
 		if (strcmp(key, "id") && strcmp(key, "command") && strcmp(key, "arguments")) {
+			*err_class = CTL_ERR_INVALID;
+			char b[80];
+
+			snprintf(err, errlen, "unknown member \"%s\" (expected id, command, "
+				 "arguments)", shown(key, b, sizeof(b)));
 			json_object_put(root);
-			FAIL(CTL_ERR_INVALID, "unknown member \"%.64s\" (expected id, command, "
-			     "arguments)", key);
+			return -1;
 		}
 	}
 	if (!json_object_object_get_ex(root, "command", &v) ||
@@ -149,11 +169,12 @@ int ctl_request_parse(const char *line, size_t len, struct ctl_request *req,
 	name = json_object_get_string(v);
 	req->cmd = ctl_command_find(name);
 	if (!req->cmd) {
-		char shown[80];
+		char b[80];
 
-		snprintf(shown, sizeof(shown), "%.64s%s", name, strlen(name) > 64 ? "..." : "");
+		*err_class = CTL_ERR_NOCMD;
+		snprintf(err, errlen, "unknown command \"%s\"", shown(name, b, sizeof(b)));
 		json_object_put(root);
-		FAIL(CTL_ERR_NOCMD, "unknown command \"%s\"", shown);
+		return -1;
 	}
 	if (json_object_object_get_ex(root, "arguments", &v)) {
 		if (!json_object_is_type(v, json_type_object)) {
@@ -168,9 +189,12 @@ int ctl_request_parse(const char *line, size_t len, struct ctl_request *req,
 	if (!req->args)
 		FAIL(CTL_ERR_GENERIC, "out of memory");
 	json_object_object_foreach(req->args, akey, aval) {
+		char b[80];
+
 		a = ctl_arg_find(req->cmd, akey);
 		if (!a)
-			FAIL(CTL_ERR_INVALID, "%s: unknown argument \"%.64s\"", req->cmd->name, akey);
+			FAIL(CTL_ERR_INVALID, "%s: unknown argument \"%s\"", req->cmd->name,
+			     shown(akey, b, sizeof(b)));
 		if (!type_ok(aval, a->type))
 			FAIL(CTL_ERR_INVALID, "%s: \"%s\" must be %s", req->cmd->name, a->name,
 			     type_name(a->type));

@@ -35,6 +35,13 @@ systemctl is-active -q uringnbd.service || fail "the first connection did not st
 journalctl -b --no-pager -u uringnbd.service | grep -q 'listening on socket-activated fd 3 (nbd)' ||
     fail "the daemon did not get the socket named by FileDescriptorName=nbd"
 [ "$(cat /sys/block/nbd0/size)" -gt 0 ] || fail "/dev/nbd0 has no size"
+step "uringnbdctl on the unit's control socket"
+[ "$(stat -c '%a %U' /run/uringnbd/control)" = "600 root" ] ||
+    fail "control socket: $(stat -c '%a %U' /run/uringnbd/control)"
+uringnbdctl exports >/tmp/ctl || fail "uringnbdctl exports: $(cat /tmp/ctl)"
+grep -q '^disk0 ' /tmp/ctl || fail "uringnbdctl exports: $(cat /tmp/ctl)"
+uringnbdctl --json connections disk0 >/tmp/ctl || fail "uringnbdctl connections"
+[ "$(grep -c '"export":"disk0"' /tmp/ctl)" = 2 ] || fail "two connections expected: $(cat /tmp/ctl)"
 mkfs.ext4 -q -F /dev/nbd0 || fail "mkfs.ext4"
 mkdir -p /mnt && mount /dev/nbd0 /mnt || fail "mount"
 for i in 1 2 3 4 5 6; do

@@ -20,7 +20,9 @@ mkdir -p "$VM"
 vm_kernel
 
 # The root filesystem, built once.
-ROOTFS="$VM/rootfs-bookworm.tar"
+PKGS=systemd,systemd-sysv,udev,kmod,nbd-client,e2fsprogs,util-linux,libev4,liburing2,libgnutls30,libjson-c5
+# Named by what it holds: a new package list builds a new one.
+ROOTFS="$VM/rootfs-bookworm-$(echo "$PKGS" | md5sum | cut -c1-8).tar"
 if [ ! -s "$ROOTFS" ]; then
     if ! command -v mmdebstrap >/dev/null; then
         apt-get install -y -q mmdebstrap >/dev/null 2>&1 ||
@@ -29,7 +31,7 @@ if [ ! -s "$ROOTFS" ]; then
     start=$(date +%s)
     rm -rf "$ROOTFS.tmp"
     mmdebstrap --variant=minbase --format=tar \
-        --include=systemd,systemd-sysv,udev,kmod,nbd-client,e2fsprogs,util-linux,libev4,liburing2,libgnutls30 \
+        --include="$PKGS" \
         --customize-hook='rm -f "$1"/etc/machine-id' bookworm "$ROOTFS.tmp" \
         >"$T/mmdebstrap.log" 2>&1 ||
         skip "the root filesystem cannot be built (no package registry?): $(tail -n 1 "$T/mmdebstrap.log")"

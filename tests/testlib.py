@@ -1,0 +1,120 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""What the Python tests share: where the binaries are, a private directory
+per test (under TEST_TMPDIR, and one under /tmp for short socket paths),
+fail/check/skip that say why (exit 1, 77), and a daemon per test that is
+killed on any exit.
+
+    from testlib import T, S, check, fail, Daemon
+    d = Daemon(["--control", S + "/ctl"], image)   # returns once listening
+    d.stop()                                       # SIGTERM, must exit 0
+"""
+import atexit
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+NAME = os.path.basename(sys.argv[0])
+URINGNBD = os.path.abspath(os.environ.get("URINGNBD", "build/uringnbd"))
+URINGNBDCTL = os.path.abspath(os.environ.get(
+    "URINGNBDCTL", os.path.join(os.path.dirname(URINGNBD), "uringnbdctl")))
+BASE = os.environ.get("TEST_TMPDIR", "build/tmp")
+os.makedirs(BASE, exist_ok=True)
+T = tempfile.mkdtemp(prefix=NAME + ".", dir=BASE)
+S = tempfile.mkdtemp(prefix="uringnbd-test.", dir="/tmp")
+_procs = []
+
+
+def _cleanup():
+    for p in _procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    shutil.rmtree(S, ignore_errors=True)
+
+
+atexit.register(_cleanup)
+
+
+def _log_tail():
+    for p in _procs:
+        log = getattr(p, "log_path", None)
+        if log and os.path.exists(log):
+            print(f"---- {os.path.basename(log)} ----\n" + open(log).read()[-4000:],
+                  file=sys.stderr)
+
+
+def fail(msg):
+    print(f"FAIL {NAME}: {msg}", file=sys.stderr)
+    _log_tail()
+    sys.exit(1)
+
+
+def check(cond, msg):
+    if not cond:
+        fail(msg)
+
+
+def skip(msg):
+    print(f"SKIP {NAME}: {msg}", file=sys.stderr)
+    sys.exit(77)
+
+
+def need(*cmds):
+    for c in cmds:
+        if not shutil.which(c):
+            skip(f"{c} is not installed")
+
+
+def image(name, size=64 << 20, data=None):
+    """A sparse file of size bytes in T (data written at its start)."""
+    p = os.path.join(T, name)
+    with open(p, "wb") as f:
+        f.truncate(size)
+        if data:
+            f.write(data)
+    return p
+
+
+def track(p):
+    """p (a Popen) is killed if the test ends before it."""
+    _procs.append(p)
+    return p
+
+
+class Daemon:
+    """uringnbd on a unix socket in S, serving args (files or options)."""
+
+    def __init__(self, args, sock=None, log="daemon.log"):
+        self.sock = sock or os.path.join(S, "nbd.sock")
+        self.pid_file = os.path.join(S, "pid")
+        self.log_path = os.path.join(T, log)
+        if os.path.exists(self.pid_file):
+            os.unlink(self.pid_file)
+        self.proc = track(subprocess.Popen(
+            [URINGNBD, "-U", self.sock, "--pid-file", self.pid_file] + list(args),
+            stderr=open(self.log_path, "a")))
+        self.proc.log_path = self.log_path
+        deadline = time.time() + 10
+        while not os.path.exists(self.pid_file):
+            if self.proc.poll() is not None:
+                fail(f"daemon exited during start-up ({self.proc.returncode})")
+            if time.time() > deadline:
+                fail("daemon did not start within 10 s")
+            time.sleep(0.01)
+
+    def uri(self, name=""):
+        return f"nbd+unix:///{name}?socket={self.sock}"
+
+    def log(self):
+        return open(self.log_path).read()
+
+    def stop(self, expect=0):
+        self.proc.terminate()
+        try:
+            rc = self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            fail("daemon did not exit within 10 s of SIGTERM")
+        check(rc == expect, f"daemon exited with {rc}, expected {expect}")
