@@ -193,8 +193,11 @@ static char *exchange(int fd, const char *line)
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n <= 0) {
-			fail(0, "%s: %s (only root and the daemon's user may use it)", path,
-			     n < 0 ? strerror(errno) : "closed");
+			if (n < 0 && errno != EPIPE && errno != ECONNRESET)
+				fail(0, "%s: %s", path, strerror(errno));
+			else
+				fail(0, "%s closed the connection without an answer (only root and "
+				     "the daemon's user may use it)", path);
 			return NULL;
 		}
 		off += (size_t)n;
@@ -218,6 +221,11 @@ static char *exchange(int fd, const char *line)
 		n = recv(fd, buf + have, cap - have - 1, 0);
 		if (n < 0 && errno == EINTR)
 			continue;
+		if (n < 0 && errno != ECONNRESET) {
+			fail(0, "%s: %s", path, strerror(errno));
+			free(buf);
+			return NULL;
+		}
 		if (n <= 0) {
 			fail(0, "%s closed the connection without an answer (only root and the "
 			     "daemon's user may use it)", path);

@@ -2,8 +2,9 @@
 /*
  * daemon: the map of daemon/, and the header every file of it includes.
  * Nothing outside daemon/ includes it. Each section below lists exactly
- * what one file exports; the connection side (conn.h) and the two pure
- * helpers (pool.h, plan.h) have headers of their own.
+ * what one file exports; the connection side (conn.h), the control side
+ * (control.h), and the three pure helpers (pool.h, plan.h, ctlproto.h)
+ * have headers of their own.
  *
  *   main.c       start-up, signals, reload, shutdown
  *   cli.c        the command line
@@ -30,6 +31,10 @@
  *   fileio.c     the file I/O steps: read/write, edges, zeroing, flush, extents
  *   cached.c     reads through the page cache
  *   reply.c      replies out, batched per connection
+ *   control.c    the control socket: clients, JSON lines, queries to workers (control.h)
+ *   command.c    the control socket's commands (control.h)
+ *   ctlproto.c   its wire format: the command table, parsing, replies (ctlproto.h,
+ *                pure; shared with ctl/uringnbdctl.c)
  *
  * Threads and ownership:
  *  - The main thread parses options, opens exports, owns the listeners and
@@ -40,7 +45,12 @@
  *    thread touches only its inbox and remote ready list (under its mutex)
  *    and its ev_async watcher.
  *  - Exports are reference counted and never change once open; a reload
- *    replaces the table, and connections keep the export they chose.
+ *    (or the control socket) replaces the table, or one entry of it, and
+ *    connections keep the export they chose.
+ *  - The control socket runs on the main thread. It reaches connections
+ *    only through a query op posted to each worker's inbox (conns_report,
+ *    conns_disconnect run there), and reads the per-worker counters
+ *    (export_stats, worker_stats); never a worker's own structures.
  *  - Fields read by other threads are <stdatomic.h> atomics with explicit
  *    orders (relaxed: they are counters and flags that order nothing else).
  */

@@ -32,6 +32,8 @@ before/after pair for a change).
 
 "uringnbd-poll" is uringnbd with --busy-poll BENCH_BUSY_POLL (50)
 microseconds: the same binary trading CPU for latency, beside its default.
+"uringnbd-ctl" is uringnbd with a control socket that a client asks for
+`exports` ten times a second while fio runs: what watching it costs.
 """
 import json
 import os
@@ -42,6 +44,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
@@ -50,7 +53,7 @@ SIZE = os.environ.get("BENCH_SIZE", "1G")
 URINGNBD = os.environ.get("URINGNBD", "build/uringnbd")
 URINGNBD_BASE = os.environ.get("URINGNBD_BASE")
 BUSY_POLL = os.environ.get("BENCH_BUSY_POLL", "50")
-OURS = ("uringnbd", "uringnbd-poll", "uringnbd-base")
+OURS = ("uringnbd", "uringnbd-poll", "uringnbd-base", "uringnbd-ctl")
 # BENCH_PIN=1: every server on CPU 0 and fio on CPU 1, as when the client is
 # another machine and the server's CPU is its own (unpinned, the scheduler
 # often puts both on one CPU, where a wakeup is cheap).
@@ -166,6 +169,8 @@ class Server:
             binary = URINGNBD_BASE if self.name == "uringnbd-base" else URINGNBD
             if self.name == "uringnbd-poll":
                 where += ["--busy-poll", BUSY_POLL]
+            if self.name == "uringnbd-ctl":
+                where += ["--control", f"{SOCKDIR}/ctl"]
             if tls:
                 where += ["--tls", "require", "--tls-certificates", TLS_DIR]
             self.proc = subprocess.Popen([*PIN_SERVER, binary, *where, self.img], stderr=log)
@@ -207,8 +212,31 @@ class Server:
             wait_port(self.port, self.proc)
         else:
             wait_socket(self.sock, self.proc)
+        self.poller = None
+        if self.name == "uringnbd-ctl":
+            wait_socket(f"{SOCKDIR}/ctl", self.proc)
+            self.polling = True
+            self.poller = threading.Thread(target=self.poll_exports)
+            self.poller.start()
+
+    def poll_exports(self):
+        """`exports` on the control socket ten times a second, as a dashboard would."""
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(f"{SOCKDIR}/ctl")
+        self.polls = 0
+        while self.polling:
+            s.sendall(b'{"command": "exports"}\n')
+            buf = b""
+            while not buf.endswith(b"\n"):
+                buf += s.recv(65536)
+            self.polls += 1
+            time.sleep(0.1)
+        s.close()
 
     def stop(self):
+        if getattr(self, "poller", None):
+            self.polling = False
+            self.poller.join()
         if self.pid:
             try:
                 os.kill(self.pid, signal.SIGTERM)
@@ -324,7 +352,8 @@ def main():
         print(f"writing a {SIZE} image of random data...", flush=True)
         sh("fio", "--name=fill", "--rw=write", "--bs=1M", f"--size={SIZE}", f"--filename={img}",
            "--ioengine=io_uring", "--direct=1", "--refill_buffers", "--output=/dev/null")
-    names = ["uringnbd", "uringnbd-poll", "nbd-server", "nbdkit", "qemu-nbd", "raw file"]
+    names = ["uringnbd", "uringnbd-ctl", "uringnbd-poll", "nbd-server", "nbdkit", "qemu-nbd",
+             "raw file"]
     if URINGNBD_BASE:
         names.insert(1, "uringnbd-base")
     only = os.environ.get("BENCH_ONLY")

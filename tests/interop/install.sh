@@ -1,6 +1,7 @@
 #!/bin/bash
 # SPDX-License-Identifier: BSD-3-Clause
-# make install into a DESTDIR: binary, man pages (mandoc -Tlint clean),
+# make install into a DESTDIR: binaries, man pages (mandoc -Tlint clean),
+# bash completion (uringnbdctl's commands and uringnbd's options complete),
 # systemd units (systemd-analyze verify clean, security exposure <= 1.5,
 # Type=notify) and the example configuration, which uringnbd accepts.
 . "$(dirname "$0")/lib.bash"
@@ -8,15 +9,27 @@ need mandoc systemd-analyze make
 D="$(cd "$T" && pwd)/root"
 make -s install DESTDIR="$D" PREFIX=/usr B="$(dirname "$URINGNBD")" >"$T/install.log" 2>&1 ||
     { cat "$T/install.log"; fail "make install"; }
-for f in usr/sbin/uringnbd usr/share/man/man8/uringnbd.8 usr/share/man/man5/uringnbd.conf.5 \
+for f in usr/sbin/uringnbd usr/sbin/uringnbdctl usr/share/man/man8/uringnbdctl.8 \
+         usr/share/bash-completion/completions/uringnbdctl \
+         usr/share/bash-completion/completions/uringnbd \
+         usr/share/man/man8/uringnbd.8 usr/share/man/man5/uringnbd.conf.5 \
          usr/lib/systemd/system/uringnbd.service usr/lib/systemd/system/uringnbd.socket \
          usr/lib/systemd/system/uringnbd@.service etc/uringnbd/uringnbd.conf \
          usr/share/doc/uringnbd/uringnbd.conf.example; do
     [ -e "$D/$f" ] || fail "make install did not install /$f"
 done
 "$D/usr/sbin/uringnbd" -V | grep -q '^uringnbd ' || fail "installed binary"
-mandoc -Tlint -W warning "$D"/usr/share/man/man8/uringnbd.8 "$D"/usr/share/man/man5/uringnbd.conf.5 ||
-    fail "mandoc -Tlint"
+"$D/usr/sbin/uringnbdctl" --help | grep -q '^  export-add name path' || fail "installed uringnbdctl"
+mandoc -Tlint -W warning "$D"/usr/share/man/man8/uringnbd.8 "$D"/usr/share/man/man5/uringnbd.conf.5 \
+    "$D"/usr/share/man/man8/uringnbdctl.8 || fail "mandoc -Tlint"
+# Completion, as bash runs it: the commands of uringnbdctl, the options of uringnbd.
+complete_words() {
+    PATH="$D/usr/sbin:$PATH" bash -c '. "$1"; shift; COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1))
+        _${1}; echo "${COMPREPLY[*]}"' _ "$D/usr/share/bash-completion/completions/$1" "$@"
+}
+[ "$(complete_words uringnbdctl export-r)" = export-remove ] || fail "completion of export-r"
+[ "$(complete_words uringnbdctl log-level de)" = debug ] || fail "completion of log-level"
+complete_words uringnbd --cont | grep -qw -- --control || fail "completion of uringnbd --cont"
 
 # Verify the units as installed; their ExecStart must exist, so point it at DESTDIR.
 U="$T/units"
