@@ -20,7 +20,8 @@ DESTDIR ?=
 B       := build
 CC      ?= cc
 
-BUILD_PKGS := gcc make pkg-config liburing-dev libev-dev libnbd-dev check libgnutls28-dev libjson-c-dev
+BUILD_PKGS := gcc make pkg-config liburing-dev libev-dev libnbd-dev check libgnutls28-dev libjson-c-dev \
+              libmicrohttpd-dev
 TEST_PKGS  := libnbd-bin qemu-utils nbdkit nbd-server nbd-client fio python3-libnbd \
               fuse3 libfuse3-dev e2fsprogs xfsprogs btrfs-progs util-linux procps bc clang \
               libclang-rt-14-dev \
@@ -56,7 +57,7 @@ DAEMON_SRC := daemon/main.c daemon/cli.c daemon/log.c daemon/backing.c daemon/ex
               daemon/worker.c daemon/conn.c daemon/handshake.c daemon/rx.c daemon/request.c \
               daemon/fileio.c daemon/cached.c daemon/reply.c daemon/offload.c daemon/listen.c daemon/config.c \
               daemon/notify.c daemon/server.c daemon/access.c daemon/tls.c daemon/overlay.c \
-              daemon/ctlproto.c daemon/control.c daemon/command.c
+              daemon/ctlproto.c daemon/control.c daemon/command.c daemon/metrics.c daemon/http.c
 HOOKS_OBJ  := $(DAEMON_SRC:%.c=$(B)/hooks/%.o)
 UNIT_TESTS := $(patsubst tests/unit/%.c,$(B)/tests/unit/%,$(wildcard tests/unit/test_*.c))
 INTEG_TESTS := $(patsubst tests/integration/%.c,$(B)/tests/integration/%,\
@@ -66,7 +67,7 @@ PROTO_OBJ  := $(PROTO_SRC:%.c=$(B)/%.o)
 LOCK_OBJ   := $(LOCK_SRC:%.c=$(B)/%.o)
 CACHE_OBJ  := $(CACHE_SRC:%.c=$(B)/%.o)
 DAEMON_OBJ := $(DAEMON_SRC:%.c=$(B)/%.o)
-DAEMON_LIBS := -luring -lev $$(pkg-config --libs gnutls json-c)
+DAEMON_LIBS := -luring -lev $$(pkg-config --libs gnutls json-c libmicrohttpd)
 CTL_OBJ    := $(B)/ctl/uringnbdctl.o $(B)/daemon/ctlproto.o
 
 INTEROP_TESTS := $(wildcard tests/interop/*.sh tests/interop/*.py)

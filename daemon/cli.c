@@ -56,6 +56,7 @@ static void usage(FILE *f)
 		"                       CPU (default 0: off)\n"
 		"      --pid-file PATH  write the pid here once listening\n"
 		"      --control PATH   a control socket for uringnbdctl(8) (root and this uid)\n"
+		"      --metrics ADDR:PORT|unix:PATH  serve Prometheus metrics on /metrics\n"
 		"  -l, --log-level L    error, warning, info (default) or debug\n"
 		"  -v, --verbose        the same as --log-level debug\n"
 		"  -V, --version        print the version and exit\n"
@@ -171,6 +172,7 @@ int cli_parse(int argc, char **argv, struct config *cli, const char **config_pat
 		{ "cache-size", required_argument, NULL, 'S' },
 		{ "pid-file", required_argument, NULL, 'F' },
 		{ "control", required_argument, NULL, 'Z' },
+		{ "metrics", required_argument, NULL, 'm' },
 		{ "allow", required_argument, NULL, 'A' },
 		{ "overlay", required_argument, NULL, 'O' },
 		{ "deny", required_argument, NULL, 'X' },
@@ -221,6 +223,7 @@ int cli_parse(int argc, char **argv, struct config *cli, const char **config_pat
 		case 'S': if (cli_global(cli, "cache-size", optarg) < 0) return -1; break;
 		case 'F': if (cli_global(cli, "pid-file", optarg) < 0) return -1; break;
 		case 'Z': if (cli_global(cli, "control", optarg) < 0) return -1; break;
+		case 'm': if (cli_global(cli, "metrics", optarg) < 0) return -1; break;
 		case 'A': file_spec.allow = optarg; break;
 		case 'O': file_spec.overlay = optarg; break;
 		case 'X': file_spec.deny = optarg; break;

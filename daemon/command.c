@@ -20,6 +20,7 @@
 #include <time.h>
 
 #include "control.h"
+#include "metrics.h"
 
 static const char *const op_names[EXPORT_STAT_OPS] = {
 	"read", "write", "disc", "flush", "trim", "cache", "write-zeroes", "block-status", "other",
@@ -62,7 +63,7 @@ static json_object *export_json(const struct export *e)
 	json_object_object_add(o, "allow", str_or_null(e->access_src[0]));
 	json_object_object_add(o, "deny", str_or_null(e->access_src[1]));
 	json_object_object_add(o, "tls-allow", str_or_null(e->access_src[2]));
-	json_object_object_add(o, "connections", json_object_new_uint64(sum.conns));
+	json_object_object_add(o, "connections", json_object_new_uint64(export_stats_conns(&sum)));
 	json_object_object_add(o, "in-flight", json_object_new_uint64(sum.in_flight));
 	json_object_object_add(o, "requests", per_op(sum.requests));
 	json_object_object_add(o, "bytes", per_op(sum.bytes));
@@ -401,42 +402,15 @@ static void cmd_log_level(struct ctl_call *call)
 
 static void cmd_stats(struct ctl_call *call)
 {
-	struct server *srv = ctl_call_server(call);
-	struct worker_stats ws = { 0 };
-	json_object *o = json_object_new_object(), *l = json_object_new_object();
-	unsigned i;
+	struct metrics m;
 
-	for (i = 0; i < srv->nworkers; i++)
-		worker_stats_add(&srv->workers[i], &ws);
-	json_object_object_add(o, "connections", json_object_new_uint64(server_connections(srv)));
-	json_object_object_add(o, "workers", json_object_new_uint64(srv->nworkers));
-	json_object_object_add(l, "acquired", json_object_new_uint64(ws.lock_acquired));
-	json_object_object_add(l, "waited", json_object_new_uint64(ws.lock_waited));
-	json_object_object_add(l, "wait-seconds",
-			       json_object_new_double((double)ws.lock_wait_ns / 1e9));
-	json_object_object_add(o, "range-locks", l);
-	json_object_object_add(o, "rmw-writes", json_object_new_uint64(ws.rmw_writes));
-	json_object_object_add(o, "partial-block-requests", json_object_new_uint64(ws.buffered_ios));
-	if (srv->cache) {
-		struct cache_stats c;
-		json_object *co = json_object_new_object();
-
-		cache_get_stats(srv->cache, &c);
-		json_object_object_add(co, "hits", json_object_new_uint64(c.hits));
-		json_object_object_add(co, "misses", json_object_new_uint64(c.misses));
-		json_object_object_add(co, "waits", json_object_new_uint64(c.waits));
-		json_object_object_add(co, "fills", json_object_new_uint64(c.fills));
-		json_object_object_add(co, "stale-fills", json_object_new_uint64(c.stale_fills_dropped));
-		json_object_object_add(co, "evictions", json_object_new_uint64(c.evictions));
-		json_object_object_add(co, "invalidated", json_object_new_uint64(c.invalidated));
-		json_object_object_add(co, "full", json_object_new_uint64(c.full));
-		json_object_object_add(co, "bytes-used",
-				       json_object_new_uint64(c.pages_used * CACHE_PAGE_BYTES));
-		json_object_object_add(co, "bytes-budget",
-				       json_object_new_uint64(c.budget_pages * CACHE_PAGE_BYTES));
-		json_object_object_add(o, "cache", co);
+	if (metrics_collect(ctl_call_server(call), &m) < 0) {
+		metrics_release(&m);
+		ctl_call_error(call, CTL_ERR_GENERIC, "out of memory");
+		return;
 	}
-	ctl_call_return(call, o);
+	ctl_call_return(call, metrics_json(&m));
+	metrics_release(&m);
 }
 
 static const struct {

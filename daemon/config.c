@@ -91,6 +91,7 @@ void config_free(struct config *cfg)
 	free(cfg->port);
 	free(cfg->pid_file);
 	free(cfg->control_path);
+	free(cfg->metrics);
 	free(cfg->tls_certificates);
 	free(cfg->tls_psk);
 	memset(cfg, 0, sizeof(*cfg));
@@ -208,6 +209,12 @@ int config_set_global(struct config *cfg, const char *k, const char *v, const ch
 			return -1;
 		}
 		return set_str(&cfg->control_path, v);
+	} else if (!strcmp(k, "metrics")) {
+		if (!*v) {
+			*why = "metrics: expected ADDRESS:PORT or unix:PATH";
+			return -1;
+		}
+		return set_str(&cfg->metrics, v);
 	} else if (!strcmp(k, "tls")) {
 		cfg->tls = config_parse_tls(v);
 		if (cfg->tls < 0) {

@@ -51,7 +51,11 @@ static void conn_free(struct conn *c)
 		close(c->fd_out);
 	server_conn_gone(w->srv, &c->key);
 	if (c->exp)
-		stat_bump(&c->exp->ctr->slot[w->id].conns, (uint64_t)-1);
+		stat_bump(&c->exp->ctr->slot[w->id].conns[c->transport], (uint64_t)-1);
+	if (c->result != CONN_RESULT_SERVED)
+		stat_add(&w->stats.results[c->result >= 0 ? c->result :
+					   c->hs_refusals_logged ? CONN_RESULT_REFUSED :
+					   CONN_RESULT_ENDED], 1);
 	export_put((struct export *)c->exp);
 	free(c->hs_buf);
 	free(c->hs_out.data);
@@ -296,6 +300,7 @@ static void conn_watchdog_cb(struct ev_loop *loop, ev_timer *t, int revents)
 	} else if (srv->io_timeout_s && moving && now - c->last_progress >= srv->io_timeout_s) {
 		log_info("conn %" PRIu64 ": %s made no progress for %u s (io-timeout): closing",
 			 c->id, c->sending ? "a reply" : "a WRITE payload", srv->io_timeout_s);
+		stat_add(&c->w->stats.io_timeouts, 1);
 		conn_close(c, NULL);
 	} else if (srv->idle_timeout_s && !c->live_reqs && c->rx == RX_RECV &&
 		   now - c->last_active >= srv->idle_timeout_s) {
@@ -360,6 +365,7 @@ void conns_adopt(struct worker *w, const struct client *cl)
 	c->state = CONN_HANDSHAKE;
 	c->rx = RX_STOPPED;
 	c->started_ns = now_ns();
+	c->result = -1;
 	conn_op_init(&c->close_op, c, conn_closed);
 	ev_timer_init(&c->watchdog, conn_watchdog_cb, 1., 1.);
 	c->watchdog.data = c;

@@ -122,7 +122,8 @@ struct req {
 	uint32_t cache_pending;    /* fills, waits and reads of the window in flight */
 	struct page_slot slots[CACHE_WINDOW];
 	struct rl_lock lock;       /* held in the locked states */
-	uint64_t lock_wait_start_ns;
+	uint64_t start_ns;         /* now_ns() when its header was taken */
+	uint64_t wait_start_ns;    /* now_ns() when it began to wait for chunks or its lock */
 	uint8_t reply_hdr[PROTO_REPLY_MAX_LEN]; /* simple reply or final chunk */
 	uint32_t reply_hdr_len;
 	bool reply_data;           /* data pages follow the reply header */
@@ -183,6 +184,8 @@ struct conn {
 	ev_tstamp stop_by;         /* disconnect asked: closed by then however busy; 0: not asked */
 	uint64_t started_ns;       /* now_ns() at adoption */
 	uint64_t requests, errors; /* replied to, and of those with an error */
+	enum transport transport;  /* set when an export is chosen (its counters' label) */
+	int result;                /* enum conn_result once known, else -1 */
 	uint64_t bytes_read, bytes_written; /* by successful READs and WRITEs */
 
 	/* handshake (handshake.c) */

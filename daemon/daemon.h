@@ -132,6 +132,7 @@ struct export_spec {
 struct config {
 	char *unix_path, *bind, *port, *pid_file;
 	char *control_path;        /* the control socket (control.c), or NULL */
+	char *metrics;             /* the metrics endpoint (http.c), or NULL */
 	long long threads;         /* 0: not set */
 	long long pool_bytes;      /* 0: not set */
 	long long cache_bytes;     /* 0: not set */
@@ -313,6 +314,23 @@ size_t overlay_extents(const struct overlay *ov, int base_fd, uint64_t off, uint
 		       bool one, struct proto_extent *ext, size_t max);
 uint64_t overlay_allocated_bytes(const struct overlay *ov);
 
+/* ---- metrics.c: histograms (the rest of metrics.c is in metrics.h) ---- */
+/*
+ * Latency histograms with fixed buckets: upper bounds 10 us * 10^(k/10)
+ * for k = 0..60 (10 us to 10 s, ten per decade, so a quantile read from
+ * them is within 26% and usually far closer), then +Inf. One writer each
+ * (a worker's own), read by any thread (relaxed), summed when scraped.
+ */
+#define HIST_BUCKETS 61
+struct hist {
+	atomic_uint_fast64_t n[HIST_BUCKETS + 1]; /* per bucket (not cumulative); last: +Inf */
+	atomic_uint_fast64_t sum_ns;
+};
+extern const uint64_t hist_bounds_ns[HIST_BUCKETS];
+void hist_observe(struct hist *h, uint64_t ns);
+/* Adds src into dst (dst's thread is the only writer, or dst is private). */
+void hist_add(struct hist *dst, const struct hist *src);
+
 /* ---- export.c ---- */
 /*
  * An export's counters, one set per worker: only that worker writes its set
@@ -321,12 +339,16 @@ uint64_t overlay_allocated_bytes(const struct overlay *ov);
  * shares them across reloads and export-set, so they only grow.
  */
 #define EXPORT_STAT_OPS 9 /* indexed by NBD_CMD_*; the last counts any other type */
+#define EXPORT_STAT_ERRS 9 /* NBD error codes by export_stat_err(); the last: any other */
+enum transport { TRANSPORT_UNIX, TRANSPORT_TCP, TRANSPORT_TLS, TRANSPORT_STDIO, TRANSPORTS };
 struct export_stats {
 	atomic_uint_fast64_t requests[EXPORT_STAT_OPS]; /* replied to */
 	atomic_uint_fast64_t bytes[EXPORT_STAT_OPS];    /* moved by those that succeeded */
 	atomic_uint_fast64_t errors[EXPORT_STAT_OPS];   /* replied to with an error */
+	atomic_uint_fast64_t errors_by[EXPORT_STAT_OPS][EXPORT_STAT_ERRS]; /* ...by NBD error */
 	atomic_uint_fast64_t in_flight;  /* requests received, not yet done with */
-	atomic_uint_fast64_t conns;      /* connections that chose it, still open */
+	atomic_uint_fast64_t conns[TRANSPORTS]; /* connections that chose it, still open */
+	struct hist duration[EXPORT_STAT_OPS]; /* header received to reply sent */
 } __attribute__((aligned(64)));
 struct export_counters {
 	atomic_int refs;
@@ -348,6 +370,11 @@ static inline unsigned export_stat_op(uint16_t type)
 {
 	return type < EXPORT_STAT_OPS - 1 ? type : EXPORT_STAT_OPS - 1;
 }
+/* The NBD error codes, in export_stats.errors_by's order. */
+extern const uint32_t export_stat_errs[EXPORT_STAT_ERRS - 1];
+unsigned export_stat_err(uint32_t nbd_error);
+/* All of a set's connections, whatever their transport. */
+uint64_t export_stats_conns(const struct export_stats *st);
 
 /*
  * An export. Heap object, reference counted: the server's table holds one
@@ -471,13 +498,36 @@ struct deferred_cqe {
 	int res;
 };
 
-/* Counters a worker updates and the main thread reads (relaxed). */
+/* How a connection's negotiation ended (counted once per connection). */
+enum conn_result {
+	CONN_RESULT_SERVED,        /* chose an export: transmission */
+	CONN_RESULT_REFUSED,       /* refused by access rules, never served */
+	CONN_RESULT_TLS_FAILED,    /* the TLS handshake failed */
+	CONN_RESULT_HS_TIMEOUT,    /* no export chosen within the handshake timeout */
+	CONN_RESULT_ENDED,         /* closed during negotiation otherwise (ABORT, LIST only, errors) */
+	CONN_RESULTS
+};
+
+/*
+ * Counters a worker updates and other threads read (relaxed); the gauges
+ * are stored once per loop iteration.
+ */
 struct worker_stats {
 	atomic_uint_fast64_t lock_acquired;  /* range locks taken */
 	atomic_uint_fast64_t lock_waited;    /* of which had to wait */
 	atomic_uint_fast64_t lock_wait_ns;   /* total time waited */
 	atomic_uint_fast64_t rmw_writes;     /* unaligned writes done by read-modify-write */
 	atomic_uint_fast64_t buffered_ios;   /* requests on the partial last block */
+	atomic_uint_fast64_t iterations;     /* loop iterations (prepare callbacks) */
+	atomic_uint_fast64_t submits;        /* io_uring_submit calls that submitted */
+	atomic_uint_fast64_t sqes;           /* SQEs they submitted */
+	atomic_uint_fast64_t completions;    /* CQEs handled */
+	atomic_uint_fast64_t io_timeouts;    /* connections closed by io-timeout */
+	atomic_uint_fast64_t results[CONN_RESULTS]; /* conn_result */
+	atomic_uint_fast64_t pool_used_bytes; /* gauge: pool chunks held */
+	atomic_uint_fast64_t pool_waiters;   /* gauge: connections waiting for chunks */
+	struct hist lock_wait;               /* waits for a range lock */
+	struct hist pool_wait;               /* waits for pool chunks */
 };
 
 static inline void stat_add(atomic_uint_fast64_t *counter, uint64_t n)
@@ -591,6 +641,12 @@ void control_close(void);
 /* After the workers are joined: frees the queries they never answered. */
 void control_free(void);
 
+/* ---- http.c: the metrics endpoint (metrics.h has the figures) ---- */
+/* Serves /metrics on "ADDR:PORT" or "unix:PATH" from a thread of its own. 0 or -errno (logged). */
+int http_start(struct server *srv, const char *spec);
+/* Stops it (before the workers go: it reads their counters). */
+void http_stop(void);
+
 /* ---- listen.c ---- */
 #define LISTEN_DEFAULT_PORT "10809"
 struct listener {
@@ -608,6 +664,9 @@ int listen_unix(struct server *srv, const char *path);
  * is replaced, a live one refused): its fd, or -errno (logged).
  */
 int listen_unix_socket(const char *path, mode_t mode);
+/* Whether sa is a loopback address (127/8, ::1, v4-mapped 127/8). */
+struct sockaddr;
+bool listen_is_loopback(const struct sockaddr *sa);
 int listen_inherited(struct server *srv);
 /* Fills cl's key and peer from its socket fd (address and port, or SO_PEERCRED). */
 void listen_identify(int fd, struct client *cl);
@@ -649,6 +708,8 @@ struct server {
 	bool list_refused;         /* list = no */
 	struct ev_loop *loop;      /* main thread's */
 	atomic_bool shutting_down; /* set once by the main thread (relaxed readers) */
+	atomic_uint_fast64_t over_limit; /* clients refused at accept by the limits (main thread) */
+	double start_time_s;       /* wall clock at start, for the metrics */
 };
 
 /* Export lookup for negotiation, as struct proto_exports wants it (ctx = srv). */

@@ -223,9 +223,34 @@ void export_share_counters(struct export *e, const struct export *from)
 	e->ctr = from->ctr;
 }
 
+const uint32_t export_stat_errs[EXPORT_STAT_ERRS - 1] = {
+	NBD_EPERM, NBD_EIO, NBD_ENOMEM, NBD_EINVAL, NBD_ENOSPC, NBD_EOVERFLOW, NBD_ENOTSUP,
+	NBD_ESHUTDOWN,
+};
+
+unsigned export_stat_err(uint32_t nbd_error)
+{
+	unsigned i;
+
+	for (i = 0; i < EXPORT_STAT_ERRS - 1; i++)
+		if (export_stat_errs[i] == nbd_error)
+			return i;
+	return EXPORT_STAT_ERRS - 1;
+}
+
+uint64_t export_stats_conns(const struct export_stats *st)
+{
+	uint64_t n = 0;
+	unsigned t;
+
+	for (t = 0; t < TRANSPORTS; t++)
+		n += atomic_load_explicit(&st->conns[t], memory_order_relaxed);
+	return n;
+}
+
 void export_stats_sum(const struct export_counters *ec, struct export_stats *sum)
 {
-	unsigned i, k;
+	unsigned i, k, e;
 
 #define LOAD(f) atomic_load_explicit(&ec->slot[i].f, memory_order_relaxed)
 	for (i = 0; i < ec->nslots; i++) {
@@ -233,9 +258,13 @@ void export_stats_sum(const struct export_counters *ec, struct export_stats *sum
 			stat_bump(&sum->requests[k], LOAD(requests[k]));
 			stat_bump(&sum->bytes[k], LOAD(bytes[k]));
 			stat_bump(&sum->errors[k], LOAD(errors[k]));
+			for (e = 0; e < EXPORT_STAT_ERRS; e++)
+				stat_bump(&sum->errors_by[k][e], LOAD(errors_by[k][e]));
+			hist_add(&sum->duration[k], &ec->slot[i].duration[k]);
 		}
 		stat_bump(&sum->in_flight, LOAD(in_flight));
-		stat_bump(&sum->conns, LOAD(conns));
+		for (k = 0; k < TRANSPORTS; k++)
+			stat_bump(&sum->conns[k], LOAD(conns[k]));
 	}
 #undef LOAD
 }

@@ -164,6 +164,8 @@ static void hs_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents)
 		return;
 	log_info("conn %" PRIu64 ": no export chosen within %u s: closing", c->id,
 		 c->w->srv->handshake_timeout_s);
+	if (c->result < 0)
+		c->result = CONN_RESULT_HS_TIMEOUT;
 	conn_close(c, NULL);
 }
 
@@ -202,7 +204,11 @@ static void hs_option(struct conn *c)
 	if (ret == 0 && c->sess.phase == PROTO_PHASE_TRANSMISSION) {
 		c->exp = c->sess.export.opaque;
 		export_get((struct export *)c->exp); /* ours until the connection goes */
-		stat_bump(&c->exp->ctr->slot[c->w->id].conns, 1);
+		c->transport = c->stream ? TRANSPORT_STDIO : c->tls ? TRANSPORT_TLS :
+			       c->key.family == AF_UNIX ? TRANSPORT_UNIX : TRANSPORT_TCP;
+		stat_bump(&c->exp->ctr->slot[c->w->id].conns[c->transport], 1);
+		c->result = CONN_RESULT_SERVED;
+		stat_add(&c->w->stats.results[CONN_RESULT_SERVED], 1);
 	}
 	pthread_rwlock_unlock(&c->w->srv->exports_lock);
 	if (ret < 0) {

@@ -163,13 +163,14 @@ static void listener_accept_cb(struct ev_loop *loop, ev_io *watcher, int revents
 			log_msg_limited(&full_limit, LOG_WARN,
 					"%u connection%s, the limit: refused a client on %s",
 					srv->max_conns, srv->max_conns == 1 ? "" : "s", l->desc);
+			stat_add(&srv->over_limit, 1);
 			close(fd);
 			continue;
 		}
 		listen_tune(srv, fd);
 		cl = (struct client){ .fd = fd, .fd_out = fd };
 		listen_identify(fd, &cl);
-		if (server_accept(srv, &cl) == -EUSERS)
+		if (server_accept(srv, &cl) == -EUSERS && (stat_add(&srv->over_limit, 1), true))
 			log_msg_limited(&client_limit, LOG_WARN,
 					"%s has %u connections, the per-client limit: refused it on %s",
 					server_client_name(&cl.key, who, sizeof(who)),
@@ -214,7 +215,7 @@ static int listener_add(struct server *srv, int fd, const char *desc, const char
 }
 #pragma GCC diagnostic pop
 
-static bool listen_is_loopback(const struct sockaddr *sa)
+bool listen_is_loopback(const struct sockaddr *sa)
 {
 	if (sa->sa_family == AF_INET)
 		return (ntohl(((const struct sockaddr_in *)(const void *)sa)->sin_addr.s_addr) >> 24) ==

@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "daemon.h"
@@ -315,7 +316,7 @@ int main(int argc, char **argv)
 	struct export_spec *specs = NULL;
 	ev_signal sigint_w, sigterm_w, sigusr1_w, sighup_w;
 	ev_timer status_w;
-	const char *unix_path, *bind_addr, *port, *pid_file, *control_path;
+	const char *unix_path, *bind_addr, *port, *pid_file, *control_path, *metrics;
 	size_t nspecs = 0, j;
 	long threads;
 	int status = 1, inherited, ret;
@@ -334,6 +335,7 @@ int main(int argc, char **argv)
 	port = cli.port ? cli.port : file.port;
 	pid_file = cli.pid_file ? cli.pid_file : file.pid_file;
 	control_path = cli.control_path ? cli.control_path : file.control_path;
+	metrics = cli.metrics ? cli.metrics : file.metrics;
 	threads = cli.threads ? cli.threads : file.threads;
 	srv.pool_bytes = (size_t)(cli.pool_bytes ? cli.pool_bytes
 				  : file.pool_bytes ? file.pool_bytes : DEFAULT_POOL_BYTES);
@@ -389,6 +391,7 @@ int main(int argc, char **argv)
 		goto out_config;
 	srv.nexports = nspecs;
 	srv.loop = ev_default_loop(EVFLAG_AUTO);
+	srv.start_time_s = (double)time(NULL);
 
 	if (!srv.single) {
 		inherited = listen_inherited(&srv);
@@ -411,6 +414,8 @@ int main(int argc, char **argv)
 			goto out_workers;
 
 	if (control_path && control_start(&srv, control_path) < 0)
+		goto out_workers;
+	if (metrics && http_start(&srv, metrics) < 0)
 		goto out_workers;
 	listen_start(&srv);
 	if (srv.single)
@@ -455,6 +460,7 @@ out_workers:
 	}
 	/* Stop accepting first, then let every worker finish its connections. */
 	atomic_store_explicit(&srv.shutting_down, true, memory_order_relaxed);
+	http_stop();
 	control_close();
 	listen_close(&srv);
 	for (i = 0; i < started; i++)

@@ -124,6 +124,7 @@ void pool_wait(struct pool *p, struct pool_waiter *pw)
 	pw->next = NULL;
 	*pp = pw;
 	pw->queued = 1;
+	p->nwaiting++;
 }
 
 void pool_unwait(struct pool *p, struct pool_waiter *pw)
@@ -137,6 +138,7 @@ void pool_unwait(struct pool *p, struct pool_waiter *pw)
 	*pp = pw->next;
 	pw->next = NULL;
 	pw->queued = 0;
+	p->nwaiting--;
 }
 
 struct pool_waiter *pool_next_ready(struct pool *p, unsigned nclients)

@@ -58,6 +58,7 @@ struct pool {
 	uint32_t cap;           /* most a client may hold of the general pool */
 	uint32_t promised;      /* free chunks promised to waiters */
 	struct pool_waiter *waiters; /* oldest first */
+	uint32_t nwaiting;      /* how many */
 };
 
 /*

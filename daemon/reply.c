@@ -68,6 +68,7 @@ static void reply_count(const struct req *q)
 	c->requests++;
 	if (q->nbd_error != NBD_SUCCESS) {
 		stat_bump(&st->errors[op], 1);
+		stat_bump(&st->errors_by[op][export_stat_err(q->nbd_error)], 1);
 		c->errors++;
 		return;
 	}
@@ -100,14 +101,18 @@ void reply_queue(struct req *q)
 	reply_send(c);
 }
 
-/* The replies the finished send carried. */
-static void reply_recycle_sent(struct conn *c)
+/* The replies the finished send carried: each request's time is up. */
+static void reply_recycle_sent(struct conn *c, bool sent)
 {
 	struct req *q = c->sending, *next;
+	struct export_stats *st = &c->exp->ctr->slot[c->w->id];
+	uint64_t now = sent ? now_ns() : 0;
 
 	c->sending = NULL;
 	for (; q; q = next) {
 		next = q->next;
+		if (sent)
+			hist_observe(&st->duration[export_stat_op(q->r.type)], now - q->start_ns);
 		req_recycle(q);
 	}
 }
@@ -115,7 +120,7 @@ static void reply_recycle_sent(struct conn *c)
 /* The connection closes: recycle every reply not yet sent. */
 static void reply_drop_all(struct conn *c)
 {
-	reply_recycle_sent(c);
+	reply_recycle_sent(c, false);
 	while (c->sendq_head) {
 		struct req *q = c->sendq_head;
 
@@ -150,6 +155,6 @@ static void reply_send_done(struct conn_op *o, int res)
 		conn_sendmsg(&c->send_op, m);
 		return;
 	}
-	reply_recycle_sent(c);
+	reply_recycle_sent(c, true);
 	reply_send(c);
 }

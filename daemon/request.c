@@ -66,6 +66,7 @@ struct req *req_take(struct conn *c)
 	q->iov = q->io_iov = NULL;
 	q->bounce.iov_base = NULL;
 	q->reply_raw_len = 0;
+	q->start_ns = now_ns();
 	c->live_reqs++;
 	stat_bump(&c->exp->ctr->slot[c->w->id].in_flight, 1);
 	return q;
@@ -147,8 +148,11 @@ static void req_lock_granted(struct conn_op *o, int res)
 	struct req *q = container_of(o, struct req, op);
 	struct conn *c = q->c;
 
+	uint64_t waited = now_ns() - q->wait_start_ns;
+
 	(void)res;
-	stat_add(&c->w->stats.lock_wait_ns, now_ns() - q->lock_wait_start_ns);
+	stat_add(&c->w->stats.lock_wait_ns, waited);
+	hist_observe(&c->w->stats.lock_wait, waited);
 	req_set_state(q, REQ_LOCKED);
 	if (c->state == CONN_CLOSING)
 		req_finish(q, NBD_EIO);
@@ -173,7 +177,6 @@ void req_lock(struct req *q)
 	if (p->buffered)
 		stat_add(&c->w->stats.buffered_ios, 1);
 	stat_add(&c->w->stats.lock_acquired, 1);
-	q->lock_wait_start_ns = now_ns();
 	conn_op_init(&q->op, c, req_lock_granted);
 	if (rl_acquire(c->exp->locks, &q->lock, p->lock_first, p->lock_last, p->exclusive,
 		       req_on_grant, q)) {
@@ -182,6 +185,7 @@ void req_lock(struct req *q)
 		return;
 	}
 	/* Parked: the grant is posted to this worker (counted from now). */
+	q->wait_start_ns = now_ns();
 	stat_add(&c->w->stats.lock_waited, 1);
 	req_set_state(q, REQ_LOCK_WAIT);
 	conn_expect(&q->op);

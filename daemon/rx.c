@@ -130,6 +130,7 @@ static void rx_skip_done(struct conn_op *o, int res)
 		req_recycle(q);
 		return;
 	}
+	hist_observe(&c->w->stats.pool_wait, now_ns() - q->wait_start_ns);
 	c->skip_left -= (uint64_t)res;
 	if (c->skip_left) {
 		rx_prep_skip(c);
@@ -213,6 +214,8 @@ static bool rx_buffers(struct req *q)
 		c->buf_wait.acct = &c->acct;
 		c->buf_wait.chunks = q->plan.chunks + q->plan.bounce;
 		c->buf_wait.ctx = &q->op.op;
+		if (!waited)
+			q->wait_start_ns = now_ns();
 		conn_expect(&q->op);
 		worker_pool_wait(c->w, &c->buf_wait);
 		return false;

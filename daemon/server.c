@@ -222,7 +222,7 @@ static uint64_t export_conns(const struct export *e)
 	struct export_stats sum = { 0 };
 
 	export_stats_sum(e->ctr, &sum);
-	return sum.conns;
+	return export_stats_conns(&sum);
 }
 
 int server_add_export(struct server *s, struct export *e)

@@ -514,6 +514,8 @@ static void tls_pump_handshake(struct tls_conn *t)
 	if (r == GNUTLS_E_AGAIN)
 		r = GNUTLS_E_PREMATURE_TERMINATION;
 	tls_log_failure(t, "handshake", r);
+	if (t->c->result < 0)
+		t->c->result = CONN_RESULT_TLS_FAILED;
 	/* Tell the client why (bad certificate, unknown PSK user...), then close. */
 	if (!t->in_eof && !t->in_err)
 		gnutls_alert_send_appropriate(t->s, r);

@@ -54,6 +54,10 @@ static int worker_submit(struct worker *w)
 {
 	int ret = io_uring_submit(&w->ring);
 
+	if (ret > 0) {
+		stat_add(&w->stats.submits, 1);
+		stat_add(&w->stats.sqes, (uint64_t)ret);
+	}
 	if (ret >= 0 || ret == -EINTR)
 		return 0;
 	/* EBUSY/EAGAIN: completions must be reaped first; the loop does that. */
@@ -175,6 +179,7 @@ static bool worker_pool_kick(struct worker *w)
 static void worker_reap(struct worker *w)
 {
 	struct io_uring_cqe *cqe;
+	uint64_t n = w->ndeferred;
 	size_t i;
 
 	/* Those a full queue made us take off the ring first, in their order. */
@@ -189,7 +194,9 @@ static void worker_reap(struct worker *w)
 		/* Free the CQ slot first: the handler may queue (and submit) more. */
 		io_uring_cqe_seen(&w->ring, cqe);
 		op->done(op, res);
+		n++;
 	}
+	stat_bump(&w->stats.completions, n);
 }
 
 /* Runs posted ops until none is left (those they post run in the same pass). */
@@ -224,13 +231,26 @@ static void worker_run_ready(struct worker *w)
 
 void worker_stats_add(const struct worker *w, struct worker_stats *sum)
 {
+	unsigned i;
+
 #define ADD(f) stat_add(&sum->f, atomic_load_explicit(&w->stats.f, memory_order_relaxed))
 	ADD(lock_acquired);
 	ADD(lock_waited);
 	ADD(lock_wait_ns);
 	ADD(rmw_writes);
 	ADD(buffered_ios);
+	ADD(iterations);
+	ADD(submits);
+	ADD(sqes);
+	ADD(completions);
+	ADD(io_timeouts);
+	ADD(pool_used_bytes);
+	ADD(pool_waiters);
+	for (i = 0; i < CONN_RESULTS; i++)
+		ADD(results[i]);
 #undef ADD
+	hist_add(&sum->lock_wait, &w->stats.lock_wait);
+	hist_add(&sum->pool_wait, &w->stats.pool_wait);
 }
 
 static void worker_cq_cb(struct ev_loop *loop, ev_io *watcher, int revents)
@@ -280,9 +300,15 @@ static void worker_prepare_cb(struct ev_loop *loop, ev_prepare *watcher, int rev
 
 	(void)loop;
 	(void)revents;
+	stat_bump(&w->stats.iterations, 1);
 	if (w->ndeferred)
 		worker_reap(w);
 	worker_run_ready(w);
+	/* The pool's gauges, for whoever reads the counters. */
+	atomic_store_explicit(&w->stats.pool_used_bytes,
+			      (uint64_t)(w->pool.nchunks - w->pool.nfree) * POOL_CHUNK_BYTES,
+			      memory_order_relaxed);
+	atomic_store_explicit(&w->stats.pool_waiters, w->pool.nwaiting, memory_order_relaxed);
 	if (io_uring_sq_ready(&w->ring))
 		worker_submit(w);
 	if (w->srv->busy_poll_us)

@@ -1,0 +1,52 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/*
+ * metrics: one snapshot of every figure the daemon keeps, taken from any
+ * thread without stopping anyone (per-worker counters are read relaxed and
+ * summed; the export table under its read lock, each export's counters
+ * through its reference), and two ways to show it: the Prometheus text
+ * format (http.c serves it on /metrics) and JSON (the control socket's
+ * stats command). One source for both.
+ */
+#ifndef URINGNBD_METRICS_H
+#define URINGNBD_METRICS_H
+
+#include <json-c/json.h>
+
+#include "daemon.h"
+
+struct metrics_export {
+	char *name;                /* heap */
+	struct export_stats st;    /* every worker's set, added */
+	int durability_err;        /* errno of its file's first failed flush, or 0 */
+};
+
+struct metrics_worker {
+	uint64_t iterations, submits, sqes, completions;
+	uint64_t pool_used_bytes, pool_waiters;
+};
+
+struct metrics {
+	struct worker_stats sum;   /* every worker's, added */
+	struct metrics_worker *workers;
+	unsigned nworkers;
+	bool has_cache;
+	struct cache_stats cache;
+	uint64_t pool_bytes;       /* each worker's pool */
+	uint64_t over_limit;       /* clients refused at accept (connection limits) */
+	unsigned connections;
+	double start_time_s;       /* wall clock */
+	struct metrics_export *exports;
+	size_t nexports;
+};
+
+/* Fills *m (metrics_release() it). Returns 0 or -ENOMEM. */
+int metrics_collect(struct server *srv, struct metrics *m);
+void metrics_release(struct metrics *m);
+/* The Prometheus text exposition format 0.0.4: a heap string (its length in *len), or NULL. */
+char *metrics_prometheus(const struct metrics *m, size_t *len);
+/* The same figures as a JSON object (a new reference). */
+json_object *metrics_json(const struct metrics *m);
+/* The q-quantile (0..1) of a histogram in seconds, interpolated as Prometheus does; 0 if empty. */
+double hist_quantile(const struct hist *h, double q);
+
+#endif
