@@ -25,7 +25,8 @@ BUILD_PKGS := gcc make pkg-config liburing-dev libev-dev libnbd-dev check libgnu
 TEST_PKGS  := libnbd-bin qemu-utils nbdkit nbd-server nbd-client fio python3-libnbd \
               fuse3 libfuse3-dev e2fsprogs xfsprogs btrfs-progs util-linux procps bc clang \
               libclang-rt-14-dev \
-              qemu-system-x86 busybox-static socat cpio mandoc systemd gnutls-bin mmdebstrap
+              qemu-system-x86 busybox-static socat cpio mandoc systemd gnutls-bin mmdebstrap \
+              prometheus gnuplot-nox
 
 WARN   := -Wall -Wextra -Wshadow -Wvla -Wstrict-prototypes -Wmissing-prototypes \
           -Wformat=2 -Wundef -fno-common
