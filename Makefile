@@ -11,10 +11,13 @@
 #                   bench-overlay: copy-on-write overlays against nbdkit's cow and qemu-nbd -s)
 #   make analyze    gcc -fanalyzer over every module, daemon/ included
 #   make install    PREFIX=/usr/local DESTDIR=
+#   make deb        Debian packages from this tree (dpkg-buildpackage), into build/deb/
 #   SANITIZE=1      ASan+UBSan build and tests    WERROR=1  -Werror    V=1  full commands
 # Only deps, run, check*, bench, fuzz and analyze install packages (as root).
 
 SHELL   := /bin/bash
+# The version is debian/changelog's (make deb and uringnbd --version agree).
+VERSION ?= $(shell sed -n '1s/^[^(]*(\([^)]*\)).*/\1/p' debian/changelog)
 PREFIX  ?= /usr/local
 DESTDIR ?=
 B       := build
@@ -32,6 +35,7 @@ WARN   := -Wall -Wextra -Wshadow -Wvla -Wstrict-prototypes -Wmissing-prototypes 
           -Wformat=2 -Wundef -fno-common
 CFLAGS ?= -O2 -g
 CFLAGS += -std=gnu11 $(WARN) -pthread -MMD -MP
+CPPFLAGS += -DURINGNBD_VERSION='"$(VERSION)"'
 ifeq ($(WERROR),1)
 CFLAGS += -Werror
 endif
@@ -76,12 +80,12 @@ FAULT_TESTS   := $(filter-out tests/faults/faultlib.py,$(wildcard tests/faults/*
 VM_TESTS      := tests/vm/kernel-client.sh tests/vm/systemd.sh
 
 .SECONDARY:
-.PHONY: analyze check-vm bench bench-idle bench-overlay fuzz check-fuzz bench-lock all run check check-unit check-integration check-interop check-faults check-tests install clean deps deps-test
+.PHONY: deb analyze check-vm bench bench-idle bench-overlay fuzz check-fuzz bench-lock all run check check-unit check-integration check-interop check-faults check-tests install clean deps deps-test
 all: $(B)/uringnbd $(B)/uringnbdctl
 
 # Goals that may install packages build after them; plain `make` never does.
-INSTALLING_GOALS := deps deps-test run check check-% bench bench-% fuzz analyze
-DEPS_FIRST := $(if $(filter $(INSTALLING_GOALS),$(MAKECMDGOALS)),$(B)/.deps-build)
+INSTALLING_GOALS := deps deps-test run check check-% bench bench-% fuzz analyze deb
+DEPS_FIRST := $(if $(NO_DEPS),,$(if $(filter $(INSTALLING_GOALS),$(MAKECMDGOALS)),$(B)/.deps-build))
 
 # ---- Debian packages: installed when missing (as root), else the command is printed ----
 define ensure_pkgs
@@ -106,17 +110,20 @@ $(B)/.deps-build:
 	$(call ensure_pkgs,$(BUILD_PKGS))
 $(B)/.deps-test: | $(B)/.deps-build
 	$(call ensure_pkgs,$(TEST_PKGS))
+DEB_PKGS := debhelper dpkg-dev fakeroot lintian
+$(B)/.deps-deb: | $(B)/.deps-build
+	$(call ensure_pkgs,$(DEB_PKGS))
 
 # ---- build ----
 $(B)/hooks/%.o: %.c | $(DEPS_FIRST)
 	@mkdir -p $(dir $@)
 	$(quiet) CC $@
-	$(Q)$(CC) $(CFLAGS) -DURINGNBD_TEST_HOOKS -c -o $@ $<
+	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) -DURINGNBD_TEST_HOOKS -c -o $@ $<
 
 $(B)/%.o: %.c | $(DEPS_FIRST)
 	@mkdir -p $(dir $@)
 	$(quiet) CC $@
-	$(Q)$(CC) $(CFLAGS) $(if $(findstring tests/unit,$@),$$(pkg-config --cflags check)) -c -o $@ $<
+	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) $(if $(findstring tests/unit,$@),$$(pkg-config --cflags check)) -c -o $@ $<
 
 $(B)/uringnbd: $(DAEMON_OBJ) $(PROTO_OBJ) $(LOCK_OBJ) $(CACHE_OBJ)
 	$(quiet) LD $@
@@ -320,6 +327,16 @@ install: $(B)/uringnbd $(B)/uringnbdctl
 	@# The example becomes the configuration only where there is none yet.
 	[ -e $(DESTDIR)$(SYSCONFDIR)/uringnbd/uringnbd.conf ] || \
 	    install -D -m 0644 systemd/uringnbd.conf.example $(DESTDIR)$(SYSCONFDIR)/uringnbd/uringnbd.conf
+
+# ---- Debian packages: built from a copy of the tree, results in build/deb ----
+deb: | $(B)/.deps-deb
+	$(Q)rm -rf build/deb && mkdir -p build/deb/src/uringnbd
+	$(Q)tar --exclude=./build --exclude=./.git -cf - . | tar -xf - -C build/deb/src/uringnbd
+	$(quiet) DEB     build/deb
+	$(Q)cd build/deb/src/uringnbd && dpkg-buildpackage -us -uc -b >../build.log 2>&1 || \
+	    { tail -n 40 ../build.log; exit 1; }
+	$(Q)mv build/deb/src/*.deb build/deb/src/*.changes build/deb/src/*.buildinfo build/deb/
+	$(Q)ls build/deb/*.deb
 
 clean:
 	rm -rf build

@@ -73,7 +73,9 @@
 #include "plan.h"
 #include "pool.h"
 
-#define URINGNBD_VERSION "0.1.0"
+#ifndef URINGNBD_VERSION /* the Makefile passes debian/changelog's */
+#define URINGNBD_VERSION "unknown"
+#endif
 
 #define container_of(ptr, type, member) ((type *)(void *)((char *)(ptr) - offsetof(type, member)))
 

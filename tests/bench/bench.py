@@ -343,6 +343,48 @@ def drop_cache(img):
     subprocess.run(["dd", f"if={img}", "iflag=nocache", "count=0", "status=none"])
 
 
+def plot_svg(path, workloads, targets, med):
+    """The medians as grouped bars, one panel per transport, each target's IOPS
+    over the raw file's (gnuplot, from Debian's gnuplot-nox). False if no gnuplot."""
+    if not shutil.which("gnuplot"):
+        return False
+    trs = [t for t in TRANSPORTS if any(tg[1] == t for tg in targets)]
+    names = [n for n in dict.fromkeys(tg[0] for tg in targets) if n != "raw file"]
+    raw = {wl[0]: med.get((("raw file", ""), wl[0]), (0, 0))[0] for wl in workloads}
+    script = [f'set terminal svg size 1100,{330 * len(trs) + 40} dynamic font "sans,11"',
+              f'set output "{path}"',
+              f'set multiplot layout {len(trs)},1 title "uringnbd and its peers: IOPS over '
+              f'the raw file\'s, medians ({time.strftime("%Y-%m-%d")})"',
+              'set style data histograms', 'set style histogram clustered gap 1',
+              'set style fill solid 0.85 border -1', 'set boxwidth 0.9',
+              'set yrange [0:*]', 'set grid ytics', 'set key outside right top',
+              'set xtics scale 0 nomirror font ",10"', 'set datafile separator "\t"',
+              'set bmargin 5',
+              'set arrow 1 from graph 0, first 1 to graph 1, first 1 nohead dashtype 2 lw 1.5',
+              'set label 1 "raw file" at graph 1, first 1 offset 1,0']
+    for tr in trs:
+        dat = f"{path}.{tr}.dat"
+        with open(dat, "w") as f:
+            for wl in workloads:
+                row = []
+                for n in names:
+                    v = med.get(((n, tr), wl[0]), (0, 0))[0]
+                    row.append(f"{v / raw[wl[0]]:.3f}" if raw[wl[0]] else "0")
+                f.write(wl[0] + "\t" + "\t".join(row) + "\n")
+        # Two-line labels: the load over its queue depth.
+        tics = ", ".join('"%s" %d' % (wl[0].replace(" QD", "\\nQD").replace(" 4x", "\\n4x"), i)
+                         for i, wl in enumerate(workloads))
+        script.append(f'set title "{tr}" ; set ylabel "x raw file" ; set xtics ({tics})')
+        script.append("plot " + ", ".join(
+            f'"{dat}" using {i + 2} title "{n}"' for i, n in enumerate(names)))
+    script.append("unset multiplot")
+    gp = subprocess.run(["gnuplot"], input="\n".join(script) + "\n", text=True,
+                        capture_output=True)
+    if gp.returncode:
+        print("gnuplot: " + gp.stderr.strip(), file=sys.stderr)
+    return gp.returncode == 0
+
+
 def main():
     os.makedirs(DIR, exist_ok=True)
     os.makedirs(SOCKDIR, exist_ok=True)
@@ -425,9 +467,11 @@ def main():
     hdr = (f"{'workload':<25} {'target':<19} {'IOPS':>8} {'MB/s':>8} {'vs best peer':>12} "
            f"{'vs raw':>7} {'dev QD':>6} {'CPU':>6}  {'IOPS min-max':>15}")
     lines.append(hdr)
+    allmed = {}
     for wl in workloads:
         med = {tg: (statistics.median(x[0] for x in res[(tg, wl[0])]),
                     statistics.median(x[1] for x in res[(tg, wl[0])])) for tg in targets}
+        allmed.update({(tg, wl[0]): v for tg, v in med.items()})
         raw = med[("raw file", "")][0] if ("raw file", "") in med else 0
         for tg in targets:
             peers = [med[p][0] for p in targets
@@ -459,6 +503,9 @@ def main():
     open(out, "w").write(text)
     shutil.copy(out, f"{DIR}/bench-latest.txt")
     print(f"saved {out}")
+    if ("raw file", "") in targets and plot_svg(out[:-4] + ".svg", workloads, targets, allmed):
+        shutil.copy(out[:-4] + ".svg", f"{DIR}/bench-latest.svg")
+        print(f"saved {out[:-4]}.svg")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ must match what fio did within 20%. promtool accepts a scrape with no
 warning; unknown paths, other methods and malformed HTTP get HTTP errors;
 40 scrapers at once and one that never finishes its request get errors or
 closed connections while an NBD client is served (p99 under 100 ms); the
-stats command's JSON has the same figures."""
+stats command's JSON has the same figures; every query of the shipped
+Grafana dashboard (contrib/) is evaluated and the main panels have data."""
 import json
 import os
 import socket
@@ -208,6 +209,19 @@ check(ea["ops"]["write"]["bytes"] == fio["a"]["io_bytes"], f"stats: {ea}")
 status, text = http(METRICS)
 check(f'uringnbd_request_bytes_total{{export="a",op="write"}} {fio["a"]["io_bytes"]}' in text,
       "the scrape and the stats command disagree")
+# ---- every query of the shipped Grafana dashboard, evaluated by this Prometheus ----
+dash = json.load(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                                   "contrib", "grafana-uringnbd.json")))
+for panel in dash["panels"]:
+    for target in panel["targets"]:
+        expr = target["expr"].replace("$export", ".*").replace("$__rate_interval", "10s")
+        q = urllib.parse.urlencode({"query": expr, "time": f"{mid:.3f}"})
+        status, body = http(f"{API}/query?{q}")
+        check(status == 200 and json.loads(body)["status"] == "success",
+              f"dashboard panel {panel['title']!r}: {expr}: {status} {body[:200]}")
+        if panel["id"] in (1, 2, 3):
+            check(json.loads(body)["data"]["result"], f"panel {panel['title']!r} is empty")
+
 prom.terminate()
 prom.wait(timeout=20)
 d.stop()

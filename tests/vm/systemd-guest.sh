@@ -1,7 +1,8 @@
 #!/bin/sh
 # SPDX-License-Identifier: BSD-3-Clause
 # Runs inside the systemd guest (tests/vm/systemd.sh) as vmtest.service,
-# after boot, with the units exactly as `make install` put them. Prints
+# after boot: installs the package from `make deb` with dpkg -i, upgrades
+# it to a second build under an attached client, purges it at the end. Prints
 # "guest: ..." steps and GUEST PASS or GUEST FAIL: why on the serial
 # console, then powers the guest off.
 fail() {
@@ -13,7 +14,14 @@ fail() {
 step() { echo "guest: $(cut -d' ' -f1 /proc/uptime)s $*"; }
 step "booted; systemd $(systemctl --version | head -n 1 | cut -d' ' -f2)"
 
-getent group uringnbd >/dev/null || fail "systemd-sysusers did not create group uringnbd"
+step "dpkg -i $(basename /root/debs/first/uringnbd_*.deb)"
+dpkg -i /root/debs/first/uringnbd_*.deb >/tmp/dpkg.log 2>&1 || fail "dpkg -i: $(tail -n 5 /tmp/dpkg.log)"
+getent group uringnbd >/dev/null || fail "the package's postinst did not create group uringnbd"
+systemctl is-enabled -q uringnbd.socket || fail "the package did not enable uringnbd.socket"
+systemctl is-active -q uringnbd.socket || fail "the package did not start uringnbd.socket"
+systemctl is-enabled -q uringnbd.service && fail "uringnbd.service is enabled (the socket starts it)"
+dpkg-query -W -f='${Conffiles}\n' uringnbd | grep -q ' /etc/uringnbd/uringnbd.conf ' ||
+    fail "/etc/uringnbd/uringnbd.conf is not a conffile"
 mkdir -p /srv/nbd
 truncate -s 256M /srv/nbd/disk0.img
 chmod 0600 /srv/nbd/disk0.img
@@ -23,8 +31,6 @@ path = /srv/nbd/disk0.img
 description = the VM test's disk
 EOF
 
-step "systemctl enable --now uringnbd.socket"
-systemctl enable --now uringnbd.socket || fail "enable --now uringnbd.socket"
 [ "$(stat -c '%a %G' /run/uringnbd.sock)" = "660 uringnbd" ] ||
     fail "socket mode/group: $(stat -c '%a %G' /run/uringnbd.sock)"
 systemctl is-active -q uringnbd.service && fail "the service runs before any connection"
@@ -42,6 +48,19 @@ uringnbdctl exports >/tmp/ctl || fail "uringnbdctl exports: $(cat /tmp/ctl)"
 grep -q '^disk0 ' /tmp/ctl || fail "uringnbdctl exports: $(cat /tmp/ctl)"
 uringnbdctl --json connections disk0 >/tmp/ctl || fail "uringnbdctl connections"
 [ "$(grep -c '"export":"disk0"' /tmp/ctl)" = 2 ] || fail "two connections expected: $(cat /tmp/ctl)"
+
+old=$(uringnbd --version)
+step "upgrade with a client attached: dpkg -i $(basename /root/debs/second/uringnbd_*.deb)"
+dpkg -i --force-confold /root/debs/second/uringnbd_*.deb >/tmp/dpkg.log 2>&1 ||
+    fail "dpkg -i (upgrade): $(tail -n 5 /tmp/dpkg.log)"
+new=$(uringnbd --version)
+[ "$new" != "$old" ] || fail "the upgrade did not change the binary ($old)"
+# The daemon serving /dev/nbd0 is left alone; the new binary serves from its next start.
+[ "uringnbd $(uringnbdctl version | cut -d' ' -f2)" = "$old" ] ||
+    fail "the running daemon was replaced during the upgrade"
+uringnbdctl --json connections disk0 >/tmp/ctl || fail "uringnbdctl connections after the upgrade"
+[ "$(grep -c '"export":"disk0"' /tmp/ctl)" = 2 ] || fail "connections lost in the upgrade"
+step "upgraded from $old to $new; the running daemon and its 2 connections untouched"
 mkfs.ext4 -q -F /dev/nbd0 || fail "mkfs.ext4"
 mkdir -p /mnt && mount /dev/nbd0 /mnt || fail "mount"
 for i in 1 2 3 4 5 6; do
@@ -55,6 +74,7 @@ umount /mnt
 sed 's/^/SUM /' /tmp/sums
 nbd-client -d /dev/nbd0 || fail "nbd-client -d"
 step "ext4 made, written, checked and detached"
+dmesg | grep -i 'nbd.*\(error\|timed out\|dead\)' && fail "the kernel's nbd driver reported errors"
 
 status=$(systemctl show -p StatusText --value uringnbd.service)
 step "STATUS=$status"
@@ -116,6 +136,20 @@ echo "written through the device export" | dd of=/dev/nbd1 bs=4096 conv=sync,fsy
     fail "write to /dev/nbd1"
 nbd-client -d /dev/nbd1
 systemctl stop uringnbd@blk.service || fail "stop uringnbd@blk"
+
+step "apt-get purge uringnbd"
+systemctl start uringnbd.socket
+apt-get purge -y uringnbd >/tmp/purge.log 2>&1 || fail "apt-get purge: $(tail -n 5 /tmp/purge.log)"
+for f in /lib/systemd/system/uringnbd.service /lib/systemd/system/uringnbd.socket \
+         /usr/sbin/uringnbd /usr/sbin/uringnbdctl /etc/uringnbd/uringnbd.conf; do
+    [ -e "$f" ] && fail "$f is still there after purge"
+done
+systemctl list-unit-files 'uringnbd*' | grep -q uringnbd && fail "units still known after purge"
+[ -e /run/uringnbd.sock ] && fail "the socket is still there after purge"
+# Debian keeps system users and groups on purge (files may still belong to them).
+getent group uringnbd >/dev/null || fail "purge removed group uringnbd"
+[ -s /srv/nbd/disk0.img ] || fail "purge touched the images"
+step "purged: units, binaries and conffile gone; group and images kept"
 step "all steps done"
 echo "GUEST PASS"
 systemctl poweroff --no-block

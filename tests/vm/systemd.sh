@@ -3,8 +3,9 @@
 # The shipped units under a real systemd: a Debian 12 root filesystem built
 # by mmdebstrap from Debian's packages (cached in build/vm, so later runs
 # need no package registry) boots under qemu with Debian's cloud kernel and
-# systemd as PID 1; uringnbd is installed into it with `make install
-# DESTDIR=...` as a user would. tests/vm/systemd-guest.sh then runs as a
+# systemd as PID 1; uringnbd is installed into it from the package `make
+# deb` builds, as a user would (and upgraded to a second build with a higher
+# version, then purged). tests/vm/systemd-guest.sh then runs as a
 # unit: socket activation, nbd-client attaching /dev/nbd0, ext4 written and
 # checked, STATUS=, reload, stop within the timeout with a clean shutdown
 # in the journal, uringnbd@.service, and a block device through a drop-in.
@@ -20,7 +21,7 @@ mkdir -p "$VM"
 vm_kernel
 
 # The root filesystem, built once.
-PKGS=systemd,systemd-sysv,udev,kmod,nbd-client,e2fsprogs,util-linux,libev4,liburing2,libgnutls30,libjson-c5
+PKGS=systemd,systemd-sysv,udev,kmod,nbd-client,e2fsprogs,util-linux,libev4,liburing2,libgnutls30,libjson-c5,libmicrohttpd12
 # Named by what it holds: a new package list builds a new one.
 ROOTFS="$VM/rootfs-bookworm-$(echo "$PKGS" | md5sum | cut -c1-8).tar"
 if [ ! -s "$ROOTFS" ]; then
@@ -48,9 +49,19 @@ chroot "$R" /sbin/depmod "$kver" || fail "depmod in the root filesystem"
 # unit by preset, uringnbd.service included, and this test wants to do that itself.
 head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$R/etc/machine-id"
 echo >>"$R/etc/machine-id"
-# Installed as a user would; the plain build (an ASan build needs libraries the guest lacks).
-env -u MAKEFLAGS -u MAKELEVEL make -s install DESTDIR="$(cd "$R" && pwd)" PREFIX=/usr \
-    SANITIZE= >"$T/install.log" 2>&1 || { cat "$T/install.log"; fail "make install"; }
+# The packages users install, and a second build with a higher version to upgrade to.
+need dpkg-buildpackage dh
+env -u MAKEFLAGS -u MAKELEVEL make -s deb SANITIZE= >"$T/deb.log" 2>&1 || { cat "$T/deb.log"; fail "make deb"; }
+mkdir -p "$R/root/debs/first" "$R/root/debs/second"
+cp build/deb/uringnbd_*.deb "$R/root/debs/first/"
+cp -a build/deb/src/uringnbd "$T/src2"
+ver=$(dpkg-parsechangelog -l "$T/src2/debian/changelog" -S Version)
+{ printf 'uringnbd (%s+vmtest1) unstable; urgency=medium\n\n  * A second build, to test upgrades.\n\n' "$ver"
+  printf ' -- uringnbd developers <uringnbd@packages.invalid>  %s\n\n' "$(date -R)"
+  cat "$T/src2/debian/changelog"; } >"$T/changelog" && mv "$T/changelog" "$T/src2/debian/changelog"
+(cd "$T/src2" && rm -rf build && dpkg-buildpackage -us -uc -b >"$T/deb2.log" 2>&1) ||
+    { tail -n 30 "$T/deb2.log"; fail "the second build"; }
+cp "$T"/uringnbd_*+vmtest1_*.deb "$R/root/debs/second/"
 install -m 0755 "$HERE/systemd-guest.sh" "$R/usr/local/sbin/vmtest"
 cat >"$R/etc/systemd/system/vmtest.service" <<'EOF'
 [Unit]
