@@ -354,12 +354,60 @@ static void print_flat(const char *prefix, json_object *o)
 	}
 }
 
+/* stats: the scalars, then a line per worker and a table per export and command. */
+static void print_stats(json_object *o)
+{
+	json_object *a = NULL, *v;
+	size_t i;
+
+	json_object_object_foreach(o, k, val) {
+		if (val && json_object_is_type(val, json_type_array))
+			continue;
+		if (val && json_object_is_type(val, json_type_object)) {
+			print_flat(k, val);
+			continue;
+		}
+		printf("%s: %s\n", k, val ? json_object_get_string(val) : "-");
+	}
+	if (json_object_object_get_ex(o, "per-worker", &a) && a)
+		for (i = 0; i < json_object_array_length(a); i++) {
+			v = json_object_array_get_idx(a, i);
+			printf("worker %zu: %" PRIu64 " loop iterations, %" PRIu64 " completions in %" PRIu64
+			       " submits, pool %" PRIu64 " bytes used, %" PRIu64 " waiting\n", i,
+			       get_u64(v, "loop-iterations"), get_u64(v, "completions"),
+			       get_u64(v, "submits"), get_u64(v, "pool-used-bytes"),
+			       get_u64(v, "pool-waiters"));
+		}
+	if (!json_object_object_get_ex(o, "exports", &a) || !a)
+		return;
+	printf("\n%-16s %-13s %10s %10s %8s %10s %10s\n", "EXPORT", "COMMAND", "REQUESTS", "BYTES",
+	       "ERRORS", "P50", "P99");
+	for (i = 0; i < json_object_array_length(a); i++) {
+		json_object *e = json_object_array_get_idx(a, i), *ops;
+		const char *name = get_str(e, "name");
+
+		if (!json_object_object_get_ex(e, "ops", &ops) || !ops)
+			continue;
+		json_object_object_foreach(ops, op, x) {
+			char s1[16];
+
+			printf("%-16s %-13s %10" PRIu64 " %10s %8" PRIu64 " %8.3fms %8.3fms\n",
+			       *name ? name : "\"\"", op, get_u64(x, "requests"),
+			       human(get_u64(x, "bytes"), s1, sizeof(s1)), get_u64(x, "errors"),
+			       json_object_get_double(json_object_object_get(x, "p50-seconds")) * 1e3,
+			       json_object_get_double(json_object_object_get(x, "p99-seconds")) * 1e3);
+		}
+	}
+}
+
 static void print_human(const char *cmd, json_object *ret)
 {
 	if (!strcmp(cmd, "exports")) {
 		print_exports(ret);
 	} else if (!strcmp(cmd, "connections")) {
 		print_connections(ret);
+	} else if (!strcmp(cmd, "stats")) {
+		print_stats(ret);
 	} else if (!strcmp(cmd, "version")) {
 		printf("%s %s\n", get_str(ret, "package"), get_str(ret, "version"));
 	} else if (!strcmp(cmd, "export-add") || !strcmp(cmd, "export-set")) {
