@@ -29,7 +29,7 @@ TEST_PKGS  := libnbd-bin qemu-utils nbdkit nbd-server nbd-client fio python3-lib
               fuse3 libfuse3-dev e2fsprogs xfsprogs btrfs-progs util-linux procps bc clang \
               libclang-rt-14-dev \
               qemu-system-x86 busybox-static socat cpio mandoc systemd gnutls-bin mmdebstrap \
-              prometheus gnuplot-nox
+              prometheus gnuplot-nox curl
 
 WARN   := -Wall -Wextra -Wshadow -Wvla -Wstrict-prototypes -Wmissing-prototypes \
           -Wformat=2 -Wundef -fno-common

@@ -3,8 +3,8 @@
  * daemon: the map of daemon/, and the header every file of it includes.
  * Nothing outside daemon/ includes it. Each section below lists exactly
  * what one file exports; the connection side (conn.h), the control side
- * (control.h), and the three pure helpers (pool.h, plan.h, ctlproto.h)
- * have headers of their own.
+ * (control.h), the metrics (metrics.h) and the three pure helpers (pool.h,
+ * plan.h, ctlproto.h) have headers of their own.
  *
  *   main.c       start-up, signals, reload, shutdown
  *   cli.c        the command line
@@ -35,6 +35,9 @@
  *   command.c    the control socket's commands (control.h)
  *   ctlproto.c   its wire format: the command table, parsing, replies (ctlproto.h,
  *                pure; shared with ctl/uringnbdctl.c)
+ *   metrics.c    histograms; a snapshot of every counter as Prometheus text or JSON
+ *                (metrics.h)
+ *   http.c       the /metrics endpoint (libmicrohttpd, a thread of its own)
  *
  * Threads and ownership:
  *  - The main thread parses options, opens exports, owns the listeners and
@@ -47,10 +50,11 @@
  *  - Exports are reference counted and never change once open; a reload
  *    (or the control socket) replaces the table, or one entry of it, and
  *    connections keep the export they chose.
- *  - The control socket runs on the main thread. It reaches connections
- *    only through a query op posted to each worker's inbox (conns_report,
- *    conns_disconnect run there), and reads the per-worker counters
- *    (export_stats, worker_stats); never a worker's own structures.
+ *  - The control socket runs on the main thread, the metrics endpoint on
+ *    libmicrohttpd's. They reach connections only through a query op
+ *    posted to each worker's inbox (conns_report, conns_disconnect run
+ *    there), and read the per-worker counters (export_stats, worker_stats,
+ *    one writer each); never a worker's own structures.
  *  - Fields read by other threads are <stdatomic.h> atomics with explicit
  *    orders (relaxed: they are counters and flags that order nothing else).
  */

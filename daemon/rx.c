@@ -130,7 +130,6 @@ static void rx_skip_done(struct conn_op *o, int res)
 		req_recycle(q);
 		return;
 	}
-	hist_observe(&c->w->stats.pool_wait, now_ns() - q->wait_start_ns);
 	c->skip_left -= (uint64_t)res;
 	if (c->skip_left) {
 		rx_prep_skip(c);
@@ -192,6 +191,7 @@ static void rx_buffers_ready(struct conn_op *o, int res)
 		req_recycle(q);
 		return;
 	}
+	hist_observe(&c->w->stats.pool_wait, now_ns() - q->wait_start_ns);
 	c->rx = RX_IDLE;
 	c->rx_req = NULL;
 	if (rx_buffers(q))

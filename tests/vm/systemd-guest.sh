@@ -137,8 +137,8 @@ echo "written through the device export" | dd of=/dev/nbd1 bs=4096 conv=sync,fsy
 nbd-client -d /dev/nbd1
 systemctl stop uringnbd@blk.service || fail "stop uringnbd@blk"
 
-step "apt-get purge uringnbd"
-systemctl start uringnbd.socket
+step "apt-get purge uringnbd (with the service running)"
+systemctl start uringnbd.socket uringnbd.service || fail "start before purge"
 apt-get purge -y uringnbd >/tmp/purge.log 2>&1 || fail "apt-get purge: $(tail -n 5 /tmp/purge.log)"
 for f in /lib/systemd/system/uringnbd.service /lib/systemd/system/uringnbd.socket \
          /usr/sbin/uringnbd /usr/sbin/uringnbdctl /etc/uringnbd/uringnbd.conf; do
@@ -146,6 +146,7 @@ for f in /lib/systemd/system/uringnbd.service /lib/systemd/system/uringnbd.socke
 done
 systemctl list-unit-files 'uringnbd*' | grep -q uringnbd && fail "units still known after purge"
 [ -e /run/uringnbd.sock ] && fail "the socket is still there after purge"
+pidof uringnbd >/dev/null && fail "uringnbd still runs after purge"
 # Debian keeps system users and groups on purge (files may still belong to them).
 getent group uringnbd >/dev/null || fail "purge removed group uringnbd"
 [ -s /srv/nbd/disk0.img ] || fail "purge touched the images"
