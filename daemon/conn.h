@@ -22,10 +22,21 @@
  *   LOCKED -> RMW -> IO | IO | FALLOC -> [ZERO_WRITE] -> [SYNC] | CACHED | EXTENTS
  *          -> (unlock) REPLY
  *
+ * A READ or WRITE over EXPORT_MAX_REQUEST_BYTES is served in segments
+ * (REQ_SEGMENT_BYTES each, their boundaries aligned in the file) under one
+ * range lock over all of it, through buffers for one segment: q->whole is
+ * the request, q->r the segment being served. After each segment but the
+ * last, a READ sends that segment's data (SEG_REPLY) and a WRITE receives
+ * the next segment's payload (SEG_PAYLOAD); both hold the lock, and then
+ * go back to LOCKED for the next segment:
+ *
+ *   IO | CACHED | SYNC -> SEG_REPLY | SEG_PAYLOAD -> LOCKED -> ...
+ *
  * Steps may be skipped (no buffers needed, lock granted at once, payload
  * already buffered); any state may go to FREE when the connection closes.
  * "Locked" is a set of states: the range lock is held exactly while the
- * request is in LOCKED, RMW, IO, FALLOC, ZERO_WRITE, SYNC, CACHED or EXTENTS.
+ * request is in LOCKED, RMW, IO, FALLOC, ZERO_WRITE, SYNC, CACHED, EXTENTS,
+ * SEG_REPLY or SEG_PAYLOAD.
  */
 #ifndef URINGNBD_CONN_H
 #define URINGNBD_CONN_H
@@ -52,6 +63,10 @@
 #define CONN_RX_QUIET_BYTES (16u * 1024)
 #define CONN_QUIET_S 2.0      /* quiet this long: the area's pages are given back */
 #define CONN_SEND_IOVS 1024   /* iovecs in one reply sendmsg */
+/* A segment of a READ or WRITE over EXPORT_MAX_REQUEST_BYTES (see above). */
+#define REQ_SEGMENT_BYTES (16u << 20)
+/* The most a segment spans: a segment and an alignment block at each end. */
+#define REQ_SEGMENT_SPAN_BYTES (REQ_SEGMENT_BYTES + 2 * EXPORT_MAX_ALIGN_BYTES)
 
 struct conn;
 
@@ -92,6 +107,8 @@ enum req_state {
 	REQ_SYNC,        /* fdatasync after a TRIM / WRITE_ZEROES with FUA */
 	REQ_CACHED,      /* pages through the page cache */
 	REQ_EXTENTS,     /* BLOCK_STATUS: the extent query runs on an offload thread */
+	REQ_SEG_REPLY,   /* a segmented READ: a segment's data being sent, lock held */
+	REQ_SEG_PAYLOAD, /* a segmented WRITE: the next segment's payload coming, lock held */
 	REQ_FLUSH,       /* fdatasync (no lock) */
 	REQ_REPLY,       /* queued for sending, or being sent */
 	REQ_NSTATES
@@ -100,7 +117,10 @@ enum req_state {
 struct req {
 	struct conn *c;
 	enum req_state state;      /* change only through req_set_state() */
-	struct proto_request r;
+	struct proto_request r;    /* the request; of a segmented one, its current segment */
+	struct proto_request whole; /* a segmented request as the client sent it */
+	bool seg;                  /* served in segments (whole is set) */
+	bool seg_sent;             /* a segmented READ: some of its reply is on the wire */
 	struct plan plan;          /* which bytes move, where, under which lock */
 	uint32_t nbd_error;        /* error to reply with, NBD_SUCCESS if none */
 	struct conn_op op;         /* its one op in flight: payload, lock grant, edge reads,
@@ -161,6 +181,7 @@ enum rx_state {
 	RX_SKIP,          /* rx_req's refused payload is being discarded */
 	RX_WAIT_SLOT,     /* every request slot is busy */
 	RX_WAIT_BUFFERS,  /* rx_req waits for pool chunks */
+	RX_STREAM,        /* the intake belongs to rx_req's later segments (a segmented WRITE) */
 	RX_STOPPED,       /* DISC seen, or closing: nothing more is read */
 };
 
@@ -230,6 +251,8 @@ struct conn {
 	struct conn_op send_op;
 	struct req *sendq_head, *sendq_tail;
 	struct req *sending;       /* replies in the sendmsg in flight (chained) */
+	struct req *seg_stream;    /* a segmented READ part-way through its reply: only its
+				      segments may be sent until its last one is */
 	struct msghdr send_msg;    /* its iovecs are area->send_iov */
 };
 
@@ -318,6 +341,13 @@ void rx_next(struct conn *c);
 void rx_slot_freed(struct conn *c);
 /* Receives the rest of q's WRITE payload into its chunks. */
 void rx_payload(struct req *q);
+/* A segmented WRITE: takes the payload of its (new) current segment, then runs it. */
+void rx_segment_payload(struct req *q);
+/*
+ * A request that failed (q->nbd_error) with len_bytes of its payload still
+ * on the wire: drop them, reply, and go on reading requests.
+ */
+void rx_skip_rest(struct req *q, uint64_t len_bytes);
 
 /* ---- request.c ---- */
 /* Asserts that the transition is one of the life cycle's, then makes it. */
@@ -325,8 +355,21 @@ void req_set_state(struct req *q, enum req_state to);
 /* Whether q holds its range lock. */
 static inline bool req_locked(const struct req *q)
 {
-	return q->state >= REQ_LOCKED && q->state <= REQ_EXTENTS;
+	return q->state >= REQ_LOCKED && q->state <= REQ_SEG_PAYLOAD;
 }
+/* A segmented request's current segment is its last. */
+static inline bool req_seg_last(const struct req *q)
+{
+	return q->r.offset + q->r.len_bytes == q->whole.offset + q->whole.len_bytes;
+}
+/* Plans q->r (rx.c's geometry): a segmented request keeps its lock and buffers. */
+void req_plan(struct req *q);
+/* q->r is a READ or WRITE over EXPORT_MAX_REQUEST_BYTES: serve it in segments. */
+void req_segment_start(struct req *q);
+/* Runs the locked work of q's plan (it holds its lock). */
+void req_run_locked(struct req *q);
+/* A segmented READ's segment reply has been sent: the next segment. */
+void req_segment_sent(struct req *q);
 /* Takes a free slot (there is one) for a request being decoded: REQ_NEW. */
 struct req *req_take(struct conn *c);
 /*

@@ -16,6 +16,29 @@
 
 static void reply_send_done(struct conn_op *o, int res);
 
+/*
+ * The next reply to send, unlinked from the queue: the head, or while a
+ * segmented READ streams, its next segment only (a simple reply's data must
+ * not be split by another reply). NULL if none may go now, or none fits in
+ * room iovecs.
+ */
+static struct req *reply_next(struct conn *c, size_t room)
+{
+	struct req **pq = &c->sendq_head, *q, *prev = NULL;
+
+	if (c->seg_stream)
+		for (; *pq && *pq != c->seg_stream; pq = &(*pq)->next)
+			prev = *pq;
+	q = *pq;
+	if (!q || 1 + (q->reply_data ? q->niov : 0) > room)
+		return NULL;
+	*pq = q->next;
+	if (c->sendq_tail == q)
+		c->sendq_tail = prev;
+	q->next = NULL;
+	return q;
+}
+
 /* Sends what is queued, if no send is in flight. */
 static void reply_send(struct conn *c)
 {
@@ -25,30 +48,30 @@ static void reply_send(struct conn *c)
 
 	if (c->sending || !c->sendq_head || c->state == CONN_CLOSING)
 		return;
-	while ((q = c->sendq_head)) {
-		size_t need = 1 + (q->reply_data ? q->niov : 0);
-
-		if (n + need > CONN_SEND_IOVS)
-			break;
+	while ((q = reply_next(c, CONN_SEND_IOVS - n))) {
 		if (q->reply_raw_len) {
 			/* Built whole in the bounce chunk (block status). */
 			iov[n].iov_base = q->bounce.iov_base;
 			iov[n].iov_len = q->reply_raw_len;
-		} else {
+			n++;
+		} else if (q->reply_hdr_len) {
 			iov[n].iov_base = q->reply_hdr;
 			iov[n].iov_len = q->reply_hdr_len;
+			n++;
 		}
-		n++;
 		if (q->reply_data)
 			n += iov_slice(q->iov, q->niov, q->plan.data_off, q->r.len_bytes, &iov[n]);
-		c->sendq_head = q->next;
-		if (!c->sendq_head)
-			c->sendq_tail = NULL;
-		q->next = NULL;
 		*tail = q;
 		tail = &q->next;
+		/* A segment of a stream: nothing else until its next one. */
+		if (q->seg) {
+			c->seg_stream = q->state == REQ_SEG_REPLY ? q : NULL;
+			if (c->seg_stream)
+				break;
+		}
 	}
-	assert(n > 0);
+	if (!c->sending)
+		return;
 	memset(&c->send_msg, 0, sizeof(c->send_msg));
 	c->send_msg.msg_iov = iov;
 	c->send_msg.msg_iovlen = n;
@@ -57,12 +80,12 @@ static void reply_send(struct conn *c)
 	conn_sendmsg(&c->send_op, &c->send_msg);
 }
 
-/* The export's counters (its worker's set) and the connection's. */
-static void reply_count(const struct req *q)
+/* The export's counters (its worker's set) and the connection's, for request r. */
+static void reply_count(const struct req *q, const struct proto_request *r)
 {
 	struct conn *c = q->c;
 	struct export_stats *st = &c->exp->ctr->slot[c->w->id];
-	unsigned op = export_stat_op(q->r.type);
+	unsigned op = export_stat_op(r->type);
 
 	stat_bump(&st->requests[op], 1);
 	c->requests++;
@@ -72,13 +95,40 @@ static void reply_count(const struct req *q)
 		c->errors++;
 		return;
 	}
-	if (q->r.type == NBD_CMD_BLOCK_STATUS)
+	if (r->type == NBD_CMD_BLOCK_STATUS)
 		return;
-	stat_bump(&st->bytes[op], q->r.len_bytes);
-	if (q->r.type == NBD_CMD_READ)
-		c->bytes_read += q->r.len_bytes;
-	else if (q->r.type == NBD_CMD_WRITE)
-		c->bytes_written += q->r.len_bytes;
+	stat_bump(&st->bytes[op], r->len_bytes);
+	if (r->type == NBD_CMD_READ)
+		c->bytes_read += r->len_bytes;
+	else if (r->type == NBD_CMD_WRITE)
+		c->bytes_written += r->len_bytes;
+}
+
+/*
+ * A segment of a segmented READ's data: the simple reply's header before
+ * the first, nothing before the others; with structured replies an
+ * OFFSET_DATA chunk each, DONE on the last.
+ */
+static void reply_encode_segment(struct req *q, bool last)
+{
+	const struct proto_session *s = &q->c->sess;
+
+	q->reply_hdr_len = 0;
+	if (!s->structured) {
+		if (!q->seg_sent) {
+			proto_encode_simple_reply(q->reply_hdr, NBD_SUCCESS, q->whole.cookie);
+			q->reply_hdr_len = PROTO_SIMPLE_REPLY_LEN;
+		}
+	} else {
+		size_t n = proto_encode_reply_hdr(s, q->reply_hdr, last ? NBD_REPLY_FLAG_DONE : 0,
+						  NBD_REPLY_TYPE_OFFSET_DATA, q->whole.cookie,
+						  q->r.offset, 8 + q->r.len_bytes);
+
+		proto_put_u64(q->reply_hdr + n, q->r.offset);
+		q->reply_hdr_len = (uint32_t)n + 8;
+	}
+	q->reply_data = true;
+	q->seg_sent = true;
 }
 
 void reply_queue(struct req *q)
@@ -86,12 +136,24 @@ void reply_queue(struct req *q)
 	struct conn *c = q->c;
 	bool has_data = false;
 
-	req_set_state(q, REQ_REPLY);
-	reply_count(q);
-	if (!q->reply_raw_len)
-		q->reply_hdr_len = (uint32_t)proto_encode_reply(&c->sess, q->reply_hdr, &q->r,
-								q->nbd_error, &has_data);
-	q->reply_data = has_data;
+	if (q->seg && q->r.type == NBD_CMD_READ && q->nbd_error == NBD_SUCCESS) {
+		bool last = req_seg_last(q);
+
+		req_set_state(q, last ? REQ_REPLY : REQ_SEG_REPLY);
+		if (last)
+			reply_count(q, &q->whole);
+		reply_encode_segment(q, last);
+	} else {
+		/* A segmented request's one reply (a WRITE, or an error) is the whole request's. */
+		if (q->seg)
+			q->r = q->whole;
+		req_set_state(q, REQ_REPLY);
+		reply_count(q, &q->r);
+		if (!q->reply_raw_len)
+			q->reply_hdr_len = (uint32_t)proto_encode_reply(&c->sess, q->reply_hdr, &q->r,
+									q->nbd_error, &has_data);
+		q->reply_data = has_data;
+	}
 	q->next = NULL;
 	if (c->sendq_tail)
 		c->sendq_tail->next = q;
@@ -111,6 +173,10 @@ static void reply_recycle_sent(struct conn *c, bool sent)
 	c->sending = NULL;
 	for (; q; q = next) {
 		next = q->next;
+		if (sent && q->state == REQ_SEG_REPLY) {
+			req_segment_sent(q); /* the next segment, under the same lock */
+			continue;
+		}
 		if (sent)
 			hist_observe(&st->duration[export_stat_op(q->r.type)], now - q->start_ns);
 		req_recycle(q);
@@ -121,6 +187,7 @@ static void reply_recycle_sent(struct conn *c, bool sent)
 static void reply_drop_all(struct conn *c)
 {
 	reply_recycle_sent(c, false);
+	c->seg_stream = NULL;
 	while (c->sendq_head) {
 		struct req *q = c->sendq_head;
 

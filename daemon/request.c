@@ -11,6 +11,7 @@
 #define _GNU_SOURCE
 #include <assert.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <stdlib.h>
 
 #include "conn.h"
@@ -18,7 +19,9 @@
 #define S(x) (1u << (x))
 #define LOCKED_STATES \
 	(S(REQ_LOCKED) | S(REQ_RMW) | S(REQ_IO) | S(REQ_FALLOC) | S(REQ_ZERO_WRITE) | \
-	 S(REQ_SYNC) | S(REQ_CACHED) | S(REQ_EXTENTS))
+	 S(REQ_SYNC) | S(REQ_CACHED) | S(REQ_EXTENTS) | S(REQ_SEG_REPLY) | S(REQ_SEG_PAYLOAD))
+/* Where a segment's work ends. */
+#define SEG_END_STATES (S(REQ_IO) | S(REQ_SYNC) | S(REQ_CACHED))
 
 /* For each state, the states a request may enter it from. */
 static const uint32_t req_from[REQ_NSTATES] = {
@@ -26,9 +29,10 @@ static const uint32_t req_from[REQ_NSTATES] = {
 	[REQ_NEW] = S(REQ_FREE),
 	[REQ_BUFFERS] = S(REQ_NEW),
 	[REQ_PAYLOAD] = S(REQ_NEW) | S(REQ_BUFFERS),
-	[REQ_SKIP] = S(REQ_NEW) | S(REQ_BUFFERS),
+	[REQ_SKIP] = S(REQ_NEW) | S(REQ_BUFFERS) | LOCKED_STATES, /* and a segmented WRITE failed */
 	[REQ_LOCK_WAIT] = S(REQ_NEW) | S(REQ_BUFFERS) | S(REQ_PAYLOAD),
-	[REQ_LOCKED] = S(REQ_NEW) | S(REQ_BUFFERS) | S(REQ_PAYLOAD) | S(REQ_LOCK_WAIT),
+	[REQ_LOCKED] = S(REQ_NEW) | S(REQ_BUFFERS) | S(REQ_PAYLOAD) | S(REQ_LOCK_WAIT) |
+		       S(REQ_SEG_REPLY) | S(REQ_SEG_PAYLOAD),
 	[REQ_RMW] = S(REQ_LOCKED),
 	[REQ_IO] = S(REQ_LOCKED) | S(REQ_RMW),
 	[REQ_FALLOC] = S(REQ_LOCKED) | S(REQ_FALLOC),
@@ -36,6 +40,8 @@ static const uint32_t req_from[REQ_NSTATES] = {
 	[REQ_SYNC] = S(REQ_LOCKED) | S(REQ_FALLOC) | S(REQ_ZERO_WRITE) | S(REQ_IO),
 	[REQ_CACHED] = S(REQ_LOCKED),
 	[REQ_EXTENTS] = S(REQ_LOCKED),
+	[REQ_SEG_REPLY] = SEG_END_STATES,
+	[REQ_SEG_PAYLOAD] = SEG_END_STATES,
 	[REQ_FLUSH] = S(REQ_NEW),
 	[REQ_REPLY] = S(REQ_NEW) | S(REQ_SKIP) | S(REQ_BUFFERS) | S(REQ_FLUSH) | LOCKED_STATES,
 };
@@ -95,7 +101,8 @@ int req_get_buffers(struct req *q)
 		q->io_iov = q->io_iov_inline;
 	}
 	if (n) {
-		got = pool_get(pool, q->plan.io_len, q->iov);
+		/* A segmented request's buffers fit any of its segments. */
+		got = pool_get(pool, q->seg ? (uint64_t)n * POOL_CHUNK_BYTES : q->plan.io_len, q->iov);
 		if (got < 0)
 			goto out_release;
 		assert((uint32_t)got == n);
@@ -135,7 +142,71 @@ void req_release_buffers(struct req *q)
 	q->niov = 0;
 }
 
-static void req_run_locked(struct req *q)
+/* The segment of q->whole from byte off of the file: to the next segment boundary. */
+static void req_segment_at(struct req *q, uint64_t off)
+{
+	uint64_t end = q->whole.offset + q->whole.len_bytes;
+	uint64_t boundary = (off / REQ_SEGMENT_BYTES + 1) * REQ_SEGMENT_BYTES;
+
+	q->r.offset = off;
+	q->r.len_bytes = (boundary < end ? boundary : end) - off;
+}
+
+void req_plan(struct req *q)
+{
+	const struct conn *c = q->c;
+	const struct export *e = c->exp;
+	struct plan_in in = {
+		.type = q->r.type,
+		.offset = q->r.offset,
+		.len_bytes = q->r.len_bytes,
+		.align_bytes = e->align_bytes,
+		.direct_end = e->direct_end,
+		.cache = c->w->srv->cache ? (enum cache_mode)e->cache_mode : CACHE_MODE_NONE,
+		.blockdev = e->is_blockdev && !e->ov,
+		.cache_page_bytes = CACHE_PAGE_BYTES,
+		.granule_bytes = e->ov ? OVERLAY_GRANULE_BYTES : 0,
+	};
+	struct plan kept = q->plan;
+
+	/* A write that would leave part of a base granule copies the granule up (overlay.c). */
+	if (e->ov && q->r.type == NBD_CMD_WRITE && q->r.len_bytes)
+		in.align_bytes = overlay_write_align(e->ov, q->r.offset, q->r.len_bytes,
+						     e->align_bytes);
+	plan_request(&in, &q->plan);
+	if (!q->seg)
+		return;
+	/* The lock and the buffers stay those of the whole request. */
+	q->plan.chunks = kept.chunks;
+	q->plan.bounce = kept.bounce;
+	q->plan.locks = kept.locks;
+	q->plan.exclusive = kept.exclusive;
+	q->plan.lock_first = kept.lock_first;
+	q->plan.lock_last = kept.lock_last;
+}
+
+void req_segment_start(struct req *q)
+{
+	struct plan last;
+	uint64_t end = q->r.offset + q->r.len_bytes;
+
+	q->whole = q->r;
+	q->seg = true;
+	q->seg_sent = false;
+	/* The lock spans the first segment's start to the last one's end. */
+	req_segment_at(q, end - 1 - (end - 1) % REQ_SEGMENT_BYTES);
+	q->seg = false;
+	req_plan(q);
+	last = q->plan;
+	req_segment_at(q, q->whole.offset);
+	req_plan(q);
+	q->plan.lock_last = last.lock_last;
+	q->plan.chunks = pool_chunks_for(REQ_SEGMENT_SPAN_BYTES);
+	q->plan.bounce = true;
+	q->seg = true;
+}
+
+void req_run_locked(struct req *q)
 {
 	if (q->plan.cached)
 		cached_start(q);
@@ -191,11 +262,83 @@ void req_lock(struct req *q)
 	conn_expect(&q->op);
 }
 
+/* The next segment (the current one is done): planned, its lock and buffers kept. */
+static void req_segment_next(struct req *q)
+{
+	req_segment_at(q, q->r.offset + q->r.len_bytes);
+	q->io_done_bytes = 0;
+	req_plan(q);
+}
+
+void req_segment_sent(struct req *q)
+{
+	struct conn *c = q->c;
+
+	req_segment_next(q);
+	req_set_state(q, REQ_LOCKED);
+	if (c->state == CONN_CLOSING)
+		req_finish(q, NBD_EIO);
+	else
+		req_run_locked(q);
+}
+
+/*
+ * A segment of a segmented request is done (or failed): true if that was
+ * handled here; false if the request ends now as any other does.
+ */
+static bool req_segment_done(struct req *q, uint32_t nbd_error)
+{
+	struct conn *c = q->c;
+	struct cache *cache = c->w->srv->cache;
+	uint64_t rest = q->whole.offset + q->whole.len_bytes - (q->r.offset + q->r.len_bytes);
+
+	if (c->state == CONN_CLOSING)
+		return false;
+	if (nbd_error == NBD_SUCCESS) {
+		if (req_seg_last(q))
+			return false;
+		if (cache && q->plan.exclusive && !c->exp->ov)
+			cache_invalidate(cache, c->exp->backing->cache_id, q->r.offset,
+					 q->r.len_bytes);
+		if (q->r.type == NBD_CMD_READ) {
+			q->nbd_error = NBD_SUCCESS;
+			reply_queue(q); /* this segment's data; the next segment once it is sent */
+		} else {
+			req_segment_next(q);
+			req_set_state(q, REQ_SEG_PAYLOAD);
+			rx_segment_payload(q);
+		}
+		return true;
+	}
+	/* Failed part-way. A simple reply already started cannot carry an error: cut. */
+	if (q->r.type == NBD_CMD_READ && q->seg_sent && !c->sess.structured) {
+		log_warn("conn %" PRIu64 ": READ offset %" PRIu64 " length %" PRIu64 " failed after "
+			 "part of its reply was sent: closing", c->id, q->whole.offset,
+			 q->whole.len_bytes);
+		rl_release(c->exp->locks, &q->lock);
+		req_set_state(q, REQ_SKIP);
+		conn_close(c, NULL);
+		req_recycle(q);
+		return true;
+	}
+	if (q->r.type == NBD_CMD_WRITE && rest) {
+		/* The rest of its payload is dropped before the error is sent. */
+		rl_release(c->exp->locks, &q->lock);
+		q->nbd_error = nbd_error;
+		req_set_state(q, REQ_SKIP);
+		rx_skip_rest(q, rest);
+		return true;
+	}
+	return false;
+}
+
 void req_finish(struct req *q, uint32_t nbd_error)
 {
 	struct conn *c = q->c;
 	struct cache *cache = c->w->srv->cache;
 
+	if (q->seg && req_segment_done(q, nbd_error))
+		return;
 	if (req_locked(q)) {
 		/* Before unlocking, so that no read can fill a page from before it afterwards. */
 		/* An overlay's writes leave its base, the cached file, as it was. */
@@ -216,8 +359,12 @@ void req_recycle(struct req *q)
 {
 	struct conn *c = q->c;
 
+	/* Dropped with its connection between two segments: the lock goes too. */
+	if (q->state == REQ_SEG_REPLY || q->state == REQ_SEG_PAYLOAD)
+		rl_release(c->exp->locks, &q->lock);
 	req_release_buffers(q);
 	req_set_state(q, REQ_FREE);
+	q->seg = false;
 	q->next = c->free_reqs;
 	c->free_reqs = q;
 	c->live_reqs--;

@@ -27,6 +27,7 @@
 #define SKIP_MAX_BYTES (UINT64_C(1) << 32)  /* a larger refused payload is a disconnect */
 
 static bool rx_buffers(struct req *q);
+static void rx_segment_received(struct req *q);
 
 /* c may receive and parse (it is serving, and nothing of its intake is in flight). */
 static bool rx_open(const struct conn *c)
@@ -40,7 +41,7 @@ static void rx_payload_done(struct conn_op *o, int res)
 	struct conn *c = q->c;
 
 	if (c->state == CONN_CLOSING) {
-		req_recycle(q);
+		req_recycle(q); /* a segmented WRITE's lock goes with it */
 		return;
 	}
 	if (res <= 0) {
@@ -53,8 +54,13 @@ static void rx_payload_done(struct conn_op *o, int res)
 		rx_payload(q);
 		return;
 	}
-	c->rx = RX_IDLE;
-	c->rx_req = NULL;
+	if (q->state == REQ_SEG_PAYLOAD) {
+		rx_segment_received(q);
+		return;
+	}
+	/* A segmented WRITE's later payload comes next: nothing else is read meanwhile. */
+	c->rx = q->seg ? RX_STREAM : RX_IDLE;
+	c->rx_req = q->seg ? q : NULL;
 	req_lock(q);
 	rx_next(c);
 }
@@ -96,6 +102,13 @@ static bool rx_take_payload(struct req *q)
 	iov_copy_in(q->iov, q->niov, q->plan.data_off, c->rxbuf + c->rx_start, n);
 	c->rx_start += n;
 	if (n == q->r.len_bytes) {
+		if (q->seg) {
+			/* Its later segments' payload is what follows: hold the intake. */
+			c->rx = RX_STREAM;
+			c->rx_req = q;
+			req_lock(q);
+			return false;
+		}
 		req_lock(q);
 		return true;
 	}
@@ -142,18 +155,14 @@ static void rx_skip_done(struct conn_op *o, int res)
 }
 
 /*
- * A refused request: drop its payload, if any, then reply with the error.
- * Returns false if the rest of the payload must be received first.
+ * Drops payload bytes of q (which has its error), then replies. Returns
+ * false if some must be received first.
  */
-static bool rx_refuse(struct req *q, uint32_t nbd_error)
+static bool rx_drop_payload(struct req *q, uint64_t payload)
 {
 	struct conn *c = q->c;
-	uint64_t payload = proto_request_payload_len(&c->sess, &q->r), n;
+	uint64_t n;
 
-	q->nbd_error = nbd_error;
-	log_debug("conn %" PRIu64 ": %s flags 0x%x offset %" PRIu64 " length %" PRIu64
-		  ": refused with error %u", c->id, proto_cmd_name(q->r.type), q->r.flags,
-		  q->r.offset, q->r.len_bytes, nbd_error);
 	n = c->rx_end - c->rx_start;
 	if (n > payload)
 		n = payload;
@@ -167,7 +176,8 @@ static bool rx_refuse(struct req *q, uint32_t nbd_error)
 		req_recycle(q);
 		return false;
 	}
-	req_set_state(q, REQ_SKIP);
+	if (q->state != REQ_SKIP)
+		req_set_state(q, REQ_SKIP);
 	c->rx_start = c->rx_end = 0;
 	c->skip_left = payload - n;
 	c->rx_req = q;
@@ -175,6 +185,63 @@ static bool rx_refuse(struct req *q, uint32_t nbd_error)
 	conn_op_init(&c->rx_op, c, rx_skip_done);
 	rx_prep_skip(c);
 	return false;
+}
+
+/* A refused request: drop its payload, if any, then reply with the error. */
+static bool rx_refuse(struct req *q, uint32_t nbd_error)
+{
+	struct conn *c = q->c;
+
+	q->nbd_error = nbd_error;
+	log_debug("conn %" PRIu64 ": %s flags 0x%x offset %" PRIu64 " length %" PRIu64
+		  ": refused with error %u", c->id, proto_cmd_name(q->r.type), q->r.flags,
+		  q->r.offset, q->r.len_bytes, nbd_error);
+	return rx_drop_payload(q, proto_request_payload_len(&c->sess, &q->r));
+}
+
+void rx_skip_rest(struct req *q, uint64_t len_bytes)
+{
+	struct conn *c = q->c;
+
+	assert(c->rx == RX_STREAM && c->rx_req == q);
+	c->rx = RX_IDLE;
+	c->rx_req = NULL;
+	if (rx_drop_payload(q, len_bytes))
+		rx_next(c);
+}
+
+/* A segmented WRITE's current segment has its payload: write it (the lock is held). */
+static void rx_segment_received(struct req *q)
+{
+	struct conn *c = q->c;
+	bool last = req_seg_last(q);
+
+	c->rx = last ? RX_IDLE : RX_STREAM;
+	c->rx_req = last ? NULL : q;
+	req_set_state(q, REQ_LOCKED);
+	req_run_locked(q);
+	if (last)
+		rx_next(c);
+}
+
+void rx_segment_payload(struct req *q)
+{
+	struct conn *c = q->c;
+	size_t n = c->rx_end - c->rx_start;
+
+	assert(c->rx == RX_STREAM && c->rx_req == q);
+	if (n > q->r.len_bytes)
+		n = (size_t)q->r.len_bytes;
+	iov_copy_in(q->iov, q->niov, q->plan.data_off, c->rxbuf + c->rx_start, n);
+	c->rx_start += n;
+	if (n == q->r.len_bytes) {
+		rx_segment_received(q);
+		return;
+	}
+	c->rx_start = c->rx_end = 0;
+	c->rx = RX_PAYLOAD;
+	q->io_done_bytes = n;
+	rx_payload(q);
 }
 
 /* The pool has room again (or the connection closes). */
@@ -236,8 +303,6 @@ static bool rx_buffers(struct req *q)
 static bool rx_request(struct conn *c)
 {
 	struct req *q = req_take(c);
-	const struct export *e = c->exp;
-	struct plan_in in;
 	uint32_t err;
 
 	if (proto_decode_request(&c->sess, c->rxbuf + c->rx_start, &q->r) < 0) {
@@ -258,25 +323,15 @@ static bool rx_request(struct conn *c)
 	}
 	if (server_shutting_down(c->w->srv))
 		return rx_refuse(q, NBD_ESHUTDOWN);
-	err = proto_validate_request(&c->sess, &q->r, EXPORT_MAX_REQUEST_BYTES);
+	/* Any length: those over EXPORT_MAX_REQUEST_BYTES are served in segments. */
+	err = proto_validate_request(&c->sess, &q->r, UINT64_MAX);
 	if (err != NBD_SUCCESS)
 		return rx_refuse(q, err);
-	in = (struct plan_in){
-		.type = q->r.type,
-		.offset = q->r.offset,
-		.len_bytes = q->r.len_bytes,
-		.align_bytes = e->align_bytes,
-		.direct_end = e->direct_end,
-		.cache = c->w->srv->cache ? (enum cache_mode)e->cache_mode : CACHE_MODE_NONE,
-		.blockdev = e->is_blockdev && !e->ov,
-		.cache_page_bytes = CACHE_PAGE_BYTES,
-		.granule_bytes = e->ov ? OVERLAY_GRANULE_BYTES : 0,
-	};
-	/* A write that would leave part of a base granule copies the granule up (overlay.c). */
-	if (e->ov && q->r.type == NBD_CMD_WRITE && q->r.len_bytes)
-		in.align_bytes = overlay_write_align(e->ov, q->r.offset, q->r.len_bytes,
-						     e->align_bytes);
-	plan_request(&in, &q->plan);
+	if ((q->r.type == NBD_CMD_READ || q->r.type == NBD_CMD_WRITE) &&
+	    q->r.len_bytes > EXPORT_MAX_REQUEST_BYTES)
+		req_segment_start(q);
+	else
+		req_plan(q);
 	if (q->r.type == NBD_CMD_FLUSH) {
 		fileio_flush(q);
 		return true;

@@ -197,10 +197,10 @@ int main(void)
 	xrequest(fd, NBD_CMD_FLAG_PAYLOAD_LEN, NBD_CMD_READ, 10, 0, 5000);
 	raw_send(fd, buf, 5000);
 	expect_status(fd, 10, NBD_EINVAL);
-	/* A 40 MiB WRITE: consumed and refused; the stream stays in sync. */
+	/* A 40 MiB WRITE past the end: consumed and refused; the stream stays in sync. */
 	xrequest(fd, 0, NBD_CMD_WRITE, 11, 0, 40 << 20);
 	raw_send(fd, buf, 40 << 20);
-	expect_status(fd, 11, NBD_EINVAL);
+	expect_status(fd, 11, NBD_ENOSPC);
 	xrequest(fd, 0, NBD_CMD_FLUSH, 12, 0, 0);
 	expect_status(fd, 12, 0);
 	/* A compact header now is a bad magic: disconnect. */
