@@ -343,7 +343,7 @@ def drop_cache(img):
     subprocess.run(["dd", f"if={img}", "iflag=nocache", "count=0", "status=none"])
 
 
-def plot_svg(path, workloads, targets, med):
+def plot_svg(path, workloads, targets, med, date=None):
     """The medians as grouped bars, one panel per transport, each target's IOPS
     over the raw file's (gnuplot, from Debian's gnuplot-nox). False if no gnuplot."""
     if not shutil.which("gnuplot"):
@@ -354,7 +354,7 @@ def plot_svg(path, workloads, targets, med):
     script = [f'set terminal svg size 1100,{330 * len(trs) + 40} dynamic font "sans,11"',
               f'set output "{path}"',
               f'set multiplot layout {len(trs)},1 title "uringnbd and its peers: IOPS over '
-              f'the raw file\'s, medians ({time.strftime("%Y-%m-%d")})"',
+              f'the raw file\'s, medians ({date or time.strftime("%Y-%m-%d")})"',
               'set style data histograms', 'set style histogram clustered gap 1',
               'set style fill solid 0.85 border -1', 'set boxwidth 0.9',
               'set yrange [0:*]', 'set grid ytics', 'set key outside right top',
@@ -508,5 +508,32 @@ def main():
         print(f"saved {out[:-4]}.svg")
 
 
+def plot_saved(text_path, svg_path):
+    """`bench.py --plot RUN.txt OUT.svg`: the SVG of a saved run's table."""
+    global TRANSPORTS
+    med, wls, targets, date = {}, [], [], None
+    for line in open(text_path):
+        if line.startswith("# uringnbd benchmark, "):
+            date = line.split(",")[1].strip()
+        if len(line) < 60 or line.startswith(("#", "workload", "server")):
+            continue
+        wl, tg = line[:25].strip(), line[26:45].strip()
+        try:
+            iops = float(line[46:54])
+        except ValueError:
+            continue
+        name, _, tr = tg.rpartition(" ") if tg != "raw file" else ("raw file", "", "")
+        key = (name, tr)
+        if wl not in [w[0] for w in wls]:
+            wls.append((wl,))
+        if key not in targets:
+            targets.append(key)
+        med[(key, wl)] = (iops, 0)
+    TRANSPORTS = [t for t in ("unix", "tcp", "tls") if any(k[1] == t for k in targets)]
+    return 0 if plot_svg(svg_path, wls, targets, med, date) else 1
+
+
 if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--plot":
+        sys.exit(plot_saved(sys.argv[2], sys.argv[3]))
     sys.exit(main())
