@@ -107,7 +107,8 @@ static void reply_count(const struct req *q, const struct proto_request *r)
 /*
  * A segment of a segmented READ's data: the simple reply's header before
  * the first, nothing before the others; with structured replies an
- * OFFSET_DATA chunk each, DONE on the last.
+ * OFFSET_DATA chunk each, DONE on the last; with DF, one OFFSET_DATA chunk
+ * for the whole request before the first, its data streamed.
  */
 static void reply_encode_segment(struct req *q, bool last)
 {
@@ -118,6 +119,15 @@ static void reply_encode_segment(struct req *q, bool last)
 		if (!q->seg_sent) {
 			proto_encode_simple_reply(q->reply_hdr, NBD_SUCCESS, q->whole.cookie);
 			q->reply_hdr_len = PROTO_SIMPLE_REPLY_LEN;
+		}
+	} else if (q->whole.flags & NBD_CMD_FLAG_DF) {
+		if (!q->seg_sent) {
+			size_t n = proto_encode_reply_hdr(s, q->reply_hdr, NBD_REPLY_FLAG_DONE,
+							  NBD_REPLY_TYPE_OFFSET_DATA, q->whole.cookie,
+							  q->whole.offset, 8 + q->whole.len_bytes);
+
+			proto_put_u64(q->reply_hdr + n, q->whole.offset);
+			q->reply_hdr_len = (uint32_t)n + 8;
 		}
 	} else {
 		size_t n = proto_encode_reply_hdr(s, q->reply_hdr, last ? NBD_REPLY_FLAG_DONE : 0,

@@ -310,8 +310,9 @@ static bool req_segment_done(struct req *q, uint32_t nbd_error)
 		}
 		return true;
 	}
-	/* Failed part-way. A simple reply already started cannot carry an error: cut. */
-	if (q->r.type == NBD_CMD_READ && q->seg_sent && !c->sess.structured) {
+	/* Failed part-way. A reply whose data is part-sent cannot carry an error: cut. */
+	if (q->r.type == NBD_CMD_READ && q->seg_sent &&
+	    (!c->sess.structured || (q->whole.flags & NBD_CMD_FLAG_DF))) {
 		log_warn("conn %" PRIu64 ": READ offset %" PRIu64 " length %" PRIu64 " failed after "
 			 "part of its reply was sent: closing", c->id, q->whole.offset,
 			 q->whole.len_bytes);

@@ -327,6 +327,10 @@ static bool rx_request(struct conn *c)
 	err = proto_validate_request(&c->sess, &q->r, UINT64_MAX);
 	if (err != NBD_SUCCESS)
 		return rx_refuse(q, err);
+	/* DF: one chunk, whose compact header's length (data + 8) must fit 32 bits. */
+	if ((q->r.flags & NBD_CMD_FLAG_DF) && !c->sess.extended &&
+	    q->r.len_bytes > UINT32_MAX - 8)
+		return rx_refuse(q, NBD_EOVERFLOW);
 	if ((q->r.type == NBD_CMD_READ || q->r.type == NBD_CMD_WRITE) &&
 	    q->r.len_bytes > EXPORT_MAX_REQUEST_BYTES)
 		req_segment_start(q);

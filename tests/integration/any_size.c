@@ -5,7 +5,7 @@
  * through compact headers with simple replies (a client that chose its
  * export with EXPORT_NAME and never learnt the block-size limit), compact
  * headers with structured replies (the data in several OFFSET_DATA chunks,
- * DONE on the last) and extended headers, on exports with cache=none,
+ * DONE on the last; with DF in one chunk) and extended headers, on exports with cache=none,
  * always and auto and on an overlay, with a 32 MiB pool per worker; every
  * read is compared with a model of the image and the image file with it.
  * While 1 GiB moves, the daemon's RSS stays within its pools and cache, and
@@ -52,23 +52,29 @@ static int connect_mode(struct daemon *d, enum mode m, const char *name)
 	return fd;
 }
 
-static void request(int fd, enum mode m, uint16_t type, uint64_t cookie, uint64_t off,
-		    uint64_t len)
+static void request_flags(int fd, enum mode m, uint16_t flags, uint16_t type, uint64_t cookie,
+			  uint64_t off, uint64_t len)
 {
 	uint8_t h[PROTO_EXT_REQUEST_LEN];
 
 	if (m != EXTENDED) {
 		CHECK(len < (1ull << 32), "compact request of %llu bytes", (unsigned long long)len);
-		raw_request(fd, NBD_REQUEST_MAGIC, 0, type, cookie, off, (uint32_t)len);
+		raw_request(fd, NBD_REQUEST_MAGIC, flags, type, cookie, off, (uint32_t)len);
 		return;
 	}
 	proto_put_u32(h, NBD_EXTENDED_REQUEST_MAGIC);
-	proto_put_u16(h + 4, 0);
+	proto_put_u16(h + 4, flags);
 	proto_put_u16(h + 6, type);
 	proto_put_u64(h + 8, cookie);
 	proto_put_u64(h + 16, off);
 	proto_put_u64(h + 24, len);
 	raw_send(fd, h, sizeof(h));
+}
+
+static void request(int fd, enum mode m, uint16_t type, uint64_t cookie, uint64_t off,
+		    uint64_t len)
+{
+	request_flags(fd, m, 0, type, cookie, off, len);
 }
 
 /*
@@ -161,21 +167,32 @@ static void do_zero(int fd, enum mode m, uint8_t *mdl, uint64_t off, uint64_t le
 	CHECK(reply(fd, m, cookie, NULL, off, len, &chunks) == 0, "WRITE_ZEROES (%s)", mode_name[m]);
 }
 
-static void do_read(int fd, enum mode m, const uint8_t *mdl, uint64_t off, uint64_t len)
+static void do_read_flags(int fd, enum mode m, const uint8_t *mdl, uint64_t off, uint64_t len,
+			  uint16_t flags)
 {
 	uint64_t cookie = cookie_next++;
 	unsigned chunks;
 
 	memset(obuf, 0x5a, len);
-	request(fd, m, NBD_CMD_READ, cookie, off, len);
+	request_flags(fd, m, flags, NBD_CMD_READ, cookie, off, len);
 	CHECK(reply(fd, m, cookie, obuf, off, len, &chunks) == 0, "READ %llu+%llu (%s)",
 	      (unsigned long long)off, (unsigned long long)len, mode_name[m]);
-	CHECK(m == SIMPLE || len <= (32u << 20) || chunks > 1,
-	      "a %llu-byte read in %u chunk(s)", (unsigned long long)len, chunks);
+	/* Structured: a chunk per segment; with DF, one chunk whatever the length. */
+	if (flags & NBD_CMD_FLAG_DF)
+		CHECK(chunks == 1, "DF: a %llu-byte read in %u chunks", (unsigned long long)len,
+		      chunks);
+	else
+		CHECK(m == SIMPLE || len <= (32u << 20) || chunks > 1,
+		      "a %llu-byte read in %u chunk(s)", (unsigned long long)len, chunks);
 	for (uint64_t i = 0; i < len; i++)
 		CHECK(obuf[i] == mdl[off + i], "READ %llu+%llu (%s): byte %llu differs",
 		      (unsigned long long)off, (unsigned long long)len, mode_name[m],
 		      (unsigned long long)(off + i));
+}
+
+static void do_read(int fd, enum mode m, const uint8_t *mdl, uint64_t off, uint64_t len)
+{
+	do_read_flags(fd, m, mdl, off, len, 0);
 }
 
 /* The daemon's resident memory, in bytes. */
@@ -308,6 +325,11 @@ int main(void)
 	close(fd);
 	fd = connect_mode(&d, STRUCTURED, "");
 	do_read(fd, STRUCTURED, model, 4000, GIB);
+	/* Don't fragment: one chunk, streamed. */
+	do_read_flags(fd, STRUCTURED, model, 1234, 100u << 20, NBD_CMD_FLAG_DF);
+	close(fd);
+	fd = connect_mode(&d, EXTENDED, "auto");
+	do_read_flags(fd, EXTENDED, model, 99, (40u << 20) + 1, NBD_CMD_FLAG_DF);
 	close(fd);
 	fd = connect_mode(&d, SIMPLE, "always");
 	do_read(fd, SIMPLE, model, 1, GIB - 2);
