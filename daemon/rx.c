@@ -323,6 +323,18 @@ static bool rx_request(struct conn *c)
 	}
 	if (server_shutting_down(c->w->srv))
 		return rx_refuse(q, NBD_ESHUTDOWN);
+	/* BLOCK_STATUS naming its contexts: the payload (all buffered, rx_next saw to it). */
+	if (proto_block_status_payload(&c->sess, &q->r)) {
+		uint64_t effect = 0;
+
+		err = proto_decode_block_status_payload(&c->sess, c->rxbuf + c->rx_start,
+							q->r.len_bytes, &effect);
+		c->rx_start += (size_t)q->r.len_bytes;
+		q->r.flags &= (uint16_t)~NBD_CMD_FLAG_PAYLOAD_LEN;
+		q->r.len_bytes = effect;
+		if (err != NBD_SUCCESS)
+			return rx_refuse(q, err);
+	}
 	/* Any length: those over EXPORT_MAX_REQUEST_BYTES are served in segments. */
 	err = proto_validate_request(&c->sess, &q->r, UINT64_MAX);
 	if (err != NBD_SUCCESS)
@@ -377,9 +389,23 @@ static void rx_done(struct conn_op *o, int res)
 	rx_next(c);
 }
 
+/* The request at rx_start can be taken: its header, and a payload read whole first. */
+static bool rx_ready(const struct conn *c)
+{
+	size_t have = c->rx_end - c->rx_start;
+	struct proto_request r;
+
+	if (have < c->rx_hdr_len)
+		return false;
+	if (!c->sess.extended || proto_decode_request(&c->sess, c->rxbuf + c->rx_start, &r) < 0 ||
+	    !proto_block_status_payload(&c->sess, &r))
+		return true;
+	return have >= c->rx_hdr_len + r.len_bytes;
+}
+
 void rx_next(struct conn *c)
 {
-	while (rx_open(c) && c->rx_end - c->rx_start >= c->rx_hdr_len) {
+	while (rx_open(c) && rx_ready(c)) {
 		if (c->live_reqs == CONN_MAX_REQS) {
 			c->rx = RX_WAIT_SLOT; /* resumed by rx_slot_freed() */
 			return;

@@ -106,6 +106,9 @@ static uint16_t session_tflags(const struct proto_session *s, const struct proto
 	/* DF only means something once structured replies are on. */
 	if (!s->structured)
 		tflags &= (uint16_t)~NBD_FLAG_SEND_DF;
+	/* A BLOCK_STATUS payload choosing contexts: with extended headers and a context. */
+	if (s->extended && s->meta_base_allocation)
+		tflags |= NBD_FLAG_BLOCK_STAT_PAYLOAD;
 	return tflags;
 }
 

@@ -305,6 +305,19 @@ uint32_t proto_validate_request(const struct proto_session *s, const struct prot
 				uint64_t max_len_bytes);
 
 /*
+ * BLOCK_STATUS with PAYLOAD_LEN (extended headers, NBD_FLAG_BLOCK_STAT_PAYLOAD
+ * advertised): the payload is a 64-bit effect length and the ids of the
+ * negotiated contexts the client wants, at most PROTO_BS_PAYLOAD_MAX bytes.
+ * Whether req is such a request (its payload to be read whole first), and
+ * the decoding of that payload: NBD_SUCCESS with *effect_len set, or
+ * NBD_EINVAL (no id, an unknown or repeated id, a malformed length).
+ */
+#define PROTO_BS_PAYLOAD_MAX (8 + 4 * 16)
+bool proto_block_status_payload(const struct proto_session *s, const struct proto_request *req);
+uint32_t proto_decode_block_status_payload(const struct proto_session *s, const uint8_t *p,
+					   uint64_t len, uint64_t *effect_len);
+
+/*
  * Encodes the header of one reply chunk for the session: a structured chunk
  * header (20 bytes) or, with extended headers, an extended reply header (32
  * bytes, carrying the request's offset). Returns the header length.

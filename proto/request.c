@@ -118,6 +118,32 @@ uint32_t proto_validate_request(const struct proto_session *s, const struct prot
 	return NBD_SUCCESS;
 }
 
+bool proto_block_status_payload(const struct proto_session *s, const struct proto_request *req)
+{
+	return s->extended && req->type == NBD_CMD_BLOCK_STATUS &&
+	       (req->flags & NBD_CMD_FLAG_PAYLOAD_LEN) && (s->tflags & NBD_FLAG_BLOCK_STAT_PAYLOAD) &&
+	       req->len_bytes <= PROTO_BS_PAYLOAD_MAX;
+}
+
+uint32_t proto_decode_block_status_payload(const struct proto_session *s, const uint8_t *p,
+					   uint64_t len, uint64_t *effect_len)
+{
+	uint64_t i;
+	unsigned base = 0;
+
+	if (len < 12 || len > PROTO_BS_PAYLOAD_MAX || (len - 8) % 4)
+		return NBD_EINVAL;
+	for (i = 8; i < len; i += 4) {
+		/* base:allocation is the only context there is to choose. */
+		if (proto_get_u32(p + i) != PROTO_META_ID_BASE_ALLOCATION || !s->meta_base_allocation)
+			return NBD_EINVAL;
+		if (base++)
+			return NBD_EINVAL; /* repeated */
+	}
+	*effect_len = proto_get_u64(p);
+	return NBD_SUCCESS;
+}
+
 size_t proto_encode_reply_hdr(const struct proto_session *s, uint8_t out[PROTO_REPLY_HDR_MAX_LEN],
 			      uint16_t flags, uint16_t type, uint64_t cookie, uint64_t offset,
 			      uint64_t payload_len)

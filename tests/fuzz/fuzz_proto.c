@@ -114,6 +114,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (proto_decode_request(&s, data + pos, &r) < 0)
 			return 0; /* the daemon disconnects */
 		pos += proto_request_hdr_len(&s);
+		/* A BLOCK_STATUS payload naming contexts, as the daemon reads it. */
+		if (proto_block_status_payload(&s, &r)) {
+			uint64_t effect = 0;
+
+			if (size - pos < r.len_bytes)
+				return 0;
+			err = proto_decode_block_status_payload(&s, data + pos, r.len_bytes, &effect);
+			assert(err == NBD_SUCCESS || err == NBD_EINVAL);
+			pos += (size_t)r.len_bytes;
+			r.flags &= (uint16_t)~NBD_CMD_FLAG_PAYLOAD_LEN;
+			r.len_bytes = effect;
+		}
 		err = proto_validate_request(&s, &r, 1 << 25);
 		if (err == NBD_SUCCESS && r.type != NBD_CMD_FLUSH) {
 			/* Whatever is accepted stays inside the export. */

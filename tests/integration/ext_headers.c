@@ -2,7 +2,8 @@
 /*
  * Extended headers over a raw socket (Debian's libnbd cannot speak them):
  * negotiation rules, 32-byte requests with 64-bit lengths, extended reply
- * headers for every reply type, BLOCK_STATUS_EXT, PAYLOAD_LEN, oversized
+ * headers for every reply type, BLOCK_STATUS_EXT, PAYLOAD_LEN (on WRITE, and
+ * on BLOCK_STATUS naming its contexts: valid, split, repeated, unknown, none), oversized
  * payloads; then the shutdown answers: ERR_SHUTDOWN to a negotiating
  * client, ESHUTDOWN (or a clean close) after in-flight requests finish.
  */
@@ -70,6 +71,37 @@ static void expect_status(int fd, uint64_t cookie, uint32_t nbd_error)
 	CHECK(proto_get_u32(p) == nbd_error, "error %u, expected %u", proto_get_u32(p), nbd_error);
 }
 
+/* BLOCK_STATUS with PAYLOAD_LEN: an effect length and context ids, maybe in two sends. */
+static void bs_payload(int fd, uint64_t cookie, const uint32_t *ids, unsigned n, bool split)
+{
+	uint8_t p[8 + 4 * 8];
+	unsigned i;
+
+	proto_put_u64(p, SIZE);
+	for (i = 0; i < n; i++)
+		proto_put_u32(p + 8 + 4 * i, ids[i]);
+	xrequest(fd, NBD_CMD_FLAG_PAYLOAD_LEN, NBD_CMD_BLOCK_STATUS, cookie, 0, 8 + 4 * n);
+	if (split) {
+		raw_send(fd, p, 6);
+		usleep(100000);
+		raw_send(fd, p + 6, 8 + 4 * n - 6);
+	} else {
+		raw_send(fd, p, 8 + 4 * n);
+	}
+}
+
+/* The BLOCK_STATUS_EXT reply to cookie: base:allocation, covering some of the export. */
+static void bs_reply(int fd, uint64_t cookie)
+{
+	struct xreply r = xreply(fd, cookie);
+	uint8_t bs[1100];
+
+	CHECK(r.type == NBD_REPLY_TYPE_BLOCK_STATUS_EXT && r.len >= 24 && r.len <= sizeof(bs),
+	      "block status reply type %u len %llu", r.type, (unsigned long long)r.len);
+	raw_recv(fd, bs, r.len);
+	CHECK(proto_get_u32(bs) == PROTO_META_ID_BASE_ALLOCATION, "context id");
+}
+
 static void meta_set(int fd)
 {
 	uint8_t p[64];
@@ -107,8 +139,12 @@ static int connect_extended(struct daemon *d)
 		len = proto_get_u32(h + 16);
 		CHECK(len <= sizeof(info), "info length %u", len);
 		raw_recv(fd, info, len);
-		if (type == NBD_REP_INFO && proto_get_u16(info) == NBD_INFO_EXPORT)
+		if (type == NBD_REP_INFO && proto_get_u16(info) == NBD_INFO_EXPORT) {
 			CHECK(proto_get_u64(info + 2) == SIZE, "size");
+			/* Extended headers and a context: BLOCK_STATUS may name its contexts. */
+			CHECK(proto_get_u16(info + 10) & NBD_FLAG_BLOCK_STAT_PAYLOAD,
+			      "NBD_FLAG_BLOCK_STATUS_PAYLOAD not advertised");
+		}
 	} while (type == NBD_REP_INFO);
 	CHECK(type == NBD_REP_ACK, "GO: reply type 0x%x", type);
 	return fd;
@@ -177,6 +213,24 @@ int main(void)
 		CHECK(total <= SIZE && total > 0, "extents cover %llu bytes", (unsigned long long)total);
 		CHECK(proto_get_u64(bs + 8 + 8) == (NBD_STATE_HOLE | NBD_STATE_ZERO),
 		      "first extent of a sparse image is not a hole");
+	}
+
+	/* BLOCK_STATUS naming its contexts (PAYLOAD_LEN), whole or in two sends. */
+	{
+		uint32_t base = PROTO_META_ID_BASE_ALLOCATION, twice[2] = { base, base }, bad = 7;
+
+		bs_payload(fd, 20, &base, 1, false);
+		bs_reply(fd, 20);
+		bs_payload(fd, 21, &base, 1, true);
+		bs_reply(fd, 21);
+		bs_payload(fd, 22, twice, 2, false);
+		expect_status(fd, 22, NBD_EINVAL);
+		bs_payload(fd, 23, &bad, 1, false);
+		expect_status(fd, 23, NBD_EINVAL);
+		bs_payload(fd, 24, NULL, 0, false);
+		expect_status(fd, 24, NBD_EINVAL);
+		xrequest(fd, 0, NBD_CMD_FLUSH, 25, 0, 0);
+		expect_status(fd, 25, 0);
 	}
 
 	/* 64-bit lengths: TRIM and WRITE_ZEROES of the whole export; over-long READ refused. */

@@ -1047,6 +1047,44 @@ START_TEST(test_encode_block_status)
 }
 END_TEST
 
+/* BLOCK_STATUS with PAYLOAD_LEN: which requests carry one, and its decoding. */
+START_TEST(test_block_status_payload)
+{
+	struct proto_request r = { .type = NBD_CMD_BLOCK_STATUS, .flags = NBD_CMD_FLAG_PAYLOAD_LEN,
+				   .len_bytes = 12 };
+	uint8_t p[PROTO_BS_PAYLOAD_MAX + 8];
+	uint64_t eff = 0;
+
+	memset(p, 0, sizeof(p));
+	proto_put_u64(p, 12345);
+	proto_put_u32(p + 8, PROTO_META_ID_BASE_ALLOCATION);
+	/* Only with extended headers and the flag advertised, and a small payload. */
+	ck_assert(!proto_block_status_payload(&sess, &r));
+	sess.extended = true;
+	ck_assert(!proto_block_status_payload(&sess, &r));
+	sess.tflags |= NBD_FLAG_BLOCK_STAT_PAYLOAD;
+	ck_assert(proto_block_status_payload(&sess, &r));
+	r.len_bytes = PROTO_BS_PAYLOAD_MAX + 4;
+	ck_assert(!proto_block_status_payload(&sess, &r));
+	r.type = NBD_CMD_READ;
+	r.len_bytes = 12;
+	ck_assert(!proto_block_status_payload(&sess, &r));
+	/* The context must have been chosen, named once, and the length be 8 + 4n, n >= 1. */
+	ck_assert_uint_eq(proto_decode_block_status_payload(&sess, p, 12, &eff), NBD_EINVAL);
+	sess.meta_base_allocation = true;
+	ck_assert_uint_eq(proto_decode_block_status_payload(&sess, p, 12, &eff), NBD_SUCCESS);
+	ck_assert_uint_eq(eff, 12345);
+	ck_assert_uint_eq(proto_decode_block_status_payload(&sess, p, 8, &eff), NBD_EINVAL);
+	ck_assert_uint_eq(proto_decode_block_status_payload(&sess, p, 14, &eff), NBD_EINVAL);
+	proto_put_u32(p + 12, PROTO_META_ID_BASE_ALLOCATION);
+	ck_assert_uint_eq(proto_decode_block_status_payload(&sess, p, 16, &eff), NBD_EINVAL);
+	proto_put_u32(p + 8, 99);
+	ck_assert_uint_eq(proto_decode_block_status_payload(&sess, p, 12, &eff), NBD_EINVAL);
+	ck_assert_uint_eq(proto_decode_block_status_payload(&sess, p, PROTO_BS_PAYLOAD_MAX + 4, &eff),
+			  NBD_EINVAL);
+}
+END_TEST
+
 static Suite *proto_suite(void)
 {
 	Suite *s = suite_create("proto");
@@ -1108,6 +1146,7 @@ static Suite *proto_suite(void)
 	tcase_add_test(tx, test_validate_new_commands_readonly);
 	tcase_add_test(tx, test_encode_replies);
 	tcase_add_test(tx, test_encode_block_status);
+	tcase_add_test(tx, test_block_status_payload);
 	suite_add_tcase(s, tx);
 	return s;
 }
