@@ -63,6 +63,18 @@
 #define CONN_RX_QUIET_BYTES (16u * 1024)
 #define CONN_QUIET_S 2.0      /* quiet this long: the area's pages are given back */
 #define CONN_SEND_IOVS 1024   /* iovecs in one reply sendmsg */
+/*
+ * The bounce chunk of a BLOCK_STATUS, or of a READ answering holes: extents
+ * found off the loop from here on; a READ's chunk headers from 0 and its
+ * reply_piece list from REQ_BOUNCE_PIECES_OFF.
+ */
+#define REQ_BOUNCE_EXTENTS_OFF (POOL_CHUNK_BYTES / 2)
+#define REQ_BOUNCE_PIECES_OFF (POOL_CHUNK_BYTES / 4)
+/* A READ's reply in pieces: a chunk header, and the data it carries (if any). */
+struct reply_piece {
+	uint32_t hdr_off, hdr_len;  /* in the bounce chunk */
+	uint32_t data_off, data_len; /* in the request's buffer; 0 for a hole */
+};
 /* A segment of a READ or WRITE over EXPORT_MAX_REQUEST_BYTES (see above). */
 #define REQ_SEGMENT_BYTES (16u << 20)
 /* The most a segment spans: a segment and an alignment block at each end. */
@@ -126,7 +138,8 @@ struct req {
 	struct conn_op op;         /* its one op in flight: payload, lock grant, edge reads,
 				      file I/O, a pool wait, or an offloaded extent query */
 	struct offload_job job;    /* BLOCK_STATUS: the extent query off the loop */
-	size_t nextents;           /* ...and how many extents it found */
+	size_t nextents;           /* ...and how many extents it found (also a READ's holes) */
+	uint16_t npieces;          /* a READ answered in data and hole chunks: how many */
 	int falloc_mode;           /* TRIM / WRITE_ZEROES: the fallocate mode tried */
 	/* Buffers: the span in pool chunks, and a bounce chunk for edge blocks. */
 	struct iovec *iov;         /* one pool chunk each, the last trimmed to io_len */

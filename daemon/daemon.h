@@ -398,6 +398,8 @@ struct export {
 	bool readonly;
 	bool is_blockdev;
 	bool zeroes_fast;      /* zeroing is cheap: a file, or a device with a zeroing command */
+	atomic_bool may_have_holes; /* a file with unallocated blocks at open, or punched since
+				       (reads may then answer holes as OFFSET_HOLE) */
 	uint64_t size_bytes;
 	uint64_t direct_end;   /* size rounded down to align_bytes: O_DIRECT below it */
 	uint32_t align_bytes;  /* direct-I/O offset/length alignment */

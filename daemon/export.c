@@ -370,6 +370,9 @@ struct export *export_open(const struct export_spec *spec)
 	}
 	e->readonly = spec->readonly;
 	e->cache_mode = spec->cache_mode;
+	/* Fully allocated files have no holes to find until something punches one. */
+	atomic_init(&e->may_have_holes, !e->is_blockdev &&
+		    (spec->overlay || (uint64_t)st.st_blocks * 512 < e->size_bytes));
 	if (export_access_init(e, spec) < 0)
 		goto out_free;
 	if (e->cache_mode != CACHE_MODE_NONE && e->align_bytes > CACHE_PAGE_BYTES) {

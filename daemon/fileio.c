@@ -29,6 +29,7 @@
 #include "conn.h"
 
 #define BLOCK_STATUS_MAX_EXTENTS 1024
+#define FILEIO_HOLES_MAX_EXTENTS 64 /* a READ's reply has at most twice that many chunks */
 
 static void fileio_done(struct conn_op *o, int res);
 
@@ -154,6 +155,10 @@ static void fileio_zeroed(struct req *q)
 static void fileio_falloc_done(struct req *q, int res)
 {
 	if (res >= 0) {
+		/* Holes now: reads may find and answer them. */
+		if (q->falloc_mode & FALLOC_FL_PUNCH_HOLE)
+			atomic_store_explicit(&((struct export *)q->c->exp)->may_have_holes, true,
+					      memory_order_relaxed);
 		fileio_zeroed(q);
 		return;
 	}
@@ -340,7 +345,7 @@ static void fileio_start_rmw(struct req *q)
  * block on slow storage, so it runs on an offload thread; the extents land
  * in the back half of the bounce chunk and the reply is built in its front.
  */
-#define EXTENTS_OFF (POOL_CHUNK_BYTES / 2)
+#define EXTENTS_OFF REQ_BOUNCE_EXTENTS_OFF
 
 static void fileio_extents_query(struct offload_job *j)
 {
@@ -379,6 +384,43 @@ static void fileio_block_status(struct req *q)
 	conn_expect(&q->op);
 	q->job = (struct offload_job){ .fn = fileio_extents_query, .w = q->c->w, .op = &q->op.op };
 	offload_queue(&q->job);
+}
+
+/*
+ * A READ where holes may be (plan.holes): its extents first, off the loop,
+ * into the bounce chunk; then the data is read unless all of it is a hole,
+ * and the reply answers the holes as OFFSET_HOLE chunks (reply.c).
+ */
+static void fileio_holes_query(struct offload_job *j)
+{
+	struct req *q = container_of(j, struct req, job);
+
+	q->nextents = export_extents(q->c->exp, q->r.offset, q->r.len_bytes, false,
+				     (struct proto_extent *)((uint8_t *)q->bounce.iov_base + EXTENTS_OFF),
+				     FILEIO_HOLES_MAX_EXTENTS);
+}
+
+static void fileio_holes_done(struct conn_op *o, int res)
+{
+	struct req *q = container_of(o, struct req, op);
+	const struct proto_extent *ext =
+		(const struct proto_extent *)((uint8_t *)q->bounce.iov_base + EXTENTS_OFF);
+	uint64_t covered = 0;
+	size_t i;
+
+	(void)res;
+	if (q->c->state == CONN_CLOSING) {
+		req_finish(q, NBD_EIO);
+		return;
+	}
+	for (i = 0; i < q->nextents && (ext[i].flags & NBD_STATE_HOLE); i++)
+		covered += ext[i].len_bytes;
+	/* All of it a hole: nothing to read. */
+	if (covered >= q->r.len_bytes) {
+		req_finish(q, NBD_SUCCESS);
+		return;
+	}
+	fileio_step(q, REQ_IO);
 }
 
 void fileio_start(struct req *q)
@@ -434,7 +476,16 @@ void fileio_start(struct req *q)
 		fileio_block_status(q);
 		break;
 	default:
-		if (q->r.type == NBD_CMD_WRITE && (q->r.flags & NBD_CMD_FLAG_FUA) && fileio_lost(q))
+		if (q->plan.holes) {
+			req_set_state(q, REQ_EXTENTS);
+			conn_op_init(&q->op, q->c, fileio_holes_done);
+			conn_expect(&q->op);
+			q->nextents = 0;
+			q->job = (struct offload_job){ .fn = fileio_holes_query, .w = q->c->w,
+						       .op = &q->op.op };
+			offload_queue(&q->job);
+		} else if (q->r.type == NBD_CMD_WRITE && (q->r.flags & NBD_CMD_FLAG_FUA) &&
+			   fileio_lost(q))
 			req_finish(q, NBD_EIO);
 		else if (q->plan.rmw_head || q->plan.rmw_tail)
 			fileio_start_rmw(q);

@@ -102,7 +102,9 @@ void plan_request(const struct plan_in *in, struct plan *out)
 				out->rmw_tail = end != a_end;
 			}
 		}
-		out->bounce = out->rmw_head || out->rmw_tail;
+		out->holes = in->type == NBD_CMD_READ && in->holes_ok && !out->buffered &&
+			     in->len_bytes >= PLAN_HOLES_MIN_BYTES;
+		out->bounce = out->rmw_head || out->rmw_tail || out->holes;
 		out->chunks = pool_chunks_for(out->io_len);
 	}
 	plan_lock(in, out);

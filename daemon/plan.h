@@ -40,6 +40,8 @@ enum cache_mode {
 #define CACHE_AUTO_MAX_BYTES (64u * 1024)
 /* NBD_CMD_CACHE is advisory: a prefetch fills at most this much from its offset. */
 #define PLAN_PREFETCH_MAX_BYTES (32u << 20)
+/* A direct READ this long, where holes may be, asks for them first (plan.holes). */
+#define PLAN_HOLES_MIN_BYTES (256u * 1024)
 
 /* What the plan is made from: the request and the export's geometry. */
 struct plan_in {
@@ -52,6 +54,8 @@ struct plan_in {
 	bool blockdev;            /* a block device: fallocate takes whole blocks only */
 	uint32_t cache_page_bytes; /* the cache's page size */
 	uint32_t granule_bytes;   /* an overlay's granule (WRITE_ZEROES locks whole ones); 0: none */
+	bool holes_ok;            /* holes may be answered as OFFSET_HOLE: structured replies,
+				     no DF, a file that may have holes */
 };
 
 struct plan {
@@ -65,6 +69,8 @@ struct plan {
 	bool rmw_head, rmw_tail;  /* unaligned write: edge blocks to read first */
 	bool cached;              /* a READ or CACHE through the page cache */
 	bool zero_write;          /* WRITE_ZEROES done as a write of zeroes (unaligned, device) */
+	bool holes;               /* a READ that finds its holes first, to answer them as
+				     OFFSET_HOLE (its extents and chunk headers in the bounce chunk) */
 	bool locks;               /* takes a range lock (FLUSH and empty requests do not) */
 	bool exclusive;           /* ...exclusive, else shared */
 	uint64_t lock_first, lock_last; /* ...over these bytes (closed interval) */

@@ -30,7 +30,9 @@ static struct req *reply_next(struct conn *c, size_t room)
 		for (; *pq && *pq != c->seg_stream; pq = &(*pq)->next)
 			prev = *pq;
 	q = *pq;
-	if (!q || 1 + (q->reply_data ? q->niov : 0) > room)
+	/* Pieces: a header each, and their data slices at most one more iovec each than chunks. */
+	if (!q || (q->npieces ? 2u * q->npieces + q->niov : 1u + (q->reply_data ? q->niov : 0)) >
+		  room)
 		return NULL;
 	*pq = q->next;
 	if (c->sendq_tail == q)
@@ -49,7 +51,19 @@ static void reply_send(struct conn *c)
 	if (c->sending || !c->sendq_head || c->state == CONN_CLOSING)
 		return;
 	while ((q = reply_next(c, CONN_SEND_IOVS - n))) {
-		if (q->reply_raw_len) {
+		if (q->npieces) {
+			const struct reply_piece *pc = (const struct reply_piece *)(void *)
+				((uint8_t *)q->bounce.iov_base + REQ_BOUNCE_PIECES_OFF);
+
+			for (unsigned i = 0; i < q->npieces; i++) {
+				iov[n].iov_base = (uint8_t *)q->bounce.iov_base + pc[i].hdr_off;
+				iov[n].iov_len = pc[i].hdr_len;
+				n++;
+				if (pc[i].data_len)
+					n += iov_slice(q->iov, q->niov, pc[i].data_off, pc[i].data_len,
+						       &iov[n]);
+			}
+		} else if (q->reply_raw_len) {
 			/* Built whole in the bounce chunk (block status). */
 			iov[n].iov_base = q->bounce.iov_base;
 			iov[n].iov_len = q->reply_raw_len;
@@ -141,6 +155,64 @@ static void reply_encode_segment(struct req *q, bool last)
 	q->seg_sent = true;
 }
 
+/*
+ * A READ that found its holes: OFFSET_DATA chunks for the data, OFFSET_HOLE
+ * chunks for the holes (their bytes never sent), DONE on the last.
+ */
+static void reply_encode_pieces(struct req *q)
+{
+	const struct proto_session *s = &q->c->sess;
+	const struct proto_extent *ext = (const struct proto_extent *)(void *)
+		((uint8_t *)q->bounce.iov_base + REQ_BOUNCE_EXTENTS_OFF);
+	struct reply_piece *pc = (struct reply_piece *)(void *)
+		((uint8_t *)q->bounce.iov_base + REQ_BOUNCE_PIECES_OFF);
+	uint8_t *hdrs = q->bounce.iov_base;
+	uint64_t pos = q->r.offset, end = q->r.offset + q->r.len_bytes;
+	uint32_t hoff = 0;
+	size_t i = 0;
+	unsigned n = 0;
+
+	while (pos < end) {
+		/* The next run: an extent's (clipped), or the rest as data past the last one. */
+		bool hole = i < q->nextents && (ext[i].flags & NBD_STATE_HOLE);
+		uint64_t len = i < q->nextents ? ext[i].len_bytes : end - pos;
+		uint16_t flags;
+		size_t h;
+
+		if (len > end - pos)
+			len = end - pos;
+		/* Runs of one kind merge. */
+		while (++i < q->nextents && !!(ext[i].flags & NBD_STATE_HOLE) == hole &&
+		       pos + len < end) {
+			len += ext[i].len_bytes;
+			if (len > end - pos)
+				len = end - pos;
+		}
+		flags = pos + len == end ? NBD_REPLY_FLAG_DONE : 0;
+		if (hole) {
+			h = proto_encode_reply_hdr(s, hdrs + hoff, flags, NBD_REPLY_TYPE_OFFSET_HOLE,
+						   q->r.cookie, pos, 12);
+			proto_put_u64(hdrs + hoff + h, pos);
+			proto_put_u32(hdrs + hoff + h + 8, (uint32_t)len);
+			pc[n] = (struct reply_piece){ hoff, (uint32_t)h + 12, 0, 0 };
+			hoff += (uint32_t)h + 12;
+		} else {
+			h = proto_encode_reply_hdr(s, hdrs + hoff, flags, NBD_REPLY_TYPE_OFFSET_DATA,
+						   q->r.cookie, pos, 8 + len);
+			proto_put_u64(hdrs + hoff + h, pos);
+			pc[n] = (struct reply_piece){ hoff, (uint32_t)h + 8,
+						      (uint32_t)(q->plan.data_off + (pos - q->r.offset)),
+						      (uint32_t)len };
+			hoff += (uint32_t)h + 8;
+		}
+		n++;
+		pos += len;
+	}
+	q->npieces = (uint16_t)n;
+	q->reply_hdr_len = 0;
+	q->reply_data = false;
+}
+
 void reply_queue(struct req *q)
 {
 	struct conn *c = q->c;
@@ -159,7 +231,11 @@ void reply_queue(struct req *q)
 			q->r = q->whole;
 		req_set_state(q, REQ_REPLY);
 		reply_count(q, &q->r);
-		if (!q->reply_raw_len)
+		q->npieces = 0;
+		if (q->plan.holes && q->nextents && q->nbd_error == NBD_SUCCESS &&
+		    q->r.type == NBD_CMD_READ)
+			reply_encode_pieces(q);
+		else if (!q->reply_raw_len)
 			q->reply_hdr_len = (uint32_t)proto_encode_reply(&c->sess, q->reply_hdr, &q->r,
 									q->nbd_error, &has_data);
 		q->reply_data = has_data;

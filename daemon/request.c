@@ -34,7 +34,7 @@ static const uint32_t req_from[REQ_NSTATES] = {
 	[REQ_LOCKED] = S(REQ_NEW) | S(REQ_BUFFERS) | S(REQ_PAYLOAD) | S(REQ_LOCK_WAIT) |
 		       S(REQ_SEG_REPLY) | S(REQ_SEG_PAYLOAD),
 	[REQ_RMW] = S(REQ_LOCKED),
-	[REQ_IO] = S(REQ_LOCKED) | S(REQ_RMW),
+	[REQ_IO] = S(REQ_LOCKED) | S(REQ_RMW) | S(REQ_EXTENTS), /* a READ that found its holes */
 	[REQ_FALLOC] = S(REQ_LOCKED) | S(REQ_FALLOC),
 	[REQ_ZERO_WRITE] = S(REQ_FALLOC),
 	[REQ_SYNC] = S(REQ_LOCKED) | S(REQ_FALLOC) | S(REQ_ZERO_WRITE) | S(REQ_IO),
@@ -72,6 +72,7 @@ struct req *req_take(struct conn *c)
 	q->iov = q->io_iov = NULL;
 	q->bounce.iov_base = NULL;
 	q->reply_raw_len = 0;
+	q->npieces = 0;
 	q->start_ns = now_ns();
 	c->live_reqs++;
 	stat_bump(&c->exp->ctr->slot[c->w->id].in_flight, 1);
@@ -168,6 +169,11 @@ void req_plan(struct req *q)
 		.granule_bytes = e->ov ? OVERLAY_GRANULE_BYTES : 0,
 	};
 	struct plan kept = q->plan;
+
+	/* Holes as OFFSET_HOLE: structured, not DF, whole (a segment's reply is plain data). */
+	in.holes_ok = c->sess.structured && !(q->r.flags & NBD_CMD_FLAG_DF) && !q->seg &&
+		      atomic_load_explicit(&((struct export *)e)->may_have_holes,
+					   memory_order_relaxed);
 
 	/* A write that would leave part of a base granule copies the granule up (overlay.c). */
 	if (e->ov && q->r.type == NBD_CMD_WRITE && q->r.len_bytes)
