@@ -43,8 +43,9 @@
 
 #define TLS_IN_BYTES (64u * 1024)      /* ciphertext received at a time (records are <= 16 KiB + 256) */
 #define TLS_OUT_ROUND (256u * 1024)    /* plaintext encrypted before the ciphertext must go */
-#define TLS_PRIORITY_X509 "NORMAL"
-#define TLS_PRIORITY_PSK "NORMAL:+ECDHE-PSK:+DHE-PSK:+PSK"
+/* GnuTLS's defaults without TLS before 1.2 (the protocol: not by default). */
+#define TLS_PRIORITY_X509 "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2"
+#define TLS_PRIORITY_PSK "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:+ECDHE-PSK:+DHE-PSK:+PSK"
 
 struct tls_creds {
 	atomic_int refs;

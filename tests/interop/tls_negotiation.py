@@ -17,6 +17,7 @@ import os
 import shutil
 import socket
 import ssl
+import warnings
 import struct
 import subprocess
 import sys
@@ -158,10 +159,16 @@ class Client:
             return r[-1][0]
         return sorted(p[4:4 + struct.unpack(">I", p[:4])[0]].decode() for t, p in r[:-1])
 
-    def starttls(self, keys, who=None):
+    def starttls(self, keys, who=None, max_version=None):
         if self.final(OPT_STARTTLS) != REP_ACK:
             fail("STARTTLS not acknowledged")
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        if max_version:
+            # An old client: the protocol allows these versions only if configured.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+            ctx.minimum_version = ssl.TLSVersion.TLSv1
+            ctx.maximum_version = max_version
         ctx.load_verify_locations(f"{keys}/ca-cert.pem")
         ctx.check_hostname = False
         if who:
@@ -244,11 +251,21 @@ if struct.pack(">Q", REP_MAGIC) in rest:
 if rest and rest[0] != 0x15:
     fail(f"after STARTTLS the server sent {rest[:16].hex()}, not a TLS alert")
 c.close()
+# TLS older than 1.2 is refused (the protocol: not by default).
+c = Client(port)
+try:
+    c.starttls(keys, max_version=ssl.TLSVersion.TLSv1_1)
+    fail("a TLS 1.1 handshake succeeded")
+except ssl.SSLError as e:
+    print(f"TLS 1.1 refused: {e.reason}")
+c.close()
 # The daemon still serves a proper TLS client.
 c = Client(port)
 c.starttls(keys)
 if c.list() != [""]:
     fail("FORCEDTLS: LIST inside TLS")
+if c.s.version() not in ("TLSv1.2", "TLSv1.3"):
+    fail(f"negotiated {c.s.version()}")
 c.close()
 
 # ---- SELECTIVETLS with access rules ----
