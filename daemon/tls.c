@@ -745,6 +745,18 @@ void tls_conn_closing(struct conn *c)
 
 	if (!t)
 		return;
+	/*
+	 * The protocol: a party that drops the connection SHOULD shut TLS
+	 * down first. A close_notify when nothing else is waiting to go out
+	 * (else the connection is cut as it stands), sent before the socket's
+	 * shutdown; best effort, a few bytes.
+	 */
+	if (t->up && !t->out_busy && !t->out_err && !t->out[t->fill].len && !c->stream &&
+	    gnutls_bye(t->s, GNUTLS_SHUT_WR) == GNUTLS_E_SUCCESS && t->out[t->fill].len) {
+		if (send(c->fd, t->out[t->fill].p, t->out[t->fill].len, MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
+			log_debug("conn %" PRIu64 ": close_notify: %s", c->id, strerror(errno));
+		t->out[t->fill].len = 0;
+	}
 	/* Ops waiting on data that will not come end now; SQEs end with the socket's shutdown. */
 	if (t->rd)
 		tls_post(t, &t->rd, -ECONNRESET);

@@ -173,7 +173,9 @@ class Client:
         ctx.check_hostname = False
         if who:
             ctx.load_cert_chain(f"{keys}/{who}-cert.pem", f"{keys}/{who}-key.pem")
-        self.s = ctx.wrap_socket(self.s, server_hostname="localhost")
+        # A connection cut without close_notify is an error, not an end.
+        ctx.options &= ~ssl.OP_IGNORE_UNEXPECTED_EOF
+        self.s = ctx.wrap_socket(self.s, server_hostname="localhost", suppress_ragged_eofs=False)
 
     def closed(self):
         """True if the server closes without sending anything more."""
@@ -266,6 +268,15 @@ if c.list() != [""]:
     fail("FORCEDTLS: LIST inside TLS")
 if c.s.version() not in ("TLSv1.2", "TLSv1.3"):
     fail(f"negotiated {c.s.version()}")
+# Into transmission, then DISC: the server ends TLS with close_notify before closing.
+if c.final(OPT_GO, go_data("")) != REP_ACK:
+    fail("GO inside TLS")
+c.s.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 2, 1, 0, 0))
+try:
+    if c.s.recv(1) != b"":
+        fail("data after DISC")
+except ssl.SSLError as e:
+    fail(f"the server closed TLS without close_notify ({e})")
 c.close()
 
 # ---- SELECTIVETLS with access rules ----
