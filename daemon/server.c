@@ -341,16 +341,17 @@ void server_log_table_changes(struct server *s, struct export **t, size_t n)
 		for (j = 0; j < n && strcmp(t[j]->name, e->name); j++)
 			;
 		if (j == n)
-			log_info("reload: export \"%s\" removed (not in the configuration)", e->name);
+			log_info("export \"%s\" removed by the reload (not in the configuration)",
+				 e->name);
 		else if (t[j] != e)
-			log_info("reload: export \"%s\" opened again with the configuration's "
+			log_info("export \"%s\" opened again by the reload, with the configuration's "
 				 "settings", e->name);
 	}
 	for (j = 0; j < n; j++) {
 		for (i = 0; i < s->nexports && strcmp(t[j]->name, s->exports[i]->name); i++)
 			;
 		if (i == s->nexports)
-			log_info("reload: export \"%s\" added", t[j]->name);
+			log_info("export \"%s\" added by the reload", t[j]->name);
 	}
 	pthread_rwlock_unlock(&s->exports_lock);
 }

@@ -241,8 +241,8 @@ names = [e["name"] for e in ctl_json("exports")]
 check(names == ["base"], f"after a reload: {names}")
 check(ctl_json("exports", "base")[0]["description"] == "", "the reload kept export-set's change")
 log = d.log()
-check('reload: export "vm3" removed (not in the configuration)' in log and
-      'reload: export "base" opened again' in log, "the reload did not say what it undid")
+check('export "vm3" removed by the reload (not in the configuration)' in log and
+      'export "base" opened again by the reload' in log, "the reload did not say what it undid")
 check(ctl_json("exports", "base")[0]["requests"]["read"] >= 0, "counters")
 
 d.stop()
