@@ -10,6 +10,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stddef.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -112,6 +113,7 @@ int metrics_collect(struct server *srv, struct metrics *m)
 		mw->completions = GET(completions);
 		mw->pool_used_bytes = GET(pool_used_bytes);
 		mw->pool_waiters = GET(pool_waiters);
+		mw->pool_bytes = srv->pool_bytes;
 #undef GET
 	}
 	if (srv->cache) {
@@ -213,6 +215,18 @@ static void histogram(FILE *f, const char *name, const char *labels, const struc
 }
 
 #define LOAD(x) ((uint64_t)atomic_load_explicit(&(x), memory_order_relaxed))
+
+/* A family with a series per worker, from one field of struct metrics_worker. */
+static void per_worker(FILE *f, const struct metrics *m, const char *name, const char *type,
+		       const char *help, size_t field)
+{
+	unsigned k;
+
+	family(f, name, type, help);
+	for (k = 0; k < m->nworkers; k++)
+		fprintf(f, "%s{worker=\"%u\"} %" PRIu64 "\n", name, k,
+			*(const uint64_t *)(const void *)((const char *)&m->workers[k] + field));
+}
 
 /* A per-export, per-op counter family (ops that never happened are left out). */
 static void per_op(FILE *f, const struct metrics *m, const char *name, const char *help,
@@ -355,36 +369,23 @@ char *metrics_prometheus(const struct metrics *m, size_t *len)
 		fprintf(f, "uringnbd_cache_budget_bytes %" PRIu64 "\n",
 			c->budget_pages * CACHE_PAGE_BYTES);
 	}
-	family(f, "uringnbd_pool_used_bytes", "gauge", "Buffer pool memory held, by worker.");
-	for (k = 0; k < m->nworkers; k++)
-		fprintf(f, "uringnbd_pool_used_bytes{worker=\"%u\"} %" PRIu64 "\n", k,
-			m->workers[k].pool_used_bytes);
-	family(f, "uringnbd_pool_size_bytes", "gauge", "Buffer pool size, by worker.");
-	for (k = 0; k < m->nworkers; k++)
-		fprintf(f, "uringnbd_pool_size_bytes{worker=\"%u\"} %" PRIu64 "\n", k, m->pool_bytes);
-	family(f, "uringnbd_pool_waiters", "gauge",
-	       "Connections waiting for buffer pool chunks, by worker.");
-	for (k = 0; k < m->nworkers; k++)
-		fprintf(f, "uringnbd_pool_waiters{worker=\"%u\"} %" PRIu64 "\n", k,
-			m->workers[k].pool_waiters);
-	family(f, "uringnbd_loop_iterations_total", "counter", "Event loop iterations, by worker.");
-	for (k = 0; k < m->nworkers; k++)
-		fprintf(f, "uringnbd_loop_iterations_total{worker=\"%u\"} %" PRIu64 "\n", k,
-			m->workers[k].iterations);
-	family(f, "uringnbd_submits_total", "counter", "io_uring submit calls, by worker.");
-	for (k = 0; k < m->nworkers; k++)
-		fprintf(f, "uringnbd_submits_total{worker=\"%u\"} %" PRIu64 "\n", k,
-			m->workers[k].submits);
-	family(f, "uringnbd_sqes_submitted_total", "counter",
-	       "Submission queue entries submitted, by worker.");
-	for (k = 0; k < m->nworkers; k++)
-		fprintf(f, "uringnbd_sqes_submitted_total{worker=\"%u\"} %" PRIu64 "\n", k,
-			m->workers[k].sqes);
-	family(f, "uringnbd_completions_total", "counter",
-	       "Completion queue entries handled, by worker.");
-	for (k = 0; k < m->nworkers; k++)
-		fprintf(f, "uringnbd_completions_total{worker=\"%u\"} %" PRIu64 "\n", k,
-			m->workers[k].completions);
+	per_worker(f, m, "uringnbd_pool_used_bytes", "gauge", "Buffer pool memory held, by worker.",
+		   offsetof(struct metrics_worker, pool_used_bytes));
+	per_worker(f, m, "uringnbd_pool_size_bytes", "gauge", "Buffer pool size, by worker.",
+		   offsetof(struct metrics_worker, pool_bytes));
+	per_worker(f, m, "uringnbd_pool_waiters", "gauge",
+		   "Connections waiting for buffer pool chunks, by worker.",
+		   offsetof(struct metrics_worker, pool_waiters));
+	per_worker(f, m, "uringnbd_loop_iterations_total", "counter",
+		   "Event loop iterations, by worker.", offsetof(struct metrics_worker, iterations));
+	per_worker(f, m, "uringnbd_submits_total", "counter", "io_uring submit calls, by worker.",
+		   offsetof(struct metrics_worker, submits));
+	per_worker(f, m, "uringnbd_sqes_submitted_total", "counter",
+		   "Submission queue entries submitted, by worker.",
+		   offsetof(struct metrics_worker, sqes));
+	per_worker(f, m, "uringnbd_completions_total", "counter",
+		   "Completion queue entries handled, by worker.",
+		   offsetof(struct metrics_worker, completions));
 	family(f, "process_start_time_seconds", "gauge",
 	       "Start time of the process since the Unix epoch in seconds.");
 	fprintf(f, "process_start_time_seconds %.3f\n", m->start_time_s);

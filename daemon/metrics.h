@@ -22,7 +22,7 @@ struct metrics_export {
 
 struct metrics_worker {
 	uint64_t iterations, submits, sqes, completions;
-	uint64_t pool_used_bytes, pool_waiters;
+	uint64_t pool_used_bytes, pool_waiters, pool_bytes;
 };
 
 struct metrics {

@@ -11,6 +11,7 @@ killed on any exit.
 import atexit
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -66,6 +67,15 @@ def need(*cmds):
     for c in cmds:
         if not shutil.which(c):
             skip(f"{c} is not installed")
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
 
 
 def image(name, size=64 << 20, data=None):

@@ -55,20 +55,12 @@ static int connect_mode(struct daemon *d, enum mode m, const char *name)
 static void request_flags(int fd, enum mode m, uint16_t flags, uint16_t type, uint64_t cookie,
 			  uint64_t off, uint64_t len)
 {
-	uint8_t h[PROTO_EXT_REQUEST_LEN];
-
 	if (m != EXTENDED) {
 		CHECK(len < (1ull << 32), "compact request of %llu bytes", (unsigned long long)len);
 		raw_request(fd, NBD_REQUEST_MAGIC, flags, type, cookie, off, (uint32_t)len);
 		return;
 	}
-	proto_put_u32(h, NBD_EXTENDED_REQUEST_MAGIC);
-	proto_put_u16(h + 4, flags);
-	proto_put_u16(h + 6, type);
-	proto_put_u64(h + 8, cookie);
-	proto_put_u64(h + 16, off);
-	proto_put_u64(h + 24, len);
-	raw_send(fd, h, sizeof(h));
+	raw_request_ext(fd, flags, type, cookie, off, len);
 }
 
 static void request(int fd, enum mode m, uint16_t type, uint64_t cookie, uint64_t off,

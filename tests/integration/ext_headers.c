@@ -23,19 +23,7 @@ struct xreply {
 	uint64_t cookie, offset, len;
 };
 
-static void xrequest(int fd, uint16_t flags, uint16_t type, uint64_t cookie, uint64_t off,
-		     uint64_t len)
-{
-	uint8_t h[PROTO_EXT_REQUEST_LEN];
-
-	proto_put_u32(h, NBD_EXTENDED_REQUEST_MAGIC);
-	proto_put_u16(h + 4, flags);
-	proto_put_u16(h + 6, type);
-	proto_put_u64(h + 8, cookie);
-	proto_put_u64(h + 16, off);
-	proto_put_u64(h + 24, len);
-	raw_send(fd, h, sizeof(h));
-}
+#define xrequest raw_request_ext
 
 static struct xreply xreply(int fd, uint64_t cookie)
 {

@@ -418,6 +418,20 @@ void raw_request(int fd, uint32_t magic, uint16_t flags, uint16_t type, uint64_t
 	raw_send(fd, h, sizeof(h));
 }
 
+void raw_request_ext(int fd, uint16_t flags, uint16_t type, uint64_t cookie, uint64_t off,
+		     uint64_t len)
+{
+	uint8_t h[PROTO_EXT_REQUEST_LEN];
+
+	proto_put_u32(h, NBD_EXTENDED_REQUEST_MAGIC);
+	proto_put_u16(h + 4, flags);
+	proto_put_u16(h + 6, type);
+	proto_put_u64(h + 8, cookie);
+	proto_put_u64(h + 16, off);
+	proto_put_u64(h + 24, len);
+	raw_send(fd, h, sizeof(h));
+}
+
 void raw_option(int fd, uint64_t magic, uint32_t opt, const void *data, uint32_t len)
 {
 	uint8_t h[PROTO_OPTION_HDR_LEN];

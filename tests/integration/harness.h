@@ -56,6 +56,9 @@ int raw_transmission(struct daemon *d, uint64_t *size_bytes);
 /* One compact request header (magic NBD_REQUEST_MAGIC, or a bad one). */
 void raw_request(int fd, uint32_t magic, uint16_t flags, uint16_t type, uint64_t cookie,
 		 uint64_t off, uint32_t len);
+/* One extended (32-byte) request header. */
+void raw_request_ext(int fd, uint16_t flags, uint16_t type, uint64_t cookie, uint64_t off,
+		     uint64_t len);
 /* Reads one option reply to opt; returns its type and skips its payload. */
 uint32_t raw_option_reply(int fd, uint32_t opt);
 

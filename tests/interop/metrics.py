@@ -22,7 +22,8 @@ import urllib.parse
 import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from testlib import T, S, URINGNBDCTL, Daemon, check, fail, image, need, skip, track  # noqa: E402
+from testlib import (T, S, URINGNBDCTL, Daemon, check, fail, free_port, image, need,  # noqa: E402
+                     skip, track)
 
 import nbd  # noqa: E402
 
@@ -33,14 +34,6 @@ if not os.path.exists(PROM) or not os.path.exists("/usr/bin/promtool"):
 fio_nbd = subprocess.run(["fio", "--enghelp=nbd"], capture_output=True, text=True)
 if fio_nbd.returncode != 0:
     skip("this fio has no nbd engine")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def http(url, method="GET"):
