@@ -22,7 +22,8 @@
  *   LOCKED -> RMW -> IO | IO | FALLOC -> [ZERO_WRITE] -> [SYNC] | CACHED | EXTENTS
  *          -> (unlock) REPLY
  *
- * A READ or WRITE over EXPORT_MAX_REQUEST_BYTES is served in segments
+ * A READ or WRITE over EXPORT_MAX_REQUEST_BYTES (or a WRITE_ZEROES that writes
+ * zeroes, on a device) is served in segments
  * (REQ_SEGMENT_BYTES each, their boundaries aligned in the file) under one
  * range lock over all of it, through buffers for one segment: q->whole is
  * the request, q->r the segment being served. After each segment but the
@@ -377,7 +378,7 @@ static inline bool req_seg_last(const struct req *q)
 }
 /* Plans q->r (rx.c's geometry): a segmented request keeps its lock and buffers. */
 void req_plan(struct req *q);
-/* q->r is a READ or WRITE over EXPORT_MAX_REQUEST_BYTES: serve it in segments. */
+/* q->r is over EXPORT_MAX_REQUEST_BYTES and moves data through buffers: serve it in segments. */
 void req_segment_start(struct req *q);
 /* Runs the locked work of q's plan (it holds its lock). */
 void req_run_locked(struct req *q);

@@ -32,7 +32,8 @@ static const uint32_t req_from[REQ_NSTATES] = {
 	[REQ_SKIP] = S(REQ_NEW) | S(REQ_BUFFERS) | LOCKED_STATES, /* and a segmented WRITE failed */
 	[REQ_LOCK_WAIT] = S(REQ_NEW) | S(REQ_BUFFERS) | S(REQ_PAYLOAD),
 	[REQ_LOCKED] = S(REQ_NEW) | S(REQ_BUFFERS) | S(REQ_PAYLOAD) | S(REQ_LOCK_WAIT) |
-		       S(REQ_SEG_REPLY) | S(REQ_SEG_PAYLOAD),
+		       S(REQ_SEG_REPLY) | S(REQ_SEG_PAYLOAD) |
+		       SEG_END_STATES | S(REQ_FALLOC) | S(REQ_ZERO_WRITE), /* a WRITE_ZEROES' next segment */
 	[REQ_RMW] = S(REQ_LOCKED),
 	[REQ_IO] = S(REQ_LOCKED) | S(REQ_RMW) | S(REQ_EXTENTS), /* a READ that found its holes */
 	[REQ_FALLOC] = S(REQ_LOCKED) | S(REQ_FALLOC),
@@ -309,6 +310,13 @@ static bool req_segment_done(struct req *q, uint32_t nbd_error)
 		if (q->r.type == NBD_CMD_READ) {
 			q->nbd_error = NBD_SUCCESS;
 			reply_queue(q); /* this segment's data; the next segment once it is sent */
+		} else if (q->r.type == NBD_CMD_WRITE_ZEROES) {
+			/* No payload: the next segment at once, its zeroes where a payload goes. */
+			req_segment_next(q);
+			if (q->plan.zero_write)
+				iov_zero(q->iov, q->niov, q->plan.data_off, q->r.len_bytes);
+			req_set_state(q, REQ_LOCKED);
+			req_run_locked(q);
 		} else {
 			req_segment_next(q);
 			req_set_state(q, REQ_SEG_PAYLOAD);

@@ -348,6 +348,9 @@ static bool rx_request(struct conn *c)
 		req_segment_start(q);
 	else
 		req_plan(q);
+	/* An unaligned WRITE_ZEROES on a device writes zeroes: over 32 MiB, in segments too. */
+	if (q->plan.zero_write && q->r.len_bytes > EXPORT_MAX_REQUEST_BYTES)
+		req_segment_start(q);
 	if (q->r.type == NBD_CMD_FLUSH) {
 		fileio_flush(q);
 		return true;
@@ -357,9 +360,6 @@ static bool rx_request(struct conn *c)
 		reply_queue(q);
 		return true;
 	}
-	/* An unaligned WRITE_ZEROES on a device is a write: no larger than a WRITE. */
-	if (q->plan.zero_write && q->r.len_bytes > EXPORT_MAX_REQUEST_BYTES)
-		return rx_refuse(q, NBD_EINVAL);
 	return rx_buffers(q);
 }
 
