@@ -326,11 +326,15 @@ int main(void)
 	fd = connect_mode(&d, SIMPLE, "always");
 	do_read(fd, SIMPLE, model, 1, GIB - 2);
 	close(fd);
+	fd = connect_mode(&d, EXTENDED, "auto");
+	do_zero(fd, EXTENDED, model, 3 << 20, GIB + 12345);
+	do_read(fd, EXTENDED, model, 0, GIB);
+	close(fd);
 	side.stop = 1;
 	pthread_join(ts, NULL);
 	pthread_join(tr, NULL);
 	qsort(side.lat, side.n, sizeof(double), cmp_double);
-	printf("1 GiB write and two 1 GiB reads in %.1f s; daemon RSS %llu MiB before, %llu MiB at "
+	printf("1 GiB write, 1 GiB zeroes and three 1 GiB reads in %.1f s; daemon RSS %llu MiB before, %llu MiB at "
 	       "most; meanwhile %u 4 KiB reads, p50 %.2f ms, p99 %.2f ms\n", harness_now() - t0,
 	       (unsigned long long)(before >> 20), (unsigned long long)(side.peak >> 20), side.n,
 	       side.lat[side.n / 2] * 1e3, side.lat[side.n * 99 / 100] * 1e3);
