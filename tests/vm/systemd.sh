@@ -59,7 +59,8 @@ ver=$(dpkg-parsechangelog -l "$T/src2/debian/changelog" -S Version)
 { printf 'uringnbd (%s+vmtest1) unstable; urgency=medium\n\n  * A second build, to test upgrades.\n\n' "$ver"
   printf ' -- uringnbd developers <uringnbd@packages.invalid>  %s\n\n' "$(date -R)"
   cat "$T/src2/debian/changelog"; } >"$T/changelog" && mv "$T/changelog" "$T/src2/debian/changelog"
-(cd "$T/src2" && rm -rf build && dpkg-buildpackage -us -uc -b >"$T/deb2.log" 2>&1) ||
+(cd "$T/src2" && rm -rf build && env -u MAKEFLAGS -u MAKELEVEL dpkg-buildpackage -us -uc -b \
+    >"$T/deb2.log" 2>&1) ||
     { tail -n 30 "$T/deb2.log"; fail "the second build"; }
 cp "$T"/uringnbd_*+vmtest1_*.deb "$R/root/debs/second/"
 install -m 0755 "$HERE/systemd-guest.sh" "$R/usr/local/sbin/vmtest"
