@@ -22,10 +22,6 @@
 #include "control.h"
 #include "metrics.h"
 
-static const char *const op_names[EXPORT_STAT_OPS] = {
-	"read", "write", "disc", "flush", "trim", "cache", "write-zeroes", "block-status", "other",
-};
-
 static json_object *str_or_null(const char *s)
 {
 	return s ? json_object_new_string(s) : NULL;
@@ -39,7 +35,7 @@ static json_object *per_op(const atomic_uint_fast64_t *v)
 
 	for (k = 0; k < EXPORT_STAT_OPS; k++)
 		if (k != NBD_CMD_DISC)
-			json_object_object_add(o, op_names[k], json_object_new_uint64(
+			json_object_object_add(o, metrics_json_ops[k], json_object_new_uint64(
 				atomic_load_explicit(&v[k], memory_order_relaxed)));
 	return o;
 }

@@ -400,7 +400,7 @@ char *metrics_prometheus(const struct metrics *m, size_t *len)
 
 /* ---- JSON (the stats command) ---- */
 
-static const char *const json_ops[EXPORT_STAT_OPS] = {
+const char *const metrics_json_ops[EXPORT_STAT_OPS] = {
 	"read", "write", "disc", "flush", "trim", "cache", "write-zeroes", "block-status", "other",
 };
 
@@ -496,7 +496,7 @@ json_object *metrics_json(const struct metrics *m)
 			json_object_object_add(x, "requests", u64(LOAD(me->st.requests[k])));
 			json_object_object_add(x, "bytes", u64(LOAD(me->st.bytes[k])));
 			json_object_object_add(x, "errors", u64(LOAD(me->st.errors[k])));
-			json_object_object_add(d, json_ops[k], x);
+			json_object_object_add(d, metrics_json_ops[k], x);
 		}
 		json_object_object_add(e, "ops", d);
 		json_object_array_add(a, e);

@@ -46,6 +46,8 @@ void metrics_release(struct metrics *m);
 char *metrics_prometheus(const struct metrics *m, size_t *len);
 /* The same figures as a JSON object (a new reference). */
 json_object *metrics_json(const struct metrics *m);
+/* Commands as JSON names them (indexed as export_stats' counters). */
+extern const char *const metrics_json_ops[EXPORT_STAT_OPS];
 /* The q-quantile (0..1) of a histogram in seconds, interpolated as Prometheus does; 0 if empty. */
 double hist_quantile(const struct hist *h, double q);
 
