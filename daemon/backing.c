@@ -64,6 +64,13 @@ struct backing *backing_get(const struct stat *st, const char *path)
 	return b;
 }
 
+void backing_ref(struct backing *b)
+{
+	pthread_mutex_lock(&registry_lock);
+	b->refs++;
+	pthread_mutex_unlock(&registry_lock);
+}
+
 void backing_put(struct backing *b)
 {
 	struct backing **pp;
@@ -80,6 +87,7 @@ void backing_put(struct backing *b)
 	*pp = b->next;
 	pthread_mutex_unlock(&registry_lock);
 	overlay_close(b->ov);
+	bitmaps_close(atomic_load(&b->bm));
 	rl_manager_free(b->locks);
 	free(b->path);
 	free(b);

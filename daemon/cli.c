@@ -19,7 +19,8 @@ static void usage(FILE *f)
 		"Export FILE (a regular file or block device) over NBD with O_DIRECT I/O.\n\n"
 		"  -c, --config PATH    read settings and exports from PATH (see uringnbd.conf(5))\n"
 		"  -e, --export NAME=PATH[,readonly][,cache=MODE][,tls=require][,allow=LIST]\n"
-		"                       [,deny=LIST][,tls-allow=LIST][,overlay=PATH][,description=TEXT]\n"
+		"                       [,deny=LIST][,tls-allow=LIST][,overlay=PATH][,bitmap=NAME]\n"
+		"                       [,bitmap-file=PATH][,bitmap-granularity=SIZE][,description=TEXT]\n"
 		"                       one more export (repeatable); FILE is the export -n names;\n"
 		"                       LIST items are separated by '+' here\n"
 		"  -U, --unix PATH      listen on a unix socket (with only -U, no TCP)\n"
@@ -128,6 +129,16 @@ static int parse_export(const char *arg, struct export_spec *spec)
 			spec->tls_allow = key + 10;
 		} else if (strncmp(key, "overlay=", 8) == 0 && key[8]) {
 			spec->overlay = key + 8;
+		} else if (strncmp(key, "bitmap=", 7) == 0 || strncmp(key, "bitmap-file=", 12) == 0 ||
+			   strncmp(key, "bitmap-granularity=", 19) == 0) {
+			char *eqk = strchr(key, '='), err[512];
+
+			*eqk = '\0';
+			if (config_set_export(spec, !strcmp(key, "bitmap") ? "bitmaps" : key, eqk + 1,
+					      err, sizeof(err)) < 0) {
+				fprintf(stderr, "uringnbd: --export \"%s\": %s\n", arg, err);
+				return -1;
+			}
 		} else {
 			fprintf(stderr, "uringnbd: --export \"%s\": unknown key \"%s\"\n", arg, key);
 			return -1;

@@ -14,6 +14,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -409,6 +410,332 @@ static void cmd_stats(struct ctl_call *call)
 	metrics_release(&m);
 }
 
+/* ---- dirty bitmaps and checkpoints (bitmap.c does the work, on a job thread) ---- */
+
+/* The export name names, with bitmaps: a new reference, or NULL with the call answered. */
+static struct export *bitmap_export(struct ctl_call *call, const char *name)
+{
+	struct export *e = server_find_export(ctl_call_server(call), name);
+
+	if (!e) {
+		ctl_call_error(call, CTL_ERR_NOTFOUND, "no export \"%s\"", name);
+		return NULL;
+	}
+	if (!e->bm || e->checkpoint) {
+		ctl_call_error(call, CTL_ERR_INVALID, "export \"%s\" has no dirty bitmaps%s", name,
+			       e->checkpoint ? " of its own (it is a checkpoint)" :
+			       " (bitmaps = NAME in its configuration)");
+		export_put(e);
+		return NULL;
+	}
+	return e;
+}
+
+static json_object *bitmaps_json(const struct export *e)
+{
+	struct bitmap_info *info = calloc(BITMAP_SLOTS, sizeof(*info));
+	json_object *o = json_object_new_object(), *live = json_object_new_array(),
+		    *ckpts = json_object_new_array();
+	uint32_t gran = bitmaps_granularity(e->bm);
+	char snap[PATH_MAX], name[PROTO_NAME_MAX + 1];
+	size_t n = info ? bitmaps_list(e->bm, info) : 0, k;
+
+	json_object_object_add(o, "export", json_object_new_string(e->name));
+	json_object_object_add(o, "granularity", json_object_new_uint64(gran));
+	for (k = 0; k < n; k++) {
+		json_object *b = json_object_new_object();
+
+		json_object_object_add(b, "name", json_object_new_string(info[k].name));
+		json_object_object_add(b, "dirty-granules",
+				       json_object_new_uint64(info[k].dirty_granules));
+		json_object_object_add(b, "dirty-bytes",
+				       json_object_new_uint64(info[k].dirty_granules * gran));
+		json_object_object_add(b, "created", json_object_new_int64(info[k].created_s));
+		if (info[k].kind == BITMAP_LIVE) {
+			json_object_array_add(live, b);
+			continue;
+		}
+		bitmaps_snapshot_path(e->bm, info[k].name, snap, sizeof(snap));
+		snprintf(name, sizeof(name), "%s@%s", e->name, info[k].name);
+		json_object_object_add(b, "bitmap", json_object_new_string(info[k].bitmap));
+		json_object_object_add(b, "export", json_object_new_string(name));
+		json_object_object_add(b, "snapshot", info[k].snapshot ?
+				       json_object_new_string(snap) : NULL);
+		json_object_array_add(ckpts, b);
+	}
+	json_object_object_add(o, "bitmaps", live);
+	json_object_object_add(o, "checkpoints", ckpts);
+	free(info);
+	return o;
+}
+
+static void cmd_bitmaps(struct ctl_call *call)
+{
+	struct export *e = bitmap_export(call, ctl_arg_string(ctl_call_request(call), "export"));
+
+	if (!e)
+		return;
+	ctl_call_return(call, bitmaps_json(e));
+	export_put(e);
+}
+
+enum bitmap_job_kind { JOB_CHECKPOINT, JOB_CLEAR, JOB_REMOVE_BITMAP, JOB_REMOVE_CHECKPOINT };
+struct bitmap_job {
+	enum bitmap_job_kind kind;
+	struct export *e;           /* a reference */
+	char *bitmap, *name;
+	bool bitmap_only;
+	int ret;
+	char err[768];
+};
+
+static void bitmap_job_run(void *arg)
+{
+	struct bitmap_job *j = arg;
+	struct export *e = j->e;
+
+	switch (j->kind) {
+	case JOB_CHECKPOINT:
+		j->ret = bitmaps_checkpoint(e->bm, e->locks, e->fd, j->bitmap, j->name,
+					    j->bitmap_only, j->err, sizeof(j->err));
+		break;
+	case JOB_CLEAR:
+		j->ret = bitmaps_clear(e->bm, e->locks, j->bitmap, j->err, sizeof(j->err));
+		break;
+	case JOB_REMOVE_BITMAP:
+		j->ret = bitmaps_remove(e->bm, e->locks, BITMAP_LIVE, j->bitmap, j->err,
+					sizeof(j->err));
+		break;
+	case JOB_REMOVE_CHECKPOINT:
+		j->ret = bitmaps_remove(e->bm, e->locks, BITMAP_FROZEN, j->name, j->err,
+					sizeof(j->err));
+		break;
+	}
+}
+
+static void bitmap_job_free(struct bitmap_job *j)
+{
+	export_put(j->e);
+	free(j->bitmap);
+	free(j->name);
+	free(j);
+}
+
+/* The export's bitmaps list without name (NULL if none is left). */
+static char *bitmaps_without(const char *list, const char *name)
+{
+	char *copy = strdup(list), *out = calloc(1, strlen(list) + 1), *save = NULL, *n;
+
+	if (!copy || !out) {
+		free(copy);
+		free(out);
+		return NULL;
+	}
+	for (n = strtok_r(copy, ",", &save); n; n = strtok_r(NULL, ",", &save))
+		if (strcmp(n, name)) {
+			if (*out)
+				strcat(out, ",");
+			strcat(out, n);
+		}
+	free(copy);
+	if (!*out) {
+		free(out);
+		return NULL;
+	}
+	return out;
+}
+
+static void bitmap_job_done(struct ctl_call *call, void *arg, int err)
+{
+	struct bitmap_job *j = arg;
+	struct server *srv = ctl_call_server(call);
+	struct export *ck, *fresh, *was;
+	struct export_spec spec;
+	struct bitmap_info info;
+	json_object *o;
+	char *list;
+	int slot;
+
+	if (err || j->ret) {
+		ctl_call_error(call, j->ret == -ENOENT ? CTL_ERR_NOTFOUND : CTL_ERR_GENERIC, "%s",
+			       err ? strerror(-err) : j->err);
+		bitmap_job_free(j);
+		return;
+	}
+	switch (j->kind) {
+	case JOB_CHECKPOINT:
+		/* Served from now on as EXPORT@NAME, read-only. */
+		slot = bitmaps_find(j->e->bm, BITMAP_FROZEN, j->name);
+		memset(&info, 0, sizeof(info));
+		info.slot = slot;
+		info.kind = BITMAP_FROZEN;
+		info.snapshot = !j->bitmap_only;
+		snprintf(info.name, sizeof(info.name), "%s", j->name);
+		snprintf(info.bitmap, sizeof(info.bitmap), "%s", j->bitmap);
+		log_capture(j->err, sizeof(j->err));
+		ck = slot >= 0 ? export_open_checkpoint(j->e, &info) : NULL;
+		log_capture(NULL, 0);
+		if (!ck || server_add_export(srv, ck) < 0) {
+			export_put(ck);
+			ctl_call_error(call, CTL_ERR_GENERIC, "checkpoint \"%s\" was taken, but its "
+				       "export could not be opened: %s", j->name, j->err);
+			break;
+		}
+		log_info("export \"%s\" added: checkpoint \"%s\" of \"%s\"", ck->name, j->name,
+			 j->e->name);
+		ctl_call_return(call, bitmaps_json(j->e));
+		break;
+	case JOB_REMOVE_BITMAP:
+		/* The export goes on without it (new connections; until the next reload). */
+		export_spec_of(j->e, &spec);
+		list = bitmaps_without(j->e->bitmaps_src, j->bitmap);
+		spec.bitmaps = list;
+		if (!list) {
+			spec.bitmap_file = NULL;
+			spec.bitmap_granularity = 0;
+		}
+		fresh = export_open(&spec);
+		free(list);
+		if (fresh) {
+			export_share_counters(fresh, j->e);
+			was = server_replace_export(srv, fresh);
+			if (was)
+				export_put(was);
+			else
+				export_put(fresh);
+		}
+		o = json_object_new_object();
+		json_object_object_add(o, "removed", json_object_new_string(j->bitmap));
+		ctl_call_return(call, o);
+		break;
+	default:
+		ctl_call_return(call, bitmaps_json(j->e));
+		break;
+	}
+	bitmap_job_free(j);
+}
+
+/* Starts a job on export's bitmaps; the export and strings are the job's. */
+static void bitmap_job_start(struct ctl_call *call, enum bitmap_job_kind kind, struct export *e,
+			     const char *bitmap, const char *name, bool bitmap_only)
+{
+	struct bitmap_job *j = calloc(1, sizeof(*j));
+
+	if (!j || (bitmap && !(j->bitmap = strdup(bitmap))) || (name && !(j->name = strdup(name)))) {
+		if (j) {
+			free(j->bitmap);
+			free(j);
+		}
+		export_put(e);
+		ctl_call_error(call, CTL_ERR_GENERIC, "out of memory");
+		return;
+	}
+	j->kind = kind;
+	j->e = e;
+	j->bitmap_only = bitmap_only;
+	ctl_call_job(call, bitmap_job_run, bitmap_job_done, j);
+}
+
+static bool name_valid(struct ctl_call *call, const char *what, const char *name)
+{
+	char why[300];
+
+	if (bitmap_name_ok(name, why, sizeof(why)))
+		return true;
+	ctl_call_error(call, CTL_ERR_INVALID, "%s %s", what, why);
+	return false;
+}
+
+static void cmd_checkpoint(struct ctl_call *call)
+{
+	const struct ctl_request *req = ctl_call_request(call);
+	const char *bitmap = ctl_arg_string(req, "bitmap"), *name = ctl_arg_string(req, "name");
+	struct export *e;
+
+	if (!name_valid(call, "checkpoint", name))
+		return;
+	e = bitmap_export(call, ctl_arg_string(req, "export"));
+	if (!e)
+		return;
+	if (e->readonly) {
+		ctl_call_error(call, CTL_ERR_INVALID, "export \"%s\" is read-only: a checkpoint "
+			       "is taken on the export its writes come through", e->name);
+		export_put(e);
+		return;
+	}
+	if (bitmaps_find(e->bm, BITMAP_LIVE, bitmap) < 0) {
+		ctl_call_error(call, CTL_ERR_NOTFOUND, "export \"%s\" has no bitmap \"%s\"",
+			       e->name, bitmap);
+		export_put(e);
+		return;
+	}
+	bitmap_job_start(call, JOB_CHECKPOINT, e, bitmap, name,
+			 ctl_arg_bool(req, "bitmap-only", false));
+}
+
+static void cmd_checkpoint_remove(struct ctl_call *call)
+{
+	const struct ctl_request *req = ctl_call_request(call);
+	const char *name = ctl_arg_string(req, "name");
+	char full[PROTO_NAME_MAX + 1];
+	struct export *e, *ck;
+	uint64_t conns;
+	int err;
+
+	if (!name_valid(call, "checkpoint", name))
+		return;
+	e = bitmap_export(call, ctl_arg_string(req, "export"));
+	if (!e)
+		return;
+	if (bitmaps_find(e->bm, BITMAP_FROZEN, name) < 0) {
+		ctl_call_error(call, CTL_ERR_NOTFOUND, "export \"%s\" has no checkpoint \"%s\"",
+			       e->name, name);
+		export_put(e);
+		return;
+	}
+	snprintf(full, sizeof(full), "%s@%s", e->name, name);
+	ck = server_remove_export(ctl_call_server(call), full, false, &conns, &err);
+	if (err == -EBUSY) {
+		ctl_call_error(call, CTL_ERR_BUSY, "export \"%s\" has %" PRIu64 " connection%s: "
+			       "disconnect %s first", full, conns, conns == 1 ? "" : "s",
+			       conns == 1 ? "it" : "them");
+		export_put(e);
+		return;
+	}
+	export_put(ck);
+	bitmap_job_start(call, JOB_REMOVE_CHECKPOINT, e, NULL, name, false);
+}
+
+static void cmd_bitmap_clear(struct ctl_call *call)
+{
+	const struct ctl_request *req = ctl_call_request(call);
+	struct export *e = bitmap_export(call, ctl_arg_string(req, "export"));
+
+	if (e)
+		bitmap_job_start(call, JOB_CLEAR, e, ctl_arg_string(req, "bitmap"), NULL, false);
+}
+
+static void cmd_bitmap_remove(struct ctl_call *call)
+{
+	const struct ctl_request *req = ctl_call_request(call);
+	struct export *e = bitmap_export(call, ctl_arg_string(req, "export"));
+	struct export_stats sum = { 0 };
+	uint64_t conns;
+
+	if (!e)
+		return;
+	export_stats_sum(e->ctr, &sum);
+	conns = export_stats_conns(&sum);
+	if (conns) {
+		ctl_call_error(call, CTL_ERR_BUSY, "export \"%s\" has %" PRIu64 " connection%s, "
+			       "which may be reading the bitmap: disconnect %s first", e->name,
+			       conns, conns == 1 ? "" : "s", conns == 1 ? "it" : "them");
+		export_put(e);
+		return;
+	}
+	bitmap_job_start(call, JOB_REMOVE_BITMAP, e, ctl_arg_string(req, "bitmap"), NULL, false);
+}
+
 static const struct {
 	const char *name;
 	void (*run)(struct ctl_call *call);
@@ -422,6 +749,11 @@ static const struct {
 	{ "disconnect", cmd_disconnect },
 	{ "log-level", cmd_log_level },
 	{ "stats", cmd_stats },
+	{ "bitmaps", cmd_bitmaps },
+	{ "checkpoint", cmd_checkpoint },
+	{ "checkpoint-remove", cmd_checkpoint_remove },
+	{ "bitmap-clear", cmd_bitmap_clear },
+	{ "bitmap-remove", cmd_bitmap_remove },
 };
 
 void command_run(struct ctl_call *call)

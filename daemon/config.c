@@ -306,6 +306,53 @@ int config_set_export(struct export_spec *spec, const char *k, const char *v, ch
 			return -1;
 		}
 		spec->readonly = b;
+	} else if (!strcmp(k, "bitmaps") || !strcmp(k, "bitmap-file")) {
+		const char **dst = k[6] == 's' ? &spec->bitmaps : &spec->bitmap_file;
+
+		if (*dst) {
+			snprintf(err, errlen, "\"%s\" given twice in [export %s]", k, spec->name);
+			return -1;
+		}
+		if (!*v) {
+			snprintf(err, errlen, "%s: expected %s", k,
+				 dst == &spec->bitmaps ? "bitmap names, comma-separated" : "a file");
+			return -1;
+		}
+		if (dst == &spec->bitmaps) {
+			char why[256], name[BITMAP_NAME_MAX + 2];
+			const char *p = v, *comma;
+			unsigned n = 0;
+
+			do {
+				size_t len;
+
+				comma = strchr(p, ',');
+				len = comma ? (size_t)(comma - p) : strlen(p);
+				snprintf(name, sizeof(name), "%.*s", (int)(len < sizeof(name) - 1 ? len :
+									 sizeof(name) - 1), p);
+				if (len > BITMAP_NAME_MAX)
+					name[BITMAP_NAME_MAX] = 'x'; /* too long: refused below */
+				if (!bitmap_name_ok(name, why, sizeof(why))) {
+					snprintf(err, errlen, "bitmaps: %s", why);
+					return -1;
+				}
+				if (++n > PROTO_META_MAX_EXTRA) {
+					snprintf(err, errlen, "bitmaps: at most %d", PROTO_META_MAX_EXTRA);
+					return -1;
+				}
+				p = comma + 1;
+			} while (comma);
+		}
+		*dst = v;
+	} else if (!strcmp(k, "bitmap-granularity")) {
+		long long g = config_parse_size(v);
+
+		if (g < 4096 || g > (1ll << 30) || (g & (g - 1))) {
+			snprintf(err, errlen, "bitmap-granularity: expected a power of two from 4K "
+				 "to 1G");
+			return -1;
+		}
+		spec->bitmap_granularity = (uint32_t)g;
 	} else {
 		snprintf(err, errlen, "unknown key \"%s\" in [export %s]", k, spec->name);
 		return -1;

@@ -19,7 +19,8 @@
  *            +-> SKIP (refused, payload discarded) ------------+
  *            +-> BUFFERS -> PAYLOAD (WRITE) -> LOCK_WAIT -> LOCKED
  *            +-> FLUSH ----------------------------------------+
- *   LOCKED -> RMW -> IO | IO | FALLOC -> [ZERO_WRITE] -> [SYNC] | CACHED | EXTENTS
+ *   LOCKED -> [BITMAP -> LOCKED] -> RMW -> IO | IO | FALLOC -> [ZERO_WRITE] -> [SYNC]
+ *          | CACHED | EXTENTS
  *          -> (unlock) REPLY
  *
  * A READ or WRITE over EXPORT_MAX_REQUEST_BYTES (or a WRITE_ZEROES that writes
@@ -36,8 +37,9 @@
  * Steps may be skipped (no buffers needed, lock granted at once, payload
  * already buffered); any state may go to FREE when the connection closes.
  * "Locked" is a set of states: the range lock is held exactly while the
- * request is in LOCKED, RMW, IO, FALLOC, ZERO_WRITE, SYNC, CACHED, EXTENTS,
- * SEG_REPLY or SEG_PAYLOAD.
+ * request is in LOCKED, BITMAP, RMW, IO, FALLOC, ZERO_WRITE, SYNC, CACHED,
+ * EXTENTS, SEG_REPLY or SEG_PAYLOAD. A write to a file with dirty bitmaps
+ * waits in BITMAP (lock held) until the bits it sets are on disk (bitmap.c).
  */
 #ifndef URINGNBD_CONN_H
 #define URINGNBD_CONN_H
@@ -113,6 +115,7 @@ enum req_state {
 	REQ_SKIP,        /* refused: discarding the rest of its payload */
 	REQ_LOCK_WAIT,   /* waiting for its range lock */
 	REQ_LOCKED,      /* lock held: choosing its work (block status is done here) */
+	REQ_BITMAP,      /* a write waiting for its dirty-bitmap bits to be on disk */
 	REQ_RMW,         /* reading the edge blocks of an unaligned write */
 	REQ_IO,          /* reading or writing its data */
 	REQ_FALLOC,      /* TRIM / WRITE_ZEROES by fallocate */
@@ -140,6 +143,8 @@ struct req {
 				      file I/O, a pool wait, or an offloaded extent query */
 	struct offload_job job;    /* BLOCK_STATUS: the extent query off the loop */
 	size_t nextents;           /* ...and how many extents it found (also a READ's holes) */
+	uint32_t bs_contexts;      /* BLOCK_STATUS: the contexts to answer (proto's mask) */
+	struct bitmap_wait bm_wait; /* REQ_BITMAP: its place in the commit queue */
 	uint16_t npieces;          /* a READ answered in data and hole chunks: how many */
 	int falloc_mode;           /* TRIM / WRITE_ZEROES: the fallocate mode tried */
 	/* Buffers: the span in pool chunks, and a bounce chunk for edge blocks. */

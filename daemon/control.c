@@ -78,6 +78,17 @@ struct ctl_query {
 	struct ctl_query_part parts[];
 };
 
+/* A command's blocking part, on a thread of its own (ctl_call_job). */
+struct ctl_job {
+	struct ctl_call *call;
+	ctl_job_fn *fn;
+	ctl_job_done *done;
+	void *arg;
+	pthread_t thread;
+	atomic_bool finished;       /* fn returned: done() may run on the main loop */
+	struct ctl_job *next;
+};
+
 static struct {
 	struct server *srv;
 	int fd;
@@ -88,6 +99,7 @@ static struct {
 	struct ctl_client *clients;
 	unsigned nclients;
 	struct ctl_query *queries;
+	struct ctl_job *jobs;       /* running or finished, not yet done() (main thread) */
 } ctl = { .fd = -1 };
 
 static struct log_limit refuse_limit;
@@ -286,6 +298,56 @@ void ctl_call_query(struct ctl_call *call, enum ctl_query_kind kind, uint64_t id
 	}
 }
 
+static void *job_main(void *arg)
+{
+	struct ctl_job *j = arg;
+
+	j->fn(j->arg);
+	atomic_store(&j->finished, true);
+	ev_async_send(ctl.srv->loop, &ctl.answered);
+	return NULL;
+}
+
+void ctl_call_job(struct ctl_call *call, ctl_job_fn *fn, ctl_job_done *done, void *arg)
+{
+	struct ctl_job *j = calloc(1, sizeof(*j));
+	int ret;
+
+	if (!j) {
+		done(call, arg, -ENOMEM);
+		return;
+	}
+	j->call = call;
+	j->fn = fn;
+	j->done = done;
+	j->arg = arg;
+	ret = pthread_create(&j->thread, NULL, job_main, j);
+	if (ret) {
+		free(j);
+		done(call, arg, -ret);
+		return;
+	}
+	j->next = ctl.jobs;
+	ctl.jobs = j;
+}
+
+/* Joins finished jobs (all of them if wait) and runs their done(). */
+static void jobs_reap(bool wait)
+{
+	struct ctl_job **pj = &ctl.jobs, *j;
+
+	while ((j = *pj)) {
+		if (!wait && !atomic_load(&j->finished)) {
+			pj = &j->next;
+			continue;
+		}
+		*pj = j->next;
+		pthread_join(j->thread, NULL);
+		j->done(j->call, j->arg, 0);
+		free(j);
+	}
+}
+
 static void on_answered(struct ev_loop *loop, ev_async *w, int revents)
 {
 	struct ctl_query **pq = &ctl.queries, *q;
@@ -295,6 +357,7 @@ static void on_answered(struct ev_loop *loop, ev_async *w, int revents)
 	(void)loop;
 	(void)w;
 	(void)revents;
+	jobs_reap(false);
 	while ((q = *pq)) {
 		if (atomic_load(&q->pending)) {
 			pq = &q->next;
@@ -514,6 +577,8 @@ void control_close(void)
 {
 	if (ctl.fd < 0)
 		return;
+	/* A checkpoint under way finishes (its lock waits for writes in flight only). */
+	jobs_reap(true);
 	while (ctl.clients)
 		client_free(ctl.clients);
 	ev_io_stop(ctl.srv->loop, &ctl.accept_w);

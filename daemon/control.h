@@ -44,6 +44,16 @@ typedef void ctl_query_done(struct ctl_call *call, const struct ctl_worker_resul
 void ctl_call_query(struct ctl_call *call, enum ctl_query_kind kind, uint64_t id,
 		    const char *export, ctl_query_done *done);
 
+/*
+ * A command's blocking part (a checkpoint: waiting for a lock, a reflink,
+ * syncs): fn(arg) runs on a thread of its own, then done(call, arg, 0)
+ * on the main loop, which answers the call (done gets -errno instead, at
+ * once, if no thread could be started).
+ */
+typedef void ctl_job_fn(void *arg);
+typedef void ctl_job_done(struct ctl_call *call, void *arg, int err);
+void ctl_call_job(struct ctl_call *call, ctl_job_fn *fn, ctl_job_done *done, void *arg);
+
 /* ---- command.c ---- */
 /* Runs call's (parsed, validated) request; answers it now or after a query. */
 void command_run(struct ctl_call *call);

@@ -26,7 +26,9 @@ const struct ctl_command_spec ctl_commands[] = {
 	    { "cache", S, false, false }, { "description", S, false, false },
 	    { "overlay", S, false, false }, { "allow", S, false, false },
 	    { "deny", S, false, false }, { "tls-allow", S, false, false },
-	    { "tls", S, false, false }, { NULL } } },
+	    { "tls", S, false, false }, { "bitmaps", S, false, false },
+	    { "bitmap-file", S, false, false }, { "bitmap-granularity", S, false, false },
+	    { NULL } } },
 	{ "export-remove", "remove an export (force: disconnect its clients)",
 	  { { "name", S, true, true }, { "force", B, false, false }, { NULL } } },
 	{ "export-set", "change an export's description, read-only or access lists",
@@ -38,6 +40,17 @@ const struct ctl_command_spec ctl_commands[] = {
 	{ "log-level", "show or set the log level",
 	  { { "level", S, false, true }, { NULL } } },
 	{ "stats", "the daemon's counters, live", { { NULL } } },
+	{ "bitmaps", "an export's dirty bitmaps and checkpoints",
+	  { { "export", S, true, true }, { NULL } } },
+	{ "checkpoint", "freeze a bitmap with a reflink copy, served as EXPORT@NAME",
+	  { { "export", S, true, true }, { "bitmap", S, true, true }, { "name", S, true, true },
+	    { "bitmap-only", B, false, false }, { NULL } } },
+	{ "checkpoint-remove", "delete a checkpoint and its copy",
+	  { { "export", S, true, true }, { "name", S, true, true }, { NULL } } },
+	{ "bitmap-clear", "empty a dirty bitmap",
+	  { { "export", S, true, true }, { "bitmap", S, true, true }, { NULL } } },
+	{ "bitmap-remove", "delete a dirty bitmap",
+	  { { "export", S, true, true }, { "bitmap", S, true, true }, { NULL } } },
 };
 const size_t ctl_ncommands = sizeof(ctl_commands) / sizeof(ctl_commands[0]);
 

@@ -40,7 +40,7 @@ struct ctl_arg_spec {
 	bool positional;           /* uringnbdctl takes it as a bare word, in order */
 };
 
-#define CTL_MAX_ARGS 12
+#define CTL_MAX_ARGS 16
 struct ctl_command_spec {
 	const char *name;
 	const char *summary;       /* one line, for uringnbdctl --help */

@@ -129,6 +129,9 @@ struct export_spec {
 	const char *tls_allow;
 	bool tls_required;     /* tls = require */
 	const char *overlay;   /* overlay file, "temporary", or NULL (overlay.c) */
+	const char *bitmaps;   /* dirty bitmaps it tracks, "a,b" (bitmap.c), or NULL */
+	const char *bitmap_file; /* their sidecar file; NULL: PATH.bitmaps */
+	uint32_t bitmap_granularity; /* bytes per bit; 0: the sidecar's, or the default */
 	char *storage;         /* heap copy the strings point into, or NULL */
 	char *extra[6];        /* more heap strings (config file), freed with it */
 	unsigned nextra;
@@ -226,6 +229,7 @@ struct backing {
 	uint64_t cache_id;        /* its key in the page cache (never reused) */
 	atomic_int durability_err; /* errno of the first failed flush; 0 if none */
 	struct overlay *ov;       /* an overlay file's shared state (overlay.c), or NULL */
+	struct bitmaps *_Atomic bm; /* its dirty bitmaps (bitmap.c), or NULL; set once */
 	unsigned refs;            /* exports holding it (under the registry's lock) */
 	struct backing *next;     /* registry list */
 };
@@ -235,6 +239,8 @@ struct backing {
  * held: a new reference, or NULL if out of memory.
  */
 struct backing *backing_get(const struct stat *st, const char *path);
+/* Another reference to a record already held. */
+void backing_ref(struct backing *b);
 void backing_put(struct backing *b);
 /* A flush or FUA write of the file failed with err: remembered (and logged) once. */
 void backing_fail(struct backing *b, int err);
@@ -319,6 +325,84 @@ int overlay_zero(struct overlay *ov, int base_fd, uint64_t off, uint64_t len);
 size_t overlay_extents(const struct overlay *ov, int base_fd, uint64_t off, uint64_t len,
 		       bool one, struct proto_extent *ext, size_t max);
 uint64_t overlay_allocated_bytes(const struct overlay *ov);
+
+/* ---- bitmap.c: dirty bitmaps and checkpoints of one file, in a sidecar ---- */
+/*
+ * Every WRITE, WRITE_ZEROES and TRIM of a file with bitmaps marks the
+ * granules it touches in each live bitmap, and a newly set bit is on disk
+ * (written and synced) before the write that set it is issued: after a
+ * crash a bitmap may have extra bits, never a missing one. A checkpoint
+ * freezes a bitmap's contents beside a reflink copy of the image. The
+ * sidecar's format is in uringnbd(8) and at the top of bitmap.c.
+ */
+#define BITMAP_SLOTS 64              /* live bitmaps and checkpoints of a file, together */
+#define BITMAP_NAME_MAX 100          /* a bitmap's or checkpoint's name: [A-Za-z0-9_.+-] */
+#define BITMAP_DEFAULT_GRANULARITY (64u * 1024)
+#define BITMAP_CONTEXT_PREFIX "qemu:dirty-bitmap:"
+enum bitmap_kind { BITMAP_FREE, BITMAP_LIVE, BITMAP_FROZEN };
+struct bitmaps;
+/* A write waiting for its bits to be on disk: op is posted to w with 0 or -errno. */
+struct bitmap_wait {
+	struct bitmap_wait *next;
+	struct worker *w;
+	struct op *op;
+};
+/* What bitmaps_list() tells of one slot. */
+struct bitmap_info {
+	int slot;
+	enum bitmap_kind kind;
+	char name[BITMAP_NAME_MAX + 1];   /* the bitmap's, or the checkpoint's */
+	char bitmap[BITMAP_NAME_MAX + 1]; /* a checkpoint: the bitmap it froze */
+	int64_t created_s;
+	bool snapshot;                    /* a checkpoint with a reflink copy */
+	uint64_t dirty_granules;
+};
+/* Whether name may name a bitmap or checkpoint; if not, why says why. */
+bool bitmap_name_ok(const char *name, char *why, size_t len);
+/*
+ * Gives record b (file st, opened as path, fd O_DIRECT) its bitmaps from
+ * sidecar (made if missing; refused if it is another file's, truncated or
+ * unknown), and a live bitmap for each name of the comma list names (made
+ * on first use). A second export of the file shares the first's (the same
+ * sidecar only). Returns 0, or -1 with err saying why.
+ */
+int bitmaps_attach(struct backing *b, const char *sidecar, uint32_t granularity,
+		   const struct stat *st, const char *path, uint64_t size, const char *names,
+		   char *err, size_t errlen);
+/* Stops the committer and frees (the record's last reference). */
+void bitmaps_close(struct bitmaps *bm);
+uint32_t bitmaps_granularity(const struct bitmaps *bm);
+/* The slot of the live bitmap or checkpoint named name, or -1. */
+int bitmaps_find(struct bitmaps *bm, enum bitmap_kind kind, const char *name);
+/*
+ * A write of [off, off + len) is about to be issued: 0 if every bit it
+ * needs is on disk already (nothing to wait for); 1 if wt is queued for
+ * the next commit (its op is posted once the bits are synced, or with
+ * -errno if they could not be: the write must then fail).
+ */
+int bitmaps_mark(struct bitmaps *bm, uint64_t off, uint64_t len, struct bitmap_wait *wt);
+/* qemu:dirty-bitmap extents of slot over [off, off + len): at most max. Returns the count. */
+size_t bitmaps_extents(struct bitmaps *bm, int slot, uint64_t off, uint64_t len, bool one,
+		       struct proto_extent *ext, size_t max);
+/* Every used slot into out (at most BITMAP_SLOTS). Returns the count. */
+size_t bitmaps_list(struct bitmaps *bm, struct bitmap_info *out);
+/* Where checkpoint name's reflink copy of the image lives. */
+void bitmaps_snapshot_path(const struct bitmaps *bm, const char *name, char *buf, size_t len);
+/*
+ * Blocking, under an exclusive lock over the whole file (taken here, once
+ * the writes in flight are done): checkpoint name of bitmap freezes its
+ * bits with a reflink copy of the image (unless bitmap_only), and the live
+ * bitmap starts afresh. clear empties a live bitmap; remove deletes a live
+ * bitmap or (kind BITMAP_FROZEN) a checkpoint and its copy. 0, or -errno
+ * with err saying why; a failure changes nothing that was on disk.
+ */
+int bitmaps_checkpoint(struct bitmaps *bm, struct rl_manager *locks, int image_fd,
+		       const char *bitmap, const char *name, bool bitmap_only, char *err,
+		       size_t errlen);
+int bitmaps_clear(struct bitmaps *bm, struct rl_manager *locks, const char *bitmap, char *err,
+		  size_t errlen);
+int bitmaps_remove(struct bitmaps *bm, struct rl_manager *locks, enum bitmap_kind kind,
+		   const char *name, char *err, size_t errlen);
 
 /* ---- metrics.c: histograms (the rest of metrics.c is in metrics.h) ---- */
 /*
@@ -415,6 +499,16 @@ struct export {
 	struct backing *ov_backing; /* the overlay file's record: its locks, map, errors */
 	char *overlay_src;        /* as configured, to compare at reload */
 	struct export_counters *ctr; /* shared with the exports of the same name */
+	/* Dirty bitmaps (bitmap.c): its file's live ones, or a checkpoint's frozen one. */
+	struct bitmaps *bm;       /* whose slots ctx_slot names; NULL: none */
+	struct backing *bm_backing; /* a reference to the record that holds bm */
+	uint32_t nctx;            /* meta contexts beyond base:allocation */
+	char *ctx_names[PROTO_META_MAX_EXTRA]; /* "qemu:dirty-bitmap:NAME" */
+	int ctx_slot[PROTO_META_MAX_EXTRA];    /* ...and the slot each reads */
+	char *bitmaps_src;        /* as configured, to compare at reload */
+	char *bitmap_file_src;
+	uint32_t bitmap_granularity_src;
+	char *checkpoint;         /* a checkpoint's export (EXPORT@NAME): NAME; else NULL */
 };
 /* The record whose durability errors this export's flushes report. */
 static inline struct backing *export_store(const struct export *e)
@@ -459,6 +553,12 @@ size_t export_file_extents(int fd, uint64_t shift, uint64_t off, uint64_t len,
 			   struct proto_extent *ext, size_t n, size_t max);
 /* Fills the negotiation view of e. */
 void export_describe(const struct export *e, struct proto_export *out);
+/*
+ * The read-only export base->name@ck->name of a checkpoint of base's
+ * bitmaps: its reflink copy (or, bitmap only, base's file), offering the
+ * frozen bits as qemu:dirty-bitmap:BITMAP. NULL (logged) on failure.
+ */
+struct export *export_open_checkpoint(const struct export *base, const struct bitmap_info *ck);
 
 /* ---- worker.c: the loop-and-ring layer ---- */
 struct server;
@@ -531,6 +631,7 @@ struct worker_stats {
 	atomic_uint_fast64_t sqes;           /* SQEs they submitted */
 	atomic_uint_fast64_t completions;    /* CQEs handled */
 	atomic_uint_fast64_t io_timeouts;    /* connections closed by io-timeout */
+	atomic_uint_fast64_t bitmap_waits;   /* writes that waited for a dirty-bitmap commit */
 	atomic_uint_fast64_t results[CONN_RESULTS]; /* conn_result */
 	atomic_uint_fast64_t pool_used_bytes; /* gauge: pool chunks held */
 	atomic_uint_fast64_t pool_waiters;   /* gauge: connections waiting for chunks */
@@ -740,7 +841,15 @@ bool server_shutting_down(const struct server *srv);
  * Opens the exports specs describe, keeping (sharing) those of the current
  * table that match. Returns the new table, or NULL with nothing changed.
  */
-struct export **server_build_exports(struct server *s, const struct export_spec *specs, size_t n);
+struct export **server_build_exports(struct server *s, const struct export_spec *specs, size_t n,
+					 size_t *nout);
+/*
+ * The exports of base's checkpoints (export_open_checkpoint), those of the
+ * current table with the same name and file kept, appended to *t (a heap
+ * array of *n). Returns 0, or -1 (logged) with *t unchanged.
+ */
+int server_add_checkpoint_exports(struct server *s, const struct export *base, struct export ***t,
+				  size_t *n);
 /* Installs a new table; the old one's references are dropped. */
 void server_swap_exports(struct server *s, struct export **t, size_t n);
 /*

@@ -10,6 +10,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <stdlib.h>
@@ -269,6 +270,95 @@ void export_stats_sum(const struct export_counters *ec, struct export_stats *sum
 #undef LOAD
 }
 
+/* A meta context of e: qemu:dirty-bitmap:bitmap, reading slot. */
+static int export_add_context(struct export *e, const char *bitmap, int slot)
+{
+	char *n;
+
+	if (e->nctx == PROTO_META_MAX_EXTRA) {
+		log_error("export \"%s\": more than %d bitmaps", e->path, PROTO_META_MAX_EXTRA);
+		return -1;
+	}
+	if (asprintf(&n, "%s%s", BITMAP_CONTEXT_PREFIX, bitmap) < 0)
+		return -1;
+	e->ctx_names[e->nctx] = n;
+	e->ctx_slot[e->nctx++] = slot;
+	return 0;
+}
+
+/*
+ * The dirty bitmaps spec names, in the sidecar of e's file (bitmap.c): made
+ * on first use, then offered as meta contexts. Logs and returns -1 on error.
+ */
+static int export_bitmaps_open(struct export *e, const struct export_spec *spec,
+			       const struct stat *st)
+{
+	char err[512] = "", sidecar[PATH_MAX], *copy, *save = NULL, *n;
+	int ret = 0;
+
+	if (spec->overlay) {
+		log_error("export \"%s\": bitmaps and overlay together are not supported: a "
+			  "bitmap tracks a raw file or device", spec->name);
+		return -1;
+	}
+	if (spec->bitmap_file)
+		snprintf(sidecar, sizeof(sidecar), "%s", spec->bitmap_file);
+	else if (S_ISBLK(st->st_mode)) {
+		log_error("export \"%s\": bitmaps of a block device need bitmap-file (where to keep "
+			  "them)", spec->name);
+		return -1;
+	} else
+		snprintf(sidecar, sizeof(sidecar), "%s.bitmaps", spec->path);
+	copy = strdup(spec->bitmaps);
+	if (!copy)
+		return -1;
+	for (n = strtok_r(copy, ",", &save); n; n = strtok_r(NULL, ",", &save))
+		if (!bitmap_name_ok(n, err, sizeof(err))) {
+			log_error("export \"%s\": bitmaps: %s", spec->name, err);
+			free(copy);
+			return -1;
+		}
+	if (bitmaps_attach(e->backing, sidecar, spec->bitmap_granularity, st, spec->path,
+			   e->size_bytes, spec->bitmaps, err, sizeof(err)) < 0) {
+		log_error("export \"%s\": %s", spec->name, err);
+		free(copy);
+		return -1;
+	}
+	e->bm = atomic_load(&e->backing->bm);
+	backing_ref(e->backing);
+	e->bm_backing = e->backing;
+	free(copy);
+	copy = strdup(spec->bitmaps);
+	save = NULL;
+	for (n = copy ? strtok_r(copy, ",", &save) : NULL; n && !ret; n = strtok_r(NULL, ",", &save))
+		ret = export_add_context(e, n, bitmaps_find(e->bm, BITMAP_LIVE, n));
+	free(copy);
+	e->bitmaps_src = strdup(spec->bitmaps);
+	e->bitmap_file_src = spec->bitmap_file ? strdup(spec->bitmap_file) : NULL;
+	e->bitmap_granularity_src = spec->bitmap_granularity;
+	if (!copy || ret || !e->bitmaps_src || (spec->bitmap_file && !e->bitmap_file_src)) {
+		log_error("export \"%s\": out of memory", spec->name);
+		return -1;
+	}
+	return 0;
+}
+
+static void export_bitmaps_free(struct export *e)
+{
+	uint32_t i;
+
+	for (i = 0; i < e->nctx; i++)
+		free(e->ctx_names[i]);
+	e->nctx = 0;
+	free(e->bitmaps_src);
+	free(e->bitmap_file_src);
+	free(e->checkpoint);
+	e->bitmaps_src = e->bitmap_file_src = e->checkpoint = NULL;
+	backing_put(e->bm_backing);
+	e->bm_backing = NULL;
+	e->bm = NULL;
+}
+
 struct export *export_open(const struct export_spec *spec)
 {
 	struct export *e = calloc(1, sizeof(*e));
@@ -359,6 +449,10 @@ struct export *export_open(const struct export_spec *spec)
 		err = EINVAL;
 		goto out_free;
 	}
+	if (spec->bitmaps && export_bitmaps_open(e, spec, &st) < 0) {
+		err = EINVAL;
+		goto out_free;
+	}
 	e->name = strdup(spec->name ? spec->name : "");
 	e->description = strdup(spec->description ? spec->description : "");
 	e->path = strdup(spec->path);
@@ -397,6 +491,7 @@ struct export *export_open(const struct export_spec *spec)
 
 out_free:
 	export_access_free(e);
+	export_bitmaps_free(e);
 	backing_put(e->ov_backing);
 	free(e->overlay_src);
 	free(e->name);
@@ -426,6 +521,7 @@ void export_put(struct export *e)
 	backing_put(e->backing);
 	backing_put(e->ov_backing);
 	free(e->overlay_src);
+	export_bitmaps_free(e);
 	export_access_free(e);
 	free(e->name);
 	free(e->description);
@@ -447,6 +543,9 @@ bool export_matches(const struct export *e, const struct export_spec *spec)
 	       same_str(e->access_src[0], spec->allow) && same_str(e->access_src[1], spec->deny) &&
 	       same_str(e->access_src[2], spec->tls_allow) &&
 	       e->tls_required == spec->tls_required && same_str(e->overlay_src, spec->overlay) &&
+	       same_str(e->bitmaps_src, spec->bitmaps) &&
+	       same_str(e->bitmap_file_src, spec->bitmap_file) &&
+	       e->bitmap_granularity_src == spec->bitmap_granularity && !e->checkpoint &&
 	       !export_changed(e, NULL, 0);
 }
 
@@ -493,6 +592,9 @@ void export_spec_of(const struct export *e, struct export_spec *spec)
 		.tls_allow = e->access_src[2],
 		.tls_required = e->tls_required,
 		.overlay = e->overlay_src,
+		.bitmaps = e->bitmaps_src,
+		.bitmap_file = e->bitmap_file_src,
+		.bitmap_granularity = e->bitmap_granularity_src,
 	};
 }
 
@@ -518,6 +620,8 @@ void export_describe(const struct export *e, struct proto_export *out)
 	out->min_block = 1;
 	out->pref_block = e->align_bytes > 4096 ? e->align_bytes : 4096;
 	out->max_block = EXPORT_MAX_REQUEST_BYTES;
+	out->contexts = (const char *const *)e->ctx_names;
+	out->ncontexts = e->nctx;
 	out->opaque = (void *)e;
 }
 
@@ -564,4 +668,36 @@ size_t export_extents(const struct export *e, uint64_t off, uint64_t len, bool o
 		return 1;
 	}
 	return export_file_extents(e->fd, 0, off, len, ext, 0, one ? 1 : max);
+}
+
+struct export *export_open_checkpoint(const struct export *base, const struct bitmap_info *ck)
+{
+	char name[PROTO_NAME_MAX + 1], desc[512], snap[PATH_MAX];
+	struct export_spec spec;
+	struct export *e;
+
+	snprintf(name, sizeof(name), "%s@%s", base->name, ck->name);
+	snprintf(desc, sizeof(desc), "checkpoint %s of %s (bitmap %s)%s", ck->name, base->name,
+		 ck->bitmap, ck->snapshot ? "" : ": the live image, not a copy");
+	bitmaps_snapshot_path(base->bm, ck->name, snap, sizeof(snap));
+	export_spec_of(base, &spec);
+	spec.name = name;
+	spec.description = desc;
+	spec.path = ck->snapshot ? snap : base->path;
+	spec.readonly = true;
+	spec.bitmaps = NULL;
+	spec.bitmap_file = NULL;
+	spec.bitmap_granularity = 0;
+	e = export_open(&spec);
+	if (!e)
+		return NULL;
+	e->bm = base->bm;
+	backing_ref(base->bm_backing);
+	e->bm_backing = base->bm_backing;
+	e->checkpoint = strdup(ck->name);
+	if (!e->checkpoint || export_add_context(e, ck->bitmap, ck->slot) < 0) {
+		export_put(e);
+		return NULL;
+	}
+	return e;
 }

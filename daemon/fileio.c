@@ -357,22 +357,70 @@ static void fileio_extents_query(struct offload_job *j)
 				     BLOCK_STATUS_MAX_EXTENTS);
 }
 
+/*
+ * The reply: a BLOCK_STATUS chunk per context asked for, base:allocation's
+ * extents (found off the loop) first, then each dirty bitmap's from its
+ * bits, built in the front of the bounce chunk; DONE on the last.
+ */
+static void fileio_block_status_reply(struct req *q)
+{
+	struct conn *c = q->c;
+	const struct export *e = c->exp;
+	uint8_t *out = q->bounce.iov_base;
+	struct proto_extent *ext = (struct proto_extent *)(void *)(out + EXTENTS_OFF);
+	uint32_t rest = q->bs_contexts, k;
+	size_t pos = 0, n, desc = c->sess.extended ? 16 : 8, hdr = proto_block_status_len(&c->sess, 0);
+	bool one = q->r.flags & NBD_CMD_FLAG_REQ_ONE;
+	int len;
+
+	if (rest & 1) {
+		rest &= ~1u;
+		len = proto_encode_block_status_ctx(&c->sess, out, EXTENTS_OFF, &q->r,
+						    PROTO_META_ID_BASE_ALLOCATION, !rest, ext,
+						    q->nextents);
+		assert(len > 0);
+		pos = (size_t)len;
+	}
+	for (k = 0; k < e->nctx && rest; k++) {
+		unsigned left;
+		size_t max;
+
+		if (!(rest & (2u << k)))
+			continue;
+		rest &= ~(2u << k);
+		/* The room left, shared by this context and those after it. */
+		left = 1 + (unsigned)__builtin_popcount(rest);
+		max = (EXTENTS_OFF - pos) / left;
+		max = max > hdr + desc ? (max - hdr) / desc : 1;
+		if (max > BLOCK_STATUS_MAX_EXTENTS)
+			max = BLOCK_STATUS_MAX_EXTENTS;
+		n = bitmaps_extents(e->bm, e->ctx_slot[k], q->r.offset, q->r.len_bytes, one, ext, max);
+		if (!n) {
+			/* A bitmap removed under this connection: nothing is known dirty. */
+			ext[0].len_bytes = e->size_bytes - q->r.offset < q->r.len_bytes ?
+					   e->size_bytes - q->r.offset : q->r.len_bytes;
+			ext[0].flags = 0;
+			n = 1;
+		}
+		len = proto_encode_block_status_ctx(&c->sess, out + pos, EXTENTS_OFF - pos, &q->r,
+						    PROTO_META_ID_EXTRA + k, !rest, ext, n);
+		assert(len > 0);
+		pos += (size_t)len;
+	}
+	q->reply_raw_len = (uint32_t)pos;
+	req_finish(q, NBD_SUCCESS);
+}
+
 static void fileio_extents_done(struct conn_op *o, int res)
 {
 	struct req *q = container_of(o, struct req, op);
-	int len;
 
 	(void)res;
 	if (q->c->state == CONN_CLOSING) {
 		req_finish(q, NBD_EIO);
 		return;
 	}
-	len = proto_encode_block_status(&q->c->sess, q->bounce.iov_base, EXTENTS_OFF, &q->r,
-					(const struct proto_extent *)((uint8_t *)q->bounce.iov_base +
-								      EXTENTS_OFF), q->nextents);
-	assert(len > 0);
-	q->reply_raw_len = (uint32_t)len;
-	req_finish(q, NBD_SUCCESS);
+	fileio_block_status_reply(q);
 }
 
 static void fileio_block_status(struct req *q)
@@ -380,6 +428,12 @@ static void fileio_block_status(struct req *q)
 	_Static_assert(BLOCK_STATUS_MAX_EXTENTS * sizeof(struct proto_extent) <= EXTENTS_OFF,
 		       "the extents fit the back half of the bounce chunk");
 	req_set_state(q, REQ_EXTENTS);
+	/* Without base:allocation, no file query: the bits are in memory. */
+	if (!(q->bs_contexts & 1)) {
+		q->nextents = 0;
+		fileio_block_status_reply(q);
+		return;
+	}
 	conn_op_init(&q->op, q->c, fileio_extents_done);
 	conn_expect(&q->op);
 	q->job = (struct offload_job){ .fn = fileio_extents_query, .w = q->c->w, .op = &q->op.op };

@@ -202,7 +202,7 @@ static void on_reload(struct ev_loop *loop, ev_signal *w, int revents)
 			  "configuration stays", tls_mode_name(srv.tls_mode), tls_mode_name(mode));
 		t = NULL;
 	} else {
-		t = specs ? server_build_exports(&srv, specs, n) : NULL;
+		t = specs ? server_build_exports(&srv, specs, n, &n) : NULL;
 		if (!t)
 			log_error("reload: exports of %s could not be opened; the previous "
 				  "configuration stays", config_path ? config_path : "the command line");
@@ -386,10 +386,9 @@ int main(int argc, char **argv)
 		goto out_config;
 	srv.list_refused = list_refused(&file);
 	export_set_stat_slots((unsigned)threads);
-	srv.exports = server_build_exports(&srv, specs, nspecs);
+	srv.exports = server_build_exports(&srv, specs, nspecs, &srv.nexports);
 	if (!srv.exports)
 		goto out_config;
-	srv.nexports = nspecs;
 	srv.loop = ev_default_loop(EVFLAG_AUTO);
 	srv.start_time_s = (double)time(NULL);
 

@@ -331,6 +331,9 @@ char *metrics_prometheus(const struct metrics *m, size_t *len)
 	family(f, "uringnbd_io_timeouts_total", "counter",
 	       "Connections closed because a reply or payload stalled (io-timeout).");
 	fprintf(f, "uringnbd_io_timeouts_total %" PRIu64 "\n", LOAD(s->io_timeouts));
+	family(f, "uringnbd_bitmap_waits_total", "counter",
+	       "Writes that waited for their dirty-bitmap bits to be synced first.");
+	fprintf(f, "uringnbd_bitmap_waits_total %" PRIu64 "\n", LOAD(s->bitmap_waits));
 	family(f, "uringnbd_durability_failed", "gauge",
 	       "1 if a flush of the export's file failed (writes may have been lost).");
 	for (i = 0; i < m->nexports; i++) {
@@ -439,6 +442,7 @@ json_object *metrics_json(const struct metrics *m)
 	json_object_object_add(x, "over_limit", u64(m->over_limit));
 	json_object_object_add(o, "connections-total", x);
 	json_object_object_add(o, "io-timeouts", u64(LOAD(s->io_timeouts)));
+	json_object_object_add(o, "bitmap-waits", u64(LOAD(s->bitmap_waits)));
 	x = json_object_new_object();
 	json_object_object_add(x, "acquired", u64(LOAD(s->lock_acquired)));
 	json_object_object_add(x, "waited", u64(LOAD(s->lock_waited)));

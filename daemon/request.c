@@ -18,7 +18,7 @@
 
 #define S(x) (1u << (x))
 #define LOCKED_STATES \
-	(S(REQ_LOCKED) | S(REQ_RMW) | S(REQ_IO) | S(REQ_FALLOC) | S(REQ_ZERO_WRITE) | \
+	(S(REQ_LOCKED) | S(REQ_BITMAP) | S(REQ_RMW) | S(REQ_IO) | S(REQ_FALLOC) | S(REQ_ZERO_WRITE) | \
 	 S(REQ_SYNC) | S(REQ_CACHED) | S(REQ_EXTENTS) | S(REQ_SEG_REPLY) | S(REQ_SEG_PAYLOAD))
 /* Where a segment's work ends. */
 #define SEG_END_STATES (S(REQ_IO) | S(REQ_SYNC) | S(REQ_CACHED))
@@ -33,7 +33,9 @@ static const uint32_t req_from[REQ_NSTATES] = {
 	[REQ_LOCK_WAIT] = S(REQ_NEW) | S(REQ_BUFFERS) | S(REQ_PAYLOAD),
 	[REQ_LOCKED] = S(REQ_NEW) | S(REQ_BUFFERS) | S(REQ_PAYLOAD) | S(REQ_LOCK_WAIT) |
 		       S(REQ_SEG_REPLY) | S(REQ_SEG_PAYLOAD) |
-		       SEG_END_STATES | S(REQ_FALLOC) | S(REQ_ZERO_WRITE), /* a WRITE_ZEROES' next segment */
+		       SEG_END_STATES | S(REQ_FALLOC) | S(REQ_ZERO_WRITE) | /* a WRITE_ZEROES' next segment */
+		       S(REQ_BITMAP),
+	[REQ_BITMAP] = S(REQ_LOCKED),
 	[REQ_RMW] = S(REQ_LOCKED),
 	[REQ_IO] = S(REQ_LOCKED) | S(REQ_RMW) | S(REQ_EXTENTS), /* a READ that found its holes */
 	[REQ_FALLOC] = S(REQ_LOCKED) | S(REQ_FALLOC),
@@ -213,12 +215,47 @@ void req_segment_start(struct req *q)
 	q->seg = true;
 }
 
-void req_run_locked(struct req *q)
+static void req_run_work(struct req *q)
 {
 	if (q->plan.cached)
 		cached_start(q);
 	else
 		fileio_start(q);
+}
+
+/* The bits a write set are on disk (res 0), or could not be put there. */
+static void req_bitmap_synced(struct conn_op *o, int res)
+{
+	struct req *q = container_of(o, struct req, op);
+
+	req_set_state(q, REQ_LOCKED);
+	if (q->c->state == CONN_CLOSING)
+		req_finish(q, NBD_EIO);
+	else if (res < 0)
+		req_finish(q, proto_errno_to_nbd(-res)); /* not written: no bit is missing */
+	else
+		req_run_work(q);
+}
+
+void req_run_locked(struct req *q)
+{
+	struct conn *c = q->c;
+	struct bitmaps *bm;
+
+	/* A write to a file with dirty bitmaps: its bits on disk before its data. */
+	if (q->plan.exclusive &&
+	    (bm = atomic_load_explicit(&export_store(c->exp)->bm, memory_order_acquire))) {
+		conn_op_init(&q->op, c, req_bitmap_synced);
+		q->bm_wait = (struct bitmap_wait){ .w = c->w, .op = &q->op.op };
+		req_set_state(q, REQ_BITMAP);
+		if (bitmaps_mark(bm, q->r.offset, q->r.len_bytes, &q->bm_wait)) {
+			stat_add(&c->w->stats.bitmap_waits, 1);
+			conn_expect(&q->op);
+			return;
+		}
+		req_set_state(q, REQ_LOCKED);
+	}
+	req_run_work(q);
 }
 
 static void req_lock_granted(struct conn_op *o, int res)

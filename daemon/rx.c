@@ -324,11 +324,15 @@ static bool rx_request(struct conn *c)
 	if (server_shutting_down(c->w->srv))
 		return rx_refuse(q, NBD_ESHUTDOWN);
 	/* BLOCK_STATUS naming its contexts: the payload (all buffered, rx_next saw to it). */
+	q->bs_contexts = proto_block_status_contexts(&c->sess, NULL, 0);
 	if (proto_block_status_payload(&c->sess, &q->r)) {
 		uint64_t effect = 0;
 
 		err = proto_decode_block_status_payload(&c->sess, c->rxbuf + c->rx_start,
 							q->r.len_bytes, &effect);
+		if (err == NBD_SUCCESS)
+			q->bs_contexts = proto_block_status_contexts(&c->sess, c->rxbuf + c->rx_start,
+								     q->r.len_bytes);
 		c->rx_start += (size_t)q->r.len_bytes;
 		q->r.flags &= (uint16_t)~NBD_CMD_FLAG_PAYLOAD_LEN;
 		q->r.len_bytes = effect;

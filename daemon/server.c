@@ -151,11 +151,59 @@ void server_conn_gone(struct server *s, const struct client_key *key)
 		ev_async_send(s->loop, &s->single_done);
 }
 
+int server_add_checkpoint_exports(struct server *s, const struct export *base, struct export ***t,
+				  size_t *n)
+{
+	struct bitmap_info *info;
+	struct export **grown, *e;
+	size_t k, m, j, added = 0;
+	char name[PROTO_NAME_MAX + 1];
+
+	if (!base->bm || base->checkpoint)
+		return 0;
+	info = calloc(BITMAP_SLOTS, sizeof(*info));
+	if (!info)
+		return -1;
+	m = bitmaps_list(base->bm, info);
+	grown = realloc(*t, (*n + m + 1) * sizeof(**t));
+	if (!grown) {
+		free(info);
+		return -1;
+	}
+	*t = grown;
+	for (k = 0; k < m; k++) {
+		if (info[k].kind != BITMAP_FROZEN)
+			continue;
+		snprintf(name, sizeof(name), "%s@%s", base->name, info[k].name);
+		e = NULL;
+		/* The same checkpoint's export in the table now: kept, with its counters. */
+		pthread_rwlock_rdlock(&s->exports_lock);
+		for (j = 0; j < s->nexports && !e; j++)
+			if (s->exports[j]->checkpoint && s->exports[j]->bm == base->bm &&
+			    !strcmp(s->exports[j]->name, name)) {
+				e = s->exports[j];
+				export_get(e);
+			}
+		pthread_rwlock_unlock(&s->exports_lock);
+		if (!e)
+			e = export_open_checkpoint(base, &info[k]);
+		if (!e) {
+			log_error("export \"%s\": checkpoint \"%s\" is not served", base->name,
+				  info[k].name);
+			continue;
+		}
+		(*t)[*n + added++] = e;
+	}
+	*n += added;
+	free(info);
+	return 0;
+}
+
 struct export **server_build_exports(struct server *s, const struct export_spec *specs,
-				     size_t n)
+				     size_t n, size_t *nout)
 {
 	struct export **t = calloc(n ? n : 1, sizeof(*t));
-	size_t i, j;
+	size_t i, j, total;
 
 	if (!t)
 		return NULL;
@@ -180,6 +228,16 @@ struct export **server_build_exports(struct server *s, const struct export_spec 
 				export_share_counters(t[i], s->exports[j]);
 		pthread_rwlock_unlock(&s->exports_lock);
 	}
+	/* Then each checkpoint of their bitmaps, as EXPORT@CHECKPOINT. */
+	total = n;
+	for (i = 0; i < n; i++)
+		if (server_add_checkpoint_exports(s, t[i], &t, &total) < 0) {
+			for (j = n; j < total; j++)
+				export_put(t[j]);
+			n = total = n;
+			goto out_err;
+		}
+	*nout = total;
 	return t;
 
 out_err:

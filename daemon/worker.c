@@ -244,6 +244,7 @@ void worker_stats_add(const struct worker *w, struct worker_stats *sum)
 	ADD(sqes);
 	ADD(completions);
 	ADD(io_timeouts);
+	ADD(bitmap_waits);
 	ADD(pool_used_bytes);
 	ADD(pool_waiters);
 	for (i = 0; i < CONN_RESULTS; i++)

@@ -40,6 +40,7 @@ void proto_session_tls_started(struct proto_session *s)
 	s->structured = false;
 	s->extended = false;
 	s->meta_base_allocation = false;
+	s->meta_extra = 0;
 	s->meta_export = NULL;
 	s->starttls = false;
 	s->tls = true;
@@ -107,7 +108,7 @@ static uint16_t session_tflags(const struct proto_session *s, const struct proto
 	if (!s->structured)
 		tflags &= (uint16_t)~NBD_FLAG_SEND_DF;
 	/* A BLOCK_STATUS payload choosing contexts: with extended headers and a context. */
-	if (s->extended && s->meta_base_allocation)
+	if (s->extended && s->meta_export == e->opaque && (s->meta_base_allocation || s->meta_extra))
 		tflags |= NBD_FLAG_BLOCK_STAT_PAYLOAD;
 	return tflags;
 }
@@ -115,8 +116,10 @@ static uint16_t session_tflags(const struct proto_session *s, const struct proto
 /* Transmission begins on export e; contexts chosen for another export lapse. */
 static void session_enter(struct proto_session *s, const struct proto_export *e, uint16_t tflags)
 {
-	if (s->meta_export != e->opaque)
+	if (s->meta_export != e->opaque) {
 		s->meta_base_allocation = false;
+		s->meta_extra = 0;
+	}
 	s->export = *e;
 	s->tflags = tflags;
 	s->phase = PROTO_PHASE_TRANSMISSION;
@@ -305,25 +308,43 @@ static int opt_info_go(struct proto_session *s, const struct proto_exports *ex,
 	return 0;
 }
 
-static bool query_is(const uint8_t *q, uint32_t len, const char *what)
+/*
+ * Whether query q selects context name: the name itself; for LIST also a
+ * namespace or part of a name up to a colon ("base:", "qemu:",
+ * "qemu:dirty-bitmap:").
+ */
+static bool query_selects(const uint8_t *q, uint32_t len, const char *name, bool list)
 {
-	return len == strlen(what) && memcmp(q, what, len) == 0;
+	size_t n = strlen(name);
+
+	if (len == n)
+		return memcmp(q, name, n) == 0;
+	return list && len && len < n && q[len - 1] == ':' && memcmp(q, name, len) == 0;
+}
+
+static int meta_context_reply(struct proto_buf *out, uint32_t option, uint32_t id, const char *name)
+{
+	uint8_t item[4 + PROTO_NAME_MAX];
+	size_t n = strnlen(name, PROTO_NAME_MAX);
+
+	proto_put_u32(item, id);
+	memcpy(item + 4, name, n);
+	return proto_encode_option_reply(out, option, NBD_REP_META_CONTEXT, item, 4 + n);
 }
 
 /*
  * LIST_META_CONTEXT and SET_META_CONTEXT. Data: u32 name length, name, u32
  * number of queries, then each query as u32 length and string. uringnbd
- * knows one context, base:allocation; LIST with no queries, or the query
- * "base:", lists it.
+ * knows base:allocation and the export's own contexts (its dirty bitmaps);
+ * LIST with no queries lists them all, and takes namespaces (query_selects).
  */
 static int opt_meta_context(struct proto_session *s, const struct proto_exports *ex,
 			    const struct proto_option *opt, const uint8_t *data,
 			    struct proto_buf *out)
 {
 	bool set = opt->option == NBD_OPT_SET_META_CONTEXT, match = false;
-	uint32_t len = opt->len_bytes, name_len, nq, i, p, ql;
+	uint32_t len = opt->len_bytes, name_len, nq, i, p, ql, k, extra = 0;
 	struct proto_export e;
-	uint8_t item[4 + sizeof(PROTO_META_BASE_ALLOCATION)];
 	int ret;
 
 	if (!s->structured)
@@ -362,22 +383,34 @@ static int opt_meta_context(struct proto_session *s, const struct proto_exports 
 	ret = find_export(s, ex, opt, (const char *)data + 4, name_len, &e, out);
 	if (ret)
 		return ret < 0 ? ret : 0;
+	if (e.ncontexts > PROTO_META_MAX_EXTRA)
+		e.ncontexts = PROTO_META_MAX_EXTRA;
 
-	if (!set && nq == 0)
+	if (!set && nq == 0) {
 		match = true;
+		extra = e.ncontexts ? (uint32_t)((1ull << e.ncontexts) - 1) : 0;
+	}
 	for (i = 0, p = 8 + name_len; i < nq; i++) {
 		ql = proto_get_u32(data + p);
-		if (query_is(data + p + 4, ql, PROTO_META_BASE_ALLOCATION) ||
-		    (!set && query_is(data + p + 4, ql, "base:")))
+		if (query_selects(data + p + 4, ql, PROTO_META_BASE_ALLOCATION, !set))
 			match = true;
+		for (k = 0; k < e.ncontexts; k++)
+			if (query_selects(data + p + 4, ql, e.contexts[k], !set))
+				extra |= 1u << k;
 		p += 4 + ql;
 	}
+	/* LIST replies carry id 0; SET gives each context its id. */
 	if (match) {
-		/* LIST replies carry id 0; SET gives the context its id. */
-		proto_put_u32(item, set ? PROTO_META_ID_BASE_ALLOCATION : 0);
-		memcpy(item + 4, PROTO_META_BASE_ALLOCATION, sizeof(PROTO_META_BASE_ALLOCATION) - 1);
-		ret = proto_encode_option_reply(out, opt->option, NBD_REP_META_CONTEXT, item,
-						sizeof(item) - 1);
+		ret = meta_context_reply(out, opt->option, set ? PROTO_META_ID_BASE_ALLOCATION : 0,
+					 PROTO_META_BASE_ALLOCATION);
+		if (ret < 0)
+			return ret;
+	}
+	for (k = 0; k < e.ncontexts; k++) {
+		if (!(extra & (1u << k)))
+			continue;
+		ret = meta_context_reply(out, opt->option, set ? PROTO_META_ID_EXTRA + k : 0,
+					 e.contexts[k]);
 		if (ret < 0)
 			return ret;
 	}
@@ -386,6 +419,7 @@ static int opt_meta_context(struct proto_session *s, const struct proto_exports 
 		return ret;
 	if (set) {
 		s->meta_base_allocation = match;
+		s->meta_extra = extra;
 		s->meta_export = e.opaque;
 	}
 	return 0;
@@ -480,6 +514,7 @@ int proto_negotiate(struct proto_session *s, const struct proto_exports *ex,
 	/* SET_META_CONTEXT replaces the selection, even when it fails. */
 	if (opt->option == NBD_OPT_SET_META_CONTEXT) {
 		next.meta_base_allocation = false;
+		next.meta_extra = 0;
 		next.meta_export = NULL;
 	}
 	ret = negotiate_one(&next, ex, opt, data, out);

@@ -126,6 +126,14 @@
 #define NBD_STATE_ZERO (1u << 1)
 #define PROTO_META_BASE_ALLOCATION "base:allocation"
 #define PROTO_META_ID_BASE_ALLOCATION 1 /* the id uringnbd gives it */
+/*
+ * An export may offer more contexts (qemu:dirty-bitmap:NAME): the i-th of
+ * them gets id PROTO_META_ID_EXTRA + i. At most PROTO_META_MAX_EXTRA.
+ */
+#define PROTO_META_ID_EXTRA 2
+#define PROTO_META_MAX_EXTRA 24
+/* The state bit of a qemu:dirty-bitmap context. */
+#define NBD_STATE_DIRTY (1u << 0)
 
 /* NBD error values (transmission phase). */
 #define NBD_SUCCESS    0
@@ -173,6 +181,8 @@ struct proto_export {
 	uint32_t pref_block;
 	uint32_t max_block;
 	bool tls_only;           /* served only once TLS is up (SELECTIVETLS) */
+	const char *const *contexts; /* meta contexts beyond base:allocation, full names */
+	uint32_t ncontexts;      /* ...how many (at most PROTO_META_MAX_EXTRA) */
 	void *opaque;            /* the caller's export, handed back untouched */
 };
 
@@ -219,6 +229,7 @@ struct proto_session {
 	bool structured;          /* structured replies negotiated (or implied) */
 	bool extended;            /* extended headers negotiated */
 	bool meta_base_allocation; /* base:allocation selected by SET_META_CONTEXT */
+	uint32_t meta_extra;      /* bit i: the export's contexts[i] selected too */
 	const void *meta_export;  /* ...for this export (its opaque); else none */
 	struct proto_export export; /* valid once phase is TRANSMISSION */
 	uint16_t tflags;          /* transmission flags sent to the client */
@@ -316,6 +327,13 @@ uint32_t proto_validate_request(const struct proto_session *s, const struct prot
 bool proto_block_status_payload(const struct proto_session *s, const struct proto_request *req);
 uint32_t proto_decode_block_status_payload(const struct proto_session *s, const uint8_t *p,
 					   uint64_t len, uint64_t *effect_len);
+/*
+ * The contexts a BLOCK_STATUS answers, as a mask: bit 0 base:allocation,
+ * bit i + 1 the export's contexts[i]. Every negotiated one, or (p not NULL)
+ * those a payload that decoded cleanly names.
+ */
+uint32_t proto_block_status_contexts(const struct proto_session *s, const uint8_t *p,
+				     uint64_t len);
 
 /*
  * Encodes the header of one reply chunk for the session: a structured chunk
@@ -364,6 +382,10 @@ size_t proto_block_status_len(const struct proto_session *s, size_t n);
 int proto_encode_block_status(const struct proto_session *s, uint8_t *out, size_t cap,
 			      const struct proto_request *req, const struct proto_extent *ext,
 			      size_t n);
+/* The same for context id, with DONE set only if done (more chunks follow otherwise). */
+int proto_encode_block_status_ctx(const struct proto_session *s, uint8_t *out, size_t cap,
+				  const struct proto_request *req, uint32_t id, bool done,
+				  const struct proto_extent *ext, size_t n);
 
 /* Maps a (positive) errno value to the NBD error sent for it. */
 uint32_t proto_errno_to_nbd(int err);

@@ -108,7 +108,8 @@ uint32_t proto_validate_request(const struct proto_session *s, const struct prot
 		return NBD_EINVAL;
 	if (req->type == NBD_CMD_FLUSH)
 		return NBD_SUCCESS; /* offset and length mean nothing */
-	if (req->type == NBD_CMD_BLOCK_STATUS && (!s->meta_base_allocation || req->len_bytes == 0))
+	if (req->type == NBD_CMD_BLOCK_STATUS &&
+	    ((!s->meta_base_allocation && !s->meta_extra) || req->len_bytes == 0))
 		return NBD_EINVAL;
 	if ((req->type == NBD_CMD_READ || req->type == NBD_CMD_WRITE) && req->len_bytes > max_len_bytes)
 		return NBD_EINVAL;
@@ -125,23 +126,45 @@ bool proto_block_status_payload(const struct proto_session *s, const struct prot
 	       req->len_bytes <= PROTO_BS_PAYLOAD_MAX;
 }
 
+/* The mask bit of context id in this session, or 0 if it was not negotiated. */
+static uint32_t context_bit(const struct proto_session *s, uint32_t id)
+{
+	if (id == PROTO_META_ID_BASE_ALLOCATION)
+		return s->meta_base_allocation ? 1u : 0;
+	if (id < PROTO_META_ID_EXTRA || id - PROTO_META_ID_EXTRA >= PROTO_META_MAX_EXTRA)
+		return 0;
+	return (s->meta_extra >> (id - PROTO_META_ID_EXTRA) & 1u) << (id - PROTO_META_ID_EXTRA + 1);
+}
+
 uint32_t proto_decode_block_status_payload(const struct proto_session *s, const uint8_t *p,
 					   uint64_t len, uint64_t *effect_len)
 {
 	uint64_t i;
-	unsigned base = 0;
+	uint32_t seen = 0, bit;
 
 	if (len < 12 || len > PROTO_BS_PAYLOAD_MAX || (len - 8) % 4)
 		return NBD_EINVAL;
 	for (i = 8; i < len; i += 4) {
-		/* base:allocation is the only context there is to choose. */
-		if (proto_get_u32(p + i) != PROTO_META_ID_BASE_ALLOCATION || !s->meta_base_allocation)
-			return NBD_EINVAL;
-		if (base++)
-			return NBD_EINVAL; /* repeated */
+		bit = context_bit(s, proto_get_u32(p + i));
+		if (!bit || (seen & bit))
+			return NBD_EINVAL; /* not negotiated, or repeated */
+		seen |= bit;
 	}
 	*effect_len = proto_get_u64(p);
 	return NBD_SUCCESS;
+}
+
+uint32_t proto_block_status_contexts(const struct proto_session *s, const uint8_t *p,
+				     uint64_t len)
+{
+	uint32_t mask = 0;
+	uint64_t i;
+
+	if (!p)
+		return (s->meta_base_allocation ? 1u : 0) | s->meta_extra << 1;
+	for (i = 8; i + 4 <= len; i += 4)
+		mask |= context_bit(s, proto_get_u32(p + i));
+	return mask;
 }
 
 size_t proto_encode_reply_hdr(const struct proto_session *s, uint8_t out[PROTO_REPLY_HDR_MAX_LEN],
@@ -201,26 +224,33 @@ int proto_encode_block_status(const struct proto_session *s, uint8_t *out, size_
 			      const struct proto_request *req, const struct proto_extent *ext,
 			      size_t n)
 {
+	return proto_encode_block_status_ctx(s, out, cap, req, PROTO_META_ID_BASE_ALLOCATION, true,
+					     ext, n);
+}
+
+int proto_encode_block_status_ctx(const struct proto_session *s, uint8_t *out, size_t cap,
+				  const struct proto_request *req, uint32_t id, bool done,
+				  const struct proto_extent *ext, size_t n)
+{
 	size_t len = proto_block_status_len(s, n), hdr, i;
+	uint16_t flags = done ? NBD_REPLY_FLAG_DONE : 0;
 	uint8_t *p;
 
 	if (cap < len)
 		return -ENOBUFS;
 	if (s->extended) {
-		hdr = proto_encode_reply_hdr(s, out, NBD_REPLY_FLAG_DONE,
-					     NBD_REPLY_TYPE_BLOCK_STATUS_EXT, req->cookie,
-					     req->offset, 8 + 16 * n);
-		proto_put_u32(out + hdr, PROTO_META_ID_BASE_ALLOCATION);
+		hdr = proto_encode_reply_hdr(s, out, flags, NBD_REPLY_TYPE_BLOCK_STATUS_EXT,
+					     req->cookie, req->offset, 8 + 16 * n);
+		proto_put_u32(out + hdr, id);
 		proto_put_u32(out + hdr + 4, (uint32_t)n);
 		for (i = 0, p = out + hdr + 8; i < n; i++, p += 16) {
 			proto_put_u64(p, ext[i].len_bytes);
 			proto_put_u64(p + 8, ext[i].flags);
 		}
 	} else {
-		hdr = proto_encode_reply_hdr(s, out, NBD_REPLY_FLAG_DONE,
-					     NBD_REPLY_TYPE_BLOCK_STATUS, req->cookie,
-					     req->offset, 4 + 8 * n);
-		proto_put_u32(out + hdr, PROTO_META_ID_BASE_ALLOCATION);
+		hdr = proto_encode_reply_hdr(s, out, flags, NBD_REPLY_TYPE_BLOCK_STATUS,
+					     req->cookie, req->offset, 4 + 8 * n);
+		proto_put_u32(out + hdr, id);
 		for (i = 0, p = out + hdr + 4; i < n; i++, p += 8) {
 			proto_put_u32(p, (uint32_t)ext[i].len_bytes);
 			proto_put_u32(p + 4, ext[i].flags);
