@@ -96,6 +96,7 @@ struct bitmaps {
 	struct old_bits *old;
 	pthread_mutex_t admin;      /* one checkpoint, clear or remove at a time */
 	uint64_t *page_buf;         /* the committer's copy of a page */
+	atomic_uint_fast64_t commits, commit_pages; /* syncs done, pages they wrote */
 #ifdef URINGNBD_TEST_HOOKS
 	unsigned test_late_ms;      /* test builds: bits synced after the data, this late */
 #endif
@@ -128,6 +129,12 @@ bool bitmap_name_ok(const char *name, char *why, size_t len)
 uint32_t bitmaps_granularity(const struct bitmaps *bm)
 {
 	return bm->granularity;
+}
+
+void bitmaps_commits(const struct bitmaps *bm, uint64_t *commits, uint64_t *pages)
+{
+	*commits = atomic_load_explicit(&bm->commits, memory_order_relaxed);
+	*pages = atomic_load_explicit(&bm->commit_pages, memory_order_relaxed);
 }
 
 static uint64_t slot_off(const struct bitmaps *bm, int i)
@@ -655,6 +662,8 @@ static void *committer_main(void *arg)
 			pthread_mutex_unlock(&bm->lock);
 			if (fdatasync(bm->fd) < 0)
 				err = -errno;
+			atomic_fetch_add_explicit(&bm->commits, 1, memory_order_relaxed);
+			atomic_fetch_add_explicit(&bm->commit_pages, npages, memory_order_relaxed);
 			pthread_mutex_lock(&bm->lock);
 		}
 		for (k = 0; k < npages; k++) {

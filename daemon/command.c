@@ -439,9 +439,13 @@ static json_object *bitmaps_json(const struct export *e)
 	uint32_t gran = bitmaps_granularity(e->bm);
 	char snap[PATH_MAX], name[PROTO_NAME_MAX + 1];
 	size_t n = info ? bitmaps_list(e->bm, info) : 0, k;
+	uint64_t commits, pages;
 
 	json_object_object_add(o, "export", json_object_new_string(e->name));
 	json_object_object_add(o, "granularity", json_object_new_uint64(gran));
+	bitmaps_commits(e->bm, &commits, &pages);
+	json_object_object_add(o, "commits", json_object_new_uint64(commits));
+	json_object_object_add(o, "commit-pages", json_object_new_uint64(pages));
 	for (k = 0; k < n; k++) {
 		json_object *b = json_object_new_object();
 

@@ -372,6 +372,8 @@ int bitmaps_attach(struct backing *b, const char *sidecar, uint32_t granularity,
 /* Stops the committer and frees (the record's last reference). */
 void bitmaps_close(struct bitmaps *bm);
 uint32_t bitmaps_granularity(const struct bitmaps *bm);
+/* Commits (syncs of the sidecar before writes) so far, and the pages they wrote. */
+void bitmaps_commits(const struct bitmaps *bm, uint64_t *commits, uint64_t *pages);
 /* The slot of the live bitmap or checkpoint named name, or -1. */
 int bitmaps_find(struct bitmaps *bm, enum bitmap_kind kind, const char *name);
 /*

@@ -3,6 +3,7 @@
 made with real mkfs, a daemon on a private unix socket, and cleanup of all
 of it on any exit. Exit 0 pass, 1 fail, 77 skip."""
 import atexit
+import json
 import os
 import shutil
 import subprocess
@@ -12,6 +13,8 @@ import time
 
 URINGNBD = os.path.abspath(os.environ.get("URINGNBD", "build/uringnbd"))
 FAULTFS = os.path.abspath(os.environ.get("FAULTFS", "build/tests/faults/faultfs"))
+URINGNBDCTL = os.path.abspath(os.environ.get(
+    "URINGNBDCTL", os.path.join(os.path.dirname(URINGNBD), "uringnbdctl")))
 BASE = os.environ.get("TEST_TMPDIR", "build/tmp")
 
 
@@ -22,6 +25,7 @@ class Fault:
         self.dir = tempfile.mkdtemp(prefix=name + ".", dir=BASE)
         self.sockdir = tempfile.mkdtemp(prefix="uringnbd-test.", dir="/tmp")
         self.sock = os.path.join(self.sockdir, "sock")
+        self.ctl_sock = os.path.join(self.sockdir, "ctl")
         self.log = os.path.join(self.dir, "daemon.log")
         self.proc = None
         self.mounts = []
@@ -114,13 +118,17 @@ class Fault:
             self.fail(f"umount {mnt}")
         self.mounts.remove(mnt)
 
-    def start(self, *args):
+    def start(self, *args, binary=None, env=None):
         if os.path.exists(self.sock):
             os.unlink(self.sock)
-        self.proc = subprocess.Popen([URINGNBD, "-U", self.sock, *args],
-                                     stderr=open(self.log, "a"))
+        self.proc = subprocess.Popen([binary or URINGNBD, "-U", self.sock, *args],
+                                     stderr=open(self.log, "a"), env=env)
+        want = [self.sock] + ([args[args.index("--control") + 1]] if "--control" in args else [])
+        for p in want[1:]:
+            if os.path.exists(p):
+                os.unlink(p)  # a killed daemon's: wait for the new one's
         for _ in range(1000):
-            if os.path.exists(self.sock):
+            if all(os.path.exists(p) for p in want):
                 return
             if self.proc.poll() is not None:
                 self.fail(f"the daemon exited at start ({self.proc.returncode})")
@@ -138,3 +146,67 @@ class Fault:
 
     def uri(self, export=""):
         return f"nbd+unix:///{export}?socket={self.sock}"
+
+    def ctl(self, *args, ok=True):
+        """uringnbdctl --json on --control ctl_sock: the reply (ok), or (status, stdout+stderr)."""
+        r = subprocess.run([URINGNBDCTL, "-c", self.ctl_sock, "--json", *args],
+                           capture_output=True, text=True)
+        if not ok:
+            return r.returncode, r.stdout + r.stderr
+        if r.returncode != 0:
+            self.fail(f"uringnbdctl {' '.join(args)}: {r.stdout}{r.stderr}")
+        return json.loads(r.stdout) if r.stdout.strip() else None
+
+
+def dirty_ranges(uri, bitmap, size):
+    """The [start, end) ranges qemu:dirty-bitmap:BITMAP of the export at uri marks dirty."""
+    import nbd
+    ctx = "qemu:dirty-bitmap:" + bitmap
+    h = nbd.NBD()
+    h.add_meta_context(ctx)
+    h.connect_uri(uri)
+    if not h.can_meta_context(ctx):
+        raise RuntimeError(f"{uri}: no {ctx}")
+    out, pos = [], 0
+    while pos < size:
+        got = []
+
+        def cb(metacontext, offset, entries, err):
+            if metacontext == ctx:
+                got.extend(entries)
+            return 0
+        h.block_status(min(size - pos, 1 << 30), pos, cb)
+        if not got:
+            raise RuntimeError("BLOCK_STATUS answered no extent")
+        for i in range(0, len(got), 2):
+            n, flags = got[i], got[i + 1]
+            if flags & 1:
+                if out and out[-1][1] == pos:
+                    out[-1][1] = pos + n
+                else:
+                    out.append([pos, pos + n])
+            pos += n
+    h.shutdown()
+    return out
+
+
+def granules_of(ranges, gran):
+    """The set of granule numbers the [start, end) ranges cover."""
+    s = set()
+    for a, b in ranges:
+        s.update(range(a // gran, (b - 1) // gran + 1))
+    return s
+
+
+def differing_granules(path_a, path_b, gran):
+    """Granules whose bytes differ between two files of the same size."""
+    out = set()
+    with open(path_a, "rb") as a, open(path_b, "rb") as b:
+        g = 0
+        while True:
+            x, y = a.read(gran), b.read(gran)
+            if not x and not y:
+                return out
+            if x != y:
+                out.add(g)
+            g += 1
