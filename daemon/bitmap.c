@@ -389,16 +389,17 @@ static int sidecar_load(struct bitmaps *bm, int fd, const struct identity *id,
 
 	if (fstat(fd, &st) < 0)
 		return -errno;
-	ret = read_all(fd, h, sizeof(h), 0);
-	if (ret == -ENODATA || (!ret && (uint64_t)st.st_size < SIDECAR_DATA_OFF)) {
-		snprintf(err, errlen, "bitmap file \"%s\" is truncated (%lld bytes): move it away "
-			 "to start the bitmaps afresh", bm->path, (long long)st.st_size);
-		return -EINVAL;
-	}
+	memset(h, 0, sizeof(h));
+	ret = read_all(fd, h, (uint64_t)st.st_size < sizeof(h) ? (size_t)st.st_size : sizeof(h), 0);
 	if (ret)
 		goto io_err;
-	if (memcmp(h, SIDECAR_MAGIC, 8)) {
+	if (st.st_size < 8 || memcmp(h, SIDECAR_MAGIC, 8)) {
 		snprintf(err, errlen, "\"%s\" is not a uringnbd bitmap file", bm->path);
+		return -EINVAL;
+	}
+	if ((uint64_t)st.st_size < SIDECAR_DATA_OFF) {
+		snprintf(err, errlen, "bitmap file \"%s\" is truncated (%lld bytes): move it away "
+			 "to start the bitmaps afresh", bm->path, (long long)st.st_size);
 		return -EINVAL;
 	}
 	version = get_le32(h + 8);
@@ -407,12 +408,16 @@ static int sidecar_load(struct bitmaps *bm, int fd, const struct identity *id,
 			 "reads version %u", bm->path, version, SIDECAR_VERSION);
 		return -EINVAL;
 	}
-	if (get_le64(h + 16) != id->size || get_le64(h + 24) != id->ino ||
-	    get_le64(h + 32) != id->rdev || (int64_t)get_le64(h + 40) != id->btime_s ||
-	    get_le32(h + 48) != id->btime_ns) {
+	if (get_le64(h + 24) != id->ino || get_le64(h + 32) != id->rdev ||
+	    (int64_t)get_le64(h + 40) != id->btime_s || get_le32(h + 48) != id->btime_ns) {
 		snprintf(err, errlen, "bitmap file \"%s\" belongs to another image (or this one was "
-			 "replaced or resized: %" PRIu64 " bytes then, %" PRIu64 " now): move it "
-			 "away to start the bitmaps afresh", bm->path, get_le64(h + 16), id->size);
+			 "replaced): move it away to start the bitmaps afresh", bm->path);
+		return -EINVAL;
+	}
+	if (get_le64(h + 16) != id->size) {
+		snprintf(err, errlen, "bitmap file \"%s\" was made for %" PRIu64 " bytes and the image "
+			 "has %" PRIu64 " now: move it away to start the bitmaps afresh", bm->path,
+			 get_le64(h + 16), id->size);
 		return -EINVAL;
 	}
 	gran = get_le32(h + 12);
