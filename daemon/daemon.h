@@ -17,6 +17,8 @@
  *                durability error per file, across reloads
  *   export.c     opening and probing backing files
  *   overlay.c    copy-on-write overlays: the overlay file's format, map and flush
+ *   bitmap.c     dirty bitmaps and checkpoints of a file: its sidecar, the commit
+ *                thread that syncs new bits before their writes, reflink copies
  *   access.c     who may use an export: allow/deny lists, TLS-only, tls-allow
  *   tls.c        GnuTLS credentials, and each connection's TLS on the io_uring path
  *   worker.c     a thread with one libev loop, one io_uring, one buffer pool;
@@ -55,6 +57,9 @@
  *    posted to each worker's inbox (conns_report, conns_disconnect run
  *    there), and read the per-worker counters (export_stats, worker_stats,
  *    one writer each); never a worker's own structures.
+ *  - A file's dirty bitmaps (bitmap.c) have a committer thread of their
+ *    own; a write waiting for its bits is an op it posts back. Checkpoints
+ *    run on a control job thread, under a whole-file range lock.
  *  - Fields read by other threads are <stdatomic.h> atomics with explicit
  *    orders (relaxed: they are counters and flags that order nothing else).
  */
