@@ -14,6 +14,7 @@
 
 #include "../../proto/proto.h"
 
+static const char *const bitmaps[] = { "qemu:dirty-bitmap:a", "qemu:dirty-bitmap:nightly" };
 static const struct proto_export exports[] = {
 	{ .name = "", .description = "default", .size_bytes = 1 << 20,
 	  .tflags = NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_DF |
@@ -22,7 +23,8 @@ static const struct proto_export exports[] = {
 	  .min_block = 1, .pref_block = 4096, .max_block = 1 << 25, .opaque = (void *)1 },
 	{ .name = "ro", .description = "", .size_bytes = 12345,
 	  .tflags = NBD_FLAG_READ_ONLY | NBD_FLAG_SEND_FLUSH, .min_block = 1,
-	  .pref_block = 4096, .max_block = 1 << 25, .opaque = (void *)2 },
+	  .pref_block = 4096, .max_block = 1 << 25, .contexts = bitmaps, .ncontexts = 2,
+	  .opaque = (void *)2 },
 };
 
 static int lookup(void *ctx, const char *name, size_t len, struct proto_export *out)
@@ -102,6 +104,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (s.phase != PROTO_PHASE_TRANSMISSION)
 		return 0;
 	assert(s.meta_base_allocation ? s.structured : true);
+	assert(s.meta_extra ? s.structured && s.meta_extra < 4 : true);
 
 	while (size - pos >= proto_request_hdr_len(&s)) {
 		struct proto_request r;
@@ -122,6 +125,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				return 0;
 			err = proto_decode_block_status_payload(&s, data + pos, r.len_bytes, &effect);
 			assert(err == NBD_SUCCESS || err == NBD_EINVAL);
+			if (err == NBD_SUCCESS) {
+				uint32_t m = proto_block_status_contexts(&s, data + pos, r.len_bytes);
+
+				assert(m && !(m & ~proto_block_status_contexts(&s, NULL, 0)));
+			}
 			pos += (size_t)r.len_bytes;
 			r.flags &= (uint16_t)~NBD_CMD_FLAG_PAYLOAD_LEN;
 			r.len_bytes = effect;
@@ -135,7 +143,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			    r.type == NBD_CMD_WRITE_ZEROES)
 				assert(!(s.tflags & NBD_FLAG_READ_ONLY));
 			if (r.type == NBD_CMD_BLOCK_STATUS)
-				assert(s.meta_base_allocation && r.len_bytes > 0);
+				assert((s.meta_base_allocation || s.meta_extra) && r.len_bytes > 0);
 		}
 		n = proto_encode_reply(&s, reply, &r, err, &has_data);
 		assert(n <= sizeof(reply));

@@ -10,7 +10,8 @@
 
 #include "../../proto/proto.h"
 
-/* ---- fixtures: two exports, "" and "disk" ---- */
+/* ---- fixtures: two exports, "" and "disk"; "bm", with two bitmaps, is not listed ---- */
+static const char *const bm_contexts[] = { "qemu:dirty-bitmap:a", "qemu:dirty-bitmap:b" };
 static const struct proto_export exports[] = {
 	{ .name = "", .description = "", .size_bytes = 1 << 20, .tflags = NBD_FLAG_SEND_FLUSH |
 	  NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_DF | NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES |
@@ -19,6 +20,9 @@ static const struct proto_export exports[] = {
 	{ .name = "disk", .description = "a disk", .size_bytes = 8192, .tflags =
 	  NBD_FLAG_READ_ONLY | NBD_FLAG_SEND_FLUSH, .min_block = 1, .pref_block = 4096,
 	  .max_block = 1 << 25, .opaque = (void *)&exports[1] },
+	{ .name = "bm", .description = "", .size_bytes = 1 << 20, .tflags = NBD_FLAG_SEND_FLUSH,
+	  .min_block = 1, .pref_block = 4096, .max_block = 1 << 25, .contexts = bm_contexts,
+	  .ncontexts = 2, .opaque = (void *)&exports[2] },
 };
 
 /* "disk" may be made TLS-only, or refused to this client by access rules. */
@@ -29,7 +33,7 @@ static int lookup(void *ctx, const char *name, size_t len, struct proto_export *
 	size_t i;
 
 	(void)ctx;
-	for (i = 0; i < 2; i++)
+	for (i = 0; i < 3; i++)
 		if (strlen(exports[i].name) == len && !memcmp(exports[i].name, name, len)) {
 			if (i == 1 && denied_disk)
 				return -EACCES;
@@ -848,6 +852,98 @@ START_TEST(test_meta_set_other_export_lapses)
 }
 END_TEST
 
+/* One META_CONTEXT reply: id and name. */
+static void assert_context(const struct reply *r, uint32_t id, const char *name)
+{
+	ck_assert_uint_eq(r->type, NBD_REP_META_CONTEXT);
+	ck_assert_uint_eq(proto_get_u32(r->data), id);
+	ck_assert(r->len == 4 + strlen(name) && memcmp(r->data + 4, name, strlen(name)) == 0);
+}
+
+/* An export's own contexts (dirty bitmaps): listed by namespace, chosen by name, with ids. */
+START_TEST(test_meta_export_contexts)
+{
+	static const char *const ns[] = { "qemu:" }, *const dirty[] = { "qemu:dirty-bitmap:" },
+				 *const pick[] = { "qemu:dirty-bitmap:b", "base:allocation" },
+				 *const part[] = { "qemu:dirty", "qemu:dirty-bitmap:c" };
+	uint8_t p[256], g[16], bs[128], payload[16];
+	uint32_t len, glen = info_payload(g, "bm", NULL, 0);
+	struct proto_request r = { .type = NBD_CMD_BLOCK_STATUS, .cookie = 9, .offset = 0,
+				   .len_bytes = 4096 };
+	struct proto_extent ext = { 4096, NBD_STATE_DIRTY };
+	struct reply rp[5];
+	uint64_t eff;
+
+	ck_assert_int_eq(negotiate(NBD_OPT_STRUCTURED_REPLY, NULL, 0), 0);
+	len = meta_payload(p, "bm", NULL, 0);
+	ck_assert_int_eq(negotiate(NBD_OPT_LIST_META_CONTEXT, p, len), 0);
+	ck_assert_uint_eq(parse_replies(rp, 5), 4);
+	assert_context(&rp[0], 0, "base:allocation");
+	assert_context(&rp[1], 0, "qemu:dirty-bitmap:a");
+	assert_context(&rp[2], 0, "qemu:dirty-bitmap:b");
+	len = meta_payload(p, "bm", ns, 1);
+	ck_assert_int_eq(negotiate(NBD_OPT_LIST_META_CONTEXT, p, len), 0);
+	ck_assert_uint_eq(parse_replies(rp, 5), 3);
+	len = meta_payload(p, "bm", dirty, 1);
+	ck_assert_int_eq(negotiate(NBD_OPT_LIST_META_CONTEXT, p, len), 0);
+	ck_assert_uint_eq(parse_replies(rp, 5), 3);
+	/* Not a namespace (no colon at its end), and a bitmap that is not there: nothing. */
+	len = meta_payload(p, "bm", part, 2);
+	ck_assert_int_eq(negotiate(NBD_OPT_LIST_META_CONTEXT, p, len), 0);
+	ck_assert_uint_eq(parse_replies(rp, 5), 1);
+	/* SET takes names only, and gives ids: base:allocation 1, the export's i-th 2 + i. */
+	len = meta_payload(p, "bm", ns, 1);
+	ck_assert_int_eq(negotiate(NBD_OPT_SET_META_CONTEXT, p, len), 0);
+	ck_assert_uint_eq(parse_replies(rp, 5), 1);
+	ck_assert(!sess.meta_base_allocation && sess.meta_extra == 0);
+	len = meta_payload(p, "bm", pick, 2);
+	ck_assert_int_eq(negotiate(NBD_OPT_SET_META_CONTEXT, p, len), 0);
+	ck_assert_uint_eq(parse_replies(rp, 5), 3);
+	assert_context(&rp[0], PROTO_META_ID_BASE_ALLOCATION, "base:allocation");
+	assert_context(&rp[1], PROTO_META_ID_EXTRA + 1, "qemu:dirty-bitmap:b");
+	ck_assert(sess.meta_base_allocation && sess.meta_extra == 2);
+	ck_assert_int_eq(negotiate(NBD_OPT_GO, g, glen), 0);
+	ck_assert(sess.phase == PROTO_PHASE_TRANSMISSION && sess.meta_extra == 2);
+	ck_assert_uint_eq(proto_block_status_contexts(&sess, NULL, 0), 1u | 4u);
+	ck_assert_uint_eq(proto_validate_request(&sess, &r, 1 << 25), NBD_SUCCESS);
+	/* A payload naming contexts: only negotiated ones, each once. */
+	proto_put_u64(payload, 4096);
+	proto_put_u32(payload + 8, PROTO_META_ID_EXTRA + 1);
+	ck_assert_uint_eq(proto_decode_block_status_payload(&sess, payload, 12, &eff), NBD_SUCCESS);
+	ck_assert_uint_eq(proto_block_status_contexts(&sess, payload, 12), 4u);
+	proto_put_u32(payload + 8, PROTO_META_ID_EXTRA); /* "a": not chosen */
+	ck_assert_uint_eq(proto_decode_block_status_payload(&sess, payload, 12, &eff), NBD_EINVAL);
+	proto_put_u32(payload + 8, PROTO_META_ID_EXTRA + 1);
+	proto_put_u32(payload + 12, PROTO_META_ID_EXTRA + 1);
+	ck_assert_uint_eq(proto_decode_block_status_payload(&sess, payload, 16, &eff), NBD_EINVAL);
+	/* A chunk that is not the last has no DONE flag. */
+	ck_assert_int_eq(proto_encode_block_status_ctx(&sess, bs, sizeof(bs), &r,
+						       PROTO_META_ID_EXTRA + 1, false, &ext, 1),
+			 20 + 4 + 8);
+	ck_assert_uint_eq(proto_get_u16(bs + 4), 0);
+	ck_assert_uint_eq(proto_get_u32(bs + 20), PROTO_META_ID_EXTRA + 1);
+	ck_assert_uint_eq(proto_get_u32(bs + 28), NBD_STATE_DIRTY);
+}
+END_TEST
+
+/* Only bitmaps chosen: BLOCK_STATUS is allowed without base:allocation. */
+START_TEST(test_meta_bitmap_only)
+{
+	static const char *const a[] = { "qemu:dirty-bitmap:a" };
+	uint8_t p[128], g[16];
+	uint32_t len, glen = info_payload(g, "bm", NULL, 0);
+	struct proto_request r = { .type = NBD_CMD_BLOCK_STATUS, .len_bytes = 512 };
+
+	ck_assert_int_eq(negotiate(NBD_OPT_STRUCTURED_REPLY, NULL, 0), 0);
+	len = meta_payload(p, "bm", a, 1);
+	ck_assert_int_eq(negotiate(NBD_OPT_SET_META_CONTEXT, p, len), 0);
+	ck_assert_int_eq(negotiate(NBD_OPT_GO, g, glen), 0);
+	ck_assert(!sess.meta_base_allocation && sess.meta_extra == 1);
+	ck_assert_uint_eq(proto_validate_request(&sess, &r, 1 << 25), NBD_SUCCESS);
+	ck_assert_uint_eq(proto_block_status_contexts(&sess, NULL, 0), 2u);
+}
+END_TEST
+
 /* The spec: a SET_META_CONTEXT that fails still replaces the selection. */
 START_TEST(test_meta_failed_set_clears)
 {
@@ -1128,6 +1224,8 @@ static Suite *proto_suite(void)
 	tcase_add_test(hs, test_meta_list);
 	tcase_add_test(hs, test_meta_set_and_go);
 	tcase_add_test(hs, test_meta_set_other_export_lapses);
+	tcase_add_test(hs, test_meta_export_contexts);
+	tcase_add_test(hs, test_meta_bitmap_only);
 	tcase_add_test(hs, test_meta_malformed);
 	tcase_add_test(hs, test_meta_failed_set_clears);
 	tcase_add_test(hs, test_repeated_options);
