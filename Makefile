@@ -8,7 +8,8 @@
 #   make check-vm   the kernel NBD client in a qemu guest (also part of check)
 #   make bench      side-by-side benchmark against nbd-server, nbdkit, qemu-nbd
 #                   (bench-lock: the lock manager; bench-idle: memory per idle connection;
-#                   bench-overlay: copy-on-write overlays against nbdkit's cow and qemu-nbd -s)
+#                   bench-overlay: copy-on-write overlays against nbdkit's cow and qemu-nbd -s;
+#                   bench-bitmap: dirty bitmaps' cost to writes)
 #   make analyze    gcc -fanalyzer over every module, daemon/ included
 #   make install    PREFIX=/usr/local DESTDIR=
 #   make deb        Debian packages from this tree (dpkg-buildpackage), into build/deb/
@@ -80,7 +81,7 @@ FAULT_TESTS   := $(filter-out tests/faults/faultlib.py,$(wildcard tests/faults/*
 VM_TESTS      := tests/vm/kernel-client.sh tests/vm/systemd.sh
 
 .SECONDARY:
-.PHONY: deb analyze check-vm bench bench-idle bench-overlay fuzz check-fuzz bench-lock all run check check-unit check-integration check-interop check-faults check-tests install clean deps deps-test
+.PHONY: deb analyze check-vm bench bench-idle bench-overlay bench-bitmap fuzz check-fuzz bench-lock all run check check-unit check-integration check-interop check-faults check-tests install clean deps deps-test
 all: $(B)/uringnbd $(B)/uringnbdctl
 
 # Goals that may install packages build after them; plain `make` never does.
@@ -177,8 +178,13 @@ $(B)/tests/bench/rl_bench: $(B)/tests/bench/rl_bench.o $(LOCK_OBJ)
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^
 
 # ---- benchmarks (measure; never part of check) ----
-bench: $(B)/uringnbd bench-lock bench-idle bench-overlay | $(B)/.deps-test
+bench: $(B)/uringnbd bench-lock bench-idle bench-overlay bench-bitmap | $(B)/.deps-test
 	$(Q)URINGNBD=$(CURDIR)/$(B)/uringnbd BENCH_DIR=$(CURDIR)/build/bench python3 tests/bench/bench.py
+
+# What a dirty bitmap costs writes to fresh and to dirty granules.
+bench-bitmap: $(B)/uringnbd $(B)/uringnbdctl | $(B)/.deps-test
+	$(Q)URINGNBD=$(CURDIR)/$(B)/uringnbd BENCH_DIR=$(CURDIR)/build/bench /usr/bin/python3 \
+	    tests/bench/bitmap_bench.py
 
 # Memory per idle connection (10,000 of them) against nbdkit and qemu-nbd.
 bench-overlay: $(B)/uringnbd | $(B)/.deps-test
