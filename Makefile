@@ -62,7 +62,7 @@ CACHE_SRC  := cache/cache.c
 DAEMON_SRC := daemon/main.c daemon/cli.c daemon/log.c daemon/backing.c daemon/export.c daemon/pool.c daemon/plan.c \
               daemon/worker.c daemon/conn.c daemon/handshake.c daemon/rx.c daemon/request.c \
               daemon/fileio.c daemon/cached.c daemon/reply.c daemon/offload.c daemon/listen.c daemon/config.c \
-              daemon/notify.c daemon/server.c daemon/access.c daemon/tls.c daemon/overlay.c daemon/bitmap.c \
+              daemon/notify.c daemon/server.c daemon/access.c daemon/tls.c daemon/overlay.c daemon/bitmap.c daemon/handover.c \
               daemon/ctlproto.c daemon/control.c daemon/command.c daemon/metrics.c daemon/http.c
 HOOKS_OBJ  := $(DAEMON_SRC:%.c=$(B)/hooks/%.o)
 UNIT_TESTS := $(patsubst tests/unit/%.c,$(B)/tests/unit/%,$(wildcard tests/unit/test_*.c))

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "control.h"
 #include "metrics.h"
@@ -71,12 +72,29 @@ static json_object *export_json(const struct export *e)
 	return o;
 }
 
+/* What this process's start adopted from the one before it (a restart keeping connections). */
+static json_object *start_json(void)
+{
+	json_object *o = json_object_new_object();
+	struct handover_stats h;
+
+	handover_stats(&h);
+	json_object_object_add(o, "restarted", json_object_new_boolean(h.restarted));
+	json_object_object_add(o, "adopted", json_object_new_uint64(h.adopted));
+	json_object_object_add(o, "closed-tls", json_object_new_uint64(h.closed_tls));
+	json_object_object_add(o, "closed-negotiating", json_object_new_uint64(h.closed_negotiating));
+	json_object_object_add(o, "refused", json_object_new_uint64(h.refused));
+	return o;
+}
+
 static void cmd_version(struct ctl_call *call)
 {
 	json_object *o = json_object_new_object();
 
 	json_object_object_add(o, "package", json_object_new_string("uringnbd"));
 	json_object_object_add(o, "version", json_object_new_string(URINGNBD_VERSION));
+	json_object_object_add(o, "pid", json_object_new_int64((int64_t)getpid()));
+	json_object_object_add(o, "start", start_json());
 	ctl_call_return(call, o);
 }
 
@@ -406,7 +424,12 @@ static void cmd_stats(struct ctl_call *call)
 		ctl_call_error(call, CTL_ERR_GENERIC, "out of memory");
 		return;
 	}
-	ctl_call_return(call, metrics_json(&m));
+	{
+		json_object *o = metrics_json(&m);
+
+		json_object_object_add(o, "start", start_json());
+		ctl_call_return(call, o);
+	}
 	metrics_release(&m);
 }
 

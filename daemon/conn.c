@@ -361,7 +361,16 @@ void conns_adopt(struct worker *w, const struct client *cl)
 	c->stream = cl->stream;
 	c->key = cl->key;
 	c->peer = cl->peer;
-	c->id = atomic_fetch_add_explicit(&conn_ids, 1, memory_order_relaxed) + 1;
+	if (cl->resume) {
+		uint64_t seen = atomic_load(&conn_ids);
+
+		/* Its old id, and new ones after every id handed over. */
+		c->id = cl->resume->id;
+		while (seen < c->id && !atomic_compare_exchange_weak(&conn_ids, &seen, c->id))
+			;
+	} else {
+		c->id = atomic_fetch_add_explicit(&conn_ids, 1, memory_order_relaxed) + 1;
+	}
 	c->state = CONN_HANDSHAKE;
 	c->rx = RX_STOPPED;
 	c->started_ns = now_ns();
@@ -374,6 +383,20 @@ void conns_adopt(struct worker *w, const struct client *cl)
 		w->conns->prev = c;
 	w->conns = c;
 	atomic_fetch_add_explicit(&w->nconns, 1, memory_order_relaxed);
+	if (cl->resume) {
+		struct conn_resume *r = cl->resume;
+
+		/* Handed over in transmission: it goes on where it stopped. */
+		c->sess = r->sess;
+		c->exp = r->exp;
+		c->transport = c->key.family == AF_UNIX ? TRANSPORT_UNIX : TRANSPORT_TCP;
+		stat_bump(&c->exp->ctr->slot[w->id].conns[c->transport], 1);
+		c->result = CONN_RESULT_SERVED;
+		rx_start_resumed(c, r->pending, r->npending);
+		free(r->pending);
+		free(r);
+		return;
+	}
 	{
 		char who[96];
 
@@ -383,6 +406,134 @@ void conns_adopt(struct worker *w, const struct client *cl)
 	handshake_start(c);
 }
 
+/* ---- hand-over (handover.c drives it from the main thread) ---- */
+
+static atomic_uint handover_closed_tls, handover_closed_negotiating; /* this process's hand-over */
+
+static bool conn_parked(const struct conn *c)
+{
+	return c->handover && c->state == CONN_TRANSMIT && c->rx == RX_IDLE && !c->live_reqs &&
+	       !c->sending && !c->sendq_head && !c->pending;
+}
+
+static void handover_check_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+	struct worker *w = t->data;
+	struct conn *c, *next;
+	bool all = true;
+
+	(void)revents;
+	for (c = w->conns; c && all; c = c->next)
+		all = conn_parked(c);
+	if (!all && ev_now(loop) - w->handover_since < WORKER_STOP_GRACE_S)
+		return;
+	if (!all) {
+		/* Still busy after the grace period: closed; the rest go on. */
+		for (c = w->conns; c; c = next) {
+			next = c->next;
+			if (!conn_parked(c) && c->state != CONN_CLOSING) {
+				log_info("conn %" PRIu64 ": still busy %.0f s into a restart: closing",
+					 c->id, WORKER_STOP_GRACE_S);
+				conn_close(c, NULL);
+			}
+		}
+		for (c = w->conns; c; c = c->next)
+			if (!conn_parked(c))
+				return; /* the closing ones are freed as their ops end */
+	}
+	ev_timer_stop(loop, t);
+	handover_worker_done(w);
+}
+
+void conns_handover(struct worker *w)
+{
+	struct conn *c, *next;
+
+	for (c = w->conns; c; c = next) {
+		next = c->next;
+		if (c->state == CONN_HANDSHAKE) {
+			/* Mid-negotiation there is no state worth handing over: it reconnects. */
+			log_info("conn %" PRIu64 ": negotiating during a restart: closing", c->id);
+			atomic_fetch_add(&handover_closed_negotiating, 1);
+			conn_close(c, NULL);
+		} else if (c->state == CONN_TRANSMIT && (c->tls || c->stream)) {
+			/* GnuTLS cannot hand over its record state: answered, then closed. */
+			log_info("conn %" PRIu64 ": TLS cannot be handed over: closing once its "
+				 "requests are answered (the client must reconnect)", c->id);
+			atomic_fetch_add(&handover_closed_tls, 1);
+			c->state = CONN_STOPPING;
+			conn_close_if_idle(c);
+		} else if (c->state == CONN_TRANSMIT) {
+			c->handover = true;
+			/* A receive in flight ends (what it got stays in the buffer, unparsed). */
+			if (c->rx == RX_RECV && !c->rx_cancelling) {
+				c->rx_cancelling = true;
+				conn_op_init(&c->cancel_op, c, conn_cancel_done);
+				io_uring_prep_cancel(conn_sqe(&c->cancel_op), &c->rx_op.op, 0);
+			}
+		}
+	}
+	w->handover_since = ev_now(w->loop);
+	ev_timer_init(&w->handover_check, handover_check_cb, 0.001, 0.001);
+	w->handover_check.data = w;
+	ev_timer_start(w->loop, &w->handover_check);
+}
+
+int conns_parked(struct worker *w, struct conn_parked **out)
+{
+	struct conn *c;
+	int n = 0, i = 0;
+
+	for (c = w->conns; c; c = c->next)
+		n++;
+	*out = calloc(n ? (size_t)n : 1, sizeof(**out));
+	if (!*out)
+		return -ENOMEM;
+	for (c = w->conns; c; c = c->next) {
+		struct conn_parked *p = &(*out)[i];
+
+		if (!conn_parked(c))
+			continue;
+		p->fd = c->fd;
+		p->id = c->id;
+		p->exp = (struct export *)c->exp;
+		export_get(p->exp);
+		p->sess = c->sess;
+		p->key = c->key;
+		p->peer = c->peer;
+		p->npending = c->rx_end - c->rx_start;
+		p->pending = malloc(p->npending ? p->npending : 1);
+		if (!p->pending) {
+			export_put(p->exp);
+			continue;
+		}
+		memcpy(p->pending, c->rxbuf + c->rx_start, p->npending);
+		i++;
+	}
+	return i;
+}
+
+void conns_unpark(struct worker *w)
+{
+	struct conn *c;
+
+	if (ev_is_active(&w->handover_check))
+		ev_timer_stop(w->loop, &w->handover_check);
+	for (c = w->conns; c; c = c->next) {
+		if (!c->handover)
+			continue;
+		c->handover = false;
+		if (c->state == CONN_TRANSMIT && c->rx == RX_IDLE)
+			rx_next(c);
+	}
+}
+
+void conns_handover_closed(const struct worker *w, unsigned *tls, unsigned *negotiating)
+{
+	(void)w;
+	*tls = atomic_load(&handover_closed_tls);
+	*negotiating = atomic_load(&handover_closed_negotiating);
+}
 void conns_stop(struct worker *w)
 {
 	struct conn *c;

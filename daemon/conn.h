@@ -215,6 +215,7 @@ struct conn {
 	struct client_peer peer;   /* ...and the rest of what is known of it */
 	struct tls_conn *tls;      /* TLS session (tls.c) once STARTTLS was acknowledged */
 	enum conn_state state;
+	bool handover;             /* a hand-over: read no more requests, park when idle */
 	unsigned pending;          /* conn_ops not yet completed (SQEs, waits, posts) */
 	struct conn_op close_op;   /* posted by conn_close: the free is checked from the loop */
 	struct conn_op shut_op;    /* a stream's cancel of its reads and writes at close */
@@ -354,6 +355,8 @@ void handshake_start(struct conn *c);
 /* ---- rx.c ---- */
 /* An export is chosen: serve requests. */
 void rx_start(struct conn *c);
+/* A connection handed over: serve requests, starting with the n bytes it had sent. */
+void rx_start_resumed(struct conn *c, const uint8_t *p, size_t n);
 /* Parses what is buffered, then receives more; only in RX_IDLE. */
 void rx_next(struct conn *c);
 /* A request slot was freed: resume a receive waiting for one. */

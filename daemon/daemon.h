@@ -585,6 +585,19 @@ struct client_peer {
 	int32_t pid;              /* ...and pid */
 };
 
+/*
+ * A connection handed over by the process before this one (handover.c):
+ * in transmission already, with what it negotiated and the bytes it sent
+ * that were not yet parsed.
+ */
+struct conn_resume {
+	struct export *exp;       /* a reference, the conn's from adoption on */
+	struct proto_session sess; /* phase TRANSMISSION, export described */
+	uint64_t id;              /* the id it had */
+	uint8_t *pending;         /* heap: received, not parsed yet */
+	size_t npending;
+};
+
 /* An accepted client, handed from the main thread to a worker. */
 struct client {
 	int fd;                   /* its socket; or stdin of a single-connection daemon */
@@ -592,6 +605,7 @@ struct client {
 	bool stream;              /* fd and fd_out are pipes: read/write, not recv/send */
 	struct client_key key;
 	struct client_peer peer;
+	struct conn_resume *resume; /* handed over in transmission (heap, the conn's), or NULL */
 };
 struct conn; /* conn.h's; opaque here */
 
@@ -676,6 +690,9 @@ struct worker {
 	atomic_uint nconns;       /* live connections (read by the main thread) */
 	struct worker_stats stats;
 	void *zeroes;             /* WORKER_ZEROES_BYTES of zeroes, never written */
+	struct handover_part *handover; /* a hand-over under way (handover.c), or NULL */
+	ev_timer handover_check;  /* ...polls for its connections to be parked */
+	ev_tstamp handover_since; /* ...since this loop time */
 };
 #define WORKER_ZEROES_BYTES (1u << 20)
 #define WORKER_STOP_GRACE_S 5.0   /* a stop closes whatever is left after this */
@@ -749,6 +766,55 @@ int conns_report(struct worker *w, struct conn_info **out);
  */
 unsigned conns_disconnect(struct worker *w, uint64_t id, const char *export);
 
+/* What a connection parked for a hand-over is (filled on its worker). */
+struct conn_parked {
+	int fd;
+	uint64_t id;
+	struct export *exp;       /* a reference */
+	struct proto_session sess;
+	struct client_key key;
+	struct client_peer peer;
+	uint8_t *pending;         /* heap copy of what was received, not parsed */
+	size_t npending;
+};
+/*
+ * On w's thread, for a hand-over: negotiating connections close, TLS ones
+ * close once their requests are answered, the others stop reading new
+ * requests (what arrived stays unparsed) and are parked once every request
+ * is answered. w->handover_check polls; when no connection is left that is
+ * not parked (WORKER_STOP_GRACE_S at most: the rest are closed), it calls
+ * handover_worker_done(w).
+ */
+void conns_handover(struct worker *w);
+/* On w's thread: its parked connections into *out (heap). Returns the count, or -ENOMEM. */
+int conns_parked(struct worker *w, struct conn_parked **out);
+/* On w's thread: the hand-over failed; parked connections read requests again. */
+void conns_unpark(struct worker *w);
+/* Counters of the hand-over on w: closed because TLS, closed negotiating. */
+void conns_handover_closed(const struct worker *w, unsigned *tls, unsigned *negotiating);
+
+/* ---- handover.c: restarts that keep connections (SIGUSR2: re-exec) ---- */
+/* At start: where the binary is (to exec it again) and its arguments. */
+void handover_init(int argc, char **argv);
+/*
+ * At start, before listening: a state handed over by the previous process
+ * (its environment), read; its listeners adopted. Returns how many
+ * listeners were, 0 if this is no hand-over, -1 on error (logged).
+ */
+int handover_load(struct server *srv);
+/* After the workers started: the handed-over connections go to them. */
+void handover_adopt(struct server *srv);
+/* SIGUSR2 (main thread): parks every connection, then execs the binary. */
+void handover_start(struct server *srv);
+/* On a worker: its connections are parked (conns_handover). */
+void handover_worker_done(struct worker *w);
+/* What this process's start adopted (for the control socket's stats). */
+struct handover_stats {
+	bool restarted;           /* this process was started by a hand-over */
+	unsigned adopted, closed_tls, closed_negotiating, refused;
+};
+void handover_stats(struct handover_stats *out);
+
 /* ---- control.c: the control socket (control.h has its commands' side) ---- */
 /* Listens on path (0600; root and this uid) on srv's loop. Returns 0 or -errno (logged). */
 int control_start(struct server *srv, const char *path);
@@ -788,6 +854,10 @@ int listen_inherited(struct server *srv);
 void listen_identify(int fd, struct client *cl);
 /* Starts accepting on the main loop. */
 void listen_start(struct server *srv);
+/* Stops or resumes accepting (a hand-over pauses it). */
+void listen_pause(struct server *srv, bool paused);
+/* Adopts a listening socket handed over (unix_path: ours to unlink at exit, or NULL). */
+int listen_adopt(struct server *srv, int fd, const char *desc, const char *unix_path);
 /* Closes the listeners (and unlinks unix sockets). */
 void listen_close(struct server *srv);
 

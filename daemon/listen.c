@@ -215,6 +215,19 @@ static int listener_add(struct server *srv, int fd, const char *desc, const char
 }
 #pragma GCC diagnostic pop
 
+int listen_adopt(struct server *srv, int fd, const char *desc, const char *unix_path)
+{
+	fcntl(fd, F_SETFD, FD_CLOEXEC);
+	return listener_add(srv, fd, desc, unix_path);
+}
+
+void listen_pause(struct server *srv, bool paused)
+{
+	if (paused && ev_is_active(&srv->accept_backoff))
+		ev_timer_stop(srv->loop, &srv->accept_backoff);
+	listen_watch(srv, !paused);
+}
+
 bool listen_is_loopback(const struct sockaddr *sa)
 {
 	if (sa->sa_family == AF_INET)

@@ -11,6 +11,8 @@
  *   SIGHUP          reload the --config file's exports; a bad file is
  *                   reported and the old configuration stays
  *   SIGUSR1         log the counters
+ *   SIGUSR2         restart: exec the binary again, handing over every plaintext
+ *                   connection (handover.c)
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -110,6 +112,15 @@ static void on_usr1(struct ev_loop *loop, ev_signal *w, int revents)
 	(void)w;
 	(void)revents;
 	log_stats();
+}
+
+/* SIGUSR2: restart (re-exec) keeping the connections (handover.c). */
+static void on_usr2(struct ev_loop *loop, ev_signal *w, int revents)
+{
+	(void)loop;
+	(void)w;
+	(void)revents;
+	handover_start(&srv);
 }
 
 /* The TLS settings in force: command line, else file. */
@@ -314,7 +325,7 @@ int main(int argc, char **argv)
 {
 	struct config file;
 	struct export_spec *specs = NULL;
-	ev_signal sigint_w, sigterm_w, sigusr1_w, sighup_w;
+	ev_signal sigint_w, sigterm_w, sigusr1_w, sighup_w, sigusr2_w;
 	ev_timer status_w;
 	const char *unix_path, *bind_addr, *port, *pid_file, *control_path, *metrics;
 	size_t nspecs = 0, j;
@@ -323,6 +334,7 @@ int main(int argc, char **argv)
 	bool ran;
 	unsigned i, started = 0;
 
+	handover_init(argc, argv);
 	config_init(&file);
 	ret = cli_parse(argc, argv, &cli, &config_path);
 	if (ret)
@@ -392,7 +404,11 @@ int main(int argc, char **argv)
 	srv.loop = ev_default_loop(EVFLAG_AUTO);
 	srv.start_time_s = (double)time(NULL);
 
-	if (!srv.single) {
+	if (!srv.single && (ret = handover_load(&srv)) != 0) {
+		/* A restart: the listeners are the previous process's, whatever is configured. */
+		if (ret < 0)
+			goto out_listeners;
+	} else if (!srv.single) {
 		inherited = listen_inherited(&srv);
 		if (inherited < 0)
 			goto out_listeners;
@@ -412,6 +428,8 @@ int main(int argc, char **argv)
 		if (worker_start(&srv.workers[started], &srv, (int)started) < 0)
 			goto out_workers;
 
+	if (!srv.single)
+		handover_adopt(&srv);
 	if (control_path && control_start(&srv, control_path) < 0)
 		goto out_workers;
 	if (metrics && http_start(&srv, metrics) < 0)
@@ -442,6 +460,8 @@ int main(int argc, char **argv)
 	ev_signal_start(srv.loop, &sigusr1_w);
 	ev_signal_init(&sighup_w, on_reload, SIGHUP);
 	ev_signal_start(srv.loop, &sighup_w);
+	ev_signal_init(&sigusr2_w, on_usr2, SIGUSR2);
+	ev_signal_start(srv.loop, &sigusr2_w);
 	ev_timer_init(&status_w, on_status_timer, STATUS_INTERVAL_S, STATUS_INTERVAL_S);
 	if (getenv("NOTIFY_SOCKET"))
 		ev_timer_start(srv.loop, &status_w);

@@ -32,7 +32,8 @@ static void rx_segment_received(struct req *q);
 /* c may receive and parse (it is serving, and nothing of its intake is in flight). */
 static bool rx_open(const struct conn *c)
 {
-	return (c->state == CONN_TRANSMIT || c->state == CONN_STOPPING) && c->rx == RX_IDLE;
+	return (c->state == CONN_TRANSMIT || c->state == CONN_STOPPING) && c->rx == RX_IDLE &&
+	       !c->handover;
 }
 
 static void rx_payload_done(struct conn_op *o, int res)
@@ -447,6 +448,20 @@ void rx_slot_freed(struct conn *c)
 	conn_post(&c->resume_op, 0);
 }
 
+/* Transmission begins (negotiated here, or handed over): the area, the state. */
+static int rx_begin(struct conn *c)
+{
+	if (conn_transmit_start(c) < 0) {
+		conn_close(c, "out of memory for the connection's buffers");
+		return -1;
+	}
+	c->state = CONN_TRANSMIT;
+	c->rx = RX_IDLE;
+	c->rx_hdr_len = proto_request_hdr_len(&c->sess);
+	conn_op_init(&c->resume_op, c, rx_resume);
+	return 0;
+}
+
 void rx_start(struct conn *c)
 {
 	char who[96];
@@ -458,18 +473,25 @@ void rx_start(struct conn *c)
 	c->hs_buf = NULL;
 	c->hs_out.data = NULL;
 	c->hs_cap = c->hs_out.cap = 0;
-	if (conn_transmit_start(c) < 0) {
-		conn_close(c, "out of memory for the connection's buffers");
+	if (rx_begin(c) < 0)
 		return;
-	}
-	c->state = CONN_TRANSMIT;
-	c->rx = RX_IDLE;
-	c->rx_hdr_len = proto_request_hdr_len(&c->sess);
-	conn_op_init(&c->resume_op, c, rx_resume);
 	log_info("conn %" PRIu64 ": serving export \"%s\" to %s%s%s (%s%s)", c->id, c->exp->name,
 		 conn_peer_name(c, who, sizeof(who)), id ? ", TLS identity " : "", id ? id : "",
 		 c->sess.extended ? "extended headers" :
 		 c->sess.structured ? "structured replies" : "simple replies",
 		 tls_conn_up(c) ? ", TLS" : "");
+	rx_next(c);
+}
+
+void rx_start_resumed(struct conn *c, const uint8_t *p, size_t n)
+{
+	if (rx_begin(c) < 0)
+		return;
+	if (n > CONN_RXBUF_BYTES)
+		n = CONN_RXBUF_BYTES; /* cannot be: the buffer it came from is as large */
+	memcpy(c->rxbuf, p, n);
+	c->rx_end = n;
+	if (n)
+		c->area_quiet = false;
 	rx_next(c);
 }
