@@ -72,7 +72,7 @@ struct cache *cache_new(size_t budget_bytes)
 	c->pages = calloc(c->npages, sizeof(*c->pages));
 	c->buckets = calloc(nb, sizeof(*c->buckets));
 	c->mem = mmap(NULL, (size_t)c->npages * CACHE_PAGE_BYTES, PROT_READ | PROT_WRITE,
-		      MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+		      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0); /* faulted in by the caller, or as used */
 	if (!c->pages || !c->buckets || c->mem == MAP_FAILED) {
 		if (c->mem != MAP_FAILED && c->mem)
 			munmap(c->mem, (size_t)c->npages * CACHE_PAGE_BYTES);
@@ -316,4 +316,10 @@ void cache_get_stats(struct cache *c, struct cache_stats *out)
 	pthread_mutex_lock(&c->mu);
 	*out = c->st;
 	pthread_mutex_unlock(&c->mu);
+}
+
+void cache_region(const struct cache *c, void **mem, size_t *len)
+{
+	*mem = c->mem;
+	*len = (size_t)c->npages * CACHE_PAGE_BYTES;
 }

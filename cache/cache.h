@@ -73,6 +73,8 @@ struct cache_stats {
 struct cache *cache_new(size_t budget_bytes);
 /* Every page must be unpinned and no fill in flight. */
 void cache_free(struct cache *c);
+/* The pages' memory (to fault it in ahead of use). */
+void cache_region(const struct cache *c, void **mem, size_t *len);
 
 enum cache_result cache_lookup(struct cache *c, uint64_t file, uint64_t index,
 			       struct cache_waiter *w, struct cache_page **page);

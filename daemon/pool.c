@@ -25,7 +25,7 @@ int pool_init(struct pool *p, size_t size_bytes, uint32_t max_req)
 	if (p->cap < max_req)
 		p->cap = max_req;
 	p->base = mmap(NULL, (size_t)p->nchunks * POOL_CHUNK_BYTES, PROT_READ | PROT_WRITE,
-		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0); /* faulted in by the daemon, off its path */
 	if (p->base == MAP_FAILED)
 		return -errno;
 	p->free_stack = calloc(p->nchunks, sizeof(*p->free_stack));
