@@ -55,6 +55,8 @@ static void usage(FILE *f)
 		"      --busy-poll US   poll for completions up to US microseconds before\n"
 		"                       sleeping: lower latency at low queue depth for more\n"
 		"                       CPU (default 0: off)\n"
+		"      --keep-connections  SIGTERM under systemd hands the connections to its\n"
+		"                       fd store (FileDescriptorStoreMax=): a restart keeps them\n"
 		"      --pid-file PATH  write the pid here once listening\n"
 		"      --control PATH   a control socket for uringnbdctl(8) (root and this uid)\n"
 		"      --metrics ADDR:PORT|unix:PATH  serve Prometheus metrics on /metrics\n"
@@ -184,6 +186,7 @@ int cli_parse(int argc, char **argv, struct config *cli, const char **config_pat
 		{ "pid-file", required_argument, NULL, 'F' },
 		{ "control", required_argument, NULL, 'Z' },
 		{ "metrics", required_argument, NULL, 'm' },
+		{ "keep-connections", no_argument, NULL, 'G' },
 		{ "allow", required_argument, NULL, 'A' },
 		{ "overlay", required_argument, NULL, 'O' },
 		{ "deny", required_argument, NULL, 'X' },
@@ -231,6 +234,7 @@ int cli_parse(int argc, char **argv, struct config *cli, const char **config_pat
 		case 's': cli->single = true; break;
 		case 'D': if (cli_global(cli, "idle-timeout", optarg) < 0) return -1; break;
 		case 'B': if (cli_global(cli, "busy-poll", optarg) < 0) return -1; break;
+		case 'G': cli->keep_conns = 1; break;
 		case 'S': if (cli_global(cli, "cache-size", optarg) < 0) return -1; break;
 		case 'F': if (cli_global(cli, "pid-file", optarg) < 0) return -1; break;
 		case 'Z': if (cli_global(cli, "control", optarg) < 0) return -1; break;

@@ -132,6 +132,7 @@ void config_init(struct config *cfg)
 	cfg->idle_timeout_s = -1;
 	cfg->busy_poll_us = -1;
 	cfg->max_conns_per_client = -1;
+	cfg->keep_conns = -1;
 	cfg->tls = -1;
 	cfg->tls_verify_peer = -1;
 	cfg->list = -1;
@@ -225,6 +226,12 @@ int config_set_global(struct config *cfg, const char *k, const char *v, const ch
 		return set_str(&cfg->tls_certificates, v);
 	} else if (!strcmp(k, "tls-psk")) {
 		return set_str(&cfg->tls_psk, v);
+	} else if (!strcmp(k, "keep-connections")) {
+		cfg->keep_conns = config_parse_bool(v);
+		if (cfg->keep_conns < 0) {
+			*why = "keep-connections: expected yes or no";
+			return -1;
+		}
 	} else if (!strcmp(k, "tls-verify-peer") || !strcmp(k, "list")) {
 		int b = config_parse_bool(v);
 

@@ -217,7 +217,9 @@ void conn_close(struct conn *c, const char *why)
 	/* A receive or send waiting inside TLS for the socket ends too. */
 	tls_conn_closing(c);
 	/* Completes every receive and send in flight; file I/O finishes on its own. */
-	if (!c->stream) {
+	if (c->handover) {
+		/* Parked and handed over: the socket lives on elsewhere; only our fd closes. */
+	} else if (!c->stream) {
 		shutdown(c->fd, SHUT_RDWR);
 	} else {
 		/* Pipes cannot be shut down: cancel what waits on them. */

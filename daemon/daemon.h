@@ -157,6 +157,7 @@ struct config {
 	long long idle_timeout_s;  /* -1: not set; 0: none */
 	long long busy_poll_us;    /* -1: not set; 0: off */
 	long long max_conns_per_client; /* -1: not set; 0: no limit */
+	int keep_conns;            /* keep-connections: -1 not set, 0, 1 */
 	int tls;                   /* enum proto_tls; -1: not set */
 	char *tls_certificates;    /* directory (nbdkit's layout) */
 	char *tls_psk;             /* psktool file */
@@ -216,6 +217,13 @@ int cli_parse(int argc, char **argv, struct config *cli, const char **config_pat
 /* ---- notify.c: systemd's notification protocol ---- */
 /* Sends "READY=1", "STATUS=..." etc. to $NOTIFY_SOCKET, if set. */
 void notify_send(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/*
+ * The same with descriptors attached (FDSTORE=1): 0, or -errno (-ENOENT
+ * without $NOTIFY_SOCKET).
+ */
+#define NOTIFY_MAX_FDS 16
+int notify_send_fds(const int *fds, size_t n, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
 
 #define EXPORT_MAX_REQUEST_BYTES (32u * 1024 * 1024) /* largest READ/WRITE served */
 #define EXPORT_MAX_ALIGN_BYTES (32u * 1024)          /* two edge blocks fit one pool chunk */
@@ -806,6 +814,14 @@ int handover_load(struct server *srv);
 void handover_adopt(struct server *srv);
 /* SIGUSR2 (main thread): parks every connection, then execs the binary. */
 void handover_start(struct server *srv);
+/*
+ * SIGTERM with keep-connections under systemd (main thread): parks every
+ * connection, hands the sockets and the state to the service manager's fd
+ * store (kept if this is a restart, dropped if a stop), then stops the loop.
+ */
+void handover_store(struct server *srv);
+/* A descriptor passed with a name of the fd store's (listen.c): true if it is ours. */
+bool handover_stored(int fd, const char *name);
 /* On a worker: its connections are parked (conns_handover). */
 void handover_worker_done(struct worker *w);
 /* What this process's start adopted (for the control socket's stats). */
@@ -886,6 +902,7 @@ struct server {
 	unsigned io_timeout_s;     /* a stalled reply or payload ends its connection; 0: never */
 	unsigned idle_timeout_s;   /* an idle connection is closed; 0: never */
 	unsigned busy_poll_us;     /* workers poll this long before sleeping; 0: never */
+	bool keep_conns;           /* SIGTERM under systemd stores connections in its fd store */
 	ev_timer accept_backoff;   /* listeners stopped after EMFILE and the like */
 	double backoff_s;          /* its current length; 0 after a good accept */
 	unsigned test_fill_delay_ms; /* test builds only: hold cache fills open */

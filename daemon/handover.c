@@ -71,7 +71,15 @@ static struct {
 	struct handover_part *parts;
 	json_object *state;        /* the previous process's, until adopted */
 	struct handover_stats stats;
-} ho;
+	bool store;                /* this hand-over goes to systemd's fd store, not exec */
+	/* Handed back by systemd's fd store (LISTEN_FDNAMES uringnbd-state, uringnbd-conn-ID). */
+	int stored_state;          /* or -1 */
+	struct stored_conn { int fd; uint64_t id; } *stored;
+	size_t nstored;
+} ho = { .stored_state = -1 };
+
+#define STORE_STATE "uringnbd-state"
+#define STORE_CONN "uringnbd-conn-"
 
 void handover_init(int argc, char **argv)
 {
@@ -135,39 +143,32 @@ static size_t env_fds(const char *name, int *fds, size_t max)
 	return n;
 }
 
-int handover_load(struct server *srv)
+/* The state in memfd fd (closed here), checked: ho.state, or NULL if unreadable (logged). */
+static void read_state(int fd)
 {
-	int lfds[256], state_fd = getenv(ENV_STATE) ? atoi(getenv(ENV_STATE)) : -1;
-	size_t nl = env_fds(ENV_LISTEN, lfds, 256), i, len = 0, cap = 0;
-	json_object *listeners = NULL;
-	char *text = NULL, desc[300];
+	size_t len = 0, cap = 0;
+	char *text = NULL;
 	ssize_t r;
 
-	ho.srv = srv;
-	if (state_fd < 0 && !nl)
-		return 0;
-	ho.stats.restarted = true;
-	if (state_fd >= 0) {
-		for (;;) {
-			if (len + 65536 > cap) {
-				char *t = realloc(text, cap = cap ? 2 * cap : 1 << 20);
+	for (;;) {
+		if (len + 65536 > cap) {
+			char *t = realloc(text, cap = cap ? 2 * cap : 1 << 20);
 
-				if (!t)
-					break;
-				text = t;
-			}
-			r = pread(state_fd, text + len, cap - len - 1, (off_t)len);
-			if (r <= 0)
+			if (!t)
 				break;
-			len += (size_t)r;
+			text = t;
 		}
-		close(state_fd);
-		if (text) {
-			text[len] = '\0';
-			ho.state = json_tokener_parse(text);
-		}
-		free(text);
+		r = pread(fd, text + len, cap - len - 1, (off_t)len);
+		if (r <= 0)
+			break;
+		len += (size_t)r;
 	}
+	close(fd);
+	if (text) {
+		text[len] = '\0';
+		ho.state = json_tokener_parse(text);
+	}
+	free(text);
 	if (ho.state && (!member(ho.state, "format") ||
 			 strcmp(json_object_get_string(member(ho.state, "format")), HANDOVER_FORMAT) ||
 			 int_of(ho.state, "version") != HANDOVER_VERSION)) {
@@ -178,7 +179,52 @@ int handover_load(struct server *srv)
 						     : "?", HANDOVER_VERSION);
 		json_object_put(ho.state);
 		ho.state = NULL;
+	} else if (!ho.state) {
+		log_error("restart: the state handed over is unreadable: its connections are closed "
+			  "(clients reconnect)");
 	}
+}
+
+bool handover_stored(int fd, const char *name)
+{
+	struct stored_conn *n;
+
+	if (!name)
+		return false;
+	if (!strcmp(name, STORE_STATE)) {
+		fcntl(fd, F_SETFD, FD_CLOEXEC);
+		if (ho.stored_state >= 0)
+			close(ho.stored_state);
+		ho.stored_state = fd;
+		return true;
+	}
+	if (strncmp(name, STORE_CONN, strlen(STORE_CONN)))
+		return false;
+	fcntl(fd, F_SETFD, FD_CLOEXEC);
+	n = realloc(ho.stored, (ho.nstored + 1) * sizeof(*n));
+	if (!n) {
+		close(fd);
+		return true;
+	}
+	ho.stored = n;
+	ho.stored[ho.nstored].fd = fd;
+	ho.stored[ho.nstored++].id = strtoull(name + strlen(STORE_CONN), NULL, 10);
+	return true;
+}
+
+int handover_load(struct server *srv)
+{
+	int lfds[256], state_fd = getenv(ENV_STATE) ? atoi(getenv(ENV_STATE)) : -1;
+	size_t nl = env_fds(ENV_LISTEN, lfds, 256), i;
+	json_object *listeners = NULL;
+	char desc[300];
+
+	ho.srv = srv;
+	if (state_fd < 0 && !nl)
+		return 0;
+	ho.stats.restarted = true;
+	if (state_fd >= 0)
+		read_state(state_fd);
 	listeners = ho.state ? member(ho.state, "listeners") : NULL;
 	for (i = 0; i < nl; i++) {
 		const char *d = NULL, *path = NULL;
@@ -248,9 +294,25 @@ static const char *resume_check(json_object *o, const struct export *e, struct p
 	return NULL;
 }
 
+/* The stored descriptor of connection id (taken out of the list), or -1. */
+static int stored_take(uint64_t id)
+{
+	size_t i;
+	int fd;
+
+	for (i = 0; i < ho.nstored; i++)
+		if (ho.stored[i].fd >= 0 && ho.stored[i].id == id) {
+			fd = ho.stored[i].fd;
+			ho.stored[i].fd = -1;
+			return fd;
+		}
+	return -1;
+}
+
 static void adopt_one(struct server *srv, json_object *o)
 {
-	struct client cl = { .fd = (int)int_of(o, "fd") };
+	struct client cl = { .fd = ho.nstored ? stored_take((uint64_t)int_of(o, "id"))
+					      : (int)int_of(o, "fd") };
 	struct client_who who = { .key = &cl.key, .peer = &cl.peer };
 	const char *name = json_object_get_string(member(o, "export")), *why;
 	struct conn_resume *r = calloc(1, sizeof(*r));
@@ -259,6 +321,10 @@ static void adopt_one(struct server *srv, json_object *o)
 	struct export *e;
 	int n;
 
+	if (cl.fd < 0) {
+		free(r);
+		return; /* stored without its descriptor: nothing to close */
+	}
 	cl.fd_out = cl.fd;
 	cl.key.family = (int)int_of(o, "family");
 	cl.key.uid = (uint32_t)int_of(o, "uid");
@@ -302,13 +368,22 @@ static void adopt_one(struct server *srv, json_object *o)
 
 void handover_adopt(struct server *srv)
 {
-	json_object *conns = ho.state ? member(ho.state, "connections") : NULL;
+	json_object *conns;
 	int cfds[4096];
 	size_t n = env_fds(ENV_CONNS, cfds, 4096), i;
+	char name[64];
 
 	unsetenv(ENV_CONNS);
+	if (ho.stored_state >= 0 || ho.nstored) {
+		/* From systemd's fd store: a restart of the unit. */
+		ho.stats.restarted = true;
+		if (ho.stored_state >= 0)
+			read_state(ho.stored_state);
+		ho.stored_state = -1;
+	}
 	if (!ho.stats.restarted)
 		return;
+	conns = ho.state ? member(ho.state, "connections") : NULL;
 	if (!conns) {
 		/* A state this process cannot read: the clients reconnect. */
 		for (i = 0; i < n; i++) {
@@ -322,6 +397,24 @@ void handover_adopt(struct server *srv)
 		for (i = 0; i < json_object_array_length(conns); i++)
 			adopt_one(srv, json_object_array_get_idx(conns, i));
 	}
+	/* Stored descriptors the state does not describe: their state is unknown. */
+	for (i = 0; i < ho.nstored; i++)
+		if (ho.stored[i].fd >= 0) {
+			shutdown(ho.stored[i].fd, SHUT_RDWR);
+			close(ho.stored[i].fd);
+			ho.stats.refused++;
+		}
+	/* The store forgets them: a crash from now on must not hand them out again. */
+	if (ho.nstored || ho.stats.restarted) {
+		notify_send("FDSTOREREMOVE=1\nFDNAME=" STORE_STATE);
+		for (i = 0; i < ho.nstored; i++) {
+			snprintf(name, sizeof(name), STORE_CONN "%" PRIu64, ho.stored[i].id);
+			notify_send("FDSTOREREMOVE=1\nFDNAME=%s", name);
+		}
+	}
+	free(ho.stored);
+	ho.stored = NULL;
+	ho.nstored = 0;
 	log_info("restarted with %u connection%s adopted, %u closed (TLS), %u closed "
 		 "(negotiating), %u refused", ho.stats.adopted, ho.stats.adopted == 1 ? "" : "s",
 		 ho.stats.closed_tls, ho.stats.closed_negotiating, ho.stats.refused);
@@ -513,6 +606,29 @@ static void on_parked(struct ev_loop *loop, ev_async *a, int revents)
 		else
 			j += (size_t)n;
 	}
+	if (!err && ho.store) {
+		/* systemd keeps them while a restart job is queued; a stop drops them. */
+		if (notify_send_fds(&memfd, 1, "FDSTORE=1\nFDNAME=" STORE_STATE) < 0)
+			log_error("restart: the state could not be stored: %s", strerror(errno));
+		for (i = 0; i < srv->nworkers; i++)
+			for (k = 0; k < ho.parts[i].n; k++) {
+				struct conn_parked *p = &ho.parts[i].conns[k];
+
+				if (notify_send_fds(&p->fd, 1, "FDSTORE=1\nFDNAME=" STORE_CONN "%" PRIu64,
+						    p->id) < 0)
+					log_warn("conn %" PRIu64 ": not stored", p->id);
+			}
+		log_info("%u connection%s handed to the service manager's fd store (%u closed: TLS; "
+			 "%u: negotiating); a restart adopts them, a stop closes them", nconns,
+			 nconns == 1 ? "" : "s", tls, neg);
+		close(memfd);
+		json_object_put(st);
+		free(lfds);
+		free(cfds);
+		parts_free();
+		ev_break(srv->loop, EVBREAK_ALL);
+		return;
+	}
 	if (!err) {
 		snprintf(num, sizeof(num), "%d", memfd);
 		setenv(ENV_STATE, num, 1);
@@ -523,11 +639,16 @@ static void on_parked(struct ev_loop *loop, ev_async *a, int revents)
 		notify_send("RELOADING=1\nSTATUS=restarting, %u connections handed over", nconns);
 		fflush(stderr);
 		{
-			sigset_t none;
+			sigset_t handled;
 
-			/* The new process starts with no signal blocked, as any would. */
-			sigemptyset(&none);
-			pthread_sigmask(SIG_SETMASK, &none, NULL);
+			/* Blocked across the exec: the new process unblocks them once it handles them. */
+			sigemptyset(&handled);
+			sigaddset(&handled, SIGINT);
+			sigaddset(&handled, SIGTERM);
+			sigaddset(&handled, SIGHUP);
+			sigaddset(&handled, SIGUSR1);
+			sigaddset(&handled, SIGUSR2);
+			pthread_sigmask(SIG_SETMASK, &handled, NULL);
 		}
 		execv(ho.exe, ho.argv);
 		log_error("restart: exec %s: %s: going on in this process", ho.exe, strerror(errno));
@@ -558,10 +679,39 @@ static void on_parked(struct ev_loop *loop, ev_async *a, int revents)
 	ho.running = false;
 }
 
-void handover_start(struct server *srv)
+/* Parks every connection; on_parked goes on once every worker has. */
+static void park_all(struct server *srv)
 {
 	unsigned i;
 
+	ho.srv = srv;
+	if (!ho.parked_init) {
+		ev_async_init(&ho.parked, on_parked);
+		ev_async_start(srv->loop, &ho.parked);
+		ho.parked_init = true;
+	}
+	ho.running = true;
+	listen_pause(srv, true);
+	atomic_store(&ho.pending, srv->nworkers);
+	for (i = 0; i < srv->nworkers; i++) {
+		ho.parts[i].w = &srv->workers[i];
+		ho.parts[i].op.done = part_run;
+		worker_post(&srv->workers[i], &ho.parts[i].op, 0);
+	}
+}
+
+static bool parts_alloc(struct server *srv)
+{
+	/* A previous failed attempt's parts are reused: they were unparked. */
+	free(ho.parts);
+	ho.parts = calloc(srv->nworkers, sizeof(*ho.parts));
+	if (!ho.parts)
+		log_error("restart: out of memory");
+	return ho.parts != NULL;
+}
+
+void handover_start(struct server *srv)
+{
 	if (srv->single) {
 		log_warn("SIGUSR2: a single-connection daemon (--single) cannot restart");
 		return;
@@ -572,26 +722,19 @@ void handover_start(struct server *srv)
 		log_error("SIGUSR2: the daemon's own binary was not found at start: cannot restart");
 		return;
 	}
-	ho.srv = srv;
-	if (!ho.parked_init) {
-		ev_async_init(&ho.parked, on_parked);
-		ev_async_start(srv->loop, &ho.parked);
-		ho.parked_init = true;
-	}
-	/* A previous failed attempt's parts are reused: they were unparked. */
-	free(ho.parts);
-	ho.parts = calloc(srv->nworkers, sizeof(*ho.parts));
-	if (!ho.parts) {
-		log_error("SIGUSR2: out of memory");
+	if (!parts_alloc(srv))
+		return;
+	log_info("SIGUSR2: restarting %s; connections are kept", ho.exe);
+	ho.store = false;
+	park_all(srv);
+}
+
+void handover_store(struct server *srv)
+{
+	if (ho.running || !parts_alloc(srv)) {
+		ev_break(srv->loop, EVBREAK_ALL);
 		return;
 	}
-	log_info("SIGUSR2: restarting %s; connections are kept", ho.exe);
-	ho.running = true;
-	listen_pause(srv, true);
-	atomic_store(&ho.pending, srv->nworkers);
-	for (i = 0; i < srv->nworkers; i++) {
-		ho.parts[i].w = &srv->workers[i];
-		ho.parts[i].op.done = part_run;
-		worker_post(&srv->workers[i], &ho.parts[i].op, 0);
-	}
+	ho.store = true;
+	park_all(srv);
 }

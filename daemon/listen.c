@@ -370,7 +370,7 @@ int listen_inherited(struct server *srv)
 	char *name = names, *next;
 	char desc[300];
 	long n, i;
-	int ret = 0;
+	int ret = 0, listeners = 0;
 
 	if (!pid || !fds || strtol(pid, NULL, 10) != (long)getpid()) {
 		free(names);
@@ -387,14 +387,20 @@ int listen_inherited(struct server *srv)
 		next = name ? strchr(name, ':') : NULL;
 		if (next)
 			*next++ = '\0';
+		/* The fd store's: a previous process's connections and their state. */
+		if (handover_stored(fd, name)) {
+			name = next;
+			continue;
+		}
 		fcntl(fd, F_SETFD, FD_CLOEXEC);
 		snprintf(desc, sizeof(desc), "socket-activated fd %d (%.200s)", fd,
 			 name && *name ? name : "unnamed");
 		name = next;
 		ret = listener_add(srv, fd, desc, NULL);
+		listeners++;
 	}
 	free(names);
-	return ret < 0 ? ret : (int)n;
+	return ret < 0 ? ret : listeners;
 }
 
 void listen_start(struct server *srv)

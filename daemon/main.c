@@ -91,6 +91,14 @@ static void on_stop_signal(struct ev_loop *loop, ev_signal *w, int revents)
 		log_warn("%s again: exiting at once", strsignal(w->signum));
 		_exit(1);
 	}
+	if (w->signum == SIGTERM && srv.keep_conns && getenv("NOTIFY_SOCKET") && !srv.single) {
+		/* A restart keeps the connections: the service manager holds them meanwhile. */
+		log_info("%s: shutting down; connections go to the service manager's fd store",
+			 strsignal(w->signum));
+		notify_send("STOPPING=1");
+		handover_store(&srv);
+		return;
+	}
 	log_info("%s: shutting down", strsignal(w->signum));
 	notify_send("STOPPING=1");
 	ev_break(loop, EVBREAK_ALL);
@@ -354,6 +362,8 @@ int main(int argc, char **argv)
 	struct config file;
 	struct export_spec *specs = NULL;
 	ev_signal sigint_w, sigterm_w, sigusr1_w, sighup_w, sigusr2_w;
+	static const int handled_signals[] = { SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2 };
+	sigset_t handled;
 	ev_timer status_w;
 	const char *unix_path, *bind_addr, *port, *pid_file, *control_path, *metrics;
 	size_t nspecs = 0, j;
@@ -362,6 +372,17 @@ int main(int argc, char **argv)
 	bool ran;
 	unsigned i, started = 0;
 
+	/*
+	 * The signals uringnbd handles stay blocked until their watchers are
+	 * in place: one sent during start-up (a restart's exec included, which
+	 * keeps the mask) waits for them instead of killing the process; the
+	 * threads started meanwhile keep them blocked, so they reach the main
+	 * thread's handlers.
+	 */
+	sigemptyset(&handled);
+	for (i = 0; i < sizeof(handled_signals) / sizeof(handled_signals[0]); i++)
+		sigaddset(&handled, handled_signals[i]);
+	pthread_sigmask(SIG_BLOCK, &handled, NULL);
 	handover_init(argc, argv);
 	config_init(&file);
 	ret = cli_parse(argc, argv, &cli, &config_path);
@@ -386,6 +407,7 @@ int main(int argc, char **argv)
 	srv.io_timeout_s = setting(cli.io_timeout_s, file.io_timeout_s, DEFAULT_IO_TIMEOUT_S);
 	srv.idle_timeout_s = setting(cli.idle_timeout_s, file.idle_timeout_s, 0);
 	srv.busy_poll_us = setting(cli.busy_poll_us, file.busy_poll_us, 0);
+	srv.keep_conns = (cli.keep_conns >= 0 ? cli.keep_conns : file.keep_conns) > 0;
 	srv.max_conns_per_client = setting(cli.max_conns_per_client, file.max_conns_per_client, 0);
 	srv.single = cli.single;
 	if (srv.single && (cli.unix_path || cli.bind || cli.port)) {
@@ -491,6 +513,7 @@ int main(int argc, char **argv)
 	ev_signal_start(srv.loop, &sighup_w);
 	ev_signal_init(&sigusr2_w, on_usr2, SIGUSR2);
 	ev_signal_start(srv.loop, &sigusr2_w);
+	pthread_sigmask(SIG_UNBLOCK, &handled, NULL);
 	ev_timer_init(&status_w, on_status_timer, STATUS_INTERVAL_S, STATUS_INTERVAL_S);
 	if (getenv("NOTIFY_SOCKET"))
 		ev_timer_start(srv.loop, &status_w);

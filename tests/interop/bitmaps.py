@@ -30,12 +30,26 @@ CTL = os.path.join(S, "ctl")
 
 
 def ctl(*args, ok=True):
+    """The reply (ok), the error text (not ok: the call must fail), or either (ok=None)."""
     r = subprocess.run([URINGNBDCTL, "-c", CTL, "--json", *args], capture_output=True, text=True)
+    if ok is None:
+        return r.stdout + r.stderr
     if ok:
         check(r.returncode == 0, f"uringnbdctl {' '.join(args)}: {r.stdout}{r.stderr}")
         return json.loads(r.stdout)
     check(r.returncode != 0, f"uringnbdctl {' '.join(args)} succeeded: {r.stdout}")
     return r.stdout + r.stderr
+
+
+def ctl_settled(*args):
+    """A call refused as Busy until the daemon has seen the last client go (a moment)."""
+    for _ in range(100):
+        out = ctl(*args, ok=None)
+        if "Busy" not in out:
+            check('"class"' not in out, f"uringnbdctl {' '.join(args)}: {out}")
+            return
+        time.sleep(0.05)
+    fail(f"uringnbdctl {' '.join(args)}: still Busy after 5 s")
 
 
 def contexts_of(uri, queries):
@@ -146,9 +160,8 @@ h.connect_uri(d.uri("vm"))
 time.sleep(0.2)
 check("Busy" in ctl("bitmap-remove", "vm", "b", ok=False), "bitmap-remove, attached")
 h.shutdown()
-time.sleep(0.2)
-ctl("checkpoint-remove", "vm", "c1")
-ctl("bitmap-remove", "vm", "b")
+ctl_settled("checkpoint-remove", "vm", "c1")
+ctl_settled("bitmap-remove", "vm", "b")
 check(contexts_of(d.uri("vm"), []) == ["base:allocation", "qemu:dirty-bitmap:a"],
       "a removed bitmap is still offered")
 h = nbd.NBD()
@@ -214,7 +227,7 @@ if os.getuid() == 0 and shutil.which("mkfs.ext4"):
         check(b["bitmaps"][0]["dirty-granules"] == 2 and b["checkpoints"] == [],
               f"after ENOSPC: {b}")
         h.shutdown()
-        ctl("export-remove", "other")
+        ctl_settled("export-remove", "other")
         print("a full filesystem under the sidecar: the checkpoint refused (ENOSPC), writes "
               "go on and are marked")
     finally:

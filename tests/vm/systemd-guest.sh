@@ -49,18 +49,64 @@ grep -q '^disk0 ' /tmp/ctl || fail "uringnbdctl exports: $(cat /tmp/ctl)"
 uringnbdctl --json connections disk0 >/tmp/ctl || fail "uringnbdctl connections"
 [ "$(grep -c '"export":"disk0"' /tmp/ctl)" = 2 ] || fail "two connections expected: $(cat /tmp/ctl)"
 
+step "/dev/nbd1 over TCP with 4 connections; ext4 on both; fio with verify=crc32c"
+truncate -s 256M /srv/nbd/disk2.img
+cat >>/etc/uringnbd/uringnbd.conf <<EOF
+[global]
+bind = 127.0.0.1
+port = 10809
+[export disk2]
+path = /srv/nbd/disk2.img
+EOF
+# A restart picks up the TCP listener; the two unix connections are kept.
+systemctl restart uringnbd.service || fail "restart to listen on TCP"
+nbd-client 127.0.0.1 10809 /dev/nbd1 -N disk2 -C 4 || fail "nbd-client over TCP"
+uringnbdctl --json connections >/tmp/ctl || fail "uringnbdctl connections"
+[ "$(grep -c '"export":"disk' /tmp/ctl)" = 6 ] || fail "six connections expected: $(cat /tmp/ctl)"
+for d in 0 1; do
+    mkfs.ext4 -q -F /dev/nbd$d || fail "mkfs.ext4 /dev/nbd$d"
+    mkdir -p /mnt$d && mount /dev/nbd$d /mnt$d || fail "mount /dev/nbd$d"
+done
+fio --name=unix --directory=/mnt0 --name=tcp --directory=/mnt1 --rw=randwrite --bs=16k \
+    --size=12M --loops=3 --ioengine=psync --direct=1 --verify=crc32c --verify_fatal=1 \
+    --output=/tmp/fio.out >/dev/null 2>&1 &
+fio_pid=$!
 old=$(uringnbd --version)
-step "upgrade with a client attached: dpkg -i $(basename /root/debs/second/uringnbd_*.deb)"
-dpkg -i --force-confold /root/debs/second/uringnbd_*.deb >/tmp/dpkg.log 2>&1 ||
-    fail "dpkg -i (upgrade): $(tail -n 5 /tmp/dpkg.log)"
+n=0
+for what in restart restart upgrade restart restart; do
+    sleep 4
+    kill -0 $fio_pid 2>/dev/null || fail "fio ended before restart $((n + 1)): $(tail -n 20 /tmp/fio.out)"
+    before=$(journalctl -b --no-pager -u uringnbd.service | grep -c 'restarted with 6 connections adopted')
+    if [ $what = upgrade ]; then
+        step "restart $((n + 1)) under fio: upgrade, dpkg -i $(basename /root/debs/second/uringnbd_*.deb)"
+        dpkg -i --force-confold /root/debs/second/uringnbd_*.deb >/tmp/dpkg.log 2>&1 ||
+            fail "dpkg -i (upgrade): $(tail -n 5 /tmp/dpkg.log)"
+    else
+        step "restart $((n + 1)) under fio: systemctl restart uringnbd"
+        systemctl restart uringnbd.service || fail "systemctl restart"
+    fi
+    n=$((n + 1))
+    after=$(journalctl -b --no-pager -u uringnbd.service | grep -c 'restarted with 6 connections adopted')
+    [ "$after" -gt "$before" ] || fail "restart $n did not adopt the 6 connections: $(journalctl -b --no-pager -u uringnbd.service | grep 'restarted with\|handed to' | tail -n 3)"
+done
 new=$(uringnbd --version)
 [ "$new" != "$old" ] || fail "the upgrade did not change the binary ($old)"
-# The daemon serving /dev/nbd0 is left alone; the new binary serves from its next start.
-[ "uringnbd $(uringnbdctl version | cut -d' ' -f2)" = "$old" ] ||
-    fail "the running daemon was replaced during the upgrade"
-uringnbdctl --json connections disk0 >/tmp/ctl || fail "uringnbdctl connections after the upgrade"
-[ "$(grep -c '"export":"disk0"' /tmp/ctl)" = 2 ] || fail "connections lost in the upgrade"
-step "upgraded from $old to $new; the running daemon and its 2 connections untouched"
+[ "uringnbd $(uringnbdctl version | cut -d' ' -f2)" = "$new" ] ||
+    fail "the upgrade did not restart the daemon on the new binary"
+uringnbdctl --json version | tr -d ' \n' | grep -q '"adopted":6' ||
+    fail "uringnbdctl does not report 6 connections adopted: $(uringnbdctl --json version)"
+wait $fio_pid || fail "fio failed across the restarts: $(tail -n 30 /tmp/fio.out)"
+grep -q 'err= 0' /tmp/fio.out || fail "fio reported errors: $(tail -n 30 /tmp/fio.out)"
+dmesg | grep -i 'nbd' | grep -i 'error\|timed out\|dead\|reconnect\|disconnect' &&
+    fail "the kernel's nbd driver reported errors during the restarts"
+for d in 0 1; do
+    umount /mnt$d || fail "umount /mnt$d"
+    e2fsck -fn /dev/nbd$d >/tmp/fsck$d 2>&1 || fail "e2fsck /dev/nbd$d: $(tail -n 5 /tmp/fsck$d)"
+done
+nbd-client -d /dev/nbd1 || fail "nbd-client -d /dev/nbd1"
+step "5 restarts under fio (one to $new) kept all 6 connections: fio verified, no nbd error, e2fsck clean"
+journalctl -b --no-pager -u uringnbd.service | grep 'restarted with\|handed to the service' |
+    sed 's/^/journal: /' | tail -n 4
 mkfs.ext4 -q -F /dev/nbd0 || fail "mkfs.ext4"
 mkdir -p /mnt && mount /dev/nbd0 /mnt || fail "mount"
 for i in 1 2 3 4 5 6; do
@@ -78,7 +124,7 @@ dmesg | grep -i 'nbd.*\(error\|timed out\|dead\)' && fail "the kernel's nbd driv
 
 status=$(systemctl show -p StatusText --value uringnbd.service)
 step "STATUS=$status"
-case "$status" in "serving 1 export"*) ;; *) fail "no STATUS= line from the daemon: '$status'" ;; esac
+case "$status" in "serving 2 exports"*) ;; *) fail "no STATUS= line from the daemon: '$status'" ;; esac
 
 step "systemctl reload adds an export"
 truncate -s 64M /srv/nbd/disk1.img

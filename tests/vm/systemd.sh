@@ -7,7 +7,9 @@
 # deb` builds, as a user would (and upgraded to a second build with a higher
 # version, then purged). tests/vm/systemd-guest.sh then runs as a
 # unit: socket activation, nbd-client attaching /dev/nbd0, ext4 written and
-# checked, STATUS=, reload, stop within the timeout with a clean shutdown
+# checked, five restarts (one an upgrade to a new binary) under fio on two
+# attached devices with nothing failed, STATUS=, reload, stop within the
+# timeout with a clean shutdown
 # in the journal, uringnbd@.service, and a block device through a drop-in.
 # The host checks the image afterwards (e2fsck -fn and the checksums).
 . "$(dirname "$0")/../interop/lib.bash"
@@ -21,7 +23,7 @@ mkdir -p "$VM"
 vm_kernel
 
 # The root filesystem, built once.
-PKGS=systemd,systemd-sysv,udev,kmod,nbd-client,e2fsprogs,util-linux,libev4,liburing2,libgnutls30,libjson-c5,libmicrohttpd12
+PKGS=systemd,systemd-sysv,udev,kmod,nbd-client,e2fsprogs,util-linux,fio,libev4,liburing2,libgnutls30,libjson-c5,libmicrohttpd12
 # Named by what it holds: a new package list builds a new one.
 ROOTFS="$VM/rootfs-bookworm-$(echo "$PKGS" | md5sum | cut -c1-8).tar"
 if [ ! -s "$ROOTFS" ]; then
@@ -144,4 +146,4 @@ got=$(debugfs -R "cat /hello" "$T/disk0.img" 2>/dev/null | sha256sum | cut -d' '
 [ -n "$want" ] && [ "$want" = "$got" ] || fail "debugfs reads /hello as $got, the guest wrote $want"
 head -c 64 "$T/blk.img" | grep -q "written through the device export" ||
     fail "the block device export's write is not on the device"
-echo "systemd: socket activation, nbd-client, reload, STATUS=, stop, instance and device units"
+echo "systemd: socket activation, nbd-client, restarts under fio keeping connections, reload, STATUS=, stop, instance and device units"
