@@ -394,6 +394,8 @@ void conns_adopt(struct worker *w, const struct client *cl)
 		c->transport = c->key.family == AF_UNIX ? TRANSPORT_UNIX : TRANSPORT_TCP;
 		stat_bump(&c->exp->ctr->slot[w->id].conns[c->transport], 1);
 		c->result = CONN_RESULT_SERVED;
+		log_info("conn %" PRIu64 ": adopted on worker %d, fd %d: export \"%s\", %zu bytes "
+			 "received and not parsed yet", c->id, w->id, c->fd, c->exp->name, r->npending);
 		rx_start_resumed(c, r->pending, r->npending);
 		free(r->pending);
 		free(r);
