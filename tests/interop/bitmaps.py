@@ -231,7 +231,8 @@ if os.getuid() == 0 and shutil.which("mkfs.ext4"):
         print("a full filesystem under the sidecar: the checkpoint refused (ENOSPC), writes "
               "go on and are marked")
     finally:
-        subprocess.run(["umount", mnt])
+        # Lazily: the daemon may still hold the sidecar there if a check failed.
+        subprocess.run(["umount", "-l", mnt])
 else:
     print("not root: the full-filesystem case is left out")
 
