@@ -19,6 +19,8 @@
  *   overlay.c    copy-on-write overlays: the overlay file's format, map and flush
  *   bitmap.c     dirty bitmaps and checkpoints of a file: its sidecar, the commit
  *                thread that syncs new bits before their writes, reflink copies
+ *   handover.c   restarts that keep connections: parked sockets and their state
+ *                to the next process (SIGUSR2 exec, or systemd's fd store)
  *   access.c     who may use an export: allow/deny lists, TLS-only, tls-allow
  *   tls.c        GnuTLS credentials, and each connection's TLS on the io_uring path
  *   worker.c     a thread with one libev loop, one io_uring, one buffer pool;
