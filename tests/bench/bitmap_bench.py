@@ -59,13 +59,7 @@ def commits():
 
 
 def main():
-    os.makedirs(DIR, exist_ok=True)
-    os.makedirs(bench.SOCKDIR, exist_ok=True)
-    img = f"{DIR}/bench.img"
-    if not os.path.exists(img) or os.path.getsize(img) != 1 << 30:
-        print("writing a 1G image of random data...", flush=True)
-        bench.sh("fio", "--name=fill", "--rw=write", "--bs=1M", "--size=1G", f"--filename={img}",
-                 "--ioengine=io_uring", "--direct=1", "--refill_buffers", "--output=/dev/null")
+    img = bench.random_image()
     res = {(t, r[0]): [] for t in TARGETS for r in RUNS}
     syncs = {r[0]: [] for r in RUNS}
     for rnd in range(ROUNDS):

@@ -58,13 +58,7 @@ def fio(rw, extra):
 
 
 def main():
-    os.makedirs(DIR, exist_ok=True)
-    os.makedirs(bench.SOCKDIR, exist_ok=True)
-    img = f"{DIR}/bench.img"
-    if not os.path.exists(img) or os.path.getsize(img) != 1 << 30:
-        print("writing a 1G image of random data...", flush=True)
-        bench.sh("fio", "--name=fill", "--rw=write", "--bs=1M", "--size=1G", f"--filename={img}",
-                 "--ioengine=io_uring", "--direct=1", "--refill_buffers", "--output=/dev/null")
+    img = bench.random_image()
     res = {(t, w): [] for t in TARGETS for w in ("read", "first", "rewrite")}
     cache = {t: 0 for t in TARGETS}
     for rnd in range(ROUNDS):
