@@ -95,7 +95,7 @@ struct bitmaps {
 	struct slot slot[BITMAP_SLOTS];
 	struct old_bits *old;
 	pthread_mutex_t admin;      /* one checkpoint, clear or remove at a time */
-	uint64_t *page_buf;         /* the committer's copy of a page */
+	uint64_t *page_buf;         /* the committer's copy of a page (its thread only) */
 	atomic_uint_fast64_t commits, commit_pages; /* syncs done, pages they wrote */
 #ifdef URINGNBD_TEST_HOOKS
 	unsigned test_late_ms;      /* test builds: bits synced after the data, this late */
@@ -223,34 +223,6 @@ static int record_store(struct bitmaps *bm, int i)
 	if (!ret && fdatasync(bm->fd) < 0)
 		ret = -errno;
 	return ret;
-}
-
-static void put_le32(uint8_t *p, uint32_t v)
-{
-	v = htole32(v);
-	memcpy(p, &v, 4);
-}
-
-static void put_le64(uint8_t *p, uint64_t v)
-{
-	v = htole64(v);
-	memcpy(p, &v, 8);
-}
-
-static uint32_t get_le32(const uint8_t *p)
-{
-	uint32_t v;
-
-	memcpy(&v, p, 4);
-	return le32toh(v);
-}
-
-static uint64_t get_le64(const uint8_t *p)
-{
-	uint64_t v;
-
-	memcpy(&v, p, 8);
-	return le64toh(v);
 }
 
 /* The image's identity as the header keeps it. */
@@ -543,14 +515,14 @@ static int slot_take(struct bitmaps *bm, enum bitmap_kind kind, char *err, size_
 static int slot_store_bits(struct bitmaps *bm, int i)
 {
 	struct slot *s = &bm->slot[i];
-	uint64_t p, w;
+	uint64_t page[PAGE_WORDS], p, w; /* not page_buf: the committer writes that unlocked */
 	int ret;
 
 	for (p = 0; p < bm->npages; p++) {
 		for (w = 0; w < PAGE_WORDS; w++)
-			bm->page_buf[w] = htole64(atomic_load_explicit(&s->bits[p * PAGE_WORDS + w],
-								      memory_order_relaxed));
-		ret = write_all(bm->fd, bm->page_buf, SIDECAR_PAGE, slot_off(bm, i) + p * SIDECAR_PAGE);
+			page[w] = htole64(atomic_load_explicit(&s->bits[p * PAGE_WORDS + w],
+							       memory_order_relaxed));
+		ret = write_all(bm->fd, page, SIDECAR_PAGE, slot_off(bm, i) + p * SIDECAR_PAGE);
 		if (ret)
 			return ret;
 	}

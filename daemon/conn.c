@@ -532,9 +532,8 @@ void conns_unpark(struct worker *w)
 	}
 }
 
-void conns_handover_closed(const struct worker *w, unsigned *tls, unsigned *negotiating)
+void conns_handover_closed(unsigned *tls, unsigned *negotiating)
 {
-	(void)w;
 	*tls = atomic_load(&handover_closed_tls);
 	*negotiating = atomic_load(&handover_closed_negotiating);
 }

@@ -88,6 +88,34 @@
 #define URINGNBD_VERSION "unknown"
 #endif
 
+/* Little-endian integers of the on-disk formats (overlay.c, bitmap.c). */
+static inline void put_le32(uint8_t *p, uint32_t v)
+{
+	for (int i = 0; i < 4; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+static inline void put_le64(uint8_t *p, uint64_t v)
+{
+	for (int i = 0; i < 8; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+static inline uint32_t get_le32(const uint8_t *p)
+{
+	uint32_t v = 0;
+
+	for (int i = 3; i >= 0; i--)
+		v = v << 8 | p[i];
+	return v;
+}
+static inline uint64_t get_le64(const uint8_t *p)
+{
+	uint64_t v = 0;
+
+	for (int i = 7; i >= 0; i--)
+		v = v << 8 | p[i];
+	return v;
+}
+
 #define container_of(ptr, type, member) ((type *)(void *)((char *)(ptr) - offsetof(type, member)))
 
 /* ---- log.c ---- */
@@ -800,8 +828,8 @@ void conns_handover(struct worker *w);
 int conns_parked(struct worker *w, struct conn_parked **out);
 /* On w's thread: the hand-over failed; parked connections read requests again. */
 void conns_unpark(struct worker *w);
-/* Counters of the hand-over on w: closed because TLS, closed negotiating. */
-void conns_handover_closed(const struct worker *w, unsigned *tls, unsigned *negotiating);
+/* This process's hand-over so far: connections closed because TLS, and negotiating. */
+void conns_handover_closed(unsigned *tls, unsigned *negotiating);
 
 /* ---- handover.c: restarts that keep connections (SIGUSR2: re-exec) ---- */
 /* At start: where the binary is (to exec it again) and its arguments. */

@@ -309,27 +309,16 @@ static int export_bitmaps_open(struct export *e, const struct export_spec *spec,
 		return -1;
 	} else
 		snprintf(sidecar, sizeof(sidecar), "%s.bitmaps", spec->path);
-	copy = strdup(spec->bitmaps);
-	if (!copy)
-		return -1;
-	for (n = strtok_r(copy, ",", &save); n; n = strtok_r(NULL, ",", &save))
-		if (!bitmap_name_ok(n, err, sizeof(err))) {
-			log_error("export \"%s\": bitmaps: %s", spec->name, err);
-			free(copy);
-			return -1;
-		}
+	/* The names were checked where the spec was made (config_set_export). */
 	if (bitmaps_attach(e->backing, sidecar, spec->bitmap_granularity, st, spec->path,
 			   e->size_bytes, spec->bitmaps, err, sizeof(err)) < 0) {
 		log_error("export \"%s\": %s", spec->name, err);
-		free(copy);
 		return -1;
 	}
 	e->bm = atomic_load(&e->backing->bm);
 	backing_ref(e->backing);
 	e->bm_backing = e->backing;
-	free(copy);
 	copy = strdup(spec->bitmaps);
-	save = NULL;
 	for (n = copy ? strtok_r(copy, ",", &save) : NULL; n && !ret; n = strtok_r(NULL, ",", &save))
 		ret = export_add_context(e, n, bitmaps_find(e->bm, BITMAP_LIVE, n));
 	free(copy);

@@ -558,7 +558,7 @@ static void on_parked(struct ev_loop *loop, ev_async *a, int revents)
 	(void)revents;
 	if (atomic_load(&ho.pending) || !ho.running)
 		return;
-	conns_handover_closed(NULL, &tls, &neg);
+	conns_handover_closed(&tls, &neg);
 	st = json_object_new_object();
 	json_object_object_add(st, "format", json_object_new_string(HANDOVER_FORMAT));
 	json_object_object_add(st, "version", json_object_new_int(HANDOVER_VERSION));

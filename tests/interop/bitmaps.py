@@ -186,6 +186,9 @@ for what, setup, want in (
     setup(side)
     msg = ctl("export-add", "other", other, "bitmaps=x", f"bitmap-file={side}", ok=False)
     check(want in msg, f"a {what} sidecar: {msg}")
+for g in ("3000", "2K", "2G"):
+    msg = ctl("export-add", "other", other, "bitmaps=x", f"bitmap-granularity={g}", ok=False)
+    check("power of two" in msg, f"bitmap-granularity={g}: {msg}")
 msg = ctl("export-add", "other", other, "bitmaps=bad/name", ok=False)
 check("InvalidArgument" in msg and "letters" in msg, f"export-add bitmaps=bad/name: {msg}")
 h = nbd.NBD()
