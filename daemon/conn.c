@@ -436,8 +436,12 @@ static void handover_check_cb(struct ev_loop *loop, ev_timer *t, int revents)
 		for (c = w->conns; c; c = next) {
 			next = c->next;
 			if (!conn_parked(c) && c->state != CONN_CLOSING) {
-				log_info("conn %" PRIu64 ": still busy %.0f s into a restart: closing",
-					 c->id, WORKER_STOP_GRACE_S);
+				log_info("conn %" PRIu64 ": still busy %.0f s into a restart (state %d, "
+					 "receive %d%s, %u requests, %s, %u ops pending): closing", c->id,
+					 WORKER_STOP_GRACE_S, (int)c->state, (int)c->rx,
+					 c->rx_cancelling ? " cancelling" : "", c->live_reqs,
+					 c->sending || c->sendq_head ? "replies unsent" : "replies sent",
+					 c->pending);
 				conn_close(c, NULL);
 			}
 		}
