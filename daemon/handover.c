@@ -96,6 +96,22 @@ void handover_stats(struct handover_stats *out)
 
 /* ---- the new process ---- */
 
+static int hex_digit(char ch)
+{
+	if (ch >= '0' && ch <= '9')
+		return ch - '0';
+	if (ch >= 'a' && ch <= 'f')
+		return ch - 'a' + 10;
+	if (ch >= 'A' && ch <= 'F')
+		return ch - 'A' + 10;
+	return -1;
+}
+
+/*
+ * Linear in the length: a connection's unparsed bytes can be a whole receive
+ * buffer (256 KiB), and sscanf per byte rescans the rest of the string each
+ * time (a 39 s stall in a slow guest, long enough for the client to time out).
+ */
 static int hex_decode(const char *s, uint8_t *out, size_t cap)
 {
 	size_t n = strlen(s), i;
@@ -103,11 +119,11 @@ static int hex_decode(const char *s, uint8_t *out, size_t cap)
 	if (n % 2 || n / 2 > cap)
 		return -1;
 	for (i = 0; i < n / 2; i++) {
-		unsigned v;
+		int hi = hex_digit(s[2 * i]), lo = hex_digit(s[2 * i + 1]);
 
-		if (sscanf(s + 2 * i, "%2x", &v) != 1)
+		if (hi < 0 || lo < 0)
 			return -1;
-		out[i] = (uint8_t)v;
+		out[i] = (uint8_t)(hi << 4 | lo);
 	}
 	return (int)(n / 2);
 }

@@ -63,8 +63,12 @@ def drain(timeout=0.3):
             os.close(store.pop(kv["FDNAME"]))
 
 
+start_times = []
+
+
 def start():
     """The unit's start: the socket first, then the store, as LISTEN_FDS 3, 4, ..."""
+    t0 = time.time()
     fds = [lsock.fileno()] + list(store.values())
     names = ["nbd"] + list(store.keys())
 
@@ -83,6 +87,7 @@ def start():
     while not any(m.get("READY") == "1" for m in drain(0.05)):
         check(p.poll() is None, f"the daemon exited at start ({p.returncode})")
         check(time.time() < deadline, "no READY=1 within 10 s")
+    start_times.append(time.time() - t0)
     return p
 
 
@@ -152,3 +157,65 @@ h3.connect_uri(f"nbd+unix:///vm?socket={sock_path}")
 h3.shutdown()
 stop(p)
 print("a state of version 99: its connection closed, logged, the listener kept")
+
+# A connection handed over with a whole receive buffer of requests not parsed yet
+# (256 KiB: it happens when a burst arrives as a restart begins): the new process
+# adopts it at once and answers every request.
+import json  # noqa: E402
+p = start()
+raw = socket.socket(socket.AF_UNIX)
+raw.connect(sock_path)
+check(raw.recv(18)[:8] == b"NBDMAGIC", "greeting")
+raw.sendall(struct.pack(">I", 3))                                  # FIXED_NEWSTYLE | NO_ZEROES
+raw.sendall(struct.pack(">QII", 0x49484156454F5054, 1, 2) + b"vm")  # NBD_OPT_EXPORT_NAME "vm"
+check(len(raw.recv(10)) == 10, "EXPORT_NAME reply")
+# One request answered: the daemon is past the handshake (a negotiation is not handed over).
+raw.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 0, 1, 0, 512))
+check(len(raw.recv(16 + 512, socket.MSG_WAITALL)) == 16 + 512, "a first READ")
+stop(p)
+conns = [k for k in store if k.startswith("uringnbd-conn-")]
+check(len(conns) == 1, f"one stored connection expected: {sorted(store)}")
+os.lseek(store["uringnbd-state"], 0, os.SEEK_SET)
+state = json.loads(os.read(store["uringnbd-state"], 1 << 20))
+burst, WLEN = b"", 16384
+while len(burst) + (28 + WLEN) + 28 <= 256 * 1024:
+    i = len(burst) // (28 + WLEN)
+    burst += struct.pack(">IHHQQI", 0x25609513, 0, 1, 100 + i, 1 << 20 | i * WLEN, WLEN)
+    burst += bytes([65 + i]) * WLEN
+nwrites = len(burst) // (28 + WLEN)
+burst += struct.pack(">IHHQQI", 0x25609513, 0, 0, 99, 1 << 20, nwrites * WLEN)  # READ them back
+check(len(state["connections"]) == 1, f"the state holds {len(state['connections'])} connections")
+state["connections"][0]["pending"] = burst.hex()
+os.close(store["uringnbd-state"])
+store["uringnbd-state"] = os.memfd_create("state")
+os.write(store["uringnbd-state"], json.dumps(state).encode())
+slowest = max(start_times)
+t0 = time.time()
+p = start()
+raw.settimeout(20)
+answered, data = set(), b""
+while len(answered) < nwrites + 1:
+    hdr = raw.recv(16, socket.MSG_WAITALL)
+    magic, err, cookie = struct.unpack(">IIQ", hdr) if len(hdr) == 16 else (0, 0, 0)
+    check(magic == 0x67446698 and err == 0 and cookie not in answered and
+          (cookie == 99 or 100 <= cookie < 100 + nwrites), f"a reply to the burst: {hdr.hex()}")
+    answered.add(cookie)
+    while cookie == 99 and len(data) < nwrites * WLEN:
+        chunk = raw.recv(nwrites * WLEN - len(data))
+        check(chunk, "the read's data was cut short")
+        data += chunk
+took = time.time() - t0
+check(data == b"".join(bytes([65 + i]) * WLEN for i in range(nwrites)),
+      "the burst's writes do not read back")
+check(f"{len(burst)} bytes received and not parsed yet" in open(log_path).read(),
+      "the adoption does not log the unparsed bytes")
+# Decoding the bytes must not be what a client waits for: with a decoder that
+# rescanned the string per byte this took 0.83 s against 0.14 here (39 s in a
+# slow guest, where the kernel client timed out).
+check(took < slowest + 0.5, f"{len(burst)} unparsed bytes took {took:.2f} s from start to the "
+      f"last reply; a plain start took at most {slowest:.2f} s")
+raw.close()
+stop(p)
+print(f"a connection handed over with {len(burst)} bytes unparsed ({nwrites} writes and a "
+      f"read): answered {took * 1e3:.0f} ms after the start (a plain start: at most "
+      f"{slowest * 1e3:.0f} ms)")
