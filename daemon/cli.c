@@ -52,9 +52,10 @@ static void usage(FILE *f)
 		"      --io-timeout S   close a connection whose reply or payload stalls S seconds\n"
 		"                       (default 60, 0: never)\n"
 		"      --idle-timeout S close a connection idle for S seconds (default 0: never)\n"
-		"      --busy-poll US   poll for completions up to US microseconds before\n"
-		"                       sleeping: lower latency at low queue depth for more\n"
-		"                       CPU (default 0: off)\n"
+		"      --poll-max US    cap of the adaptive poll for completions before a worker\n"
+		"                       sleeps (default 50; 0: never poll)\n"
+		"      --busy-poll US   poll a fixed US microseconds instead: lower latency at\n"
+		"                       low queue depth for a busy core (default 0: adaptive)\n"
 		"      --keep-connections  SIGTERM under systemd hands the connections to its\n"
 		"                       fd store (FileDescriptorStoreMax=): a restart keeps them\n"
 		"      --pid-file PATH  write the pid here once listening\n"
@@ -181,6 +182,7 @@ int cli_parse(int argc, char **argv, struct config *cli, const char **config_pat
 		{ "single", no_argument, NULL, 's' },
 		{ "idle-timeout", required_argument, NULL, 'D' },
 		{ "busy-poll", required_argument, NULL, 'B' },
+		{ "poll-max", required_argument, NULL, 'N' },
 		{ "cache", required_argument, NULL, 'C' },
 		{ "cache-size", required_argument, NULL, 'S' },
 		{ "pid-file", required_argument, NULL, 'F' },
@@ -234,6 +236,7 @@ int cli_parse(int argc, char **argv, struct config *cli, const char **config_pat
 		case 's': cli->single = true; break;
 		case 'D': if (cli_global(cli, "idle-timeout", optarg) < 0) return -1; break;
 		case 'B': if (cli_global(cli, "busy-poll", optarg) < 0) return -1; break;
+		case 'N': if (cli_global(cli, "poll-max", optarg) < 0) return -1; break;
 		case 'G': cli->keep_conns = 1; break;
 		case 'S': if (cli_global(cli, "cache-size", optarg) < 0) return -1; break;
 		case 'F': if (cli_global(cli, "pid-file", optarg) < 0) return -1; break;

@@ -131,6 +131,7 @@ void config_init(struct config *cfg)
 	cfg->io_timeout_s = -1;
 	cfg->idle_timeout_s = -1;
 	cfg->busy_poll_us = -1;
+	cfg->poll_max_us = -1;
 	cfg->max_conns_per_client = -1;
 	cfg->keep_conns = -1;
 	cfg->tls = -1;
@@ -176,7 +177,9 @@ static const struct {
 	{ "idle-timeout", offsetof(struct config, idle_timeout_s), false, 0, 31536000,
 	  "idle-timeout: expected 0 (none) to 31536000 seconds" },
 	{ "busy-poll", offsetof(struct config, busy_poll_us), false, 0, 10000,
-	  "busy-poll: expected 0 (off) to 10000 microseconds" },
+	  "busy-poll: expected 0 (adaptive) to 10000 microseconds" },
+	{ "poll-max", offsetof(struct config, poll_max_us), false, 0, 10000,
+	  "poll-max: expected 0 (no polling) to 10000 microseconds" },
 };
 
 int config_set_global(struct config *cfg, const char *k, const char *v, const char **why)

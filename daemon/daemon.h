@@ -185,7 +185,8 @@ struct config {
 	long long keepalive_s;     /* -1: not set; 0: off */
 	long long io_timeout_s;    /* -1: not set; 0: none */
 	long long idle_timeout_s;  /* -1: not set; 0: none */
-	long long busy_poll_us;    /* -1: not set; 0: off */
+	long long busy_poll_us;    /* -1: not set; 0: adaptive */
+	long long poll_max_us;     /* -1: not set; 0: no adaptive polling */
 	long long max_conns_per_client; /* -1: not set; 0: no limit */
 	int keep_conns;            /* keep-connections: -1 not set, 0, 1 */
 	int tls;                   /* enum proto_tls; -1: not set */
@@ -686,6 +687,8 @@ struct worker_stats {
 	atomic_uint_fast64_t rmw_writes;     /* unaligned writes done by read-modify-write */
 	atomic_uint_fast64_t buffered_ios;   /* requests on the partial last block */
 	atomic_uint_fast64_t iterations;     /* loop iterations (prepare callbacks) */
+	atomic_uint_fast64_t poll_hits;      /* completions found by polling instead of waking */
+	atomic_uint_fast64_t poll_ns;        /* time spent polling */
 	atomic_uint_fast64_t submits;        /* io_uring_submit calls that submitted */
 	atomic_uint_fast64_t sqes;           /* SQEs they submitted */
 	atomic_uint_fast64_t completions;    /* CQEs handled */
@@ -711,6 +714,9 @@ struct worker {
 	struct io_uring ring;
 	ev_io cq_watcher;         /* the ring's fd: readable while completions wait */
 	ev_prepare submit_watcher; /* drains the ready list; one io_uring_submit per iteration */
+	ev_check poll_watcher;    /* sizes the adaptive poll window after each wait */
+	uint64_t poll_window_ns;  /* the adaptive window now; 0: the worker sleeps at once */
+	uint64_t idle_from;       /* now_ns() of its last work before a wait; 0: not timed */
 	ev_async wake;            /* inbox, remote ready ops, or stop */
 	ev_timer grace;           /* bounds a graceful stop */
 	pthread_mutex_t inbox_lock;
@@ -931,7 +937,9 @@ struct server {
 	unsigned keepalive_s;      /* TCP keepalive idle time; 0: no keepalive */
 	unsigned io_timeout_s;     /* a stalled reply or payload ends its connection; 0: never */
 	unsigned idle_timeout_s;   /* an idle connection is closed; 0: never */
-	unsigned busy_poll_us;     /* workers poll this long before sleeping; 0: never */
+	unsigned busy_poll_us;     /* workers poll this long before sleeping; 0: adaptive */
+	unsigned poll_max_us;      /* the adaptive window's cap; 0: no adaptive polling */
+#define POLL_MAX_US_DEFAULT 50
 	bool keep_conns;           /* SIGTERM under systemd stores connections in its fd store */
 	ev_timer accept_backoff;   /* listeners stopped after EMFILE and the like */
 	double backoff_s;          /* its current length; 0 after a good accept */

@@ -370,6 +370,7 @@ int main(int argc, char **argv)
 	long threads;
 	int status = 1, inherited, ret;
 	bool ran;
+	char polling[64];
 	unsigned i, started = 0;
 
 	/*
@@ -407,6 +408,7 @@ int main(int argc, char **argv)
 	srv.io_timeout_s = setting(cli.io_timeout_s, file.io_timeout_s, DEFAULT_IO_TIMEOUT_S);
 	srv.idle_timeout_s = setting(cli.idle_timeout_s, file.idle_timeout_s, 0);
 	srv.busy_poll_us = setting(cli.busy_poll_us, file.busy_poll_us, 0);
+	srv.poll_max_us = setting(cli.poll_max_us, file.poll_max_us, POLL_MAX_US_DEFAULT);
 	srv.keep_conns = (cli.keep_conns >= 0 ? cli.keep_conns : file.keep_conns) > 0;
 	srv.max_conns_per_client = setting(cli.max_conns_per_client, file.max_conns_per_client, 0);
 	srv.single = cli.single;
@@ -499,8 +501,14 @@ int main(int argc, char **argv)
 			 "offered (STARTTLS)", tls_certs_dir(&file) ? "X.509" : "",
 			 tls_certs_dir(&file) && tls_psk_file(&file) ? ", " : "",
 			 tls_psk_file(&file) ? "PSK" : "");
-	log_info("%u worker%s, buffer pool %zu MiB each%s%s", srv.nworkers,
-		 srv.nworkers == 1 ? "" : "s", srv.pool_bytes >> 20,
+	if (srv.busy_poll_us)
+		snprintf(polling, sizeof(polling), "polling %u us (fixed)", srv.busy_poll_us);
+	else if (srv.poll_max_us)
+		snprintf(polling, sizeof(polling), "adaptive polling up to %u us", srv.poll_max_us);
+	else
+		snprintf(polling, sizeof(polling), "no polling");
+	log_info("%u worker%s, buffer pool %zu MiB each, %s%s%s", srv.nworkers,
+		 srv.nworkers == 1 ? "" : "s", srv.pool_bytes >> 20, polling,
 		 config_path ? ", config " : "", config_path ? config_path : "");
 
 	ev_signal_init(&sigint_w, on_stop_signal, SIGINT);

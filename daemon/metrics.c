@@ -111,6 +111,8 @@ int metrics_collect(struct server *srv, struct metrics *m)
 		mw->submits = GET(submits);
 		mw->sqes = GET(sqes);
 		mw->completions = GET(completions);
+		mw->poll_hits = GET(poll_hits);
+		mw->poll_ns = GET(poll_ns);
 		mw->pool_used_bytes = GET(pool_used_bytes);
 		mw->pool_waiters = GET(pool_waiters);
 		mw->pool_bytes = srv->pool_bytes;
@@ -226,6 +228,19 @@ static void per_worker(FILE *f, const struct metrics *m, const char *name, const
 	for (k = 0; k < m->nworkers; k++)
 		fprintf(f, "%s{worker=\"%u\"} %" PRIu64 "\n", name, k,
 			*(const uint64_t *)(const void *)((const char *)&m->workers[k] + field));
+}
+
+/* A per-worker counter of nanoseconds, in seconds. */
+static void per_worker_seconds(FILE *f, const struct metrics *m, const char *name,
+			       const char *help, size_t field)
+{
+	unsigned k;
+
+	family(f, name, "counter", help);
+	for (k = 0; k < m->nworkers; k++)
+		fprintf(f, "%s{worker=\"%u\"} %.6f\n", name, k,
+			(double)*(const uint64_t *)(const void *)((const char *)&m->workers[k] +
+								   field) / 1e9);
 }
 
 /* A per-export, per-op counter family (ops that never happened are left out). */
@@ -389,6 +404,12 @@ char *metrics_prometheus(const struct metrics *m, size_t *len)
 	per_worker(f, m, "uringnbd_completions_total", "counter",
 		   "Completion queue entries handled, by worker.",
 		   offsetof(struct metrics_worker, completions));
+	per_worker(f, m, "uringnbd_poll_hits_total", "counter",
+		   "Completions found by polling instead of sleeping, by worker.",
+		   offsetof(struct metrics_worker, poll_hits));
+	per_worker_seconds(f, m, "uringnbd_poll_seconds_total",
+			   "Time spent polling for completions, by worker.",
+			   offsetof(struct metrics_worker, poll_ns));
 	family(f, "process_start_time_seconds", "gauge",
 	       "Start time of the process since the Unix epoch in seconds.");
 	fprintf(f, "process_start_time_seconds %.3f\n", m->start_time_s);
@@ -478,6 +499,8 @@ json_object *metrics_json(const struct metrics *m)
 		json_object_object_add(x, "submits", u64(w->submits));
 		json_object_object_add(x, "sqes", u64(w->sqes));
 		json_object_object_add(x, "completions", u64(w->completions));
+		json_object_object_add(x, "poll-hits", u64(w->poll_hits));
+		json_object_object_add(x, "poll-ns", u64(w->poll_ns));
 		json_object_object_add(x, "pool-used-bytes", u64(w->pool_used_bytes));
 		json_object_object_add(x, "pool-waiters", u64(w->pool_waiters));
 		json_object_array_add(a, x);

@@ -21,7 +21,7 @@ struct metrics_export {
 };
 
 struct metrics_worker {
-	uint64_t iterations, submits, sqes, completions;
+	uint64_t iterations, submits, sqes, completions, poll_hits, poll_ns;
 	uint64_t pool_used_bytes, pool_waiters, pool_bytes;
 };
 

@@ -18,14 +18,19 @@
  * later, and if the ring refuses work the op is failed with the ring's
  * error instead of aborting).
  *
- * Busy polling (--busy-poll US, off by default): before the loop would
- * sleep, the worker waits up to US microseconds for a completion by
- * yielding the CPU in a loop. sched_yield() hands the CPU to any other
- * runnable thread, and its return to user space runs io_uring's pending
- * task work, so a completion is seen without first waking an idle CPU,
- * which is the larger part of a request's latency at queue depth 1 in a
- * VM (tests/bench/README.md has the figures). It costs the CPU time a
- * sleeping worker would not use, and only while it has connections.
+ * Polling: before the loop would sleep, a worker with connections may wait
+ * a while for a completion by yielding the CPU in a loop. sched_yield()
+ * hands the CPU to any other runnable thread, and its return to user space
+ * runs io_uring's pending task work, so a completion is seen without first
+ * waking an idle CPU, which is the larger part of a request's latency at
+ * queue depth 1 in a VM (tests/bench/README.md has the figures). By default
+ * the window adapts, as qemu's poll-max-ns does: each time the loop wakes,
+ * the time it waited since its last work is measured; a wait longer than
+ * the cap (--poll-max, 50 us) sets the window to 0 (polling would not have
+ * caught it), a shorter one doubles it (from 4 us, up to the cap). So a
+ * client that answers quickly gets a polling worker, and a worker whose
+ * connections pause, or that has none, sleeps as before. --busy-poll US
+ * fixes the window instead (it keeps a core busy at queue depth 1).
  */
 #define _GNU_SOURCE
 #include <assert.h>
@@ -41,8 +46,9 @@
 
 #define RING_ENTRIES 1024
 #define RING_CQ_ENTRIES 8192
-/* Completions handled by busy polling before libev gets a turn (timers, adoption). */
+/* Completions handled by polling before libev gets a turn (timers, adoption). */
 #define BUSY_POLL_PASSES 16
+#define POLL_START_NS 4000  /* an adaptive window's first length; it doubles from here */
 
 /* The worker whose loop runs on this thread (NULL on the main thread). */
 static __thread struct worker *tls_worker;
@@ -240,6 +246,8 @@ void worker_stats_add(const struct worker *w, struct worker_stats *sum)
 	ADD(rmw_writes);
 	ADD(buffered_ios);
 	ADD(iterations);
+	ADD(poll_hits);
+	ADD(poll_ns);
 	ADD(submits);
 	ADD(sqes);
 	ADD(completions);
@@ -272,32 +280,43 @@ uint64_t now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* Waits up to busy_poll_us for each completion, handling what arrives. */
-static void worker_busy_poll(struct worker *w)
+/*
+ * Waits up to window_ns for each completion, handling what arrives; leaves in
+ * w->idle_from when the worker last had work (the wait the loop then measures).
+ */
+static void worker_poll(struct worker *w, uint64_t window_ns)
 {
-	uint64_t budget = (uint64_t)w->srv->busy_poll_us * 1000;
+	uint64_t t = now_ns(), from = t;
 	int pass;
 
+	w->idle_from = t;
 	for (pass = 0; pass < BUSY_POLL_PASSES; pass++) {
 		uint64_t end;
 
-		if (io_uring_cq_ready(&w->ring) || !worker_clients(w) || w->ready_head)
-			return;  /* libev's turn: it has work, or nothing will come */
-		end = now_ns() + budget;
-		while (!io_uring_cq_ready(&w->ring) && now_ns() < end)
+		/* libev's turn: it has work (a post from another thread too), or nothing will come. */
+		if (io_uring_cq_ready(&w->ring) || !worker_clients(w) || w->ready_head ||
+		    ev_async_pending(&w->wake))
+			break;
+		end = t + window_ns;
+		while (!io_uring_cq_ready(&w->ring) && (t = now_ns()) < end)
 			sched_yield();
 		if (!io_uring_cq_ready(&w->ring))
-			return;
+			break;
+		stat_bump(&w->stats.poll_hits, 1);
 		worker_reap(w);
 		worker_run_ready(w);
 		if (io_uring_sq_ready(&w->ring))
 			worker_submit(w);
+		t = now_ns();
+		w->idle_from = t;
 	}
+	stat_bump(&w->stats.poll_ns, t - from);
 }
 
 static void worker_prepare_cb(struct ev_loop *loop, ev_prepare *watcher, int revents)
 {
 	struct worker *w = watcher->data;
+	uint64_t window;
 
 	(void)loop;
 	(void)revents;
@@ -312,9 +331,36 @@ static void worker_prepare_cb(struct ev_loop *loop, ev_prepare *watcher, int rev
 	atomic_store_explicit(&w->stats.pool_waiters, w->pool.nwaiting, memory_order_relaxed);
 	if (io_uring_sq_ready(&w->ring))
 		worker_submit(w);
-	if (w->srv->busy_poll_us)
-		worker_busy_poll(w);
 	/* Completions that arrived during submit make the ring fd readable. */
+	window = w->srv->busy_poll_us ? (uint64_t)w->srv->busy_poll_us * 1000 : w->poll_window_ns;
+	if (!worker_clients(w)) {
+		w->poll_window_ns = 0;
+		w->idle_from = 0;
+	} else if (window) {
+		worker_poll(w, window);
+	} else if (w->srv->poll_max_us) {
+		w->idle_from = now_ns();
+	}
+}
+
+/* The loop woke: the wait since the worker's last work sizes the next poll window. */
+static void worker_check_cb(struct ev_loop *loop, ev_check *watcher, int revents)
+{
+	struct worker *w = watcher->data;
+	uint64_t max = (uint64_t)w->srv->poll_max_us * 1000, idle;
+
+	(void)loop;
+	(void)revents;
+	if (!w->idle_from)
+		return;
+	idle = now_ns() - w->idle_from;
+	w->idle_from = 0;
+	if (idle > max)
+		w->poll_window_ns = 0;
+	else if (w->poll_window_ns < max)
+		w->poll_window_ns = w->poll_window_ns ? w->poll_window_ns * 2 : POLL_START_NS;
+	if (w->poll_window_ns > max)
+		w->poll_window_ns = max;
 }
 
 static void worker_wake_cb(struct ev_loop *loop, ev_async *watcher, int revents)
@@ -415,6 +461,11 @@ int worker_start(struct worker *w, struct server *srv, int id)
 	ev_prepare_init(&w->submit_watcher, worker_prepare_cb);
 	w->submit_watcher.data = w;
 	ev_prepare_start(w->loop, &w->submit_watcher);
+	if (srv->poll_max_us && !srv->busy_poll_us) {
+		ev_check_init(&w->poll_watcher, worker_check_cb);
+		w->poll_watcher.data = w;
+		ev_check_start(w->loop, &w->poll_watcher);
+	}
 	ev_timer_init(&w->grace, worker_grace_cb, WORKER_STOP_GRACE_S, 0.);
 	w->grace.data = w;
 	ev_async_init(&w->wake, worker_wake_cb);

@@ -1,10 +1,13 @@
 // SPDX-License-Identifier: BSD-3-Clause
 /*
- * --busy-poll: the worker waits for completions by polling instead of
+ * Polling: the worker waits for completions by polling instead of
  * sleeping, and nothing else changes. Checked with the daemon's own
  * counters from /proc: at queue depth 1, reading blocks that are on the
- * disk, a polling worker sleeps (voluntary context switches; a yield is
- * not one) less than half as often per request as one that does not; replies stay right with 64 requests in flight from two connections;
+ * disk, a worker polling by default (adaptive, --poll-max) and one with
+ * --busy-poll sleep (voluntary context switches; a yield is not one) less
+ * than half as often per request as one that does not (--poll-max 0), and
+ * an adaptive worker with idle connections stops polling (no CPU used);
+ * with --busy-poll replies stay right with 64 requests in flight from two connections;
  * libev still gets its turn while the worker polls non-stop (an idle
  * connection is closed by --idle-timeout during a steady stream of reads
  * on another, and a new connection is served at once); and an idle worker
@@ -107,7 +110,7 @@ int main(void)
 {
 	uint8_t *buf = harness_alloc(4096);
 	struct nbd_handle *h[2], *late;
-	double off, on, t0, c0, c1;
+	double off, adaptive, on, t0, c0, c1;
 	struct daemon d;
 	unsigned i;
 	int idle, fd;
@@ -126,19 +129,34 @@ int main(void)
 	CHECK(fsync(fd) == 0 && close(fd) == 0, "%s: %s", d.img, strerror(errno));
 
 	/* The reference: a worker that sleeps between completions. */
-	harness_start(&d, "-t", "1", NULL);
+	harness_start(&d, "-t", "1", "--poll-max", "0", NULL);
 	h[0] = harness_connect(&d, true);
 	off = sleeps_per_read(&d, h[0], buf);
+	nbd_close(h[0]);
+	harness_stop(&d);
+
+	/* The default: the window grows while requests follow replies quickly. */
+	harness_start(&d, "-t", "1", NULL);
+	h[0] = harness_connect(&d, true);
+	adaptive = sleeps_per_read(&d, h[0], buf);
+	c0 = cpu_seconds(d.pid);
+	usleep(1000 * 1000);
+	c1 = cpu_seconds(d.pid);
+	printf("adaptive polling: CPU while idle with a connection: %.3f s in 1 s\n", c1 - c0);
+	CHECK(c1 - c0 < 0.1, "an idle adaptive worker used %.3f s of CPU in 1 s", c1 - c0);
 	nbd_close(h[0]);
 	harness_stop(&d);
 
 	harness_start(&d, "-t", "1", "--busy-poll", "500", "--idle-timeout", "3", NULL);
 	h[0] = harness_connect(&d, true);
 	on = sleeps_per_read(&d, h[0], buf);
-	printf("sleeps per read at QD1: %.2f without busy polling, %.2f with\n", off, on);
-	CHECK(off >= 0.1, "without busy polling the worker slept only %.2f times per read: "
-	      "the measure cannot tell the two apart", off);
+	printf("sleeps per read at QD1: %.2f without polling, %.2f adaptive (default), %.2f with "
+	       "--busy-poll 500\n", off, adaptive, on);
+	CHECK(off >= 0.1, "without polling the worker slept only %.2f times per read: "
+	      "the measure cannot tell them apart", off);
 	CHECK(on < off / 2, "busy polling slept %.2f times per read (%.2f without)", on, off);
+	CHECK(adaptive < off / 2, "adaptive polling slept %.2f times per read (%.2f without)",
+	      adaptive, off);
 
 	/* Right replies with many in flight, two connections sharing sectors. */
 	h[1] = harness_connect(&d, false);
