@@ -53,7 +53,7 @@ static void usage(FILE *f)
 		"                       (default 60, 0: never)\n"
 		"      --idle-timeout S close a connection idle for S seconds (default 0: never)\n"
 		"      --poll-max US    cap of the adaptive poll for completions before a worker\n"
-		"                       sleeps (default 50; 0: never poll)\n"
+		"                       sleeps (default 100; 0: never poll)\n"
 		"      --busy-poll US   poll a fixed US microseconds instead: lower latency at\n"
 		"                       low queue depth for a busy core (default 0: adaptive)\n"
 		"      --keep-connections  SIGTERM under systemd hands the connections to its\n"

@@ -26,7 +26,7 @@
  * queue depth 1 in a VM (tests/bench/README.md has the figures). By default
  * the window adapts, as qemu's poll-max-ns does: each time the loop wakes,
  * the time it waited since its last work is measured; a wait longer than
- * the cap (--poll-max, 50 us) sets the window to 0 (polling would not have
+ * the cap (--poll-max, 100 us) sets the window to 0 (polling would not have
  * caught it), a shorter one doubles it (from 4 us, up to the cap). So a
  * client that answers quickly gets a polling worker, and a worker whose
  * connections pause, or that has none, sleeps as before. --busy-poll US
