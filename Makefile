@@ -59,11 +59,11 @@ endif
 PROTO_SRC  := proto/negotiate.c proto/request.c
 LOCK_SRC   := lock/rangelock.c
 CACHE_SRC  := cache/cache.c
-DAEMON_SRC := daemon/main.c daemon/cli.c daemon/log.c daemon/backing.c daemon/export.c daemon/pool.c daemon/plan.c \
-              daemon/worker.c daemon/conn.c daemon/handshake.c daemon/rx.c daemon/request.c \
-              daemon/fileio.c daemon/cached.c daemon/reply.c daemon/offload.c daemon/listen.c daemon/config.c \
-              daemon/notify.c daemon/server.c daemon/access.c daemon/tls.c daemon/overlay.c daemon/bitmap.c daemon/handover.c \
-              daemon/ctlproto.c daemon/control.c daemon/command.c daemon/metrics.c daemon/http.c
+DAEMON_SRC := daemon/service/main.c daemon/service/cli.c daemon/service/log.c daemon/storage/backing.c daemon/storage/export.c daemon/engine/pool.c daemon/engine/plan.c \
+              daemon/engine/worker.c daemon/conn/conn.c daemon/conn/handshake.c daemon/conn/rx.c daemon/conn/request.c \
+              daemon/conn/fileio.c daemon/conn/cached.c daemon/conn/reply.c daemon/engine/offload.c daemon/service/listen.c daemon/service/config.c \
+              daemon/service/notify.c daemon/service/server.c daemon/service/access.c daemon/conn/tls.c daemon/storage/overlay.c daemon/storage/bitmap.c daemon/service/handover.c \
+              daemon/ops/ctlproto.c daemon/ops/control.c daemon/ops/command.c daemon/ops/metrics.c daemon/ops/http.c
 HOOKS_OBJ  := $(DAEMON_SRC:%.c=$(B)/hooks/%.o)
 UNIT_TESTS := $(patsubst tests/unit/%.c,$(B)/tests/unit/%,$(wildcard tests/unit/test_*.c))
 INTEG_TESTS := $(patsubst tests/integration/%.c,$(B)/tests/integration/%,\
@@ -74,7 +74,7 @@ LOCK_OBJ   := $(LOCK_SRC:%.c=$(B)/%.o)
 CACHE_OBJ  := $(CACHE_SRC:%.c=$(B)/%.o)
 DAEMON_OBJ := $(DAEMON_SRC:%.c=$(B)/%.o)
 DAEMON_LIBS := -luring -lev $$(pkg-config --libs gnutls json-c libmicrohttpd)
-CTL_OBJ    := $(B)/ctl/uringnbdctl.o $(B)/daemon/ctlproto.o
+CTL_OBJ    := $(B)/ctl/uringnbdctl.o $(B)/daemon/ops/ctlproto.o
 
 INTEROP_TESTS := $(wildcard tests/interop/*.sh tests/interop/*.py)
 FAULT_TESTS   := $(filter-out tests/faults/faultlib.py,$(wildcard tests/faults/*.py))
@@ -151,15 +151,15 @@ $(B)/tests/unit/test_cache: $(B)/tests/unit/test_cache.o $(CACHE_OBJ)
 	$(quiet) LD $@
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $$(pkg-config --libs check)
 
-$(B)/tests/unit/test_plan: $(B)/tests/unit/test_plan.o $(B)/daemon/plan.o
+$(B)/tests/unit/test_plan: $(B)/tests/unit/test_plan.o $(B)/daemon/engine/plan.o
 	$(quiet) LD $@
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $$(pkg-config --libs check)
 
-$(B)/tests/unit/test_access: $(B)/tests/unit/test_access.o $(B)/daemon/access.o
+$(B)/tests/unit/test_access: $(B)/tests/unit/test_access.o $(B)/daemon/service/access.o
 	$(quiet) LD $@
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $$(pkg-config --libs check)
 
-$(B)/tests/unit/test_pool: $(B)/tests/unit/test_pool.o $(B)/daemon/pool.o
+$(B)/tests/unit/test_pool: $(B)/tests/unit/test_pool.o $(B)/daemon/engine/pool.o
 	$(quiet) LD $@
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $$(pkg-config --libs check)
 
@@ -208,10 +208,10 @@ build/fuzz/fuzz_proto: tests/fuzz/fuzz_proto.c $(PROTO_SRC) proto/proto.h | $(B)
 	$(quiet) FUZZ $@
 	$(Q)clang $(FUZZ_FLAGS) -o $@ tests/fuzz/fuzz_proto.c $(PROTO_SRC)
 
-build/fuzz/fuzz_ctl: tests/fuzz/fuzz_ctl.c daemon/ctlproto.c daemon/ctlproto.h | $(B)/.deps-test
+build/fuzz/fuzz_ctl: tests/fuzz/fuzz_ctl.c daemon/ops/ctlproto.c daemon/ops/ctlproto.h | $(B)/.deps-test
 	@mkdir -p $(dir $@)
 	$(quiet) FUZZ $@
-	$(Q)clang $(FUZZ_FLAGS) -o $@ tests/fuzz/fuzz_ctl.c daemon/ctlproto.c $$(pkg-config --libs json-c)
+	$(Q)clang $(FUZZ_FLAGS) -o $@ tests/fuzz/fuzz_ctl.c daemon/ops/ctlproto.c $$(pkg-config --libs json-c)
 
 $(B)/fuzz/fuzz_server: tests/fuzz/fuzz_server.c proto/proto.h
 	@mkdir -p $(dir $@)

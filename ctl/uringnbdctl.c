@@ -6,7 +6,7 @@
  *
  * Bare words fill the command's positional arguments in order, KEY=VALUE
  * and --KEY (a boolean set to true) the others, typed by the command table
- * the daemon validates against (daemon/ctlproto.c). One request, one
+ * the daemon validates against (daemon/ops/ctlproto.c). One request, one
  * reply: printed as a table (or, with --json, as the daemon sent it).
  * Exit status: 0 done, 1 the daemon refused, 2 no answer (not running,
  * not allowed, usage).
@@ -24,7 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "../daemon/ctlproto.h"
+#include "../daemon/ops/ctlproto.h"
 
 #define EXIT_REFUSED 1
 #define EXIT_NO_ANSWER 2

@@ -6,6 +6,9 @@
  * (control.h), the metrics (metrics.h) and the three pure helpers (pool.h,
  * plan.h, ctlproto.h) have headers of their own.
  *
+ * The files are grouped by layer, one folder each:
+ *
+ * service/   the process: settings, listeners, exports' table, restarts
  *   main.c       start-up, signals, reload, shutdown
  *   cli.c        the command line
  *   config.c     the configuration file and every setting's parser
@@ -13,28 +16,32 @@
  *   notify.c     systemd's notification protocol
  *   listen.c     TCP, unix and socket-activated listeners (main thread)
  *   server.c     the export table, connection placement and limits
+ *   access.c     who may use an export: allow/deny lists, TLS-only, tls-allow
+ *   handover.c   restarts that keep connections: parked sockets and their state
+ *                to the next process (SIGUSR2 exec, or systemd's fd store)
+ * storage/   what an export is backed by
  *   backing.c    the registry of backing files: one lock manager, cache key and
  *                durability error per file, across reloads
  *   export.c     opening and probing backing files
  *   overlay.c    copy-on-write overlays: the overlay file's format, map and flush
  *   bitmap.c     dirty bitmaps and checkpoints of a file: its sidecar, the commit
  *                thread that syncs new bits before their writes, reflink copies
- *   handover.c   restarts that keep connections: parked sockets and their state
- *                to the next process (SIGUSR2 exec, or systemd's fd store)
- *   access.c     who may use an export: allow/deny lists, TLS-only, tls-allow
- *   tls.c        GnuTLS credentials, and each connection's TLS on the io_uring path
+ * engine/    threads, rings and buffers; no NBD here
  *   worker.c     a thread with one libev loop, one io_uring, one buffer pool;
- *                knows no NBD: completions are struct op callbacks
+ *                completions are struct op callbacks; adaptive polling
  *   offload.c    threads for blocking calls (extent queries), posted back
  *   pool.c       page-aligned buffers and iovec helpers (pool.h, pure)
  *   plan.c       request arithmetic: spans, edges, locks (plan.h, pure)
- *   conn.c       a connection's life cycle on its worker (conn.h)
+ * conn/      a connection and its requests, on its worker (conn.h)
+ *   conn.c       a connection's life cycle on its worker
  *   handshake.c  option negotiation
  *   rx.c         requests in from the wire: headers, payloads, refusals
  *   request.c    a request's state machine: plan, buffers, lock, finish
  *   fileio.c     the file I/O steps: read/write, edges, zeroing, flush, extents
  *   cached.c     reads through the page cache
  *   reply.c      replies out, batched per connection
+ *   tls.c        GnuTLS credentials, and each connection's TLS on the io_uring path
+ * ops/       what operators use: the control socket and metrics
  *   control.c    the control socket: clients, JSON lines, queries to workers (control.h)
  *   command.c    the control socket's commands (control.h)
  *   ctlproto.c   its wire format: the command table, parsing, replies (ctlproto.h,
@@ -81,8 +88,8 @@
 #include "../cache/cache.h"
 #include "../lock/rangelock.h"
 #include "../proto/proto.h"
-#include "plan.h"
-#include "pool.h"
+#include "engine/plan.h"
+#include "engine/pool.h"
 
 #ifndef URINGNBD_VERSION /* the Makefile passes debian/changelog's */
 #define URINGNBD_VERSION "unknown"

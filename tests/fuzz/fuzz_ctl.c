@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: BSD-3-Clause
 /*
- * libFuzzer target for the control socket's request parser (daemon/ctlproto.c):
+ * libFuzzer target for the control socket's request parser (daemon/ops/ctlproto.c):
  * any bytes as one request line, then the reply line the daemon would send,
  * which must be one line of valid JSON. Also reads the arguments the way the
  * commands do, typed by the command table.
@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../daemon/ctlproto.h"
+#include "../../daemon/ops/ctlproto.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

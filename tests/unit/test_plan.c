@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: BSD-3-Clause
 /*
- * Unit tests of daemon/plan.c: the arithmetic that turns any offset and
+ * Unit tests of daemon/engine/plan.c: the arithmetic that turns any offset and
  * length into O_DIRECT spans, edge blocks, buffered tails, cache pages and
  * lock ranges; and a random test of its invariants against a direct reading
  * of the rules (seed printed; PLAN_SEED=N repeats it).
@@ -10,8 +10,8 @@
 #include <stdlib.h>
 #include <time.h>
 
-#include "../../daemon/plan.h"
-#include "../../daemon/pool.h"
+#include "../../daemon/engine/plan.h"
+#include "../../daemon/engine/pool.h"
 #include "../../proto/proto.h"
 
 #define A 4096u

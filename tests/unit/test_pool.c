@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: BSD-3-Clause
 /*
- * Unit tests of daemon/pool.c: chunk accounting, alignment, exhaustion,
+ * Unit tests of daemon/engine/pool.c: chunk accounting, alignment, exhaustion,
  * and the iovec helpers (slicing at every boundary, copying in).
  */
 #include <check.h>
@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../daemon/pool.h"
+#include "../../daemon/engine/pool.h"
 
 #define CH POOL_CHUNK_BYTES
 

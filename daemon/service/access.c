@@ -29,7 +29,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#include "daemon.h"
+#include "../daemon.h"
 
 enum acl_kind { ACL_ALL, ACL_ANYIPV4, ACL_ANYIPV6, ACL_ANYUNIX, ACL_NET4, ACL_NET6, ACL_UID, ACL_GID };
 

@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "daemon.h"
+#include "../daemon.h"
 
 static void usage(FILE *f)
 {

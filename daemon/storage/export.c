@@ -23,7 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "daemon.h"
+#include "../daemon.h"
 
 /* Direct-I/O offset alignment: statx, else the logical block size, else 4096. */
 static uint32_t export_probe_align(int fd, bool is_blockdev)

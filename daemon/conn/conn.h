@@ -46,7 +46,7 @@
 
 #include <sys/socket.h>
 
-#include "daemon.h"
+#include "../daemon.h"
 
 #define CONN_MAX_REQS 128 /* requests in flight per connection */
 #define CACHE_WINDOW 16   /* pages of a cached read looked up at a time */

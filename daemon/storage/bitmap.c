@@ -50,7 +50,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "daemon.h"
+#include "../daemon.h"
 
 #define SIDECAR_MAGIC "URNBDBMP"
 #define SIDECAR_VERSION 1

@@ -14,7 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "daemon.h"
+#include "../daemon.h"
 
 static char *trim(char *s)
 {

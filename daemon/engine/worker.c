@@ -42,7 +42,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "daemon.h"
+#include "../daemon.h"
 
 #define RING_ENTRIES 1024
 #define RING_CQ_ENTRIES 8192

@@ -4,7 +4,7 @@
  */
 #include <string.h>
 
-#include "../proto/proto.h"
+#include "../../proto/proto.h"
 #include "plan.h"
 #include "pool.h"
 

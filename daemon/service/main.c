@@ -28,7 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "daemon.h"
+#include "../daemon.h"
 
 #define DEFAULT_POOL_BYTES (64u * 1024 * 1024)
 #define DEFAULT_CACHE_BYTES (64u * 1024 * 1024)
