@@ -55,7 +55,7 @@ void hist_add(struct hist *dst, const struct hist *src)
 	stat_bump(&dst->sum_ns, atomic_load_explicit(&src->sum_ns, memory_order_relaxed));
 }
 
-static uint64_t hist_count(const struct hist *h)
+uint64_t hist_count(const struct hist *h)
 {
 	uint64_t n = 0;
 	unsigned i;
@@ -219,28 +219,22 @@ static void histogram(FILE *f, const char *name, const char *labels, const struc
 #define LOAD(x) ((uint64_t)atomic_load_explicit(&(x), memory_order_relaxed))
 
 /* A family with a series per worker, from one field of struct metrics_worker. */
+/* A per-worker family; a field counted in nanoseconds is named *_seconds* and shown so. */
 static void per_worker(FILE *f, const struct metrics *m, const char *name, const char *type,
 		       const char *help, size_t field)
 {
+	bool seconds = strstr(name, "_seconds") != NULL;
 	unsigned k;
 
 	family(f, name, type, help);
-	for (k = 0; k < m->nworkers; k++)
-		fprintf(f, "%s{worker=\"%u\"} %" PRIu64 "\n", name, k,
-			*(const uint64_t *)(const void *)((const char *)&m->workers[k] + field));
-}
+	for (k = 0; k < m->nworkers; k++) {
+		uint64_t v = *(const uint64_t *)(const void *)((const char *)&m->workers[k] + field);
 
-/* A per-worker counter of nanoseconds, in seconds. */
-static void per_worker_seconds(FILE *f, const struct metrics *m, const char *name,
-			       const char *help, size_t field)
-{
-	unsigned k;
-
-	family(f, name, "counter", help);
-	for (k = 0; k < m->nworkers; k++)
-		fprintf(f, "%s{worker=\"%u\"} %.6f\n", name, k,
-			(double)*(const uint64_t *)(const void *)((const char *)&m->workers[k] +
-								   field) / 1e9);
+		if (seconds)
+			fprintf(f, "%s{worker=\"%u\"} %.6f\n", name, k, (double)v / 1e9);
+		else
+			fprintf(f, "%s{worker=\"%u\"} %" PRIu64 "\n", name, k, v);
+	}
 }
 
 /* A per-export, per-op counter family (ops that never happened are left out). */
@@ -407,9 +401,9 @@ char *metrics_prometheus(const struct metrics *m, size_t *len)
 	per_worker(f, m, "uringnbd_poll_hits_total", "counter",
 		   "Completions found by polling instead of sleeping, by worker.",
 		   offsetof(struct metrics_worker, poll_hits));
-	per_worker_seconds(f, m, "uringnbd_poll_seconds_total",
-			   "Time spent polling for completions, by worker.",
-			   offsetof(struct metrics_worker, poll_ns));
+	per_worker(f, m, "uringnbd_poll_seconds_total", "counter",
+		   "Time spent polling for completions, by worker.",
+		   offsetof(struct metrics_worker, poll_ns));
 	family(f, "process_start_time_seconds", "gauge",
 	       "Start time of the process since the Unix epoch in seconds.");
 	fprintf(f, "process_start_time_seconds %.3f\n", m->start_time_s);

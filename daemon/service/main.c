@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "../daemon.h"
+#include "../ops/metrics.h"
 
 #define DEFAULT_POOL_BYTES (64u * 1024 * 1024)
 #define DEFAULT_CACHE_BYTES (64u * 1024 * 1024)
@@ -47,30 +48,24 @@ static int stop_signals;
 static void log_stats(void)
 {
 	struct worker_stats sum = { 0 };
-	uint64_t pool_waits = 0;
-	unsigned i, b, longest = 0;
+	uint64_t pool_waits;
+	unsigned i;
 	char pool_s[128];
 
 	for (i = 0; i < srv.nworkers; i++)
 		worker_stats_add(&srv.workers[i], &sum);
+	pool_waits = hist_count(&sum.pool_wait);
 	log_info("stats: range locks %" PRIu64 " acquired, %" PRIu64 " waited, %.3f ms waited in all; "
 		 "%" PRIu64 " read-modify-write writes; %" PRIu64 " partial-last-block requests",
 		 (uint64_t)sum.lock_acquired, (uint64_t)sum.lock_waited,
 		 (double)sum.lock_wait_ns / 1e6, (uint64_t)sum.rmw_writes,
 		 (uint64_t)sum.buffered_ios);
-	for (b = 0; b <= HIST_BUCKETS; b++) {
-		pool_waits += sum.pool_wait.n[b];
-		if (sum.pool_wait.n[b])
-			longest = b;
-	}
 	if (!pool_waits)
 		snprintf(pool_s, sizeof(pool_s), "no waits for buffer-pool chunks");
 	else
 		snprintf(pool_s, sizeof(pool_s), "%" PRIu64 " waits for buffer-pool chunks (%.3f ms in "
-			 "all, the longest %s %.3f ms)", pool_waits,
-			 (double)sum.pool_wait.sum_ns / 1e6, longest < HIST_BUCKETS ? "under" : "over",
-			 (double)hist_bounds_ns[longest < HIST_BUCKETS ? longest : HIST_BUCKETS - 1] /
-				 1e6);
+			 "all, p99 %.3f ms)", pool_waits, (double)sum.pool_wait.sum_ns / 1e6,
+			 hist_quantile(&sum.pool_wait, 0.99) * 1e3);
 	log_info("stats: %s; %" PRIu64 " completions found by polling, %.3f s polled", pool_s,
 		 (uint64_t)sum.poll_hits, (double)sum.poll_ns / 1e9);
 	if (srv.cache) {

@@ -11,6 +11,7 @@ nothing was stored) the client's connection is gone and the new process
 serves new clients. A state of an unknown version closes the stored
 connection cleanly and keeps the listener."""
 import array
+import json
 import os
 import signal
 import socket
@@ -161,7 +162,6 @@ print("a state of version 99: its connection closed, logged, the listener kept")
 # A connection handed over with a whole receive buffer of requests not parsed yet
 # (256 KiB: it happens when a burst arrives as a restart begins): the new process
 # adopts it at once and answers every request.
-import json  # noqa: E402
 p = start()
 raw = socket.socket(socket.AF_UNIX)
 raw.connect(sock_path)

@@ -202,6 +202,12 @@ check(ea["ops"]["write"]["bytes"] == fio["a"]["io_bytes"], f"stats: {ea}")
 status, text = http(METRICS)
 check(f'uringnbd_request_bytes_total{{export="a",op="write"}} {fio["a"]["io_bytes"]}' in text,
       "the scrape and the stats command disagree")
+# Adaptive polling (on by default) found completions during fio; both views count the same.
+hits = sum(w["poll-hits"] for w in st["per-worker"])
+scraped = sum(int(line.split()[-1]) for line in text.splitlines()
+              if line.startswith("uringnbd_poll_hits_total{"))
+check(hits > 0 and hits == scraped and "uringnbd_poll_seconds_total{worker=" in text,
+      f"polling counters: stats {hits}, scrape {scraped}")
 # ---- every query of the shipped Grafana dashboard, evaluated by this Prometheus ----
 dash = json.load(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
                                    "contrib", "grafana-uringnbd.json")))
