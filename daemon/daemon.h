@@ -196,6 +196,7 @@ struct config {
 	long long poll_max_us;     /* -1: not set; 0: no adaptive polling */
 	long long max_conns_per_client; /* -1: not set; 0: no limit */
 	int keep_conns;            /* keep-connections: -1 not set, 0, 1 */
+	int defer_taskrun;         /* defer-taskrun: -1 not set, 0, 1 */
 	int tls;                   /* enum proto_tls; -1: not set */
 	char *tls_certificates;    /* directory (nbdkit's layout) */
 	char *tls_psk;             /* psktool file */
@@ -720,6 +721,9 @@ struct worker {
 	struct ev_loop *loop;
 	struct io_uring ring;
 	ev_io cq_watcher;         /* the ring's fd: readable while completions wait */
+	bool defer;               /* the ring defers task work (worker.c) */
+	int evfd;                 /* ...and signals this eventfd for it while the loop may sleep */
+	ev_io evfd_watcher;
 	ev_prepare submit_watcher; /* drains the ready list; one io_uring_submit per iteration */
 	ev_check poll_watcher;    /* sizes the adaptive poll window after each wait */
 	uint64_t poll_window_ns;  /* the adaptive window now; 0: the worker sleeps at once */
@@ -771,6 +775,8 @@ void worker_pool_cancel(struct worker *w, struct pool_waiter *pw);
 void worker_stats_add(const struct worker *w, struct worker_stats *sum);
 /* CLOCK_MONOTONIC in nanoseconds. */
 uint64_t now_ns(void);
+/* The rings' way with task work, for the start-up log (after worker_start). */
+const char *worker_ring_features(void);
 
 /* ---- offload.c: blocking calls on threads of their own ---- */
 /*
@@ -948,6 +954,7 @@ struct server {
 	unsigned poll_max_us;      /* the adaptive window's cap; 0: no adaptive polling */
 #define POLL_MAX_US_DEFAULT 100
 	bool keep_conns;           /* SIGTERM under systemd stores connections in its fd store */
+	bool defer_taskrun;        /* workers' rings defer task work where the kernel can (worker.c) */
 	ev_timer accept_backoff;   /* listeners stopped after EMFILE and the like */
 	double backoff_s;          /* its current length; 0 after a good accept */
 	unsigned test_fill_delay_ms; /* test builds only: hold cache fills open */

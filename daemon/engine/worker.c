@@ -31,14 +31,40 @@
  * client that answers quickly gets a polling worker, and a worker whose
  * connections pause, or that has none, sleeps as before. --busy-poll US
  * fixes the window instead (it keeps a core busy at queue depth 1).
+ *
+ * Deferred task work: where the kernel has it (6.1 on), the ring is made
+ * with IORING_SETUP_SINGLE_ISSUER | DEFER_TASKRUN, so a completion's task
+ * work (a socket receive's copy, a block I/O's end) waits on a list until
+ * the worker enters the ring to collect it, in one batch, instead of
+ * interrupting the thread wherever it is. Two consequences shape the loop:
+ * - such work does not make the ring's fd readable (Linux 6.18 does not wake
+ *   an epoll on it), so a registered eventfd does: it is switched on
+ *   (IORING_CQ_EVENTFD_DISABLED cleared) only while the loop may sleep, so a
+ *   worker that is busy is not signalled for every completion;
+ * - the kernel raises IORING_SQ_TASKRUN when such work waits, and liburing's
+ *   peek enters the ring to run it when it sees the flag, so the reaping
+ *   loop is unchanged; polling watches the flag instead of yielding for it.
+ * The ring is made disabled and enabled by the worker's thread (the single
+ * issuer), which also registers the ring's fd (io_uring_enter without the
+ * descriptor table). Whether deferred work signals an eventfd is probed
+ * once with a throwaway ring; without it the ring is made as before.
+ * Deferral is used from Linux 6.12 on: under Debian 12's 6.1 kernel (6.1.192)
+ * the VM test's handshakes failed with it, in 2 runs of 2, the client
+ * reading an option reply whose first bytes were a heap pointer, as if the
+ * reply had been sent after its buffer was freed (tests/bench/README.md).
  */
 #define _GNU_SOURCE
 #include <assert.h>
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sched.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/utsname.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -50,10 +76,122 @@
 #define BUSY_POLL_PASSES 16
 #define POLL_START_NS 4000  /* an adaptive window's first length; it doubles from here */
 
+#define PROBE_TIMEOUT_NS 1000000  /* the probe's timer: 1 ms */
+#define DEFER_MIN_KERNEL 6012     /* deferral from Linux 6.12 (major * 1000 + minor) */
+#define PROBE_WAIT_MS 1000        /* ...and how long its eventfd may take to say so */
+
 /* The worker whose loop runs on this thread (NULL on the main thread). */
 static __thread struct worker *tls_worker;
 
 static struct log_limit submit_limit;
+
+/* Deferred task work: -1 not probed yet, 0 not usable, 1 in use. */
+static int defer_taskrun = -1;
+static const char *defer_why = "";  /* ...why not, for the log */
+
+/* The running kernel's major * 1000 + minor, or 0. */
+static unsigned kernel_version(void)
+{
+	struct utsname u;
+	unsigned major, minor;
+
+	if (uname(&u) < 0 || sscanf(u.release, "%u.%u", &major, &minor) != 2)
+		return 0;
+	return major * 1000 + minor;
+}
+
+/*
+ * Whether this kernel has DEFER_TASKRUN and signals a registered eventfd
+ * when deferred work waits: a throwaway ring's 1 ms timer must do so.
+ */
+static bool ring_probe_defer(void)
+{
+	struct __kernel_timespec ts = { .tv_sec = 0, .tv_nsec = PROBE_TIMEOUT_NS };
+	struct io_uring_params params;
+	struct io_uring ring;
+	struct pollfd pfd;
+	bool ok = false;
+	int efd;
+
+	memset(&params, 0, sizeof(params));
+	params.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN |
+		       IORING_SETUP_TASKRUN_FLAG;
+	if (io_uring_queue_init_params(4, &ring, &params) < 0)
+		return false;
+	efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (efd >= 0 && io_uring_register_eventfd(&ring, efd) == 0) {
+		io_uring_prep_timeout(io_uring_get_sqe(&ring), &ts, 0, 0);
+		pfd.fd = efd;
+		pfd.events = POLLIN;
+		ok = io_uring_submit(&ring) == 1 && poll(&pfd, 1, PROBE_WAIT_MS) == 1;
+	}
+	if (efd >= 0)
+		close(efd);
+	io_uring_queue_exit(&ring);
+	return ok;
+}
+
+const char *worker_ring_features(void)
+{
+	static char s[96];
+
+	if (defer_taskrun == 1)
+		return "deferred task work";
+	snprintf(s, sizeof(s), "task work as it comes%s", defer_why);
+	return s;
+}
+
+/* Whether workers' rings defer task work: asked, a kernel that does it well, and the probe. */
+static bool ring_use_defer(const struct server *srv)
+{
+	if (!srv->defer_taskrun)
+		return false;
+	if (kernel_version() < DEFER_MIN_KERNEL) {
+		defer_why = " (deferral is used from Linux 6.12 on)";
+		return false;
+	}
+	if (!ring_probe_defer()) {
+		defer_why = " (the kernel's deferred task work does not signal an eventfd)";
+		return false;
+	}
+	return true;
+}
+
+/* Deferred task work is waiting for this worker to enter the ring. */
+static bool worker_taskrun(struct worker *w)
+{
+	return w->defer &&
+	       (IO_URING_READ_ONCE(*w->ring.sq.kflags) & IORING_SQ_TASKRUN);
+}
+
+/* A completion to reap, or deferred work that will make one. */
+static bool worker_cq_pending(struct worker *w)
+{
+	return io_uring_cq_ready(&w->ring) || worker_taskrun(w);
+}
+
+/* The loop is busy: deferred work need not signal the eventfd. */
+static void worker_awake(struct worker *w)
+{
+	if (w->defer)
+		io_uring_cq_eventfd_toggle(&w->ring, false);
+}
+
+/*
+ * The loop may sleep: deferred work must wake it. Work that came before the
+ * eventfd was switched on is collected now (its completions make the
+ * ring's fd readable, so the loop does not sleep).
+ */
+static void worker_may_sleep(struct worker *w)
+{
+	if (!w->defer)
+		return;
+	io_uring_cq_eventfd_toggle(&w->ring, true);
+	/* Pairs with the kernel's barrier between raising SQ_TASKRUN and reading the switch. */
+	atomic_thread_fence(memory_order_seq_cst);
+	if (worker_taskrun(w))
+		io_uring_get_events(&w->ring);
+}
 
 /* Submits what is queued; returns 0 or the error io_uring_submit gave. */
 static int worker_submit(struct worker *w)
@@ -268,6 +406,23 @@ static void worker_cq_cb(struct ev_loop *loop, ev_io *watcher, int revents)
 
 	(void)loop;
 	(void)revents;
+	worker_awake(w);
+	worker_reap(w);
+	worker_run_ready(w);
+}
+
+/* Deferred work waits (the eventfd said so): collect it, then as above. */
+static void worker_evfd_cb(struct ev_loop *loop, ev_io *watcher, int revents)
+{
+	struct worker *w = watcher->data;
+	uint64_t n;
+
+	(void)loop;
+	(void)revents;
+	worker_awake(w);
+	if (read(w->evfd, &n, sizeof(n)) < 0 && errno != EAGAIN)
+		log_msg_limited(&submit_limit, LOG_ERROR, "worker %d: eventfd: %s", w->id,
+				strerror(errno));
 	worker_reap(w);
 	worker_run_ready(w);
 }
@@ -294,13 +449,13 @@ static void worker_poll(struct worker *w, uint64_t window_ns)
 		uint64_t end;
 
 		/* libev's turn: it has work (a post from another thread too), or nothing will come. */
-		if (io_uring_cq_ready(&w->ring) || !worker_clients(w) || w->ready_head ||
+		if (worker_cq_pending(w) || !worker_clients(w) || w->ready_head ||
 		    ev_async_pending(&w->wake))
 			break;
 		end = t + window_ns;
-		while (!io_uring_cq_ready(&w->ring) && (t = now_ns()) < end)
+		while (!worker_cq_pending(w) && (t = now_ns()) < end)
 			sched_yield();
-		if (!io_uring_cq_ready(&w->ring))
+		if (!worker_cq_pending(w))
 			break;
 		stat_bump(&w->stats.poll_hits, 1);
 		worker_reap(w);
@@ -341,6 +496,7 @@ static void worker_prepare_cb(struct ev_loop *loop, ev_prepare *watcher, int rev
 	} else if (w->srv->poll_max_us) {
 		w->idle_from = now_ns();
 	}
+	worker_may_sleep(w);
 }
 
 /* The loop woke: the wait since the worker's last work sizes the next poll window. */
@@ -413,9 +569,22 @@ static void worker_grace_cb(struct ev_loop *loop, ev_timer *watcher, int revents
 static void *worker_main(void *arg)
 {
 	struct worker *w = arg;
+	bool reg;
 
 	tls_worker = w;
+	if (w->defer) {
+		/* This thread is the ring's single issuer: it enables it. */
+		if (syscall(__NR_io_uring_register, w->ring.ring_fd, IORING_REGISTER_ENABLE_RINGS,
+			    NULL, 0) < 0) {
+			log_error("worker %d: enabling its ring: %s", w->id, strerror(errno));
+			abort();
+		}
+	}
+	/* io_uring_enter by index rather than through the descriptor table. */
+	reg = io_uring_register_ring_fd(&w->ring) == 1;
 	ev_run(w->loop, 0);
+	if (reg)
+		io_uring_unregister_ring_fd(&w->ring);
 	return NULL;
 }
 
@@ -441,13 +610,28 @@ int worker_start(struct worker *w, struct server *srv, int id)
 			  strerror(-ret));
 		goto out_unmap_zeroes;
 	}
+	if (defer_taskrun < 0)
+		defer_taskrun = ring_use_defer(srv);
+	w->evfd = -1;
 	memset(&params, 0, sizeof(params));
 	params.flags = IORING_SETUP_CQSIZE;
+	if (defer_taskrun)
+		params.flags |= IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN |
+				IORING_SETUP_TASKRUN_FLAG | IORING_SETUP_R_DISABLED;
 	params.cq_entries = RING_CQ_ENTRIES;
 	ret = io_uring_queue_init_params(RING_ENTRIES, &w->ring, &params);
 	if (ret < 0) {
 		log_error("worker %d: io_uring_queue_init: %s", id, strerror(-ret));
 		goto out_pool;
+	}
+	if (defer_taskrun) {
+		w->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+		if (w->evfd < 0 || (ret = io_uring_register_eventfd(&w->ring, w->evfd)) < 0) {
+			ret = w->evfd < 0 ? -errno : ret;
+			log_error("worker %d: the ring's eventfd: %s", id, strerror(-ret));
+			goto out_ring;
+		}
+		w->defer = true;
 	}
 	w->loop = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
 	if (!w->loop) {
@@ -458,6 +642,11 @@ int worker_start(struct worker *w, struct server *srv, int id)
 	ev_io_init(&w->cq_watcher, worker_cq_cb, w->ring.ring_fd, EV_READ);
 	w->cq_watcher.data = w;
 	ev_io_start(w->loop, &w->cq_watcher);
+	if (w->defer) {
+		ev_io_init(&w->evfd_watcher, worker_evfd_cb, w->evfd, EV_READ);
+		w->evfd_watcher.data = w;
+		ev_io_start(w->loop, &w->evfd_watcher);
+	}
 	ev_prepare_init(&w->submit_watcher, worker_prepare_cb);
 	w->submit_watcher.data = w;
 	ev_prepare_start(w->loop, &w->submit_watcher);
@@ -483,6 +672,8 @@ out_loop:
 	ev_loop_destroy(w->loop);
 out_ring:
 	io_uring_queue_exit(&w->ring);
+	if (w->evfd >= 0)
+		close(w->evfd);
 out_pool:
 	pool_release(&w->pool);
 out_unmap_zeroes:
@@ -527,6 +718,8 @@ void worker_join(struct worker *w)
 	pthread_join(w->thread, NULL);
 	ev_loop_destroy(w->loop);
 	io_uring_queue_exit(&w->ring);
+	if (w->evfd >= 0)
+		close(w->evfd);
 	pool_release(&w->pool);
 	munmap(w->zeroes, WORKER_ZEROES_BYTES);
 	free(w->inbox);

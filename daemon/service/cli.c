@@ -56,6 +56,9 @@ static void usage(FILE *f)
 		"                       sleeps (default 100; 0: never poll)\n"
 		"      --busy-poll US   poll a fixed US microseconds instead: lower latency at\n"
 		"                       low queue depth for a busy core (default 0: adaptive)\n"
+		"      --no-defer-taskrun  run io_uring's task work as it comes, not in batches\n"
+		"                       when a worker collects it (default: deferred, where\n"
+		"                       the kernel can)\n"
 		"      --keep-connections  SIGTERM under systemd hands the connections to its\n"
 		"                       fd store (FileDescriptorStoreMax=): a restart keeps them\n"
 		"      --pid-file PATH  write the pid here once listening\n"
@@ -189,6 +192,7 @@ int cli_parse(int argc, char **argv, struct config *cli, const char **config_pat
 		{ "control", required_argument, NULL, 'Z' },
 		{ "metrics", required_argument, NULL, 'm' },
 		{ "keep-connections", no_argument, NULL, 'G' },
+		{ "no-defer-taskrun", no_argument, NULL, 0x100 },
 		{ "allow", required_argument, NULL, 'A' },
 		{ "overlay", required_argument, NULL, 'O' },
 		{ "deny", required_argument, NULL, 'X' },
@@ -238,6 +242,7 @@ int cli_parse(int argc, char **argv, struct config *cli, const char **config_pat
 		case 'B': if (cli_global(cli, "busy-poll", optarg) < 0) return -1; break;
 		case 'N': if (cli_global(cli, "poll-max", optarg) < 0) return -1; break;
 		case 'G': cli->keep_conns = 1; break;
+		case 0x100: cli->defer_taskrun = 0; break;
 		case 'S': if (cli_global(cli, "cache-size", optarg) < 0) return -1; break;
 		case 'F': if (cli_global(cli, "pid-file", optarg) < 0) return -1; break;
 		case 'Z': if (cli_global(cli, "control", optarg) < 0) return -1; break;

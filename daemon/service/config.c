@@ -134,6 +134,7 @@ void config_init(struct config *cfg)
 	cfg->poll_max_us = -1;
 	cfg->max_conns_per_client = -1;
 	cfg->keep_conns = -1;
+	cfg->defer_taskrun = -1;
 	cfg->tls = -1;
 	cfg->tls_verify_peer = -1;
 	cfg->list = -1;
@@ -233,6 +234,12 @@ int config_set_global(struct config *cfg, const char *k, const char *v, const ch
 		cfg->keep_conns = config_parse_bool(v);
 		if (cfg->keep_conns < 0) {
 			*why = "keep-connections: expected yes or no";
+			return -1;
+		}
+	} else if (!strcmp(k, "defer-taskrun")) {
+		cfg->defer_taskrun = config_parse_bool(v);
+		if (cfg->defer_taskrun < 0) {
+			*why = "defer-taskrun: expected yes or no";
 			return -1;
 		}
 	} else if (!strcmp(k, "tls-verify-peer") || !strcmp(k, "list")) {

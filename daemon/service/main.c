@@ -422,6 +422,7 @@ int main(int argc, char **argv)
 	srv.busy_poll_us = setting(cli.busy_poll_us, file.busy_poll_us, 0);
 	srv.poll_max_us = setting(cli.poll_max_us, file.poll_max_us, POLL_MAX_US_DEFAULT);
 	srv.keep_conns = (cli.keep_conns >= 0 ? cli.keep_conns : file.keep_conns) > 0;
+	srv.defer_taskrun = (cli.defer_taskrun >= 0 ? cli.defer_taskrun : file.defer_taskrun) != 0;
 	srv.max_conns_per_client = setting(cli.max_conns_per_client, file.max_conns_per_client, 0);
 	srv.single = cli.single;
 	if (srv.single && (cli.unix_path || cli.bind || cli.port)) {
@@ -519,8 +520,8 @@ int main(int argc, char **argv)
 		snprintf(polling, sizeof(polling), "adaptive polling up to %u us", srv.poll_max_us);
 	else
 		snprintf(polling, sizeof(polling), "no polling");
-	log_info("%u worker%s, buffer pool %zu MiB each, %s%s%s", srv.nworkers,
-		 srv.nworkers == 1 ? "" : "s", srv.pool_bytes >> 20, polling,
+	log_info("%u worker%s, buffer pool %zu MiB each, %s, %s%s%s", srv.nworkers,
+		 srv.nworkers == 1 ? "" : "s", srv.pool_bytes >> 20, polling, worker_ring_features(),
 		 config_path ? ", config " : "", config_path ? config_path : "");
 
 	ev_signal_init(&sigint_w, on_stop_signal, SIGINT);

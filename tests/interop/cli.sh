@@ -76,6 +76,28 @@ start_daemon "$T/disk.img"
 timeout 10 nbdinfo --size "$URI" | grep -qx 1048576 || fail "stale socket not replaced"
 stop_daemon
 
+# Workers' rings: io_uring's task work deferred by default from Linux 6.12
+# on, as it comes with --no-defer-taskrun (and on older kernels); both serve
+# the same bytes, and the start-up log says which is in use.
+printf '[global]\ndefer-taskrun = sometimes\n' > "$T/bad.conf"
+expect_error 'defer-taskrun: expected yes or no' -c "$T/bad.conf" -U "$SOCK"
+head -c 1M /dev/urandom > "$T/data"
+kver=$(uname -r | awk -F. '{ print $1 * 1000 + $2 }')
+for opt in "" --no-defer-taskrun; do
+    : > "$T/daemon.log"
+    start_daemon "$T/disk.img" $opt
+    timeout 20 nbdcopy --request-size=16384 --requests=16 "$T/data" "$URI" || fail "write ${opt:-(default)}"
+    timeout 20 nbdcopy "$URI" "$T/back" || fail "read ${opt:-(default)}"
+    cmp "$T/data" "$T/back" || fail "${opt:-(default)}: the bytes read back differ"
+    stop_daemon
+    if [ -n "$opt" ]; then
+        grep -q 'task work as it comes' "$T/daemon.log" || fail "$opt: not in the start-up log"
+    elif [ "$kver" -ge 6012 ]; then
+        grep -q 'deferred task work' "$T/daemon.log" || fail "Linux $(uname -r): task work not deferred"
+    fi
+    rm -f "$T/back"
+done
+
 # TCP on a loopback port: served; the same port again is refused clearly.
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 "$URINGNBD" -b 127.0.0.1 -p "$port" --pid-file "$T/pid" "$T/disk.img" 2>>"$T/daemon.log" &

@@ -54,6 +54,8 @@ uringnbdctl exports >/tmp/ctl || fail "uringnbdctl exports: $(cat /tmp/ctl)"
 grep -q '^disk0 ' /tmp/ctl || fail "uringnbdctl exports: $(cat /tmp/ctl)"
 uringnbdctl --json connections disk0 >/tmp/ctl || fail "uringnbdctl connections"
 [ "$(grep -c '"export":"disk0"' /tmp/ctl)" = 1 ] || fail "one connection expected: $(cat /tmp/ctl)"
+# Which way the rings run task work on this kernel (deferred from Linux 6.12 on).
+step "$(uname -r): $(journalctl -q -u uringnbd.service -o cat | grep -o 'deferred task work\|task work as it comes[^,]*' | head -n 1)"
 
 step "/dev/nbd1 over TCP with 4 connections; ext4 on both; fio with verify=crc32c"
 truncate -s 256M /srv/nbd/disk2.img
