@@ -44,6 +44,12 @@ step "nbd-client attaches /dev/nbd0 (socket activation)"
 # libnbd) nor in a guest loop of attach + restart + I/O; see the restart issue.
 nbd-client -unix /run/uringnbd.sock /dev/nbd0 -N disk0 || fail "nbd-client"
 systemctl is-active -q uringnbd.service || fail "the first connection did not start the service"
+# journald may take a moment to store the line (a loaded host: seconds).
+for _ in $(seq 1 50); do
+    journalctl -b --no-pager -u uringnbd.service | grep -q 'listening on socket-activated fd 3 (nbd)' &&
+        break
+    sleep 0.2
+done
 journalctl -b --no-pager -u uringnbd.service | grep -q 'listening on socket-activated fd 3 (nbd)' ||
     fail "the daemon did not get the socket named by FileDescriptorName=nbd"
 [ "$(cat /sys/block/nbd0/size)" -gt 0 ] || fail "/dev/nbd0 has no size"
