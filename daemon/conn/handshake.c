@@ -162,8 +162,12 @@ static void hs_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents)
 	(void)revents;
 	if (c->state != CONN_HANDSHAKE)
 		return;
-	log_info("conn %" PRIu64 ": no export chosen within %u s: closing", c->id,
-		 c->w->srv->handshake_timeout_s);
+	/* Where it stood: a client that stopped, or a step that never completed. */
+	log_info("conn %" PRIu64 ": no export chosen within %u s: closing (after %u option%s, "
+		 "waiting to %s %zu bytes, %u operation%s pending)", c->id,
+		 c->w->srv->handshake_timeout_s, c->hs_options, c->hs_options == 1 ? "" : "s",
+		 hs_step_sends(c->hs_step) ? "send" : "receive", c->io_left, c->pending,
+		 c->pending == 1 ? "" : "s");
 	if (c->result < 0)
 		c->result = CONN_RESULT_HS_TIMEOUT;
 	conn_close(c, NULL);

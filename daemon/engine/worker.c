@@ -4,8 +4,10 @@
  * This is the loop-and-ring layer; it knows no NBD types.
  *
  * libev owns waiting. The ring's own descriptor is in libev's epoll set
- * (it polls readable while completions are queued); its ev_io reaps the
- * completion queue (no eventfd: that would cost a read() per wakeup).
+ * (it polls readable when completions are posted); its ev_io reaps the
+ * completion queue. Before the loop sleeps, completions already queued are
+ * handled (a few rounds, then the loop goes round without blocking): one
+ * posted during the worker's own submit does not always wake the epoll.
  * Every SQE's user_data points at a struct op, and a completion is
  * op->done(op, cqe->res). Work that a completion (or another thread)
  * unblocks is posted to the worker's ready list and run from the loop,
@@ -48,10 +50,6 @@
  * issuer), which also registers the ring's fd (io_uring_enter without the
  * descriptor table). Whether deferred work signals an eventfd is probed
  * once with a throwaway ring; without it the ring is made as before.
- * Deferral is used from Linux 6.12 on: under Debian 12's 6.1 kernel (6.1.192)
- * the VM test's handshakes failed with it, in 2 runs of 2, the client
- * reading an option reply whose first bytes were a heap pointer, as if the
- * reply had been sent after its buffer was freed (tests/bench/README.md).
  */
 #define _GNU_SOURCE
 #include <assert.h>
@@ -64,7 +62,6 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
-#include <sys/utsname.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -72,12 +69,12 @@
 
 #define RING_ENTRIES 1024
 #define RING_CQ_ENTRIES 8192
+#define SLEEP_CHECK_ROUNDS 4 /* rounds of work found before sleeping, then libev's turn */
 /* Completions handled by polling before libev gets a turn (timers, adoption). */
 #define BUSY_POLL_PASSES 16
 #define POLL_START_NS 4000  /* an adaptive window's first length; it doubles from here */
 
 #define PROBE_TIMEOUT_NS 1000000  /* the probe's timer: 1 ms */
-#define DEFER_MIN_KERNEL 6012     /* deferral from Linux 6.12 (major * 1000 + minor) */
 #define PROBE_WAIT_MS 1000        /* ...and how long its eventfd may take to say so */
 
 /* The worker whose loop runs on this thread (NULL on the main thread). */
@@ -88,17 +85,6 @@ static struct log_limit submit_limit;
 /* Deferred task work: -1 not probed yet, 0 not usable, 1 in use. */
 static int defer_taskrun = -1;
 static const char *defer_why = "";  /* ...why not, for the log */
-
-/* The running kernel's major * 1000 + minor, or 0. */
-static unsigned kernel_version(void)
-{
-	struct utsname u;
-	unsigned major, minor;
-
-	if (uname(&u) < 0 || sscanf(u.release, "%u.%u", &major, &minor) != 2)
-		return 0;
-	return major * 1000 + minor;
-}
 
 /*
  * Whether this kernel has DEFER_TASKRUN and signals a registered eventfd
@@ -141,15 +127,11 @@ const char *worker_ring_features(void)
 	return s;
 }
 
-/* Whether workers' rings defer task work: asked, a kernel that does it well, and the probe. */
+/* Whether workers' rings defer task work: asked, and the kernel passes the probe. */
 static bool ring_use_defer(const struct server *srv)
 {
 	if (!srv->defer_taskrun)
 		return false;
-	if (kernel_version() < DEFER_MIN_KERNEL) {
-		defer_why = " (deferral is used from Linux 6.12 on)";
-		return false;
-	}
 	if (!ring_probe_defer()) {
 		defer_why = " (the kernel's deferred task work does not signal an eventfd)";
 		return false;
@@ -178,19 +160,25 @@ static void worker_awake(struct worker *w)
 }
 
 /*
- * The loop may sleep: deferred work must wake it. Work that came before the
- * eventfd was switched on is collected now (its completions make the
- * ring's fd readable, so the loop does not sleep).
+ * The loop may sleep. With deferred task work, what wakes it is the
+ * eventfd, which the kernel signals only when its list of deferred work
+ * goes from empty to not: so the eventfd goes on, and work that came while
+ * it was off is collected now. And in either mode the worker sleeps only
+ * with no completion in the queue: one posted while it was busy (a receive
+ * that found its data at submission) does not reliably make the ring's fd
+ * readable (under Linux 6.1 with deferral it did not, and a connection
+ * waited for its handshake timeout). Returns true if there is such work.
  */
-static void worker_may_sleep(struct worker *w)
+static bool worker_may_sleep(struct worker *w)
 {
-	if (!w->defer)
-		return;
-	io_uring_cq_eventfd_toggle(&w->ring, true);
-	/* Pairs with the kernel's barrier between raising SQ_TASKRUN and reading the switch. */
-	atomic_thread_fence(memory_order_seq_cst);
-	if (worker_taskrun(w))
-		io_uring_get_events(&w->ring);
+	if (w->defer) {
+		io_uring_cq_eventfd_toggle(&w->ring, true);
+		/* Pairs with the kernel's barrier between raising SQ_TASKRUN and reading the switch. */
+		atomic_thread_fence(memory_order_seq_cst);
+		if (worker_taskrun(w))
+			io_uring_get_events(&w->ring);
+	}
+	return io_uring_cq_ready(&w->ring) || w->ndeferred || w->ready_head;
 }
 
 /* Submits what is queued; returns 0 or the error io_uring_submit gave. */
@@ -472,8 +460,8 @@ static void worker_prepare_cb(struct ev_loop *loop, ev_prepare *watcher, int rev
 {
 	struct worker *w = watcher->data;
 	uint64_t window;
+	unsigned rounds;
 
-	(void)loop;
 	(void)revents;
 	stat_bump(&w->stats.iterations, 1);
 	if (w->ndeferred)
@@ -486,7 +474,6 @@ static void worker_prepare_cb(struct ev_loop *loop, ev_prepare *watcher, int rev
 	atomic_store_explicit(&w->stats.pool_waiters, w->pool.nwaiting, memory_order_relaxed);
 	if (io_uring_sq_ready(&w->ring))
 		worker_submit(w);
-	/* Completions that arrived during submit make the ring fd readable. */
 	window = w->srv->busy_poll_us ? (uint64_t)w->srv->busy_poll_us * 1000 : w->poll_window_ns;
 	if (!worker_clients(w)) {
 		w->poll_window_ns = 0;
@@ -496,7 +483,26 @@ static void worker_prepare_cb(struct ev_loop *loop, ev_prepare *watcher, int rev
 	} else if (w->srv->poll_max_us) {
 		w->idle_from = now_ns();
 	}
-	worker_may_sleep(w);
+	for (rounds = 0; worker_may_sleep(w); rounds++) {
+		worker_awake(w);
+		if (rounds == SLEEP_CHECK_ROUNDS) {
+			/* Still busy: the loop goes round without blocking, timers get a turn. */
+			ev_idle_start(loop, &w->no_sleep);
+			return;
+		}
+		worker_reap(w);
+		worker_run_ready(w);
+		if (io_uring_sq_ready(&w->ring))
+			worker_submit(w);
+		if (w->idle_from)
+			w->idle_from = now_ns();
+	}
+}
+
+static void worker_no_sleep_cb(struct ev_loop *loop, ev_idle *watcher, int revents)
+{
+	(void)revents;
+	ev_idle_stop(loop, watcher);
 }
 
 /* The loop woke: the wait since the worker's last work sizes the next poll window. */
@@ -642,6 +648,7 @@ int worker_start(struct worker *w, struct server *srv, int id)
 	ev_io_init(&w->cq_watcher, worker_cq_cb, w->ring.ring_fd, EV_READ);
 	w->cq_watcher.data = w;
 	ev_io_start(w->loop, &w->cq_watcher);
+	ev_idle_init(&w->no_sleep, worker_no_sleep_cb);
 	if (w->defer) {
 		ev_io_init(&w->evfd_watcher, worker_evfd_cb, w->evfd, EV_READ);
 		w->evfd_watcher.data = w;
