@@ -396,6 +396,8 @@ void conns_adopt(struct worker *w, const struct client *cl)
 		c->result = CONN_RESULT_SERVED;
 		log_info("conn %" PRIu64 ": adopted on worker %d, fd %d: export \"%s\", %zu bytes "
 			 "received and not parsed yet", c->id, w->id, c->fd, c->exp->name, r->npending);
+		/* A hand-over under way on this worker takes it too: parked, it does not receive. */
+		c->handover = w->handover != NULL;
 		rx_start_resumed(c, r->pending, r->npending);
 		free(r->pending);
 		free(r);

@@ -331,6 +331,8 @@ static void worker_reap(struct worker *w)
 	stat_bump(&w->stats.completions, n);
 }
 
+static bool worker_adopt_inbox(struct worker *w);
+
 /* Runs posted ops until none is left (those they post run in the same pass). */
 static void worker_run_ready(struct worker *w)
 {
@@ -338,10 +340,20 @@ static void worker_run_ready(struct worker *w)
 		struct op *op = w->ready_head;
 
 		if (!op) {
+			bool inbox;
+
 			pthread_mutex_lock(&w->inbox_lock);
 			op = w->ready_remote;
 			w->ready_remote = NULL;
+			inbox = w->inbox_len != 0;
 			pthread_mutex_unlock(&w->inbox_lock);
+			/*
+			 * Clients handed over before these ops were posted are adopted
+			 * first (a restart's parking must find a client adopted just
+			 * before it; the async callback may not have run yet).
+			 */
+			if (op && inbox)
+				worker_adopt_inbox(w);
 			/* Remote posts come LIFO; their order does not matter. */
 			while (op) {
 				struct op *next = op->next;
@@ -474,16 +486,20 @@ static void worker_prepare_cb(struct ev_loop *loop, ev_prepare *watcher, int rev
 	atomic_store_explicit(&w->stats.pool_waiters, w->pool.nwaiting, memory_order_relaxed);
 	if (io_uring_sq_ready(&w->ring))
 		worker_submit(w);
-	window = w->srv->busy_poll_us ? (uint64_t)w->srv->busy_poll_us * 1000 : w->poll_window_ns;
-	if (!worker_clients(w)) {
-		w->poll_window_ns = 0;
-		w->idle_from = 0;
-	} else if (window) {
-		worker_poll(w, window);
-	} else if (w->srv->poll_max_us) {
-		w->idle_from = now_ns();
-	}
-	for (rounds = 0; worker_may_sleep(w); rounds++) {
+	for (rounds = 0;; rounds++) {
+		window = w->srv->busy_poll_us ? (uint64_t)w->srv->busy_poll_us * 1000 :
+			 w->poll_window_ns;
+		if (!worker_clients(w)) {
+			w->poll_window_ns = 0;
+			w->idle_from = 0;
+		} else if (window) {
+			worker_poll(w, window);
+		} else if (w->srv->poll_max_us) {
+			w->idle_from = now_ns();
+		}
+		if (!worker_may_sleep(w))
+			return;
+		/* Work first (and polling again after it, as a pass of the loop would). */
 		worker_awake(w);
 		if (rounds == SLEEP_CHECK_ROUNDS) {
 			/* Still busy: the loop goes round without blocking, timers get a turn. */
@@ -494,8 +510,6 @@ static void worker_prepare_cb(struct ev_loop *loop, ev_prepare *watcher, int rev
 		worker_run_ready(w);
 		if (io_uring_sq_ready(&w->ring))
 			worker_submit(w);
-		if (w->idle_from)
-			w->idle_from = now_ns();
 	}
 }
 
@@ -525,14 +539,13 @@ static void worker_check_cb(struct ev_loop *loop, ev_check *watcher, int revents
 		w->poll_window_ns = max;
 }
 
-static void worker_wake_cb(struct ev_loop *loop, ev_async *watcher, int revents)
+/* Adopts the clients in the inbox (or, stopping, closes them); returns whether to stop. */
+static bool worker_adopt_inbox(struct worker *w)
 {
-	struct worker *w = watcher->data;
 	struct client cl[64];
 	size_t n, i;
 	bool stop;
 
-	(void)revents;
 	do {
 		pthread_mutex_lock(&w->inbox_lock);
 		n = w->inbox_len < 64 ? w->inbox_len : 64;
@@ -554,6 +567,16 @@ static void worker_wake_cb(struct ev_loop *loop, ev_async *watcher, int revents)
 			}
 		}
 	} while (n == 64);
+	return stop;
+}
+
+static void worker_wake_cb(struct ev_loop *loop, ev_async *watcher, int revents)
+{
+	struct worker *w = watcher->data;
+	bool stop;
+
+	(void)revents;
+	stop = worker_adopt_inbox(w);
 	worker_run_ready(w);
 
 	if (stop && !w->stopping) {
