@@ -88,9 +88,10 @@ static const char *defer_why = "";  /* ...why not, for the log */
 
 /*
  * Whether this kernel has DEFER_TASKRUN and signals a registered eventfd
- * when deferred work waits: a throwaway ring's 1 ms timer must do so.
+ * when deferred work waits: a throwaway ring's 1 ms timer must do so. If
+ * not, *why says which, for the log.
  */
-static bool ring_probe_defer(void)
+static bool ring_probe_defer(const char **why)
 {
 	struct __kernel_timespec ts = { .tv_sec = 0, .tv_nsec = PROBE_TIMEOUT_NS };
 	struct io_uring_params params;
@@ -102,8 +103,10 @@ static bool ring_probe_defer(void)
 	memset(&params, 0, sizeof(params));
 	params.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN |
 		       IORING_SETUP_TASKRUN_FLAG;
+	*why = " (the kernel has no IORING_SETUP_DEFER_TASKRUN)";
 	if (io_uring_queue_init_params(4, &ring, &params) < 0)
 		return false;
+	*why = " (the kernel's deferred task work does not signal an eventfd)";
 	efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (efd >= 0 && io_uring_register_eventfd(&ring, efd) == 0) {
 		io_uring_prep_timeout(io_uring_get_sqe(&ring), &ts, 0, 0);
@@ -132,11 +135,7 @@ static bool ring_use_defer(const struct server *srv)
 {
 	if (!srv->defer_taskrun)
 		return false;
-	if (!ring_probe_defer()) {
-		defer_why = " (the kernel's deferred task work does not signal an eventfd)";
-		return false;
-	}
-	return true;
+	return ring_probe_defer(&defer_why);
 }
 
 /* Deferred task work is waiting for this worker to enter the ring. */
