@@ -45,7 +45,7 @@
  *   worker that is busy is not signalled for every completion;
  * - the kernel raises IORING_SQ_TASKRUN when such work waits, and liburing's
  *   peek enters the ring to run it when it sees the flag, so the reaping
- *   loop is unchanged; polling watches the flag instead of yielding for it.
+ *   loop is unchanged; polling watches the flag as well as the queue.
  * The ring is made disabled and enabled by the worker's thread (the single
  * issuer), which also registers the ring's fd (io_uring_enter without the
  * descriptor table). Whether deferred work signals an eventfd is probed
