@@ -720,11 +720,11 @@ struct worker {
 	pthread_t thread;
 	struct ev_loop *loop;
 	struct io_uring ring;
-	ev_io cq_watcher;         /* the ring's fd: readable while completions wait */
+	ev_io cq_watcher;         /* the ring's fd: readable when completions are posted */
 	bool defer;               /* the ring defers task work (worker.c) */
 	int evfd;                 /* ...and signals this eventfd for it while the loop may sleep */
-	ev_io evfd_watcher;
-	ev_idle no_sleep;         /* ...started when work was still found before sleeping */
+	ev_io evfd_watcher;       /* ...which wakes the loop to collect that work */
+	ev_idle no_sleep;         /* one turn of the loop without blocking: work was still found */
 	ev_prepare submit_watcher; /* drains the ready list; one io_uring_submit per iteration */
 	ev_check poll_watcher;    /* sizes the adaptive poll window after each wait */
 	uint64_t poll_window_ns;  /* the adaptive window now; 0: the worker sleeps at once */

@@ -218,8 +218,10 @@ static void histogram(FILE *f, const char *name, const char *labels, const struc
 
 #define LOAD(x) ((uint64_t)atomic_load_explicit(&(x), memory_order_relaxed))
 
-/* A family with a series per worker, from one field of struct metrics_worker. */
-/* A per-worker family; a field counted in nanoseconds is named *_seconds* and shown so. */
+/*
+ * A family with a series per worker, from one field of struct metrics_worker;
+ * a field counted in nanoseconds is named *_seconds* and shown in seconds.
+ */
 static void per_worker(FILE *f, const struct metrics *m, const char *name, const char *type,
 		       const char *help, size_t field)
 {

@@ -12,6 +12,9 @@
 
 #include "../daemon.h"
 
+/* Long options with no short form: values outside the character range. */
+#define OPT_NO_DEFER_TASKRUN 0x100
+
 static void usage(FILE *f)
 {
 	fprintf(f,
@@ -192,7 +195,7 @@ int cli_parse(int argc, char **argv, struct config *cli, const char **config_pat
 		{ "control", required_argument, NULL, 'Z' },
 		{ "metrics", required_argument, NULL, 'm' },
 		{ "keep-connections", no_argument, NULL, 'G' },
-		{ "no-defer-taskrun", no_argument, NULL, 0x100 },
+		{ "no-defer-taskrun", no_argument, NULL, OPT_NO_DEFER_TASKRUN },
 		{ "allow", required_argument, NULL, 'A' },
 		{ "overlay", required_argument, NULL, 'O' },
 		{ "deny", required_argument, NULL, 'X' },
@@ -242,7 +245,7 @@ int cli_parse(int argc, char **argv, struct config *cli, const char **config_pat
 		case 'B': if (cli_global(cli, "busy-poll", optarg) < 0) return -1; break;
 		case 'N': if (cli_global(cli, "poll-max", optarg) < 0) return -1; break;
 		case 'G': cli->keep_conns = 1; break;
-		case 0x100: cli->defer_taskrun = 0; break;
+		case OPT_NO_DEFER_TASKRUN: cli->defer_taskrun = 0; break;
 		case 'S': if (cli_global(cli, "cache-size", optarg) < 0) return -1; break;
 		case 'F': if (cli_global(cli, "pid-file", optarg) < 0) return -1; break;
 		case 'Z': if (cli_global(cli, "control", optarg) < 0) return -1; break;
