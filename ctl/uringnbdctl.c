@@ -374,11 +374,12 @@ static void print_stats(json_object *o)
 			v = json_object_array_get_idx(a, i);
 			printf("worker %zu: %" PRIu64 " loop iterations, %" PRIu64 " completions in %" PRIu64
 			       " submits (%" PRIu64 " found polling, %.3f s polled), pool %" PRIu64
-			       " bytes used, %" PRIu64 " waiting\n", i,
+			       " bytes used, %" PRIu64 " waiting; oldest request %.3f s\n", i,
 			       get_u64(v, "loop-iterations"), get_u64(v, "completions"),
 			       get_u64(v, "submits"), get_u64(v, "poll-hits"),
 			       (double)get_u64(v, "poll-ns") / 1e9, get_u64(v, "pool-used-bytes"),
-			       get_u64(v, "pool-waiters"));
+			       get_u64(v, "pool-waiters"),
+			       (double)get_u64(v, "oldest-request-ns") / 1e9);
 		}
 	if (!json_object_object_get_ex(o, "exports", &a) || !a)
 		return;

@@ -705,6 +705,8 @@ struct worker_stats {
 	atomic_uint_fast64_t results[CONN_RESULTS]; /* conn_result */
 	atomic_uint_fast64_t pool_used_bytes; /* gauge: pool chunks held */
 	atomic_uint_fast64_t pool_waiters;   /* gauge: connections waiting for chunks */
+	atomic_uint_fast64_t oldest_req_start_ns; /* gauge: now_ns() its oldest request in flight
+						     began, as of the last look; 0: none */
 	struct hist lock_wait;               /* waits for a range lock */
 	struct hist pool_wait;               /* waits for pool chunks */
 };
@@ -720,17 +722,14 @@ struct worker {
 	pthread_t thread;
 	struct ev_loop *loop;
 	struct io_uring ring;
-	ev_io cq_watcher;         /* the ring's fd: readable when completions are posted */
 	bool defer;               /* the ring defers task work (worker.c) */
-	int evfd;                 /* ...and signals this eventfd for it while the loop may sleep */
-	ev_io evfd_watcher;       /* ...which wakes the loop to collect that work */
-	ev_idle no_sleep;         /* one turn of the loop without blocking: work was still found */
-	ev_prepare submit_watcher; /* drains the ready list; one io_uring_submit per iteration */
-	ev_check poll_watcher;    /* sizes the adaptive poll window after each wait */
-	uint64_t poll_window_ns;  /* the adaptive window now; 0: the worker sleeps at once */
-	uint64_t idle_from;       /* now_ns() of its last work before a wait; 0: not timed */
-	ev_async wake;            /* inbox, remote ready ops, or stop */
+	uint64_t poll_window_ns;  /* the adaptive window now; 0: the worker waits at once */
+	int wake_fd;              /* eventfd: other threads wake the worker through it */
+	atomic_bool woken;        /* ...written, and the worker has not looked yet */
+	uint64_t wake_count;      /* ...the ring's read of it lands here */
+	struct op wake_op;        /* ...and completes here */
 	ev_timer grace;           /* bounds a graceful stop */
+	ev_timer watch;           /* finds its oldest request in flight (watch.c) */
 	pthread_mutex_t inbox_lock;
 	struct client *inbox;     /* accepted clients waiting to be adopted */
 	size_t inbox_len, inbox_cap;
@@ -797,6 +796,11 @@ void offload_queue(struct offload_job *j);
 /* ---- conn.c: what the worker asks of its connections (no NBD types) ---- */
 /* A new connection on w for an accepted client. */
 void conns_adopt(struct worker *w, const struct client *cl);
+/*
+ * watch.c: once a second, w's oldest request in flight is published
+ * (stats.oldest_req_start_ns) and, past 10 s, logged. Starts w->watch.
+ */
+void conns_watch_start(struct worker *w);
 /* Graceful stop: idle connections close, busy ones close when idle. */
 void conns_stop(struct worker *w);
 /* The grace period is over: close every connection. */

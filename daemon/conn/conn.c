@@ -64,8 +64,6 @@ static void conn_free(struct conn *c)
 		munmap(c->area, sizeof(*c->area));
 	log_debug("conn %" PRIu64 ": closed", c->id);
 	free(c);
-	if (w->stopping && atomic_load_explicit(&w->nconns, memory_order_relaxed) == 0)
-		ev_break(w->loop, EVBREAK_ALL);
 }
 
 /* A cancel's own completion: the ops it cancelled say what happened. */

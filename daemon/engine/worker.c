@@ -3,62 +3,62 @@
  * Workers: one thread, one libev loop, one io_uring, one buffer pool each.
  * This is the loop-and-ring layer; it knows no NBD types.
  *
- * libev owns waiting. The ring's own descriptor is in libev's epoll set
- * (it polls readable when completions are posted); its ev_io reaps the
- * completion queue. Before the loop sleeps, completions already queued are
- * handled (a few rounds, then the loop goes round without blocking): one
- * posted during the worker's own submit does not always wake the epoll.
+ * The ring is where a worker sleeps, and the only place. Each pass of the
+ * worker's loop (worker_loop):
+ *   1. libev's turn, without blocking (ev_run EVRUN_NOWAIT): its timers.
+ *      It runs at least every WORKER_TICK_NS while timers may be running;
+ *   2. completions are handled and posted work run until none is left
+ *      (handlers only change state, queue SQEs and post ops: they never
+ *      wait and never recurse), then everything queued is submitted;
+ *   3. if nothing more is to be done, the worker may poll for a while and
+ *      then waits in io_uring_enter for one completion (submitting and
+ *      waiting in one call), bounded by the next libev tick.
+ * So the kernel runs io_uring's task work where the worker waits: deferred
+ * task work (IORING_SETUP_DEFER_TASKRUN, run only when the issuer enters
+ * the ring) cannot be left behind while the thread sleeps somewhere else,
+ * and a completion posted during the worker's own submit is seen by the
+ * same wait. Other threads reach the worker through its inbox and an
+ * eventfd that the ring always has a read on (worker_wake_done): a post
+ * writes it once until the worker has looked (libev's ev_async could not
+ * serve here: it skips its write while the loop is outside ev_run).
+ *
  * Every SQE's user_data points at a struct op, and a completion is
  * op->done(op, cqe->res). Work that a completion (or another thread)
- * unblocks is posted to the worker's ready list and run from the loop,
- * never from inside the handler that freed it: handlers only change state,
- * queue SQEs and post ops, they never wait and never recurse. Requests
- * waiting for buffer chunks are posted when the pool can give them their
- * fair share (pool.h). SQEs are submitted once per loop iteration from an
- * ev_prepare watcher (or early, if the submission queue fills; if the
+ * unblocks is posted to the worker's ready list. Requests waiting for
+ * buffer chunks are posted when the pool can give them their fair share
+ * (pool.h). If the submission queue fills, it is submitted early; if the
  * completion queue is full too, completions are moved aside to be run
  * later, and if the ring refuses work the op is failed with the ring's
- * error instead of aborting).
+ * error instead of aborting.
  *
- * Polling: before the loop would sleep, a worker with connections may wait
- * a while for a completion by yielding the CPU in a loop. sched_yield()
- * hands the CPU to any other runnable thread, and its return to user space
- * runs io_uring's pending task work, so a completion is seen without first
- * waking an idle CPU, which is the larger part of a request's latency at
- * queue depth 1 in a VM (tests/bench/README.md has the figures). By default
- * the window adapts, as qemu's poll-max-ns does: each time the loop wakes,
- * the time it waited since its last work is measured; a wait longer than
- * the cap (--poll-max, 100 us) sets the window to 0 (polling would not have
- * caught it), a shorter one doubles it (from 4 us, up to the cap). So a
- * client that answers quickly gets a polling worker, and a worker whose
- * connections pause, or that has none, sleeps as before. --busy-poll US
- * fixes the window instead (it keeps a core busy at queue depth 1).
+ * Polling: before it would wait, a worker with connections may watch for a
+ * completion for a while, yielding the CPU in a loop. sched_yield() hands
+ * the CPU to any other runnable thread, and its return to user space runs
+ * io_uring's pending task work (not deferred), so a completion is seen
+ * without first waking an idle CPU, which is the larger part of a
+ * request's latency at queue depth 1 in a VM (tests/bench/README.md has
+ * the figures). With deferral, IORING_SQ_TASKRUN says work waits, and the
+ * reaping enters the ring to run it. By default the window adapts, as
+ * qemu's poll-max-ns does: a wait longer than the cap (--poll-max) sets it
+ * to 0, a shorter one doubles it (from 4 us, up to the cap). --busy-poll
+ * US fixes the window instead.
  *
  * Deferred task work: where the kernel has it (6.1 on), the ring is made
- * with IORING_SETUP_SINGLE_ISSUER | DEFER_TASKRUN, so a completion's task
- * work (a socket receive's copy, a block I/O's end) waits on a list until
- * the worker enters the ring to collect it, in one batch, instead of
- * interrupting the thread wherever it is. Two consequences shape the loop:
- * - such work does not make the ring's fd readable (Linux 6.18 does not wake
- *   an epoll on it), so a registered eventfd does: it is switched on
- *   (IORING_CQ_EVENTFD_DISABLED cleared) only while the loop may sleep, so a
- *   worker that is busy is not signalled for every completion;
- * - the kernel raises IORING_SQ_TASKRUN when such work waits, and liburing's
- *   peek enters the ring to run it when it sees the flag, so the reaping
- *   loop is unchanged; polling watches the flag as well as the queue.
- * The ring is made disabled and enabled by the worker's thread (the single
- * issuer), which also registers the ring's fd (io_uring_enter without the
- * descriptor table). Whether deferred work signals an eventfd is probed
- * once with a throwaway ring; without it the ring is made as before.
+ * with IORING_SETUP_SINGLE_ISSUER | DEFER_TASKRUN | TASKRUN_FLAG, so a
+ * completion's task work (a socket receive's copy, a block I/O's end)
+ * waits on a list until the worker enters the ring, and runs there in one
+ * batch instead of interrupting the thread. The ring is made disabled and
+ * enabled by the worker's thread (the single issuer), which also registers
+ * the ring's fd (io_uring_enter without the descriptor table).
  */
 #define _GNU_SOURCE
 #include <assert.h>
 #include <errno.h>
+#include <poll.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <poll.h>
-#include <sched.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -69,56 +69,25 @@
 
 #define RING_ENTRIES 1024
 #define RING_CQ_ENTRIES 8192
-#define SLEEP_CHECK_ROUNDS 4 /* rounds of work found before sleeping, then libev's turn */
-/* Completions handled by polling before libev gets a turn (timers, adoption). */
-#define BUSY_POLL_PASSES 16
 #define POLL_START_NS 4000  /* an adaptive window's first length; it doubles from here */
-
-#define PROBE_TIMEOUT_NS 1000000  /* the probe's timer: 1 ms */
-#define PROBE_WAIT_MS 1000        /* ...and how long its eventfd may take to say so */
+/*
+ * libev's timers (a connection's watchdog and handshake timeout, a stop's
+ * grace) are looked at this often while they may be running: a timer is
+ * late by at most this. A hand-over polls its connections every
+ * HANDOVER_TICK_NS; a worker with no connections waits for posts only.
+ */
+#define WORKER_TICK_NS (50 * 1000000ull)
+#define HANDOVER_TICK_NS 1000000ull
+#define WORKER_IDLE_WAIT_NS (60 * 1000000000ull)
 
 /* The worker whose loop runs on this thread (NULL on the main thread). */
 static __thread struct worker *tls_worker;
 
 static struct log_limit submit_limit;
 
-/* Deferred task work: -1 not probed yet, 0 not usable, 1 in use. */
+/* Deferred task work: -1 not tried yet, 0 not used, 1 in use. */
 static int defer_taskrun = -1;
 static const char *defer_why = "";  /* ...why not, for the log */
-
-/*
- * Whether this kernel has DEFER_TASKRUN and signals a registered eventfd
- * when deferred work waits: a throwaway ring's 1 ms timer must do so. If
- * not, *why says which, for the log.
- */
-static bool ring_probe_defer(const char **why)
-{
-	struct __kernel_timespec ts = { .tv_sec = 0, .tv_nsec = PROBE_TIMEOUT_NS };
-	struct io_uring_params params;
-	struct io_uring ring;
-	struct pollfd pfd;
-	bool ok = false;
-	int efd;
-
-	memset(&params, 0, sizeof(params));
-	params.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN |
-		       IORING_SETUP_TASKRUN_FLAG;
-	*why = " (the kernel has no IORING_SETUP_DEFER_TASKRUN)";
-	if (io_uring_queue_init_params(4, &ring, &params) < 0)
-		return false;
-	*why = " (the kernel's deferred task work does not signal an eventfd)";
-	efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-	if (efd >= 0 && io_uring_register_eventfd(&ring, efd) == 0) {
-		io_uring_prep_timeout(io_uring_get_sqe(&ring), &ts, 0, 0);
-		pfd.fd = efd;
-		pfd.events = POLLIN;
-		ok = io_uring_submit(&ring) == 1 && poll(&pfd, 1, PROBE_WAIT_MS) == 1;
-	}
-	if (efd >= 0)
-		close(efd);
-	io_uring_queue_exit(&ring);
-	return ok;
-}
 
 const char *worker_ring_features(void)
 {
@@ -128,14 +97,6 @@ const char *worker_ring_features(void)
 		return "deferred task work";
 	snprintf(s, sizeof(s), "task work as it comes%s", defer_why);
 	return s;
-}
-
-/* Whether workers' rings defer task work: asked, and the kernel passes the probe. */
-static bool ring_use_defer(const struct server *srv)
-{
-	if (!srv->defer_taskrun)
-		return false;
-	return ring_probe_defer(&defer_why);
 }
 
 /* Deferred task work is waiting for this worker to enter the ring. */
@@ -151,33 +112,10 @@ static bool worker_cq_pending(struct worker *w)
 	return io_uring_cq_ready(&w->ring) || worker_taskrun(w);
 }
 
-/* The loop is busy: deferred work need not signal the eventfd. */
-static void worker_awake(struct worker *w)
+/* Something to do before waiting: a completion, deferred work, posted work. */
+static bool worker_has_work(struct worker *w)
 {
-	if (w->defer)
-		io_uring_cq_eventfd_toggle(&w->ring, false);
-}
-
-/*
- * The loop may sleep. With deferred task work, what wakes it is the
- * eventfd, which the kernel signals only when its list of deferred work
- * goes from empty to not: so the eventfd goes on, and work that came while
- * it was off is collected now. And in either mode the worker sleeps only
- * with no completion in the queue: one posted while it was busy (a receive
- * that found its data at submission) does not reliably make the ring's fd
- * readable (under Linux 6.1 with deferral it did not, and a connection
- * waited for its handshake timeout). Returns true if there is such work.
- */
-static bool worker_may_sleep(struct worker *w)
-{
-	if (w->defer) {
-		io_uring_cq_eventfd_toggle(&w->ring, true);
-		/* Pairs with the kernel's barrier between raising SQ_TASKRUN and reading the switch. */
-		atomic_thread_fence(memory_order_seq_cst);
-		if (worker_taskrun(w))
-			io_uring_get_events(&w->ring);
-	}
-	return io_uring_cq_ready(&w->ring) || w->ndeferred || w->ready_head;
+	return worker_cq_pending(w) || w->ready_head || w->ndeferred;
 }
 
 /* Submits what is queued; returns 0 or the error io_uring_submit gave. */
@@ -257,6 +195,21 @@ static void ready_push(struct worker *w, struct op *op)
 	w->ready_tail = op;
 }
 
+/*
+ * From another thread, after adding to the inbox: the eventfd is written
+ * once until the worker clears w->woken (before it reads the inbox again).
+ */
+static void worker_wake(struct worker *w)
+{
+	uint64_t one = 1;
+
+	if (atomic_exchange(&w->woken, true))
+		return;
+	if (write(w->wake_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+		log_msg_limited(&submit_limit, LOG_ERROR, "worker %d: waking it: %s", w->id,
+				strerror(errno));
+}
+
 void worker_post(struct worker *w, struct op *op, int res)
 {
 	op->res = res;
@@ -268,10 +221,10 @@ void worker_post(struct worker *w, struct op *op, int res)
 	op->next = w->ready_remote;
 	w->ready_remote = op;
 	pthread_mutex_unlock(&w->inbox_lock);
-	ev_async_send(w->loop, &w->wake);
+	worker_wake(w);
 }
 
-static unsigned worker_clients(struct worker *w)
+static unsigned worker_clients(const struct worker *w)
 {
 	return atomic_load_explicit(&w->nconns, memory_order_relaxed);
 }
@@ -331,6 +284,7 @@ static void worker_reap(struct worker *w)
 }
 
 static bool worker_adopt_inbox(struct worker *w);
+static void worker_wake_arm(struct worker *w);
 
 /* Runs posted ops until none is left (those they post run in the same pass). */
 static void worker_run_ready(struct worker *w)
@@ -399,33 +353,6 @@ void worker_stats_add(const struct worker *w, struct worker_stats *sum)
 	hist_add(&sum->pool_wait, &w->stats.pool_wait);
 }
 
-static void worker_cq_cb(struct ev_loop *loop, ev_io *watcher, int revents)
-{
-	struct worker *w = watcher->data;
-
-	(void)loop;
-	(void)revents;
-	worker_awake(w);
-	worker_reap(w);
-	worker_run_ready(w);
-}
-
-/* Deferred work waits (the eventfd said so): collect it, then as above. */
-static void worker_evfd_cb(struct ev_loop *loop, ev_io *watcher, int revents)
-{
-	struct worker *w = watcher->data;
-	uint64_t n;
-
-	(void)loop;
-	(void)revents;
-	worker_awake(w);
-	if (read(w->evfd, &n, sizeof(n)) < 0 && errno != EAGAIN)
-		log_msg_limited(&submit_limit, LOG_ERROR, "worker %d: eventfd: %s", w->id,
-				strerror(errno));
-	worker_reap(w);
-	worker_run_ready(w);
-}
-
 uint64_t now_ns(void)
 {
 	struct timespec ts;
@@ -434,49 +361,22 @@ uint64_t now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/*
- * Waits up to window_ns for each completion, handling what arrives; leaves in
- * w->idle_from when the worker last had work (the wait the loop then measures).
- */
-static void worker_poll(struct worker *w, uint64_t window_ns)
+
+/* How long the worker may wait: until libev's timers must be looked at. */
+static uint64_t worker_wait_ns(const struct worker *w)
 {
-	uint64_t t = now_ns(), from = t;
-	int pass;
-
-	w->idle_from = t;
-	for (pass = 0; pass < BUSY_POLL_PASSES; pass++) {
-		uint64_t end;
-
-		/* libev's turn: it has work (a post from another thread too), or nothing will come. */
-		if (worker_cq_pending(w) || !worker_clients(w) || w->ready_head ||
-		    ev_async_pending(&w->wake))
-			break;
-		end = t + window_ns;
-		while (!worker_cq_pending(w) && (t = now_ns()) < end)
-			sched_yield();
-		if (!worker_cq_pending(w))
-			break;
-		stat_bump(&w->stats.poll_hits, 1);
-		worker_reap(w);
-		worker_run_ready(w);
-		if (io_uring_sq_ready(&w->ring))
-			worker_submit(w);
-		t = now_ns();
-		w->idle_from = t;
-	}
-	stat_bump(&w->stats.poll_ns, t - from);
+	if (w->handover)
+		return HANDOVER_TICK_NS;
+	if (worker_clients(w) || w->stopping)
+		return WORKER_TICK_NS;
+	return WORKER_IDLE_WAIT_NS;
 }
 
-static void worker_prepare_cb(struct ev_loop *loop, ev_prepare *watcher, int revents)
+/* Completions, then posted work until none is left, then one submit. */
+static void worker_turn(struct worker *w)
 {
-	struct worker *w = watcher->data;
-	uint64_t window;
-	unsigned rounds;
-
-	(void)revents;
 	stat_bump(&w->stats.iterations, 1);
-	if (w->ndeferred)
-		worker_reap(w);
+	worker_reap(w);
 	worker_run_ready(w);
 	/* The pool's gauges, for whoever reads the counters. */
 	atomic_store_explicit(&w->stats.pool_used_bytes,
@@ -485,57 +385,81 @@ static void worker_prepare_cb(struct ev_loop *loop, ev_prepare *watcher, int rev
 	atomic_store_explicit(&w->stats.pool_waiters, w->pool.nwaiting, memory_order_relaxed);
 	if (io_uring_sq_ready(&w->ring))
 		worker_submit(w);
-	for (rounds = 0;; rounds++) {
-		window = w->srv->busy_poll_us ? (uint64_t)w->srv->busy_poll_us * 1000 :
-			 w->poll_window_ns;
-		if (!worker_clients(w)) {
-			w->poll_window_ns = 0;
-			w->idle_from = 0;
-		} else if (window) {
-			worker_poll(w, window);
-		} else if (w->srv->poll_max_us) {
-			w->idle_from = now_ns();
-		}
-		if (!worker_may_sleep(w))
-			return;
-		/* Work first (and polling again after it, as a pass of the loop would). */
-		worker_awake(w);
-		if (rounds == SLEEP_CHECK_ROUNDS) {
-			/* Still busy: the loop goes round without blocking, timers get a turn. */
-			ev_idle_start(loop, &w->no_sleep);
-			return;
-		}
-		worker_reap(w);
-		worker_run_ready(w);
-		if (io_uring_sq_ready(&w->ring))
-			worker_submit(w);
+}
+
+/*
+ * Nothing to do: poll for a completion for a while (see the top), then wait
+ * in the ring for one, or for libev's next tick. The time until work came
+ * sizes the next adaptive window.
+ */
+static void worker_idle(struct worker *w)
+{
+	uint64_t max = (uint64_t)w->srv->poll_max_us * 1000;
+	uint64_t window = w->srv->busy_poll_us ? (uint64_t)w->srv->busy_poll_us * 1000 :
+			  w->poll_window_ns;
+	uint64_t start = now_ns(), t = start, waited;
+	struct __kernel_timespec ts;
+	struct io_uring_cqe *cqe;
+	bool found = false;
+	int ret;
+
+	if (window && worker_clients(w)) {
+		uint64_t end = start + window;
+
+		while (!(found = worker_cq_pending(w)) && (t = now_ns()) < end)
+			sched_yield();
+		stat_bump(&w->stats.poll_ns, t - start);
+		if (found)
+			stat_bump(&w->stats.poll_hits, 1);
 	}
-}
+	if (!found) {
+		uint64_t ns = worker_wait_ns(w);
 
-static void worker_no_sleep_cb(struct ev_loop *loop, ev_idle *watcher, int revents)
-{
-	(void)revents;
-	ev_idle_stop(loop, watcher);
-}
-
-/* The loop woke: the wait since the worker's last work sizes the next poll window. */
-static void worker_check_cb(struct ev_loop *loop, ev_check *watcher, int revents)
-{
-	struct worker *w = watcher->data;
-	uint64_t max = (uint64_t)w->srv->poll_max_us * 1000, idle;
-
-	(void)loop;
-	(void)revents;
-	if (!w->idle_from)
+		ts.tv_sec = (long long)(ns / 1000000000u);
+		ts.tv_nsec = (long long)(ns % 1000000000u);
+		ret = io_uring_submit_and_wait_timeout(&w->ring, &cqe, 1, &ts, NULL);
+		if (ret > 0) {
+			stat_add(&w->stats.submits, 1);
+			stat_add(&w->stats.sqes, (uint64_t)ret);
+		} else if (ret < 0 && ret != -EINTR && ret != -EBUSY && ret != -EAGAIN) {
+			log_msg_limited(&submit_limit, LOG_ERROR, "worker %d: waiting in the ring: %s",
+					w->id, strerror(-ret));
+		}
+	}
+	if (w->srv->busy_poll_us || !max)
 		return;
-	idle = now_ns() - w->idle_from;
-	w->idle_from = 0;
-	if (idle > max)
+	waited = now_ns() - start;
+	if (waited > max || !worker_clients(w))
 		w->poll_window_ns = 0;
 	else if (w->poll_window_ns < max)
 		w->poll_window_ns = w->poll_window_ns ? w->poll_window_ns * 2 : POLL_START_NS;
 	if (w->poll_window_ns > max)
 		w->poll_window_ns = max;
+}
+
+/* Stopping, and its last connection is gone. */
+static bool worker_finished(struct worker *w)
+{
+	return w->stopping && !worker_clients(w);
+}
+
+/* The worker's thread: libev's turn, the work, the wait, until stopped. */
+static void worker_loop(struct worker *w)
+{
+	uint64_t last_ev = 0;
+
+	worker_wake_arm(w);
+	while (!worker_finished(w)) {
+		uint64_t now = now_ns();
+
+		if (now - last_ev >= worker_wait_ns(w)) {
+			last_ev = now;
+			ev_run(w->loop, EVRUN_NOWAIT);
+		}
+		worker_turn(w);
+		if (!worker_has_work(w) && !worker_finished(w))
+			worker_idle(w);
+	}
 }
 
 /* Adopts the clients in the inbox (or, stopping, closes them); returns whether to stop. */
@@ -569,22 +493,33 @@ static bool worker_adopt_inbox(struct worker *w)
 	return stop;
 }
 
-static void worker_wake_cb(struct ev_loop *loop, ev_async *watcher, int revents)
+/* A read on the eventfd, in the ring whenever the worker waits. */
+static void worker_wake_arm(struct worker *w)
 {
-	struct worker *w = watcher->data;
+	io_uring_prep_read(worker_sqe(w, &w->wake_op), w->wake_fd, &w->wake_count,
+			   sizeof(w->wake_count), 0);
+}
+
+/* Another thread posted, handed over a client, or asked the worker to stop. */
+static void worker_wake_done(struct op *op, int res)
+{
+	struct worker *w = container_of(op, struct worker, wake_op);
 	bool stop;
 
-	(void)revents;
+	if (res < 0 && res != -EINTR && res != -EAGAIN)
+		log_msg_limited(&submit_limit, LOG_ERROR, "worker %d: its eventfd: %s", w->id,
+				strerror(-res));
+	/* Pairs with worker_wake(): what is posted after this writes again. */
+	atomic_store(&w->woken, false);
 	stop = worker_adopt_inbox(w);
 	worker_run_ready(w);
 
 	if (stop && !w->stopping) {
 		w->stopping = true;
-		ev_timer_start(loop, &w->grace);
+		ev_timer_start(w->loop, &w->grace);
 		conns_stop(w);
 	}
-	if (w->stopping && atomic_load_explicit(&w->nconns, memory_order_relaxed) == 0)
-		ev_break(loop, EVBREAK_ALL);
+	worker_wake_arm(w);
 }
 
 static void worker_grace_cb(struct ev_loop *loop, ev_timer *watcher, int revents)
@@ -610,7 +545,7 @@ static void *worker_main(void *arg)
 	}
 	/* io_uring_enter by index rather than through the descriptor table. */
 	reg = io_uring_register_ring_fd(&w->ring) == 1;
-	ev_run(w->loop, 0);
+	worker_loop(w);
 	if (reg)
 		io_uring_unregister_ring_fd(&w->ring);
 	return NULL;
@@ -623,6 +558,7 @@ int worker_start(struct worker *w, struct server *srv, int id)
 
 	memset(w, 0, sizeof(*w));
 	w->id = id;
+	w->wake_fd = -1;
 	w->srv = srv;
 	pthread_mutex_init(&w->inbox_lock, NULL);
 
@@ -638,57 +574,46 @@ int worker_start(struct worker *w, struct server *srv, int id)
 			  strerror(-ret));
 		goto out_unmap_zeroes;
 	}
-	if (defer_taskrun < 0)
-		defer_taskrun = ring_use_defer(srv);
-	w->evfd = -1;
 	memset(&params, 0, sizeof(params));
 	params.flags = IORING_SETUP_CQSIZE;
-	if (defer_taskrun)
+	params.cq_entries = RING_CQ_ENTRIES;
+	if (srv->defer_taskrun && defer_taskrun != 0) {
 		params.flags |= IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN |
 				IORING_SETUP_TASKRUN_FLAG | IORING_SETUP_R_DISABLED;
-	params.cq_entries = RING_CQ_ENTRIES;
-	ret = io_uring_queue_init_params(RING_ENTRIES, &w->ring, &params);
+		ret = io_uring_queue_init_params(RING_ENTRIES, &w->ring, &params);
+		if (ret == -EINVAL) {
+			defer_why = " (the kernel has no IORING_SETUP_DEFER_TASKRUN)";
+			memset(&params, 0, sizeof(params));
+			params.flags = IORING_SETUP_CQSIZE;
+			params.cq_entries = RING_CQ_ENTRIES;
+		}
+	}
+	if (!(params.flags & IORING_SETUP_DEFER_TASKRUN))
+		ret = io_uring_queue_init_params(RING_ENTRIES, &w->ring, &params);
 	if (ret < 0) {
 		log_error("worker %d: io_uring_queue_init: %s", id, strerror(-ret));
 		goto out_pool;
 	}
-	if (defer_taskrun) {
-		w->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-		if (w->evfd < 0 || (ret = io_uring_register_eventfd(&w->ring, w->evfd)) < 0) {
-			ret = w->evfd < 0 ? -errno : ret;
-			log_error("worker %d: the ring's eventfd: %s", id, strerror(-ret));
-			goto out_ring;
-		}
-		w->defer = true;
-	}
+	w->defer = params.flags & IORING_SETUP_DEFER_TASKRUN;
+	defer_taskrun = w->defer;
+	if (!srv->defer_taskrun)
+		defer_why = " (--no-defer-taskrun)";
 	w->loop = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
 	if (!w->loop) {
 		ret = -ENOMEM;
 		log_error("worker %d: cannot create an event loop", id);
 		goto out_ring;
 	}
-	ev_io_init(&w->cq_watcher, worker_cq_cb, w->ring.ring_fd, EV_READ);
-	w->cq_watcher.data = w;
-	ev_io_start(w->loop, &w->cq_watcher);
-	ev_idle_init(&w->no_sleep, worker_no_sleep_cb);
-	if (w->defer) {
-		ev_io_init(&w->evfd_watcher, worker_evfd_cb, w->evfd, EV_READ);
-		w->evfd_watcher.data = w;
-		ev_io_start(w->loop, &w->evfd_watcher);
+	w->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (w->wake_fd < 0) {
+		ret = -errno;
+		log_error("worker %d: eventfd: %s", id, strerror(-ret));
+		goto out_loop;
 	}
-	ev_prepare_init(&w->submit_watcher, worker_prepare_cb);
-	w->submit_watcher.data = w;
-	ev_prepare_start(w->loop, &w->submit_watcher);
-	if (srv->poll_max_us && !srv->busy_poll_us) {
-		ev_check_init(&w->poll_watcher, worker_check_cb);
-		w->poll_watcher.data = w;
-		ev_check_start(w->loop, &w->poll_watcher);
-	}
+	w->wake_op.done = worker_wake_done;
 	ev_timer_init(&w->grace, worker_grace_cb, WORKER_STOP_GRACE_S, 0.);
 	w->grace.data = w;
-	ev_async_init(&w->wake, worker_wake_cb);
-	w->wake.data = w;
-	ev_async_start(w->loop, &w->wake);
+	conns_watch_start(w);
 
 	ret = -pthread_create(&w->thread, NULL, worker_main, w);
 	if (ret < 0) {
@@ -698,11 +623,11 @@ int worker_start(struct worker *w, struct server *srv, int id)
 	return 0;
 
 out_loop:
+	if (w->wake_fd >= 0)
+		close(w->wake_fd);
 	ev_loop_destroy(w->loop);
 out_ring:
 	io_uring_queue_exit(&w->ring);
-	if (w->evfd >= 0)
-		close(w->evfd);
 out_pool:
 	pool_release(&w->pool);
 out_unmap_zeroes:
@@ -731,7 +656,7 @@ void worker_adopt(struct worker *w, const struct client *cl)
 	}
 	w->inbox[w->inbox_len++] = *cl;
 	pthread_mutex_unlock(&w->inbox_lock);
-	ev_async_send(w->loop, &w->wake);
+	worker_wake(w);
 }
 
 void worker_stop(struct worker *w)
@@ -739,7 +664,7 @@ void worker_stop(struct worker *w)
 	pthread_mutex_lock(&w->inbox_lock);
 	w->stop = true;
 	pthread_mutex_unlock(&w->inbox_lock);
-	ev_async_send(w->loop, &w->wake);
+	worker_wake(w);
 }
 
 void worker_join(struct worker *w)
@@ -747,8 +672,7 @@ void worker_join(struct worker *w)
 	pthread_join(w->thread, NULL);
 	ev_loop_destroy(w->loop);
 	io_uring_queue_exit(&w->ring);
-	if (w->evfd >= 0)
-		close(w->evfd);
+	close(w->wake_fd);
 	pool_release(&w->pool);
 	munmap(w->zeroes, WORKER_ZEROES_BYTES);
 	free(w->inbox);

@@ -93,6 +93,7 @@ double hist_quantile(const struct hist *h, double q)
 int metrics_collect(struct server *srv, struct metrics *m)
 {
 	struct export **t;
+	uint64_t start;
 	size_t n, i;
 	unsigned w;
 
@@ -116,6 +117,13 @@ int metrics_collect(struct server *srv, struct metrics *m)
 		mw->pool_used_bytes = GET(pool_used_bytes);
 		mw->pool_waiters = GET(pool_waiters);
 		mw->pool_bytes = srv->pool_bytes;
+		/* A worker with no connection has no request, whenever it last looked. */
+		start = GET(oldest_req_start_ns);
+		if (start && atomic_load_explicit(&srv->workers[w].nconns, memory_order_relaxed)) {
+			uint64_t now = now_ns();
+
+			mw->oldest_req_ns = now > start ? now - start : 0;
+		}
 #undef GET
 	}
 	if (srv->cache) {
@@ -390,6 +398,9 @@ char *metrics_prometheus(const struct metrics *m, size_t *len)
 	per_worker(f, m, "uringnbd_pool_waiters", "gauge",
 		   "Connections waiting for buffer pool chunks, by worker.",
 		   offsetof(struct metrics_worker, pool_waiters));
+	per_worker(f, m, "uringnbd_oldest_request_seconds", "gauge",
+		   "Age of the oldest request in flight, by worker (looked at each second).",
+		   offsetof(struct metrics_worker, oldest_req_ns));
 	per_worker(f, m, "uringnbd_loop_iterations_total", "counter",
 		   "Event loop iterations, by worker.", offsetof(struct metrics_worker, iterations));
 	per_worker(f, m, "uringnbd_submits_total", "counter", "io_uring submit calls, by worker.",
@@ -499,6 +510,7 @@ json_object *metrics_json(const struct metrics *m)
 		json_object_object_add(x, "poll-ns", u64(w->poll_ns));
 		json_object_object_add(x, "pool-used-bytes", u64(w->pool_used_bytes));
 		json_object_object_add(x, "pool-waiters", u64(w->pool_waiters));
+		json_object_object_add(x, "oldest-request-ns", u64(w->oldest_req_ns));
 		json_object_array_add(a, x);
 	}
 	json_object_object_add(o, "per-worker", a);

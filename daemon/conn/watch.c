@@ -1,0 +1,84 @@
+// SPDX-License-Identifier: BSD-3-Clause
+/*
+ * The worker watches its own requests: once a second it finds the oldest
+ * request in flight on its connections, publishes when it began (a
+ * per-worker gauge that metrics.c turns into an age, for
+ * uringnbd_oldest_request_seconds and uringnbdctl stats), and warns, rate
+ * limited, about one older than CONN_WATCH_WARN_S: which connection,
+ * command, offset and length, and the state it waits in. A request the
+ * daemon forgot to answer is then seen in the log and on a dashboard, not
+ * only by the client that waits for it.
+ *
+ * It runs on the worker's loop as a libev timer and reads only the
+ * worker's own connections; other threads see the one atomic it stores.
+ */
+#define _GNU_SOURCE
+#include <inttypes.h>
+
+#include "conn.h"
+
+#define CONN_WATCH_S 1.0       /* how often the requests are looked at */
+#define CONN_WATCH_WARN_S 10   /* a request this old is logged */
+
+static const char *const req_state_names[REQ_NSTATES] = {
+	[REQ_FREE] = "free", [REQ_NEW] = "new", [REQ_BUFFERS] = "waiting for buffers",
+	[REQ_PAYLOAD] = "receiving its payload", [REQ_SKIP] = "discarding its payload",
+	[REQ_LOCK_WAIT] = "waiting for its range lock", [REQ_LOCKED] = "locked",
+	[REQ_BITMAP] = "waiting for dirty-bitmap bits", [REQ_RMW] = "reading edge blocks",
+	[REQ_IO] = "file I/O", [REQ_FALLOC] = "fallocate", [REQ_ZERO_WRITE] = "writing zeroes",
+	[REQ_SYNC] = "fdatasync", [REQ_CACHED] = "page cache", [REQ_EXTENTS] = "extent query",
+	[REQ_SEG_REPLY] = "sending a segment", [REQ_SEG_PAYLOAD] = "receiving a segment",
+	[REQ_FLUSH] = "flush", [REQ_REPLY] = "replying",
+};
+
+static const char *const rx_state_names[] = {
+	[RX_IDLE] = "idle", [RX_RECV] = "receiving", [RX_PAYLOAD] = "a payload",
+	[RX_SKIP] = "skipping", [RX_WAIT_SLOT] = "waiting for a slot",
+	[RX_WAIT_BUFFERS] = "waiting for buffers", [RX_STREAM] = "a segmented write",
+	[RX_STOPPED] = "stopped",
+};
+
+static struct log_limit watch_limit;
+
+static void watch_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+	struct worker *w = t->data;
+	const struct req *old = NULL;
+	uint64_t now = now_ns();
+	struct conn *c;
+	unsigned i;
+
+	(void)loop;
+	(void)revents;
+	for (c = w->conns; c; c = c->next) {
+		if (!c->live_reqs || !c->area)
+			continue;
+		for (i = 0; i < c->reqs_fresh; i++) {
+			const struct req *q = &c->area->reqs[i];
+
+			if (q->state != REQ_FREE && (!old || q->start_ns < old->start_ns))
+				old = q;
+		}
+	}
+	atomic_store_explicit(&w->stats.oldest_req_start_ns, old ? old->start_ns : 0,
+			      memory_order_relaxed);
+	if (old && now - old->start_ns >= CONN_WATCH_WARN_S * 1000000000ull) {
+		const struct proto_request *r = old->seg ? &old->whole : &old->r;
+
+		c = old->c;
+		log_msg_limited(&watch_limit, LOG_WARN,
+				"conn %" PRIu64 ": %s cookie 0x%" PRIx64 " offset %" PRIu64
+				" length %" PRIu64 " unanswered for %.1f s, %s (receive: %s, "
+				"%u requests, %u ops pending)",
+				c->id, proto_cmd_name(r->type), r->cookie, r->offset, r->len_bytes,
+				(double)(now - old->start_ns) / 1e9, req_state_names[old->state],
+				rx_state_names[c->rx], c->live_reqs, c->pending);
+	}
+}
+
+void conns_watch_start(struct worker *w)
+{
+	ev_timer_init(&w->watch, watch_cb, CONN_WATCH_S, CONN_WATCH_S);
+	w->watch.data = w;
+	ev_timer_start(w->loop, &w->watch);
+}
