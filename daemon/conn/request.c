@@ -20,8 +20,8 @@
 #define LOCKED_STATES \
 	(S(REQ_LOCKED) | S(REQ_BITMAP) | S(REQ_RMW) | S(REQ_IO) | S(REQ_FALLOC) | S(REQ_ZERO_WRITE) | \
 	 S(REQ_SYNC) | S(REQ_CACHED) | S(REQ_EXTENTS) | S(REQ_SEG_REPLY) | S(REQ_SEG_PAYLOAD))
-/* Where a segment's work ends. */
-#define SEG_END_STATES (S(REQ_IO) | S(REQ_SYNC) | S(REQ_CACHED))
+/* Where a segment's work ends (a READ's segment that is all holes: at its extent query). */
+#define SEG_END_STATES (S(REQ_IO) | S(REQ_SYNC) | S(REQ_CACHED) | S(REQ_EXTENTS))
 
 /* For each state, the states a request may enter it from. */
 static const uint32_t req_from[REQ_NSTATES] = {

@@ -421,7 +421,8 @@ static void worker_idle(struct worker *w)
 		if (ret > 0) {
 			stat_add(&w->stats.submits, 1);
 			stat_add(&w->stats.sqes, (uint64_t)ret);
-		} else if (ret < 0 && ret != -EINTR && ret != -EBUSY && ret != -EAGAIN) {
+		} else if (ret < 0 && ret != -ETIME && ret != -EINTR && ret != -EBUSY &&
+			   ret != -EAGAIN) {
 			log_msg_limited(&submit_limit, LOG_ERROR, "worker %d: waiting in the ring: %s",
 					w->id, strerror(-ret));
 		}
