@@ -694,7 +694,7 @@ struct worker_stats {
 	atomic_uint_fast64_t lock_wait_ns;   /* total time waited */
 	atomic_uint_fast64_t rmw_writes;     /* unaligned writes done by read-modify-write */
 	atomic_uint_fast64_t buffered_ios;   /* requests on the partial last block */
-	atomic_uint_fast64_t iterations;     /* loop iterations (prepare callbacks) */
+	atomic_uint_fast64_t iterations;     /* passes of the worker's loop (worker_turn) */
 	atomic_uint_fast64_t poll_hits;      /* completions found by polling instead of waking */
 	atomic_uint_fast64_t poll_ns;        /* time spent polling */
 	atomic_uint_fast64_t submits;        /* io_uring_submit calls that submitted */

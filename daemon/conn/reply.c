@@ -218,7 +218,7 @@ void reply_queue(struct req *q)
 	struct conn *c = q->c;
 	bool has_data = false;
 
-	log_debug("conn %" PRIu64 ": reply to %s cookie %" PRIu64 ": %u", c->id,
+	log_debug("conn %" PRIu64 ": reply to %s cookie 0x%" PRIx64 ": %u", c->id,
 		  proto_cmd_name(q->r.type), q->r.cookie, q->nbd_error);
 	if (q->seg && q->r.type == NBD_CMD_READ && q->nbd_error == NBD_SUCCESS) {
 		bool last = req_seg_last(q);

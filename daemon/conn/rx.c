@@ -312,8 +312,9 @@ static bool rx_request(struct conn *c)
 		return false;
 	}
 	c->rx_start += c->rx_hdr_len;
-	log_debug("conn %" PRIu64 ": %s flags 0x%x offset %" PRIu64 " length %" PRIu64,
-		  c->id, proto_cmd_name(q->r.type), q->r.flags, q->r.offset, q->r.len_bytes);
+	log_debug("conn %" PRIu64 ": %s cookie 0x%" PRIx64 " flags 0x%x offset %" PRIu64
+		  " length %" PRIu64, c->id, proto_cmd_name(q->r.type), q->r.cookie, q->r.flags,
+		  q->r.offset, q->r.len_bytes);
 
 	if (q->r.type == NBD_CMD_DISC) {
 		/* No reply; finish what is in flight, then close. */

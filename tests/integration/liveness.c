@@ -290,8 +290,9 @@ static uint64_t pick_len(struct client *cl)
 		len = 32u << 20;        /* compact headers: the advertised maximum at most */
 	/*
 	 * A slow client's WRITE holds pool chunks for all of its payload until
-	 * the last byte is in: one of 32 MiB would hold the worker's whole pool
-	 * for seconds (a known limit, tests/README.md), so it sends 1 MiB at most.
+	 * the last byte is in: one of 32 MiB would hold all of a 32 MiB pool's
+	 * general part for seconds (a known limit, tests/README.md), so it
+	 * sends 1 MiB at most.
 	 */
 	if (cl->slow && len > (1u << 20))
 		len = 1u << 20;

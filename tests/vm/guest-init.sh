@@ -86,5 +86,7 @@ umount /mnt || fail "umount over TLS"
 /usr/sbin/e2fsck -fn /dev/nbd1 >/tmp/fsck.log 2>&1 || { cat /tmp/fsck.log; fail "e2fsck over TLS"; }
 step "over TLS: checksums match, 8 MiB written, e2fsck clean"
 /usr/sbin/nbd-client -d /dev/nbd1 || fail "nbd-client -d /dev/nbd1"
+# Every request answered: the kernel timed none out.
+dmesg | grep -qi 'nbd.*timed out' && fail "the kernel timed out a request: $(dmesg | grep -i 'nbd.*timed out' | tr '\n' ';')"
 echo "GUEST PASS"
 poweroff -f
