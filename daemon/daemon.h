@@ -957,7 +957,7 @@ struct server {
 	unsigned idle_timeout_s;   /* an idle connection is closed; 0: never */
 	unsigned busy_poll_us;     /* workers poll this long before sleeping; 0: adaptive */
 	unsigned poll_max_us;      /* the adaptive window's cap; 0: no adaptive polling */
-#define POLL_MAX_US_DEFAULT 100
+#define POLL_MAX_US_DEFAULT 0 /* off: the ring's own wait wakes faster (tests/bench/README.md) */
 	bool keep_conns;           /* SIGTERM under systemd stores connections in its fd store */
 	bool defer_taskrun;        /* workers' rings defer task work where the kernel can (worker.c) */
 	ev_timer accept_backoff;   /* listeners stopped after EMFILE and the like */

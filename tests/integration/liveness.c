@@ -496,9 +496,10 @@ int main(void)
 	payload = harness_alloc(BIG);
 	harness_fill(payload, BIG, 7);
 
-	run_mode(&d, "deferred task work, adaptive polling", NULL, NULL, NULL);
-	run_mode(&d, "task work as it comes, adaptive polling", "--no-defer-taskrun", NULL, NULL);
-	run_mode(&d, "deferred task work, no polling", "--poll-max", "0", NULL);
+	run_mode(&d, "the defaults (deferred task work where the kernel has it, no polling)", NULL,
+		 NULL, NULL);
+	run_mode(&d, "task work as it comes, no polling", "--no-defer-taskrun", NULL, NULL);
+	run_mode(&d, "deferred task work, adaptive polling", "--poll-max", "100", NULL);
 	run_mode(&d, "task work as it comes, 50 us polling", "--no-defer-taskrun", "--busy-poll",
 		 "50");
 	return 0;
