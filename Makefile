@@ -81,7 +81,7 @@ FAULT_TESTS   := $(filter-out tests/faults/faultlib.py,$(wildcard tests/faults/*
 VM_TESTS      := tests/vm/kernel-client.sh tests/vm/systemd.sh
 
 .SECONDARY:
-.PHONY: deb analyze check-vm bench bench-idle bench-overlay bench-bitmap fuzz check-fuzz bench-lock all run check check-unit check-integration check-interop check-faults check-tests install clean deps deps-test
+.PHONY: probe-taskrun deb analyze check-vm bench bench-idle bench-overlay bench-bitmap fuzz check-fuzz bench-lock all run check check-unit check-integration check-interop check-faults check-tests install clean deps deps-test
 all: $(B)/uringnbd $(B)/uringnbdctl
 
 # Goals that may install packages build after them; plain `make` never does.
@@ -194,6 +194,14 @@ bench-overlay: $(B)/uringnbd | $(B)/.deps-test
 bench-idle: $(B)/uringnbd | $(B)/.deps-test
 	$(Q)URINGNBD=$(CURDIR)/$(B)/uringnbd BENCH_DIR=$(CURDIR)/build/bench python3 tests/bench/idle_rss.py \
 	    | tee $(B)/bench-idle.txt
+
+# What one io_uring_enter does with deferred task work it cannot run all of.
+probe-taskrun: $(B)/tests/bench/taskrun_probe
+	$(Q)$(B)/tests/bench/taskrun_probe
+
+$(B)/tests/bench/taskrun_probe: $(B)/tests/bench/taskrun_probe.o
+	$(quiet) LD $@
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ -luring
 
 bench-lock: $(B)/tests/bench/rl_bench
 	$(Q)$(B)/tests/bench/rl_bench | tee $(B)/bench-lock.txt

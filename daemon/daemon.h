@@ -28,7 +28,8 @@
  *                thread that syncs new bits before their writes, reflink copies
  * engine/    threads, rings and buffers; no NBD here
  *   worker.c     a thread with one libev loop, one io_uring, one buffer pool;
- *                completions are struct op callbacks; adaptive polling
+ *                it sleeps only in the ring; completions are struct op
+ *                callbacks; optional polling
  *   offload.c    threads for blocking calls (extent queries), posted back
  *   pool.c       page-aligned buffers and iovec helpers (pool.h, pure)
  *   plan.c       request arithmetic: spans, edges, locks (plan.h, pure)
@@ -41,6 +42,8 @@
  *   cached.c     reads through the page cache
  *   reply.c      replies out, batched per connection
  *   tls.c        GnuTLS credentials, and each connection's TLS on the io_uring path
+ *   watch.c      each second, a worker's oldest request in flight: a gauge, and a
+ *                warning past 10 s
  * ops/       what operators use: the control socket and metrics
  *   control.c    the control socket: clients, JSON lines, queries to workers (control.h)
  *   command.c    the control socket's commands (control.h)
@@ -57,7 +60,7 @@
  *  - A worker owns one libev loop, one io_uring, one buffer pool, and every
  *    connection it was handed, for the connection's whole life. Another
  *    thread touches only its inbox and remote ready list (under its mutex)
- *    and its ev_async watcher.
+ *    and its wake-up eventfd (worker_wake).
  *  - Exports are reference counted and never change once open; a reload
  *    (or the control socket) replaces the table, or one entry of it, and
  *    connections keep the export they chose.

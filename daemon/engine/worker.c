@@ -361,7 +361,6 @@ uint64_t now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-
 /* How long the worker may wait: until libev's timers must be looked at. */
 static uint64_t worker_wait_ns(const struct worker *w)
 {
@@ -389,10 +388,10 @@ static void worker_turn(struct worker *w)
 
 /*
  * Nothing to do: poll for a completion for a while (see the top), then wait
- * in the ring for one, or for libev's next tick. The time until work came
- * sizes the next adaptive window.
+ * in the ring for one, or until libev's next turn (tick_ns, now_ns() time).
+ * The time until work came sizes the next adaptive window.
  */
-static void worker_idle(struct worker *w)
+static void worker_idle(struct worker *w, uint64_t tick_ns)
 {
 	uint64_t max = (uint64_t)w->srv->poll_max_us * 1000;
 	uint64_t window = w->srv->busy_poll_us ? (uint64_t)w->srv->busy_poll_us * 1000 :
@@ -412,8 +411,8 @@ static void worker_idle(struct worker *w)
 		if (found)
 			stat_bump(&w->stats.poll_hits, 1);
 	}
-	if (!found) {
-		uint64_t ns = worker_wait_ns(w);
+	if (!found && t < tick_ns) {
+		uint64_t ns = tick_ns - t;
 
 		ts.tv_sec = (long long)(ns / 1000000000u);
 		ts.tv_nsec = (long long)(ns % 1000000000u);
@@ -459,7 +458,7 @@ static void worker_loop(struct worker *w)
 		}
 		worker_turn(w);
 		if (!worker_has_work(w) && !worker_finished(w))
-			worker_idle(w);
+			worker_idle(w, last_ev + worker_wait_ns(w));
 	}
 }
 
