@@ -27,29 +27,15 @@
 #define BASE_SIZE (256ull << 20)
 #define GIB (1ull << 30)
 
-enum mode { SIMPLE, STRUCTURED, EXTENDED };
+enum mode { SIMPLE = RAW_SIMPLE, STRUCTURED = RAW_STRUCTURED, EXTENDED = RAW_EXTENDED };
 static const char *const mode_name[] = { "simple", "structured", "extended" };
 
 static uint8_t *model, *obuf, *ovl_model;
 static uint64_t cookie_next = 1;
 
-/* EXPORT_NAME (no block-size negotiation), after the options mode needs. */
 static int connect_mode(struct daemon *d, enum mode m, const char *name)
 {
-	int fd = raw_hello(d, NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES);
-	uint8_t r[10];
-
-	if (m == STRUCTURED) {
-		raw_option(fd, NBD_IHAVEOPT, NBD_OPT_STRUCTURED_REPLY, NULL, 0);
-		CHECK(raw_option_reply(fd, NBD_OPT_STRUCTURED_REPLY) == NBD_REP_ACK, "structured");
-	} else if (m == EXTENDED) {
-		raw_option(fd, NBD_IHAVEOPT, NBD_OPT_EXTENDED_HEADERS, NULL, 0);
-		CHECK(raw_option_reply(fd, NBD_OPT_EXTENDED_HEADERS) == NBD_REP_ACK, "extended");
-	}
-	raw_option(fd, NBD_IHAVEOPT, NBD_OPT_EXPORT_NAME, name, (uint32_t)strlen(name));
-	raw_recv(fd, r, sizeof(r));
-	CHECK(proto_get_u16(r + 8) & NBD_FLAG_HAS_FLAGS, "EXPORT_NAME flags");
-	return fd;
+	return raw_connect_mode(d, (enum raw_mode)m, name);
 }
 
 static void request_flags(int fd, enum mode m, uint16_t flags, uint16_t type, uint64_t cookie,

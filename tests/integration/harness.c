@@ -404,6 +404,24 @@ int raw_transmission(struct daemon *d, uint64_t *size_bytes)
 	return fd;
 }
 
+int raw_connect_mode(struct daemon *d, enum raw_mode m, const char *name)
+{
+	int fd = raw_hello(d, NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES);
+	uint8_t r[10];
+
+	if (m == RAW_STRUCTURED) {
+		raw_option(fd, NBD_IHAVEOPT, NBD_OPT_STRUCTURED_REPLY, NULL, 0);
+		CHECK(raw_option_reply(fd, NBD_OPT_STRUCTURED_REPLY) == NBD_REP_ACK, "structured");
+	} else if (m == RAW_EXTENDED) {
+		raw_option(fd, NBD_IHAVEOPT, NBD_OPT_EXTENDED_HEADERS, NULL, 0);
+		CHECK(raw_option_reply(fd, NBD_OPT_EXTENDED_HEADERS) == NBD_REP_ACK, "extended");
+	}
+	raw_option(fd, NBD_IHAVEOPT, NBD_OPT_EXPORT_NAME, name, (uint32_t)strlen(name));
+	raw_recv(fd, r, sizeof(r));
+	CHECK(proto_get_u16(r + 8) & NBD_FLAG_HAS_FLAGS, "EXPORT_NAME flags");
+	return fd;
+}
+
 void raw_request(int fd, uint32_t magic, uint16_t flags, uint16_t type, uint64_t cookie,
 		 uint64_t off, uint32_t len)
 {

@@ -53,6 +53,10 @@ int raw_hello(struct daemon *d, uint32_t client_flags);
 void raw_option(int fd, uint64_t magic, uint32_t opt, const void *data, uint32_t len);
 /* raw_hello, then EXPORT_NAME of the default export: the socket, in transmission. */
 int raw_transmission(struct daemon *d, uint64_t *size_bytes);
+/* How a raw client has its replies: simple, structured, or extended headers. */
+enum raw_mode { RAW_SIMPLE, RAW_STRUCTURED, RAW_EXTENDED };
+/* raw_hello, the option m needs, then EXPORT_NAME name (so no block sizes learnt). */
+int raw_connect_mode(struct daemon *d, enum raw_mode m, const char *name);
 /* One compact request header (magic NBD_REQUEST_MAGIC, or a bad one). */
 void raw_request(int fd, uint32_t magic, uint16_t flags, uint16_t type, uint64_t cookie,
 		 uint64_t off, uint32_t len);

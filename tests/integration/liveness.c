@@ -42,7 +42,7 @@
 #define MAX_OUT 8                /* requests in flight per connection */
 #define BIG (100ull << 20)
 
-enum mode { SIMPLE, STRUCTURED, EXTENDED };
+enum mode { SIMPLE = RAW_SIMPLE, STRUCTURED = RAW_STRUCTURED, EXTENDED = RAW_EXTENDED };
 
 struct out {                     /* a request awaiting its reply */
 	uint64_t cookie;
@@ -76,19 +76,7 @@ static uint8_t *payload;         /* BIG bytes of pattern, shared by writers */
 
 static int connect_mode(struct daemon *d, enum mode m, const char *name)
 {
-	int fd = raw_hello(d, NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES);
-	uint8_t r[10];
-
-	if (m == STRUCTURED) {
-		raw_option(fd, NBD_IHAVEOPT, NBD_OPT_STRUCTURED_REPLY, NULL, 0);
-		CHECK(raw_option_reply(fd, NBD_OPT_STRUCTURED_REPLY) == NBD_REP_ACK, "structured");
-	} else if (m == EXTENDED) {
-		raw_option(fd, NBD_IHAVEOPT, NBD_OPT_EXTENDED_HEADERS, NULL, 0);
-		CHECK(raw_option_reply(fd, NBD_OPT_EXTENDED_HEADERS) == NBD_REP_ACK, "extended");
-	}
-	raw_option(fd, NBD_IHAVEOPT, NBD_OPT_EXPORT_NAME, name, (uint32_t)strlen(name));
-	raw_recv(fd, r, sizeof(r));
-	return fd;
+	return raw_connect_mode(d, (enum raw_mode)m, name);
 }
 
 /* Sends len bytes; a slow client trickles them. */
