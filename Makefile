@@ -27,7 +27,7 @@ CC      ?= cc
 BUILD_PKGS := gcc make pkg-config liburing-dev libev-dev libnbd-dev check libgnutls28-dev libjson-c-dev \
               libmicrohttpd-dev
 TEST_PKGS  := libnbd-bin qemu-utils nbdkit nbd-server nbd-client fio python3-libnbd \
-              fuse3 libfuse3-dev e2fsprogs xfsprogs btrfs-progs util-linux procps bc clang \
+              fuse3 libfuse3-dev e2fsprogs xfsprogs btrfs-progs util-linux procps iproute2 bc clang \
               libclang-rt-14-dev \
               qemu-system-x86 busybox-static socat cpio mandoc systemd gnutls-bin mmdebstrap \
               prometheus gnuplot-nox curl
