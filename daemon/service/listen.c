@@ -308,6 +308,7 @@ int listen_unix_socket(const char *path, mode_t mode)
 	struct stat st;
 	mode_t umask_was;
 	int fd, ret;
+	bool tmp;
 
 	memset(&sun, 0, sizeof(sun));
 	sun.sun_family = AF_UNIX;
@@ -333,14 +334,25 @@ int listen_unix_socket(const char *path, mode_t mode)
 		log_error("unix socket \"%s\": %s", path, strerror(errno));
 		return ret;
 	}
+	/*
+	 * Bound under a temporary name and renamed once listening, so that the
+	 * path, once it exists, accepts connections (a client that waits for
+	 * the file was refused in between).
+	 */
+	tmp = snprintf(sun.sun_path, sizeof(sun.sun_path), "%s.%ld~", path, (long)getpid()) <
+	      (int)sizeof(sun.sun_path);
+	if (!tmp)
+		strcpy(sun.sun_path, path);
 	/* The socket is made with the mode the umask leaves: never wider than asked. */
 	umask_was = umask(0777);
 	umask(umask_was | ((mode_t)~mode & 0777));
 	ret = bind(fd, (struct sockaddr *)&sun, sizeof(sun));
 	umask(umask_was);
-	if (ret < 0 || listen(fd, LISTEN_BACKLOG) < 0) {
+	if (ret < 0 || listen(fd, LISTEN_BACKLOG) < 0 || (tmp && rename(sun.sun_path, path) < 0)) {
 		ret = -errno;
 		log_error("listen on unix socket \"%s\": %s", path, strerror(errno));
+		if (tmp)
+			unlink(sun.sun_path);
 		close(fd);
 		return ret;
 	}

@@ -2,8 +2,8 @@
 /*
  * Every request answered, in every wait mode the daemon has: deferred task
  * work or not, adaptive polling or none, and a fixed polling window. In
- * each mode one daemon (two workers, a 32 MiB pool each, so big requests
- * wait for buffers) serves for LOAD_S seconds:
+ * each mode one daemon (two workers, the default 64 MiB pool each, so the
+ * big requests wait for buffers) serves for LOAD_S seconds:
  * - pipelined clients on every export kind (cache=none, always and auto,
  *   a copy-on-write overlay, a raw image with a dirty bitmap), in simple,
  *   structured and extended replies, sending bursts of READs, WRITEs,
@@ -278,9 +278,8 @@ static uint64_t pick_len(struct client *cl)
 		len = 32u << 20;        /* compact headers: the advertised maximum at most */
 	/*
 	 * A slow client's WRITE holds pool chunks for all of its payload until
-	 * the last byte is in: one of 32 MiB would hold all of a 32 MiB pool's
-	 * general part for seconds (a known limit, tests/README.md), so it
-	 * sends 1 MiB at most.
+	 * the last byte is in: one of 32 MiB would hold half the pool for
+	 * seconds (a known limit, tests/README.md), so it sends 1 MiB at most.
 	 */
 	if (cl->slow && len > (1u << 20))
 		len = 1u << 20;
@@ -413,7 +412,7 @@ static void run_mode(struct daemon *d, const char *what, const char *a1, const c
 	double worst = 0, t0;
 
 	memset(seen, 0, sizeof(seen));
-	harness_start(d, "-t", "2", "--pool-size", "32M", "--cache-size", "16M", "-e", e_always,
+	harness_start(d, "-t", "2", "--cache-size", "16M", "-e", e_always,
 		      "-e", e_auto, "-e", e_ovl, "-e", e_bm, a1, a2, a3, NULL);
 	atomic_store(&stop_load, false);
 	memset(cls, 0, sizeof(cls));
