@@ -54,7 +54,6 @@
 #define _GNU_SOURCE
 #include <assert.h>
 #include <errno.h>
-#include <poll.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
