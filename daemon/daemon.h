@@ -195,7 +195,7 @@ struct config {
 	long long keepalive_s;     /* -1: not set; 0: off */
 	long long io_timeout_s;    /* -1: not set; 0: none */
 	long long idle_timeout_s;  /* -1: not set; 0: none */
-	long long busy_poll_us;    /* -1: not set; 0: adaptive */
+	long long busy_poll_us;    /* -1: not set; 0: as poll-max says */
 	long long poll_max_us;     /* -1: not set; 0: no adaptive polling */
 	long long max_conns_per_client; /* -1: not set; 0: no limit */
 	int keep_conns;            /* keep-connections: -1 not set, 0, 1 */
@@ -958,7 +958,7 @@ struct server {
 	unsigned keepalive_s;      /* TCP keepalive idle time; 0: no keepalive */
 	unsigned io_timeout_s;     /* a stalled reply or payload ends its connection; 0: never */
 	unsigned idle_timeout_s;   /* an idle connection is closed; 0: never */
-	unsigned busy_poll_us;     /* workers poll this long before sleeping; 0: adaptive */
+	unsigned busy_poll_us;     /* workers poll this long before waiting; 0: as poll_max_us says */
 	unsigned poll_max_us;      /* the adaptive window's cap; 0: no adaptive polling */
 #define POLL_MAX_US_DEFAULT 0 /* off: the ring's own wait wakes faster (tests/bench/README.md) */
 	bool keep_conns;           /* SIGTERM under systemd stores connections in its fd store */

@@ -38,7 +38,8 @@
  * without first waking an idle CPU, which is the larger part of a
  * request's latency at queue depth 1 in a VM (tests/bench/README.md has
  * the figures). With deferral, IORING_SQ_TASKRUN says work waits, and the
- * reaping enters the ring to run it. By default the window adapts, as
+ * reaping enters the ring to run it. Off by default (the ring's own wait
+ * wakes faster here); with --poll-max the window adapts, as
  * qemu's poll-max-ns does: a wait longer than the cap (--poll-max) sets it
  * to 0, a shorter one doubles it (from 4 us, up to the cap). --busy-poll
  * US fixes the window instead.
