@@ -285,6 +285,14 @@ static void reply_drop_all(struct conn *c)
 	c->sendq_tail = NULL;
 }
 
+/* The cookie of the last reply in a sent list (for the debug log). */
+static uint64_t last_cookie(const struct req *q)
+{
+	while (q && q->next)
+		q = q->next;
+	return q ? q->r.cookie : 0;
+}
+
 static void reply_send_done(struct conn_op *o, int res)
 {
 	struct conn *c = o->c;
@@ -310,6 +318,8 @@ static void reply_send_done(struct conn_op *o, int res)
 		conn_sendmsg(&c->send_op, m);
 		return;
 	}
+	log_debug("conn %" PRIu64 ": replies sent, up to cookie 0x%" PRIx64, c->id,
+		  last_cookie(c->sending));
 	reply_recycle_sent(c, true);
 	reply_send(c);
 }

@@ -30,11 +30,25 @@ fail() {
 skip() { echo "SKIP $(basename "$0"): $*" >&2; exit 77; }
 need() { for c in "$@"; do command -v "$c" >/dev/null || skip "$c is not installed"; done; }
 
+# log_time: each line of stdin with the wall-clock time it was read at.
+log_time() {
+    local line
+    if perl -MTime::HiRes -e 1 2>/dev/null; then
+        exec perl -MTime::HiRes=time -pe 'BEGIN { $| = 1 } $_ = sprintf("%.6f ", time) . $_'
+    fi
+    while IFS= read -r line; do printf '%s %s\n' "$EPOCHREALTIME" "$line"; done
+}
+
 # start_daemon IMAGE [OPTIONS...]: serves IMAGE on $SOCK, returns once listening.
+# With DAEMON_LOG_TIME set, daemon.log's lines carry the time they were written.
 start_daemon() {
     local img=$1; shift
     rm -f "$T/pid"
-    "$URINGNBD" -U "$SOCK" --pid-file "$T/pid" "$@" "$img" 2>>"$T/daemon.log" &
+    if [ -n "${DAEMON_LOG_TIME:-}" ]; then
+        "$URINGNBD" -U "$SOCK" --pid-file "$T/pid" "$@" "$img" 2> >(log_time >>"$T/daemon.log") &
+    else
+        "$URINGNBD" -U "$SOCK" --pid-file "$T/pid" "$@" "$img" 2>>"$T/daemon.log" &
+    fi
     DAEMON_PID=$!
     for _ in $(seq 1 1000); do
         [ -s "$T/pid" ] && return 0

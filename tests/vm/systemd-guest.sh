@@ -59,9 +59,12 @@ unanswered() {
     grep -o 'nbd_header_sent.*handle 0x[0-9a-f]*' $T/trace | grep -o '0x[0-9a-f]*$' | sort -u >/tmp/sent
     grep -o 'nbd_header_received.*handle 0x[0-9a-f]*' $T/trace | grep -o '0x[0-9a-f]*$' | sort -u >/tmp/recv
     for h in $(comm -23 /tmp/sent /tmp/recv); do
-        c=$(printf '0x%x' "$h")
+        # Debian 12's kernel puts the handle on the wire in little-endian
+        # byte order, later kernels in network order: look up both.
+        sw=$(printf '%016x' "$h" | sed 's/\(..\)\(..\)\(..\)\(..\)\(..\)\(..\)\(..\)\(..\)/\8\7\6\5\4\3\2\1/')
+        c=$(printf '0x%x' "$h") s=0x$(echo "$sw" | sed 's/^0*//')
         echo "handle $h: $(grep "nbd_header_sent.*$h" $T/trace | head -n 1 | tr -s ' ')"
-        echo "  daemon: $(journalctl -b --no-pager -u uringnbd.service -o short-monotonic | grep "cookie $c[: ]" | tr '\n' ';')"
+        echo "  daemon: $(journalctl -b --no-pager -u uringnbd.service -o short-monotonic | grep "cookie \($c\|$s\)[: ]" | tr '\n' ';')"
     done
 }
 step "nbd-client attaches /dev/nbd0 (socket activation)"

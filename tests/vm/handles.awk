@@ -1,0 +1,82 @@
+# SPDX-License-Identifier: BSD-3-Clause
+# awk -f handles.awk TRACE DAEMON_LOG: matches the kernel's nbd tracepoints
+# (nbd_header_sent / nbd_header_received, "handle 0x...") against the
+# daemon's debug log ("cookie 0x..." at intake, "reply to ... cookie" when
+# its reply is queued, "replies sent" when the send completes),
+# each line of which starts with the time it was written. A handle is
+# reused (each device numbers from 1, and a tag's cookie moves on only
+# when a request is retried), so a reply answers the latest sending of its
+# handle still open, and the k-th sending is the daemon's k-th intake of
+# that cookie. The
+# kernel of Debian 12 (6.1) puts its handle on the wire in its own
+# little-endian byte order, later kernels in network order: both are looked
+# up. Prints a summary and one block per request sent and never answered.
+# Exits 1 if the daemon did not answer one of those in time (never logged
+# it, queued its reply late, or never completed the send), 2 if it did
+# answer and send each of them within a second (the reply was held on the
+# way to the guest), 0 if every request was answered.
+function pad(c) { sub(/^0x/, "", c); sub(/:$/, "", c); while (length(c) < 16) c = "0" c; return tolower(c) }
+function swap(c,   s, i) { s = ""; for (i = 15; i >= 1; i -= 2) s = s substr(c, i, 2); return s }
+function hexval(s,   v, i) { v = 0; for (i = 1; i <= length(s); i++) v = v * 16 + index("0123456789abcdef", substr(s, i, 1)) - 1; return v }
+FNR == NR {
+    for (i = 1; i < NF; i++) {
+        if ($i == "handle") h = pad($(i + 1))
+        if ($i ~ /^[0-9]+\.[0-9]+:$/) at = substr($i, 1, length($i) - 1)
+    }
+    if (/nbd_header_sent/) {
+        k = ++nsent[h]; sent[h, k] = at; order[++n] = h SUBSEP k
+        open_[h, ++nopen[h]] = k
+    }
+    # A reply answers the latest sending of its handle still open.
+    if (/nbd_header_received/ && nopen[h] > 0) got[h, open_[h, nopen[h]--]] = at
+    next
+}
+function conn_of(line,   f, i) { split(line, f, " "); for (i = 1; i < 10; i++) if (f[i] == "conn") return f[i + 1]; return "" }
+/: replies sent/ { cn = conn_of($0); sends[cn, ++nsends[cn]] = $1; line_sends[cn, nsends[cn]] = $0; next }
+{
+    for (i = 1; i < NF; i++) if ($i == "cookie") {
+        c = pad($(i + 1))
+        if (/reply to/) { k = ++nrep[c]; rep[c, k] = $1; line_rep[c, k] = $0 }
+        else { k = ++nin[c]; in_[c, k] = $1; line_in[c, k] = $0 }
+    }
+}
+END {
+    # The byte order: whichever form the daemon logged the first handle in.
+    split(order[1], first, SUBSEP)
+    swapped = !((first[1], 1) in in_) && ((swap(first[1]), 1) in in_)
+    logged = 0; slow = 0; slow_h = ""; missing = 0; fault = 0; held = 0
+    for (j = 1; j <= n; j++) {
+        split(order[j], hk, SUBSEP); h = hk[1]; k = hk[2]
+        c = swapped ? swap(h) : h
+        if ((c, k) in in_) {
+            logged++
+            if ((c, k) in rep && rep[c, k] - in_[c, k] > slow) { slow = rep[c, k] - in_[c, k]; slow_h = h }
+        }
+        if ((h, k) in got) continue
+        missing++
+        # The low 32 bits of the handle are blk-mq's unique tag: the hardware
+        # queue (one per connection) above the tag.
+        printf "handle 0x%s (connection %d) sent at guest time %s, never answered\n", h,
+               hexval(substr(h, 9, 4)), sent[h, k]
+        if (!((c, k) in in_)) print "  the daemon never logged this request"
+        else {
+            print "  daemon: " line_in[c, k]
+            print "  daemon: " ((c, k) in rep ? line_rep[c, k] : "(no reply logged)")
+            # When the daemon's send of it completed: its connection's next send after the reply.
+            cn = conn_of(line_in[c, k]); found = 0
+            for (s = 1; (c, k) in rep && s <= nsends[cn] && !found; s++)
+                if (sends[cn, s] >= rep[c, k]) { print "  daemon: " line_sends[cn, s]; found = sends[cn, s] }
+            if ((c, k) in rep && !found) print "  daemon: (no completed send logged on that connection after it)"
+            # Answered and sent within a second: the reply left the daemon.
+            if ((c, k) in rep && found && rep[c, k] - in_[c, k] < 1 && found - rep[c, k] < 1) {
+                print "  the daemon answered it and its send completed; the reply was held between the daemon's socket and the guest's kernel"
+                held++
+                continue
+            }
+        }
+        fault++
+    }
+    printf "%d requests sent, %d answered (traced); the daemon logged %d of them, its slowest reply %.3f s (handle 0x%s)\n",
+           n, n - missing, logged, slow, slow_h
+    exit fault ? 1 : held ? 2 : 0
+}
