@@ -23,20 +23,35 @@ FNR == NR {
         if ($i == "handle") h = pad($(i + 1))
         if ($i ~ /^[0-9]+\.[0-9]+:$/) at = substr($i, 1, length($i) - 1)
     }
+    # The kernel traces a sending after its header went out, so a quick
+    # reply, traced on another CPU, may come first: it answers the next
+    # sending of its handle.
     if (/nbd_header_sent/) {
         k = ++nsent[h]; sent[h, k] = at; order[++n] = h SUBSEP k
-        open_[h, ++nopen[h]] = k
+        if (early[h] > 0) { early[h]--; got[h, k] = at } else open_[h, ++nopen[h]] = k
     }
     # A reply answers the latest sending of its handle still open.
-    if (/nbd_header_received/ && nopen[h] > 0) got[h, open_[h, nopen[h]--]] = at
+    if (/nbd_header_received/) {
+        if (nopen[h] > 0) got[h, open_[h, nopen[h]--]] = at
+        else early[h]++
+    }
     next
 }
 function conn_of(line,   f, i) { split(line, f, " "); for (i = 1; i < 10; i++) if (f[i] == "conn") return f[i + 1]; return "" }
-/: replies sent/ { cn = conn_of($0); sends[cn, ++nsends[cn]] = $1; line_sends[cn, nsends[cn]] = $0; next }
+# Replies go out in the order they were queued, per connection: "replies
+# sent, up to cookie X" covers every reply queued on it up to X's.
+/: replies sent/ {
+    cn = conn_of($0); x = pad($NF); j = ++nsends[cn]
+    sends[cn, j] = $1; line_sends[cn, j] = $0; upto[cn, j] = (cn, x) in qpos ? qpos[cn, x] : 0
+    next
+}
 {
     for (i = 1; i < NF; i++) if ($i == "cookie") {
         c = pad($(i + 1))
-        if (/reply to/) { k = ++nrep[c]; rep[c, k] = $1; line_rep[c, k] = $0 }
+        if (/reply to/) {
+            k = ++nrep[c]; rep[c, k] = $1; line_rep[c, k] = $0
+            cn = conn_of($0); qpos[cn, c] = ++nq[cn]; pos[c, k] = nq[cn]
+        }
         else { k = ++nin[c]; in_[c, k] = $1; line_in[c, k] = $0 }
     }
 }
@@ -65,7 +80,7 @@ END {
             # When the daemon's send of it completed: its connection's next send after the reply.
             cn = conn_of(line_in[c, k]); found = 0
             for (s = 1; (c, k) in rep && s <= nsends[cn] && !found; s++)
-                if (sends[cn, s] >= rep[c, k]) { print "  daemon: " line_sends[cn, s]; found = sends[cn, s] }
+                if (upto[cn, s] >= pos[c, k]) { print "  daemon: " line_sends[cn, s]; found = sends[cn, s] }
             if ((c, k) in rep && !found) print "  daemon: (no completed send logged on that connection after it)"
             # Answered and sent within a second: the reply left the daemon.
             if ((c, k) in rep && found && rep[c, k] - in_[c, k] < 1 && found - rep[c, k] < 1) {
