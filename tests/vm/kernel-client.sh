@@ -106,7 +106,7 @@ done
 # when its reply is queued and when the send completes. A request the
 # kernel timed out fails the test, unless the daemon's record shows it
 # answered and sent within a second: then the reply was held on its way
-# through qemu's virtio-serial port and the guest's socat (1 run in 15 on
+# through qemu's virtio-serial port and the guest's socat (1 run of 46 on
 # 2026-12-06, a connection's first reply delivered only at disconnect), and
 # it is reported as a NOTE with that record.
 answered() {
