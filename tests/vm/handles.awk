@@ -12,7 +12,8 @@
 # little-endian byte order, later kernels in network order: both are looked
 # up. Prints a summary and one block per request sent and never answered.
 # Exits 1 if the daemon did not answer one of those in time (never logged
-# it, queued its reply late, or never completed the send), 2 if it did
+# it, queued its reply late, or never completed the send) or if any request
+# was answered more than 5 s after the kernel sent it, 2 if it did
 # answer and send each of them within a second (the reply was held on the
 # way to the guest), 0 if every request was answered.
 function pad(c) { sub(/^0x/, "", c); sub(/:$/, "", c); while (length(c) < 16) c = "0" c; return tolower(c) }
@@ -67,7 +68,13 @@ END {
             logged++
             if ((c, k) in rep && rep[c, k] - in_[c, k] > slow) { slow = rep[c, k] - in_[c, k]; slow_h = h }
         }
-        if ((h, k) in got) continue
+        if ((h, k) in got) {
+            # The kernel's own view: sent to answered, in guest time. More
+            # than 5 s is a fault wherever it was spent (no reply was lost,
+            # but one waited).
+            if (got[h, k] - sent[h, k] > rt) { rt = got[h, k] - sent[h, k]; rt_h = h; rt_k = k }
+            continue
+        }
         missing++
         # The low 32 bits of the handle are blk-mq's unique tag: the hardware
         # queue (one per connection) above the tag.
@@ -91,7 +98,14 @@ END {
         }
         fault++
     }
-    printf "%d requests sent, %d answered (traced); the daemon logged %d of them, its slowest reply %.3f s (handle 0x%s)\n",
-           n, n - missing, logged, slow, slow_h
+    printf "%d requests sent, %d answered (traced); the daemon logged %d of them, its slowest reply %.3f s (handle 0x%s); the kernel's slowest round trip %.3f s (handle 0x%s)\n",
+           n, n - missing, logged, slow, slow_h, rt, rt_h
+    if (rt > 5) {
+        c = swapped ? swap(rt_h) : rt_h
+        printf "handle 0x%s was answered %.3f s after the kernel sent it (at guest time %s), over 5 s\n", rt_h, rt, sent[rt_h, rt_k]
+        if ((c, rt_k) in in_) print "  daemon: " line_in[c, rt_k]
+        if ((c, rt_k) in rep) print "  daemon: " line_rep[c, rt_k]
+        fault++
+    }
     exit fault ? 1 : held ? 2 : 0
 }

@@ -102,15 +102,39 @@ path = /srv/nbd/disk2.img
 EOF
 # A restart picks up the TCP listener; the unix connection is kept.
 systemctl restart uringnbd.service || fail "restart to listen on TCP"
-nbd-client 127.0.0.1 10809 /dev/nbd1 -N disk2 -C 4 || fail "nbd-client over TCP"
-uringnbdctl --json connections >/tmp/ctl || fail "uringnbdctl connections"
+# All 4 of nbd1's receive works must run: a Linux nbd bug can leave some
+# queued behind the workqueue's rescuer, never to start, and their
+# connections' replies unread (tests/vm/guest-init.sh says how). Then nbd1
+# is detached (the works run as their sockets shut, reading what waits) and
+# attached again, at most twice; its detach lines are not errors.
+recv_works() { cat /proc/[0-9]*/comm 2>/dev/null | grep -c "+$1-recv\$"; }
+reattach_lines=0
+for attempt in 1 2 3; do
+    nbd-client 127.0.0.1 10809 /dev/nbd1 -N disk2 -C 4 || fail "nbd-client over TCP"
+    for i in $(seq 1 100); do [ "$(recv_works nbd1)" -ge 4 ] && break; sleep 0.1; done
+    n=$(recv_works nbd1)
+    [ "$n" -ge 4 ] && break
+    [ "$attempt" -lt 3 ] || fail "nbd1: the kernel ran $n of 4 receive works, 3 attaches in a row"
+    step "NOTE: the kernel runs $n of nbd1's 4 receive works after 10 s ($(grep -l nbd1-recv /proc/[0-9]*/comm 2>/dev/null |
+        while read -r f; do printf '%s ' "$(cat "$f")"; done)): attaching again"
+    nbd-client -d /dev/nbd1 || fail "nbd-client -d /dev/nbd1 (re-attach)"
+    for i in $(seq 1 100); do [ "$(cat /sys/block/nbd1/size)" = 0 ] && break; sleep 0.1; done
+    reattach_lines=$(dmesg | grep -i 'nbd' | grep -ic 'error\|timed out\|dead\|reconnect\|disconnect')
+done
+for i in $(seq 1 50); do  # a re-attach's old connections may still be closing
+    uringnbdctl --json connections >/tmp/ctl || fail "uringnbdctl connections"
+    [ "$(grep -c '"export":"disk' /tmp/ctl)" = 5 ] && break
+    sleep 0.1
+done
 [ "$(grep -c '"export":"disk' /tmp/ctl)" = 5 ] || fail "five connections expected: $(cat /tmp/ctl)"
 for d in 0 1; do
     mkfs.ext4 -q -F /dev/nbd$d || fail "mkfs.ext4 /dev/nbd$d"
     mkdir -p /mnt$d && mount /dev/nbd$d /mnt$d || fail "mount /dev/nbd$d"
 done
 # What the kernel's nbd driver has reported so far (nbd_faults: not counting detaches).
-nbd_errors() { dmesg | grep -i 'nbd' | grep -ic 'error\|timed out\|dead\|reconnect\|disconnect'; }
+nbd_errors() {
+    echo $(($(dmesg | grep -i 'nbd' | grep -ic 'error\|timed out\|dead\|reconnect\|disconnect') - reattach_lines))
+}
 nbd_faults() { dmesg | grep -ic 'nbd.*\(error\|timed out\|dead\)'; }
 # Every request answered: each one the kernel sent must be matched to the
 # daemon's reply and its sending (nothing lies between them here: a reply
