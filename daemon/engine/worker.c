@@ -38,11 +38,13 @@
  * without first waking an idle CPU, which is the larger part of a
  * request's latency at queue depth 1 in a VM (tests/bench/README.md has
  * the figures). With deferral, IORING_SQ_TASKRUN says work waits, and the
- * reaping enters the ring to run it. Off by default (the ring's own wait
- * wakes faster here); with --poll-max the window adapts, as
- * qemu's poll-max-ns does: a wait longer than the cap (--poll-max) sets it
- * to 0, a shorter one doubles it (from 4 us, up to the cap). --busy-poll
- * US fixes the window instead.
+ * reaping enters the ring to run it. The window adapts, as qemu's
+ * poll-max-ns does: a wait longer than the cap (--poll-max) sets it to 0,
+ * a shorter one doubles it (from 4 us, up to the cap). By default the
+ * worker polls only while it holds srv->poll_depth requests or more: at
+ * depth a poll spares a sleep and a wakeup per batch, at depth 1 the
+ * ring's own wait wakes faster. --poll-max given polls at any depth;
+ * --busy-poll US fixes the window instead.
  *
  * Deferred task work: where the kernel has it (6.1 on), the ring is made
  * with IORING_SETUP_SINGLE_ISSUER | DEFER_TASKRUN | TASKRUN_FLAG, so a
@@ -402,7 +404,7 @@ static void worker_idle(struct worker *w, uint64_t tick_ns)
 	bool found = false;
 	int ret;
 
-	if (window && worker_clients(w)) {
+	if (window && worker_clients(w) && w->reqs_live >= w->srv->poll_depth) {
 		uint64_t end = start + window;
 
 		while (!(found = worker_cq_pending(w)) && (t = now_ns()) < end)

@@ -421,6 +421,9 @@ int main(int argc, char **argv)
 	srv.idle_timeout_s = setting(cli.idle_timeout_s, file.idle_timeout_s, 0);
 	srv.busy_poll_us = setting(cli.busy_poll_us, file.busy_poll_us, 0);
 	srv.poll_max_us = setting(cli.poll_max_us, file.poll_max_us, POLL_MAX_US_DEFAULT);
+	/* Polling asked for by name applies at any depth; the default only at depth. */
+	srv.poll_depth = cli.poll_max_us >= 0 || file.poll_max_us >= 0 || srv.busy_poll_us ?
+				 0 : POLL_DEPTH_DEFAULT;
 	srv.keep_conns = (cli.keep_conns >= 0 ? cli.keep_conns : file.keep_conns) > 0;
 	srv.defer_taskrun = (cli.defer_taskrun >= 0 ? cli.defer_taskrun : file.defer_taskrun) != 0;
 	srv.max_conns_per_client = setting(cli.max_conns_per_client, file.max_conns_per_client, 0);
@@ -517,7 +520,8 @@ int main(int argc, char **argv)
 	if (srv.busy_poll_us)
 		snprintf(polling, sizeof(polling), "polling %u us (fixed)", srv.busy_poll_us);
 	else if (srv.poll_max_us)
-		snprintf(polling, sizeof(polling), "adaptive polling up to %u us", srv.poll_max_us);
+		snprintf(polling, sizeof(polling), "adaptive polling up to %u us%s", srv.poll_max_us,
+			 srv.poll_depth ? " at depth" : "");
 	else
 		snprintf(polling, sizeof(polling), "no polling");
 	log_info("%u worker%s, buffer pool %zu MiB each, %s, %s%s%s", srv.nworkers,

@@ -540,9 +540,9 @@ int main(void)
 	payload = harness_alloc(BIG);
 	harness_fill(payload, BIG, 7);
 
-	run_mode(&d, "the defaults (deferred task work where the kernel has it, no polling)", NULL,
+	run_mode(&d, "the defaults (deferred task work, adaptive polling at depth)", NULL,
 		 NULL, NULL);
-	run_mode(&d, "task work as it comes, no polling", "--no-defer-taskrun", NULL, NULL);
+	run_mode(&d, "task work as it comes, no polling", "--no-defer-taskrun", "--poll-max", "0");
 	run_mode(&d, "deferred task work, adaptive polling", "--poll-max", "100", NULL);
 	run_mode(&d, "task work as it comes, 50 us polling", "--no-defer-taskrun", "--busy-poll",
 		 "50");
