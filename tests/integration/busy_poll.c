@@ -1,7 +1,10 @@
 // SPDX-License-Identifier: BSD-3-Clause
 /*
  * Polling: the worker waits for completions by polling instead of
- * sleeping, and nothing else changes. Checked with the daemon's own
+ * sleeping, and nothing else changes. By default a worker polls only
+ * while it holds 4 requests or more: at queue depth 1 it never polls, with
+ * 64 writes in flight it does (the daemon's polling count at exit).
+ * Checked with the daemon's own
  * counters from /proc: at queue depth 1, reading blocks that are on the
  * disk, a worker polling adaptively (--poll-max 100) and one with
  * --busy-poll sleep (voluntary context switches; a yield is not one) less
@@ -128,6 +131,25 @@ int main(void)
 	}
 	CHECK(fsync(fd) == 0 && close(fd) == 0, "%s: %s", d.img, strerror(errno));
 
+	/* The defaults: no polling at depth 1, polling with 64 requests in flight. */
+	harness_start(&d, "-t", "1", NULL);
+	h[0] = harness_connect(&d, true);
+	(void)sleeps_per_read(&d, h[0], buf);
+	nbd_close(h[0]);
+	harness_stop(&d);
+	CHECK(harness_log_has(&d, "; 0 completions found by polling, 0.000 s polled"),
+	      "the default worker polled at queue depth 1");
+	CHECK(truncate(d.log, 0) == 0, "%s: %s", d.log, strerror(errno));
+	harness_start(&d, "-t", "1", NULL);
+	h[0] = harness_connect(&d, true);
+	harness_write_pieces(h[0], 0, 1, 2000, 3, DATA);
+	nbd_close(h[0]);
+	harness_stop(&d);
+	CHECK(harness_log_has(&d, "completions found by polling") &&
+		      !harness_log_has(&d, "; 0 completions found by polling"),
+	      "the default worker did not poll with 64 requests in flight");
+	CHECK(truncate(d.log, 0) == 0, "%s: %s", d.log, strerror(errno));
+
 	/* The reference: a worker that sleeps between completions. */
 	harness_start(&d, "-t", "1", "--poll-max", "0", NULL);
 	h[0] = harness_connect(&d, true);
@@ -150,7 +172,7 @@ int main(void)
 	harness_start(&d, "-t", "1", "--busy-poll", "500", "--idle-timeout", "3", NULL);
 	h[0] = harness_connect(&d, true);
 	on = sleeps_per_read(&d, h[0], buf);
-	printf("sleeps per read at QD1: %.2f without polling (default), %.2f adaptive, %.2f with "
+	printf("sleeps per read at QD1: %.2f with --poll-max 0, %.2f adaptive, %.2f with "
 	       "--busy-poll 500\n", off, adaptive, on);
 	CHECK(off >= 0.1, "without polling the worker slept only %.2f times per read: "
 	      "the measure cannot tell them apart", off);

@@ -73,6 +73,7 @@ cp "$KEYS/server-cert.pem" "$KEYS/server-key.pem" "$KEYS/server/"
 cp "$KEYS/server/ca-cert.pem" "$KEYS/client-cert.pem" "$KEYS/client-key.pem" "$R/etc/tls/"
 install -m 0755 "$HERE/guest-init.sh" "$R/init"
 install -m 0755 "$HERE/pick-port.sh" "$R/bin/pick-port"
+install -m 0755 "$HERE/recv-works.sh" "$R/bin/recv-works"
 (cd "$R" && find . | cpio -o -H newc --quiet | gzip -1) >"$T/initrd.gz"
 
 # The export, and the guest with one virtio-serial port per connection.

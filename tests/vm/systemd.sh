@@ -67,6 +67,7 @@ ver=$(dpkg-parsechangelog -l "$T/src2/debian/changelog" -S Version)
 cp "$T"/uringnbd_*+vmtest1_*.deb "$R/root/debs/second/"
 install -m 0755 "$HERE/systemd-guest.sh" "$R/usr/local/sbin/vmtest"
 install -D -m 0644 "$HERE/handles.awk" "$R/usr/local/share/vmtest/handles.awk"
+install -D -m 0755 "$HERE/recv-works.sh" "$R/usr/local/bin/recv-works"
 cat >"$R/etc/systemd/system/vmtest.service" <<'EOF'
 [Unit]
 Description=uringnbd VM test
