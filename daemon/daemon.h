@@ -751,7 +751,7 @@ struct worker {
 	void *zeroes;             /* WORKER_ZEROES_BYTES of zeroes, never written */
 	struct handover_part *handover; /* a hand-over under way (handover.c), or NULL */
 	ev_timer handover_check;  /* ...polls for its connections to be parked */
-	ev_tstamp handover_since; /* ...since this loop time */
+	double handover_since;    /* ...since this now_s() */
 };
 #define WORKER_ZEROES_BYTES (1u << 20)
 #define WORKER_STOP_GRACE_S 5.0   /* a stop closes whatever is left after this */
@@ -779,6 +779,15 @@ void worker_pool_cancel(struct worker *w, struct pool_waiter *pw);
 void worker_stats_add(const struct worker *w, struct worker_stats *sum);
 /* CLOCK_MONOTONIC in nanoseconds. */
 uint64_t now_ns(void);
+/*
+ * The same in seconds, for timeouts measured by hand: libev's ev_now() is
+ * wall-clock time, which steps (a VM's clock is set forward after a pause),
+ * so a difference of two ev_now()s is no duration.
+ */
+static inline double now_s(void)
+{
+	return (double)now_ns() / 1e9;
+}
 /* The rings' way with task work, for the start-up log (after worker_start). */
 const char *worker_ring_features(void);
 

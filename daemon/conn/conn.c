@@ -247,7 +247,7 @@ void conn_close_if_idle(struct conn *c)
  * enough: no request, nothing sent, nothing buffered, and only a quiet
  * receive in flight (which writes nowhere past CONN_RX_QUIET_BYTES).
  */
-static void conn_area_release(struct conn *c, ev_tstamp now)
+static void conn_area_release(struct conn *c, double now)
 {
 	uint8_t *from = c->area->rxbuf + CONN_RX_QUIET_BYTES;
 
@@ -287,9 +287,10 @@ static void conn_watchdog_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
 	struct conn *c = t->data;
 	const struct server *srv = c->w->srv;
-	ev_tstamp now = ev_now(loop);
+	double now = now_s();
 	bool moving = c->sending || c->rx == RX_PAYLOAD || c->rx == RX_SKIP;
 
+	(void)loop;
 	(void)revents;
 	if (c->state == CONN_CLOSING)
 		return;
@@ -429,7 +430,7 @@ static void handover_check_cb(struct ev_loop *loop, ev_timer *t, int revents)
 	(void)revents;
 	for (c = w->conns; c && all; c = c->next)
 		all = conn_parked(c);
-	if (!all && ev_now(loop) - w->handover_since < WORKER_STOP_GRACE_S)
+	if (!all && now_s() - w->handover_since < WORKER_STOP_GRACE_S)
 		return;
 	if (!all) {
 		/* Still busy after the grace period: closed; the rest go on. */
@@ -481,7 +482,7 @@ void conns_handover(struct worker *w)
 			}
 		}
 	}
-	w->handover_since = ev_now(w->loop);
+	w->handover_since = now_s();
 	ev_timer_init(&w->handover_check, handover_check_cb, 0.001, 0.001);
 	w->handover_check.data = w;
 	ev_timer_start(w->loop, &w->handover_check);
@@ -614,7 +615,7 @@ unsigned conns_disconnect(struct worker *w, uint64_t id, const char *export)
 			continue;
 		}
 		c->state = CONN_STOPPING;
-		c->stop_by = ev_now(w->loop) + WORKER_STOP_GRACE_S;
+		c->stop_by = now_s() + WORKER_STOP_GRACE_S;
 		conn_close_if_idle(c);
 	}
 	return n;

@@ -220,9 +220,9 @@ struct conn {
 	struct conn_op close_op;   /* posted by conn_close: the free is checked from the loop */
 	struct conn_op shut_op;    /* a stream's cancel of its reads and writes at close */
 	ev_timer watchdog;         /* io-timeout and idle-timeout, checked every tick */
-	ev_tstamp last_progress;   /* loop time a send or payload receive last moved */
-	ev_tstamp last_active;     /* loop time bytes last came in */
-	ev_tstamp stop_by;         /* disconnect asked: closed by then however busy; 0: not asked */
+	double last_progress;      /* now_s() a send or payload receive last moved */
+	double last_active;        /* now_s() bytes last came in */
+	double stop_by;            /* disconnect asked: closed by this now_s() however busy; 0: not */
 	uint64_t started_ns;       /* now_ns() at adoption */
 	uint64_t requests, errors; /* replied to, and of those with an error */
 	enum transport transport;  /* set when an export is chosen (its counters' label) */
@@ -292,12 +292,12 @@ void conn_close_if_idle(struct conn *c);
 /* A send or payload receive starts or moves on (for io-timeout). */
 static inline void conn_progress(struct conn *c)
 {
-	c->last_progress = ev_now(c->w->loop);
+	c->last_progress = now_s();
 }
 /* Bytes came in (for idle-timeout). */
 static inline void conn_active(struct conn *c)
 {
-	c->last_active = ev_now(c->w->loop);
+	c->last_active = now_s();
 }
 /*
  * The connection's own I/O: o completes with the bytes moved (or -errno, or

@@ -43,7 +43,7 @@ struct ctl_client {
 	size_t in_len;
 	char *out;                  /* replies not yet written: out[out_off, out_len) */
 	size_t out_off, out_len, out_cap;
-	ev_tstamp out_moved;        /* loop time output last moved (or was queued) */
+	double out_moved;           /* now_s() output last moved (or was queued) */
 	struct ctl_call *call;      /* the request being answered, or NULL */
 	bool eof;                   /* the peer sent all it will */
 	bool closing;               /* close once the output is written */
@@ -146,7 +146,7 @@ static void client_flush(struct ctl_client *cl)
 			cl->dead = true;
 		else
 			cl->out_off += (size_t)n;
-		cl->out_moved = ev_now(loop);
+		cl->out_moved = now_s();
 	}
 	cl->out_off = cl->out_len = 0;
 	ev_io_stop(loop, &cl->wio);
@@ -182,7 +182,7 @@ static void client_queue(struct ctl_client *cl, char *line)
 		cl->out_cap = cap;
 	}
 	if (cl->out_off == cl->out_len)
-		cl->out_moved = ev_now(ctl.srv->loop);
+		cl->out_moved = now_s();
 	memcpy(cl->out + cl->out_len, line, len);
 	cl->out_len += len;
 	free(line);
@@ -488,11 +488,12 @@ static void on_check(struct ev_loop *loop, ev_timer *w, int revents)
 {
 	struct ctl_client *cl, *next;
 
+	(void)loop;
 	(void)w;
 	(void)revents;
 	for (cl = ctl.clients; cl; cl = next) {
 		next = cl->next;
-		if (cl->out_off < cl->out_len && ev_now(loop) - cl->out_moved >= CTL_STALL_S) {
+		if (cl->out_off < cl->out_len && now_s() - cl->out_moved >= CTL_STALL_S) {
 			log_info("control: uid %u pid %d read none of its replies for %.0f s: closing",
 				 cl->uid, cl->pid, CTL_STALL_S);
 			client_free(cl);
