@@ -252,7 +252,7 @@ static void conn_area_release(struct conn *c, double now)
 	uint8_t *from = c->area->rxbuf + CONN_RX_QUIET_BYTES;
 
 	if (c->area_quiet || c->live_reqs || c->sending || c->rx != RX_RECV || c->rx_end ||
-	    now - c->last_active < CONN_QUIET_S)
+	    now - c->last_active < CONN_QUIET_S - CONN_TICK_SLOP_S)
 		return;
 	if (!c->rx_quiet) {
 		/* Posted while busy, it may write anywhere: rx.c replaces it with a quiet one. */
@@ -298,13 +298,14 @@ static void conn_watchdog_cb(struct ev_loop *loop, ev_timer *t, int revents)
 		log_info("conn %" PRIu64 ": still busy %.0f s after a disconnect: closing", c->id,
 			 WORKER_STOP_GRACE_S);
 		conn_close(c, NULL);
-	} else if (srv->io_timeout_s && moving && now - c->last_progress >= srv->io_timeout_s) {
+	} else if (srv->io_timeout_s && moving &&
+		   now - c->last_progress >= srv->io_timeout_s - CONN_TICK_SLOP_S) {
 		log_info("conn %" PRIu64 ": %s made no progress for %u s (io-timeout): closing",
 			 c->id, c->sending ? "a reply" : "a WRITE payload", srv->io_timeout_s);
 		stat_add(&c->w->stats.io_timeouts, 1);
 		conn_close(c, NULL);
 	} else if (srv->idle_timeout_s && !c->live_reqs && c->rx == RX_RECV &&
-		   now - c->last_active >= srv->idle_timeout_s) {
+		   now - c->last_active >= srv->idle_timeout_s - CONN_TICK_SLOP_S) {
 		log_info("conn %" PRIu64 ": idle for %u s (idle-timeout): closing", c->id,
 			 srv->idle_timeout_s);
 		conn_close(c, NULL);

@@ -65,6 +65,12 @@
  */
 #define CONN_RX_QUIET_BYTES (16u * 1024)
 #define CONN_QUIET_S 2.0      /* quiet this long: the area's pages are given back */
+/*
+ * The watchdog's durations are now_s() differences, but libev schedules its
+ * ticks from its own loop time, up to a worker tick (50 ms) behind: a tick
+ * may come that much early, so a duration counts as reached this close.
+ */
+#define CONN_TICK_SLOP_S 0.06
 #define CONN_SEND_IOVS 1024   /* iovecs in one reply sendmsg */
 /*
  * The bounce chunk of a BLOCK_STATUS, or of a READ answering holes: extents
