@@ -191,7 +191,10 @@ if ! grep -q '^GUEST PASS' "$T/console.log"; then
     echo "---- guest console ----" >&2
     tail -n 60 "$T/console.log" >&2
     cat "$T/qemu.log" >&2
-    fail "the guest did not pass"
+    # Last, where a shortened log still shows them: the steps and why it failed.
+    echo "---- guest steps ----" >&2
+    grep '^guest:\|^GUEST' "$T/console.log" | tr -d '\r' | tail -n 25 >&2
+    fail "the guest did not pass: $(grep -m 1 '^GUEST FAIL' "$T/console.log" | tr -d '\r' | cut -c 1-600)"
 fi
 grep '^guest:' "$T/console.log"
 answered

@@ -134,13 +134,16 @@ timeout 600 qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 1024 -nodefaults -d
     >"$T/qemu.log" 2>&1
 rc=$?
 echo "guest ran $(($(date +%s) - start)) s (qemu exit $rc)"
-grep '^guest:' "$T/console.log" | tr -d '\r'
 if ! grep -q '^GUEST PASS' "$T/console.log"; then
     echo "---- guest console ----" >&2
     tail -n 80 "$T/console.log" >&2
     cat "$T/qemu.log" >&2
-    fail "the guest did not pass"
+    # Last, where a shortened log still shows them: the steps and why it failed.
+    echo "---- guest steps ----" >&2
+    grep '^guest:\|^GUEST' "$T/console.log" | tr -d '\r' | tail -n 25 >&2
+    fail "the guest did not pass: $(grep -m 1 '^GUEST FAIL' "$T/console.log" | tr -d '\r' | cut -c 1-600)"
 fi
+grep '^guest:' "$T/console.log" | tr -d '\r'
 
 # The host's view of what the guest wrote through uringnbd.
 debugfs -R "dump /srv/nbd/disk0.img $T/disk0.img" "$T/root.img" >/dev/null 2>&1 ||
