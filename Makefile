@@ -78,7 +78,7 @@ CTL_OBJ    := $(B)/ctl/uringnbdctl.o $(B)/daemon/ops/ctlproto.o
 
 INTEROP_TESTS := $(wildcard tests/interop/*.sh tests/interop/*.py)
 FAULT_TESTS   := $(filter-out tests/faults/faultlib.py,$(wildcard tests/faults/*.py))
-VM_TESTS      := tests/vm/kernel-client.sh tests/vm/systemd.sh
+VM_TESTS      := tests/vm/handles-selftest.sh tests/vm/kernel-client.sh tests/vm/systemd.sh
 
 .SECONDARY:
 .PHONY: probe-taskrun deb analyze check-vm bench bench-idle bench-overlay bench-bitmap fuzz check-fuzz bench-lock all run check check-unit check-integration check-interop check-faults check-tests install clean deps deps-test
