@@ -26,6 +26,7 @@
  * all-holes assertion fixed in it; this binary: 0.1 s at most).
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -222,6 +223,83 @@ static void read_reply(struct client *cl)
 	}
 }
 
+/* The lines of a small /proc file, each prefixed, to stderr (what is there). */
+static void dump_file(const char *path, const char *prefix, unsigned max_lines)
+{
+	char line[512];
+	FILE *f = fopen(path, "r");
+
+	if (!f)
+		return;
+	while (max_lines-- && fgets(line, sizeof(line), f))
+		fprintf(stderr, "%s%s", prefix, line);
+	fclose(f);
+}
+
+/*
+ * Before a late reply fails the test: the daemon's threads (state and the
+ * kernel function each sleeps in) and each io_uring's fdinfo (queue heads
+ * and tails, pending task work), then a wait past the daemon's own warning
+ * (CONN_WATCH_WARN_S, 10 s after the request began), which names the
+ * state the request waits in if the worker's loop still turns. Only the
+ * first thread to find a late reply does this; others wait for it.
+ */
+static void dump_daemon(pid_t pid)
+{
+	static atomic_bool dumping;
+	char path[256], link[256], prefix[64];
+	struct dirent *e;
+	DIR *dir;
+
+	if (atomic_exchange(&dumping, true)) {
+		sleep(60);
+		return;
+	}
+	fprintf(stderr, "---- daemon %d at the late reply ----\n", (int)pid);
+	snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+	if ((dir = opendir(path))) {
+		while ((e = readdir(dir))) {
+			long tid = strtol(e->d_name, NULL, 10);
+
+			if (tid <= 0)
+				continue;
+			snprintf(prefix, sizeof(prefix), "thread %ld comm: ", tid);
+			snprintf(path, sizeof(path), "/proc/%d/task/%ld/comm", (int)pid, tid);
+			dump_file(path, prefix, 1);
+			snprintf(prefix, sizeof(prefix), "thread %ld stat: ", tid);
+			snprintf(path, sizeof(path), "/proc/%d/task/%ld/stat", (int)pid, tid);
+			dump_file(path, prefix, 1);
+			snprintf(prefix, sizeof(prefix), "thread %ld stack: ", tid);
+			snprintf(path, sizeof(path), "/proc/%d/task/%ld/stack", (int)pid, tid);
+			dump_file(path, prefix, 8);
+		}
+		closedir(dir);
+	}
+	snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
+	if ((dir = opendir(path))) {
+		while ((e = readdir(dir))) {
+			long fd = strtol(e->d_name, NULL, 10);
+			ssize_t n;
+
+			if (fd < 0 || e->d_name[0] == '.')
+				continue;
+			snprintf(path, sizeof(path), "/proc/%d/fd/%ld", (int)pid, fd);
+			n = readlink(path, link, sizeof(link) - 1);
+			if (n <= 0)
+				continue;
+			link[n] = 0;
+			if (!strstr(link, "io_uring"))
+				continue;
+			snprintf(prefix, sizeof(prefix), "ring fd %ld: ", fd);
+			snprintf(path, sizeof(path), "/proc/%d/fdinfo/%ld", (int)pid, fd);
+			dump_file(path, prefix, 24);
+		}
+		closedir(dir);
+	}
+	fflush(stderr);
+	sleep(6);
+}
+
 /* Fails if a request sent has waited more than REPLY_MAX_S for its reply. */
 static void check_deadlines(struct client *cl)
 {
@@ -229,6 +307,8 @@ static void check_deadlines(struct client *cl)
 	for (unsigned i = 0; i < MAX_OUT; i++) {
 		struct out *o = &cl->out[i];
 
+		if (o->used && o->sent && harness_now() - o->sent > REPLY_MAX_S)
+			dump_daemon(cl->d->pid);
 		CHECK(!o->used || !o->sent || harness_now() - o->sent <= REPLY_MAX_S,
 		      "export \"%s\" (%s): %s cookie %llu of %llu bytes unanswered for %.1f s",
 		      cl->export, cl->slow ? "slow client" : cl->solo ? "solo client" : "client",
@@ -498,9 +578,13 @@ static void run_mode(struct daemon *d, const char *what, const char *a1, const c
 	t0 = harness_now();
 	while (harness_now() - t0 < LOAD_S) {
 		unsigned long inode = 0, q = 0;
+		bool stuck;
 
 		usleep(250000);
-		CHECK(!socket_stuck(d->pid, &inode, &q),
+		stuck = socket_stuck(d->pid, &inode, &q);
+		if (stuck)
+			dump_daemon(d->pid);
+		CHECK(!stuck,
 		      "%s: a socket of the daemon (inode %lu) kept %lu unread bytes for %.0f s", what,
 		      inode, q, STUCK_S);
 	}
