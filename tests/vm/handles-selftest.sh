@@ -13,13 +13,15 @@ cd "$T"
 mark() { echo " sh-200 [001] ..... $1: tracing_mark_write: vmtest-$2"; }
 ev() { echo " udevd-100 [000] ..... $1: nbd_header_$2: nbd transport event: request 0000000$3, handle $4"; }
 # A request answered at once; one sent to the device being attached (with
-# MARKS, between the guest's marks of a stuck attach), its reply read at
+# MARKS=marks, between the guest's marks of a stuck attach; =before, after
+# them), its reply read at
 # the detach (READ=late) or never; the same handle again after the
 # re-attach, answered at once.
 trace() {
     ev 10.000000 sent 1 0x0000000100000001
     ev 10.001000 received 1 0x0000000100000001
     [ "$1" = marks ] && mark 11.000000 attach
+    [ "$1" = before ] && mark 11.000000 attach && mark 11.200000 detach
     ev 11.500000 sent 2 0x0000000200010001
     [ "$2" = late ] && ev 21.900000 received 2 0x0000000200010001
     [ "$1" = marks ] && mark 22.000000 detach && mark 22.100000 attach
@@ -54,6 +56,7 @@ expect 0 marks never prompt "stuck and never read, the daemon prompt: counted ap
 expect 0 marks late prompt "stuck and read at the detach, the daemon prompt: counted apart"
 expect 2 none never prompt "never read, no marks: held on the way"
 expect 1 none late prompt "read 10.4 s late, no marks: over 5 s"
+expect 2 before never prompt "never read, sent after a stuck attach's marks: held on the way"
 expect 1 marks late slow "stuck, but the daemon answered 1.5 s late: over 5 s"
 expect 1 marks never slow "stuck, but the daemon answered 1.5 s late: not excused"
 expect 1 marks never missed "the daemon missed an intake"

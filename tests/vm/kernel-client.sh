@@ -25,6 +25,7 @@ done
 mkdir -p "$VM"
 
 . "$HERE/kernel.sh"
+. "$HERE/guest-failed.sh"
 vm_kernel
 
 # The initramfs: busybox, the real tools and their libraries, 7 modules.
@@ -188,13 +189,7 @@ for attempt in 1 2 3; do
     mv "$T/daemon.log" "$T/daemon.$attempt.log" 2>/dev/null || true
 done
 if ! grep -q '^GUEST PASS' "$T/console.log"; then
-    echo "---- guest console ----" >&2
-    tail -n 60 "$T/console.log" >&2
-    cat "$T/qemu.log" >&2
-    # Last, where a shortened log still shows them: the steps and why it failed.
-    echo "---- guest steps ----" >&2
-    grep '^guest:\|^GUEST' "$T/console.log" | tr -d '\r' | tail -n 25 >&2
-    fail "the guest did not pass: $(grep -m 1 '^GUEST FAIL' "$T/console.log" | tr -d '\r' | cut -c 1-600)"
+    guest_failed 60
 fi
 grep '^guest:' "$T/console.log"
 answered

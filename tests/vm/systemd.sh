@@ -20,6 +20,7 @@ need qemu-system-x86_64 cpio gzip e2fsck debugfs mkfs.ext4 tar
 [ "$(id -u)" = 0 ] || skip "needs root to unpack a root filesystem"
 mkdir -p "$VM"
 . "$HERE/kernel.sh"
+. "$HERE/guest-failed.sh"
 vm_kernel
 
 # The root filesystem, built once.
@@ -135,13 +136,7 @@ timeout 600 qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 1024 -nodefaults -d
 rc=$?
 echo "guest ran $(($(date +%s) - start)) s (qemu exit $rc)"
 if ! grep -q '^GUEST PASS' "$T/console.log"; then
-    echo "---- guest console ----" >&2
-    tail -n 80 "$T/console.log" >&2
-    cat "$T/qemu.log" >&2
-    # Last, where a shortened log still shows them: the steps and why it failed.
-    echo "---- guest steps ----" >&2
-    grep '^guest:\|^GUEST' "$T/console.log" | tr -d '\r' | tail -n 25 >&2
-    fail "the guest did not pass: $(grep -m 1 '^GUEST FAIL' "$T/console.log" | tr -d '\r' | cut -c 1-600)"
+    guest_failed 80
 fi
 grep '^guest:' "$T/console.log" | tr -d '\r'
 
