@@ -121,6 +121,15 @@ class Daemon:
     def log(self):
         return open(self.log_path).read()
 
+    def wait_memory(self):
+        """Until the daemon has faulted in its buffer pools and cache (a thread
+        of its own does it after start-up): a test that measures the daemon's
+        memory starts from there."""
+        deadline = time.time() + 30
+        while "buffer pools and cache fault" not in self.log():
+            check(time.time() < deadline, "the daemon did not fault in its buffers within 30 s")
+            time.sleep(0.05)
+
     def stop(self, expect=0):
         self.proc.terminate()
         try:

@@ -66,8 +66,14 @@ def measure(name, argv, sock):
         if os.path.exists(sock):
             break
         time.sleep(0.02)
-    time.sleep(0.3)
-    before = rss_kib(proc.pid)
+    # Settled: uringnbd faults in its buffers on a thread of its own after start-up.
+    before, deadline = -1, time.time() + 10
+    while time.time() < deadline:
+        time.sleep(0.3)
+        now = rss_kib(proc.pid)
+        if now == before:
+            break
+        before = now
     conns = []
     try:
         for _ in range(N):

@@ -293,6 +293,7 @@ int main(void)
 	close(fd);
 
 	/* 1 GiB each way, with the RSS watched and another client reading. */
+	harness_wait_memory(&d);
 	before = rss(d.pid);
 	side.d = &d;
 	CHECK(pthread_create(&ts, NULL, sampler, NULL) == 0, "sampler");

@@ -140,6 +140,10 @@ void harness_start(struct daemon *d, ...)
 	harness_current = d;
 	/* Socket activation: clients may connect at once; nothing to poll for. */
 	lfd = listen_socket(d->sock);
+	/* The log exists before the daemon runs: the test may read it at once. */
+	fd = open(d->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+	CHECK(fd >= 0, "create %s: %s", d->log, strerror(errno));
+	close(fd);
 	d->pid = fork();
 	CHECK(d->pid >= 0, "fork: %s", strerror(errno));
 	if (d->pid == 0) {
@@ -511,4 +515,14 @@ bool harness_log_has(struct daemon *d, const char *what)
 	fclose(f);
 	buf[n] = 0;
 	return strstr(buf, what) != NULL;
+}
+
+void harness_wait_memory(struct daemon *d)
+{
+	double t0 = harness_now();
+
+	while (!harness_log_has(d, "buffer pools and cache fault")) {
+		CHECK(harness_now() - t0 < 30, "the daemon did not fault in its buffers within 30 s");
+		usleep(50 * 1000);
+	}
 }

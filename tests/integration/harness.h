@@ -84,6 +84,9 @@ double harness_now(void);
 bool harness_wait_ready(struct nbd_handle *h, double secs);
 /* The daemon's log so far contains what. */
 bool harness_log_has(struct daemon *d, const char *what);
+/* Until the daemon has faulted in its buffer pools and cache (after start-up,
+ * on a thread of its own): a test that measures its memory starts from there. */
+void harness_wait_memory(struct daemon *d);
 
 /* Deterministic data: byte i of a pattern seeded by seed. */
 void harness_fill(uint8_t *buf, size_t len, uint64_t seed);

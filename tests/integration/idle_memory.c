@@ -58,6 +58,7 @@ int main(void)
 	harness_init("idle_memory", 120);
 	harness_image(&d, 16 << 20);
 	harness_start(&d, "-t", "2", "--max-connections", "0", NULL);
+	harness_wait_memory(&d);
 	fds[0] = raw_transmission(&d, NULL);
 	read_burst(fds[0], 32);
 	close(fds[0]);

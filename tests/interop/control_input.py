@@ -143,6 +143,7 @@ def rss_kib():
 
 
 # A client that never reads: paused, bounded, closed after 10 s; NBD goes on.
+d.wait_memory()
 rss0 = rss_kib()
 slow = connect()
 slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
