@@ -4,7 +4,8 @@
 # tests cannot bring about on demand: a request sent while a device's
 # receive works were stuck (a Linux nbd bug, see recv-works.sh) and read
 # late or never, with and without the guest's marks; a reply held on the
-# way; the daemon answering late; the daemon missing an intake. Handles are
+# way; the daemon answering late; the daemon missing an intake; a request
+# the kernel sends after the detach was asked for. Handles are
 # in Linux 6.1's little-endian order, as the daemon logs them swapped.
 . "$(dirname "$0")/../interop/lib.bash"
 AWK="$(cd "$(dirname "$0")" && pwd)/handles.awk"
@@ -16,17 +17,28 @@ ev() { echo " udevd-100 [000] ..... $1: nbd_header_$2: nbd transport event: requ
 # MARKS=marks, between the guest's marks of a stuck attach; =before, after
 # them), its reply read at
 # the detach (READ=late) or never; the same handle again after the
-# re-attach, answered at once.
+# re-attach, answered at once. LOST: another handle sent on the stuck
+# device, after the detach was asked for (=detaching), before
+# (=stuck), or after it and answered (=answered), and again after the
+# re-attach.
 trace() {
     ev 10.000000 sent 1 0x0000000100000001
     ev 10.001000 received 1 0x0000000100000001
     [ "$1" = marks ] && mark 11.000000 attach
     [ "$1" = before ] && mark 11.000000 attach && mark 11.200000 detach
     ev 11.500000 sent 2 0x0000000200010001
+    [ "$3" = stuck ] && ev 15.000000 sent 4 0x0000000300010001
+    [ "$1" = marks ] && mark 21.500000 detaching
+    case $3 in detaching|answered) ev 21.600000 sent 4 0x0000000300010001 ;; esac
+    [ "$3" = answered ] && ev 21.700000 received 4 0x0000000300010001
     [ "$2" = late ] && ev 21.900000 received 2 0x0000000200010001
     [ "$1" = marks ] && mark 22.000000 detach && mark 22.100000 attach
     ev 23.000000 sent 3 0x0000000200010001
     ev 23.001000 received 3 0x0000000200010001
+    if [ -n "$3" ]; then
+        ev 23.500000 sent 5 0x0000000300010001
+        ev 23.501000 received 5 0x0000000300010001
+    fi
 }
 d() { echo "$1 uringnbd-vm uringnbd[1]: uringnbd: debug: conn $2: $3"; }
 # The daemon's side: intake, reply queued, send completed, for each.
@@ -42,11 +54,16 @@ daemon() {
     d 1013.000000 7 "READ cookie 0x100010002000000 flags 0x0 offset 0 length 4096"
     d 1013.000100 7 "reply to READ cookie 0x100010002000000: 0"
     d 1013.000200 7 "replies sent, up to cookie 0x100010002000000"
+    if [ -n "$2" ]; then  # only the sending after the re-attach reached it
+        d 1013.500000 7 "READ cookie 0x100010003000000 flags 0x0 offset 0 length 4096"
+        d 1013.500100 7 "reply to READ cookie 0x100010003000000: 0"
+        d 1013.500200 7 "replies sent, up to cookie 0x100010003000000"
+    fi
 }
-# expect RC MARKS READ DAEMON WHAT
+# expect RC MARKS READ DAEMON WHAT [LOST]
 expect() {
-    trace "$2" "$3" >trace.txt
-    daemon "$4" >daemon.txt
+    trace "$2" "$3" "${6:-}" >trace.txt
+    daemon "$4" "${6:-}" >daemon.txt
     rc=0
     awk -f "$AWK" trace.txt daemon.txt >out.txt || rc=$?
     [ "$rc" = "$1" ] || { cat out.txt; fail "$5: exit $rc, expected $1"; }
@@ -61,3 +78,7 @@ expect 1 marks late slow "stuck, but the daemon answered 1.5 s late: over 5 s"
 expect 1 marks never slow "stuck, but the daemon answered 1.5 s late: not excused"
 expect 1 marks never missed "the daemon missed an intake"
 grep -q 'the daemon logged 2 of the 3' out.txt || fail "the missed intake is not reported"
+expect 0 marks never prompt "sent after the detach was asked for, never read by the daemon: counted apart" detaching
+grep -q '1 sent after the detach was asked for' out.txt || fail "the request sent at the detach is not reported"
+expect 1 marks never prompt "sent to the stuck device before the detach, never read by the daemon" stuck
+expect 1 marks never prompt "sent after the detach was asked for and answered, never read by the daemon" answered
