@@ -4,7 +4,8 @@
 # line per test and a closing "N passed, N failed, N skipped" line.
 # Exit status: 0 if none failed. A test exits 0 (pass), 77 (skip) or else fails.
 # Each runs for at most TEST_TIMEOUT seconds (300), or what its own
-# "# test-timeout: N" line asks for; TEST_DEADLINE tells it when that ends.
+# "# test-timeout: N" line asks for; TEST_DEADLINE tells it when that ends,
+# in seconds of /proc/uptime (the wall clock may be stepped meanwhile).
 set -u
 : "${TEST_TMPDIR:=build/tmp}"
 : "${TEST_TIMEOUT:=300}"
@@ -20,7 +21,7 @@ for t in "$@"; do
         [ -n "$n" ] && [ "$n" -gt "$limit" ] && limit=$n
     fi
     # When the test will be stopped, so it can stop a part of its own first and say why.
-    export TEST_DEADLINE=$(($(date +%s) + limit))
+    export TEST_DEADLINE=$(($(cut -d. -f1 /proc/uptime) + limit))
     start=$(date +%s.%N)
     timeout -k 10 "$limit" "$t" >"$log" 2>&1
     rc=$?
