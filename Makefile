@@ -59,7 +59,7 @@ endif
 PROTO_SRC  := proto/negotiate.c proto/request.c
 LOCK_SRC   := lock/rangelock.c
 CACHE_SRC  := cache/cache.c
-DAEMON_SRC := daemon/service/main.c daemon/service/cli.c daemon/service/log.c daemon/storage/backing.c daemon/storage/export.c daemon/engine/pool.c daemon/engine/plan.c \
+DAEMON_SRC := daemon/service/main.c daemon/service/cli.c daemon/service/log.c daemon/storage/backing.c daemon/storage/export.c daemon/engine/pool.c daemon/engine/plan.c daemon/engine/timer.c \
               daemon/engine/worker.c daemon/conn/conn.c daemon/conn/handshake.c daemon/conn/rx.c daemon/conn/request.c \
               daemon/conn/fileio.c daemon/conn/cached.c daemon/conn/reply.c daemon/conn/watch.c daemon/engine/offload.c daemon/service/listen.c daemon/service/config.c \
               daemon/service/notify.c daemon/service/server.c daemon/service/access.c daemon/conn/tls.c daemon/storage/overlay.c daemon/storage/bitmap.c daemon/service/handover.c \
@@ -160,6 +160,10 @@ $(B)/tests/unit/test_access: $(B)/tests/unit/test_access.o $(B)/daemon/service/a
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $$(pkg-config --libs check)
 
 $(B)/tests/unit/test_pool: $(B)/tests/unit/test_pool.o $(B)/daemon/engine/pool.o
+	$(quiet) LD $@
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $$(pkg-config --libs check)
+
+$(B)/tests/unit/test_timer: $(B)/tests/unit/test_timer.o $(B)/daemon/engine/timer.o
 	$(quiet) LD $@
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $$(pkg-config --libs check)
 

@@ -27,9 +27,10 @@
  *   bitmap.c     dirty bitmaps and checkpoints of a file: its sidecar, the commit
  *                thread that syncs new bits before their writes, reflink copies
  * engine/    threads, rings and buffers; no NBD here
- *   worker.c     a thread with one libev loop, one io_uring, one buffer pool;
- *                it sleeps only in the ring; completions are struct op
- *                callbacks; optional polling
+ *   worker.c     a thread with one io_uring, one buffer pool, one clock;
+ *                it sleeps only in the ring, until its earliest deadline;
+ *                completions are struct op callbacks; optional polling
+ *   timer.c      a worker's deadlines: a heap on its clock (timer.h, pure)
  *   offload.c    threads for blocking calls (extent queries), posted back
  *   pool.c       page-aligned buffers and iovec helpers (pool.h, pure)
  *   plan.c       request arithmetic: spans, edges, locks (plan.h, pure)
@@ -57,8 +58,9 @@
  *  - The main thread parses options, opens exports, owns the listeners and
  *    the signal watchers (one libev loop), and hands each accepted socket to
  *    a worker. A reload opens a new export table and swaps it in.
- *  - A worker owns one libev loop, one io_uring, one buffer pool, and every
- *    connection it was handed, for the connection's whole life. Another
+ *  - A worker owns one io_uring, one buffer pool, one heap of deadlines on
+ *    its one clock (engine/timer.h), and every connection it was handed,
+ *    for the connection's whole life. libev is the main thread's only. Another
  *    thread touches only its inbox and remote ready list (under its mutex)
  *    and its wake-up eventfd (worker_wake).
  *  - Exports are reference counted and never change once open; a reload
@@ -93,6 +95,7 @@
 #include "../proto/proto.h"
 #include "engine/plan.h"
 #include "engine/pool.h"
+#include "engine/timer.h"
 
 #ifndef URINGNBD_VERSION /* the Makefile passes debian/changelog's */
 #define URINGNBD_VERSION "unknown"
@@ -723,8 +726,9 @@ struct worker {
 	int id;
 	struct server *srv;
 	pthread_t thread;
-	struct ev_loop *loop;
 	struct io_uring ring;
+	uint64_t now_ns;          /* its clock: CLOCK_MONOTONIC, read once per pass (worker_now) */
+	struct timers timers;     /* its deadlines, on that clock (timer.h) */
 	bool defer;               /* the ring defers task work (worker.c) */
 	uint64_t poll_window_ns;  /* the adaptive window now; 0: the worker waits at once */
 	unsigned reqs_live;       /* requests its connections hold: received, not yet done with */
@@ -732,8 +736,8 @@ struct worker {
 	atomic_bool woken;        /* ...written, and the worker has not looked yet */
 	uint64_t wake_count;      /* ...the ring's read of it lands here */
 	struct op wake_op;        /* ...and completes here */
-	ev_timer grace;           /* bounds a graceful stop */
-	ev_timer watch;           /* finds its oldest request in flight (watch.c) */
+	struct timer grace;       /* bounds a graceful stop */
+	struct timer watch;       /* finds its oldest request in flight (watch.c) */
 	pthread_mutex_t inbox_lock;
 	struct client *inbox;     /* accepted clients waiting to be adopted */
 	size_t inbox_len, inbox_cap;
@@ -750,11 +754,12 @@ struct worker {
 	struct worker_stats stats;
 	void *zeroes;             /* WORKER_ZEROES_BYTES of zeroes, never written */
 	struct handover_part *handover; /* a hand-over under way (handover.c), or NULL */
-	ev_timer handover_check;  /* ...polls for its connections to be parked */
-	double handover_since;    /* ...since this now_s() */
+	struct timer handover_check; /* ...polls for its connections to be parked */
+	uint64_t handover_since_ns; /* ...since this worker_now() */
 };
 #define WORKER_ZEROES_BYTES (1u << 20)
-#define WORKER_STOP_GRACE_S 5.0   /* a stop closes whatever is left after this */
+#define WORKER_STOP_GRACE_S 5     /* a stop closes whatever is left after this */
+#define WORKER_STOP_GRACE_NS (WORKER_STOP_GRACE_S * 1000000000ull)
 
 int worker_start(struct worker *w, struct server *srv, int id);
 /* Hands an accepted client to w (from the main thread); w owns its descriptors. */
@@ -780,13 +785,40 @@ void worker_stats_add(const struct worker *w, struct worker_stats *sum);
 /* CLOCK_MONOTONIC in nanoseconds. */
 uint64_t now_ns(void);
 /*
- * The same in seconds, for timeouts measured by hand: libev's ev_now() is
+ * The same in seconds, for durations measured off a worker (the main thread's): libev's ev_now() is
  * wall-clock time, which steps (a VM's clock is set forward after a pause),
  * so a difference of two ev_now()s is no duration.
  */
 static inline double now_s(void)
 {
 	return (double)now_ns() / 1e9;
+}
+/*
+ * The worker's clock, on its own thread: CLOCK_MONOTONIC as read at the
+ * start of this pass of its loop (after any wait), so every deadline and
+ * every "last moved" stamp of one pass agree. Its timers are armed on it.
+ */
+static inline uint64_t worker_now(const struct worker *w)
+{
+	return w->now_ns;
+}
+/* Room in w's heap for n more timers (when their owner comes to be); 0 or -ENOMEM. */
+int worker_timers_reserve(struct worker *w, unsigned n);
+/* Gives that room back (the owner's timers are stopped). */
+void worker_timers_unreserve(struct worker *w, unsigned n);
+/* Arms t on w's thread to fire after_ns from worker_now(w) (moves it if armed). */
+static inline void worker_timer_in(struct worker *w, struct timer *t, uint64_t after_ns)
+{
+	timers_arm(&w->timers, t, w->now_ns + after_ns);
+}
+/* Arms t at due_ns on w's clock. */
+static inline void worker_timer_at(struct worker *w, struct timer *t, uint64_t due_ns)
+{
+	timers_arm(&w->timers, t, due_ns);
+}
+static inline void worker_timer_stop(struct worker *w, struct timer *t)
+{
+	timers_stop(&w->timers, t);
 }
 /* The rings' way with task work, for the start-up log (after worker_start). */
 const char *worker_ring_features(void);
@@ -810,10 +842,12 @@ void offload_queue(struct offload_job *j);
 /* A new connection on w for an accepted client. */
 void conns_adopt(struct worker *w, const struct client *cl);
 /*
- * watch.c: once a second, w's oldest request in flight is published
- * (stats.oldest_req_start_ns) and, past 10 s, logged. Starts w->watch.
+ * watch.c: once a second while w has connections, its oldest request in
+ * flight is published (stats.oldest_req_start_ns) and, past 10 s, logged.
+ * conns_watch_init prepares w->watch; conns_adopt arms it (conns_watch_arm).
  */
-void conns_watch_start(struct worker *w);
+void conns_watch_init(struct worker *w);
+void conns_watch_arm(struct worker *w);
 /* Graceful stop: idle connections close, busy ones close when idle. */
 void conns_stop(struct worker *w);
 /* The grace period is over: close every connection. */

@@ -46,6 +46,9 @@ static void conn_free(struct conn *c)
 	if (c->next)
 		c->next->prev = c->prev;
 	atomic_fetch_sub_explicit(&w->nconns, 1, memory_order_relaxed);
+	worker_timer_stop(w, &c->hs_timer);
+	worker_timer_stop(w, &c->watchdog);
+	worker_timers_unreserve(w, CONN_TIMERS);
 	close(c->fd);
 	if (c->fd_out != c->fd)
 		close(c->fd_out);
@@ -208,8 +211,8 @@ void conn_close(struct conn *c, const char *why)
 		log_debug("conn %" PRIu64 ": closing: %s", c->id, why);
 	c->state = CONN_CLOSING;
 	c->rx = RX_STOPPED;
-	ev_timer_stop(c->w->loop, &c->hs_timer);
-	ev_timer_stop(c->w->loop, &c->watchdog);
+	worker_timer_stop(c->w, &c->hs_timer);
+	worker_timer_stop(c->w, &c->watchdog);
 	/* A request waiting for buffers is told so (its op then recycles it). */
 	worker_pool_cancel(c->w, &c->buf_wait);
 	/* A receive or send waiting inside TLS for the socket ends too. */
@@ -246,13 +249,13 @@ void conn_close_if_idle(struct conn *c)
  * Gives the area's pages back when the connection has been quiet long
  * enough: no request, nothing sent, nothing buffered, and only a quiet
  * receive in flight (which writes nowhere past CONN_RX_QUIET_BYTES).
+ * The caller saw CONN_QUIET_NS pass since bytes last came in.
  */
-static void conn_area_release(struct conn *c, double now)
+static void conn_area_release(struct conn *c)
 {
 	uint8_t *from = c->area->rxbuf + CONN_RX_QUIET_BYTES;
 
-	if (c->area_quiet || c->live_reqs || c->sending || c->rx != RX_RECV || c->rx_end ||
-	    now - c->last_active < CONN_QUIET_S - CONN_TICK_SLOP_S)
+	if (c->area_quiet || c->live_reqs || c->sending || c->rx != RX_RECV || c->rx_end)
 		return;
 	if (!c->rx_quiet) {
 		/* Posted while busy, it may write anywhere: rx.c replaces it with a quiet one. */
@@ -278,46 +281,79 @@ static void conn_area_release(struct conn *c, double now)
 }
 
 /*
- * The watchdog: a reply batch or a payload that has not moved for
- * io-timeout, or a connection with nothing in flight that has sent nothing
- * for idle-timeout, is closed; its buffers come back as its ops complete.
- * A quiet connection gives its area's pages back.
+ * When a watchdog rule counting len_ns from since_ns must be looked at
+ * next. Not yet due: when it is. Due but not in force (nothing moving, a
+ * request in flight): if only a fresh stamp can bring it into force (a
+ * send or payload starting stamps last_progress, bytes coming in stamp
+ * last_active), no earlier than len_ns from now; otherwise (a request
+ * that ends stamps nothing) CONN_RECHECK_NS from now.
  */
-static void conn_watchdog_cb(struct ev_loop *loop, ev_timer *t, int revents)
+static uint64_t min_u64(uint64_t a, uint64_t b)
 {
-	struct conn *c = t->data;
-	const struct server *srv = c->w->srv;
-	double now = now_s();
-	bool moving = c->sending || c->rx == RX_PAYLOAD || c->rx == RX_SKIP;
+	return a < b ? a : b;
+}
 
-	(void)loop;
-	(void)revents;
+static uint64_t conn_rule_due(uint64_t since_ns, uint64_t len_ns, uint64_t now,
+			      bool stamped_to_apply)
+{
+	if (since_ns + len_ns > now)
+		return since_ns + len_ns;
+	return now + (stamped_to_apply ? len_ns : CONN_RECHECK_NS);
+}
+
+/*
+ * The watchdog, one timer per connection on its worker's clock: a reply
+ * batch or a payload that has not moved for io-timeout, or a connection
+ * with nothing in flight that has sent nothing for idle-timeout, is
+ * closed; its buffers come back as its ops complete. A quiet connection
+ * gives its area's pages back. The timer is armed for the earliest moment
+ * any rule could apply, so each fires when due, not at a tick after it.
+ */
+static void conn_watchdog_fire(struct timer *t)
+{
+	struct conn *c = container_of(t, struct conn, watchdog);
+	const struct server *srv = c->w->srv;
+	uint64_t now = worker_now(c->w), io_ns = srv->io_timeout_s * 1000000000ull,
+		 idle_ns = srv->idle_timeout_s * 1000000000ull, due = TIMER_NEVER;
+	bool moving = c->sending || c->rx == RX_PAYLOAD || c->rx == RX_SKIP;
+	bool idle = !c->live_reqs && c->rx == RX_RECV;
+
 	if (c->state == CONN_CLOSING)
 		return;
-	if (c->stop_by && now >= c->stop_by) {
-		log_info("conn %" PRIu64 ": still busy %.0f s after a disconnect: closing", c->id,
+	if (c->stop_by_ns && now >= c->stop_by_ns) {
+		log_info("conn %" PRIu64 ": still busy %d s after a disconnect: closing", c->id,
 			 WORKER_STOP_GRACE_S);
 		conn_close(c, NULL);
-	} else if (srv->io_timeout_s && moving &&
-		   now - c->last_progress >= srv->io_timeout_s - CONN_TICK_SLOP_S) {
+		return;
+	}
+	if (io_ns && moving && now - c->last_progress_ns >= io_ns) {
 		log_info("conn %" PRIu64 ": %s made no progress for %u s (io-timeout): closing",
 			 c->id, c->sending ? "a reply" : "a WRITE payload", srv->io_timeout_s);
 		stat_add(&c->w->stats.io_timeouts, 1);
 		conn_close(c, NULL);
-	} else if (srv->idle_timeout_s && !c->live_reqs && c->rx == RX_RECV &&
-		   now - c->last_active >= srv->idle_timeout_s - CONN_TICK_SLOP_S) {
+		return;
+	}
+	if (idle_ns && idle && now - c->last_active_ns >= idle_ns) {
 		log_info("conn %" PRIu64 ": idle for %u s (idle-timeout): closing", c->id,
 			 srv->idle_timeout_s);
 		conn_close(c, NULL);
-	} else {
-		conn_area_release(c, now);
+		return;
 	}
+	if (now - c->last_active_ns >= CONN_QUIET_NS)
+		conn_area_release(c);
+
+	if (c->stop_by_ns)
+		due = c->stop_by_ns;
+	if (io_ns)
+		due = min_u64(due, conn_rule_due(c->last_progress_ns, io_ns, now, true));
+	if (idle_ns)
+		due = min_u64(due, conn_rule_due(c->last_active_ns, idle_ns, now, false));
+	due = min_u64(due, conn_rule_due(c->last_active_ns, CONN_QUIET_NS, now, c->area_quiet));
+	worker_timer_at(c->w, &c->watchdog, due);
 }
 
 int conn_transmit_start(struct conn *c)
 {
-	const struct server *srv = c->w->srv;
-	ev_tstamp tick = CONN_QUIET_S;
 	void *area;
 
 	area = mmap(NULL, sizeof(*c->area), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
@@ -326,15 +362,10 @@ int conn_transmit_start(struct conn *c)
 		return -errno;
 	c->area = area;
 	c->rxbuf = c->area->rxbuf;
-	/* Checked four times per timeout: a stall ends within 1.25 timeouts. */
-	if (srv->io_timeout_s && srv->io_timeout_s / 4.0 < tick)
-		tick = srv->io_timeout_s / 4.0;
-	if (srv->idle_timeout_s && srv->idle_timeout_s / 4.0 < tick)
-		tick = srv->idle_timeout_s / 4.0;
 	conn_progress(c);
 	conn_active(c);
-	ev_timer_set(&c->watchdog, tick, tick);
-	ev_timer_start(c->w->loop, &c->watchdog);
+	/* Its first look works out when the rules are due. */
+	worker_timer_in(c->w, &c->watchdog, 0);
 	return 0;
 }
 
@@ -349,7 +380,8 @@ void conns_adopt(struct worker *w, const struct client *cl)
 	struct conn *c;
 
 	c = calloc(1, sizeof(*c));
-	if (!c) {
+	if (!c || worker_timers_reserve(w, CONN_TIMERS) < 0) {
+		free(c);
 		log_error("worker %d: out of memory for a new connection", w->id);
 		close(cl->fd);
 		if (cl->fd_out != cl->fd)
@@ -378,13 +410,14 @@ void conns_adopt(struct worker *w, const struct client *cl)
 	c->started_ns = now_ns();
 	c->result = -1;
 	conn_op_init(&c->close_op, c, conn_closed);
-	ev_timer_init(&c->watchdog, conn_watchdog_cb, 1., 1.);
-	c->watchdog.data = c;
+	timer_init(&c->watchdog, conn_watchdog_fire);
+	timer_init(&c->hs_timer, NULL);  /* handshake.c sets it up if it negotiates */
 	c->next = w->conns;
 	if (w->conns)
 		w->conns->prev = c;
 	w->conns = c;
 	atomic_fetch_add_explicit(&w->nconns, 1, memory_order_relaxed);
+	conns_watch_arm(w);
 	if (cl->resume) {
 		struct conn_resume *r = cl->resume;
 
@@ -422,23 +455,24 @@ static bool conn_parked(const struct conn *c)
 	       !c->sending && !c->sendq_head && !c->pending;
 }
 
-static void handover_check_cb(struct ev_loop *loop, ev_timer *t, int revents)
+static void handover_check_fire(struct timer *t)
 {
-	struct worker *w = t->data;
+	struct worker *w = container_of(t, struct worker, handover_check);
 	struct conn *c, *next;
 	bool all = true;
 
-	(void)revents;
 	for (c = w->conns; c && all; c = c->next)
 		all = conn_parked(c);
-	if (!all && now_s() - w->handover_since < WORKER_STOP_GRACE_S)
+	if (!all && worker_now(w) - w->handover_since_ns < WORKER_STOP_GRACE_NS) {
+		worker_timer_in(w, t, HANDOVER_CHECK_NS);
 		return;
+	}
 	if (!all) {
 		/* Still busy after the grace period: closed; the rest go on. */
 		for (c = w->conns; c; c = next) {
 			next = c->next;
 			if (!conn_parked(c) && c->state != CONN_CLOSING) {
-				log_info("conn %" PRIu64 ": still busy %.0f s into a restart (state %d, "
+				log_info("conn %" PRIu64 ": still busy %d s into a restart (state %d, "
 					 "receive %d%s, %u requests, %s, %u ops pending): closing", c->id,
 					 WORKER_STOP_GRACE_S, (int)c->state, (int)c->rx,
 					 c->rx_cancelling ? " cancelling" : "", c->live_reqs,
@@ -447,11 +481,14 @@ static void handover_check_cb(struct ev_loop *loop, ev_timer *t, int revents)
 				conn_close(c, NULL);
 			}
 		}
-		for (c = w->conns; c; c = c->next)
-			if (!conn_parked(c))
-				return; /* the closing ones are freed as their ops end */
+		for (c = w->conns; c; c = c->next) {
+			if (!conn_parked(c)) {
+				/* The closing ones are freed as their ops end. */
+				worker_timer_in(w, t, HANDOVER_CHECK_NS);
+				return;
+			}
+		}
 	}
-	ev_timer_stop(loop, t);
 	handover_worker_done(w);
 }
 
@@ -483,10 +520,9 @@ void conns_handover(struct worker *w)
 			}
 		}
 	}
-	w->handover_since = now_s();
-	ev_timer_init(&w->handover_check, handover_check_cb, 0.001, 0.001);
-	w->handover_check.data = w;
-	ev_timer_start(w->loop, &w->handover_check);
+	w->handover_since_ns = worker_now(w);
+	w->handover_check.fire = handover_check_fire;
+	worker_timer_in(w, &w->handover_check, HANDOVER_CHECK_NS);
 }
 
 int conns_parked(struct worker *w, struct conn_parked **out)
@@ -527,8 +563,7 @@ void conns_unpark(struct worker *w)
 {
 	struct conn *c;
 
-	if (ev_is_active(&w->handover_check))
-		ev_timer_stop(w->loop, &w->handover_check);
+	worker_timer_stop(w, &w->handover_check);
 	for (c = w->conns; c; c = c->next) {
 		if (!c->handover)
 			continue;
@@ -616,7 +651,9 @@ unsigned conns_disconnect(struct worker *w, uint64_t id, const char *export)
 			continue;
 		}
 		c->state = CONN_STOPPING;
-		c->stop_by = now_s() + WORKER_STOP_GRACE_S;
+		c->stop_by_ns = worker_now(w) + WORKER_STOP_GRACE_NS;
+		worker_timer_at(w, &c->watchdog, timer_armed(&c->watchdog) ?
+				min_u64(c->watchdog.due_ns, c->stop_by_ns) : c->stop_by_ns);
 		conn_close_if_idle(c);
 	}
 	return n;

@@ -64,13 +64,13 @@
  * the rest of the area can be given back while it waits.
  */
 #define CONN_RX_QUIET_BYTES (16u * 1024)
-#define CONN_QUIET_S 2.0      /* quiet this long: the area's pages are given back */
-/*
- * The watchdog's durations are now_s() differences, but libev schedules its
- * ticks from its own loop time, up to a worker tick (50 ms) behind: a tick
- * may come that much early, so a duration counts as reached this close.
- */
-#define CONN_TICK_SLOP_S 0.06
+#define CONN_QUIET_NS 2000000000ull /* quiet this long: the area's pages are given back */
+/* Timers a connection keeps in its worker's heap: the watchdog and the negotiation's limit. */
+#define CONN_TIMERS 2
+/* A watchdog rule due but not in force (a request in flight) is looked at again this often. */
+#define CONN_RECHECK_NS (50 * 1000000ull)
+/* A hand-over looks this often for its connections to be parked. */
+#define HANDOVER_CHECK_NS 1000000ull
 #define CONN_SEND_IOVS 1024   /* iovecs in one reply sendmsg */
 /*
  * The bounce chunk of a BLOCK_STATUS, or of a READ answering holes: extents
@@ -225,10 +225,10 @@ struct conn {
 	unsigned pending;          /* conn_ops not yet completed (SQEs, waits, posts) */
 	struct conn_op close_op;   /* posted by conn_close: the free is checked from the loop */
 	struct conn_op shut_op;    /* a stream's cancel of its reads and writes at close */
-	ev_timer watchdog;         /* io-timeout and idle-timeout, checked every tick */
-	double last_progress;      /* now_s() a send or payload receive last moved */
-	double last_active;        /* now_s() bytes last came in */
-	double stop_by;            /* disconnect asked: closed by this now_s() however busy; 0: not */
+	struct timer watchdog;     /* io-timeout, idle-timeout, the area's release, stop_by_ns */
+	uint64_t last_progress_ns; /* worker_now() a send or payload receive last moved */
+	uint64_t last_active_ns;   /* worker_now() bytes last came in */
+	uint64_t stop_by_ns;       /* disconnect asked: closed by this worker_now() however busy; 0: not */
 	uint64_t started_ns;       /* now_ns() at adoption */
 	uint64_t requests, errors; /* replied to, and of those with an error */
 	enum transport transport;  /* set when an export is chosen (its counters' label) */
@@ -236,7 +236,7 @@ struct conn {
 	uint64_t bytes_read, bytes_written; /* by successful READs and WRITEs */
 
 	/* handshake (handshake.c) */
-	ev_timer hs_timer;         /* bounds the negotiation (server handshake_timeout_s) */
+	struct timer hs_timer;     /* bounds the negotiation (server handshake_timeout_s) */
 	struct conn_op hs_op;      /* the handshake send or receive in flight */
 	struct proto_session sess;
 	int hs_step;               /* which handshake step the current I/O is for */
@@ -298,12 +298,12 @@ void conn_close_if_idle(struct conn *c);
 /* A send or payload receive starts or moves on (for io-timeout). */
 static inline void conn_progress(struct conn *c)
 {
-	c->last_progress = now_s();
+	c->last_progress_ns = worker_now(c->w);
 }
 /* Bytes came in (for idle-timeout). */
 static inline void conn_active(struct conn *c)
 {
-	c->last_active = now_s();
+	c->last_active_ns = worker_now(c->w);
 }
 /*
  * The connection's own I/O: o completes with the bytes moved (or -errno, or

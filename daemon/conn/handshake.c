@@ -154,12 +154,10 @@ static bool hs_step_sends(enum hs_step step)
 	return step == HS_GREETING || step == HS_REPLY;
 }
 
-static void hs_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents)
+static void hs_timeout_fire(struct timer *t)
 {
-	struct conn *c = t->data;
+	struct conn *c = container_of(t, struct conn, hs_timer);
 
-	(void)loop;
-	(void)revents;
 	if (c->state != CONN_HANDSHAKE)
 		return;
 	/* Where it stood: a client that stopped, or a step that never completed. */
@@ -361,10 +359,10 @@ static void hs_done(struct conn_op *o, int res)
 void handshake_start(struct conn *c)
 {
 	conn_op_init(&c->hs_op, c, hs_done);
-	ev_timer_init(&c->hs_timer, hs_timeout_cb, c->w->srv->handshake_timeout_s, 0.);
-	c->hs_timer.data = c;
+	timer_init(&c->hs_timer, hs_timeout_fire);
 	if (c->w->srv->handshake_timeout_s)
-		ev_timer_start(c->w->loop, &c->hs_timer);
+		worker_timer_in(c->w, &c->hs_timer,
+				c->w->srv->handshake_timeout_s * 1000000000ull);
 	pthread_once(&greeting_once, greeting_init);
 	hs_io(c, HS_GREETING, true, greeting, sizeof(greeting));
 }

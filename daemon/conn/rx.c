@@ -468,7 +468,7 @@ void rx_start(struct conn *c)
 	char who[96];
 	const char *id = tls_conn_identity(c);
 
-	ev_timer_stop(c->w->loop, &c->hs_timer);
+	worker_timer_stop(c->w, &c->hs_timer);
 	free(c->hs_buf);
 	free(c->hs_out.data);
 	c->hs_buf = NULL;

@@ -9,15 +9,16 @@
  * daemon forgot to answer is then seen in the log and on a dashboard, not
  * only by the client that waits for it.
  *
- * It runs on the worker's loop as a libev timer and reads only the
- * worker's own connections; other threads see the one atomic it stores.
+ * It is a timer of the worker's (engine/timer.h), armed while the worker
+ * has connections, and reads only the worker's own connections; other
+ * threads see the one atomic it stores.
  */
 #define _GNU_SOURCE
 #include <inttypes.h>
 
 #include "conn.h"
 
-#define CONN_WATCH_S 1.0       /* how often the requests are looked at */
+#define CONN_WATCH_NS 1000000000ull /* how often the requests are looked at */
 #define CONN_WATCH_WARN_S 10   /* a request this old is logged */
 
 static const char *const req_state_names[REQ_NSTATES] = {
@@ -40,16 +41,16 @@ static const char *const rx_state_names[] = {
 
 static struct log_limit watch_limit;
 
-static void watch_cb(struct ev_loop *loop, ev_timer *t, int revents)
+static void watch_fire(struct timer *t)
 {
-	struct worker *w = t->data;
+	struct worker *w = container_of(t, struct worker, watch);
 	const struct req *old = NULL;
-	uint64_t now = now_ns();
+	uint64_t now = now_ns(); /* request ages are now_ns() differences */
 	struct conn *c;
 	unsigned i;
 
-	(void)loop;
-	(void)revents;
+	if (w->conns)
+		worker_timer_in(w, &w->watch, CONN_WATCH_NS);
 	for (c = w->conns; c; c = c->next) {
 		if (!c->live_reqs || !c->area)
 			continue;
@@ -76,9 +77,13 @@ static void watch_cb(struct ev_loop *loop, ev_timer *t, int revents)
 	}
 }
 
-void conns_watch_start(struct worker *w)
+void conns_watch_init(struct worker *w)
 {
-	ev_timer_init(&w->watch, watch_cb, CONN_WATCH_S, CONN_WATCH_S);
-	w->watch.data = w;
-	ev_timer_start(w->loop, &w->watch);
+	timer_init(&w->watch, watch_fire);
+}
+
+void conns_watch_arm(struct worker *w)
+{
+	if (!timer_armed(&w->watch))
+		worker_timer_in(w, &w->watch, CONN_WATCH_NS);
 }

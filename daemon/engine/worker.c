@@ -1,26 +1,33 @@
 // SPDX-License-Identifier: BSD-3-Clause
 /*
- * Workers: one thread, one libev loop, one io_uring, one buffer pool each.
+ * Workers: one thread, one io_uring, one heap of timers, one buffer pool each.
  * This is the loop-and-ring layer; it knows no NBD types.
  *
  * The ring is where a worker sleeps, and the only place. Each pass of the
  * worker's loop (worker_loop):
- *   1. libev's turn, without blocking (ev_run EVRUN_NOWAIT): its timers.
- *      It runs at least every WORKER_TICK_NS while timers may be running;
+ *   1. the worker's clock is read (worker_now: CLOCK_MONOTONIC, once per
+ *      pass, after any wait), and its timers that are due fire (timer.h:
+ *      a negotiation's limit, a connection's watchdog, a stop's or a
+ *      hand-over's grace, the oldest-request watch);
  *   2. completions are handled and posted work run until none is left
- *      (handlers only change state, queue SQEs and post ops: they never
- *      wait and never recurse), then everything queued is submitted;
+ *      (handlers only change state, queue SQEs, arm timers and post ops:
+ *      they never wait and never recurse), then everything queued is
+ *      submitted;
  *   3. if nothing more is to be done, the worker may poll for a while and
  *      then waits in io_uring_enter for one completion (submitting and
- *      waiting in one call), bounded by the next libev tick.
+ *      waiting in one call), bounded by its earliest deadline; with none,
+ *      it waits until a completion or a post wakes it.
+ * One clock, read where the worker wakes: a worker that slept a minute
+ * starts a new client's timers from now, not from a minute ago, and a
+ * deadline fires when it is due (the ring's wait ends then), not at the
+ * next tick of something else.
  * So the kernel runs io_uring's task work where the worker waits: deferred
  * task work (IORING_SETUP_DEFER_TASKRUN, run only when the issuer enters
  * the ring) cannot be left behind while the thread sleeps somewhere else,
  * and a completion posted during the worker's own submit is seen by the
  * same wait. Other threads reach the worker through its inbox and an
  * eventfd that the ring always has a read on (worker_wake_done): a post
- * writes it once until the worker has looked (libev's ev_async could not
- * serve here: it skips its write while the loop is outside ev_run).
+ * writes it once until the worker has looked.
  *
  * Every SQE's user_data points at a struct op, and a completion is
  * op->done(op, cqe->res). Work that a completion (or another thread)
@@ -72,15 +79,8 @@
 #define RING_ENTRIES 1024
 #define RING_CQ_ENTRIES 8192
 #define POLL_START_NS 4000  /* an adaptive window's first length; it doubles from here */
-/*
- * libev's timers (a connection's watchdog and handshake timeout, a stop's
- * grace) are looked at this often while they may be running: a timer is
- * late by at most this. A hand-over polls its connections every
- * HANDOVER_TICK_NS; a worker with no connections waits for posts only.
- */
-#define WORKER_TICK_NS (50 * 1000000ull)
-#define HANDOVER_TICK_NS 1000000ull
-#define WORKER_IDLE_WAIT_NS (60 * 1000000000ull)
+/* Timers of the worker's own: the stop's grace, the oldest-request watch, a hand-over's check. */
+#define WORKER_OWN_TIMERS 3
 
 /* The worker whose loop runs on this thread (NULL on the main thread). */
 static __thread struct worker *tls_worker;
@@ -363,14 +363,14 @@ uint64_t now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* How long the worker may wait: until libev's timers must be looked at. */
-static uint64_t worker_wait_ns(const struct worker *w)
+int worker_timers_reserve(struct worker *w, unsigned n)
 {
-	if (w->handover)
-		return HANDOVER_TICK_NS;
-	if (worker_clients(w) || w->stopping)
-		return WORKER_TICK_NS;
-	return WORKER_IDLE_WAIT_NS;
+	return timers_reserve(&w->timers, n);
+}
+
+void worker_timers_unreserve(struct worker *w, unsigned n)
+{
+	timers_unreserve(&w->timers, n);
 }
 
 /* Completions, then posted work until none is left, then one submit. */
@@ -390,10 +390,11 @@ static void worker_turn(struct worker *w)
 
 /*
  * Nothing to do: poll for a completion for a while (see the top), then wait
- * in the ring for one, or until libev's next turn (tick_ns, now_ns() time).
- * The time until work came sizes the next adaptive window.
+ * in the ring for one, or until the earliest deadline (due_ns on the
+ * worker's clock; TIMER_NEVER: no limit). The time until work came sizes
+ * the next adaptive window.
  */
-static void worker_idle(struct worker *w, uint64_t tick_ns)
+static void worker_idle(struct worker *w, uint64_t due_ns)
 {
 	uint64_t max = (uint64_t)w->srv->poll_max_us * 1000;
 	uint64_t window = w->srv->busy_poll_us ? (uint64_t)w->srv->busy_poll_us * 1000 :
@@ -413,12 +414,13 @@ static void worker_idle(struct worker *w, uint64_t tick_ns)
 		if (found)
 			stat_bump(&w->stats.poll_hits, 1);
 	}
-	if (!found && t < tick_ns) {
-		uint64_t ns = tick_ns - t;
+	if (!found && t < due_ns) {
+		uint64_t ns = due_ns - t;
 
 		ts.tv_sec = (long long)(ns / 1000000000u);
 		ts.tv_nsec = (long long)(ns % 1000000000u);
-		ret = io_uring_submit_and_wait_timeout(&w->ring, &cqe, 1, &ts, NULL);
+		ret = io_uring_submit_and_wait_timeout(&w->ring, &cqe, 1,
+						       due_ns == TIMER_NEVER ? NULL : &ts, NULL);
 		if (ret > 0) {
 			stat_add(&w->stats.submits, 1);
 			stat_add(&w->stats.sqes, (uint64_t)ret);
@@ -445,22 +447,16 @@ static bool worker_finished(struct worker *w)
 	return w->stopping && !worker_clients(w);
 }
 
-/* The worker's thread: libev's turn, the work, the wait, until stopped. */
+/* The worker's thread: its clock and timers, the work, the wait, until stopped. */
 static void worker_loop(struct worker *w)
 {
-	uint64_t last_ev = 0;
-
 	worker_wake_arm(w);
 	while (!worker_finished(w)) {
-		uint64_t now = now_ns();
-
-		if (now - last_ev >= worker_wait_ns(w)) {
-			last_ev = now;
-			ev_run(w->loop, EVRUN_NOWAIT);
-		}
+		w->now_ns = now_ns();
+		timers_run(&w->timers, w->now_ns);
 		worker_turn(w);
 		if (!worker_has_work(w) && !worker_finished(w))
-			worker_idle(w, last_ev + worker_wait_ns(w));
+			worker_idle(w, timers_next(&w->timers));
 	}
 }
 
@@ -518,17 +514,15 @@ static void worker_wake_done(struct op *op, int res)
 
 	if (stop && !w->stopping) {
 		w->stopping = true;
-		ev_timer_start(w->loop, &w->grace);
+		worker_timer_in(w, &w->grace, WORKER_STOP_GRACE_NS);
 		conns_stop(w);
 	}
 	worker_wake_arm(w);
 }
 
-static void worker_grace_cb(struct ev_loop *loop, ev_timer *watcher, int revents)
+static void worker_grace_fire(struct timer *t)
 {
-	(void)loop;
-	(void)revents;
-	conns_close_all(watcher->data);
+	conns_close_all(container_of(t, struct worker, grace));
 }
 
 static void *worker_main(void *arg)
@@ -600,34 +594,35 @@ int worker_start(struct worker *w, struct server *srv, int id)
 	defer_taskrun = w->defer;
 	if (!srv->defer_taskrun)
 		defer_why = " (--no-defer-taskrun)";
-	w->loop = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
-	if (!w->loop) {
+	timers_init(&w->timers);
+	if (timers_reserve(&w->timers, WORKER_OWN_TIMERS) < 0) {
 		ret = -ENOMEM;
-		log_error("worker %d: cannot create an event loop", id);
+		log_error("worker %d: out of memory for its timers", id);
 		goto out_ring;
 	}
+	w->now_ns = now_ns();
 	w->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (w->wake_fd < 0) {
 		ret = -errno;
 		log_error("worker %d: eventfd: %s", id, strerror(-ret));
-		goto out_loop;
+		goto out_timers;
 	}
 	w->wake_op.done = worker_wake_done;
-	ev_timer_init(&w->grace, worker_grace_cb, WORKER_STOP_GRACE_S, 0.);
-	w->grace.data = w;
-	conns_watch_start(w);
+	timer_init(&w->grace, worker_grace_fire);
+	timer_init(&w->handover_check, NULL); /* conns_handover sets it up */
+	conns_watch_init(w);
 
 	ret = -pthread_create(&w->thread, NULL, worker_main, w);
 	if (ret < 0) {
 		log_error("worker %d: pthread_create: %s", id, strerror(-ret));
-		goto out_loop;
+		goto out_timers;
 	}
 	return 0;
 
-out_loop:
+out_timers:
 	if (w->wake_fd >= 0)
 		close(w->wake_fd);
-	ev_loop_destroy(w->loop);
+	timers_release(&w->timers);
 out_ring:
 	io_uring_queue_exit(&w->ring);
 out_pool:
@@ -672,7 +667,7 @@ void worker_stop(struct worker *w)
 void worker_join(struct worker *w)
 {
 	pthread_join(w->thread, NULL);
-	ev_loop_destroy(w->loop);
+	timers_release(&w->timers);
 	io_uring_queue_exit(&w->ring);
 	close(w->wake_fd);
 	pool_release(&w->pool);

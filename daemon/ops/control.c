@@ -569,6 +569,7 @@ int control_start(struct server *srv, const char *path)
 	ev_async_init(&ctl.answered, on_answered);
 	ev_async_start(srv->loop, &ctl.answered);
 	ev_timer_init(&ctl.check, on_check, CTL_CHECK_S, CTL_CHECK_S);
+	ev_now_update(srv->loop); /* start-up may have taken a while */
 	ev_timer_start(srv->loop, &ctl.check);
 	log_info("control socket on \"%s\" (root and uid %u)", path, (unsigned)geteuid());
 	return 0;

@@ -110,6 +110,8 @@ static void listen_backoff(struct server *srv, const struct listener *l, int err
 			l->desc, strerror(err), srv->backoff_s);
 	listen_watch(srv, false);
 	ev_timer_set(&srv->accept_backoff, srv->backoff_s, 0.);
+	/* From now, not from the loop's last wake-up (a reload may have run since). */
+	ev_now_update(srv->loop);
 	ev_timer_start(srv->loop, &srv->accept_backoff);
 }
 

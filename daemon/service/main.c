@@ -579,6 +579,8 @@ int main(int argc, char **argv)
 	ev_signal_start(srv.loop, &sigusr2_w);
 	pthread_sigmask(SIG_UNBLOCK, &handled, NULL);
 	ev_timer_init(&status_w, on_status_timer, STATUS_INTERVAL_S, STATUS_INTERVAL_S);
+	/* Start-up (exports, bitmaps, workers) took a while: timers count from now. */
+	ev_now_update(srv.loop);
 	if (getenv("NOTIFY_SOCKET"))
 		ev_timer_start(srv.loop, &status_w);
 	notify_send("READY=1\nMAINPID=%ld", (long)getpid());

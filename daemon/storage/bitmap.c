@@ -584,7 +584,7 @@ static void *committer_main(void *arg)
 			/* Test builds: bits written lazily, after the data (the crash test's foil). */
 			struct timespec ts;
 
-			clock_gettime(CLOCK_REALTIME, &ts);
+			clock_gettime(CLOCK_MONOTONIC, &ts);
 			ts.tv_nsec += (long)bm->test_late_ms * 1000000L;
 			ts.tv_sec += ts.tv_nsec / 1000000000L;
 			ts.tv_nsec %= 1000000000L;
@@ -738,7 +738,15 @@ int bitmaps_attach(struct backing *b, const char *sidecar, uint32_t granularity,
 	bm->fd = -1;
 	pthread_mutex_init(&bm->lock, NULL);
 	pthread_mutex_init(&bm->admin, NULL);
-	pthread_cond_init(&bm->wake, NULL);
+	{
+		/* Its one timed wait (a test build's) counts on the monotonic clock. */
+		pthread_condattr_t ca;
+
+		pthread_condattr_init(&ca);
+		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+		pthread_cond_init(&bm->wake, &ca);
+		pthread_condattr_destroy(&ca);
+	}
 	identity_of(path, st, size, &id);
 	fd = open(sidecar, O_RDWR | O_CLOEXEC);
 	if (fd >= 0) {

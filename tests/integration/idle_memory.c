@@ -69,7 +69,7 @@ int main(void)
 		read_burst(fds[i], 32);
 	}
 	busy = rss_kib(d.pid);
-	/* Quiet for CONN_QUIET_S (2 s), checked every 2 s: given back within 4 s. */
+	/* Quiet for CONN_QUIET_NS (2 s): its watchdog gives the pages back then (5 s: room to spare). */
 	sleep(5);
 	idle = rss_kib(d.pid);
 	printf("%d connections after 32 reads of 4 KiB each: %.1f KiB each at once, %.1f KiB each "
