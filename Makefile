@@ -81,7 +81,7 @@ FAULT_TESTS   := $(filter-out tests/faults/faultlib.py,$(wildcard tests/faults/*
 VM_TESTS      := tests/vm/handles-selftest.sh tests/vm/kernel-client.sh tests/vm/systemd.sh
 
 .SECONDARY:
-.PHONY: probe-taskrun deb analyze check-vm bench bench-idle bench-overlay bench-bitmap fuzz check-fuzz bench-lock all run check check-unit check-integration check-interop check-faults check-tests install clean deps deps-test
+.PHONY: bench-base probe-taskrun deb analyze check-vm bench bench-idle bench-overlay bench-bitmap fuzz check-fuzz bench-lock all run check check-unit check-integration check-interop check-faults check-tests install clean deps deps-test
 all: $(B)/uringnbd $(B)/uringnbdctl
 
 # Goals that may install packages build after them; plain `make` never does.
@@ -182,8 +182,20 @@ $(B)/tests/bench/rl_bench: $(B)/tests/bench/rl_bench.o $(LOCK_OBJ)
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^
 
 # ---- benchmarks (measure; never part of check) ----
-bench: $(B)/uringnbd bench-lock bench-idle bench-overlay bench-bitmap | $(B)/.deps-test
-	$(Q)URINGNBD=$(CURDIR)/$(B)/uringnbd BENCH_DIR=$(CURDIR)/build/bench python3 tests/bench/bench.py
+# The other half of a before/after pair: BENCH_BASE (a commit; by default
+# HEAD's parent, or HEAD itself while the tree has changes; BENCH_BASE= none)
+# built from git archive in build/bench/base, run as "uringnbd-base".
+BENCH_BASE ?= $(shell git diff --quiet HEAD -- 2>/dev/null && echo HEAD~1 || echo HEAD)
+bench: $(B)/uringnbd $(if $(BENCH_BASE),bench-base) bench-lock bench-idle bench-overlay bench-bitmap | $(B)/.deps-test
+	$(Q)URINGNBD=$(CURDIR)/$(B)/uringnbd BENCH_DIR=$(CURDIR)/build/bench \
+	    URINGNBD_BASE=$(if $(BENCH_BASE),$(CURDIR)/build/bench/base/build/uringnbd) \
+	    python3 tests/bench/bench.py
+
+bench-base:
+	$(Q)rm -rf build/bench/base && mkdir -p build/bench/base
+	$(Q)git archive $(BENCH_BASE) | tar -x -C build/bench/base
+	$(quiet) BASE "$(BENCH_BASE) ($$(git rev-parse --short $(BENCH_BASE)))"
+	$(Q)$(MAKE) -s -C build/bench/base NO_DEPS=1 build/uringnbd >/dev/null
 
 # What a dirty bitmap costs writes to fresh and to dirty granules.
 bench-bitmap: $(B)/uringnbd $(B)/uringnbdctl | $(B)/.deps-test

@@ -23,6 +23,10 @@ BENCH_COLD_MEM (256M), so a server that reads through the page cache cannot
 keep the image there, as on a host serving many images (cgroup v1 memory
 controller, or v2).
 
+A run that fails (fio exits non-zero, reports an error, or moves nothing)
+fails the whole benchmark with fio's stderr and the server's log, never
+counting as a figure.
+
 Environment: BENCH_ROUNDS (5), BENCH_RUNTIME seconds per run (4),
 BENCH_SIZE image size (1G), BENCH_ONLY comma-separated target names,
 BENCH_WORKLOADS comma-separated workload names, URINGNBD (build/uringnbd),
@@ -293,7 +297,24 @@ def children(pid):
     return [int(p) for p in out.split()]
 
 
+class RoundFailed(Exception):
+    """A run that errored or moved nothing: the whole benchmark fails, never a figure."""
+
+
+def log_tail(target, lines=30):
+    """The end of a server's log, to say why its round failed."""
+    if target is None:
+        return ""
+    try:
+        text = open(f"{DIR}/{target.name}.log", errors="replace").read().splitlines()
+    except FileNotFoundError:
+        return f"(no log for {target.name})"
+    return f"---- {DIR}/{target.name}.log (last {lines} lines) ----\n" + "\n".join(text[-lines:])
+
+
 def fio(target, wl, img):
+    """One fio run: (IOPS, bytes/s, bytes moved). Raises RoundFailed if fio
+    failed, reported an error, or moved nothing."""
     name, rw, bs, qd, jobs, flush = wl
     args = [*PIN_CLIENT, "fio", "--name=bench", f"--rw={rw}", f"--bs={bs}", f"--iodepth={qd}",
             f"--numjobs={jobs}", "--group_reporting", f"--runtime={RUNTIME}", "--time_based",
@@ -305,10 +326,24 @@ def fio(target, wl, img):
         args += ["--ioengine=nbd", f"--uri={target.uri()}"]
     env = dict(os.environ, HOME=TLS_HOME) if target and target.transport == "tls" else None
     # Bounded: a client that cannot connect must not hang the run.
-    out = subprocess.run(args, capture_output=True, text=True, check=True, env=env,
-                         timeout=RUNTIME * 3 + 60).stdout
-    job = json.loads(out[out.index("{"):])["jobs"][0]
-    side = job["read"] if "read" in rw else job["write"]
+    try:
+        p = subprocess.run(args, capture_output=True, text=True, env=env,
+                           timeout=RUNTIME * 3 + 60)
+    except subprocess.TimeoutExpired:
+        raise RoundFailed(f"fio ran past {RUNTIME * 3 + 60} s") from None
+    why = f"fio exited with {p.returncode}" if p.returncode else None
+    try:
+        job = json.loads(p.stdout[p.stdout.index("{"):])["jobs"][0]
+        side = job["read"] if "read" in rw else job["write"]
+        if not why and job.get("error"):
+            why = f"fio reported error {job['error']}"
+        if not why and (side["iops"] <= 0 or side["io_bytes"] <= 0):
+            why = "fio moved nothing (0 IOPS)"
+    except (ValueError, KeyError, IndexError):
+        why = why or "fio printed no result"
+    if why:
+        said = (p.stderr + p.stdout[:p.stdout.find("{")]).strip()
+        raise RoundFailed(f"{why}\n---- what fio said ----\n{said[-2000:]}")
     return side["iops"], side["bw_bytes"], side["io_bytes"]
 
 
@@ -444,9 +479,16 @@ def main():
                 q0, t0 = disk_queue_ms(img), time.monotonic()
                 try:
                     iops, bw, moved = fio(target, wl, img)
+                except RoundFailed as e:
+                    label = f"{n} {tr}".strip()
+                    print(f"FAIL round {rnd + 1} {wl[0]} {label}: {e}\n{log_tail(target)}",
+                          file=sys.stderr, flush=True)
+                    if target:
+                        target.stop()
+                    return 1
                 finally:
                     q1, t1 = disk_queue_ms(img), time.monotonic()
-                    if target:
+                    if target and target.pid:
                         c1 = target.cpu_seconds()
                 if q0 is not None and q1 is not None:
                     devq[(tg, wl[0])].append((q1 - q0) / ((t1 - t0) * 1000))
