@@ -189,6 +189,7 @@ BENCH_BASE ?= $(shell git diff --quiet HEAD -- 2>/dev/null && echo HEAD~1 || ech
 bench: $(B)/uringnbd $(if $(BENCH_BASE),bench-base) bench-lock bench-idle bench-overlay bench-bitmap | $(B)/.deps-test
 	$(Q)URINGNBD=$(CURDIR)/$(B)/uringnbd BENCH_DIR=$(CURDIR)/build/bench \
 	    URINGNBD_BASE=$(if $(BENCH_BASE),$(CURDIR)/build/bench/base/build/uringnbd) \
+	    URINGNBD_BASE_NAME="$(BENCH_BASE) ($$(git rev-parse --short $(BENCH_BASE) 2>/dev/null))" \
 	    python3 tests/bench/bench.py
 
 bench-base:

@@ -703,6 +703,8 @@ struct worker_stats {
 	atomic_uint_fast64_t iterations;     /* passes of the worker's loop (worker_turn) */
 	atomic_uint_fast64_t poll_hits;      /* completions found by polling instead of waking */
 	atomic_uint_fast64_t poll_ns;        /* time spent polling */
+	atomic_uint_fast64_t ring_waits;     /* waits that slept in the ring */
+	atomic_uint_fast64_t ring_wait_ns;   /* ...and their time, until work or a deadline */
 	atomic_uint_fast64_t submits;        /* io_uring_submit calls that submitted */
 	atomic_uint_fast64_t sqes;           /* SQEs they submitted */
 	atomic_uint_fast64_t completions;    /* CQEs handled */
@@ -730,7 +732,10 @@ struct worker {
 	uint64_t now_ns;          /* its clock: CLOCK_MONOTONIC, read once per pass (worker_now) */
 	struct timers timers;     /* its deadlines, on that clock (timer.h) */
 	bool defer;               /* the ring defers task work (worker.c) */
-	uint64_t poll_window_ns;  /* the adaptive window now; 0: the worker waits at once */
+	int64_t poll_credit_ns;   /* polling it may still do: earned by work, spent by polls */
+	uint64_t busy_since_ns;   /* now_ns() its last wait ended */
+	unsigned depth_peak;      /* the most requests it held lately (worker_depth) */
+	uint64_t depth_peak_ns;   /* ...since this now_ns() */
 	unsigned reqs_live;       /* requests its connections hold: received, not yet done with */
 	int wake_fd;              /* eventfd: other threads wake the worker through it */
 	atomic_bool woken;        /* ...written, and the worker has not looked yet */
@@ -1003,14 +1008,15 @@ struct server {
 	unsigned io_timeout_s;     /* a stalled reply or payload ends its connection; 0: never */
 	unsigned idle_timeout_s;   /* an idle connection is closed; 0: never */
 	unsigned busy_poll_us;     /* workers poll this long before waiting; 0: as poll_max_us says */
-	unsigned poll_max_us;      /* the adaptive window's cap; 0: no adaptive polling */
-	unsigned poll_depth;       /* adaptive polling only while a worker holds this many requests */
+	unsigned poll_max_us;      /* the adaptive poll's longest wait; 0: no adaptive polling */
+	unsigned poll_depth;       /* adaptive polling only while a worker held this many requests lately */
 /*
- * By default a worker polls (adaptively, up to POLL_MAX_US_DEFAULT) only
- * while it holds POLL_DEPTH_DEFAULT requests or more: at depth, polling
- * spares a sleep and a wakeup per batch (4k reads at QD32 +35-40%); at
- * depth 1 the ring's own wait wakes faster (tests/bench/README.md).
- * --poll-max or --busy-poll given: polling at any depth, as they say.
+ * By default a worker polls (up to POLL_MAX_US_DEFAULT per wait, from the
+ * credit its work earned: worker.c) only while it held POLL_DEPTH_DEFAULT
+ * requests or more lately: at depth a poll spares a sleep and the wake-up
+ * of an idle CPU per batch; at depth 1 the ring's own wait serves as well
+ * at less CPU (tests/bench/README.md). --poll-max given: adaptive polling
+ * at any depth; --busy-poll: a fixed window at any depth.
  */
 #define POLL_MAX_US_DEFAULT 300
 #define POLL_DEPTH_DEFAULT 4

@@ -42,16 +42,26 @@
  * completion for a while, yielding the CPU in a loop. sched_yield() hands
  * the CPU to any other runnable thread, and its return to user space runs
  * io_uring's pending task work (not deferred), so a completion is seen
- * without first waking an idle CPU, which is the larger part of a
- * request's latency at queue depth 1 in a VM (tests/bench/README.md has
- * the figures). With deferral, IORING_SQ_TASKRUN says work waits, and the
- * reaping enters the ring to run it. The window adapts, as qemu's
- * poll-max-ns does: a wait longer than the cap (--poll-max) sets it to 0,
- * a shorter one doubles it (from 4 us, up to the cap). By default the
- * worker polls only while it holds srv->poll_depth requests or more: at
- * depth a poll spares a sleep and a wakeup per batch, at depth 1 the
- * ring's own wait wakes faster. --poll-max given polls at any depth;
- * --busy-poll US fixes the window instead.
+ * without first waking an idle CPU. With deferral, IORING_SQ_TASKRUN says
+ * work waits, and the reaping enters the ring to run it.
+ *
+ * When to poll. A worker that sleeps while its disk and its clients keep
+ * it busy pays, per wait, the wake-up of an idle CPU (hundreds of us in a
+ * VM, a deep C-state's exit on metal): measured at 4k QD32 with polling
+ * off, its waits took 256-1023 us, against 0-7 us for most of them while
+ * it polled, and the disk held fewer requests for it. So by default it
+ * polls, up to --poll-max per wait, while it held srv->poll_depth requests
+ * or more lately (worker_depth: the most it held over WORKER_DEPTH_NS, so
+ * the gaps where a client's next batch is on its way count too), and not
+ * at depth 1, where the ring's own wait serves as well for less CPU.
+ * What bounds it is not the disk's speed but the worker's own work: each
+ * nanosecond of work earns POLL_CREDIT_RATIO of polling (up to
+ * POLL_CREDIT_MAX_NS banked), a poll spends what it took, and a worker
+ * in debt waits at once. Polling thus costs at most POLL_CREDIT_RATIO
+ * times the CPU the work itself takes, on a slow disk (few completions,
+ * little work) as on a fast one; a poll is whole or none, since a poll
+ * cut short and then a sleep pays for both. --poll-max given polls so at
+ * any depth; --busy-poll US polls a fixed window at any depth, unbounded.
  *
  * Deferred task work: where the kernel has it (6.1 on), the ring is made
  * with IORING_SETUP_SINGLE_ISSUER | DEFER_TASKRUN | TASKRUN_FLAG, so a
@@ -78,7 +88,9 @@
 
 #define RING_ENTRIES 1024
 #define RING_CQ_ENTRIES 8192
-#define POLL_START_NS 4000  /* an adaptive window's first length; it doubles from here */
+#define POLL_CREDIT_RATIO 2                 /* ns of polling a ns of work earns */
+#define POLL_CREDIT_MAX_NS 1000000ull       /* credit banked at most */
+#define WORKER_DEPTH_NS (10 * 1000000ull)   /* "lately", for the depth that allows polling */
 /* Timers of the worker's own: the stop's grace, the oldest-request watch, a hand-over's check. */
 #define WORKER_OWN_TIMERS 3
 
@@ -341,6 +353,8 @@ void worker_stats_add(const struct worker *w, struct worker_stats *sum)
 	ADD(iterations);
 	ADD(poll_hits);
 	ADD(poll_ns);
+	ADD(ring_waits);
+	ADD(ring_wait_ns);
 	ADD(submits);
 	ADD(sqes);
 	ADD(completions);
@@ -389,28 +403,57 @@ static void worker_turn(struct worker *w)
 }
 
 /*
+ * The most requests the worker held over the last WORKER_DEPTH_NS or so:
+ * a client at depth leaves gaps where the worker holds few (its replies
+ * are out, the next batch is on its way), and those waits are as short.
+ */
+static unsigned worker_depth(struct worker *w, uint64_t now)
+{
+	if (w->reqs_live >= w->depth_peak || now - w->depth_peak_ns > WORKER_DEPTH_NS) {
+		w->depth_peak = w->reqs_live;
+		w->depth_peak_ns = now;
+	}
+	return w->depth_peak;
+}
+
+/* How long to poll before this wait (see the top); 0: wait at once. */
+static uint64_t worker_poll_window(struct worker *w, uint64_t now)
+{
+	const struct server *srv = w->srv;
+
+	if (!worker_clients(w))
+		return 0;
+	if (srv->busy_poll_us)
+		return (uint64_t)srv->busy_poll_us * 1000;
+	/* The work since the last wait earns credit. */
+	w->poll_credit_ns += (int64_t)(now - w->busy_since_ns) * POLL_CREDIT_RATIO;
+	if (w->poll_credit_ns > (int64_t)POLL_CREDIT_MAX_NS)
+		w->poll_credit_ns = (int64_t)POLL_CREDIT_MAX_NS;
+	if (!srv->poll_max_us || w->poll_credit_ns <= 0 || worker_depth(w, now) < srv->poll_depth)
+		return 0;
+	return (uint64_t)srv->poll_max_us * 1000;
+}
+
+/*
  * Nothing to do: poll for a completion for a while (see the top), then wait
  * in the ring for one, or until the earliest deadline (due_ns on the
- * worker's clock; TIMER_NEVER: no limit). The time until work came sizes
- * the next adaptive window.
+ * worker's clock; TIMER_NEVER: no limit).
  */
 static void worker_idle(struct worker *w, uint64_t due_ns)
 {
-	uint64_t max = (uint64_t)w->srv->poll_max_us * 1000;
-	uint64_t window = w->srv->busy_poll_us ? (uint64_t)w->srv->busy_poll_us * 1000 :
-			  w->poll_window_ns;
-	uint64_t start = now_ns(), t = start, waited;
+	uint64_t start = now_ns(), t = start, window = worker_poll_window(w, start);
 	struct __kernel_timespec ts;
 	struct io_uring_cqe *cqe;
 	bool found = false;
 	int ret;
 
-	if (window && worker_clients(w) && w->reqs_live >= w->srv->poll_depth) {
+	if (window) {
 		uint64_t end = start + window;
 
 		while (!(found = worker_cq_pending(w)) && (t = now_ns()) < end)
 			sched_yield();
 		stat_bump(&w->stats.poll_ns, t - start);
+		w->poll_credit_ns -= (int64_t)(t - start);
 		if (found)
 			stat_bump(&w->stats.poll_hits, 1);
 	}
@@ -429,16 +472,12 @@ static void worker_idle(struct worker *w, uint64_t due_ns)
 			log_msg_limited(&submit_limit, LOG_ERROR, "worker %d: waiting in the ring: %s",
 					w->id, strerror(-ret));
 		}
+		w->busy_since_ns = now_ns();
+		stat_bump(&w->stats.ring_waits, 1);
+		stat_bump(&w->stats.ring_wait_ns, w->busy_since_ns - t);
+	} else {
+		w->busy_since_ns = t;
 	}
-	if (w->srv->busy_poll_us || !max)
-		return;
-	waited = now_ns() - start;
-	if (waited > max || !worker_clients(w))
-		w->poll_window_ns = 0;
-	else if (w->poll_window_ns < max)
-		w->poll_window_ns = w->poll_window_ns ? w->poll_window_ns * 2 : POLL_START_NS;
-	if (w->poll_window_ns > max)
-		w->poll_window_ns = max;
 }
 
 /* Stopping, and its last connection is gone. */

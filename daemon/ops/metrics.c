@@ -114,6 +114,8 @@ int metrics_collect(struct server *srv, struct metrics *m)
 		mw->completions = GET(completions);
 		mw->poll_hits = GET(poll_hits);
 		mw->poll_ns = GET(poll_ns);
+		mw->ring_waits = GET(ring_waits);
+		mw->ring_wait_ns = GET(ring_wait_ns);
 		mw->pool_used_bytes = GET(pool_used_bytes);
 		mw->pool_waiters = GET(pool_waiters);
 		mw->pool_bytes = srv->pool_bytes;
@@ -417,6 +419,12 @@ char *metrics_prometheus(const struct metrics *m, size_t *len)
 	per_worker(f, m, "uringnbd_poll_seconds_total", "counter",
 		   "Time spent polling for completions, by worker.",
 		   offsetof(struct metrics_worker, poll_ns));
+	per_worker(f, m, "uringnbd_ring_waits_total", "counter",
+		   "Waits that slept in the ring (no poll found work), by worker.",
+		   offsetof(struct metrics_worker, ring_waits));
+	per_worker(f, m, "uringnbd_ring_wait_seconds_total", "counter",
+		   "Time slept in the ring until work came or a deadline, by worker.",
+		   offsetof(struct metrics_worker, ring_wait_ns));
 	family(f, "process_start_time_seconds", "gauge",
 	       "Start time of the process since the Unix epoch in seconds.");
 	fprintf(f, "process_start_time_seconds %.3f\n", m->start_time_s);
@@ -508,6 +516,8 @@ json_object *metrics_json(const struct metrics *m)
 		json_object_object_add(x, "completions", u64(w->completions));
 		json_object_object_add(x, "poll-hits", u64(w->poll_hits));
 		json_object_object_add(x, "poll-ns", u64(w->poll_ns));
+		json_object_object_add(x, "ring-waits", u64(w->ring_waits));
+		json_object_object_add(x, "ring-wait-ns", u64(w->ring_wait_ns));
 		json_object_object_add(x, "pool-used-bytes", u64(w->pool_used_bytes));
 		json_object_object_add(x, "pool-waiters", u64(w->pool_waiters));
 		json_object_object_add(x, "oldest-request-ns", u64(w->oldest_req_ns));

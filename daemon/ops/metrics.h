@@ -21,7 +21,7 @@ struct metrics_export {
 };
 
 struct metrics_worker {
-	uint64_t iterations, submits, sqes, completions, poll_hits, poll_ns;
+	uint64_t iterations, submits, sqes, completions, poll_hits, poll_ns, ring_waits, ring_wait_ns;
 	uint64_t pool_used_bytes, pool_waiters, pool_bytes;
 	uint64_t oldest_req_ns;    /* age of its oldest request in flight (sampled each second) */
 };

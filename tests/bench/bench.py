@@ -9,6 +9,7 @@ during each run (from /sys/block/DEV/stat), and the server's CPU per GiB and
 context switches per request (over its whole life, all threads; not for
 nbd-server, which daemonizes). Not a test: nothing here asserts a number.
 
+Transports: unix and TCP by default (BENCH_TRANSPORTS=unix,tcp,tls adds TLS).
 TLS (transport "tls", in BENCH_TRANSPORTS): TCP 127.0.0.1 with TLS required
 and an X.509 certificate made by certtool, for uringnbd, nbdkit
 (--tls=require) and qemu-nbd (--tls-creds); nbd-server is left out. fio's
@@ -27,13 +28,15 @@ A run that fails (fio exits non-zero, reports an error, or moves nothing)
 fails the whole benchmark with fio's stderr and the server's log, never
 counting as a figure.
 
-Environment: BENCH_ROUNDS (5), BENCH_RUNTIME seconds per run (4),
+Environment: BENCH_ROUNDS (4), BENCH_RUNTIME seconds per run (3),
 BENCH_SIZE image size (1G), BENCH_ONLY comma-separated target names,
 BENCH_WORKLOADS comma-separated workload names, URINGNBD (build/uringnbd),
 BENCH_DIR (build/bench); URINGNBD_BASE names
 another uringnbd binary, run in the same rounds as "uringnbd-base" (a
 before/after pair for a change).
 
+By default the targets are uringnbd, uringnbd-base (when given), qemu-nbd,
+nbdkit, nbd-server and the raw file; BENCH_ONLY names others too.
 "uringnbd-poll" is uringnbd with --busy-poll BENCH_BUSY_POLL (50)
 microseconds: the same binary trading CPU for latency, beside its default.
 "uringnbd-ctl" is uringnbd with a control socket that a client asks for
@@ -51,8 +54,8 @@ import sys
 import threading
 import time
 
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
-RUNTIME = int(os.environ.get("BENCH_RUNTIME", "4"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "4"))
+RUNTIME = int(os.environ.get("BENCH_RUNTIME", "3"))
 SIZE = os.environ.get("BENCH_SIZE", "1G")
 URINGNBD = os.environ.get("URINGNBD", "build/uringnbd")
 URINGNBD_BASE = os.environ.get("URINGNBD_BASE")
@@ -64,7 +67,7 @@ OURS = ("uringnbd", "uringnbd-poll", "uringnbd-base", "uringnbd-ctl")
 PIN = os.environ.get("BENCH_PIN") == "1"
 PIN_SERVER = ["taskset", "-c", "0"] if PIN else []
 PIN_CLIENT = ["taskset", "-c", "1"] if PIN else []
-TRANSPORTS = os.environ.get("BENCH_TRANSPORTS", "unix,tcp,tls").split(",")
+TRANSPORTS = os.environ.get("BENCH_TRANSPORTS", "unix,tcp").split(",")
 COLD = os.environ.get("BENCH_COLD") == "1"
 COLD_MEM = os.environ.get("BENCH_COLD_MEM", "256M")
 DIR = os.path.abspath(os.environ.get("BENCH_DIR", "build/bench"))
@@ -74,17 +77,23 @@ TLS_HOME = f"{DIR}/tls-home"
 
 # name, rw, bs, iodepth, numjobs (connections), flush at the end
 WORKLOADS = [
+    ("4k randread QD1", "randread", "4k", 1, 1, False),
+    ("4k randread QD8", "randread", "4k", 8, 1, False),
+    ("4k randread QD16", "randread", "4k", 16, 1, False),
     ("4k randread QD32", "randread", "4k", 32, 1, False),
+    ("4k randread QD64", "randread", "4k", 64, 1, False),
+    ("64k randread QD8", "randread", "64k", 8, 1, False),
+    ("64k randread QD32", "randread", "64k", 32, 1, False),
+    ("4k randread 4x QD16", "randread", "4k", 16, 4, False),
     ("4k randwrite QD32", "randwrite", "4k", 32, 1, False),
     ("1M seqread QD8", "read", "1M", 8, 1, False),
     ("1M seqwrite QD8", "write", "1M", 8, 1, False),
-    ("4k randread QD1", "randread", "4k", 1, 1, False),
-    ("4k randread 4x QD16", "randread", "4k", 16, 4, False),
     # The same writes counted until a final FLUSH has made them durable:
     # a server that acknowledges from the page cache pays for it here.
     ("4k randwrite QD32 +flush", "randwrite", "4k", 32, 1, True),
     ("1M seqwrite QD8 +flush", "write", "1M", 8, 1, True),
 ]
+BLOCK_BYTES = {"4k": 4096, "64k": 65536, "1M": 1 << 20}
 
 
 def wait_port(port, proc=None, timeout=10.0):
@@ -441,13 +450,15 @@ def main():
         print(f"writing a {SIZE} image of random data...", flush=True)
         sh("fio", "--name=fill", "--rw=write", "--bs=1M", f"--size={SIZE}", f"--filename={img}",
            "--ioengine=io_uring", "--direct=1", "--refill_buffers", "--output=/dev/null")
-    names = ["uringnbd", "uringnbd-ctl", "uringnbd-poll", "nbd-server", "nbdkit", "qemu-nbd",
-             "raw file"]
+    names = ["uringnbd", "nbd-server", "nbdkit", "qemu-nbd", "raw file"]
     if URINGNBD_BASE:
         names.insert(1, "uringnbd-base")
     only = os.environ.get("BENCH_ONLY")
     if only:
-        names = [n for n in names if n in only.split(",")]
+        # Named ones only; the extras (uringnbd-poll, uringnbd-ctl) only so.
+        names = [n for n in ["uringnbd", "uringnbd-base", "uringnbd-ctl", "uringnbd-poll",
+                             "nbd-server", "nbdkit", "qemu-nbd", "raw file"]
+                 if n in only.split(",") and (n != "uringnbd-base" or URINGNBD_BASE)]
     # Each server over each transport; the raw file once.
     targets = [(n, t) for t in TRANSPORTS for n in names
                if n != "raw file" and not (t == "tls" and n == "nbd-server")]
@@ -497,7 +508,7 @@ def main():
                     cpuw[(tg, wl[0])].append(cpu[tg][-1])
                     cache[tg] = max(cache[tg], fincore_bytes(img))
                     target.stop()
-                    reqs = moved / {"4k": 4096, "1M": 1 << 20}[wl[2]]
+                    reqs = moved / BLOCK_BYTES[wl[2]]
                     if target.csw is not None and reqs:
                         csw[tg].append(target.csw / reqs)
                 res[(tg, wl[0])].append((iops, bw))
@@ -516,10 +527,13 @@ def main():
                  + ("; pinned: servers on CPU 0, fio on CPU 1" if PIN else ""))
     lines.append("# vs best peer: against the best of nbd-server, nbdkit and qemu-nbd over the "
                  "same transport; dev QD: average I/Os in flight at the disk; CPU: the "
-                 "server's CPU seconds per GiB moved")
+                 "server's CPU seconds per GiB moved"
+                 + (f"; vs base: uringnbd against {os.environ.get('URINGNBD_BASE_NAME', 'its base')} "
+                    "in the same rounds" if URINGNBD_BASE else ""))
     lines.append("")
     hdr = (f"{'workload':<25} {'target':<19} {'IOPS':>8} {'MB/s':>8} {'vs best peer':>12} "
-           f"{'vs raw':>7} {'dev QD':>6} {'CPU':>6}  {'IOPS min-max':>15}")
+           f"{'vs raw':>7} {'dev QD':>6} {'CPU':>6}  {'IOPS min-max':>15}"
+           + (f" {'vs base':>7}" if URINGNBD_BASE else ""))
     lines.append(hdr)
     allmed = {}
     for wl in workloads:
@@ -539,8 +553,10 @@ def main():
                   else "-")
             lo = min(x[0] for x in res[(tg, wl[0])])
             hi = max(x[0] for x in res[(tg, wl[0])])
+            base = med.get(("uringnbd-base", tg[1]), (0, 0))[0]
+            vbase = (f" {iops / base:6.2f}x" if base and tg[0] == "uringnbd" else "")
             lines.append(f"{wl[0]:<25} {label(tg):<19} {iops:8.0f} {bw / 1e6:8.1f} {vb:>12} "
-                         f"{vr:>7} {dq:>6} {cw:>6}  {lo:7.0f}-{hi:<7.0f}")
+                         f"{vr:>7} {dq:>6} {cw:>6}  {lo:7.0f}-{hi:<7.0f}{vbase}")
         lines.append("")
     lines.append(f"{'server':<19} {'CPU s/GiB':>10} {'csw/request':>12} "
                  f"{'page cache after (bytes)':>26}")
