@@ -373,11 +373,13 @@ static void print_stats(json_object *o)
 		for (i = 0; i < json_object_array_length(a); i++) {
 			v = json_object_array_get_idx(a, i);
 			printf("worker %zu: %" PRIu64 " loop iterations, %" PRIu64 " completions in %" PRIu64
-			       " submits (%" PRIu64 " found polling, %.3f s polled), pool %" PRIu64
+			       " submits (%" PRIu64 " found polling, %.3f s polled; %" PRIu64
+			       " slept, %.3f s), pool %" PRIu64
 			       " bytes used, %" PRIu64 " waiting; oldest request %.3f s\n", i,
 			       get_u64(v, "loop-iterations"), get_u64(v, "completions"),
 			       get_u64(v, "submits"), get_u64(v, "poll-hits"),
-			       (double)get_u64(v, "poll-ns") / 1e9, get_u64(v, "pool-used-bytes"),
+			       (double)get_u64(v, "poll-ns") / 1e9, get_u64(v, "ring-waits"),
+			       (double)get_u64(v, "ring-wait-ns") / 1e9, get_u64(v, "pool-used-bytes"),
 			       get_u64(v, "pool-waiters"),
 			       (double)get_u64(v, "oldest-request-ns") / 1e9);
 		}

@@ -280,25 +280,25 @@ static void conn_area_release(struct conn *c)
 	c->area_quiet = true;
 }
 
-/*
- * When a watchdog rule counting len_ns from since_ns must be looked at
- * next. Not yet due: when it is. Due but not in force (nothing moving, a
- * request in flight): if only a fresh stamp can bring it into force (a
- * send or payload starting stamps last_progress, bytes coming in stamp
- * last_active), no earlier than len_ns from now; otherwise (a request
- * that ends stamps nothing) CONN_RECHECK_NS from now.
- */
 static uint64_t min_u64(uint64_t a, uint64_t b)
 {
 	return a < b ? a : b;
 }
 
+/*
+ * When a watchdog rule counting len_ns from since_ns must be looked at
+ * next. Not yet due: when it is. Due but not in force (nothing moving, a
+ * request in flight): if only a fresh stamp can bring it into force (a
+ * send or payload starting stamps last_progress, bytes coming in stamp
+ * last_active, and a stamp pulls the watchdog in: conn.h), never;
+ * otherwise (a request that ends stamps nothing) CONN_RECHECK_NS from now.
+ */
 static uint64_t conn_rule_due(uint64_t since_ns, uint64_t len_ns, uint64_t now,
 			      bool stamped_to_apply)
 {
 	if (since_ns + len_ns > now)
 		return since_ns + len_ns;
-	return now + (stamped_to_apply ? len_ns : CONN_RECHECK_NS);
+	return stamped_to_apply ? TIMER_NEVER : now + CONN_RECHECK_NS;
 }
 
 /*
@@ -307,7 +307,8 @@ static uint64_t conn_rule_due(uint64_t since_ns, uint64_t len_ns, uint64_t now,
  * with nothing in flight that has sent nothing for idle-timeout, is
  * closed; its buffers come back as its ops complete. A quiet connection
  * gives its area's pages back. The timer is armed for the earliest moment
- * any rule could apply, so each fires when due, not at a tick after it.
+ * any rule could apply, so each fires when due, not at a tick after it,
+ * and left unarmed when none can without a fresh stamp.
  */
 static void conn_watchdog_fire(struct timer *t)
 {
@@ -349,11 +350,14 @@ static void conn_watchdog_fire(struct timer *t)
 	if (idle_ns)
 		due = min_u64(due, conn_rule_due(c->last_active_ns, idle_ns, now, false));
 	due = min_u64(due, conn_rule_due(c->last_active_ns, CONN_QUIET_NS, now, c->area_quiet));
-	worker_timer_at(c->w, &c->watchdog, due);
+	/* A quiet connection with no timeout to keep wakes its worker no more. */
+	if (due != TIMER_NEVER)
+		worker_timer_at(c->w, &c->watchdog, due);
 }
 
 int conn_transmit_start(struct conn *c)
 {
+	const struct server *srv = c->w->srv;
 	void *area;
 
 	area = mmap(NULL, sizeof(*c->area), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
@@ -362,6 +366,9 @@ int conn_transmit_start(struct conn *c)
 		return -errno;
 	c->area = area;
 	c->rxbuf = c->area->rxbuf;
+	c->progress_len_ns = srv->io_timeout_s * 1000000000ull;
+	c->active_len_ns = srv->idle_timeout_s && srv->idle_timeout_s * 1000000000ull < CONN_QUIET_NS ?
+			   srv->idle_timeout_s * 1000000000ull : CONN_QUIET_NS;
 	conn_progress(c);
 	conn_active(c);
 	/* Its first look works out when the rules are due. */

@@ -229,6 +229,8 @@ struct conn {
 	uint64_t last_progress_ns; /* worker_now() a send or payload receive last moved */
 	uint64_t last_active_ns;   /* worker_now() bytes last came in */
 	uint64_t stop_by_ns;       /* disconnect asked: closed by this worker_now() however busy; 0: not */
+	uint64_t progress_len_ns;  /* the shortest rule counted from last_progress_ns (io-timeout); 0: none */
+	uint64_t active_len_ns;    /* ...and from last_active_ns (idle-timeout, the area's release) */
 	uint64_t started_ns;       /* now_ns() at adoption */
 	uint64_t requests, errors; /* replied to, and of those with an error */
 	enum transport transport;  /* set when an export is chosen (its counters' label) */
@@ -295,15 +297,30 @@ void conn_expect(struct conn_op *o);
 void conn_close(struct conn *c, const char *why);
 /* DRAINING or STOPPING with no request left: close. */
 void conn_close_if_idle(struct conn *c);
+/*
+ * A fresh stamp starts a watchdog rule's count again: the watchdog must
+ * look no later than len_ns from now (it may be unarmed: nothing could
+ * come due without a stamp, conn.c). One compare when it is armed sooner.
+ */
+static inline void conn_watchdog_pull(struct conn *c, uint64_t len_ns)
+{
+	uint64_t due = worker_now(c->w) + len_ns;
+
+	if (len_ns && c->area && c->state != CONN_CLOSING &&
+	    (!timer_armed(&c->watchdog) || c->watchdog.due_ns > due))
+		worker_timer_at(c->w, &c->watchdog, due);
+}
 /* A send or payload receive starts or moves on (for io-timeout). */
 static inline void conn_progress(struct conn *c)
 {
 	c->last_progress_ns = worker_now(c->w);
+	conn_watchdog_pull(c, c->progress_len_ns);
 }
-/* Bytes came in (for idle-timeout). */
+/* Bytes came in (for idle-timeout and the area's release). */
 static inline void conn_active(struct conn *c)
 {
 	c->last_active_ns = worker_now(c->w);
+	conn_watchdog_pull(c, c->active_len_ns);
 }
 /*
  * The connection's own I/O: o completes with the bytes moved (or -errno, or
