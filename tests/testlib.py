@@ -12,6 +12,7 @@ import atexit
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -76,6 +77,27 @@ def free_port():
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+def recvn(s, n):
+    """Exactly n bytes from socket s; EOFError if it closes first."""
+    b = b""
+    while len(b) < n:
+        got = s.recv(n - len(b))
+        if not got:
+            raise EOFError(f"closed after {len(b)} of {n} bytes")
+        b += got
+    return b
+
+
+def raw_export_name(s, name=""):
+    """A raw client's whole negotiation on s: fixed newstyle, NO_ZEROES, then
+    NBD_OPT_EXPORT_NAME; returns the export's size (transmission follows)."""
+    greeting = recvn(s, 18)
+    check(greeting[:16] == b"NBDMAGICIHAVEOPT", f"greeting {greeting!r}")
+    s.sendall(struct.pack(">I", 3) + b"IHAVEOPT" + struct.pack(">II", 1, len(name))
+              + name.encode())
+    return struct.unpack(">QH", recvn(s, 10))[0]
 
 
 def image(name, size=64 << 20, data=None):

@@ -11,13 +11,12 @@ while it had connections (80 passes in 4 s)."""
 import json
 import os
 import socket
-import struct
 import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from testlib import S, URINGNBDCTL, Daemon, check, image  # noqa: E402
+from testlib import S, URINGNBDCTL, Daemon, check, image, raw_export_name  # noqa: E402
 
 CONNS, SECONDS = 200, 4
 CTL = os.path.join(S, "ctl")
@@ -26,22 +25,11 @@ while not os.path.exists(CTL):
     time.sleep(0.01)
 
 
-def recvn(s, n):
-    b = b""
-    while len(b) < n:
-        got = s.recv(n - len(b))
-        check(got, "the daemon closed a negotiating client")
-        b += got
-    return b
-
-
 conns = []
 for _ in range(CONNS):
     s = socket.socket(socket.AF_UNIX)
     s.connect(d.sock)
-    recvn(s, 18)
-    s.sendall(struct.pack(">I", 3) + b"IHAVEOPT" + struct.pack(">II", 1, 0))  # EXPORT_NAME ""
-    recvn(s, 10)
+    raw_export_name(s)
     conns.append(s)
 
 

@@ -26,8 +26,8 @@ import urllib.request
 import nbd
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from testlib import (T, S, URINGNBDCTL, Daemon, check, fail, free_port, image,  # noqa: E402
-                     need)
+from testlib import (T, S, URINGNBDCTL, Daemon, check, free_port, image, need,  # noqa: E402
+                     raw_export_name, recvn)
 
 need("psktool")
 HS, IDLE, IO = 1.0, 2.0, 2.0
@@ -133,24 +133,6 @@ def raw(tcp):
     return s
 
 
-def recvn(s, n):
-    b = b""
-    while len(b) < n:
-        got = s.recv(n - len(b))
-        if not got:
-            raise EOFError(f"closed after {len(b)} of {n} bytes")
-        b += got
-    return b
-
-
-def negotiate(s, name):
-    greeting = recvn(s, 18)
-    check(greeting[:16] == b"NBDMAGICIHAVEOPT", f"greeting {greeting!r}")
-    s.sendall(struct.pack(">I", 3))          # FIXED_NEWSTYLE | NO_ZEROES
-    s.sendall(b"IHAVEOPT" + struct.pack(">II", 1, len(name)) + name.encode())  # EXPORT_NAME
-    recvn(s, 10)                             # size, transmission flags
-
-
 def closed_after(s, t0):
     """Seconds from t0 until the daemon closes s (it sends nothing meanwhile)."""
     try:
@@ -174,13 +156,13 @@ def probe_handshake(tcp):
 
 def probe_idle(tcp):
     s = raw(tcp)
-    negotiate(s, "plain")
+    raw_export_name(s, "plain")
     return closed_after(s, time.monotonic())
 
 
 def probe_io(tcp):
     s = raw(tcp)
-    negotiate(s, "plain")
+    raw_export_name(s, "plain")
     s.sendall(struct.pack(">IHHQQI", NBD_REQUEST_MAGIC, 0, 1, 7, 0, 65536) + b"w" * 100)
     return closed_after(s, time.monotonic())
 
