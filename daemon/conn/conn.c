@@ -314,7 +314,7 @@ static void conn_watchdog_fire(struct timer *t)
 {
 	struct conn *c = container_of(t, struct conn, watchdog);
 	const struct server *srv = c->w->srv;
-	uint64_t now = worker_now(c->w), io_ns = srv->io_timeout_s * 1000000000ull,
+	uint64_t now = worker_now(c->w), io_ns = c->progress_len_ns,
 		 idle_ns = srv->idle_timeout_s * 1000000000ull, due = TIMER_NEVER;
 	bool moving = c->sending || c->rx == RX_PAYLOAD || c->rx == RX_SKIP;
 	bool idle = !c->live_reqs && c->rx == RX_RECV;
@@ -659,8 +659,7 @@ unsigned conns_disconnect(struct worker *w, uint64_t id, const char *export)
 		}
 		c->state = CONN_STOPPING;
 		c->stop_by_ns = worker_now(w) + WORKER_STOP_GRACE_NS;
-		worker_timer_at(w, &c->watchdog, timer_armed(&c->watchdog) ?
-				min_u64(c->watchdog.due_ns, c->stop_by_ns) : c->stop_by_ns);
+		conn_watchdog_by(c, c->stop_by_ns);
 		conn_close_if_idle(c);
 	}
 	return n;

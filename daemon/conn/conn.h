@@ -298,17 +298,21 @@ void conn_close(struct conn *c, const char *why);
 /* DRAINING or STOPPING with no request left: close. */
 void conn_close_if_idle(struct conn *c);
 /*
- * A fresh stamp starts a watchdog rule's count again: the watchdog must
- * look no later than len_ns from now (it may be unarmed: nothing could
- * come due without a stamp, conn.c). One compare when it is armed sooner.
+ * The watchdog must look no later than due_ns: armed sooner, it stays (one
+ * compare); unarmed (nothing could come due without a stamp, conn.c) or
+ * later, it moves. Not before transmission, nor once closing.
  */
+static inline void conn_watchdog_by(struct conn *c, uint64_t due_ns)
+{
+	if (c->area && c->state != CONN_CLOSING &&
+	    (!timer_armed(&c->watchdog) || c->watchdog.due_ns > due_ns))
+		worker_timer_at(c->w, &c->watchdog, due_ns);
+}
+/* A fresh stamp starts a rule's count of len_ns again (0: no such rule). */
 static inline void conn_watchdog_pull(struct conn *c, uint64_t len_ns)
 {
-	uint64_t due = worker_now(c->w) + len_ns;
-
-	if (len_ns && c->area && c->state != CONN_CLOSING &&
-	    (!timer_armed(&c->watchdog) || c->watchdog.due_ns > due))
-		worker_timer_at(c->w, &c->watchdog, due);
+	if (len_ns)
+		conn_watchdog_by(c, worker_now(c->w) + len_ns);
 }
 /* A send or payload receive starts or moves on (for io-timeout). */
 static inline void conn_progress(struct conn *c)
