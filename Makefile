@@ -59,10 +59,10 @@ endif
 PROTO_SRC  := proto/negotiate.c proto/request.c
 LOCK_SRC   := lock/rangelock.c
 CACHE_SRC  := cache/cache.c
-DAEMON_SRC := daemon/service/main.c daemon/service/cli.c daemon/service/log.c daemon/storage/backing.c daemon/storage/export.c daemon/engine/pool.c daemon/engine/plan.c daemon/engine/timer.c \
+DAEMON_SRC := daemon/main.c daemon/service/cli.c daemon/base/log.c daemon/base/hist.c daemon/storage/backing.c daemon/storage/export.c daemon/engine/pool.c daemon/engine/plan.c daemon/engine/timer.c \
               daemon/engine/worker.c daemon/conn/conn.c daemon/conn/handshake.c daemon/conn/rx.c daemon/conn/request.c \
               daemon/conn/fileio.c daemon/conn/cached.c daemon/conn/reply.c daemon/conn/watch.c daemon/engine/offload.c daemon/service/listen.c daemon/service/config.c \
-              daemon/service/notify.c daemon/service/server.c daemon/service/access.c daemon/conn/tls.c daemon/storage/overlay.c daemon/storage/bitmap.c daemon/service/handover.c \
+              daemon/service/notify.c daemon/service/server.c daemon/base/access.c daemon/conn/tls.c daemon/storage/overlay.c daemon/storage/bitmap.c daemon/service/handover.c \
               daemon/ops/ctlproto.c daemon/ops/control.c daemon/ops/command.c daemon/ops/metrics.c daemon/ops/http.c
 HOOKS_OBJ  := $(DAEMON_SRC:%.c=$(B)/hooks/%.o)
 UNIT_TESTS := $(patsubst tests/unit/%.c,$(B)/tests/unit/%,$(wildcard tests/unit/test_*.c))
@@ -155,7 +155,7 @@ $(B)/tests/unit/test_plan: $(B)/tests/unit/test_plan.o $(B)/daemon/engine/plan.o
 	$(quiet) LD $@
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $$(pkg-config --libs check)
 
-$(B)/tests/unit/test_access: $(B)/tests/unit/test_access.o $(B)/daemon/service/access.o
+$(B)/tests/unit/test_access: $(B)/tests/unit/test_access.o $(B)/daemon/base/access.o
 	$(quiet) LD $@
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $$(pkg-config --libs check)
 

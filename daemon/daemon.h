@@ -464,7 +464,7 @@ int bitmaps_clear(struct bitmaps *bm, struct rl_manager *locks, const char *bitm
 int bitmaps_remove(struct bitmaps *bm, struct rl_manager *locks, enum bitmap_kind kind,
 		   const char *name, char *err, size_t errlen);
 
-/* ---- metrics.c: histograms (the rest of metrics.c is in metrics.h) ---- */
+/* ---- hist.c: histograms (base/) ---- */
 /*
  * Latency histograms with fixed buckets: upper bounds 10 us * 10^(k/10)
  * for k = 0..60 (10 us to 10 s, ten per decade, so a quantile read from
@@ -480,6 +480,10 @@ extern const uint64_t hist_bounds_ns[HIST_BUCKETS];
 void hist_observe(struct hist *h, uint64_t ns);
 /* Adds src into dst (dst's thread is the only writer, or dst is private). */
 void hist_add(struct hist *dst, const struct hist *src);
+/* How many observations a histogram holds. */
+uint64_t hist_count(const struct hist *h);
+/* The q-quantile (0..1) of a histogram in seconds, interpolated as Prometheus does; 0 if empty. */
+double hist_quantile(const struct hist *h, double q);
 
 /* ---- export.c ---- */
 /*

@@ -49,9 +49,5 @@ char *metrics_prometheus(const struct metrics *m, size_t *len);
 json_object *metrics_json(const struct metrics *m);
 /* Commands as JSON names them (indexed as export_stats' counters). */
 extern const char *const metrics_json_ops[EXPORT_STAT_OPS];
-/* How many observations a histogram holds. */
-uint64_t hist_count(const struct hist *h);
-/* The q-quantile (0..1) of a histogram in seconds, interpolated as Prometheus does; 0 if empty. */
-double hist_quantile(const struct hist *h, double q);
 
 #endif

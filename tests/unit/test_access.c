@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: BSD-3-Clause
 /*
- * Unit tests of daemon/service/access.c: parsing the allow/deny/tls-allow lists and
+ * Unit tests of daemon/base/access.c: parsing the allow/deny/tls-allow lists and
  * judging clients by address (IPv4, IPv6, IPv4-mapped), CIDR prefix, unix
  * credentials and TLS identity, allow before deny.
  */

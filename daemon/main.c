@@ -28,8 +28,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "../daemon.h"
-#include "../ops/metrics.h"
+#include "daemon.h"
+#include "ops/metrics.h"
 
 #define DEFAULT_POOL_BYTES (64u * 1024 * 1024)
 #define DEFAULT_CACHE_BYTES (64u * 1024 * 1024)
