@@ -50,57 +50,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "../daemon.h"
-
-#define SIDECAR_MAGIC "URNBDBMP"
-#define SIDECAR_VERSION 1
-#define SIDECAR_PAGE 4096u
-#define SIDECAR_TABLE_OFF SIDECAR_PAGE
-#define SIDECAR_RECORD_BYTES 256u
-#define SIDECAR_DATA_OFF (SIDECAR_TABLE_OFF + BITMAP_SLOTS * SIDECAR_RECORD_BYTES)
-#define SIDECAR_NAME_BYTES 112
-#define WORD_BITS 64
-#define PAGE_WORDS (SIDECAR_PAGE / 8)
-
-struct slot {
-	enum bitmap_kind kind;
-	char name[BITMAP_NAME_MAX + 1];
-	char bitmap[BITMAP_NAME_MAX + 1];
-	int64_t created_s;
-	bool snapshot;
-	_Atomic uint64_t *bits;     /* ngranules bits; read by any thread */
-	_Atomic uint64_t *durable;  /* live: bits known to be on disk */
-	uint8_t *dirty;             /* live: pages of bits changed since the last commit */
-	unsigned gen;               /* bumped by a clear: a commit of older bits is stale */
-};
-
-/* Arrays of slots freed while exports may still read them: freed at close. */
-struct old_bits {
-	struct old_bits *next;
-	void *p[3];
-};
-
-struct bitmaps {
-	int fd;
-	char *path;                 /* the sidecar */
-	char *image_path;
-	uint32_t granularity;
-	uint64_t size_bytes, ngranules, nwords, npages, slot_bytes;
-	pthread_mutex_t lock;       /* slots' records and dirty pages, the queue */
-	pthread_cond_t wake;
-	pthread_t committer;
-	bool stop;
-	struct bitmap_wait *queue;  /* writes waiting for the next commit */
-	_Atomic uint64_t live_mask; /* slots that are live bitmaps */
-	struct slot slot[BITMAP_SLOTS];
-	struct old_bits *old;
-	pthread_mutex_t admin;      /* one checkpoint, clear or remove at a time */
-	uint64_t *page_buf;         /* the committer's copy of a page (its thread only) */
-	atomic_uint_fast64_t commits, commit_pages; /* syncs done, pages they wrote */
-#ifdef URINGNBD_TEST_HOOKS
-	unsigned test_late_ms;      /* test builds: bits synced after the data, this late */
-#endif
-};
+#include "bitmap_int.h"
 
 bool bitmap_name_ok(const char *name, char *why, size_t len)
 {
@@ -137,12 +87,12 @@ void bitmaps_commits(const struct bitmaps *bm, uint64_t *commits, uint64_t *page
 	*pages = atomic_load_explicit(&bm->commit_pages, memory_order_relaxed);
 }
 
-static uint64_t slot_off(const struct bitmaps *bm, int i)
+uint64_t slot_off(const struct bitmaps *bm, int i)
 {
 	return SIDECAR_DATA_OFF + (uint64_t)i * bm->slot_bytes;
 }
 
-static int write_all(int fd, const void *p, size_t len, uint64_t off)
+int write_all(int fd, const void *p, size_t len, uint64_t off)
 {
 	while (len) {
 		ssize_t n = pwrite(fd, p, len, (off_t)off);
@@ -178,7 +128,7 @@ static int read_all(int fd, void *p, size_t len, uint64_t off)
 	return 0;
 }
 
-static int sync_dir_of(const char *path)
+int sync_dir_of(const char *path)
 {
 	char *copy = strdup(path);
 	int fd, ret = 0;
@@ -213,7 +163,7 @@ static void record_encode(const struct slot *s, uint8_t *r)
 }
 
 /* Writes slot i's record and syncs. */
-static int record_store(struct bitmaps *bm, int i)
+int record_store(struct bitmaps *bm, int i)
 {
 	uint8_t r[SIDECAR_RECORD_BYTES];
 	int ret;
@@ -334,7 +284,7 @@ static int slot_alloc_memory(struct bitmaps *bm, struct slot *s, bool live)
 }
 
 /* Slot arrays that exports may still read: kept until close. */
-static void slot_retire_memory(struct bitmaps *bm, struct slot *s)
+void slot_retire_memory(struct bitmaps *bm, struct slot *s)
 {
 	struct old_bits *o = calloc(1, sizeof(*o));
 
@@ -482,7 +432,7 @@ out:
 }
 
 /* A free slot for kind, its bits' room allocated in the file. -ENOSPC if none. */
-static int slot_take(struct bitmaps *bm, enum bitmap_kind kind, char *err, size_t errlen)
+int slot_take(struct bitmaps *bm, enum bitmap_kind kind, char *err, size_t errlen)
 {
 	int i, ret;
 
@@ -512,7 +462,7 @@ static int slot_take(struct bitmaps *bm, enum bitmap_kind kind, char *err, size_
 }
 
 /* Writes slot i's bits (all of them) and syncs. */
-static int slot_store_bits(struct bitmaps *bm, int i)
+int slot_store_bits(struct bitmaps *bm, int i)
 {
 	struct slot *s = &bm->slot[i];
 	uint64_t page[PAGE_WORDS], p, w; /* not page_buf: the committer writes that unlocked */
@@ -558,132 +508,6 @@ static int live_add(struct bitmaps *bm, const char *name, char *err, size_t errl
 		 name, bm->granularity);
 	return 0;
 }
-
-/*
- * The committer: takes every queued write, writes the pages of bits
- * changed since the last commit, syncs, then marks them durable and lets
- * the writes go. A write queued while a commit runs waits for the next,
- * which syncs even if it has no page to write: its bits may be in a page
- * the running commit wrote.
- */
-static void *committer_main(void *arg)
-{
-	static struct log_limit failed;
-	struct bitmaps *bm = arg;
-	struct page_ref { int slot; uint64_t page; unsigned gen; } *pages = NULL;
-	size_t npages, cap = 0, k;
-
-	pthread_mutex_lock(&bm->lock);
-	for (;;) {
-		struct bitmap_wait *batch, *wt;
-		int err = 0, i;
-		uint64_t p, w;
-
-#ifdef URINGNBD_TEST_HOOKS
-		if (bm->test_late_ms && !bm->stop) {
-			/* Test builds: bits written lazily, after the data (the crash test's foil). */
-			struct timespec ts;
-
-			clock_gettime(CLOCK_MONOTONIC, &ts);
-			ts.tv_nsec += (long)bm->test_late_ms * 1000000L;
-			ts.tv_sec += ts.tv_nsec / 1000000000L;
-			ts.tv_nsec %= 1000000000L;
-			pthread_cond_timedwait(&bm->wake, &bm->lock, &ts);
-		} else
-#endif
-		while (!bm->queue && !bm->stop)
-			pthread_cond_wait(&bm->wake, &bm->lock);
-		if (!bm->queue && bm->stop)
-			break; /* stopping, nothing waits */
-		batch = bm->queue;
-		bm->queue = NULL;
-		npages = 0;
-		for (i = 0; i < BITMAP_SLOTS && !err; i++) {
-			struct slot *s = &bm->slot[i];
-
-			if (s->kind != BITMAP_LIVE)
-				continue;
-			for (p = 0; p < bm->npages; p++) {
-				if (!s->dirty[p])
-					continue;
-				if (npages == cap) {
-					size_t ncap = cap ? 2 * cap : 64;
-					void *n = realloc(pages, ncap * sizeof(*pages));
-
-					if (!n) {
-						err = -ENOMEM;
-						break;
-					}
-					pages = n;
-					cap = ncap;
-				}
-				s->dirty[p] = 0;
-				pages[npages++] = (struct page_ref){ i, p, s->gen };
-			}
-		}
-		/* Each page copied under the lock (a marker may be setting bits), written outside. */
-		for (k = 0; k < npages && !err; k++) {
-			struct slot *s = &bm->slot[pages[k].slot];
-
-			if (s->gen != pages[k].gen)
-				continue;
-			for (w = 0; w < PAGE_WORDS; w++)
-				bm->page_buf[w] = htole64(atomic_load_explicit(
-					&s->bits[pages[k].page * PAGE_WORDS + w], memory_order_relaxed));
-			pthread_mutex_unlock(&bm->lock);
-			err = write_all(bm->fd, bm->page_buf, SIDECAR_PAGE,
-					slot_off(bm, pages[k].slot) + pages[k].page * SIDECAR_PAGE);
-			pthread_mutex_lock(&bm->lock);
-		}
-		if (!err) {
-			pthread_mutex_unlock(&bm->lock);
-			if (fdatasync(bm->fd) < 0)
-				err = -errno;
-			atomic_fetch_add_explicit(&bm->commits, 1, memory_order_relaxed);
-			atomic_fetch_add_explicit(&bm->commit_pages, npages, memory_order_relaxed);
-			pthread_mutex_lock(&bm->lock);
-		}
-		for (k = 0; k < npages; k++) {
-			struct slot *s = &bm->slot[pages[k].slot];
-
-			if (s->kind != BITMAP_LIVE || s->gen != pages[k].gen)
-				continue; /* cleared or removed meanwhile */
-			if (err) {
-				s->dirty[pages[k].page] = 1; /* the next commit writes it again */
-				continue;
-			}
-			/*
-			 * Clean since it was copied: what is set now is what was
-			 * written, all durable. Dirty again: some bits are not, and
-			 * the next commit makes the page durable.
-			 */
-			if (s->dirty[pages[k].page])
-				continue;
-			for (w = 0; w < PAGE_WORDS; w++) {
-				uint64_t idx = pages[k].page * PAGE_WORDS + w;
-
-				atomic_store_explicit(&s->durable[idx],
-						      atomic_load_explicit(&s->bits[idx],
-									   memory_order_relaxed),
-						      memory_order_release);
-			}
-		}
-		pthread_mutex_unlock(&bm->lock);
-		if (err)
-			log_msg_limited(&failed, LOG_ERROR, "bitmap file \"%s\": %s: the writes "
-					"waiting for it fail, their data unwritten", bm->path,
-					strerror(-err));
-		while ((wt = batch)) {
-			batch = wt->next;
-			worker_post(wt->w, wt->op, err);
-		}
-		pthread_mutex_lock(&bm->lock);
-	}
-	pthread_mutex_unlock(&bm->lock);
-	free(pages);
-	return NULL;
-}
-
 int bitmaps_find(struct bitmaps *bm, enum bitmap_kind kind, const char *name)
 {
 	int i;
@@ -820,417 +644,3 @@ void bitmaps_close(struct bitmaps *bm)
 }
 
 /* The bits of granules [g0, g1] in word w. */
-static uint64_t word_mask(uint64_t w, uint64_t g0, uint64_t g1)
-{
-	uint64_t lo = w * WORD_BITS, hi = lo + WORD_BITS - 1;
-	unsigned a = g0 > lo ? (unsigned)(g0 - lo) : 0, b = g1 < hi ? (unsigned)(g1 - lo) : 63;
-
-	return (b == 63 ? ~0ull : (1ull << (b + 1)) - 1) & ~((1ull << a) - 1);
-}
-
-static bool all_durable(struct bitmaps *bm, uint64_t live, uint64_t g0, uint64_t g1)
-{
-	uint64_t w;
-	int i;
-
-	for (i = 0; live; i++, live >>= 1) {
-		if (!(live & 1))
-			continue;
-		for (w = g0 / WORD_BITS; w <= g1 / WORD_BITS; w++) {
-			uint64_t m = word_mask(w, g0, g1);
-
-			if ((atomic_load_explicit(&bm->slot[i].durable[w], memory_order_acquire) & m) != m)
-				return false;
-		}
-	}
-	return true;
-}
-
-int bitmaps_mark(struct bitmaps *bm, uint64_t off, uint64_t len, struct bitmap_wait *wt)
-{
-	uint64_t live = atomic_load_explicit(&bm->live_mask, memory_order_acquire);
-	uint64_t g0, g1, w, end;
-	int i;
-
-	if (!live || !len || off >= bm->size_bytes)
-		return 0;
-	end = off + len < bm->size_bytes ? off + len : bm->size_bytes;
-	g0 = off / bm->granularity;
-	g1 = (end - 1) / bm->granularity;
-	if (all_durable(bm, live, g0, g1))
-		return 0;
-	pthread_mutex_lock(&bm->lock);
-	live = atomic_load_explicit(&bm->live_mask, memory_order_relaxed);
-	for (i = 0; live; i++, live >>= 1) {
-		struct slot *s = &bm->slot[i];
-
-		if (!(live & 1))
-			continue;
-		for (w = g0 / WORD_BITS; w <= g1 / WORD_BITS; w++) {
-			uint64_t m = word_mask(w, g0, g1);
-
-			if ((atomic_fetch_or_explicit(&s->bits[w], m, memory_order_relaxed) & m) != m)
-				s->dirty[w / PAGE_WORDS] = 1;
-		}
-	}
-#ifdef URINGNBD_TEST_HOOKS
-	if (bm->test_late_ms) {
-		/* The foil: the write goes ahead, its bits reach the disk later. */
-		pthread_mutex_unlock(&bm->lock);
-		return 0;
-	}
-#endif
-	wt->next = bm->queue;
-	bm->queue = wt;
-	pthread_cond_signal(&bm->wake);
-	pthread_mutex_unlock(&bm->lock);
-	return 1;
-}
-
-static bool bit_at(_Atomic uint64_t *bits, uint64_t g)
-{
-	return atomic_load_explicit(&bits[g / WORD_BITS], memory_order_relaxed) >> (g % WORD_BITS) & 1;
-}
-
-/* The first granule after g, up to last + 1, whose bit is not state. */
-static uint64_t run_end(_Atomic uint64_t *bits, uint64_t g, uint64_t last, bool state)
-{
-	for (g++; g <= last; g++) {
-		uint64_t v = atomic_load_explicit(&bits[g / WORD_BITS], memory_order_relaxed);
-
-		if (g % WORD_BITS == 0 && v == (state ? ~0ull : 0)) {
-			g += WORD_BITS - 1;
-			continue;
-		}
-		if ((v >> (g % WORD_BITS) & 1) != state)
-			return g;
-	}
-	return last + 1;
-}
-
-size_t bitmaps_extents(struct bitmaps *bm, int slot, uint64_t off, uint64_t len, bool one,
-		       struct proto_extent *ext, size_t max)
-{
-	_Atomic uint64_t *bits = bm->slot[slot].bits;
-	uint64_t end = off + len < bm->size_bytes ? off + len : bm->size_bytes;
-	uint64_t pos = off, last, g, next, stop;
-	size_t n = 0;
-
-	if (!bits || pos >= end)
-		return 0;
-	last = (end - 1) / bm->granularity;
-	while (pos < end && n < max) {
-		bool state;
-
-		g = pos / bm->granularity;
-		state = bit_at(bits, g);
-		next = run_end(bits, g, last, state);
-		stop = next * bm->granularity < end ? next * bm->granularity : end;
-		ext[n].len_bytes = stop - pos;
-		ext[n].flags = state ? NBD_STATE_DIRTY : 0;
-		n++;
-		pos = stop;
-		if (one)
-			break;
-	}
-	return n;
-}
-
-static uint64_t popcount_slot(const struct bitmaps *bm, const struct slot *s)
-{
-	uint64_t w, n = 0;
-
-	for (w = 0; w < bm->nwords; w++)
-		n += (uint64_t)__builtin_popcountll(atomic_load_explicit(&s->bits[w],
-									 memory_order_relaxed));
-	return n;
-}
-
-size_t bitmaps_list(struct bitmaps *bm, struct bitmap_info *out)
-{
-	size_t n = 0;
-	int i;
-
-	pthread_mutex_lock(&bm->lock);
-	for (i = 0; i < BITMAP_SLOTS; i++) {
-		const struct slot *s = &bm->slot[i];
-
-		if (s->kind == BITMAP_FREE)
-			continue;
-		out[n] = (struct bitmap_info){ .slot = i, .kind = s->kind, .created_s = s->created_s,
-					       .snapshot = s->snapshot };
-		snprintf(out[n].name, sizeof(out[n].name), "%s", s->name);
-		snprintf(out[n].bitmap, sizeof(out[n].bitmap), "%s", s->bitmap);
-		out[n].dirty_granules = popcount_slot(bm, s);
-		n++;
-	}
-	pthread_mutex_unlock(&bm->lock);
-	return n;
-}
-
-void bitmaps_snapshot_path(const struct bitmaps *bm, const char *name, char *buf, size_t len)
-{
-	snprintf(buf, len, "%s@%s", bm->image_path, name);
-}
-
-/* An exclusive lock over the whole file, waited for on this (non-worker) thread. */
-struct whole_lock {
-	struct rl_lock l;
-	pthread_mutex_t m;
-	pthread_cond_t c;
-	bool granted;
-};
-
-static void whole_granted(struct rl_lock *l, void *arg)
-{
-	struct whole_lock *wl = arg;
-
-	(void)l;
-	pthread_mutex_lock(&wl->m);
-	wl->granted = true;
-	pthread_cond_signal(&wl->c);
-	pthread_mutex_unlock(&wl->m);
-}
-
-static void lock_whole(struct rl_manager *locks, struct whole_lock *wl)
-{
-	pthread_mutex_init(&wl->m, NULL);
-	pthread_cond_init(&wl->c, NULL);
-	wl->granted = false;
-	if (!rl_acquire(locks, &wl->l, 0, UINT64_MAX, true, whole_granted, wl)) {
-		pthread_mutex_lock(&wl->m);
-		while (!wl->granted)
-			pthread_cond_wait(&wl->c, &wl->m);
-		pthread_mutex_unlock(&wl->m);
-	}
-}
-
-static void unlock_whole(struct rl_manager *locks, struct whole_lock *wl)
-{
-	rl_release(locks, &wl->l);
-	pthread_mutex_destroy(&wl->m);
-	pthread_cond_destroy(&wl->c);
-}
-
-/* Under bm->lock: live slot i starts afresh (every write that set a bit is done). */
-static void live_zero(struct bitmaps *bm, int i)
-{
-	struct slot *s = &bm->slot[i];
-	uint64_t w;
-
-	for (w = 0; w < bm->npages * PAGE_WORDS; w++) {
-		atomic_store_explicit(&s->bits[w], 0, memory_order_relaxed);
-		atomic_store_explicit(&s->durable[w], 0, memory_order_relaxed);
-	}
-	memset(s->dirty, 0, bm->npages);
-	s->gen++;
-}
-
-/* The reflink copy of the image: whole, synced, renamed into place. */
-static int snapshot_make(struct bitmaps *bm, int image_fd, const char *final, char *err,
-			 size_t errlen)
-{
-	char tmp[PATH_MAX + 8];
-	struct stat st;
-	int fd, ret = 0;
-
-	snprintf(tmp, sizeof(tmp), "%s.tmp", final);
-	unlink(tmp);
-	if (fstat(image_fd, &st) < 0 || fdatasync(image_fd) < 0) {
-		ret = -errno;
-		snprintf(err, errlen, "\"%s\": %s", bm->image_path, strerror(-ret));
-		return ret;
-	}
-	fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, st.st_mode & 0777);
-	if (fd < 0) {
-		ret = -errno;
-		snprintf(err, errlen, "\"%s\": %s", tmp, strerror(-ret));
-		return ret;
-	}
-	if (ioctl(fd, FICLONE, image_fd) < 0) {
-		ret = -errno;
-		if (ret == -EOPNOTSUPP || ret == -EXDEV || ret == -EINVAL || ret == -ENOTTY)
-			snprintf(err, errlen, "\"%s\" is on a filesystem that cannot make reflink "
-				 "copies (FICLONE: %s; XFS and btrfs can): checkpoint the bitmap "
-				 "alone with bitmap-only, and copy a quiesced image yourself",
-				 bm->image_path, strerror(-ret));
-		else
-			snprintf(err, errlen, "reflink copy \"%s\": %s", final, strerror(-ret));
-	} else if (fsync(fd) < 0) {
-		ret = -errno;
-		snprintf(err, errlen, "\"%s\": %s", tmp, strerror(-ret));
-	}
-	close(fd);
-	if (!ret && rename(tmp, final) < 0) {
-		ret = -errno;
-		snprintf(err, errlen, "rename \"%s\": %s", final, strerror(-ret));
-	}
-	if (ret) {
-		unlink(tmp);
-		return ret;
-	}
-	ret = sync_dir_of(final);
-	if (ret)
-		snprintf(err, errlen, "\"%s\": %s", final, strerror(-ret));
-	return ret;
-}
-
-int bitmaps_checkpoint(struct bitmaps *bm, struct rl_manager *locks, int image_fd,
-		       const char *bitmap, const char *name, bool bitmap_only, char *err,
-		       size_t errlen)
-{
-	struct whole_lock wl;
-	char snap[PATH_MAX];
-	int live, i, ret;
-	uint64_t w;
-
-	if (!bitmap_name_ok(name, err, errlen))
-		return -EINVAL;
-	pthread_mutex_lock(&bm->admin);
-	live = bitmaps_find(bm, BITMAP_LIVE, bitmap);
-	if (live < 0) {
-		snprintf(err, errlen, "no bitmap \"%s\"", bitmap);
-		ret = -ENOENT;
-		goto out;
-	}
-	if (bitmaps_find(bm, BITMAP_FROZEN, name) >= 0) {
-		snprintf(err, errlen, "checkpoint \"%s\" exists already", name);
-		ret = -EEXIST;
-		goto out;
-	}
-	pthread_mutex_lock(&bm->lock);
-	i = slot_take(bm, BITMAP_FROZEN, err, errlen);
-	pthread_mutex_unlock(&bm->lock);
-	if (i < 0) {
-		ret = i;
-		goto out;
-	}
-	bitmaps_snapshot_path(bm, name, snap, sizeof(snap));
-	lock_whole(locks, &wl);
-	if (!bitmap_only) {
-		ret = snapshot_make(bm, image_fd, snap, err, errlen);
-		if (ret)
-			goto out_unlock;
-	}
-	/* The frozen bits on disk, then the record naming them. */
-	pthread_mutex_lock(&bm->lock);
-	for (w = 0; w < bm->npages * PAGE_WORDS; w++)
-		atomic_store_explicit(&bm->slot[i].bits[w],
-				      atomic_load_explicit(&bm->slot[live].bits[w], memory_order_relaxed),
-				      memory_order_relaxed);
-	bm->slot[i].snapshot = !bitmap_only;
-	bm->slot[i].created_s = time(NULL);
-	snprintf(bm->slot[i].name, sizeof(bm->slot[i].name), "%s", name);
-	snprintf(bm->slot[i].bitmap, sizeof(bm->slot[i].bitmap), "%s", bitmap);
-	bm->slot[i].kind = BITMAP_FROZEN;
-	pthread_mutex_unlock(&bm->lock);
-	ret = slot_store_bits(bm, i);
-	if (!ret)
-		ret = record_store(bm, i);
-	if (ret) {
-		snprintf(err, errlen, "bitmap file \"%s\": %s", bm->path, strerror(-ret));
-		pthread_mutex_lock(&bm->lock);
-		bm->slot[i].kind = BITMAP_FREE;
-		pthread_mutex_unlock(&bm->lock);
-		record_store(bm, i); /* best effort: a free record is what was there */
-		if (!bitmap_only)
-			unlink(snap);
-		goto out_unlock;
-	}
-	/* Only now may the live bitmap forget: the checkpoint holds its bits. */
-	pthread_mutex_lock(&bm->lock);
-	live_zero(bm, live);
-	pthread_mutex_unlock(&bm->lock);
-	if (slot_store_bits(bm, live) < 0)
-		log_warn("bitmap file \"%s\": bitmap \"%s\" could not be cleared on disk: after a "
-			 "restart it shows the checkpoint's bits as well", bm->path, bitmap);
-	log_info("\"%s\": checkpoint \"%s\" of bitmap \"%s\" taken%s", bm->image_path, name,
-		 bitmap, bitmap_only ? " (bitmap only)" : "");
-	ret = 0;
-out_unlock:
-	unlock_whole(locks, &wl);
-	if (ret) {
-		pthread_mutex_lock(&bm->lock);
-		slot_retire_memory(bm, &bm->slot[i]);
-		pthread_mutex_unlock(&bm->lock);
-	}
-out:
-	pthread_mutex_unlock(&bm->admin);
-	return ret;
-}
-
-int bitmaps_clear(struct bitmaps *bm, struct rl_manager *locks, const char *bitmap, char *err,
-		  size_t errlen)
-{
-	struct whole_lock wl;
-	int i, ret;
-
-	pthread_mutex_lock(&bm->admin);
-	i = bitmaps_find(bm, BITMAP_LIVE, bitmap);
-	if (i < 0) {
-		snprintf(err, errlen, "no bitmap \"%s\"", bitmap);
-		pthread_mutex_unlock(&bm->admin);
-		return -ENOENT;
-	}
-	lock_whole(locks, &wl);
-	pthread_mutex_lock(&bm->lock);
-	live_zero(bm, i);
-	pthread_mutex_unlock(&bm->lock);
-	ret = slot_store_bits(bm, i);
-	unlock_whole(locks, &wl);
-	if (ret)
-		snprintf(err, errlen, "bitmap file \"%s\": %s (the bitmap is empty now; on disk it "
-			 "may keep bits until the next clear)", bm->path, strerror(-ret));
-	pthread_mutex_unlock(&bm->admin);
-	return ret;
-}
-
-int bitmaps_remove(struct bitmaps *bm, struct rl_manager *locks, enum bitmap_kind kind,
-		   const char *name, char *err, size_t errlen)
-{
-	struct whole_lock wl;
-	char snap[PATH_MAX];
-	bool snapshot;
-	int i, ret;
-
-	pthread_mutex_lock(&bm->admin);
-	i = bitmaps_find(bm, kind, name);
-	if (i < 0) {
-		snprintf(err, errlen, "no %s \"%s\"", kind == BITMAP_LIVE ? "bitmap" : "checkpoint",
-			 name);
-		pthread_mutex_unlock(&bm->admin);
-		return -ENOENT;
-	}
-	snapshot = bm->slot[i].snapshot;
-	lock_whole(locks, &wl);
-	pthread_mutex_lock(&bm->lock);
-	bm->slot[i].kind = BITMAP_FREE;
-	bm->slot[i].gen++;
-	atomic_fetch_and(&bm->live_mask, ~(1ull << i));
-	pthread_mutex_unlock(&bm->lock);
-	ret = record_store(bm, i);
-	unlock_whole(locks, &wl);
-	if (ret) {
-		snprintf(err, errlen, "bitmap file \"%s\": %s", bm->path, strerror(-ret));
-		pthread_mutex_lock(&bm->lock);
-		bm->slot[i].kind = kind;
-		if (kind == BITMAP_LIVE)
-			atomic_fetch_or(&bm->live_mask, 1ull << i);
-		pthread_mutex_unlock(&bm->lock);
-		pthread_mutex_unlock(&bm->admin);
-		return ret;
-	}
-	pthread_mutex_lock(&bm->lock);
-	slot_retire_memory(bm, &bm->slot[i]);
-	pthread_mutex_unlock(&bm->lock);
-	if (kind == BITMAP_FROZEN && snapshot) {
-		bitmaps_snapshot_path(bm, name, snap, sizeof(snap));
-		if (unlink(snap) < 0 && errno != ENOENT)
-			log_warn("checkpoint \"%s\": removing \"%s\": %s", name, snap, strerror(errno));
-		sync_dir_of(snap);
-	}
-	log_info("\"%s\": %s \"%s\" removed", bm->image_path,
-		 kind == BITMAP_LIVE ? "bitmap" : "checkpoint", name);
-	pthread_mutex_unlock(&bm->admin);
-	return 0;
-}
