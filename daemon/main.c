@@ -28,7 +28,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "daemon.h"
+#include "base/base.h"
+#include "engine/engine.h"
+#include "storage/storage.h"
+#include "conn/conn.h"
+#include "service/service.h"
+#include "ops/ops.h"
 #include "ops/metrics.h"
 
 #define DEFAULT_POOL_BYTES (64u * 1024 * 1024)

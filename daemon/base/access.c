@@ -29,7 +29,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#include "../daemon.h"
+#include "base.h"
 
 enum acl_kind { ACL_ALL, ACL_ANYIPV4, ACL_ANYIPV6, ACL_ANYUNIX, ACL_NET4, ACL_NET6, ACL_UID, ACL_GID };
 
@@ -214,7 +214,7 @@ static int add_name(void *ctx, const char *item, char *err, size_t errlen)
 	return 0;
 }
 
-int access_parse(struct access *a, const struct export_spec *spec, char *err, size_t errlen)
+int access_parse(struct access *a, const struct access_spec *spec, char *err, size_t errlen)
 {
 	struct rules_ctx allow = { &a->allow, &a->nallow }, deny = { &a->deny, &a->ndeny };
 

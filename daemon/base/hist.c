@@ -7,7 +7,7 @@
  */
 #include <stdint.h>
 
-#include "../daemon.h"
+#include "base.h"
 
 /* 10 us * 10^(k/10), k = 0..60, in nanoseconds, rounded. */
 const uint64_t hist_bounds_ns[HIST_BUCKETS] = {

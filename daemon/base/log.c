@@ -8,7 +8,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "../daemon.h"
+#include "base.h"
 
 enum log_level log_max_level = LOG_INFO;
 

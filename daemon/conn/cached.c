@@ -28,7 +28,7 @@
 #include <inttypes.h>
 #include <string.h>
 
-#include "conn.h"
+#include "conn_int.h"
 
 static struct cache *srv_cache(const struct req *q)
 {

@@ -21,7 +21,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "conn.h"
+#include "conn_int.h"
 
 static atomic_uint_fast64_t conn_ids;
 

@@ -26,7 +26,7 @@
 #include <linux/falloc.h>
 #include <string.h>
 
-#include "conn.h"
+#include "conn_int.h"
 
 #define BLOCK_STATUS_MAX_EXTENTS 1024
 #define FILEIO_HOLES_MAX_EXTENTS 64 /* a READ's reply has at most twice that many chunks */

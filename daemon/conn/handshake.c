@@ -18,7 +18,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#include "conn.h"
+#include "conn_int.h"
 
 enum hs_step {
 	HS_GREETING,

@@ -12,7 +12,7 @@
 #include <inttypes.h>
 #include <string.h>
 
-#include "conn.h"
+#include "conn_int.h"
 
 static void reply_send_done(struct conn_op *o, int res);
 

@@ -14,7 +14,7 @@
 #include <inttypes.h>
 #include <stdlib.h>
 
-#include "conn.h"
+#include "conn_int.h"
 
 #define S(x) (1u << (x))
 #define LOCKED_STATES \

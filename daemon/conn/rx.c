@@ -22,7 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "conn.h"
+#include "conn_int.h"
 
 #define SKIP_MAX_BYTES (UINT64_C(1) << 32)  /* a larger refused payload is a disconnect */
 

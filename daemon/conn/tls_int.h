@@ -8,7 +8,7 @@
 
 #include <gnutls/gnutls.h>
 
-#include "conn.h"
+#include "conn_int.h"
 
 struct tls_creds {
 	atomic_int refs;

@@ -16,7 +16,7 @@
 #define _GNU_SOURCE
 #include <inttypes.h>
 
-#include "conn.h"
+#include "conn_int.h"
 
 #define CONN_WATCH_NS 1000000000ull /* how often the requests are looked at */
 #define CONN_WATCH_WARN_S 10   /* a request this old is logged */

@@ -13,7 +13,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 
-#include "../daemon.h"
+#include "engine.h"
 
 #define OFFLOAD_THREADS 2
 

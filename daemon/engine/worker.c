@@ -84,7 +84,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "../daemon.h"
+#include "engine.h"
+#include "../service/service.h"
 
 #define RING_ENTRIES 1024
 #define RING_CQ_ENTRIES 8192
@@ -367,14 +368,6 @@ void worker_stats_add(const struct worker *w, struct worker_stats *sum)
 #undef ADD
 	hist_add(&sum->lock_wait, &w->stats.lock_wait);
 	hist_add(&sum->pool_wait, &w->stats.pool_wait);
-}
-
-uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
 int worker_timers_reserve(struct worker *w, unsigned n)

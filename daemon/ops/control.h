@@ -14,7 +14,7 @@
 #include <json-c/json.h>
 
 #include "ctlproto.h"
-#include "../daemon.h"
+#include "ops.h"
 
 /* A request being answered: owned by control.c until it is answered. */
 struct ctl_call;

@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "metrics.h"
+#include "ops.h"
 
 #define HTTP_MAX_CONNS 16
 #define HTTP_TIMEOUT_S 10

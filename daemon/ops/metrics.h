@@ -12,7 +12,7 @@
 
 #include <json-c/json.h>
 
-#include "../daemon.h"
+#include "../service/service.h"
 
 struct metrics_export {
 	char *name;                /* heap */

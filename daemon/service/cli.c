@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../daemon.h"
+#include "service.h"
 
 /* Long options with no short form: values outside the character range. */
 #define OPT_NO_DEFER_TASKRUN 0x100
@@ -77,10 +77,11 @@ static void usage(FILE *f)
 /* The access lists of an export given on the command line, checked now. */
 static int cli_check_access(const char *what, const struct export_spec *spec)
 {
+	struct access_spec as = export_spec_access(spec);
 	struct access a;
 	char err[256];
 
-	if (access_parse(&a, spec, err, sizeof(err)) < 0) {
+	if (access_parse(&a, &as, err, sizeof(err)) < 0) {
 		fprintf(stderr, "uringnbd: %s: %s\n", what, err);
 		return -1;
 	}

@@ -14,7 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../daemon.h"
+#include "service.h"
 
 static char *trim(char *s)
 {
@@ -293,10 +293,11 @@ int config_set_export(struct export_spec *spec, const char *k, const char *v, ch
 		}
 		*dst = v;
 		if (dst == &spec->allow || dst == &spec->deny || dst == &spec->tls_allow) {
+			struct access_spec as = export_spec_access(spec);
 			struct access a;
 			char why[256];
 
-			if (access_parse(&a, spec, why, sizeof(why)) < 0) {
+			if (access_parse(&a, &as, why, sizeof(why)) < 0) {
 				snprintf(err, errlen, "%s: %s", k, why);
 				*dst = old;
 				return -1;

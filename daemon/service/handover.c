@@ -45,7 +45,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "../daemon.h"
+#include "service.h"
 
 #define HANDOVER_FORMAT "uringnbd-handover"
 #define HANDOVER_VERSION 1

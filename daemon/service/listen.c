@@ -26,7 +26,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "../daemon.h"
+#include "service.h"
 
 #define LISTEN_BACKLOG 128
 #define LISTEN_ACCEPT_BATCH 64          /* accepts per wakeup, so signals are not starved */

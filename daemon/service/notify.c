@@ -15,7 +15,7 @@
 #include <errno.h>
 #include <unistd.h>
 
-#include "../daemon.h"
+#include "service.h"
 
 /* The notification socket's address, or -ENOENT if there is none. */
 static int notify_addr(struct sockaddr_un *sun, socklen_t *len)

@@ -14,7 +14,7 @@
 #include <stdio.h>
 #include <sys/socket.h>
 
-#include "../daemon.h"
+#include "service.h"
 
 /* Called with exports_lock held (read). */
 int server_export_lookup(void *ctx, const char *name, size_t name_len, struct proto_export *out)

@@ -10,7 +10,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "../daemon.h"
+#include "storage.h"
 
 #define SIDECAR_MAGIC "URNBDBMP"
 #define SIDECAR_VERSION 1

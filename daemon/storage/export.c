@@ -23,7 +23,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "../daemon.h"
+#include "../../cache/cache.h"
+#include "storage.h"
 
 /* Direct-I/O offset alignment: statx, else the logical block size, else 4096. */
 static uint32_t export_probe_align(int fd, bool is_blockdev)
@@ -158,6 +159,7 @@ static int export_overlay_open(struct export *e, const struct export_spec *spec,
 /* Who may use it: parsed from spec, and the spec's words kept to compare at reload. */
 static int export_access_init(struct export *e, const struct export_spec *spec)
 {
+	struct access_spec as;
 	const char *src[3] = { spec->allow, spec->deny, spec->tls_allow };
 	char err[256];
 	int i;
@@ -168,7 +170,8 @@ static int export_access_init(struct export *e, const struct export_spec *spec)
 			return -1;
 		}
 	e->tls_required = spec->tls_required;
-	if (access_parse(&e->access, spec, err, sizeof(err)) < 0) {
+	as = export_spec_access(spec);
+	if (access_parse(&e->access, &as, err, sizeof(err)) < 0) {
 		log_error("export \"%s\": %s", spec->name ? spec->name : "", err);
 		return -1;
 	}

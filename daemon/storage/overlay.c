@@ -59,7 +59,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "../daemon.h"
+#include "storage.h"
 
 #define OVERLAY_MAGIC "URINGNBD-OVERLAY"
 #define OVERLAY_VERSION 1

@@ -9,15 +9,15 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#include "../../daemon/daemon.h"
+#include "../../daemon/base/base.h"
 
 static struct access a;
 static char err[256];
 
 static int parse(const char *allow, const char *deny, const char *tls_allow, bool tls_required)
 {
-	struct export_spec spec = { .name = "x", .allow = allow, .deny = deny,
-				    .tls_allow = tls_allow, .tls_required = tls_required };
+	struct access_spec spec = { .allow = allow, .deny = deny, .tls_allow = tls_allow,
+				    .tls_required = tls_required };
 
 	access_free(&a);
 	return access_parse(&a, &spec, err, sizeof(err));
