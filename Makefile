@@ -5,6 +5,7 @@
 #   make run        deps, build, create build/uringnbd.img (1 GiB, sparse) and serve it
 #   make check      deps, then unit, fuzz, integration, interop and VM tests
 #   make check-unit fast unit tests, no sockets
+#   make check-layers the layer order of daemon/: no include or call goes up
 #   make check-vm   the kernel NBD client in a qemu guest (also part of check)
 #   make bench      side-by-side benchmark against nbd-server, nbdkit, qemu-nbd
 #                   (bench-lock: the lock manager; bench-idle: memory per idle connection;
@@ -81,7 +82,7 @@ FAULT_TESTS   := $(filter-out tests/faults/faultlib.py,$(wildcard tests/faults/*
 VM_TESTS      := tests/vm/handles-selftest.sh tests/vm/kernel-client.sh tests/vm/systemd.sh
 
 .SECONDARY:
-.PHONY: bench-base probe-taskrun deb analyze check-vm bench bench-idle bench-overlay bench-bitmap fuzz check-fuzz bench-lock all run check check-unit check-integration check-interop check-faults check-tests install clean deps deps-test
+.PHONY: check-layers bench-base probe-taskrun deb analyze check-vm bench bench-idle bench-overlay bench-bitmap fuzz check-fuzz bench-lock all run check check-unit check-integration check-interop check-faults check-tests install clean deps deps-test
 all: $(B)/uringnbd $(B)/uringnbdctl
 
 # Goals that may install packages build after them; plain `make` never does.
@@ -324,7 +325,11 @@ check-vm: $(TEST_BINS) | $(B)/.deps-test
 check-tests: $(TEST_BINS) | $(B)/.deps-test
 	$(Q)$(RUN_TESTS) $(INTEG_TESTS) $(INTEROP_TESTS) $(FAULT_TESTS) $(VM_TESTS)
 
-check: check-unit check-fuzz check-tests
+# The layer order of daemon/ (tests/layers.py): no include and no reference goes up.
+check-layers: $(DAEMON_OBJ)
+	$(Q)python3 tests/layers.py --objects $(B)
+
+check: check-layers check-unit check-fuzz check-tests
 
 # ---- install ----
 SBINDIR    ?= $(PREFIX)/sbin

@@ -421,6 +421,7 @@ int main(int argc, char **argv)
 	static const int handled_signals[] = { SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2 };
 	sigset_t handled;
 	ev_timer status_w;
+	struct conn_host host;
 	const char *unix_path, *bind_addr, *port, *pid_file, *control_path, *metrics;
 	size_t nspecs = 0, j;
 	long threads;
@@ -455,21 +456,22 @@ int main(int argc, char **argv)
 	control_path = cli.control_path ? cli.control_path : file.control_path;
 	metrics = cli.metrics ? cli.metrics : file.metrics;
 	threads = cli.threads ? cli.threads : file.threads;
-	srv.pool_bytes = (size_t)(cli.pool_bytes ? cli.pool_bytes
+	srv.workers_cfg.pool_bytes = (size_t)(cli.pool_bytes ? cli.pool_bytes
 				  : file.pool_bytes ? file.pool_bytes : DEFAULT_POOL_BYTES);
+	srv.workers_cfg.max_chunks_per_req = EXPORT_MAX_CHUNKS_PER_REQ;
 	srv.max_conns = setting(cli.max_conns, file.max_conns, DEFAULT_MAX_CONNS);
 	srv.handshake_timeout_s = setting(cli.handshake_timeout_s, file.handshake_timeout_s,
 					  DEFAULT_HANDSHAKE_TIMEOUT_S);
 	srv.keepalive_s = setting(cli.keepalive_s, file.keepalive_s, DEFAULT_KEEPALIVE_S);
 	srv.io_timeout_s = setting(cli.io_timeout_s, file.io_timeout_s, DEFAULT_IO_TIMEOUT_S);
 	srv.idle_timeout_s = setting(cli.idle_timeout_s, file.idle_timeout_s, 0);
-	srv.busy_poll_us = setting(cli.busy_poll_us, file.busy_poll_us, 0);
-	srv.poll_max_us = setting(cli.poll_max_us, file.poll_max_us, POLL_MAX_US_DEFAULT);
+	srv.workers_cfg.busy_poll_us = setting(cli.busy_poll_us, file.busy_poll_us, 0);
+	srv.workers_cfg.poll_max_us = setting(cli.poll_max_us, file.poll_max_us, POLL_MAX_US_DEFAULT);
 	/* Polling asked for by name applies at any depth; the default only at depth. */
-	srv.poll_depth = cli.poll_max_us >= 0 || file.poll_max_us >= 0 || srv.busy_poll_us ?
+	srv.workers_cfg.poll_depth = cli.poll_max_us >= 0 || file.poll_max_us >= 0 || srv.workers_cfg.busy_poll_us ?
 				 0 : POLL_DEPTH_DEFAULT;
 	srv.keep_conns = (cli.keep_conns >= 0 ? cli.keep_conns : file.keep_conns) > 0;
-	srv.defer_taskrun = (cli.defer_taskrun >= 0 ? cli.defer_taskrun : file.defer_taskrun) != 0;
+	srv.workers_cfg.defer_taskrun = (cli.defer_taskrun >= 0 ? cli.defer_taskrun : file.defer_taskrun) != 0;
 	srv.max_conns_per_client = setting(cli.max_conns_per_client, file.max_conns_per_client, 0);
 	srv.single = cli.single;
 	if (srv.single && (cli.unix_path || cli.bind || cli.port)) {
@@ -536,8 +538,12 @@ int main(int argc, char **argv)
 	srv.workers = calloc(srv.nworkers, sizeof(*srv.workers));
 	if (!srv.workers)
 		goto out_listeners;
+	/* The layers meet here: a worker's clients are connections, hosted by the server. */
+	server_conn_host(&srv, &host);
+	conns_init(&host);
+	worker_set_clients(&conns_worker_ops);
 	for (started = 0; started < srv.nworkers; started++)
-		if (worker_start(&srv.workers[started], &srv, (int)started) < 0)
+		if (worker_start(&srv.workers[started], &srv.workers_cfg, (int)started) < 0)
 			goto out_workers;
 
 	prefaulting = pthread_create(&prefault_thread, NULL, prefault_main, NULL) == 0;
@@ -561,15 +567,15 @@ int main(int argc, char **argv)
 			 "offered (STARTTLS)", tls_certs_dir(&file) ? "X.509" : "",
 			 tls_certs_dir(&file) && tls_psk_file(&file) ? ", " : "",
 			 tls_psk_file(&file) ? "PSK" : "");
-	if (srv.busy_poll_us)
-		snprintf(polling, sizeof(polling), "polling %u us (fixed)", srv.busy_poll_us);
-	else if (srv.poll_max_us)
-		snprintf(polling, sizeof(polling), "adaptive polling up to %u us%s", srv.poll_max_us,
-			 srv.poll_depth ? " at depth" : "");
+	if (srv.workers_cfg.busy_poll_us)
+		snprintf(polling, sizeof(polling), "polling %u us (fixed)", srv.workers_cfg.busy_poll_us);
+	else if (srv.workers_cfg.poll_max_us)
+		snprintf(polling, sizeof(polling), "adaptive polling up to %u us%s", srv.workers_cfg.poll_max_us,
+			 srv.workers_cfg.poll_depth ? " at depth" : "");
 	else
 		snprintf(polling, sizeof(polling), "no polling");
 	log_info("%u worker%s, buffer pool %zu MiB each, %s, %s%s%s", srv.nworkers,
-		 srv.nworkers == 1 ? "" : "s", srv.pool_bytes >> 20, polling, worker_ring_features(),
+		 srv.nworkers == 1 ? "" : "s", srv.workers_cfg.pool_bytes >> 20, polling, worker_ring_features(),
 		 config_path ? ", config " : "", config_path ? config_path : "");
 
 	ev_signal_init(&sigint_w, on_stop_signal, SIGINT);

@@ -320,3 +320,17 @@ enum access_verdict access_check(const struct access *a, const struct client_who
 			return ACCESS_OK;
 	return ACCESS_DENIED;
 }
+
+const char *client_name(const struct client_key *key, char *buf, size_t len)
+{
+	char a[INET6_ADDRSTRLEN];
+
+	if (key->family == AF_UNIX)
+		snprintf(buf, len, "uid %u", key->uid);
+	else if (key->family == AF_INET || key->family == AF_INET6)
+		snprintf(buf, len, key->family == AF_INET6 ? "[%s]" : "%s",
+			 inet_ntop(key->family, key->addr, a, sizeof(a)) ? a : "?");
+	else
+		snprintf(buf, len, "a client");
+	return buf;
+}

@@ -148,6 +148,8 @@ struct client_peer {
 	uint32_t gid;             /* ...its primary gid */
 	int32_t pid;              /* ...and pid */
 };
+/* "127.0.0.1", "[::1]", "uid 1000": the key for log lines. */
+const char *client_name(const struct client_key *key, char *buf, size_t len);
 
 /* ---- access.c ---- */
 struct acl_rule;

@@ -30,11 +30,6 @@
 
 #include "conn_int.h"
 
-static struct cache *srv_cache(const struct req *q)
-{
-	return q->c->w->srv->cache;
-}
-
 static uint64_t file_cache_id(const struct req *q)
 {
 	return q->c->exp->backing->cache_id;
@@ -96,7 +91,7 @@ static void *slot_buf(const struct page_slot *s)
 static void slot_lookup(struct page_slot *s)
 {
 	struct req *q = s->q;
-	struct cache *cache = srv_cache(q);
+	struct cache *cache = conn_host.cache;
 	bool read = q->r.type == NBD_CMD_READ;
 	const struct export *e = q->c->exp;
 	struct cache_page *p;
@@ -176,7 +171,7 @@ void cached_start(struct req *q)
  */
 static bool slot_hold_fill(struct page_slot *s, int res)
 {
-	unsigned delay = s->q->c->w->srv->test_fill_delay_ms;
+	unsigned delay = conn_host.test_fill_delay_ms;
 	struct io_uring_sqe *sqe;
 
 	if (!delay || !s->p || s->delayed)
@@ -228,7 +223,7 @@ static void slot_fill_done(struct conn_op *o, int res)
 	if (s->p) {
 		if (res >= 0 && read)
 			memcpy(slot_buf(s), cache_page_data(s->p), CACHE_PAGE_BYTES);
-		cache_fill_done(srv_cache(q), s->p, res >= 0);
+		cache_fill_done(conn_host.cache, s->p, res >= 0);
 		s->p = NULL;
 	}
 	slot_done(q);

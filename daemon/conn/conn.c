@@ -42,7 +42,7 @@ static void conn_free(struct conn *c)
 	if (c->prev)
 		c->prev->next = c->next;
 	else
-		w->conns = c->next;
+		w->clients->conns = c->next;
 	if (c->next)
 		c->next->prev = c->prev;
 	atomic_fetch_sub_explicit(&w->nconns, 1, memory_order_relaxed);
@@ -52,7 +52,7 @@ static void conn_free(struct conn *c)
 	close(c->fd);
 	if (c->fd_out != c->fd)
 		close(c->fd_out);
-	server_conn_gone(w->srv, &c->key);
+	conn_host.conn_gone(conn_host.ctx, &c->key);
 	if (c->exp)
 		stat_bump(&c->exp->ctr->slot[w->id].conns[c->transport], (uint64_t)-1);
 	if (c->result != CONN_RESULT_SERVED)
@@ -159,7 +159,7 @@ const char *conn_peer_name(const struct conn *c, char *buf, size_t len)
 	else if (c->key.family == AF_INET || c->key.family == AF_INET6) {
 		char a[64];
 
-		server_client_name(&c->key, a, sizeof(a));
+		client_name(&c->key, a, sizeof(a));
 		snprintf(buf, len, "%s:%u", a, c->peer.port);
 	} else
 		snprintf(buf, len, "unknown peer");
@@ -313,9 +313,8 @@ static uint64_t conn_rule_due(uint64_t since_ns, uint64_t len_ns, uint64_t now,
 static void conn_watchdog_fire(struct timer *t)
 {
 	struct conn *c = container_of(t, struct conn, watchdog);
-	const struct server *srv = c->w->srv;
 	uint64_t now = worker_now(c->w), io_ns = c->progress_len_ns,
-		 idle_ns = srv->idle_timeout_s * 1000000000ull, due = TIMER_NEVER;
+		 idle_ns = conn_host.idle_timeout_s * 1000000000ull, due = TIMER_NEVER;
 	bool moving = c->sending || c->rx == RX_PAYLOAD || c->rx == RX_SKIP;
 	bool idle = !c->live_reqs && c->rx == RX_RECV;
 
@@ -329,14 +328,14 @@ static void conn_watchdog_fire(struct timer *t)
 	}
 	if (io_ns && moving && now - c->last_progress_ns >= io_ns) {
 		log_info("conn %" PRIu64 ": %s made no progress for %u s (io-timeout): closing",
-			 c->id, c->sending ? "a reply" : "a WRITE payload", srv->io_timeout_s);
+			 c->id, c->sending ? "a reply" : "a WRITE payload", conn_host.io_timeout_s);
 		stat_add(&c->w->stats.io_timeouts, 1);
 		conn_close(c, NULL);
 		return;
 	}
 	if (idle_ns && idle && now - c->last_active_ns >= idle_ns) {
 		log_info("conn %" PRIu64 ": idle for %u s (idle-timeout): closing", c->id,
-			 srv->idle_timeout_s);
+			 conn_host.idle_timeout_s);
 		conn_close(c, NULL);
 		return;
 	}
@@ -357,7 +356,7 @@ static void conn_watchdog_fire(struct timer *t)
 
 int conn_transmit_start(struct conn *c)
 {
-	const struct server *srv = c->w->srv;
+	const struct conn_host *h = &conn_host;
 	void *area;
 
 	area = mmap(NULL, sizeof(*c->area), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
@@ -366,9 +365,9 @@ int conn_transmit_start(struct conn *c)
 		return -errno;
 	c->area = area;
 	c->rxbuf = c->area->rxbuf;
-	c->progress_len_ns = srv->io_timeout_s * 1000000000ull;
-	c->active_len_ns = srv->idle_timeout_s && srv->idle_timeout_s * 1000000000ull < CONN_QUIET_NS ?
-			   srv->idle_timeout_s * 1000000000ull : CONN_QUIET_NS;
+	c->progress_len_ns = h->io_timeout_s * 1000000000ull;
+	c->active_len_ns = h->idle_timeout_s && h->idle_timeout_s * 1000000000ull < CONN_QUIET_NS ?
+			   h->idle_timeout_s * 1000000000ull : CONN_QUIET_NS;
 	conn_progress(c);
 	conn_active(c);
 	/* Its first look works out when the rules are due. */
@@ -382,7 +381,7 @@ static void conn_closed(struct conn_op *o, int res)
 	(void)res; /* conn_op_done frees the connection once nothing else is pending */
 }
 
-void conns_adopt(struct worker *w, const struct client *cl)
+static void conns_adopt(struct worker *w, const struct client *cl)
 {
 	struct conn *c;
 
@@ -393,7 +392,7 @@ void conns_adopt(struct worker *w, const struct client *cl)
 		close(cl->fd);
 		if (cl->fd_out != cl->fd)
 			close(cl->fd_out);
-		server_conn_gone(w->srv, &cl->key);
+		conn_host.conn_gone(conn_host.ctx, &cl->key);
 		return;
 	}
 	c->w = w;
@@ -419,10 +418,10 @@ void conns_adopt(struct worker *w, const struct client *cl)
 	conn_op_init(&c->close_op, c, conn_closed);
 	timer_init(&c->watchdog, conn_watchdog_fire);
 	timer_init(&c->hs_timer, NULL);  /* handshake.c sets it up if it negotiates */
-	c->next = w->conns;
-	if (w->conns)
-		w->conns->prev = c;
-	w->conns = c;
+	c->next = w->clients->conns;
+	if (c->next)
+		c->next->prev = c;
+	w->clients->conns = c;
 	atomic_fetch_add_explicit(&w->nconns, 1, memory_order_relaxed);
 	conns_watch_arm(w);
 	if (cl->resume) {
@@ -437,7 +436,7 @@ void conns_adopt(struct worker *w, const struct client *cl)
 		log_info("conn %" PRIu64 ": adopted on worker %d, fd %d: export \"%s\", %zu bytes "
 			 "received and not parsed yet", c->id, w->id, c->fd, c->exp->name, r->npending);
 		/* A hand-over under way on this worker takes it too: parked, it does not receive. */
-		c->handover = w->handover != NULL;
+		c->handover = w->clients->handover_done != NULL;
 		rx_start_resumed(c, r->pending, r->npending);
 		free(r->pending);
 		free(r);
@@ -464,19 +463,21 @@ static bool conn_parked(const struct conn *c)
 
 static void handover_check_fire(struct timer *t)
 {
-	struct worker *w = container_of(t, struct worker, handover_check);
+	struct worker_clients *wc = container_of(t, struct worker_clients, handover_check);
+	struct worker *w = wc->w;
+	struct op *done;
 	struct conn *c, *next;
 	bool all = true;
 
-	for (c = w->conns; c && all; c = c->next)
+	for (c = w->clients->conns; c && all; c = c->next)
 		all = conn_parked(c);
-	if (!all && worker_now(w) - w->handover_since_ns < WORKER_STOP_GRACE_NS) {
+	if (!all && worker_now(w) - wc->handover_since_ns < WORKER_STOP_GRACE_NS) {
 		worker_timer_in(w, t, HANDOVER_CHECK_NS);
 		return;
 	}
 	if (!all) {
 		/* Still busy after the grace period: closed; the rest go on. */
-		for (c = w->conns; c; c = next) {
+		for (c = w->clients->conns; c; c = next) {
 			next = c->next;
 			if (!conn_parked(c) && c->state != CONN_CLOSING) {
 				log_info("conn %" PRIu64 ": still busy %d s into a restart (state %d, "
@@ -488,7 +489,7 @@ static void handover_check_fire(struct timer *t)
 				conn_close(c, NULL);
 			}
 		}
-		for (c = w->conns; c; c = c->next) {
+		for (c = w->clients->conns; c; c = c->next) {
 			if (!conn_parked(c)) {
 				/* The closing ones are freed as their ops end. */
 				worker_timer_in(w, t, HANDOVER_CHECK_NS);
@@ -496,14 +497,16 @@ static void handover_check_fire(struct timer *t)
 			}
 		}
 	}
-	handover_worker_done(w);
+	done = wc->handover_done;
+	wc->handover_done = NULL;
+	worker_post(w, done, 0);
 }
 
-void conns_handover(struct worker *w)
+void conns_handover(struct worker *w, struct op *done)
 {
 	struct conn *c, *next;
 
-	for (c = w->conns; c; c = next) {
+	for (c = w->clients->conns; c; c = next) {
 		next = c->next;
 		if (c->state == CONN_HANDSHAKE) {
 			/* Mid-negotiation there is no state worth handing over: it reconnects. */
@@ -527,9 +530,9 @@ void conns_handover(struct worker *w)
 			}
 		}
 	}
-	w->handover_since_ns = worker_now(w);
-	w->handover_check.fire = handover_check_fire;
-	worker_timer_in(w, &w->handover_check, HANDOVER_CHECK_NS);
+	w->clients->handover_done = done;
+	w->clients->handover_since_ns = worker_now(w);
+	worker_timer_in(w, &w->clients->handover_check, HANDOVER_CHECK_NS);
 }
 
 int conns_parked(struct worker *w, struct conn_parked **out)
@@ -537,12 +540,12 @@ int conns_parked(struct worker *w, struct conn_parked **out)
 	struct conn *c;
 	int n = 0, i = 0;
 
-	for (c = w->conns; c; c = c->next)
+	for (c = w->clients->conns; c; c = c->next)
 		n++;
 	*out = calloc(n ? (size_t)n : 1, sizeof(**out));
 	if (!*out)
 		return -ENOMEM;
-	for (c = w->conns; c; c = c->next) {
+	for (c = w->clients->conns; c; c = c->next) {
 		struct conn_parked *p = &(*out)[i];
 
 		if (!conn_parked(c))
@@ -570,8 +573,8 @@ void conns_unpark(struct worker *w)
 {
 	struct conn *c;
 
-	worker_timer_stop(w, &w->handover_check);
-	for (c = w->conns; c; c = c->next) {
+	worker_timer_stop(w, &w->clients->handover_check);
+	for (c = w->clients->conns; c; c = c->next) {
 		if (!c->handover)
 			continue;
 		c->handover = false;
@@ -585,7 +588,7 @@ void conns_handover_closed(unsigned *tls, unsigned *negotiating)
 	*tls = atomic_load(&handover_closed_tls);
 	*negotiating = atomic_load(&handover_closed_negotiating);
 }
-void conns_stop(struct worker *w)
+static void conns_stop(struct worker *w)
 {
 	struct conn *c;
 
@@ -594,7 +597,7 @@ void conns_stop(struct worker *w)
 	 * connections finish their requests (new ones get ESHUTDOWN) and
 	 * close when idle; the grace timer closes the rest.
 	 */
-	for (c = w->conns; c; c = c->next) {
+	for (c = w->clients->conns; c; c = c->next) {
 		if (c->state != CONN_TRANSMIT)
 			continue;
 		c->state = CONN_STOPPING;
@@ -613,7 +616,7 @@ int conns_report(struct worker *w, struct conn_info **out)
 	a = calloc(n ? n : 1, sizeof(*a));
 	if (!a)
 		return -ENOMEM;
-	for (c = w->conns; c && i < n; c = c->next, i++) {
+	for (c = w->clients->conns; c && i < n; c = c->next, i++) {
 		struct conn_info *ci = &a[i];
 		const char *ident = c->tls ? tls_conn_identity(c) : NULL;
 
@@ -643,7 +646,7 @@ unsigned conns_disconnect(struct worker *w, uint64_t id, const char *export)
 	unsigned n = 0;
 	struct conn *c;
 
-	for (c = w->conns; c; c = c->next) {
+	for (c = w->clients->conns; c; c = c->next) {
 		if ((id && c->id != id) || (export && (!c->exp || strcmp(c->exp->name, export))))
 			continue;
 		if (c->state == CONN_CLOSING)
@@ -665,10 +668,61 @@ unsigned conns_disconnect(struct worker *w, uint64_t id, const char *export)
 	return n;
 }
 
-void conns_close_all(struct worker *w)
+static void conns_close_all(struct worker *w)
 {
 	struct conn *c;
 
-	for (c = w->conns; c; c = c->next)
+	for (c = w->clients->conns; c; c = c->next)
 		conn_close(c, "server shut down: grace period over");
 }
+
+/* ---- a worker's clients are connections: the table the worker calls ---- */
+
+struct conn_host conn_host;
+
+void conns_init(const struct conn_host *host)
+{
+	conn_host = *host;
+}
+
+static int conns_worker_init(struct worker *w)
+{
+	struct worker_clients *wc = calloc(1, sizeof(*wc));
+
+	if (!wc || worker_timers_reserve(w, CONNS_WORKER_TIMERS) < 0) {
+		free(wc);
+		return -ENOMEM;
+	}
+	wc->w = w;
+	timer_init(&wc->watch, conns_watch_fire);
+	timer_init(&wc->handover_check, handover_check_fire);
+	w->clients = wc;
+	return 0;
+}
+
+static void conns_worker_fini(struct worker *w)
+{
+	struct worker_clients *wc = w->clients;
+
+	if (!wc)
+		return;
+	worker_timer_stop(w, &wc->watch);
+	worker_timer_stop(w, &wc->handover_check);
+	worker_timers_unreserve(w, CONNS_WORKER_TIMERS);
+	free(wc);
+	w->clients = NULL;
+}
+
+static void conns_dropped(const struct client *cl)
+{
+	conn_host.conn_gone(conn_host.ctx, &cl->key);
+}
+
+const struct worker_clients_ops conns_worker_ops = {
+	.init = conns_worker_init,
+	.fini = conns_worker_fini,
+	.adopt = conns_adopt,
+	.dropped = conns_dropped,
+	.stop = conns_stop,
+	.close_all = conns_close_all,
+};

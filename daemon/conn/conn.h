@@ -28,20 +28,39 @@ struct conn_resume {
 	size_t npending;
 };
 
-/* ---- conn.c: what the worker asks of its connections (no NBD types) ---- */
-/* A new connection on w for an accepted client. */
-void conns_adopt(struct worker *w, const struct client *cl);
 /*
- * watch.c: once a second while w has connections, its oldest request in
- * flight is published (stats.oldest_req_start_ns) and, past 10 s, logged.
- * conns_watch_init prepares w->watch; conns_adopt arms it (conns_watch_arm).
+ * What the connection layer asks of the service that hosts it: one table,
+ * registered once at start-up (conns_init), before the first worker
+ * starts. The functions are called on any worker; the settings do not
+ * change after start.
  */
-void conns_watch_init(struct worker *w);
-void conns_watch_arm(struct worker *w);
-/* Graceful stop: idle connections close, busy ones close when idle. */
-void conns_stop(struct worker *w);
-/* The grace period is over: close every connection. */
-void conns_close_all(struct worker *w);
+struct tls_creds;
+struct conn_host {
+	void *ctx;                /* each function's first argument */
+	/* Negotiation holds the export table steady between these (a reload waits). */
+	void (*exports_lock)(void *ctx);
+	void (*exports_unlock)(void *ctx);
+	/* Under that lock: the export named name, or the i-th (0, or -ENOENT), as proto.h wants. */
+	int (*export_lookup)(void *ctx, const char *name, size_t name_len, struct proto_export *out);
+	int (*export_nth)(void *ctx, size_t i, struct proto_export *out);
+	/* Before a client sees an export: files that changed are reopened for those to come. */
+	void (*refresh_exports)(void *ctx);
+	bool (*shutting_down)(void *ctx);
+	bool (*list_refused)(void *ctx); /* a reload may change it */
+	/* The TLS credentials in force, a new reference (NULL: none). */
+	struct tls_creds *(*tls_creds)(void *ctx);
+	/* A client is gone: closed, or never adopted (any thread). */
+	void (*conn_gone)(void *ctx, const struct client_key *key);
+	enum proto_tls tls_mode;  /* off, on, require */
+	unsigned handshake_timeout_s; /* 0: none */
+	unsigned io_timeout_s;    /* a stalled reply or payload ends its connection; 0: never */
+	unsigned idle_timeout_s;  /* an idle connection is closed; 0: never */
+	struct cache *cache;      /* shared by every cached export, or NULL */
+	unsigned test_fill_delay_ms; /* test builds only: hold cache fills open */
+};
+void conns_init(const struct conn_host *host);
+/* The connections are a worker's clients: main.c hands this to worker_set_clients(). */
+extern const struct worker_clients_ops conns_worker_ops;
 /* One connection as the control socket reports it (filled on its worker). */
 struct conn_info {
 	uint64_t id;
@@ -80,11 +99,11 @@ struct conn_parked {
  * On w's thread, for a hand-over: negotiating connections close, TLS ones
  * close once their requests are answered, the others stop reading new
  * requests (what arrived stays unparsed) and are parked once every request
- * is answered. w->handover_check polls; when no connection is left that is
- * not parked (WORKER_STOP_GRACE_S at most: the rest are closed), it calls
- * handover_worker_done(w).
+ * is answered. A check polls; when no connection is left that is not
+ * parked (WORKER_STOP_GRACE_S at most: the rest are closed), done is
+ * posted to w (its caller then takes them with conns_parked).
  */
-void conns_handover(struct worker *w);
+void conns_handover(struct worker *w, struct op *done);
 /* On w's thread: its parked connections into *out (heap). Returns the count, or -ENOMEM. */
 int conns_parked(struct worker *w, struct conn_parked **out);
 /* On w's thread: the hand-over failed; parked connections read requests again. */

@@ -46,8 +46,8 @@
 
 #include <sys/socket.h>
 
+#include "../../cache/cache.h"
 #include "conn.h"
-#include "../service/service.h"
 
 #define CONN_MAX_REQS 128 /* requests in flight per connection */
 #define CACHE_WINDOW 16   /* pages of a cached read looked up at a time */
@@ -89,6 +89,29 @@ struct reply_piece {
 #define REQ_SEGMENT_BYTES (16u << 20)
 /* The most a segment spans: a segment and an alignment block at each end. */
 #define REQ_SEGMENT_SPAN_BYTES (REQ_SEGMENT_BYTES + 2 * EXPORT_MAX_ALIGN_BYTES)
+
+/* The host's table and settings (conns_init): read on every worker. */
+extern struct conn_host conn_host;
+
+/* What the connection layer keeps per worker (w->clients). */
+struct worker_clients {
+	struct worker *w;
+	struct conn *conns;        /* its connections */
+	struct timer watch;        /* finds its oldest request in flight (watch.c) */
+	struct timer handover_check; /* a hand-over's poll for its connections to be parked */
+	uint64_t handover_since_ns; /* ...since this worker_now() */
+	struct op *handover_done;  /* ...posted when they are; NULL: no hand-over under way */
+};
+/* Timers the layer keeps per worker: the watch and the hand-over's check. */
+#define CONNS_WORKER_TIMERS 2
+
+/*
+ * watch.c: once a second while w has connections, its oldest request in
+ * flight is published (stats.oldest_req_start_ns) and, past 10 s, logged.
+ * conns_watch_arm: a connection was adopted.
+ */
+void conns_watch_fire(struct timer *t);
+void conns_watch_arm(struct worker *w);
 
 struct conn;
 

@@ -75,7 +75,7 @@ static int hs_lookup(void *ctx, const char *name, size_t name_len, struct proto_
 	struct client_who who = hs_who(c);
 	const struct export *e;
 	enum access_verdict v;
-	int ret = server_export_lookup(c->w->srv, name, name_len, out);
+	int ret = conn_host.export_lookup(conn_host.ctx, name, name_len, out);
 	char who_s[96], name_s[4 * 64 + 4];
 
 	if (ret < 0)
@@ -101,7 +101,7 @@ static int hs_nth(void *ctx, size_t i, struct proto_export *out)
 	struct client_who who = hs_who(c);
 	size_t j, seen = 0;
 
-	for (j = 0; server_export_nth(c->w->srv, j, out) == 0; j++) {
+	for (j = 0; conn_host.export_nth(conn_host.ctx, j, out) == 0; j++) {
 		const struct export *e = out->opaque;
 
 		if (access_check(&e->access, &who) == ACCESS_DENIED)
@@ -116,13 +116,9 @@ static int hs_nth(void *ctx, size_t i, struct proto_export *out)
 /* STARTTLS was acknowledged and the ACK is out: the TLS handshake. */
 static void hs_starttls(struct conn *c)
 {
-	struct server *srv = c->w->srv;
-	struct tls_creds *creds;
+	struct tls_creds *creds = conn_host.tls_creds(conn_host.ctx);
 	int ret;
 
-	pthread_rwlock_rdlock(&srv->exports_lock);
-	creds = tls_creds_get(srv->tls_creds);
-	pthread_rwlock_unlock(&srv->exports_lock);
 	c->hs_step = HS_TLS;
 	ret = creds ? tls_conn_start(c, creds, &c->hs_op) : -ENOPROTOOPT;
 	tls_creds_put(creds);
@@ -163,7 +159,7 @@ static void hs_timeout_fire(struct timer *t)
 	/* Where it stood: a client that stopped, or a step that never completed. */
 	log_info("conn %" PRIu64 ": no export chosen within %u s: closing (after %u option%s, "
 		 "waiting to %s %zu bytes, %u operation%s pending)", c->id,
-		 c->w->srv->handshake_timeout_s, c->hs_options, c->hs_options == 1 ? "" : "s",
+		 conn_host.handshake_timeout_s, c->hs_options, c->hs_options == 1 ? "" : "s",
 		 hs_step_sends(c->hs_step) ? "send" : "receive", c->io_left, c->pending,
 		 c->pending == 1 ? "" : "s");
 	if (c->result < 0)
@@ -178,9 +174,9 @@ static void hs_option(struct conn *c)
 		.lookup = hs_lookup,
 		.nth = hs_nth,
 		.ctx = c,
-		.shutting_down = server_shutting_down(c->w->srv),
-		.tls = c->w->srv->tls_mode,
-		.list_refused = c->w->srv->list_refused,
+		.shutting_down = conn_host.shutting_down(conn_host.ctx),
+		.tls = conn_host.tls_mode,
+		.list_refused = conn_host.list_refused(conn_host.ctx),
 	};
 	int ret;
 
@@ -190,9 +186,9 @@ static void hs_option(struct conn *c)
 	/* An export is about to be described or chosen: a grown, shrunk or replaced file shows. */
 	if (c->opt.option == NBD_OPT_GO || c->opt.option == NBD_OPT_INFO ||
 	    c->opt.option == NBD_OPT_EXPORT_NAME)
-		server_refresh_exports(c->w->srv);
+		conn_host.refresh_exports(conn_host.ctx);
 	/* The table may be replaced by a reload; not while this looks in it. */
-	pthread_rwlock_rdlock(&c->w->srv->exports_lock);
+	conn_host.exports_lock(conn_host.ctx);
 	while ((ret = proto_negotiate(&c->sess, &ex, &c->opt, data,
 				      &c->hs_out)) == -ENOBUFS) {
 		size_t cap = c->hs_out.cap ? c->hs_out.cap * 2 : 4096;
@@ -212,7 +208,7 @@ static void hs_option(struct conn *c)
 		c->result = CONN_RESULT_SERVED;
 		stat_add(&c->w->stats.results[CONN_RESULT_SERVED], 1);
 	}
-	pthread_rwlock_unlock(&c->w->srv->exports_lock);
+	conn_host.exports_unlock(conn_host.ctx);
 	if (ret < 0) {
 		conn_close(c, "negotiation failed");
 		return;
@@ -360,9 +356,9 @@ void handshake_start(struct conn *c)
 {
 	conn_op_init(&c->hs_op, c, hs_done);
 	timer_init(&c->hs_timer, hs_timeout_fire);
-	if (c->w->srv->handshake_timeout_s)
+	if (conn_host.handshake_timeout_s)
 		worker_timer_in(c->w, &c->hs_timer,
-				c->w->srv->handshake_timeout_s * 1000000000ull);
+				conn_host.handshake_timeout_s * 1000000000ull);
 	pthread_once(&greeting_once, greeting_init);
 	hs_io(c, HS_GREETING, true, greeting, sizeof(greeting));
 }

@@ -167,7 +167,7 @@ void req_plan(struct req *q)
 		.len_bytes = q->r.len_bytes,
 		.align_bytes = e->align_bytes,
 		.direct_end = e->direct_end,
-		.cache = c->w->srv->cache ? (enum cache_mode)e->cache_mode : CACHE_MODE_NONE,
+		.cache = conn_host.cache ? (enum cache_mode)e->cache_mode : CACHE_MODE_NONE,
 		.blockdev = e->is_blockdev && !e->ov,
 		.cache_page_bytes = CACHE_PAGE_BYTES,
 		.granule_bytes = e->ov ? OVERLAY_GRANULE_BYTES : 0,
@@ -334,7 +334,7 @@ void req_segment_sent(struct req *q)
 static bool req_segment_done(struct req *q, uint32_t nbd_error)
 {
 	struct conn *c = q->c;
-	struct cache *cache = c->w->srv->cache;
+	struct cache *cache = conn_host.cache;
 	uint64_t rest = q->whole.offset + q->whole.len_bytes - (q->r.offset + q->r.len_bytes);
 
 	if (c->state == CONN_CLOSING)
@@ -388,7 +388,7 @@ static bool req_segment_done(struct req *q, uint32_t nbd_error)
 void req_finish(struct req *q, uint32_t nbd_error)
 {
 	struct conn *c = q->c;
-	struct cache *cache = c->w->srv->cache;
+	struct cache *cache = conn_host.cache;
 
 	if (q->seg && req_segment_done(q, nbd_error))
 		return;

@@ -323,7 +323,7 @@ static bool rx_request(struct conn *c)
 		req_recycle(q);
 		return false;
 	}
-	if (server_shutting_down(c->w->srv))
+	if (conn_host.shutting_down(conn_host.ctx))
 		return rx_refuse(q, NBD_ESHUTDOWN);
 	/* BLOCK_STATUS naming its contexts: the payload (all buffered, rx_next saw to it). */
 	q->bs_contexts = proto_block_status_contexts(&c->sess, NULL, 0);

@@ -41,17 +41,18 @@ static const char *const rx_state_names[] = {
 
 static struct log_limit watch_limit;
 
-static void watch_fire(struct timer *t)
+void conns_watch_fire(struct timer *t)
 {
-	struct worker *w = container_of(t, struct worker, watch);
+	struct worker_clients *wc = container_of(t, struct worker_clients, watch);
+	struct worker *w = wc->w;
 	const struct req *old = NULL;
 	uint64_t now = now_ns(); /* request ages are now_ns() differences */
 	struct conn *c;
 	unsigned i;
 
-	if (w->conns)
-		worker_timer_in(w, &w->watch, CONN_WATCH_NS);
-	for (c = w->conns; c; c = c->next) {
+	if (wc->conns)
+		worker_timer_in(w, &wc->watch, CONN_WATCH_NS);
+	for (c = wc->conns; c; c = c->next) {
 		if (!c->live_reqs || !c->area)
 			continue;
 		for (i = 0; i < c->reqs_fresh; i++) {
@@ -77,13 +78,8 @@ static void watch_fire(struct timer *t)
 	}
 }
 
-void conns_watch_init(struct worker *w)
-{
-	timer_init(&w->watch, watch_fire);
-}
-
 void conns_watch_arm(struct worker *w)
 {
-	if (!timer_armed(&w->watch))
-		worker_timer_in(w, &w->watch, CONN_WATCH_NS);
+	if (!timer_armed(&w->clients->watch))
+		worker_timer_in(w, &w->clients->watch, CONN_WATCH_NS);
 }

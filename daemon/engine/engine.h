@@ -20,7 +20,6 @@
 #include "timer.h"
 
 /* ---- worker.c: the loop-and-ring layer ---- */
-struct server;
 
 struct conn_resume;
 /* An accepted client, handed from the main thread to a worker. */
@@ -32,7 +31,6 @@ struct client {
 	struct client_peer peer;
 	struct conn_resume *resume; /* handed over in transmission (heap, the conn's), or NULL */
 };
-struct conn; /* conn.h's; opaque here */
 
 /*
  * An operation the loop completes: an SQE (user_data points at it) or a
@@ -91,9 +89,41 @@ struct worker_stats {
 	struct hist pool_wait;               /* waits for pool chunks */
 };
 
+/* The settings a worker runs with. */
+struct worker_config {
+	size_t pool_bytes;        /* its buffer pool */
+	uint32_t max_chunks_per_req; /* the most chunks one request takes (pool.h's fair shares) */
+	unsigned busy_poll_us;    /* polls this long before waiting; 0: as poll_max_us says */
+	unsigned poll_max_us;     /* the adaptive poll's longest wait; 0: no adaptive polling */
+	unsigned poll_depth;      /* adaptive polling only while it held this many requests lately */
+	bool defer_taskrun;       /* its ring defers task work where the kernel can */
+};
+
+struct worker;
+struct worker_clients; /* the clients' layer's own, per worker */
+/*
+ * What a worker asks of the layer that serves its clients: one table,
+ * registered once at start-up (worker_set_clients), before any worker
+ * starts. The worker never calls that layer by name.
+ */
+struct worker_clients_ops {
+	/* In worker_start, before its thread runs: sets w->clients (and may reserve timers). */
+	int (*init)(struct worker *w);
+	/* Once its thread is gone (or its start failed): frees w->clients. */
+	void (*fini)(struct worker *w);
+	/* On w's thread: a client handed over to w (worker_adopt); it takes the descriptors. */
+	void (*adopt)(struct worker *w, const struct client *cl);
+	/* Any thread: a client was closed before it was adopted (a stop, out of memory). */
+	void (*dropped)(const struct client *cl);
+	/* On w's thread: a graceful stop; then, after WORKER_STOP_GRACE_S, close_all. */
+	void (*stop)(struct worker *w);
+	void (*close_all)(struct worker *w);
+};
+void worker_set_clients(const struct worker_clients_ops *ops);
+
 struct worker {
 	int id;
-	struct server *srv;
+	struct worker_config cfg; /* as worker_start was given it */
 	pthread_t thread;
 	struct io_uring ring;
 	uint64_t now_ns;          /* its clock: CLOCK_MONOTONIC, read once per pass (worker_now) */
@@ -109,7 +139,6 @@ struct worker {
 	uint64_t wake_count;      /* ...the ring's read of it lands here */
 	struct op wake_op;        /* ...and completes here */
 	struct timer grace;       /* bounds a graceful stop */
-	struct timer watch;       /* finds its oldest request in flight (watch.c) */
 	pthread_mutex_t inbox_lock;
 	struct client *inbox;     /* accepted clients waiting to be adopted */
 	size_t inbox_len, inbox_cap;
@@ -121,19 +150,17 @@ struct worker {
 	size_t ndeferred, deferred_cap;
 	struct io_uring_sqe void_sqe; /* handed out when the ring refuses work */
 	struct pool pool;         /* with its fair shares and waiters (pool.h) */
-	struct conn *conns;       /* its connections: conn.c's list, opaque here */
-	atomic_uint nconns;       /* live connections (read by the main thread) */
+	struct worker_clients *clients; /* its clients' layer's state for it (worker_clients_ops) */
+	atomic_uint nconns;       /* live clients (their layer counts them; the main thread reads) */
 	struct worker_stats stats;
 	void *zeroes;             /* WORKER_ZEROES_BYTES of zeroes, never written */
-	struct handover_part *handover; /* a hand-over under way (handover.c), or NULL */
-	struct timer handover_check; /* ...polls for its connections to be parked */
-	uint64_t handover_since_ns; /* ...since this worker_now() */
 };
 #define WORKER_ZEROES_BYTES (1u << 20)
 #define WORKER_STOP_GRACE_S 5     /* a stop closes whatever is left after this */
 #define WORKER_STOP_GRACE_NS (WORKER_STOP_GRACE_S * 1000000000ull)
 
-int worker_start(struct worker *w, struct server *srv, int id);
+/* Starts worker id with cfg's settings (worker_set_clients first). */
+int worker_start(struct worker *w, const struct worker_config *cfg, int id);
 /* Hands an accepted client to w (from the main thread); w owns its descriptors. */
 void worker_adopt(struct worker *w, const struct client *cl);
 void worker_stop(struct worker *w);

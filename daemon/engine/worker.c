@@ -50,7 +50,7 @@
  * VM, a deep C-state's exit on metal): measured at 4k QD32 with polling
  * off, its waits took 256-1023 us, against 0-7 us for most of them while
  * it polled, and the disk held fewer requests for it. So by default it
- * polls, up to --poll-max per wait, while it held srv->poll_depth requests
+ * polls, up to --poll-max per wait, while it held cfg->poll_depth requests
  * or more lately (worker_depth: the most it held over WORKER_DEPTH_NS, so
  * the gaps where a client's next batch is on its way count too), and not
  * at depth 1, where the ring's own wait serves as well for less CPU.
@@ -85,15 +85,31 @@
 #include <unistd.h>
 
 #include "engine.h"
-#include "../service/service.h"
 
 #define RING_ENTRIES 1024
 #define RING_CQ_ENTRIES 8192
 #define POLL_CREDIT_RATIO 2                 /* ns of polling a ns of work earns */
 #define POLL_CREDIT_MAX_NS 1000000ull       /* credit banked at most */
 #define WORKER_DEPTH_NS (10 * 1000000ull)   /* "lately", for the depth that allows polling */
-/* Timers of the worker's own: the stop's grace, the oldest-request watch, a hand-over's check. */
-#define WORKER_OWN_TIMERS 3
+/* Timers of the worker's own: the stop's grace (its clients' layer reserves its own). */
+#define WORKER_OWN_TIMERS 1
+
+/* The layer that serves the workers' clients (worker_set_clients, once at start-up). */
+static const struct worker_clients_ops *clients_ops;
+
+void worker_set_clients(const struct worker_clients_ops *ops)
+{
+	clients_ops = ops;
+}
+
+/* A client closed without being adopted: its descriptors, and its place in the counts. */
+static void worker_drop(const struct client *cl)
+{
+	close(cl->fd);
+	if (cl->fd_out != cl->fd)
+		close(cl->fd_out);
+	clients_ops->dropped(cl);
+}
 
 /* The worker whose loop runs on this thread (NULL on the main thread). */
 static __thread struct worker *tls_worker;
@@ -412,19 +428,19 @@ static unsigned worker_depth(struct worker *w, uint64_t now)
 /* How long to poll before this wait (see the top); 0: wait at once. */
 static uint64_t worker_poll_window(struct worker *w, uint64_t now)
 {
-	const struct server *srv = w->srv;
+	const struct worker_config *cfg = &w->cfg;
 
 	if (!worker_clients(w))
 		return 0;
-	if (srv->busy_poll_us)
-		return (uint64_t)srv->busy_poll_us * 1000;
+	if (cfg->busy_poll_us)
+		return (uint64_t)cfg->busy_poll_us * 1000;
 	/* The work since the last wait earns credit. */
 	w->poll_credit_ns += (int64_t)(now - w->busy_since_ns) * POLL_CREDIT_RATIO;
 	if (w->poll_credit_ns > (int64_t)POLL_CREDIT_MAX_NS)
 		w->poll_credit_ns = (int64_t)POLL_CREDIT_MAX_NS;
-	if (!srv->poll_max_us || w->poll_credit_ns <= 0 || worker_depth(w, now) < srv->poll_depth)
+	if (!cfg->poll_max_us || w->poll_credit_ns <= 0 || worker_depth(w, now) < cfg->poll_depth)
 		return 0;
-	return (uint64_t)srv->poll_max_us * 1000;
+	return (uint64_t)cfg->poll_max_us * 1000;
 }
 
 /*
@@ -510,14 +526,10 @@ static bool worker_adopt_inbox(struct worker *w)
 		stop = w->stop;
 		pthread_mutex_unlock(&w->inbox_lock);
 		for (i = 0; i < n; i++) {
-			if (stop) {
-				close(cl[i].fd);
-				if (cl[i].fd_out != cl[i].fd)
-					close(cl[i].fd_out);
-				server_conn_gone(w->srv, &cl[i].key);
-			} else {
-				conns_adopt(w, &cl[i]);
-			}
+			if (stop)
+				worker_drop(&cl[i]);
+			else
+				clients_ops->adopt(w, &cl[i]);
 		}
 	} while (n == 64);
 	return stop;
@@ -547,14 +559,14 @@ static void worker_wake_done(struct op *op, int res)
 	if (stop && !w->stopping) {
 		w->stopping = true;
 		worker_timer_in(w, &w->grace, WORKER_STOP_GRACE_NS);
-		conns_stop(w);
+		clients_ops->stop(w);
 	}
 	worker_wake_arm(w);
 }
 
 static void worker_grace_fire(struct timer *t)
 {
-	conns_close_all(container_of(t, struct worker, grace));
+	clients_ops->close_all(container_of(t, struct worker, grace));
 }
 
 static void *worker_main(void *arg)
@@ -579,7 +591,7 @@ static void *worker_main(void *arg)
 	return NULL;
 }
 
-int worker_start(struct worker *w, struct server *srv, int id)
+int worker_start(struct worker *w, const struct worker_config *cfg, int id)
 {
 	struct io_uring_params params;
 	int ret;
@@ -587,7 +599,7 @@ int worker_start(struct worker *w, struct server *srv, int id)
 	memset(w, 0, sizeof(*w));
 	w->id = id;
 	w->wake_fd = -1;
-	w->srv = srv;
+	w->cfg = *cfg;
 	pthread_mutex_init(&w->inbox_lock, NULL);
 
 	w->zeroes = mmap(NULL, WORKER_ZEROES_BYTES, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -596,16 +608,16 @@ int worker_start(struct worker *w, struct server *srv, int id)
 		log_error("worker %d: %s", id, strerror(-ret));
 		return ret;
 	}
-	ret = pool_init(&w->pool, srv->pool_bytes, EXPORT_MAX_CHUNKS_PER_REQ);
+	ret = pool_init(&w->pool, cfg->pool_bytes, cfg->max_chunks_per_req);
 	if (ret < 0) {
-		log_error("worker %d: buffer pool of %zu bytes: %s", id, srv->pool_bytes,
+		log_error("worker %d: buffer pool of %zu bytes: %s", id, cfg->pool_bytes,
 			  strerror(-ret));
 		goto out_unmap_zeroes;
 	}
 	memset(&params, 0, sizeof(params));
 	params.flags = IORING_SETUP_CQSIZE;
 	params.cq_entries = RING_CQ_ENTRIES;
-	if (srv->defer_taskrun && defer_taskrun != 0) {
+	if (cfg->defer_taskrun && defer_taskrun != 0) {
 		params.flags |= IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN |
 				IORING_SETUP_TASKRUN_FLAG | IORING_SETUP_R_DISABLED;
 		ret = io_uring_queue_init_params(RING_ENTRIES, &w->ring, &params);
@@ -624,7 +636,7 @@ int worker_start(struct worker *w, struct server *srv, int id)
 	}
 	w->defer = params.flags & IORING_SETUP_DEFER_TASKRUN;
 	defer_taskrun = w->defer;
-	if (!srv->defer_taskrun)
+	if (!cfg->defer_taskrun)
 		defer_why = " (--no-defer-taskrun)";
 	timers_init(&w->timers);
 	if (timers_reserve(&w->timers, WORKER_OWN_TIMERS) < 0) {
@@ -641,16 +653,20 @@ int worker_start(struct worker *w, struct server *srv, int id)
 	}
 	w->wake_op.done = worker_wake_done;
 	timer_init(&w->grace, worker_grace_fire);
-	timer_init(&w->handover_check, NULL); /* conns_handover sets it up */
-	conns_watch_init(w);
-
+	ret = clients_ops->init(w);
+	if (ret < 0) {
+		log_error("worker %d: %s", id, strerror(-ret));
+		goto out_timers;
+	}
 	ret = -pthread_create(&w->thread, NULL, worker_main, w);
 	if (ret < 0) {
 		log_error("worker %d: pthread_create: %s", id, strerror(-ret));
-		goto out_timers;
+		goto out_clients;
 	}
 	return 0;
 
+out_clients:
+	clients_ops->fini(w);
 out_timers:
 	if (w->wake_fd >= 0)
 		close(w->wake_fd);
@@ -674,10 +690,7 @@ void worker_adopt(struct worker *w, const struct client *cl)
 		if (!p) {
 			pthread_mutex_unlock(&w->inbox_lock);
 			log_error("worker %d: out of memory adopting a connection", w->id);
-			close(cl->fd);
-			if (cl->fd_out != cl->fd)
-				close(cl->fd_out);
-			server_conn_gone(w->srv, &cl->key);
+			worker_drop(cl);
 			return;
 		}
 		w->inbox = p;
@@ -699,6 +712,7 @@ void worker_stop(struct worker *w)
 void worker_join(struct worker *w)
 {
 	pthread_join(w->thread, NULL);
+	clients_ops->fini(w);
 	timers_release(&w->timers);
 	io_uring_queue_exit(&w->ring);
 	close(w->wake_fd);

@@ -46,7 +46,7 @@ int metrics_collect(struct server *srv, struct metrics *m)
 		mw->ring_wait_ns = GET(ring_wait_ns);
 		mw->pool_used_bytes = GET(pool_used_bytes);
 		mw->pool_waiters = GET(pool_waiters);
-		mw->pool_bytes = srv->pool_bytes;
+		mw->pool_bytes = srv->workers_cfg.pool_bytes;
 		/* A worker with no connection has no request, whenever it last looked. */
 		start = GET(oldest_req_start_ns);
 		if (start && atomic_load_explicit(&srv->workers[w].nconns, memory_order_relaxed)) {
@@ -60,7 +60,7 @@ int metrics_collect(struct server *srv, struct metrics *m)
 		m->has_cache = true;
 		cache_get_stats(srv->cache, &m->cache);
 	}
-	m->pool_bytes = srv->pool_bytes;
+	m->pool_bytes = srv->workers_cfg.pool_bytes;
 	m->over_limit = atomic_load_explicit(&srv->over_limit, memory_order_relaxed);
 	m->connections = server_connections(srv);
 	m->start_time_s = srv->start_time_s;

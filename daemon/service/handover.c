@@ -55,6 +55,7 @@
 
 struct handover_part {
 	struct op op;              /* posted to the worker */
+	struct op parked;          /* ...which posts this once its connections are parked */
 	struct worker *w;
 	struct conn_parked *conns; /* filled on the worker once parked */
 	int n;
@@ -496,22 +497,25 @@ static json_object *conn_json(const struct conn_parked *p)
 	return o;
 }
 
+static void part_parked(struct op *op, int res);
+
 /* On a worker: parks its connections (the part is its own until it is done). */
 static void part_run(struct op *op, int res)
 {
 	struct handover_part *part = container_of(op, struct handover_part, op);
 
 	(void)res;
-	part->w->handover = part;
-	conns_handover(part->w);
+	part->parked.done = part_parked;
+	conns_handover(part->w, &part->parked);
 }
 
-void handover_worker_done(struct worker *w)
+/* On the worker: its connections are parked (or closed); the main thread counts them in. */
+static void part_parked(struct op *op, int res)
 {
-	struct handover_part *part = w->handover;
+	struct handover_part *part = container_of(op, struct handover_part, parked);
 
-	part->n = conns_parked(w, &part->conns);
-	w->handover = NULL;
+	(void)res;
+	part->n = conns_parked(part->w, &part->conns);
 	if (atomic_fetch_sub(&ho.pending, 1) == 1)
 		ev_async_send(ho.srv->loop, &ho.parked);
 }

@@ -175,7 +175,7 @@ static void listener_accept_cb(struct ev_loop *loop, ev_io *watcher, int revents
 		if (server_accept(srv, &cl) == -EUSERS && (stat_add(&srv->over_limit, 1), true))
 			log_msg_limited(&client_limit, LOG_WARN,
 					"%s has %u connections, the per-client limit: refused it on %s",
-					server_client_name(&cl.key, who, sizeof(who)),
+					client_name(&cl.key, who, sizeof(who)),
 					srv->max_conns_per_client, l->desc);
 	}
 }

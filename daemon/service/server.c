@@ -109,20 +109,6 @@ static void client_put(struct server *s, const struct client_key *key)
 	pthread_mutex_unlock(&s->clients_lock);
 }
 
-const char *server_client_name(const struct client_key *key, char *buf, size_t len)
-{
-	char a[INET6_ADDRSTRLEN];
-
-	if (key->family == AF_UNIX)
-		snprintf(buf, len, "uid %u", key->uid);
-	else if (key->family == AF_INET || key->family == AF_INET6)
-		snprintf(buf, len, key->family == AF_INET6 ? "[%s]" : "%s",
-			 inet_ntop(key->family, key->addr, a, sizeof(a)) ? a : "?");
-	else
-		snprintf(buf, len, "a client");
-	return buf;
-}
-
 int server_accept(struct server *s, const struct client *cl)
 {
 	if (server_shutting_down(s) || !client_take(s, &cl->key)) {
@@ -473,4 +459,70 @@ unsigned server_connections(struct server *s)
 	for (i = 0; i < s->nworkers; i++)
 		n += atomic_load_explicit(&s->workers[i].nconns, memory_order_relaxed);
 	return n;
+}
+
+/* ---- the connection layer's host (conn.h's struct conn_host) ---- */
+
+static void host_exports_lock(void *ctx)
+{
+	pthread_rwlock_rdlock(&((struct server *)ctx)->exports_lock);
+}
+
+static void host_exports_unlock(void *ctx)
+{
+	pthread_rwlock_unlock(&((struct server *)ctx)->exports_lock);
+}
+
+static void host_refresh_exports(void *ctx)
+{
+	server_refresh_exports(ctx);
+}
+
+static bool host_shutting_down(void *ctx)
+{
+	return server_shutting_down(ctx);
+}
+
+static bool host_list_refused(void *ctx)
+{
+	return ((const struct server *)ctx)->list_refused;
+}
+
+static struct tls_creds *host_tls_creds(void *ctx)
+{
+	struct server *s = ctx;
+	struct tls_creds *creds;
+
+	/* A reload replaces them under the table's lock. */
+	pthread_rwlock_rdlock(&s->exports_lock);
+	creds = tls_creds_get(s->tls_creds);
+	pthread_rwlock_unlock(&s->exports_lock);
+	return creds;
+}
+
+static void host_conn_gone(void *ctx, const struct client_key *key)
+{
+	server_conn_gone(ctx, key);
+}
+
+void server_conn_host(struct server *s, struct conn_host *h)
+{
+	*h = (struct conn_host){
+		.ctx = s,
+		.exports_lock = host_exports_lock,
+		.exports_unlock = host_exports_unlock,
+		.export_lookup = server_export_lookup,
+		.export_nth = server_export_nth,
+		.refresh_exports = host_refresh_exports,
+		.shutting_down = host_shutting_down,
+		.list_refused = host_list_refused,
+		.tls_creds = host_tls_creds,
+		.conn_gone = host_conn_gone,
+		.tls_mode = s->tls_mode,
+		.handshake_timeout_s = s->handshake_timeout_s,
+		.io_timeout_s = s->io_timeout_s,
+		.idle_timeout_s = s->idle_timeout_s,
+		.cache = s->cache,
+		.test_fill_delay_ms = s->test_fill_delay_ms,
+	};
 }

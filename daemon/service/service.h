@@ -21,6 +21,8 @@
 #include "../engine/engine.h"
 #include "../storage/storage.h"
 
+struct server;
+
 /* ---- config.c ---- */
 struct config {
 	char *unix_path, *bind, *port, *pid_file;
@@ -127,8 +129,6 @@ void handover_start(struct server *srv);
 void handover_store(struct server *srv);
 /* A descriptor passed with a name of the fd store's (listen.c): true if it is ours. */
 bool handover_stored(int fd, const char *name);
-/* On a worker: its connections are parked (conns_handover). */
-void handover_worker_done(struct worker *w);
 /* What this process's start adopted (for the control socket's stats). */
 struct handover_stats {
 	bool restarted;           /* this process was started by a hand-over */
@@ -178,7 +178,7 @@ struct server {
 	unsigned next_worker;      /* round-robin placement (main thread) */
 	struct listener *listeners;
 	size_t nlisteners;
-	size_t pool_bytes;         /* per worker */
+	struct worker_config workers_cfg; /* every worker's: pool, polling, task work */
 	struct cache *cache;       /* shared by every cached export */
 	unsigned max_conns;        /* 0: no limit */
 	unsigned handshake_timeout_s; /* 0: none */
@@ -192,9 +192,6 @@ struct server {
 	unsigned keepalive_s;      /* TCP keepalive idle time; 0: no keepalive */
 	unsigned io_timeout_s;     /* a stalled reply or payload ends its connection; 0: never */
 	unsigned idle_timeout_s;   /* an idle connection is closed; 0: never */
-	unsigned busy_poll_us;     /* workers poll this long before waiting; 0: as poll_max_us says */
-	unsigned poll_max_us;      /* the adaptive poll's longest wait; 0: no adaptive polling */
-	unsigned poll_depth;       /* adaptive polling only while a worker held this many requests lately */
 /*
  * By default a worker polls (up to POLL_MAX_US_DEFAULT per wait, from the
  * credit its work earned: worker.c) only while it held POLL_DEPTH_DEFAULT
@@ -206,7 +203,6 @@ struct server {
 #define POLL_MAX_US_DEFAULT 300
 #define POLL_DEPTH_DEFAULT 4
 	bool keep_conns;           /* SIGTERM under systemd stores connections in its fd store */
-	bool defer_taskrun;        /* workers' rings defer task work where the kernel can (worker.c) */
 	ev_timer accept_backoff;   /* listeners stopped after EMFILE and the like */
 	double backoff_s;          /* its current length; 0 after a good accept */
 	unsigned test_fill_delay_ms; /* test builds only: hold cache fills open */
@@ -228,10 +224,14 @@ int server_export_nth(void *srv, size_t i, struct proto_export *out);
  * closed when its key is at the per-client limit.
  */
 int server_accept(struct server *srv, const struct client *cl);
+/*
+ * What the connection layer asks of the server (its host: export lookup,
+ * TLS credentials, shutdown, the limits' counts) and the settings it runs
+ * with, for conns_init(): once the settings are final.
+ */
+void server_conn_host(struct server *s, struct conn_host *h);
 /* An accepted client is closed (any thread). */
 void server_conn_gone(struct server *srv, const struct client_key *key);
-/* "127.0.0.1", "[::1]", "uid 1000": the key for log lines. */
-const char *server_client_name(const struct client_key *key, char *buf, size_t len);
 /* At max_conns: a client accepted now is refused. */
 bool server_at_capacity(struct server *srv);
 bool server_shutting_down(const struct server *srv);
