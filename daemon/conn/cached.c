@@ -63,18 +63,17 @@ static void slot_wake(struct cache_waiter *w)
 static void slot_prep_read(struct page_slot *s, void *dst)
 {
 	struct req *q = s->q;
-	struct io_uring_sqe *sqe;
-
 	const struct export *e = q->c->exp;
-	uint64_t off = s->index * CACHE_PAGE_BYTES;
+	struct iovec v = { .iov_base = dst, .iov_len = CACHE_PAGE_BYTES };
+	struct backend_io io = {
+		.w = q->c->w, .op = &s->op.op, .e = e, .off = s->index * CACHE_PAGE_BYTES,
+		.len = CACHE_PAGE_BYTES, .iov = &v, .niov = 1,
+	};
 
 	conn_op_init(&s->op, q->c, slot_fill_done);
-	sqe = conn_sqe(&s->op);
-	/* An overlay's own pages are read around the cache, which holds the base's. */
-	if (e->ov && !s->p && overlay_allocated(e->ov, off))
-		io_uring_prep_read(sqe, e->ov->fd, dst, CACHE_PAGE_BYTES, e->ov->data_off + off);
-	else
-		io_uring_prep_read(sqe, e->fd, dst, CACHE_PAGE_BYTES, off);
+	conn_expect(&s->op);
+	/* A read is queued in the ring: io is read before the call returns (storage.h). */
+	e->be->read(&io);
 	q->cache_pending++;
 }
 
@@ -96,8 +95,8 @@ static void slot_lookup(struct page_slot *s)
 	const struct export *e = q->c->exp;
 	struct cache_page *p;
 
-	/* A page that lives in the overlay: straight from there (stable under the lock). */
-	if (e->ov && overlay_allocated(e->ov, s->index * CACHE_PAGE_BYTES)) {
+	/* A page the cache may not hold (an overlay's own): straight from the backend. */
+	if (e->be->cacheable && !e->be->cacheable(e, s->index * CACHE_PAGE_BYTES)) {
 		s->p = NULL;
 		if (read)
 			slot_prep_read(s, slot_buf(s));

@@ -171,7 +171,8 @@ struct req {
 	uint32_t nbd_error;        /* error to reply with, NBD_SUCCESS if none */
 	struct conn_op op;         /* its one op in flight: payload, lock grant, edge reads,
 				      file I/O, a pool wait, or an offloaded extent query */
-	struct offload_job job;    /* BLOCK_STATUS: the extent query off the loop */
+	struct backend_io bio;     /* its call to the export's backend (fileio.c); bio.job also
+				      runs BLOCK_STATUS's and a READ's extent queries off the loop */
 	size_t nextents;           /* ...and how many extents it found (also a READ's holes) */
 	uint32_t bs_contexts;      /* BLOCK_STATUS: the contexts to answer (proto's mask) */
 	struct bitmap_wait bm_wait; /* REQ_BITMAP: its place in the commit queue */

@@ -33,49 +33,19 @@
 
 static void fileio_done(struct conn_op *o, int res);
 
-/*
- * An overlay export's read or write of the span from io_done_bytes on:
- * a write goes to the overlay; a read takes the run of granules that live
- * in one layer (the next run is the "short transfer" that follows).
- */
-static void fileio_prep_overlay(struct req *q, struct io_uring_sqe *sqe)
+/* A fresh call to the export's backend, completing q->op (counted pending). */
+static struct backend_io *fileio_bio(struct req *q, uint64_t off, uint64_t len)
 {
-	const struct export *e = q->c->exp;
-	uint64_t pos = q->plan.io_off + q->io_done_bytes, left = q->plan.io_len - q->io_done_bytes;
-	unsigned n;
-	bool in_ov = true;
+	struct backend_io *io = &q->bio;
 
-	if (q->r.type == NBD_CMD_READ)
-		left = overlay_run(e->ov, pos, left, &in_ov);
-	n = iov_slice(q->iov, q->niov, q->io_done_bytes, left, q->io_iov);
-	if (q->r.type == NBD_CMD_READ)
-		io_uring_prep_readv(sqe, in_ov ? e->ov->fd : e->fd, q->io_iov, n,
-				    in_ov ? e->ov->data_off + pos : pos);
-	else
-		io_uring_prep_writev(sqe, e->ov->fd, q->io_iov, n, e->ov->data_off + pos);
-}
-
-/* Overlay FLUSH, FUA, WRITE_ZEROES: blocking calls, on an offload thread. */
-static void fileio_overlay_job(struct offload_job *j)
-{
-	struct req *q = container_of(j, struct req, job);
-	const struct export *e = q->c->exp;
-	int ret = 0;
-
-	if (q->state == REQ_FALLOC)
-		ret = overlay_zero(e->ov, e->fd, q->r.offset, q->r.len_bytes);
-	if (ret == 0 && (q->state != REQ_FALLOC || (q->r.flags & NBD_CMD_FLAG_FUA)))
-		ret = overlay_flush(e->ov);
-	j->res = ret;
-}
-
-static void fileio_overlay_step(struct req *q, enum req_state state)
-{
-	req_set_state(q, state);
-	conn_op_init(&q->op, q->c, fileio_done);
 	conn_expect(&q->op);
-	q->job = (struct offload_job){ .fn = fileio_overlay_job, .w = q->c->w, .op = &q->op.op };
-	offload_queue(&q->job);
+	io->w = q->c->w;
+	io->op = &q->op.op;
+	io->e = q->c->exp;
+	io->off = off;
+	io->len = len;
+	io->flags = 0;
+	return io;
 }
 
 /* Queues the I/O of the request's current state (from io_done_bytes on). */
@@ -83,38 +53,48 @@ static void fileio_prep(struct req *q)
 {
 	struct conn *c = q->c;
 	const struct export *e = c->exp;
-	struct io_uring_sqe *sqe = conn_sqe(&q->op);
-	int fd = q->plan.buffered ? e->fd_buffered : e->fd;
+	struct backend_io *io;
 	uint64_t left;
-	unsigned n;
 
 	switch (q->state) {
 	case REQ_FALLOC:
-		io_uring_prep_fallocate(sqe, e->fd, q->falloc_mode, (off_t)q->plan.io_off,
-					(off_t)q->plan.io_len);
+		io = fileio_bio(q, q->plan.io_off, q->plan.io_len);
+		io->mode = q->falloc_mode;
+		if (q->r.type == NBD_CMD_TRIM)
+			e->be->trim(io);
+		else
+			e->be->zero(io);
 		return;
-	case REQ_ZERO_WRITE:
+	case REQ_ZERO_WRITE: {
+		struct iovec v = { .iov_base = c->w->zeroes };
+
 		left = q->r.len_bytes - q->io_done_bytes;
-		n = left < WORKER_ZEROES_BYTES ? (unsigned)left : WORKER_ZEROES_BYTES;
-		io_uring_prep_write(sqe, e->fd_buffered, c->w->zeroes, n,
-				    q->r.offset + q->io_done_bytes);
+		v.iov_len = left < WORKER_ZEROES_BYTES ? left : WORKER_ZEROES_BYTES;
+		io = fileio_bio(q, q->r.offset + q->io_done_bytes, v.iov_len);
+		io->iov = &v; /* read before the call returns */
+		io->niov = 1;
+		io->flags = BACKEND_BUFFERED;
+		e->be->write(io);
 		return;
+	}
 	case REQ_SYNC:
 	case REQ_FLUSH:
-		io_uring_prep_fsync(sqe, e->fd, IORING_FSYNC_DATASYNC);
+		e->be->flush(fileio_bio(q, 0, 0));
 		return;
 	case REQ_IO:
-		if (e->ov) {
-			fileio_prep_overlay(q, sqe);
-			return;
+		left = q->plan.io_len - q->io_done_bytes;
+		io = fileio_bio(q, q->plan.io_off + q->io_done_bytes, left);
+		io->niov = iov_slice(q->iov, q->niov, q->io_done_bytes, left, q->io_iov);
+		io->iov = q->io_iov;
+		if (q->plan.buffered)
+			io->flags |= BACKEND_BUFFERED;
+		if (q->r.type == NBD_CMD_READ) {
+			e->be->read(io);
+		} else {
+			if ((q->r.flags & NBD_CMD_FLAG_FUA) && !e->be->fua_by_flush)
+				io->flags |= BACKEND_FUA;
+			e->be->write(io);
 		}
-		n = iov_slice(q->iov, q->niov, q->io_done_bytes, q->plan.io_len - q->io_done_bytes,
-			      q->io_iov);
-		if (q->r.type == NBD_CMD_READ)
-			io_uring_prep_readv(sqe, fd, q->io_iov, n, q->plan.io_off + q->io_done_bytes);
-		else
-			io_uring_prep_writev2(sqe, fd, q->io_iov, n, q->plan.io_off + q->io_done_bytes,
-					      (q->r.flags & NBD_CMD_FLAG_FUA) ? RWF_DSYNC : 0);
 		return;
 	default:
 		assert(0);
@@ -124,11 +104,6 @@ static void fileio_prep(struct req *q)
 /* Enters a file I/O state and queues its first I/O. */
 static void fileio_step(struct req *q, enum req_state state)
 {
-	/* An overlay's syncs also make its map durable: a blocking job. */
-	if (q->c->exp->ov && (state == REQ_SYNC || state == REQ_FLUSH)) {
-		fileio_overlay_step(q, state);
-		return;
-	}
 	req_set_state(q, state);
 	conn_op_init(&q->op, q->c, fileio_done);
 	q->io_done_bytes = 0;
@@ -222,10 +197,12 @@ static void fileio_data_done(struct req *q, int res)
 		fileio_prep(q); /* short transfer: the rest */
 		return;
 	}
-	if (c->exp->ov && q->r.type != NBD_CMD_READ) {
-		/* Every granule of the span is whole in the overlay now. */
-		overlay_mark(c->exp->ov, q->plan.io_off, q->plan.io_len);
-		if (q->r.flags & NBD_CMD_FLAG_FUA) {
+	if (q->r.type != NBD_CMD_READ) {
+		const struct backend_ops *be = c->exp->be;
+
+		if (be->written)
+			be->written(c->exp, q->plan.io_off, q->plan.io_len);
+		if (be->fua_by_flush && (q->r.flags & NBD_CMD_FLAG_FUA)) {
 			fileio_step(q, REQ_SYNC);
 			return;
 		}
@@ -239,13 +216,6 @@ static void fileio_done(struct conn_op *o, int res)
 
 	if (q->c->state == CONN_CLOSING) {
 		req_finish(q, NBD_EIO);
-		return;
-	}
-	if (q->c->exp->ov && q->state == REQ_FALLOC) {
-		/* overlay_zero, and its flush with FUA, ran on an offload thread. */
-		if (res < 0 && (q->r.flags & NBD_CMD_FLAG_FUA))
-			backing_fail(export_store(q->c->exp), -res);
-		req_finish(q, res < 0 ? proto_errno_to_nbd(-res) : NBD_SUCCESS);
 		return;
 	}
 	switch (q->state) {
@@ -304,16 +274,15 @@ static void fileio_rmw_done(struct conn_op *o, int res)
 	fileio_step(q, REQ_IO);
 }
 
-/* Reads one edge block: from the file, or on an overlay from the layer it lives in. */
+/* Reads one edge block (on an overlay, from the layer it lives in: a block is in one granule). */
 static void fileio_prep_edge(struct req *q, void *dst, uint32_t a, uint64_t off)
 {
-	const struct export *e = q->c->exp;
-	struct io_uring_sqe *sqe = conn_sqe(&q->op);
+	struct iovec v = { .iov_base = dst, .iov_len = a };
+	struct backend_io *io = fileio_bio(q, off, a);
 
-	if (e->ov && overlay_allocated(e->ov, off))
-		io_uring_prep_read(sqe, e->ov->fd, dst, a, e->ov->data_off + off);
-	else
-		io_uring_prep_read(sqe, e->fd, dst, a, off);
+	io->iov = &v; /* read before the call returns */
+	io->niov = 1;
+	q->c->exp->be->read(io);
 }
 
 /* Under the exclusive lock: read the edge blocks an unaligned write keeps. */
@@ -349,7 +318,7 @@ static void fileio_start_rmw(struct req *q)
 
 static void fileio_extents_query(struct offload_job *j)
 {
-	struct req *q = container_of(j, struct req, job);
+	struct req *q = container_of(j, struct req, bio.job);
 
 	q->nextents = export_extents(q->c->exp, q->r.offset, q->r.len_bytes,
 				     q->r.flags & NBD_CMD_FLAG_REQ_ONE,
@@ -436,8 +405,8 @@ static void fileio_block_status(struct req *q)
 	}
 	conn_op_init(&q->op, q->c, fileio_extents_done);
 	conn_expect(&q->op);
-	q->job = (struct offload_job){ .fn = fileio_extents_query, .w = q->c->w, .op = &q->op.op };
-	offload_queue(&q->job);
+	q->bio.job = (struct offload_job){ .fn = fileio_extents_query, .w = q->c->w, .op = &q->op.op };
+	offload_queue(&q->bio.job);
 }
 
 /*
@@ -447,7 +416,7 @@ static void fileio_block_status(struct req *q)
  */
 static void fileio_holes_query(struct offload_job *j)
 {
-	struct req *q = container_of(j, struct req, job);
+	struct req *q = container_of(j, struct req, bio.job);
 
 	q->nextents = export_extents(q->c->exp, q->r.offset, q->r.len_bytes, false,
 				     (struct proto_extent *)((uint8_t *)q->bounce.iov_base + EXTENTS_OFF),
@@ -481,18 +450,6 @@ void fileio_start(struct req *q)
 {
 	const struct export *e = q->c->exp;
 
-	if (e->ov && q->r.type == NBD_CMD_TRIM) {
-		/* Advisory, and the base cannot shrink: nothing to do, nothing to sync. */
-		req_finish(q, NBD_SUCCESS);
-		return;
-	}
-	if (e->ov && q->r.type == NBD_CMD_WRITE_ZEROES) {
-		if ((q->r.flags & NBD_CMD_FLAG_FUA) && fileio_lost(q))
-			req_finish(q, NBD_EIO);
-		else
-			fileio_overlay_step(q, REQ_FALLOC);
-		return;
-	}
 	switch (q->r.type) {
 	case NBD_CMD_TRIM:
 		q->falloc_mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
@@ -535,9 +492,9 @@ void fileio_start(struct req *q)
 			conn_op_init(&q->op, q->c, fileio_holes_done);
 			conn_expect(&q->op);
 			q->nextents = 0;
-			q->job = (struct offload_job){ .fn = fileio_holes_query, .w = q->c->w,
+			q->bio.job = (struct offload_job){ .fn = fileio_holes_query, .w = q->c->w,
 						       .op = &q->op.op };
-			offload_queue(&q->job);
+			offload_queue(&q->bio.job);
 		} else if (q->r.type == NBD_CMD_WRITE && (q->r.flags & NBD_CMD_FLAG_FUA) &&
 			   fileio_lost(q))
 			req_finish(q, NBD_EIO);

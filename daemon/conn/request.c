@@ -168,9 +168,9 @@ void req_plan(struct req *q)
 		.align_bytes = e->align_bytes,
 		.direct_end = e->direct_end,
 		.cache = conn_host.cache ? (enum cache_mode)e->cache_mode : CACHE_MODE_NONE,
-		.blockdev = e->is_blockdev && !e->ov,
+		.blockdev = e->be == &backend_blockdev, /* not an overlay's base */
 		.cache_page_bytes = CACHE_PAGE_BYTES,
-		.granule_bytes = e->ov ? OVERLAY_GRANULE_BYTES : 0,
+		.granule_bytes = e->be->zero_granule,
 	};
 	struct plan kept = q->plan;
 
@@ -180,9 +180,8 @@ void req_plan(struct req *q)
 					   memory_order_relaxed);
 
 	/* A write that would leave part of a base granule copies the granule up (overlay.c). */
-	if (e->ov && q->r.type == NBD_CMD_WRITE && q->r.len_bytes)
-		in.align_bytes = overlay_write_align(e->ov, q->r.offset, q->r.len_bytes,
-						     e->align_bytes);
+	if (e->be->write_align && q->r.type == NBD_CMD_WRITE && q->r.len_bytes)
+		in.align_bytes = e->be->write_align(e, q->r.offset, q->r.len_bytes, e->align_bytes);
 	plan_request(&in, &q->plan);
 	if (!q->seg)
 		return;
@@ -342,7 +341,7 @@ static bool req_segment_done(struct req *q, uint32_t nbd_error)
 	if (nbd_error == NBD_SUCCESS) {
 		if (req_seg_last(q))
 			return false;
-		if (cache && q->plan.exclusive && !c->exp->ov)
+		if (cache && q->plan.exclusive && c->exp->be->writes_cached)
 			cache_invalidate(cache, c->exp->backing->cache_id, q->r.offset,
 					 q->r.len_bytes);
 		if (q->r.type == NBD_CMD_READ) {
@@ -395,7 +394,7 @@ void req_finish(struct req *q, uint32_t nbd_error)
 	if (req_locked(q)) {
 		/* Before unlocking, so that no read can fill a page from before it afterwards. */
 		/* An overlay's writes leave its base, the cached file, as it was. */
-		if (cache && q->plan.exclusive && !c->exp->ov)
+		if (cache && q->plan.exclusive && c->exp->be->writes_cached)
 			cache_invalidate(cache, c->exp->backing->cache_id, q->r.offset,
 					 q->r.len_bytes);
 		rl_release(c->exp->locks, &q->lock);

@@ -372,7 +372,8 @@ struct export *export_open(const struct export_spec *spec)
 		free(e);
 		return NULL;
 	}
-	if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
+	e->be = backend_for(spec, &st);
+	if (!e->be || (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))) {
 		log_error("export \"%s\": not a regular file or block device", spec->path);
 		free(e);
 		return NULL;
@@ -472,7 +473,7 @@ struct export *export_open(const struct export_spec *spec)
 	if (export_queue_attr(&st, "rotational", 0) == 1)
 		e->tflags |= NBD_FLAG_ROTATIONAL;
 	/* A device without a zeroing command would write zeroes: FAST_ZERO says no. */
-	e->zeroes_fast = !e->is_blockdev || export_queue_attr(&st, "write_zeroes_max_bytes", 0) > 0;
+	e->zeroes_fast = e->ov || !e->is_blockdev || export_queue_attr(&st, "write_zeroes_max_bytes", 0) > 0;
 	if (e->readonly)
 		e->tflags |= NBD_FLAG_READ_ONLY;
 	else
@@ -652,14 +653,7 @@ size_t export_file_extents(int fd, uint64_t shift, uint64_t off, uint64_t len,
 size_t export_extents(const struct export *e, uint64_t off, uint64_t len, bool one,
 		      struct proto_extent *ext, size_t max)
 {
-	if (e->ov)
-		return overlay_extents(e->ov, e->fd, off, len, one, ext, max);
-	/* A block device reports everything allocated. */
-	if (e->is_blockdev) {
-		ext[0] = (struct proto_extent){ .len_bytes = len, .flags = 0 };
-		return 1;
-	}
-	return export_file_extents(e->fd, 0, off, len, ext, 0, one ? 1 : max);
+	return e->be->extents(e, off, len, one, ext, max);
 }
 
 struct export *export_open_checkpoint(const struct export *base, const struct bitmap_info *ck)

@@ -245,6 +245,62 @@ unsigned export_stat_err(uint32_t nbd_error);
 /* All of a set's connections, whatever their transport. */
 uint64_t export_stats_conns(const struct export_stats *st);
 
+/* ---- backends: how an export's bytes are stored, one table per kind ---- */
+/*
+ * The request path (conn/fileio.c, conn/cached.c) reaches an export's
+ * storage only through its table, e->be. Each queued operation completes
+ * io->op exactly once on io->w's thread, with bytes done (read, write:
+ * fewer than asked is a short transfer, asked again for the rest), 0, or
+ * -errno; the caller counts it pending first. How it completes is the
+ * backend's: an SQE in the worker's ring, or a blocking call on an
+ * offload thread (io->job) posted back. A queued call is done with io's
+ * fields when it returns, and with a single iovec (a caller may pass one
+ * of its stack: an SQE takes it by value); an array of iovecs is read at
+ * submit, so it lives until op completes, as io->job does for an
+ * offloaded call. Adding a backend: storage.h
+ * (the declaration), a file of its own, a line in backends[] (backend.c).
+ */
+#define BACKEND_FUA 1u            /* write: durable once done */
+#define BACKEND_BUFFERED 2u       /* read, write: the partial last block, through the page cache */
+struct export;
+struct backend_io {
+	struct worker *w;
+	struct op *op;            /* completed once, on w */
+	struct offload_job job;   /* an offloaded call runs here */
+	const struct export *e;
+	uint64_t off, len;        /* bytes of the export */
+	struct iovec *iov;        /* read, write: the bytes (the backend may trim it) */
+	unsigned niov;
+	unsigned flags;           /* BACKEND_* */
+	int mode;                 /* zero: FALLOC_FL_PUNCH_HOLE or _ZERO_RANGE (| KEEP_SIZE) */
+};
+struct backend_ops {
+	const char *kind;         /* "file", "block device", "overlay": for log lines */
+	/* Whether it serves spec, whose path stat()s as st. */
+	bool (*claims)(const struct export_spec *spec, const struct stat *st);
+	/* Queued (see above). */
+	void (*read)(struct backend_io *io);
+	void (*write)(struct backend_io *io);
+	void (*flush)(struct backend_io *io);           /* all written so far durable */
+	void (*trim)(struct backend_io *io);            /* advisory: -EOPNOTSUPP is no failure */
+	void (*zero)(struct backend_io *io);            /* -EOPNOTSUPP: the caller writes zeroes */
+	/* A write's bytes are all in (before FUA's flush, if fua_by_flush); NULL: nothing to do. */
+	void (*written)(const struct export *e, uint64_t off, uint64_t len);
+	bool fua_by_flush;        /* FUA is a flush after the write, not BACKEND_FUA */
+	bool writes_cached;       /* writes change the file the page cache holds pages of */
+	uint32_t zero_granule;    /* WRITE_ZEROES locks whole ones of these; 0: its bytes */
+	/* Blocking (offload threads): base:allocation of [off, off + len), at most max extents. */
+	size_t (*extents)(const struct export *e, uint64_t off, uint64_t len, bool one,
+			  struct proto_extent *ext, size_t max);
+	/* The alignment a write of [off, off + len) is planned with; NULL: the export's. */
+	uint32_t (*write_align)(const struct export *e, uint64_t off, uint64_t len, uint32_t align);
+	/* Whether the page at off is the base file's, which the page cache may hold; NULL: always. */
+	bool (*cacheable)(const struct export *e, uint64_t off);
+};
+extern const struct backend_ops backend_file, backend_blockdev, backend_overlay;
+/* The registry, asked in order: the first that claims a spec serves it (backend.c). */
+const struct backend_ops *backend_for(const struct export_spec *spec, const struct stat *st);
+
 /*
  * An export. Heap object, reference counted: the server's table holds one
  * reference and every connection that chose it holds one, so an export
@@ -256,6 +312,7 @@ struct export {
 	char *name;            /* export name ("" is the default export) */
 	char *description;
 	char *path;            /* backing file or block device */
+	const struct backend_ops *be; /* how its bytes are stored: the request path's only way there */
 	int fd;                /* opened O_DIRECT */
 	int fd_buffered;       /* same file without O_DIRECT: the partial last block only */
 	bool readonly;

@@ -1,0 +1,144 @@
+// SPDX-License-Identifier: BSD-3-Clause
+/*
+ * The overlay backend: a read-only base (e->fd) under a copy-on-write
+ * overlay file (overlay.c has its format). Reads and writes complete in
+ * the worker's ring: a write goes to the overlay, a read takes the run of
+ * granules that live in one layer (the next run is the short transfer's
+ * rest). FLUSH (data, then the map) and WRITE_ZEROES block, so they run on
+ * an offload thread. TRIM does nothing: it is advisory, and the base
+ * cannot shrink. FUA is a flush after the write, so the map that says
+ * where the data is becomes durable with it.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <sys/uio.h>
+
+#include "storage.h"
+
+/* Cuts iov[0..*niov) to its first len bytes. */
+static void iov_trim(struct iovec *iov, unsigned *niov, uint64_t len)
+{
+	unsigned i;
+
+	for (i = 0; i < *niov && len; i++) {
+		if (iov[i].iov_len >= len) {
+			iov[i].iov_len = len;
+			*niov = i + 1;
+			return;
+		}
+		len -= iov[i].iov_len;
+	}
+}
+
+static void overlay_read(struct backend_io *io)
+{
+	const struct export *e = io->e;
+	const struct overlay *ov = e->ov;
+	struct io_uring_sqe *sqe = worker_sqe(io->w, io->op);
+	bool in_ov = true;
+	uint64_t run = overlay_run(ov, io->off, io->len, &in_ov);
+
+	int fd = in_ov ? ov->fd : e->fd;
+	uint64_t off = in_ov ? ov->data_off + io->off : io->off;
+
+	if (run < io->len)
+		iov_trim(io->iov, &io->niov, run);
+	/* One iovec goes in the SQE itself: the caller's may be gone by the submit. */
+	if (io->niov == 1)
+		io_uring_prep_read(sqe, fd, io->iov[0].iov_base, (unsigned)io->iov[0].iov_len, off);
+	else
+		io_uring_prep_readv(sqe, fd, io->iov, io->niov, off);
+}
+
+static void overlay_write(struct backend_io *io)
+{
+	const struct overlay *ov = io->e->ov;
+	struct io_uring_sqe *sqe = worker_sqe(io->w, io->op);
+
+	if (io->niov == 1)
+		io_uring_prep_write(sqe, ov->fd, io->iov[0].iov_base, (unsigned)io->iov[0].iov_len,
+				    ov->data_off + io->off);
+	else
+		io_uring_prep_writev(sqe, ov->fd, io->iov, io->niov, ov->data_off + io->off);
+}
+
+static void overlay_flush_job(struct offload_job *j)
+{
+	struct backend_io *io = container_of(j, struct backend_io, job);
+
+	j->res = overlay_flush(io->e->ov);
+}
+
+static void overlay_zero_job(struct offload_job *j)
+{
+	struct backend_io *io = container_of(j, struct backend_io, job);
+
+	j->res = overlay_zero(io->e->ov, io->e->fd, io->off, io->len);
+}
+
+static void overlay_offload(struct backend_io *io, void (*fn)(struct offload_job *j))
+{
+	io->job = (struct offload_job){ .fn = fn, .w = io->w, .op = io->op };
+	offload_queue(&io->job);
+}
+
+static void overlay_flush_io(struct backend_io *io)
+{
+	overlay_offload(io, overlay_flush_job);
+}
+
+static void overlay_zero_io(struct backend_io *io)
+{
+	overlay_offload(io, overlay_zero_job);
+}
+
+static void overlay_trim(struct backend_io *io)
+{
+	worker_post(io->w, io->op, 0);
+}
+
+static void overlay_written(const struct export *e, uint64_t off, uint64_t len)
+{
+	/* Every granule of the span is whole in the overlay now. */
+	overlay_mark(e->ov, off, len);
+}
+
+static bool overlay_claims(const struct export_spec *spec, const struct stat *st)
+{
+	(void)st;
+	return spec->overlay != NULL;
+}
+
+static size_t overlay_extents_of(const struct export *e, uint64_t off, uint64_t len, bool one,
+				 struct proto_extent *ext, size_t max)
+{
+	return overlay_extents(e->ov, e->fd, off, len, one, ext, max);
+}
+
+static uint32_t overlay_align(const struct export *e, uint64_t off, uint64_t len, uint32_t align)
+{
+	return overlay_write_align(e->ov, off, len, align);
+}
+
+/* The page cache holds the base's pages; an overlay's own are read around it. */
+static bool overlay_cacheable(const struct export *e, uint64_t off)
+{
+	return !overlay_allocated(e->ov, off);
+}
+
+const struct backend_ops backend_overlay = {
+	.kind = "overlay",
+	.claims = overlay_claims,
+	.read = overlay_read,
+	.write = overlay_write,
+	.flush = overlay_flush_io,
+	.trim = overlay_trim,
+	.zero = overlay_zero_io,
+	.written = overlay_written,
+	.fua_by_flush = true,
+	.writes_cached = false, /* they go to the overlay; the cache holds the base's pages */
+	.zero_granule = OVERLAY_GRANULE_BYTES,
+	.extents = overlay_extents_of,
+	.write_align = overlay_align,
+	.cacheable = overlay_cacheable,
+};
