@@ -12,9 +12,113 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/falloc.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/sysmacros.h>
 #include <sys/uio.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+#include <linux/fs.h>
 
 #include "storage.h"
+
+/* Direct-I/O offset alignment: statx, else the logical block size, else 4096. */
+uint32_t export_probe_align(int fd, bool is_blockdev)
+{
+	struct statx stx;
+	int ssz;
+
+	if (statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &stx) == 0 &&
+	    (stx.stx_mask & STATX_DIOALIGN) && stx.stx_dio_offset_align)
+		return stx.stx_dio_offset_align;
+	if (is_blockdev && ioctl(fd, BLKSSZGET, &ssz) == 0 && ssz > 0)
+		return (uint32_t)ssz;
+	return 4096;
+}
+
+/*
+ * A queue attribute of the disk under the file (or of the device itself),
+ * from sysfs: the device's queue, or its parent's for a partition. Returns
+ * the number it holds, or dflt if there is none.
+ */
+uint64_t export_queue_attr(const struct stat *st, const char *attr, uint64_t dflt)
+{
+	dev_t d = S_ISBLK(st->st_mode) ? st->st_rdev : st->st_dev;
+	static const char *const where[] = { "queue", "../queue" };
+	char path[160], text[32];
+	size_t i;
+
+	for (i = 0; i < 2; i++) {
+		ssize_t n;
+		int fd;
+
+		snprintf(path, sizeof(path), "/sys/dev/block/%u:%u/%s/%s", major(d), minor(d),
+			 where[i], attr);
+		fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		n = read(fd, text, sizeof(text) - 1);
+		close(fd);
+		if (n <= 0)
+			return dflt;
+		text[n] = '\0';
+		return strtoull(text, NULL, 10);
+	}
+	return dflt;
+}
+
+/* One aligned read proves the filesystem really does direct I/O. */
+int export_probe_direct(int fd, uint32_t align, uint64_t size)
+{
+	void *buf;
+	ssize_t n;
+	int err = 0;
+
+	if (size == 0)
+		return 0;
+	buf = mmap(NULL, align < 4096 ? 4096 : align, PROT_READ | PROT_WRITE,
+		   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (buf == MAP_FAILED)
+		return -errno;
+	n = pread(fd, buf, align, 0);
+	if (n < 0)
+		err = -errno;
+	munmap(buf, align < 4096 ? 4096 : align);
+	return err;
+}
+
+size_t export_file_extents(int fd, uint64_t shift, uint64_t off, uint64_t len,
+			   struct proto_extent *ext, size_t n, size_t max)
+{
+	uint64_t pos = off, end = off + len;
+
+	while (pos < end && n < max) {
+		off_t data = lseek(fd, (off_t)(pos + shift), SEEK_DATA), hole;
+		uint64_t stop;
+		uint32_t flags;
+
+		if (data < 0) {
+			/* ENXIO: only a hole from here to the end; else say "data". */
+			stop = end;
+			flags = errno == ENXIO ? NBD_STATE_HOLE | NBD_STATE_ZERO : 0;
+		} else if ((uint64_t)data - shift > pos) {
+			stop = (uint64_t)data - shift < end ? (uint64_t)data - shift : end;
+			flags = NBD_STATE_HOLE | NBD_STATE_ZERO;
+		} else {
+			hole = lseek(fd, (off_t)(pos + shift), SEEK_HOLE);
+			stop = hole < 0 || (uint64_t)hole - shift > end ? end : (uint64_t)hole - shift;
+			flags = 0;
+		}
+		/* Equal neighbours merge (an overlay's layers meet). */
+		if (n && ext[n - 1].flags == flags)
+			ext[n - 1].len_bytes += stop - pos;
+		else
+			ext[n++] = (struct proto_extent){ .len_bytes = stop - pos, .flags = flags };
+		pos = stop;
+	}
+	return n;
+}
 
 /* Asked in this order: the first that claims a spec serves it. */
 static const struct backend_ops *const backends[] = {

@@ -11,7 +11,11 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
+#include <unistd.h>
 
 #include "storage.h"
 
@@ -142,3 +146,68 @@ const struct backend_ops backend_overlay = {
 	.write_align = overlay_align,
 	.cacheable = overlay_cacheable,
 };
+
+/*
+ * The overlay of an export over base st (e->fd, read-only): its file,
+ * shared state, lock manager and alignment. Logs and returns -1 on error.
+ */
+int export_overlay_open(struct export *e, const struct export_spec *spec,
+			       const struct stat *st)
+{
+	struct stat ost;
+	char err[512] = "";
+	bool created;
+	int fd, ret;
+	uint32_t align;
+
+	if (spec->readonly) {
+		log_error("export \"%s\": readonly and overlay together: the overlay would never "
+			  "be written", spec->name);
+		return -1;
+	}
+	if (e->size_bytes % OVERLAY_GRANULE_BYTES) {
+		log_error("export \"%s\": overlay: the base's size %llu is not a multiple of %u",
+			  spec->name, (unsigned long long)e->size_bytes, OVERLAY_GRANULE_BYTES);
+		return -1;
+	}
+	ret = overlay_open_file(spec->overlay, &created, &fd);
+	if (ret < 0) {
+		log_error("export \"%s\": overlay \"%s\": %s%s", spec->name, spec->overlay,
+			  strerror(-ret), ret == -EINVAL ? " (no O_DIRECT there?)" : "");
+		return -1;
+	}
+	if (fstat(fd, &ost) < 0 || !S_ISREG(ost.st_mode) ||
+	    (ost.st_dev == st->st_dev && ost.st_ino == st->st_ino)) {
+		log_error("export \"%s\": overlay \"%s\": not a regular file apart from the base",
+			  spec->name, spec->overlay);
+		close(fd);
+		return -1;
+	}
+	align = export_probe_align(fd, false);
+	e->ov_backing = backing_get(&ost, spec->overlay);
+	e->overlay_src = strdup(spec->overlay);
+	if (!e->ov_backing || !e->overlay_src) {
+		log_error("export \"%s\": out of memory", spec->name);
+		close(fd);
+		return -1;
+	}
+	ret = overlay_attach(e->ov_backing, fd, created, spec->overlay, st, spec->path,
+			     e->size_bytes, err, sizeof(err));
+	if (ret < 0) {
+		log_error("export \"%s\": overlay \"%s\": %s", spec->name, spec->overlay, err);
+		return -1;
+	}
+	e->ov = e->ov_backing->ov;
+	e->locks = e->ov_backing->locks;
+	if (align > e->align_bytes)
+		e->align_bytes = align;
+	if (e->align_bytes > EXPORT_MAX_ALIGN_BYTES) {
+		log_error("export \"%s\": overlay alignment %u too large", spec->name, align);
+		return -1;
+	}
+	e->direct_end = e->size_bytes;
+	log_info("export \"%s\": overlay \"%s\" (%s), %llu bytes of %llu in it",
+		 spec->name, spec->overlay, created ? "new" : "existing",
+		 (unsigned long long)overlay_allocated_bytes(e->ov), (unsigned long long)e->size_bytes);
+	return 0;
+}
