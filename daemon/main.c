@@ -622,12 +622,13 @@ out_workers:
 	ran = status == 0;
 	for (j = 0; j < srv.nexports; j++) {
 		const struct export *e = srv.exports[j];
+		const char *what = e->path;
+		int err;
 
 		if (e->readonly)
 			continue;
-		if (e->ov ? overlay_flush(e->ov) < 0 : fdatasync(e->fd) < 0) {
-			log_error("flush \"%s\" at exit: %s", e->ov ? e->ov->path : e->path,
-				  strerror(errno));
+		if ((err = e->be->sync(e, &what)) < 0) {
+			log_error("flush \"%s\" at exit: %s", what, strerror(-err));
 			status = 1;
 		} else if (backing_durability_err(export_store(e))) {
 			log_error("\"%s\": exiting with writes that may have been lost (a flush "

@@ -608,13 +608,13 @@ static void on_parked(struct ev_loop *loop, ev_async *a, int revents)
 			set_inherit(p->fd, true);
 			nconns++;
 			/* What an overlay acknowledged must be in its map on disk first. */
-			if (p->exp->ov)
-				overlay_flush(p->exp->ov);
+			if (p->exp->be->persist)
+				p->exp->be->persist(p->exp);
 		}
 	json_object_object_add(st, "connections", cs);
 	for (j = 0; j < srv->nexports; j++)
-		if (srv->exports[j]->ov)
-			overlay_flush(srv->exports[j]->ov);
+		if (srv->exports[j]->be->persist)
+			srv->exports[j]->be->persist(srv->exports[j]);
 	text = json_object_to_json_string_ext(st, JSON_C_TO_STRING_PLAIN);
 	memfd = memfd_create("uringnbd-handover", 0);
 	err = memfd < 0 || !lfds || !cfds ? -1 : 0;

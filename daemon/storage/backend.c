@@ -10,6 +10,8 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <inttypes.h>
+#include <string.h>
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <sys/ioctl.h>
@@ -137,6 +139,140 @@ const struct backend_ops *backend_for(const struct export_spec *spec, const stru
 	return NULL;
 }
 
+/*
+ * Opens a local file or block device for an export: O_DIRECT (and a
+ * buffered descriptor for the partial last block and written zeroes), its
+ * size, the alignment direct I/O needs there, its backing record, and
+ * what the disk under it can do. st: stat() of the path, then fstat() of
+ * what was opened. -1 (logged, nothing left open) on error.
+ */
+static int local_open(struct export *e, const struct export_spec *spec, struct stat *st)
+{
+	/* An overlay export never writes its base. */
+	int flags = (spec->readonly || spec->overlay ? O_RDONLY : O_RDWR) | O_DIRECT | O_CLOEXEC;
+	int err;
+
+	e->fd = open(spec->path, flags);
+	if (e->fd < 0) {
+		err = errno;
+		if (err == EINVAL)
+			log_error("open \"%s\": the filesystem does not support O_DIRECT",
+				  spec->path);
+		else
+			log_error("open \"%s\": %s", spec->path, strerror(err));
+		return -1;
+	}
+	if (fstat(e->fd, st) < 0) {
+		err = errno;
+		log_error("stat \"%s\": %s", spec->path, strerror(err));
+		goto out_close_fd;
+	}
+	if (S_ISBLK(st->st_mode)) {
+		e->is_blockdev = true;
+		if (ioctl(e->fd, BLKGETSIZE64, &e->size_bytes) < 0) {
+			err = errno;
+			log_error("size of \"%s\": %s", spec->path, strerror(err));
+			goto out_close_fd;
+		}
+	} else if (S_ISREG(st->st_mode)) {
+		e->size_bytes = (uint64_t)st->st_size;
+	} else {
+		log_error("export \"%s\": not a regular file or block device", spec->path);
+		goto out_close_fd;
+	}
+	e->align_bytes = export_probe_align(e->fd, e->is_blockdev);
+	if (e->align_bytes > EXPORT_MAX_ALIGN_BYTES || (e->align_bytes & (e->align_bytes - 1))) {
+		log_error("export \"%s\": direct-I/O alignment %u is not a power of two up to %u",
+			  spec->path, e->align_bytes, EXPORT_MAX_ALIGN_BYTES);
+		goto out_close_fd;
+	}
+	e->direct_end = e->size_bytes / e->align_bytes * e->align_bytes;
+	err = -export_probe_direct(e->fd, e->align_bytes, e->size_bytes);
+	if (err) {
+		if (err == EINVAL)
+			log_error("read \"%s\": the filesystem does not support O_DIRECT",
+				  spec->path);
+		else
+			log_error("read \"%s\": %s", spec->path, strerror(err));
+		goto out_close_fd;
+	}
+
+	/*
+	 * Without O_DIRECT: the partial last block, if any, and writing zeroes
+	 * where the filesystem cannot allocate them.
+	 */
+	e->fd_buffered = open(spec->path, (flags & ~O_DIRECT));
+	if (e->fd_buffered < 0) {
+		err = errno;
+		log_error("open \"%s\": %s", spec->path, strerror(err));
+		goto out_close_fd;
+	}
+	e->backing = backing_get(st, spec->path);
+	if (!e->backing) {
+		log_error("export \"%s\": out of memory", spec->path);
+		goto out_close_fd;
+	}
+	e->locks = e->backing->locks;
+	/* Fully allocated files have no holes to find until something punches one. */
+	atomic_init(&e->may_have_holes, !e->is_blockdev &&
+		    (uint64_t)st->st_blocks * 512 < e->size_bytes);
+	e->rotational = export_queue_attr(st, "rotational", 0) == 1;
+	/* A device without a zeroing command would write zeroes: FAST_ZERO says no. */
+	e->zeroes_fast = !e->is_blockdev || export_queue_attr(st, "write_zeroes_max_bytes", 0) > 0;
+	return 0;
+
+out_close_fd:
+	if (e->fd_buffered >= 0)
+		close(e->fd_buffered);
+	close(e->fd);
+	e->fd = e->fd_buffered = -1;
+	return -1;
+}
+
+static void local_close(struct export *e)
+{
+	close(e->fd);
+	close(e->fd_buffered);
+	backing_put(e->backing);
+}
+
+/* Whether the path now names another file, or the file has another size. */
+static bool local_changed(const struct export *e, char *why, size_t len)
+{
+	struct stat st;
+	uint64_t size;
+
+	if (stat(e->path, &st) < 0) {
+		/* Gone: keep serving the open file; nothing better to offer. */
+		return false;
+	}
+	if (e->is_blockdev ? !S_ISBLK(st.st_mode) || st.st_rdev != e->backing->rdev
+			   : !S_ISREG(st.st_mode) || st.st_dev != e->backing->dev ||
+			     st.st_ino != e->backing->ino) {
+		if (why)
+			snprintf(why, len, "replaced by another file");
+		return true;
+	}
+	if (e->is_blockdev) {
+		if (ioctl(e->fd, BLKGETSIZE64, &size) < 0)
+			return false;
+	} else {
+		size = (uint64_t)st.st_size;
+	}
+	if (size != e->size_bytes) {
+		if (why)
+			snprintf(why, len, "size %" PRIu64 " -> %" PRIu64 " bytes", e->size_bytes, size);
+		return true;
+	}
+	return false;
+}
+
+static int local_sync(const struct export *e, const char **what)
+{
+	*what = e->path;
+	return fdatasync(e->fd) < 0 ? -errno : 0;
+}
+
 static int file_fd(const struct backend_io *io)
 {
 	return io->flags & BACKEND_BUFFERED ? io->e->fd_buffered : io->e->fd;
@@ -188,7 +324,7 @@ static void file_zero(struct backend_io *io)
 static bool file_claims(const struct export_spec *spec, const struct stat *st)
 {
 	(void)spec;
-	return S_ISREG(st->st_mode);
+	return st && S_ISREG(st->st_mode);
 }
 
 static size_t file_extents(const struct export *e, uint64_t off, uint64_t len, bool one,
@@ -199,6 +335,10 @@ static size_t file_extents(const struct export *e, uint64_t off, uint64_t len, b
 
 const struct backend_ops backend_file = {
 	.kind = "file",
+	.open = local_open,
+	.close = local_close,
+	.changed = local_changed,
+	.sync = local_sync,
 	.claims = file_claims,
 	.read = file_read,
 	.write = file_write,
@@ -212,7 +352,7 @@ const struct backend_ops backend_file = {
 static bool blockdev_claims(const struct export_spec *spec, const struct stat *st)
 {
 	(void)spec;
-	return S_ISBLK(st->st_mode);
+	return st && S_ISBLK(st->st_mode);
 }
 
 /* A block device reports everything allocated. */
@@ -229,6 +369,10 @@ static size_t blockdev_extents(const struct export *e, uint64_t off, uint64_t le
 
 const struct backend_ops backend_blockdev = {
 	.kind = "block device",
+	.open = local_open,
+	.close = local_close,
+	.changed = local_changed,
+	.sync = local_sync,
 	.claims = blockdev_claims,
 	.read = file_read,
 	.write = file_write,

@@ -19,6 +19,8 @@
 
 #include "storage.h"
 
+static void overlay_close_export(struct export *e);
+
 /* Cuts iov[0..*niov) to its first len bytes. */
 static void iov_trim(struct iovec *iov, unsigned *niov, uint64_t len)
 {
@@ -107,10 +109,56 @@ static void overlay_written(const struct export *e, uint64_t off, uint64_t len)
 	overlay_mark(e->ov, off, len);
 }
 
+/* Over a local file or block device (their backend opens it, read-only). */
 static bool overlay_claims(const struct export_spec *spec, const struct stat *st)
 {
-	(void)st;
-	return spec->overlay != NULL;
+	return spec->overlay && (backend_file.claims(spec, st) || backend_blockdev.claims(spec, st));
+}
+
+static const struct backend_ops *overlay_base(const struct export *e)
+{
+	return e->is_blockdev ? &backend_blockdev : &backend_file;
+}
+
+static int overlay_open(struct export *e, const struct export_spec *spec, struct stat *st)
+{
+	const struct backend_ops *base = S_ISBLK(st->st_mode) ? &backend_blockdev : &backend_file;
+
+	if (base->open(e, spec, st) < 0)
+		return -1;
+	if (export_overlay_open(e, spec, st) < 0) {
+		overlay_close_export(e);
+		return -1;
+	}
+	/* The base is read-only: holes may be anywhere in the overlay; zeroing is the map's. */
+	atomic_store(&e->may_have_holes, true);
+	e->zeroes_fast = true;
+	return 0;
+}
+
+static void overlay_close_export(struct export *e)
+{
+	backing_put(e->ov_backing);
+	free(e->overlay_src);
+	overlay_base(e)->close(e);
+}
+
+static bool overlay_changed(const struct export *e, char *why, size_t len)
+{
+	return overlay_base(e)->changed(e, why, len);
+}
+
+/* The base is never written: the overlay's data and map are what a flush makes durable. */
+static int overlay_sync(const struct export *e, const char **what)
+{
+	*what = e->ov->path;
+	return overlay_flush(e->ov);
+}
+
+/* What an overlay acknowledged must be in its map on disk for the next process. */
+static int overlay_persist(const struct export *e)
+{
+	return overlay_flush(e->ov);
 }
 
 static size_t overlay_extents_of(const struct export *e, uint64_t off, uint64_t len, bool one,
@@ -132,6 +180,11 @@ static bool overlay_cacheable(const struct export *e, uint64_t off)
 
 const struct backend_ops backend_overlay = {
 	.kind = "overlay",
+	.open = overlay_open,
+	.close = overlay_close_export,
+	.changed = overlay_changed,
+	.sync = overlay_sync,
+	.persist = overlay_persist,
 	.claims = overlay_claims,
 	.read = overlay_read,
 	.write = overlay_write,

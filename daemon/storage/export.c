@@ -230,87 +230,21 @@ struct export *export_open(const struct export_spec *spec)
 		return NULL;
 	}
 	struct stat st;
-	/* An overlay export never writes its base. */
-	int flags = (spec->readonly || spec->overlay ? O_RDONLY : O_RDWR) | O_DIRECT | O_CLOEXEC;
 	int err;
 
 	e->fd = e->fd_buffered = -1;
-	/* Judge the kind of file first: opening a device may have side effects. */
-	if (stat(spec->path, &st) < 0) {
-		err = errno;
-		log_error("export \"%s\": %s", spec->path, strerror(err));
+	/* Judge the kind first: opening a device may have side effects. */
+	err = stat(spec->path, &st) < 0 ? errno : 0;
+	e->be = backend_for(spec, err ? NULL : &st);
+	if (!e->be) {
+		log_error("export \"%s\": %s", spec->path,
+			  err ? strerror(err) : "not a regular file or block device");
 		free(e);
 		return NULL;
 	}
-	e->be = backend_for(spec, &st);
-	if (!e->be || (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))) {
-		log_error("export \"%s\": not a regular file or block device", spec->path);
+	if (e->be->open(e, spec, &st) < 0) {
 		free(e);
 		return NULL;
-	}
-	e->fd = open(spec->path, flags);
-	if (e->fd < 0) {
-		err = errno;
-		if (err == EINVAL)
-			log_error("open \"%s\": the filesystem does not support O_DIRECT",
-				  spec->path);
-		else
-			log_error("open \"%s\": %s", spec->path, strerror(err));
-		free(e);
-		return NULL;
-	}
-	if (fstat(e->fd, &st) < 0) {
-		err = errno;
-		log_error("stat \"%s\": %s", spec->path, strerror(err));
-		goto out_close_fd;
-	}
-	if (S_ISBLK(st.st_mode)) {
-		e->is_blockdev = true;
-		if (ioctl(e->fd, BLKGETSIZE64, &e->size_bytes) < 0) {
-			err = errno;
-			log_error("size of \"%s\": %s", spec->path, strerror(err));
-			goto out_close_fd;
-		}
-	} else if (S_ISREG(st.st_mode)) {
-		e->size_bytes = (uint64_t)st.st_size;
-	} else {
-		err = EINVAL;
-		log_error("export \"%s\": not a regular file or block device", spec->path);
-		goto out_close_fd;
-	}
-	e->align_bytes = export_probe_align(e->fd, e->is_blockdev);
-	if (e->align_bytes > EXPORT_MAX_ALIGN_BYTES || (e->align_bytes & (e->align_bytes - 1))) {
-		err = EINVAL;
-		log_error("export \"%s\": direct-I/O alignment %u is not a power of two up to %u",
-			  spec->path, e->align_bytes, EXPORT_MAX_ALIGN_BYTES);
-		goto out_close_fd;
-	}
-	e->direct_end = e->size_bytes / e->align_bytes * e->align_bytes;
-	err = -export_probe_direct(e->fd, e->align_bytes, e->size_bytes);
-	if (err) {
-		if (err == EINVAL)
-			log_error("read \"%s\": the filesystem does not support O_DIRECT",
-				  spec->path);
-		else
-			log_error("read \"%s\": %s", spec->path, strerror(err));
-		goto out_close_fd;
-	}
-
-	/*
-	 * Without O_DIRECT: the partial last block, if any, and writing zeroes
-	 * where the filesystem cannot allocate them.
-	 */
-	e->fd_buffered = open(spec->path, (flags & ~O_DIRECT));
-	if (e->fd_buffered < 0) {
-		err = errno;
-		log_error("open \"%s\": %s", spec->path, strerror(err));
-		goto out_close_fd;
-	}
-	e->backing = backing_get(&st, spec->path);
-	e->locks = e->backing ? e->backing->locks : NULL;
-	if (spec->overlay && export_overlay_open(e, spec, &st) < 0) {
-		err = EINVAL;
-		goto out_free;
 	}
 	if (spec->bitmaps && export_bitmaps_open(e, spec, &st) < 0) {
 		err = EINVAL;
@@ -327,9 +261,6 @@ struct export *export_open(const struct export_spec *spec)
 	}
 	e->readonly = spec->readonly;
 	e->cache_mode = spec->cache_mode;
-	/* Fully allocated files have no holes to find until something punches one. */
-	atomic_init(&e->may_have_holes, !e->is_blockdev &&
-		    (spec->overlay || (uint64_t)st.st_blocks * 512 < e->size_bytes));
 	if (export_access_init(e, spec) < 0)
 		goto out_free;
 	if (e->cache_mode != CACHE_MODE_NONE && e->align_bytes > CACHE_PAGE_BYTES) {
@@ -340,10 +271,8 @@ struct export *export_open(const struct export_spec *spec)
 	/* No daemon cache: every acknowledged write is in the file, visible to all. */
 	e->tflags = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_FUA |
 		    NBD_FLAG_SEND_DF | NBD_FLAG_CAN_MULTI_CONN | NBD_FLAG_SEND_CACHE;
-	if (export_queue_attr(&st, "rotational", 0) == 1)
+	if (e->rotational)
 		e->tflags |= NBD_FLAG_ROTATIONAL;
-	/* A device without a zeroing command would write zeroes: FAST_ZERO says no. */
-	e->zeroes_fast = e->ov || !e->is_blockdev || export_queue_attr(&st, "write_zeroes_max_bytes", 0) > 0;
 	if (e->readonly)
 		e->tflags |= NBD_FLAG_READ_ONLY;
 	else
@@ -355,17 +284,11 @@ struct export *export_open(const struct export_spec *spec)
 out_free:
 	export_access_free(e);
 	export_bitmaps_free(e);
-	backing_put(e->ov_backing);
-	free(e->overlay_src);
 	free(e->name);
 	free(e->description);
 	free(e->path);
 	counters_put(e->ctr);
-	backing_put(e->backing);
-out_close_fd:
-	if (e->fd_buffered >= 0)
-		close(e->fd_buffered);
-	close(e->fd);
+	e->be->close(e);
 	free(e);
 	return NULL;
 }
@@ -379,11 +302,7 @@ void export_put(struct export *e)
 {
 	if (!e || atomic_fetch_sub(&e->refs, 1) != 1)
 		return;
-	close(e->fd);
-	close(e->fd_buffered);
-	backing_put(e->backing);
-	backing_put(e->ov_backing);
-	free(e->overlay_src);
+	e->be->close(e);
 	export_bitmaps_free(e);
 	export_access_free(e);
 	free(e->name);
@@ -414,32 +333,7 @@ bool export_matches(const struct export *e, const struct export_spec *spec)
 
 bool export_changed(const struct export *e, char *why, size_t len)
 {
-	struct stat st;
-	uint64_t size;
-
-	if (stat(e->path, &st) < 0) {
-		/* Gone: keep serving the open file; nothing better to offer. */
-		return false;
-	}
-	if (e->is_blockdev ? !S_ISBLK(st.st_mode) || st.st_rdev != e->backing->rdev
-			   : !S_ISREG(st.st_mode) || st.st_dev != e->backing->dev ||
-			     st.st_ino != e->backing->ino) {
-		if (why)
-			snprintf(why, len, "replaced by another file");
-		return true;
-	}
-	if (e->is_blockdev) {
-		if (ioctl(e->fd, BLKGETSIZE64, &size) < 0)
-			return false;
-	} else {
-		size = (uint64_t)st.st_size;
-	}
-	if (size != e->size_bytes) {
-		if (why)
-			snprintf(why, len, "size %" PRIu64 " -> %" PRIu64 " bytes", e->size_bytes, size);
-		return true;
-	}
-	return false;
+	return e->be->changed(e, why, len);
 }
 
 void export_spec_of(const struct export *e, struct export_spec *spec)

@@ -276,8 +276,23 @@ struct backend_io {
 };
 struct backend_ops {
 	const char *kind;         /* "file", "block device", "overlay": for log lines */
-	/* Whether it serves spec, whose path stat()s as st. */
+	/* Whether it serves spec, whose path stat()s as st (NULL: it names no local file). */
 	bool (*claims)(const struct export_spec *spec, const struct stat *st);
+	/*
+	 * Blocking (the main thread, or a control job): opens spec's storage
+	 * into e: its descriptors or handles, size_bytes, align_bytes,
+	 * direct_end, backing and locks, may_have_holes, zeroes_fast,
+	 * rotational. st is spec's stat() (fstat() of what it opened, after).
+	 * 0, or -1 (logged) with nothing left open.
+	 */
+	int (*open)(struct export *e, const struct export_spec *spec, struct stat *st);
+	void (*close)(struct export *e);
+	/* Blocking: whether its storage was replaced or resized since open (why says how). */
+	bool (*changed)(const struct export *e, char *why, size_t len);
+	/* Blocking (at exit): every acknowledged write durable. 0, or -errno; *what: what failed. */
+	int (*sync)(const struct export *e, const char **what);
+	/* Blocking (a hand-over): what the next process reads is on disk; NULL: nothing to do. */
+	int (*persist)(const struct export *e);
 	/* Queued (see above). */
 	void (*read)(struct backend_io *io);
 	void (*write)(struct backend_io *io);
@@ -324,6 +339,7 @@ struct export {
 	bool readonly;
 	bool is_blockdev;
 	bool zeroes_fast;      /* zeroing is cheap: a file, or a device with a zeroing command */
+	bool rotational;       /* the disk under it spins (NBD_FLAG_ROTATIONAL) */
 	atomic_bool may_have_holes; /* a file with unallocated blocks at open, or punched since
 				       (reads may then answer holes as OFFSET_HOLE) */
 	uint64_t size_bytes;
