@@ -290,7 +290,7 @@ static uint64_t min_u64(uint64_t a, uint64_t b)
  * next. Not yet due: when it is. Due but not in force (nothing moving, a
  * request in flight): if only a fresh stamp can bring it into force (a
  * send or payload starting stamps last_progress, bytes coming in stamp
- * last_active, and a stamp pulls the watchdog in: conn.h), never;
+ * last_active, and a stamp pulls the watchdog in: conn_int.h), never;
  * otherwise (a request that ends stamps nothing) CONN_RECHECK_NS from now.
  */
 static uint64_t conn_rule_due(uint64_t since_ns, uint64_t len_ns, uint64_t now,

@@ -1,9 +1,8 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
 /*
- * conn: a client connection and its requests, on the worker that owns them.
- * Included by the connection side of daemon/ only (conn.c, handshake.c,
- * rx.c, request.c, fileio.c, cached.c, reply.c); worker.c, server.c and
- * main.c do not see these types.
+ * conn_int.h: a client connection and its requests, on the worker that
+ * owns them. Private to conn/ (conn.h is what the layers above see):
+ * worker.c, server.c and main.c do not see these types.
  *
  * Completions: everything a connection waits for is a struct conn_op (an
  * SQE, a range-lock grant, a cache fill's end, a pool wait, a posted

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: BSD-3-Clause
 /*
- * A request's state machine (the life cycle is drawn in conn.h): slots,
+ * A request's state machine (the life cycle is drawn in conn_int.h): slots,
  * buffers, the range lock, the end of its work, and recycling.
  *
  * Every state change goes through req_set_state(), which asserts that the

@@ -23,7 +23,7 @@
  *
  * Pure code: no io_uring, no event loop, no NBD. A pool is owned by one
  * worker and is not thread-safe; the worker posts the waiters it is handed
- * (daemon.h, worker_pool_*).
+ * (engine.h, worker_pool_*).
  */
 #ifndef URINGNBD_POOL_H
 #define URINGNBD_POOL_H

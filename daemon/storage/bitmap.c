@@ -2,7 +2,7 @@
 /*
  * Dirty bitmaps of a file, and checkpoints: which granules changed since a
  * point in time, kept in a sidecar file so that they survive restarts and
- * crashes (the promise is in daemon.h's bitmap.c section).
+ * crashes (the promise is in storage.h's bitmap.c section).
  *
  * The sidecar, version 1 (integers little-endian):
  *   0      header, 4096 bytes: "URNBDBMP", u32 version, u32 granularity,
