@@ -468,10 +468,12 @@ int main(int argc, char **argv)
 	srv.workers_cfg.busy_poll_us = setting(cli.busy_poll_us, file.busy_poll_us, 0);
 	srv.workers_cfg.poll_max_us = setting(cli.poll_max_us, file.poll_max_us, POLL_MAX_US_DEFAULT);
 	/* Polling asked for by name applies at any depth; the default only at depth. */
-	srv.workers_cfg.poll_depth = cli.poll_max_us >= 0 || file.poll_max_us >= 0 || srv.workers_cfg.busy_poll_us ?
-				 0 : POLL_DEPTH_DEFAULT;
+	srv.workers_cfg.poll_depth =
+		cli.poll_max_us >= 0 || file.poll_max_us >= 0 || srv.workers_cfg.busy_poll_us ?
+		0 : POLL_DEPTH_DEFAULT;
 	srv.keep_conns = (cli.keep_conns >= 0 ? cli.keep_conns : file.keep_conns) > 0;
-	srv.workers_cfg.defer_taskrun = (cli.defer_taskrun >= 0 ? cli.defer_taskrun : file.defer_taskrun) != 0;
+	srv.workers_cfg.defer_taskrun =
+		(cli.defer_taskrun >= 0 ? cli.defer_taskrun : file.defer_taskrun) != 0;
 	srv.max_conns_per_client = setting(cli.max_conns_per_client, file.max_conns_per_client, 0);
 	srv.single = cli.single;
 	if (srv.single && (cli.unix_path || cli.bind || cli.port)) {

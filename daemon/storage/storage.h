@@ -313,11 +313,17 @@ struct backend_ops {
 	bool (*cacheable)(const struct export *e, uint64_t off);
 };
 extern const struct backend_ops backend_file, backend_blockdev, backend_overlay;
-/* backend.c: a local file's probes (direct-I/O alignment, its disk's queue attributes from sysfs, a direct read). */
+/*
+ * backend.c: a local file's probes (direct-I/O alignment, its disk's queue
+ * attributes from sysfs, a direct read).
+ */
 uint32_t export_probe_align(int fd, bool is_blockdev);
 uint64_t export_queue_attr(const struct stat *st, const char *attr, uint64_t dflt);
 int export_probe_direct(int fd, uint32_t align, uint64_t size);
-/* backend_overlay.c: the overlay of an export over base st (e->fd, read-only). -1 (logged) on error. */
+/*
+ * backend_overlay.c: the overlay of an export over base st (e->fd,
+ * read-only). -1 (logged) on error.
+ */
 int export_overlay_open(struct export *e, const struct export_spec *spec, const struct stat *st);
 /* The registry, asked in order: the first that claims a spec serves it (backend.c). */
 const struct backend_ops *backend_for(const struct export_spec *spec, const struct stat *st);
