@@ -327,7 +327,7 @@ check-tests: $(TEST_BINS) | $(B)/.deps-test
 
 # The layer order of daemon/ (tests/layers.py): no include and no reference goes up.
 check-layers: $(DAEMON_OBJ)
-	$(Q)python3 tests/layers.py --objects $(B)
+	$(Q)python3 tests/layers.py --self-test --objects $(B)
 
 check: check-layers check-unit check-fuzz check-tests
 

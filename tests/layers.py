@@ -12,8 +12,10 @@ tables (nm), so a call made through a macro or an inline function counts
 where it lands. Every reference that goes up is printed with its file and
 symbol, and the check fails.
 
-  tests/layers.py [--objects DIR] [--root DIR]
-  (DIR: where build/daemon/... objects are; default build)
+  tests/layers.py [--self-test] [--objects DIR] [--root DIR]
+  (--objects: where the daemon/... objects are, default build; --root: the
+  tree, default .; --self-test: first the checker on a made-up tree that
+  goes up, which it must fail)
 """
 import argparse
 import collections
@@ -100,27 +102,70 @@ def check_symbols(root, objdir, bad, edges):
                 bad.append(f'daemon/{src}: uses {sym} of daemon/{where} ({name(them)}, above {name(me)})')
 
 
+def check(root, objdir, say=print):
+    """Prints the order and what goes up; returns the list of what goes up."""
+    bad = []
+    inc_edges, sym_edges = collections.Counter(), collections.Counter()
+    check_includes(root, bad, inc_edges)
+    check_symbols(root, objdir, bad, sym_edges)
+    say('layers: ' + ' <- '.join(ORDER + ['main.c']) + '  (each uses only those left of it)')
+    for lv in range(TOP, -1, -1):
+        below = [f'{name(t)} {sym_edges[(lv, t)]}' for t in range(TOP + 1)
+                 if t != lv and sym_edges[(lv, t)]]
+        say(f'  {name(lv):8} uses symbols of: {", ".join(below) or "(none)"}')
+    for line in bad:
+        say('layers: UP: ' + line)
+    if bad:
+        say(f'layers: {len(bad)} references go up the order')
+    else:
+        say('layers: no include and no reference goes up')
+    return bad
+
+
+def self_test():
+    """The check itself: a made-up tree that goes up twice fails, naming both; fixed, it passes."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as t:
+        def put(rel, text):
+            os.makedirs(os.path.dirname(os.path.join(t, rel)), exist_ok=True)
+            with open(os.path.join(t, rel), 'w') as f:
+                f.write(text)
+
+        def build():
+            for rel in ('daemon/base/low.c', 'daemon/engine/high.c'):
+                obj = os.path.join(t, 'build', rel[:-2] + '.o')
+                os.makedirs(os.path.dirname(obj), exist_ok=True)
+                subprocess.run(['cc', '-c', '-o', obj, os.path.join(t, rel)], check=True)
+
+        put('daemon/engine/engine.h', 'int high(void);\n')
+        put('daemon/engine/high.c', '#include "engine.h"\nint low(void);\n'
+            'int high(void) { return low() + 1; }\n')
+        put('daemon/base/low.c', '#include "../engine/engine.h"\n'
+            'int low(void) { return high() - 1; }\n')
+        build()
+        bad = check(t, os.path.join(t, 'build'), say=lambda *_: None)
+        want = ['daemon/base/low.c: includes daemon/engine/engine.h',
+                'daemon/base/low.c: uses high of daemon/engine/high.c']
+        for w in want:
+            if not any(b.startswith(w) for b in bad):
+                sys.exit(f'layers: self-test: "{w}" was not found in {bad}')
+        put('daemon/base/low.c', 'int low(void) { return 1; }\n')
+        build()
+        if check(t, os.path.join(t, 'build'), say=lambda *_: None):
+            sys.exit('layers: self-test: a tree that only goes down failed')
+    print('layers: self-test passed (an include and a call up are caught; down is fine)')
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--root', default='.')
     ap.add_argument('--objects', default='build')
+    ap.add_argument('--self-test', action='store_true',
+                    help='check the checker on a made-up tree first')
     a = ap.parse_args()
-    bad = []
-    inc_edges, sym_edges = collections.Counter(), collections.Counter()
-    check_includes(a.root, bad, inc_edges)
-    check_symbols(a.root, a.objects, bad, sym_edges)
-    print('layers: ' + ' <- '.join(ORDER + ['main.c']) + '  (each uses only those left of it)')
-    for lv in range(TOP, -1, -1):
-        below = [f'{name(t)} {sym_edges[(lv, t)]}' for t in range(TOP + 1)
-                 if t != lv and sym_edges[(lv, t)]]
-        print(f'  {name(lv):8} uses symbols of: {", ".join(below) or "(none)"}')
-    for line in bad:
-        print('layers: UP: ' + line)
-    if bad:
-        print(f'layers: {len(bad)} references go up the order')
-        return 1
-    print('layers: no include and no reference goes up')
-    return 0
+    if a.self_test:
+        self_test()
+    return 1 if check(a.root, a.objects) else 0
 
 
 if __name__ == '__main__':
