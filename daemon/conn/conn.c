@@ -574,6 +574,7 @@ void conns_unpark(struct worker *w)
 	struct conn *c;
 
 	worker_timer_stop(w, &w->clients->handover_check);
+	w->clients->handover_done = NULL;
 	for (c = w->clients->conns; c; c = c->next) {
 		if (!c->handover)
 			continue;
