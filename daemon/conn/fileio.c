@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: BSD-3-Clause
 /*
- * The file I/O steps of a direct request, under its range lock: reads and
- * writes of the planned span (plan.h), the edge-block reads of unaligned
- * writes, TRIM and WRITE_ZEROES by fallocate with their fallbacks, the sync
- * after FUA, FLUSH, and block status.
+ * The storage steps of a direct request, under its range lock, each a call
+ * to the export's backend (e->be, storage.h): reads and writes of the
+ * planned span (plan.h), the edge-block reads of unaligned writes, TRIM
+ * and WRITE_ZEROES with their fallbacks (zeroes written where the backend
+ * cannot zero), the flush after FUA, FLUSH, and block status.
  *
  * Reads move the whole span into the request's chunks and the reply sends
  * the client's slice of it, no copy. Unaligned writes have their payload at

@@ -1,25 +1,22 @@
 // SPDX-License-Identifier: BSD-3-Clause
 /*
- * Exports: a backing file or block device opened with O_DIRECT, its size,
- * the alignment direct I/O needs on it, and what the disk under it can do
- * (sysfs). An export never changes once open, so workers share it without
- * locking; a file that changes (size, identity) gets a new export for new
- * connections (export_changed, server_refresh_exports), and the per-file
- * state that must outlive exports is its backing record (backing.c).
+ * Exports: what every export has whatever stores it (a name, access rules,
+ * counters, dirty bitmaps, its transmission flags); its storage is its
+ * backend's (e->be: backend.c, backend_overlay.c), opened and closed
+ * through the table. An export never changes once open, so workers share
+ * it without locking; storage that changes (size, identity) gets a new
+ * export for new connections (export_changed, server_refresh_exports),
+ * and the per-file state that must outlive exports is its backing record
+ * (backing.c).
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
-#include <fcntl.h>
-#include <linux/fs.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
-#include <sys/mman.h>
 #include <stdio.h>
 #include <sys/stat.h>
-#include <sys/sysmacros.h>
 #include <time.h>
 #include <unistd.h>
 
