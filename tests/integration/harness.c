@@ -22,33 +22,43 @@
 struct daemon *harness_current;
 static const char *test_name = "test";
 
+/*
+ * The daemon log's last SHOW_LOG_LINES lines (the log gathers every daemon
+ * the test started, so its end is the one that failed).
+ */
+#define SHOW_LOG_LINES 120
 static void show_log(void)
 {
-	char line[1024];
+	static char lines[SHOW_LOG_LINES][1024];
+	unsigned n = 0, i;
 	FILE *f;
-	int n = 0;
 
 	if (!harness_current || !harness_current->log[0])
 		return;
 	f = fopen(harness_current->log, "r");
 	if (!f)
 		return;
-	fprintf(stderr, "---- daemon log (%s) ----\n", harness_current->log);
-	while (fgets(line, sizeof(line), f) && n++ < 200)
-		fputs(line, stderr);
+	while (fgets(lines[n % SHOW_LOG_LINES], sizeof(lines[0]), f))
+		n++;
 	fclose(f);
+	fprintf(stderr, "---- daemon log (%s), its last %u lines ----\n", harness_current->log,
+		n < SHOW_LOG_LINES ? n : SHOW_LOG_LINES);
+	for (i = n < SHOW_LOG_LINES ? 0 : n - SHOW_LOG_LINES; i < n; i++)
+		fputs(lines[i % SHOW_LOG_LINES], stderr);
 }
 
+/* Says why, shows the log, and says why again: a runner showing the tail shows the reason. */
 void harness_fail(const char *file, int line, const char *fmt, ...)
 {
+	char why[2048];
 	va_list ap;
 
-	fprintf(stderr, "FAIL %s: %s:%d: ", test_name, file, line);
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	vsnprintf(why, sizeof(why), fmt, ap);
 	va_end(ap);
-	fputc('\n', stderr);
+	fprintf(stderr, "FAIL %s: %s:%d: %s\n", test_name, file, line, why);
 	show_log();
+	fprintf(stderr, "FAIL %s: %s:%d: %s\n", test_name, file, line, why);
 	if (harness_current && harness_current->pid > 0)
 		kill(harness_current->pid, SIGKILL);
 	exit(1);
