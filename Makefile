@@ -26,12 +26,14 @@ B       := build
 CC      ?= cc
 
 BUILD_PKGS := gcc make pkg-config liburing-dev libev-dev libnbd-dev check libgnutls28-dev libjson-c-dev \
-              libmicrohttpd-dev
+              libmicrohttpd-dev librbd-dev
 TEST_PKGS  := libnbd-bin qemu-utils nbdkit nbd-server nbd-client fio python3-libnbd \
               fuse3 libfuse3-dev e2fsprogs xfsprogs btrfs-progs util-linux procps iproute2 bc clang \
               libclang-rt-14-dev \
               qemu-system-x86 busybox-static socat cpio mandoc systemd gnutls-bin mmdebstrap \
               prometheus gnuplot-nox curl
+# A throw-away Ceph cluster for the rbd: tests (tests/ceph.py); its recommends are not needed.
+CEPH_PKGS  := ceph-mon ceph-osd ceph-common
 
 WARN   := -Wall -Wextra -Wshadow -Wvla -Wstrict-prototypes -Wmissing-prototypes \
           -Wformat=2 -Wundef -fno-common
@@ -62,7 +64,7 @@ LOCK_SRC   := lock/rangelock.c
 CACHE_SRC  := cache/cache.c
 DAEMON_SRC := daemon/base/log.c daemon/base/hist.c daemon/base/access.c \
               daemon/engine/pool.c daemon/engine/plan.c daemon/engine/timer.c daemon/engine/worker.c daemon/engine/offload.c \
-              daemon/storage/backing.c daemon/storage/export.c daemon/storage/overlay.c daemon/storage/backend.c daemon/storage/backend_overlay.c daemon/storage/bitmap.c daemon/storage/bitmap_commit.c daemon/storage/bitmap_checkpoint.c \
+              daemon/storage/backing.c daemon/storage/export.c daemon/storage/overlay.c daemon/storage/backend.c daemon/storage/backend_overlay.c daemon/storage/backend_rbd.c daemon/storage/bitmap.c daemon/storage/bitmap_commit.c daemon/storage/bitmap_checkpoint.c \
               daemon/conn/conn.c daemon/conn/handshake.c daemon/conn/rx.c daemon/conn/request.c daemon/conn/fileio.c daemon/conn/cached.c daemon/conn/reply.c daemon/conn/watch.c daemon/conn/tls.c daemon/conn/tls_creds.c \
               daemon/service/cli.c daemon/service/listen.c daemon/service/config.c daemon/service/notify.c daemon/service/server.c daemon/service/handover.c \
               daemon/ops/ctlproto.c daemon/ops/control.c daemon/ops/command.c daemon/ops/metrics.c daemon/ops/http.c \
@@ -99,8 +101,8 @@ define ensure_pkgs
 	    if [ "$$(id -u)" = 0 ]; then \
 	        echo "  APT     $$(echo $$missing)"; \
 	        export DEBIAN_FRONTEND=noninteractive; \
-	        apt-get install -y -q $$missing >/dev/null 2>&1 || \
-	        { apt-get update -q >/dev/null && apt-get install -y -q $$missing >/dev/null; } || exit 1; \
+	        apt-get install -y -q $(2) $$missing >/dev/null 2>&1 || \
+	        { apt-get update -q >/dev/null && apt-get install -y -q $(2) $$missing >/dev/null; } || exit 1; \
 	    else \
 	        echo "uringnbd: missing packages; run: sudo apt-get install -y $$(echo $$missing)" >&2; \
 	        exit 1; \
@@ -114,6 +116,7 @@ $(B)/.deps-build:
 	$(call ensure_pkgs,$(BUILD_PKGS))
 $(B)/.deps-test: | $(B)/.deps-build
 	$(call ensure_pkgs,$(TEST_PKGS))
+	$(call ensure_pkgs,$(CEPH_PKGS),--no-install-recommends)
 DEB_PKGS := debhelper dpkg-dev fakeroot lintian
 $(B)/.deps-deb: | $(B)/.deps-build
 	$(call ensure_pkgs,$(DEB_PKGS))

@@ -646,6 +646,7 @@ out_workers:
 out_listeners:
 	listen_close(&srv);
 	server_swap_exports(&srv, NULL, 0);
+	backend_rbd_quiesce(); /* images a worker let go of close on threads of their own */
 out_config:
 	free(specs);
 	config_free(&file);

@@ -78,7 +78,8 @@ struct req *req_take(struct conn *c)
 	q->npieces = 0;
 	q->start_ns = now_ns();
 	c->live_reqs++;
-	c->w->reqs_live++;
+	if (!c->exp->be->no_poll)
+		c->w->reqs_live++;
 	stat_bump(&c->exp->ctr->slot[c->w->id].in_flight, 1);
 	return q;
 }
@@ -420,7 +421,8 @@ void req_recycle(struct req *q)
 	q->next = c->free_reqs;
 	c->free_reqs = q;
 	c->live_reqs--;
-	c->w->reqs_live--;
+	if (!c->exp->be->no_poll)
+		c->w->reqs_live--;
 	stat_bump(&c->exp->ctr->slot[c->w->id].in_flight, (uint64_t)-1);
 	if (c->state == CONN_CLOSING)
 		return;

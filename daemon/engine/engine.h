@@ -133,7 +133,9 @@ struct worker {
 	uint64_t busy_since_ns;   /* now_ns() its last wait ended */
 	unsigned depth_peak;      /* the most requests it held lately (worker_depth) */
 	uint64_t depth_peak_ns;   /* ...since this now_ns() */
-	unsigned reqs_live;       /* requests its connections hold: received, not yet done with */
+	unsigned reqs_live;       /* requests its connections hold (received, not yet done with)
+				     whose ends polling the ring may find sooner: the depth that
+				     allows adaptive polling */
 	int wake_fd;              /* eventfd: other threads wake the worker through it */
 	atomic_bool woken;        /* ...written, and the worker has not looked yet */
 	uint64_t wake_count;      /* ...the ring's read of it lands here */
@@ -167,6 +169,8 @@ void worker_stop(struct worker *w);
 void worker_join(struct worker *w);
 /* A fresh SQE whose completion is op. Never NULL (submits to make room). */
 struct io_uring_sqe *worker_sqe(struct worker *w, struct op *op);
+/* The worker whose thread this is, or NULL (the main thread, any other). */
+struct worker *worker_self(void);
 /* Queues op->done(op, res) on w's loop; from any thread. */
 void worker_post(struct worker *w, struct op *op, int res);
 /* Whether a client may take need chunks now (its fair share, pool.h). */

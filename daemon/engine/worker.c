@@ -241,6 +241,11 @@ static void worker_wake(struct worker *w)
 				strerror(errno));
 }
 
+struct worker *worker_self(void)
+{
+	return tls_worker;
+}
+
 void worker_post(struct worker *w, struct op *op, int res)
 {
 	op->res = res;

@@ -57,6 +57,11 @@ static json_object *export_json(const struct export *e)
 	json_object_object_add(o, "block-device", json_object_new_boolean(e->is_blockdev));
 	json_object_object_add(o, "cache", json_object_new_string(cache_mode_name(e->cache_mode)));
 	json_object_object_add(o, "overlay", str_or_null(e->overlay_src));
+	json_object_object_add(o, "backend", json_object_new_string(e->be->kind));
+	if (e->ceph_conf)
+		json_object_object_add(o, "ceph-conf", json_object_new_string(e->ceph_conf));
+	if (e->ceph_id)
+		json_object_object_add(o, "ceph-id", json_object_new_string(e->ceph_id));
 	json_object_object_add(o, "tls-required", json_object_new_boolean(e->access.tls_only));
 	json_object_object_add(o, "allow", str_or_null(e->access_src[0]));
 	json_object_object_add(o, "deny", str_or_null(e->access_src[1]));

@@ -28,7 +28,7 @@ const struct ctl_command_spec ctl_commands[] = {
 	    { "deny", S, false, false }, { "tls-allow", S, false, false },
 	    { "tls", S, false, false }, { "bitmaps", S, false, false },
 	    { "bitmap-file", S, false, false }, { "bitmap-granularity", S, false, false },
-	    { NULL } } },
+	    { "ceph-conf", S, false, false }, { "ceph-id", S, false, false }, { NULL } } },
 	{ "export-remove", "remove an export (force: disconnect its clients)",
 	  { { "name", S, true, true }, { "force", B, false, false }, { NULL } } },
 	{ "export-set", "change an export's description, read-only or access lists",

@@ -19,11 +19,13 @@ static void usage(FILE *f)
 {
 	fprintf(f,
 		"usage: uringnbd [OPTIONS] [FILE]\n"
-		"Export FILE (a regular file or block device) over NBD with O_DIRECT I/O.\n\n"
+		"Export FILE (a regular file or block device) over NBD with O_DIRECT I/O;\n"
+		"FILE may also be a Ceph RBD image, rbd:POOL/IMAGE or rbd:POOL/IMAGE@SNAP.\n\n"
 		"  -c, --config PATH    read settings and exports from PATH (see uringnbd.conf(5))\n"
 		"  -e, --export NAME=PATH[,readonly][,cache=MODE][,tls=require][,allow=LIST]\n"
 		"                       [,deny=LIST][,tls-allow=LIST][,overlay=PATH][,bitmap=NAME]\n"
-		"                       [,bitmap-file=PATH][,bitmap-granularity=SIZE][,description=TEXT]\n"
+		"                       [,bitmap-file=PATH][,bitmap-granularity=SIZE][,ceph-conf=PATH]\n"
+		"                       [,ceph-id=ID][,description=TEXT]\n"
 		"                       one more export (repeatable); FILE is the export -n names;\n"
 		"                       LIST items are separated by '+' here\n"
 		"  -U, --unix PATH      listen on a unix socket (with only -U, no TCP)\n"
@@ -141,7 +143,8 @@ static int parse_export(const char *arg, struct export_spec *spec)
 		} else if (strncmp(key, "overlay=", 8) == 0 && key[8]) {
 			spec->overlay = key + 8;
 		} else if (strncmp(key, "bitmap=", 7) == 0 || strncmp(key, "bitmap-file=", 12) == 0 ||
-			   strncmp(key, "bitmap-granularity=", 19) == 0) {
+			   strncmp(key, "bitmap-granularity=", 19) == 0 ||
+			   strncmp(key, "ceph-conf=", 10) == 0 || strncmp(key, "ceph-id=", 8) == 0) {
 			char *eqk = strchr(key, '='), err[512];
 
 			*eqk = '\0';

@@ -362,6 +362,19 @@ int config_set_export(struct export_spec *spec, const char *k, const char *v, ch
 			} while (comma);
 		}
 		*dst = v;
+	} else if (!strcmp(k, "ceph-conf") || !strcmp(k, "ceph-id")) {
+		const char **dst = k[5] == 'c' ? &spec->ceph_conf : &spec->ceph_id;
+
+		if (*dst) {
+			snprintf(err, errlen, "\"%s\" given twice in [export %s]", k, spec->name);
+			return -1;
+		}
+		if (!*v) {
+			snprintf(err, errlen, "%s: expected %s", k,
+				 dst == &spec->ceph_conf ? "a ceph.conf file" : "a client id");
+			return -1;
+		}
+		*dst = v;
 	} else if (!strcmp(k, "bitmap-granularity")) {
 		long long g = config_parse_size(v);
 

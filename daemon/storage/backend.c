@@ -124,6 +124,7 @@ size_t export_file_extents(int fd, uint64_t shift, uint64_t off, uint64_t len,
 
 /* Asked in this order: the first that claims a spec serves it. */
 static const struct backend_ops *const backends[] = {
+	&backend_rbd,     /* rbd:POOL/IMAGE[@SNAP], before any local file of that name */
 	&backend_overlay, /* any base with an overlay over it */
 	&backend_blockdev,
 	&backend_file,

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: BSD-3-Clause
 /*
  * The registry of backing files: one record per file (by device and inode;
- * a block device by its device number), shared by every export of that
+ * a block device by its device number; storage that is no local file, such
+ * as an RBD image, by a name its backend makes), shared by every export of that
  * file for as long as any of them lives, across any number of reloads. It
  * holds what must be one per file, whichever export or table a request
  * came through: the range lock manager, the page cache's key, and the
@@ -23,19 +24,24 @@ static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct backing *registry;       /* every record with a reference */
 static uint64_t next_cache_id;         /* under registry_lock */
 
-struct backing *backing_get(const struct stat *st, const char *path)
+/* The record st (or, st NULL, the name path) has, or a new one; under registry_lock. */
+static struct backing *backing_lookup(const struct stat *st, const char *path)
 {
-	bool dev = S_ISBLK(st->st_mode);
+	bool dev = st && S_ISBLK(st->st_mode);
 	struct backing *b;
 
-	pthread_mutex_lock(&registry_lock);
-	for (b = registry; b; b = b->next)
-		if (b->is_blockdev == dev && (dev ? b->rdev == st->st_rdev
-						  : b->dev == st->st_dev && b->ino == st->st_ino))
+	for (b = registry; b; b = b->next) {
+		if (!st) {
+			if (b->named && !strcmp(b->path, path))
+				break;
+		} else if (!b->named && b->is_blockdev == dev &&
+			   (dev ? b->rdev == st->st_rdev
+				: b->dev == st->st_dev && b->ino == st->st_ino)) {
 			break;
+		}
+	}
 	if (b) {
 		b->refs++;
-		pthread_mutex_unlock(&registry_lock);
 		return b;
 	}
 	b = calloc(1, sizeof(*b));
@@ -49,19 +55,35 @@ struct backing *backing_get(const struct stat *st, const char *path)
 			free(b->path);
 		}
 		free(b);
-		pthread_mutex_unlock(&registry_lock);
 		return NULL;
 	}
+	b->named = !st;
 	b->is_blockdev = dev;
-	b->dev = st->st_dev;
-	b->ino = st->st_ino;
-	b->rdev = st->st_rdev;
+	if (st) {
+		b->dev = st->st_dev;
+		b->ino = st->st_ino;
+		b->rdev = st->st_rdev;
+	}
 	b->cache_id = ++next_cache_id;
 	b->refs = 1;
 	b->next = registry;
 	registry = b;
+	return b;
+}
+
+struct backing *backing_get(const struct stat *st, const char *path)
+{
+	struct backing *b;
+
+	pthread_mutex_lock(&registry_lock);
+	b = backing_lookup(st, path);
 	pthread_mutex_unlock(&registry_lock);
 	return b;
+}
+
+struct backing *backing_get_named(const char *name)
+{
+	return backing_get(NULL, name);
 }
 
 void backing_ref(struct backing *b)

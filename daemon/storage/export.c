@@ -256,7 +256,7 @@ struct export *export_open(const struct export_spec *spec)
 		log_error("export \"%s\": %s", spec->path, strerror(err));
 		goto out_free;
 	}
-	e->readonly = spec->readonly;
+	e->readonly = spec->readonly || e->readonly; /* the backend may insist (a snapshot) */
 	e->cache_mode = spec->cache_mode;
 	if (export_access_init(e, spec) < 0)
 		goto out_free;
@@ -286,6 +286,8 @@ out_free:
 	free(e->path);
 	counters_put(e->ctr);
 	e->be->close(e);
+	free(e->ceph_conf);
+	free(e->ceph_id);
 	free(e);
 	return NULL;
 }
@@ -305,6 +307,8 @@ void export_put(struct export *e)
 	free(e->name);
 	free(e->description);
 	free(e->path);
+	free(e->ceph_conf);
+	free(e->ceph_id);
 	counters_put(e->ctr);
 	free(e);
 }
@@ -325,6 +329,7 @@ bool export_matches(const struct export *e, const struct export_spec *spec)
 	       same_str(e->bitmaps_src, spec->bitmaps) &&
 	       same_str(e->bitmap_file_src, spec->bitmap_file) &&
 	       e->bitmap_granularity_src == spec->bitmap_granularity && !e->checkpoint &&
+	       same_str(e->ceph_conf, spec->ceph_conf) && same_str(e->ceph_id, spec->ceph_id) &&
 	       !export_changed(e, NULL, 0);
 }
 
@@ -349,6 +354,8 @@ void export_spec_of(const struct export *e, struct export_spec *spec)
 		.bitmaps = e->bitmaps_src,
 		.bitmap_file = e->bitmap_file_src,
 		.bitmap_granularity = e->bitmap_granularity_src,
+		.ceph_conf = e->ceph_conf,
+		.ceph_id = e->ceph_id,
 	};
 }
 

@@ -35,6 +35,8 @@ struct export_spec {
 	const char *bitmaps;   /* dirty bitmaps it tracks, "a,b" (bitmap.c), or NULL */
 	const char *bitmap_file; /* their sidecar file; NULL: PATH.bitmaps */
 	uint32_t bitmap_granularity; /* bytes per bit; 0: the sidecar's, or the default */
+	const char *ceph_conf; /* rbd: paths: the cluster's ceph.conf (NULL: librados's search) */
+	const char *ceph_id;   /* ...and the client's id (NULL: librados's, "admin") */
 	char *storage;         /* heap copy the strings point into, or NULL */
 	char *extra[6];        /* more heap strings (config file), freed with it */
 	unsigned nextra;
@@ -54,6 +56,7 @@ static inline struct access_spec export_spec_access(const struct export_spec *s)
 
 /* ---- backing.c: one record per backing file, outliving export tables ---- */
 struct backing {
+	bool named;               /* no local file: known by path alone (backing_get_named) */
 	bool is_blockdev;
 	dev_t dev;                /* a file's identity: st_dev and st_ino */
 	ino_t ino;
@@ -73,6 +76,8 @@ struct backing {
  * held: a new reference, or NULL if out of memory.
  */
 struct backing *backing_get(const struct stat *st, const char *path);
+/* The same for storage that is no local file: the record of name (a backend's key). */
+struct backing *backing_get_named(const char *name);
 /* Another reference to a record already held. */
 void backing_ref(struct backing *b);
 void backing_put(struct backing *b);
@@ -275,7 +280,7 @@ struct backend_io {
 	int mode;                 /* zero: FALLOC_FL_PUNCH_HOLE or _ZERO_RANGE (| KEEP_SIZE) */
 };
 struct backend_ops {
-	const char *kind;         /* "file", "block device", "overlay": for log lines */
+	const char *kind;         /* "file", "block device", "overlay", "rbd": for log lines */
 	/* Whether it serves spec, whose path stat()s as st (NULL: it names no local file). */
 	bool (*claims)(const struct export_spec *spec, const struct stat *st);
 	/*
@@ -303,6 +308,8 @@ struct backend_ops {
 	void (*written)(const struct export *e, uint64_t off, uint64_t len);
 	bool fua_by_flush;        /* FUA is a flush after the write, not BACKEND_FUA */
 	bool writes_cached;       /* writes change the file the page cache holds pages of */
+	bool no_poll;             /* its calls end on other threads (an eventfd tells the ring):
+				     polling for them would take the CPU they need */
 	uint32_t zero_granule;    /* WRITE_ZEROES locks whole ones of these; 0: its bytes */
 	/* Blocking (offload threads): base:allocation of [off, off + len), at most max extents. */
 	size_t (*extents)(const struct export *e, uint64_t off, uint64_t len, bool one,
@@ -312,7 +319,9 @@ struct backend_ops {
 	/* Whether the page at off is the base file's, which the page cache may hold; NULL: always. */
 	bool (*cacheable)(const struct export *e, uint64_t off);
 };
-extern const struct backend_ops backend_file, backend_blockdev, backend_overlay;
+extern const struct backend_ops backend_file, backend_blockdev, backend_overlay, backend_rbd;
+/* backend_rbd.c: waits for images closed off the workers (at exit, after the last export). */
+void backend_rbd_quiesce(void);
 /*
  * backend.c: a local file's probes (direct-I/O alignment, its disk's queue
  * attributes from sysfs, a direct read).
@@ -373,6 +382,9 @@ struct export {
 	char *bitmap_file_src;
 	uint32_t bitmap_granularity_src;
 	char *checkpoint;         /* a checkpoint's export (EXPORT@NAME): NAME; else NULL */
+	void *priv;               /* the backend's own (rbd: the image it shares) */
+	char *ceph_conf;          /* rbd: as configured (NULL: not set) */
+	char *ceph_id;
 };
 /* The record whose durability errors this export's flushes report. */
 static inline struct backing *export_store(const struct export *e)
