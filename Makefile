@@ -83,10 +83,11 @@ CTL_OBJ    := $(B)/ctl/uringnbdctl.o $(B)/daemon/ops/ctlproto.o
 
 INTEROP_TESTS := $(wildcard tests/interop/*.sh tests/interop/*.py)
 FAULT_TESTS   := $(filter-out tests/faults/faultlib.py,$(wildcard tests/faults/*.py))
+RBD_TESTS     := $(wildcard tests/rbd/*.py)
 VM_TESTS      := tests/vm/handles-selftest.sh tests/vm/kernel-client.sh tests/vm/systemd.sh
 
 .SECONDARY:
-.PHONY: check-layers bench-base probe-taskrun deb analyze check-vm bench bench-idle bench-overlay bench-bitmap fuzz check-fuzz bench-lock all run check check-unit check-integration check-interop check-faults check-tests install clean deps deps-test
+.PHONY: check-rbd check-layers bench-base probe-taskrun deb analyze check-vm bench bench-idle bench-overlay bench-bitmap fuzz check-fuzz bench-lock all run check check-unit check-integration check-interop check-faults check-tests install clean deps deps-test
 all: $(B)/uringnbd $(B)/uringnbdctl
 
 # Goals that may install packages build after them; plain `make` never does.
@@ -322,13 +323,17 @@ check-interop: $(TEST_BINS) | $(B)/.deps-test
 check-faults: $(TEST_BINS) | $(B)/.deps-test
 	$(Q)$(RUN_TESTS) $(FAULT_TESTS)
 
+# Exports on Ceph RBD, each test with a throw-away cluster of its own (tests/ceph.py).
+check-rbd: $(TEST_BINS) | $(B)/.deps-test
+	$(Q)$(RUN_TESTS) $(RBD_TESTS)
+
 # The kernel's NBD client, in a qemu guest (the kernel package is cached in build/vm).
 check-vm: $(TEST_BINS) | $(B)/.deps-test
 	$(Q)$(RUN_TESTS) $(VM_TESTS)
 
 # Every test program and script in one run, so one closing line counts them all.
 check-tests: $(TEST_BINS) | $(B)/.deps-test
-	$(Q)$(RUN_TESTS) $(INTEG_TESTS) $(INTEROP_TESTS) $(FAULT_TESTS) $(VM_TESTS)
+	$(Q)$(RUN_TESTS) $(INTEG_TESTS) $(INTEROP_TESTS) $(FAULT_TESTS) $(RBD_TESTS) $(VM_TESTS)
 
 # The layer order of daemon/ (tests/layers.py): no include and no reference goes up.
 check-layers: $(DAEMON_OBJ)

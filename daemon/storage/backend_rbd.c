@@ -350,9 +350,11 @@ static struct rbd_image *rbd_image_open(const struct export_spec *spec, const ch
 		    (features & RBD_FEATURE_EXCLUSIVE_LOCK)) {
 			r = lib.rbd_lock_acquire(img->image, RBD_LOCK_MODE_EXCLUSIVE);
 			if (r < 0) {
-				log_error("export \"%s\": the image is in use by another client (its "
-					  "exclusive lock: %s): serve it from one place at a time",
-					  spec->path, strerror(-r));
+				log_error("export \"%s\": the image is in use by another client%s%s%s: "
+					  "serve it from one place at a time", spec->path,
+					  r == -EROFS || r == -EBUSY ? ", which holds its exclusive lock" : " (",
+					  r == -EROFS || r == -EBUSY ? "" : strerror(-r),
+					  r == -EROFS || r == -EBUSY ? "" : ")");
 				goto fail;
 			}
 			img->locked = true;
