@@ -7,7 +7,12 @@
  * limited, about one older than CONN_WATCH_WARN_S: which connection,
  * command, offset and length, and the state it waits in. A request the
  * daemon forgot to answer is then seen in the log and on a dashboard, not
- * only by the client that waits for it.
+ * only by the client that waits for it. With an io-timeout, a connection
+ * whose request has waited that long for its storage (a cluster that does
+ * not answer, a disk that hangs) is closed: its client sees the end and
+ * may retry elsewhere, instead of waiting as long as the storage does. The
+ * call itself stays in flight, and the connection's buffers with it,
+ * until the storage answers.
  *
  * It is a timer of the worker's (engine/timer.h), armed while the worker
  * has connections, and reads only the worker's own connections; other
@@ -41,18 +46,39 @@ static const char *const rx_state_names[] = {
 
 static struct log_limit watch_limit;
 
+/* Waiting for its storage (not for the client, nor for another request). */
+static bool conn_req_in_storage(const struct req *q)
+{
+	switch (q->state) {
+	case REQ_RMW:
+	case REQ_IO:
+	case REQ_FALLOC:
+	case REQ_ZERO_WRITE:
+	case REQ_SYNC:
+	case REQ_CACHED:
+	case REQ_EXTENTS:
+	case REQ_FLUSH:
+		return true;
+	default:
+		return false;
+	}
+}
+
 void conns_watch_fire(struct timer *t)
 {
 	struct worker_clients *wc = container_of(t, struct worker_clients, watch);
 	struct worker *w = wc->w;
 	const struct req *old = NULL;
 	uint64_t now = now_ns(); /* request ages are now_ns() differences */
+	uint64_t io_ns = (uint64_t)conn_host.io_timeout_s * 1000000000ull;
 	struct conn *c;
 	unsigned i;
 
 	if (wc->conns)
 		worker_timer_in(w, &wc->watch, CONN_WATCH_NS);
 	for (c = wc->conns; c; c = c->next) {
+		const struct req *stuck = NULL;
+
 		if (!c->live_reqs || !c->area)
 			continue;
 		for (i = 0; i < c->reqs_fresh; i++) {
@@ -60,6 +86,17 @@ void conns_watch_fire(struct timer *t)
 
 			if (q->state != REQ_FREE && (!old || q->start_ns < old->start_ns))
 				old = q;
+			if (io_ns && conn_req_in_storage(q) && now - q->start_ns >= io_ns)
+				stuck = q;
+		}
+		if (stuck && c->state != CONN_CLOSING) {
+			log_warn("conn %" PRIu64 ": %s offset %" PRIu64 " unanswered by its storage "
+				 "for %.1f s (%s; io-timeout %u s): closing the connection", c->id,
+				 proto_cmd_name(stuck->r.type), stuck->r.offset,
+				 (double)(now - stuck->start_ns) / 1e9, req_state_names[stuck->state],
+				 conn_host.io_timeout_s);
+			stat_add(&w->stats.io_timeouts, 1);
+			conn_close(c, NULL);
 		}
 	}
 	atomic_store_explicit(&w->stats.oldest_req_start_ns, old ? old->start_ns : 0,
