@@ -31,8 +31,8 @@ static const char *const req_state_names[REQ_NSTATES] = {
 	[REQ_PAYLOAD] = "receiving its payload", [REQ_SKIP] = "discarding its payload",
 	[REQ_LOCK_WAIT] = "waiting for its range lock", [REQ_LOCKED] = "locked",
 	[REQ_BITMAP] = "waiting for dirty-bitmap bits", [REQ_RMW] = "reading edge blocks",
-	[REQ_IO] = "file I/O", [REQ_FALLOC] = "fallocate", [REQ_ZERO_WRITE] = "writing zeroes",
-	[REQ_SYNC] = "fdatasync", [REQ_CACHED] = "page cache", [REQ_EXTENTS] = "extent query",
+	[REQ_IO] = "storage I/O", [REQ_FALLOC] = "trim or zero", [REQ_ZERO_WRITE] = "writing zeroes",
+	[REQ_SYNC] = "sync after FUA", [REQ_CACHED] = "page cache", [REQ_EXTENTS] = "extent query",
 	[REQ_SEG_REPLY] = "sending a segment", [REQ_SEG_PAYLOAD] = "receiving a segment",
 	[REQ_FLUSH] = "flush", [REQ_REPLY] = "replying",
 };
