@@ -10,7 +10,8 @@
 #   make bench      side-by-side benchmark against nbd-server, nbdkit, qemu-nbd
 #                   (bench-lock: the lock manager; bench-idle: memory per idle connection;
 #                   bench-overlay: copy-on-write overlays against nbdkit's cow and qemu-nbd -s;
-#                   bench-bitmap: dirty bitmaps' cost to writes)
+#                   bench-bitmap: dirty bitmaps' cost to writes; bench-rbd: Ceph RBD exports
+#                   against qemu-nbd rbd: and fio's rbd engine)
 #   make analyze    gcc -fanalyzer over every module, daemon/ included
 #   make install    PREFIX=/usr/local DESTDIR=
 #   make deb        Debian packages from this tree (dpkg-buildpackage), into build/deb/
@@ -33,7 +34,7 @@ TEST_PKGS  := libnbd-bin qemu-utils nbdkit nbd-server nbd-client fio python3-lib
               qemu-system-x86 busybox-static socat cpio mandoc systemd gnutls-bin mmdebstrap \
               prometheus gnuplot-nox curl
 # A throw-away Ceph cluster for the rbd: tests (tests/ceph.py); its recommends are not needed.
-CEPH_PKGS  := ceph-mon ceph-osd ceph-common
+CEPH_PKGS  := ceph-mon ceph-osd ceph-common qemu-block-extra
 
 WARN   := -Wall -Wextra -Wshadow -Wvla -Wstrict-prototypes -Wmissing-prototypes \
           -Wformat=2 -Wundef -fno-common
@@ -87,7 +88,7 @@ RBD_TESTS     := $(wildcard tests/rbd/*.py)
 VM_TESTS      := tests/vm/handles-selftest.sh tests/vm/kernel-client.sh tests/vm/systemd.sh
 
 .SECONDARY:
-.PHONY: check-rbd check-layers bench-base probe-taskrun deb analyze check-vm bench bench-idle bench-overlay bench-bitmap fuzz check-fuzz bench-lock all run check check-unit check-integration check-interop check-faults check-tests install clean deps deps-test
+.PHONY: check-rbd bench-rbd check-layers bench-base probe-taskrun deb analyze check-vm bench bench-idle bench-overlay bench-bitmap fuzz check-fuzz bench-lock all run check check-unit check-integration check-interop check-faults check-tests install clean deps deps-test
 all: $(B)/uringnbd $(B)/uringnbdctl
 
 # Goals that may install packages build after them; plain `make` never does.
@@ -193,7 +194,7 @@ $(B)/tests/bench/rl_bench: $(B)/tests/bench/rl_bench.o $(LOCK_OBJ)
 # HEAD's parent, or HEAD itself while the tree has changes; BENCH_BASE= none)
 # built from git archive in build/bench/base, run as "uringnbd-base".
 BENCH_BASE ?= $(shell git diff --quiet HEAD -- 2>/dev/null && echo HEAD~1 || echo HEAD)
-bench: $(B)/uringnbd $(if $(BENCH_BASE),bench-base) bench-lock bench-idle bench-overlay bench-bitmap | $(B)/.deps-test
+bench: $(B)/uringnbd $(if $(BENCH_BASE),bench-base) bench-lock bench-idle bench-overlay bench-bitmap bench-rbd | $(B)/.deps-test
 	$(Q)URINGNBD=$(CURDIR)/$(B)/uringnbd BENCH_DIR=$(CURDIR)/build/bench \
 	    URINGNBD_BASE=$(if $(BENCH_BASE),$(CURDIR)/build/bench/base/build/uringnbd) \
 	    URINGNBD_BASE_NAME="$(BENCH_BASE) ($$(git rev-parse --short $(BENCH_BASE) 2>/dev/null))" \
@@ -204,6 +205,11 @@ bench-base:
 	$(Q)git archive $(BENCH_BASE) | tar -x -C build/bench/base
 	$(quiet) BASE "$(BENCH_BASE) ($$(git rev-parse --short $(BENCH_BASE)))"
 	$(Q)$(MAKE) -s -C build/bench/base NO_DEPS=1 build/uringnbd >/dev/null
+
+# Exports on Ceph RBD against qemu-nbd rbd: and fio's rbd engine, one throw-away cluster.
+bench-rbd: $(B)/uringnbd | $(B)/.deps-test
+	$(Q)URINGNBD=$(CURDIR)/$(B)/uringnbd BENCH_DIR=$(CURDIR)/build/bench /usr/bin/python3 \
+	    tests/bench/rbd_bench.py
 
 # What a dirty bitmap costs writes to fresh and to dirty granules.
 bench-bitmap: $(B)/uringnbd $(B)/uringnbdctl | $(B)/.deps-test
