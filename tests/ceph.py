@@ -14,6 +14,9 @@ a memstore OSD stopped with SIGTERM writes its whole store out first).
 Where Ceph is not installed the test skips (exit 77), saying so; with
 CEPH_REQUIRED=1 (CI) it fails instead.
 
+A client that dies (SIGKILL) holds its watches, and so an image's
+exclusive lock, for the OSD's watch timeout: 5 s here, 30 s by default.
+
 The OSD keeps its data in memory (memstore) unless store="bluestore" (a
 sparse file in dir): tests that write a lot use bluestore. osd_stop(),
 osd_cont(), osd_kill() and osd_start() are the faults; mon_restart() too.
@@ -97,6 +100,7 @@ osd crush chooseleaf type = 0
 paxos propose interval = 0.1
 mon data avail warn = 2
 mon data avail crit = 1
+osd client watch timeout = 5
 osd max object name len = 256
 osd max object namespace len = 64
 {osd_store}

@@ -364,7 +364,10 @@ static void fileio_block_status_reply(struct req *q)
 		max = max > hdr + desc ? (max - hdr) / desc : 1;
 		if (max > BLOCK_STATUS_MAX_EXTENTS)
 			max = BLOCK_STATUS_MAX_EXTENTS;
-		n = bitmaps_extents(e->bm, e->ctx_slot[k], q->r.offset, q->r.len_bytes, one, ext, max);
+		n = e->be->dirty_extents ?
+		    e->be->dirty_extents(e, k, q->r.offset, q->r.len_bytes, one, ext, max) :
+		    bitmaps_extents(e->bm, e->ctx_slot[k], q->r.offset, q->r.len_bytes, one, ext,
+				    max);
 		if (!n) {
 			/* A bitmap removed under this connection: nothing is known dirty. */
 			ext[0].len_bytes = e->size_bytes - q->r.offset < q->r.len_bytes ?

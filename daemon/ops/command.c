@@ -449,7 +449,7 @@ static struct export *bitmap_export(struct ctl_call *call, const char *name)
 		ctl_call_error(call, CTL_ERR_NOTFOUND, "no export \"%s\"", name);
 		return NULL;
 	}
-	if (!e->bm || e->checkpoint) {
+	if (!export_has_bitmaps(e) || e->checkpoint) {
 		ctl_call_error(call, CTL_ERR_INVALID, "export \"%s\" has no dirty bitmaps%s", name,
 			       e->checkpoint ? " of its own (it is a checkpoint)" :
 			       " (bitmaps = NAME in its configuration)");
@@ -459,9 +459,50 @@ static struct export *bitmap_export(struct ctl_call *call, const char *name)
 	return e;
 }
 
-static json_object *bitmaps_json(const struct export *e)
+/* A backend's own checkpoints (rbd: snapshots): its bitmaps are names, its checkpoints listed. */
+static json_object *backend_bitmaps_json(const struct export *e)
 {
 	struct bitmap_info *info = calloc(BITMAP_SLOTS, sizeof(*info));
+	json_object *o = json_object_new_object(), *live = json_object_new_array(),
+		    *ckpts = json_object_new_array();
+	char name[PROTO_NAME_MAX + 1], *copy = strdup(e->bitmaps_src), *save = NULL, *b;
+	int n = info ? e->be->checkpoints(e, info, BITMAP_SLOTS) : -ENOMEM, k;
+
+	json_object_object_add(o, "export", json_object_new_string(e->name));
+	json_object_object_add(o, "kept-by", json_object_new_string(e->be->kind));
+	for (b = copy ? strtok_r(copy, ",", &save) : NULL; b; b = strtok_r(NULL, ",", &save)) {
+		json_object *j = json_object_new_object();
+
+		json_object_object_add(j, "name", json_object_new_string(b));
+		json_object_array_add(live, j);
+	}
+	free(copy);
+	if (n < 0)
+		json_object_object_add(o, "error", json_object_new_string(strerror(-n)));
+	for (k = 0; k < n; k++) {
+		json_object *j = json_object_new_object();
+
+		snprintf(name, sizeof(name), "%s@%s", e->name, info[k].name);
+		json_object_object_add(j, "name", json_object_new_string(info[k].name));
+		json_object_object_add(j, "created", json_object_new_int64(info[k].created_s));
+		json_object_object_add(j, "bitmap", json_object_new_string(info[k].bitmap));
+		json_object_object_add(j, "export", json_object_new_string(name));
+		json_object_object_add(j, "snapshot", json_object_new_string(info[k].name));
+		json_object_array_add(ckpts, j);
+	}
+	json_object_object_add(o, "bitmaps", live);
+	json_object_object_add(o, "checkpoints", ckpts);
+	free(info);
+	return o;
+}
+
+static json_object *bitmaps_json(const struct export *e)
+{
+	struct bitmap_info *info;
+
+	if (!e->bm)
+		return backend_bitmaps_json(e);
+	info = calloc(BITMAP_SLOTS, sizeof(*info));
 	json_object *o = json_object_new_object(), *live = json_object_new_array(),
 		    *ckpts = json_object_new_array();
 	uint32_t gran = bitmaps_granularity(e->bm);
@@ -501,14 +542,51 @@ static json_object *bitmaps_json(const struct export *e)
 	return o;
 }
 
+/* A backend's list asks its storage (the cluster): off the main thread. */
+struct bitmaps_job {
+	struct export *e;
+	json_object *reply;
+};
+
+static void bitmaps_job_run(void *arg)
+{
+	struct bitmaps_job *j = arg;
+
+	j->reply = bitmaps_json(j->e);
+}
+
+static void bitmaps_job_done(struct ctl_call *call, void *arg, int err)
+{
+	struct bitmaps_job *j = arg;
+
+	if (err)
+		ctl_call_error(call, CTL_ERR_GENERIC, "%s", strerror(-err));
+	else
+		ctl_call_return(call, j->reply);
+	export_put(j->e);
+	free(j);
+}
+
 static void cmd_bitmaps(struct ctl_call *call)
 {
 	struct export *e = bitmap_export(call, ctl_arg_string(ctl_call_request(call), "export"));
+	struct bitmaps_job *j;
 
 	if (!e)
 		return;
-	ctl_call_return(call, bitmaps_json(e));
-	export_put(e);
+	if (e->bm) {
+		ctl_call_return(call, bitmaps_json(e));
+		export_put(e);
+		return;
+	}
+	j = calloc(1, sizeof(*j));
+	if (!j) {
+		export_put(e);
+		ctl_call_error(call, CTL_ERR_GENERIC, "out of memory");
+		return;
+	}
+	j->e = e;
+	ctl_call_job(call, bitmaps_job_run, bitmaps_job_done, j);
 }
 
 enum bitmap_job_kind { JOB_CHECKPOINT, JOB_CLEAR, JOB_REMOVE_BITMAP, JOB_REMOVE_CHECKPOINT };
@@ -519,7 +597,19 @@ struct bitmap_job {
 	bool bitmap_only;
 	int ret;
 	char err[768];
+	struct export *ck;          /* a backend's checkpoint: its export, opened by the job */
 };
+
+/* The checkpoint just taken, as export_open_checkpoint() takes it. */
+static void checkpoint_info(const struct bitmap_job *j, int slot, struct bitmap_info *info)
+{
+	memset(info, 0, sizeof(*info));
+	info->slot = slot;
+	info->kind = BITMAP_FROZEN;
+	info->snapshot = !j->bitmap_only;
+	snprintf(info->name, sizeof(info->name), "%s", j->name);
+	snprintf(info->bitmap, sizeof(info->bitmap), "%s", j->bitmap);
+}
 
 static void bitmap_job_run(void *arg)
 {
@@ -528,8 +618,20 @@ static void bitmap_job_run(void *arg)
 
 	switch (j->kind) {
 	case JOB_CHECKPOINT:
-		j->ret = bitmaps_checkpoint(e->bm, e->locks, e->fd, j->bitmap, j->name,
-					    j->bitmap_only, j->err, sizeof(j->err));
+		if (!e->bm) {
+			struct bitmap_info info;
+
+			/* Its export too: opening a snapshot asks the cluster. */
+			j->ret = e->be->checkpoint(e, j->bitmap, j->name, j->err, sizeof(j->err));
+			if (j->ret)
+				break;
+			checkpoint_info(j, 0, &info);
+			log_capture(j->err, sizeof(j->err));
+			j->ck = export_open_checkpoint(e, &info);
+			log_capture(NULL, 0);
+		} else
+			j->ret = bitmaps_checkpoint(e->bm, e->locks, e->fd, j->bitmap, j->name,
+						    j->bitmap_only, j->err, sizeof(j->err));
 		break;
 	case JOB_CLEAR:
 		j->ret = bitmaps_clear(e->bm, e->locks, j->bitmap, j->err, sizeof(j->err));
@@ -539,14 +641,18 @@ static void bitmap_job_run(void *arg)
 					sizeof(j->err));
 		break;
 	case JOB_REMOVE_CHECKPOINT:
-		j->ret = bitmaps_remove(e->bm, e->locks, BITMAP_FROZEN, j->name, j->err,
-					sizeof(j->err));
+		if (!e->bm)
+			j->ret = e->be->checkpoint_remove(e, j->name, j->err, sizeof(j->err));
+		else
+			j->ret = bitmaps_remove(e->bm, e->locks, BITMAP_FROZEN, j->name, j->err,
+						sizeof(j->err));
 		break;
 	}
 }
 
 static void bitmap_job_free(struct bitmap_job *j)
 {
+	export_put(j->ck);
 	export_put(j->e);
 	free(j->bitmap);
 	free(j->name);
@@ -597,16 +703,16 @@ static void bitmap_job_done(struct ctl_call *call, void *arg, int err)
 	switch (j->kind) {
 	case JOB_CHECKPOINT:
 		/* Served from now on as EXPORT@NAME, read-only. */
-		slot = bitmaps_find(j->e->bm, BITMAP_FROZEN, j->name);
-		memset(&info, 0, sizeof(info));
-		info.slot = slot;
-		info.kind = BITMAP_FROZEN;
-		info.snapshot = !j->bitmap_only;
-		snprintf(info.name, sizeof(info.name), "%s", j->name);
-		snprintf(info.bitmap, sizeof(info.bitmap), "%s", j->bitmap);
-		log_capture(j->err, sizeof(j->err));
-		ck = slot >= 0 ? export_open_checkpoint(j->e, &info) : NULL;
-		log_capture(NULL, 0);
+		if (j->e->bm) {
+			slot = bitmaps_find(j->e->bm, BITMAP_FROZEN, j->name);
+			checkpoint_info(j, slot, &info);
+			log_capture(j->err, sizeof(j->err));
+			ck = slot >= 0 ? export_open_checkpoint(j->e, &info) : NULL;
+			log_capture(NULL, 0);
+		} else {
+			ck = j->ck;
+			j->ck = NULL;
+		}
 		if (!ck || server_add_export(srv, ck) < 0) {
 			export_put(ck);
 			ctl_call_error(call, CTL_ERR_GENERIC, "checkpoint \"%s\" was taken, but its "
@@ -668,6 +774,23 @@ static void bitmap_job_start(struct ctl_call *call, enum bitmap_job_kind kind, s
 	ctl_call_job(call, bitmap_job_run, bitmap_job_done, j);
 }
 
+/* Whether e has a checkpoint of that name (its sidecar's, or its backend's). */
+static bool export_has_checkpoint(const struct export *e, const char *name)
+{
+	struct bitmap_info *info;
+	bool found = false;
+	int n, k;
+
+	if (e->bm)
+		return bitmaps_find(e->bm, BITMAP_FROZEN, name) >= 0;
+	info = calloc(BITMAP_SLOTS, sizeof(*info));
+	n = info ? e->be->checkpoints(e, info, BITMAP_SLOTS) : 0;
+	for (k = 0; k < n && !found; k++)
+		found = !strcmp(info[k].name, name);
+	free(info);
+	return found;
+}
+
 static bool name_valid(struct ctl_call *call, const char *what, const char *name)
 {
 	char why[300];
@@ -695,9 +818,16 @@ static void cmd_checkpoint(struct ctl_call *call)
 		export_put(e);
 		return;
 	}
-	if (bitmaps_find(e->bm, BITMAP_LIVE, bitmap) < 0) {
+	if (e->bm ? bitmaps_find(e->bm, BITMAP_LIVE, bitmap) < 0 : !export_names_bitmap(e, bitmap)) {
 		ctl_call_error(call, CTL_ERR_NOTFOUND, "export \"%s\" has no bitmap \"%s\"",
 			       e->name, bitmap);
+		export_put(e);
+		return;
+	}
+	if (!e->bm && ctl_arg_bool(req, "bitmap-only", false)) {
+		ctl_call_error(call, CTL_ERR_INVALID, "export \"%s\": a checkpoint of an %s "
+			       "image is a snapshot (there is no bitmap-only one)", e->name,
+			       e->be->kind);
 		export_put(e);
 		return;
 	}
@@ -719,7 +849,8 @@ static void cmd_checkpoint_remove(struct ctl_call *call)
 	e = bitmap_export(call, ctl_arg_string(req, "export"));
 	if (!e)
 		return;
-	if (bitmaps_find(e->bm, BITMAP_FROZEN, name) < 0) {
+	/* A backend's checkpoints are the cluster's to tell: its removal job finds out. */
+	if (e->bm && !export_has_checkpoint(e, name)) {
 		ctl_call_error(call, CTL_ERR_NOTFOUND, "export \"%s\" has no checkpoint \"%s\"",
 			       e->name, name);
 		export_put(e);
@@ -738,12 +869,24 @@ static void cmd_checkpoint_remove(struct ctl_call *call)
 	bitmap_job_start(call, JOB_REMOVE_CHECKPOINT, e, NULL, name, false);
 }
 
+/* Clearing or removing a bitmap is the sidecar's: a backend's bitmaps are names. */
+static bool sidecar_bitmaps(struct ctl_call *call, struct export *e)
+{
+	if (e->bm)
+		return true;
+	ctl_call_error(call, CTL_ERR_INVALID, "export \"%s\": its bitmaps are the %s image's "
+		       "snapshots: remove checkpoints instead (or drop the name from its bitmaps)",
+		       e->name, e->be->kind);
+	export_put(e);
+	return false;
+}
+
 static void cmd_bitmap_clear(struct ctl_call *call)
 {
 	const struct ctl_request *req = ctl_call_request(call);
 	struct export *e = bitmap_export(call, ctl_arg_string(req, "export"));
 
-	if (e)
+	if (e && sidecar_bitmaps(call, e))
 		bitmap_job_start(call, JOB_CLEAR, e, ctl_arg_string(req, "bitmap"), NULL, false);
 }
 
@@ -754,7 +897,7 @@ static void cmd_bitmap_remove(struct ctl_call *call)
 	struct export_stats sum = { 0 };
 	uint64_t conns;
 
-	if (!e)
+	if (!e || !sidecar_bitmaps(call, e))
 		return;
 	export_stats_sum(e->ctr, &sum);
 	conns = export_stats_conns(&sum);

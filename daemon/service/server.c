@@ -145,12 +145,21 @@ int server_add_checkpoint_exports(struct server *s, const struct export *base, s
 	size_t k, m, j, added = 0;
 	char name[PROTO_NAME_MAX + 1];
 
-	if (!base->bm || base->checkpoint)
+	int got;
+
+	if (!export_has_bitmaps(base) || base->checkpoint)
 		return 0;
 	info = calloc(BITMAP_SLOTS, sizeof(*info));
 	if (!info)
 		return -1;
-	m = bitmaps_list(base->bm, info);
+	if (base->bm) {
+		m = bitmaps_list(base->bm, info);
+	} else {
+		got = base->be->checkpoints(base, info, BITMAP_SLOTS);
+		if (got < 0)
+			log_error("export \"%s\": its checkpoints: %s", base->name, strerror(-got));
+		m = got < 0 ? 0 : (size_t)got;
+	}
 	grown = realloc(*t, (*n + m + 1) * sizeof(**t));
 	if (!grown) {
 		free(info);
@@ -166,7 +175,7 @@ int server_add_checkpoint_exports(struct server *s, const struct export *base, s
 		pthread_rwlock_rdlock(&s->exports_lock);
 		for (j = 0; j < s->nexports && !e; j++)
 			if (s->exports[j]->checkpoint && s->exports[j]->bm == base->bm &&
-			    !strcmp(s->exports[j]->name, name)) {
+			    s->exports[j]->be == base->be && !strcmp(s->exports[j]->name, name)) {
 				e = s->exports[j];
 				export_get(e);
 			}

@@ -141,7 +141,7 @@ void export_stats_sum(const struct export_counters *ec, struct export_stats *sum
 }
 
 /* A meta context of e: qemu:dirty-bitmap:bitmap, reading slot. */
-static int export_add_context(struct export *e, const char *bitmap, int slot)
+int export_add_context(struct export *e, const char *bitmap, int slot)
 {
 	char *n;
 
@@ -243,7 +243,8 @@ struct export *export_open(const struct export_spec *spec)
 		free(e);
 		return NULL;
 	}
-	if (spec->bitmaps && export_bitmaps_open(e, spec, &st) < 0) {
+	/* A backend that keeps checkpoints itself took the names at its open. */
+	if (spec->bitmaps && !e->be->checkpoint && export_bitmaps_open(e, spec, &st) < 0) {
 		err = EINVAL;
 		goto out_free;
 	}
@@ -392,12 +393,28 @@ size_t export_extents(const struct export *e, uint64_t off, uint64_t len, bool o
 	return e->be->extents(e, off, len, one, ext, max);
 }
 
+bool export_names_bitmap(const struct export *e, const char *bitmap)
+{
+	const char *p = e->bitmaps_src;
+	size_t n = strlen(bitmap);
+
+	while (p && *p) {
+		if (!strncmp(p, bitmap, n) && (p[n] == ',' || !p[n]))
+			return true;
+		p = strchr(p, ',');
+		p = p ? p + 1 : NULL;
+	}
+	return false;
+}
+
 struct export *export_open_checkpoint(const struct export *base, const struct bitmap_info *ck)
 {
 	char name[PROTO_NAME_MAX + 1], desc[512], snap[PATH_MAX];
 	struct export_spec spec;
 	struct export *e;
 
+	if (base->be->checkpoint_open)
+		return base->be->checkpoint_open(base, ck);
 	snprintf(name, sizeof(name), "%s@%s", base->name, ck->name);
 	snprintf(desc, sizeof(desc), "checkpoint %s of %s (bitmap %s)%s", ck->name, base->name,
 		 ck->bitmap, ck->snapshot ? "" : ": the live image, not a copy");

@@ -318,6 +318,28 @@ struct backend_ops {
 	uint32_t (*write_align)(const struct export *e, uint64_t off, uint64_t len, uint32_t align);
 	/* Whether the page at off is the base file's, which the page cache may hold; NULL: always. */
 	bool (*cacheable)(const struct export *e, uint64_t off);
+	/*
+	 * Checkpoints the backend keeps itself (rbd: snapshots of the image,
+	 * the bitmap's name in its metadata); NULL: bitmap.c's sidecar and
+	 * reflink copies. Blocking (a control job, the main thread).
+	 * checkpoint: name freezes what was written so far, for bitmap. 0, or
+	 * -errno with err saying why.
+	 */
+	int (*checkpoint)(const struct export *e, const char *bitmap, const char *name, char *err,
+			  size_t errlen);
+	int (*checkpoint_remove)(const struct export *e, const char *name, char *err,
+				 size_t errlen);
+	/* Its checkpoints (BITMAP_FROZEN), oldest first, at most max: the count, or -errno. */
+	int (*checkpoints)(const struct export *e, struct bitmap_info *out, size_t max);
+	/*
+	 * The read-only export base->name@ck->name: the checkpoint's data,
+	 * offering as qemu:dirty-bitmap:BITMAP what changed since the
+	 * bitmap's checkpoint before it (all data, for its first). NULL: logged.
+	 */
+	struct export *(*checkpoint_open)(const struct export *base, const struct bitmap_info *ck);
+	/* A checkpoint export's dirty-bitmap context k, from memory (as bitmaps_extents). */
+	size_t (*dirty_extents)(const struct export *e, uint32_t k, uint64_t off, uint64_t len,
+				bool one, struct proto_extent *ext, size_t max);
 };
 extern const struct backend_ops backend_file, backend_blockdev, backend_overlay, backend_rbd;
 /* backend_rbd.c: waits for images closed off the workers (at exit, after the last export). */
@@ -386,6 +408,15 @@ struct export {
 	char *ceph_conf;          /* rbd: as configured (NULL: not set) */
 	char *ceph_id;
 };
+/* Whether e keeps dirty bitmaps (in a sidecar, or as its backend's checkpoints). */
+static inline bool export_has_bitmaps(const struct export *e)
+{
+	return e->bm || (e->be->checkpoint && e->bitmaps_src && !e->checkpoint);
+}
+/* Whether bitmap is one of the comma list e->bitmaps_src names. */
+bool export_names_bitmap(const struct export *e, const char *bitmap);
+/* Offers qemu:dirty-bitmap:BITMAP, reading slot (bitmap.c) or context k (the backend's). */
+int export_add_context(struct export *e, const char *bitmap, int slot);
 /* The record whose durability errors this export's flushes report. */
 static inline struct backing *export_store(const struct export *e)
 {
