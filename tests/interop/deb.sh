@@ -3,7 +3,8 @@
 # make deb: the package builds from this tree, lintian has no error or
 # warning, its files are where the FHS and systemd expect them, the
 # configuration is a conffile, the maintainer scripts create the group and
-# enable the socket, Depends names only run-time libraries, and the
+# enable the socket, Depends names only run-time libraries (not Ceph's,
+# which are loaded when an rbd: export opens: Suggests), and the
 # packaged binary's version is the changelog's. (tests/vm/systemd.sh
 # installs, upgrades and purges it under a real systemd.)
 . "$(dirname "$0")/lib.bash"
@@ -31,6 +32,9 @@ for lib in libev4 liburing2 libgnutls30 libjson-c5 libmicrohttpd12; do
     grep -q "$lib" "$T/depends" || fail "Depends lacks $lib: $(cat "$T/depends")"
 done
 grep -Eq 'libnbd|qemu|fio|nbdkit|prometheus|check' "$T/depends" && fail "test packages in Depends: $(cat "$T/depends")"
+# Ceph only where an rbd: export is served: loaded then, never a dependency.
+grep -Eq 'librbd|librados|ceph' "$T/depends" && fail "Ceph in Depends: $(cat "$T/depends")"
+dpkg-deb -f "$deb" Suggests | grep -q librbd1 || fail "Suggests lacks librbd1"
 dpkg-deb -e "$deb" "$T/control"
 grep -qx /etc/uringnbd/uringnbd.conf "$T/control/conffiles" || fail "the configuration is not a conffile"
 grep -q systemd-sysusers "$T/control/postinst" || fail "postinst does not create the group"
@@ -40,4 +44,6 @@ want=$(dpkg-parsechangelog -l debian/changelog -S Version)
 [ "$("$T/root/usr/sbin/uringnbd" --version)" = "uringnbd $want" ] ||
     fail "packaged binary says $("$T/root/usr/sbin/uringnbd" --version), the changelog $want"
 [ "$("$URINGNBD" --version)" = "uringnbd $want" ] || fail "make's binary says $("$URINGNBD" --version)"
+objdump -p "$T/root/usr/sbin/uringnbd" | grep NEEDED | grep -Eq 'rbd|rados' &&
+    fail "the packaged binary links Ceph's libraries"
 echo "deb: $(basename "$deb"), lintian clean, $(wc -l <"$T/files") paths"
