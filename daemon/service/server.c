@@ -454,8 +454,8 @@ void server_log_exports(struct server *s)
 	for (i = 0; i < s->nexports; i++) {
 		const struct export *e = s->exports[i];
 
-		log_info("export \"%s\": \"%s\", %" PRIu64 " bytes, direct-I/O alignment %u, %s, "
-			 "cache=%s", e->name, e->path, e->size_bytes, e->align_bytes,
+		log_info("export \"%s\": \"%s\" (%s), %" PRIu64 " bytes, alignment %u, %s, "
+			 "cache=%s", e->name, e->path, e->be->kind, e->size_bytes, e->align_bytes,
 			 e->readonly ? "read-only" : "read-write", cache_mode_name(e->cache_mode));
 	}
 	pthread_rwlock_unlock(&s->exports_lock);
