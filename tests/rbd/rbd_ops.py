@@ -3,8 +3,9 @@
 # test-timeout: 300
 """An export on an RBD image of a real (throw-away) cluster, against a model:
 random READs, WRITEs (some FUA), WRITE_ZEROES, TRIMs and FLUSHes at any
-offset and length, over two connections (CAN_MULTI_CONN); every read
-matches the model. Then what other tools see of the same image: `rbd
+offset and length, over two connections (CAN_MULTI_CONN), one of them
+through the daemon's page cache (cache=always); every read matches the
+model. Then what other tools see of the same image: `rbd
 export` equals what the clients read, nbdcopy and qemu-img convert write
 it, base:allocation agrees with `rbd diff`. A resize with `rbd resize` is
 followed by new connections; a snapshot is served read-only as it was; a
@@ -35,6 +36,7 @@ psk = os.path.join(T, "keys.psk")
 subprocess.run(["psktool", "-u", "alice", "-p", psk], check=True, stdout=subprocess.DEVNULL)
 d = Daemon(["-t", "2", "--tls-psk", psk, "--tls", "on",
             "-e", f"vm=rbd:rbd/img,ceph-conf={conf}",
+            "-e", f"vmc=rbd:rbd/img,ceph-conf={conf},cache=always",
             "-e", f"tlsvm=rbd:rbd/img,ceph-conf={conf},tls=require",
             "--control", os.path.join(S, "ctl")])
 
@@ -46,7 +48,7 @@ def client(name="vm"):
     return h
 
 
-a, b = client(), client()
+a, b = client(), client("vmc")  # the same image, the second through the page cache
 check(a.get_size() == SIZE, f"size {a.get_size()}")
 check(a.can_multi_conn(), "no CAN_MULTI_CONN")
 check(a.can_fua() and a.can_flush() and a.can_trim() and a.can_zero(),
