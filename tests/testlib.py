@@ -10,12 +10,14 @@ killed on any exit.
 """
 import atexit
 import os
+import random
 import shutil
 import socket
 import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 NAME = os.path.basename(sys.argv[0])
@@ -159,3 +161,101 @@ class Daemon:
         except subprocess.TimeoutExpired:
             fail("daemon did not exit within 10 s of SIGTERM")
         check(rc == expect, f"daemon exited with {rc}, expected {expect}")
+
+
+def block_data(b, gen):
+    """Block b's bytes at generation gen (a loaded client's writes)."""
+    return struct.pack("<QQ", b, gen) * (Loaded.BLOCK // 16)
+
+
+class Loaded:
+    """A libnbd client on its own thread keeping depth requests in flight on
+    uri: writes of a block's next generation and reads checked against what
+    the last completed write put there, until stop() (then a FLUSH). errors
+    lists what went wrong; model, counts and lat (each request's seconds)
+    are what it saw."""
+    BLOCK = 4096
+
+    def __init__(self, uri, nblocks, depth=64, seed=7):
+        import nbd
+        self.nbd = nbd
+        self.uri, self.nblocks, self.depth, self.seed = uri, nblocks, depth, seed
+        self.model = [0] * nblocks       # the generation last written (0: zeroes)
+        self.errors, self.lat = [], []
+        self.counts = {"writes": 0, "reads": 0}
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run)
+        self.thread.start()
+
+    def want(self, b):
+        return block_data(b, self.model[b]) if self.model[b] else bytes(self.BLOCK)
+
+    @staticmethod
+    def _errval(err):
+        """The errno a completion callback got (a ctypes int, or a list, by libnbd version)."""
+        return err.value if hasattr(err, "value") else err[0]
+
+    def _run(self):
+        nbd, model, errors, lat, counts = self.nbd, self.model, self.errors, self.lat, self.counts
+        h = nbd.NBD()
+        h.connect_uri(self.uri)
+        rng = random.Random(self.seed)
+        busy = set()
+
+        def submit():
+            b = rng.randrange(self.nblocks)
+            while b in busy:
+                b = rng.randrange(self.nblocks)
+            busy.add(b)
+            t0 = time.monotonic()
+            if rng.random() < 0.5:
+                gen = model[b] + 1
+                buf = nbd.Buffer.from_bytearray(bytearray(block_data(b, gen)))
+
+                def wdone(err, b=b, gen=gen, t0=t0, buf=buf):
+                    try:
+                        lat.append(time.monotonic() - t0)
+                        busy.discard(b)
+                        if self._errval(err):
+                            errors.append(f"write of block {b}: errno {self._errval(err)}")
+                        else:
+                            model[b] = gen
+                            counts["writes"] += 1
+                    except Exception as e:  # an exception here would be swallowed by libnbd
+                        errors.append(f"write callback: {e!r}")
+                    return 1
+                h.aio_pwrite(buf, b * self.BLOCK, completion=wdone)
+            else:
+                buf = nbd.Buffer(self.BLOCK)
+
+                def rdone(err, b=b, t0=t0, buf=buf):
+                    try:
+                        lat.append(time.monotonic() - t0)
+                        busy.discard(b)
+                        if self._errval(err):
+                            errors.append(f"read of block {b}: errno {self._errval(err)}")
+                        elif buf.to_bytearray() != self.want(b):
+                            errors.append(f"read of block {b}: not generation {model[b]}")
+                        counts["reads"] += 1
+                    except Exception as e:
+                        errors.append(f"read callback: {e!r}")
+                    return 1
+                h.aio_pread(buf, b * self.BLOCK, completion=rdone)
+
+        try:
+            while not self._stop.is_set() and not errors:
+                while h.aio_in_flight() < self.depth:
+                    submit()
+                h.poll(1000)
+            while h.aio_in_flight():
+                h.poll(1000)
+            h.flush()
+            h.shutdown()
+        except nbd.Error as e:
+            errors.append(f"the loaded client: {e}")
+
+    def stop(self, timeout=60):
+        """Ends it; whether its thread finished."""
+        self._stop.set()
+        self.thread.join(timeout)
+        return not self.thread.is_alive()

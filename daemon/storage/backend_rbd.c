@@ -464,20 +464,15 @@ static int rbd_be_open(struct export *e, const struct export_spec *spec, struct 
 	pthread_mutex_unlock(&open_lock);
 	e->ceph_conf = spec->ceph_conf ? strdup(spec->ceph_conf) : NULL;
 	e->ceph_id = spec->ceph_id ? strdup(spec->ceph_id) : NULL;
-	if ((spec->ceph_conf && !e->ceph_conf) || (spec->ceph_id && !e->ceph_id)) {
-		log_error("export \"%s\": out of memory", spec->path);
-		free(e->ceph_conf);
-		free(e->ceph_id);
-		e->ceph_conf = e->ceph_id = NULL;
-		rbd_image_put(img);
-		return -1;
-	}
 	/* Bitmaps are names here: each checkpoint of one is a snapshot (see below). */
-	if (spec->bitmaps && !(e->bitmaps_src = strdup(spec->bitmaps))) {
+	e->bitmaps_src = spec->bitmaps ? strdup(spec->bitmaps) : NULL;
+	if ((spec->ceph_conf && !e->ceph_conf) || (spec->ceph_id && !e->ceph_id) ||
+	    (spec->bitmaps && !e->bitmaps_src)) {
 		log_error("export \"%s\": out of memory", spec->path);
 		free(e->ceph_conf);
 		free(e->ceph_id);
-		e->ceph_conf = e->ceph_id = NULL;
+		free(e->bitmaps_src);
+		e->ceph_conf = e->ceph_id = e->bitmaps_src = NULL;
 		rbd_image_put(img);
 		return -1;
 	}
@@ -652,48 +647,59 @@ static int rbd_iov_len(const struct backend_io *io)
 	return (int)len;
 }
 
-static void rbd_be_read(struct backend_io *io)
+enum rbd_call_kind { RBD_READ, RBD_WRITE, RBD_FLUSH, RBD_TRIM, RBD_ZERO };
+
+/* Queues io as librbd's async call of that kind. */
+static void rbd_issue(struct backend_io *io, enum rbd_call_kind kind)
 {
 	const struct rbd_image *img = io->e->priv;
+	bool data = kind == RBD_READ || kind == RBD_WRITE;
 	rbd_completion_t c;
-	struct rbd_call *call = rbd_call_new(io, &c, rbd_iov_len(io), true);
+	struct rbd_call *call = rbd_call_new(io, &c, data ? rbd_iov_len(io) : 0,
+					     kind == RBD_READ);
 	int r;
 
-	if (call && (r = lib.rbd_aio_readv(img->image, io->iov, (int)io->niov, io->off, c)) < 0)
+	if (!call)
+		return;
+	switch (kind) {
+	case RBD_READ:
+		r = lib.rbd_aio_readv(img->image, io->iov, (int)io->niov, io->off, c);
+		break;
+	case RBD_WRITE:
+		r = lib.rbd_aio_writev(img->image, io->iov, (int)io->niov, io->off, c);
+		break;
+	case RBD_FLUSH:
+		r = lib.rbd_aio_flush(img->image, c);
+		break;
+	case RBD_TRIM:
+		r = lib.rbd_aio_discard(img->image, io->off, io->len, c);
+		break;
+	default:
+		r = lib.rbd_aio_write_zeroes(img->image, io->off, io->len, c, 0, 0);
+		break;
+	}
+	if (r < 0)
 		rbd_call_refused(io, call, c, r);
+}
+
+static void rbd_be_read(struct backend_io *io)
+{
+	rbd_issue(io, RBD_READ);
 }
 
 static void rbd_be_write(struct backend_io *io)
 {
-	const struct rbd_image *img = io->e->priv;
-	rbd_completion_t c;
-	struct rbd_call *call = rbd_call_new(io, &c, rbd_iov_len(io), false);
-	int r;
-
-	if (call && (r = lib.rbd_aio_writev(img->image, io->iov, (int)io->niov, io->off, c)) < 0)
-		rbd_call_refused(io, call, c, r);
+	rbd_issue(io, RBD_WRITE);
 }
 
 static void rbd_be_flush_io(struct backend_io *io)
 {
-	const struct rbd_image *img = io->e->priv;
-	rbd_completion_t c;
-	struct rbd_call *call = rbd_call_new(io, &c, 0, false);
-	int r;
-
-	if (call && (r = lib.rbd_aio_flush(img->image, c)) < 0)
-		rbd_call_refused(io, call, c, r);
+	rbd_issue(io, RBD_FLUSH);
 }
 
 static void rbd_be_trim(struct backend_io *io)
 {
-	const struct rbd_image *img = io->e->priv;
-	rbd_completion_t c;
-	struct rbd_call *call = rbd_call_new(io, &c, 0, false);
-	int r;
-
-	if (call && (r = lib.rbd_aio_discard(img->image, io->off, io->len, c)) < 0)
-		rbd_call_refused(io, call, c, r);
+	rbd_issue(io, RBD_TRIM);
 }
 
 /*
@@ -702,18 +708,10 @@ static void rbd_be_trim(struct backend_io *io)
  */
 static void rbd_be_zero(struct backend_io *io)
 {
-	const struct rbd_image *img = io->e->priv;
-	rbd_completion_t c;
-	struct rbd_call *call;
-	int r;
-
-	if (!(io->mode & FALLOC_FL_PUNCH_HOLE)) {
+	if (!(io->mode & FALLOC_FL_PUNCH_HOLE))
 		worker_post(io->w, io->op, -EOPNOTSUPP);
-		return;
-	}
-	call = rbd_call_new(io, &c, 0, false);
-	if (call && (r = lib.rbd_aio_write_zeroes(img->image, io->off, io->len, c, 0, 0)) < 0)
-		rbd_call_refused(io, call, c, r);
+	else
+		rbd_issue(io, RBD_ZERO);
 }
 
 /* ---- base:allocation from the image's allocation ---- */

@@ -10,19 +10,17 @@ closed cleanly (said in the log; TLS cannot be handed over), a negotiating
 one too, and a new client is served by the new process. uringnbdctl tells
 what the last start adopted. Prints the pause requests saw (max, p99)."""
 import os
-import random
 import signal
 import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 
 import nbd
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from testlib import T, S, URINGNBDCTL, check, fail, need, image, Daemon  # noqa: E402
+from testlib import T, S, URINGNBDCTL, check, fail, need, image, Daemon, Loaded  # noqa: E402
 
 need("psktool")
 BLOCK = 4096
@@ -50,84 +48,9 @@ def restart(n_before):
         time.sleep(0.01)
 
 
-def block_data(b, gen):
-    return struct.pack("<QQ", b, gen) * (BLOCK // 16)
-
-
 # ---- the loaded client: 64 requests in flight, all verified ----
-stop = threading.Event()
-errors, lat = [], []
-model = [0] * NBLOCKS                     # the generation last written (0: zeroes)
-counts = {"writes": 0, "reads": 0}
-
-
-def errval(err):
-    """The errno a completion callback got (a ctypes int, or a list, by libnbd version)."""
-    return err.value if hasattr(err, "value") else err[0]
-
-
-def loaded():
-    h = nbd.NBD()
-    h.connect_uri(d.uri())
-    rng = random.Random(7)
-    busy = set()
-
-    def submit():
-        b = rng.randrange(NBLOCKS)
-        while b in busy:
-            b = rng.randrange(NBLOCKS)
-        busy.add(b)
-        t0 = time.monotonic()
-        if rng.random() < 0.5:
-            gen = model[b] + 1
-            buf = nbd.Buffer.from_bytearray(bytearray(block_data(b, gen)))
-
-            def wdone(err, b=b, gen=gen, t0=t0, buf=buf):
-                try:
-                    lat.append(time.monotonic() - t0)
-                    busy.discard(b)
-                    if errval(err):
-                        errors.append(f"write of block {b}: errno {errval(err)}")
-                    else:
-                        model[b] = gen
-                        counts["writes"] += 1
-                except Exception as e:  # an exception here would be swallowed by libnbd
-                    errors.append(f"write callback: {e!r}")
-                return 1
-            h.aio_pwrite(buf, b * BLOCK, completion=wdone)
-        else:
-            buf = nbd.Buffer(BLOCK)
-
-            def rdone(err, b=b, t0=t0, buf=buf):
-                try:
-                    lat.append(time.monotonic() - t0)
-                    busy.discard(b)
-                    want = block_data(b, model[b]) if model[b] else bytes(BLOCK)
-                    if errval(err):
-                        errors.append(f"read of block {b}: errno {errval(err)}")
-                    elif buf.to_bytearray() != want:
-                        errors.append(f"read of block {b}: not generation {model[b]}")
-                    counts["reads"] += 1
-                except Exception as e:
-                    errors.append(f"read callback: {e!r}")
-                return 1
-            h.aio_pread(buf, b * BLOCK, completion=rdone)
-
-    try:
-        while not stop.is_set() and not errors:
-            while h.aio_in_flight() < 64:
-                submit()
-            h.poll(1000)
-        while h.aio_in_flight():
-            h.poll(1000)
-        h.flush()
-        h.shutdown()
-    except nbd.Error as e:
-        errors.append(f"the loaded client: {e}")
-
-
-th = threading.Thread(target=loaded)
-th.start()
+load = Loaded(d.uri(), NBLOCKS)
+errors, model, counts, lat = load.errors, load.model, load.counts, load.lat
 time.sleep(0.5)
 
 # ---- a TLS client and a half-sent request header, both across the first restart ----
@@ -180,9 +103,7 @@ for i in range(1, RESTARTS):
     restart(restarts_logged())
     check(not errors, f"after restart {i + 1}: {errors[:3]}")
 time.sleep(0.3)
-stop.set()
-th.join(60)
-check(not th.is_alive(), "the loaded client did not finish")
+check(load.stop(), "the loaded client did not finish")
 check(not errors, f"the loaded client saw errors: {errors[:5]}")
 info = subprocess.run([URINGNBDCTL, "-c", CTL, "--json", "version"], capture_output=True,
                       text=True)
@@ -194,7 +115,7 @@ new.shutdown()
 d.stop()
 with open(img, "rb") as f:
     for b in range(NBLOCKS):
-        want = block_data(b, model[b]) if model[b] else bytes(BLOCK)
+        want = load.want(b)
         if f.read(BLOCK) != want:
             fail(f"the image's block {b} is not generation {model[b]}")
 lat.sort()

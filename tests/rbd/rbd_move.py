@@ -12,18 +12,15 @@
   reconnects to B reads every block A acknowledged.
 """
 import os
-import random
 import signal
-import struct
 import subprocess
 import sys
-import threading
 import time
 
 import nbd
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from testlib import S, T, URINGNBDCTL, check, fail, skip, Daemon  # noqa: E402
+from testlib import S, T, URINGNBDCTL, check, fail, skip, Daemon, Loaded, block_data  # noqa: E402
 from ceph import Cluster  # noqa: E402
 
 BLOCK = 4096
@@ -50,74 +47,10 @@ def ctl(path, *args, expect=0):
     return p
 
 
-def block_data(blk, gen):
-    return struct.pack("<QQ", blk, gen) * (BLOCK // 16)
-
-
-def errval(err):
-    return err.value if hasattr(err, "value") else err[0]
-
-
-model = [0] * NBLOCKS
-stop = threading.Event()
-errors, counts = [], {"writes": 0, "reads": 0}
-
-
-def loaded(uri):
-    h = nbd.NBD()
-    h.connect_uri(uri)
-    rng = random.Random(3)
-    busy = set()
-
-    def submit():
-        blk = rng.randrange(NBLOCKS)
-        while blk in busy:
-            blk = rng.randrange(NBLOCKS)
-        busy.add(blk)
-        if rng.random() < 0.5:
-            gen = model[blk] + 1
-            buf = nbd.Buffer.from_bytearray(bytearray(block_data(blk, gen)))
-
-            def wdone(err, blk=blk, gen=gen, buf=buf):
-                busy.discard(blk)
-                if errval(err):
-                    errors.append(f"write of block {blk}: errno {errval(err)}")
-                else:
-                    model[blk] = gen
-                    counts["writes"] += 1
-                return 1
-            h.aio_pwrite(buf, blk * BLOCK, completion=wdone)
-        else:
-            buf = nbd.Buffer(BLOCK)
-
-            def rdone(err, blk=blk, buf=buf):
-                busy.discard(blk)
-                want = block_data(blk, model[blk]) if model[blk] else bytes(BLOCK)
-                if errval(err):
-                    errors.append(f"read of block {blk}: errno {errval(err)}")
-                elif buf.to_bytearray() != want:
-                    errors.append(f"read of block {blk}: not generation {model[blk]}")
-                counts["reads"] += 1
-                return 1
-            h.aio_pread(buf, blk * BLOCK, completion=rdone)
-
-    try:
-        while not stop.is_set() and not errors:
-            while h.aio_in_flight() < 32:
-                submit()
-            h.poll(1000)
-        while h.aio_in_flight():
-            h.poll(1000)
-        h.flush()
-        h.shutdown()
-    except nbd.Error as e:
-        errors.append(f"the loaded client: {e}")
-
-
 # ---- restarts under load ----
 t_start = time.monotonic()
-th = threading.Thread(target=loaded, args=(a.uri("vm"),))
-th.start()
+load = Loaded(a.uri("vm"), NBLOCKS, depth=32, seed=3)
+errors, counts, model = load.errors, load.counts, load.model
 time.sleep(1)
 for n in range(3):
     before = a.log().count("restarted with ")
@@ -134,9 +67,7 @@ for n in range(3):
         check(not errors, f"after restart {n + 1}: {errors[:3]}")
         check(time.monotonic() < deadline, f"writes stalled after restart {n + 1}")
         time.sleep(0.02)
-stop.set()
-th.join(timeout=60)
-check(not th.is_alive() and not errors, f"the loaded client: {errors[:5]}")
+check(load.stop() and not errors, f"the loaded client: {errors[:5]}")
 check("in use by another client" not in a.log(), "a new process was refused the image")
 print(f"3 restarts under load in {time.monotonic() - t_start:.1f} s: {counts['writes']} "
       f"writes, {counts['reads']} reads, every read as last written")
@@ -167,13 +98,12 @@ moved_s = time.monotonic() - t0 - refused_s
 vm = nbd.NBD()
 vm.connect_uri(b.uri("vm"))
 for blk in range(NBLOCKS):
-    want = block_data(blk, model[blk]) if model[blk] else bytes(BLOCK)
-    if vm.pread(BLOCK, blk * BLOCK) != want:
+    if vm.pread(BLOCK, blk * BLOCK) != load.want(blk):
         fail(f"on host B, block {blk} is not what host A acknowledged")
 vm.pwrite(block_data(0, 999), 0, nbd.CMD_FLAG_FUA)
 vm.shutdown()
 p = ctl(CTL_A, "export-add", "vm", "rbd:rbd/vm", f"ceph-conf={conf}", expect=1)
-check("in use by another client" in p.stderr, f"A took the image back while B serves it")
+check("in use by another client" in p.stderr, f"A took the image back while B serves it: {p.stderr}")
 print(f"moved from A to B: B refused while A served (in {refused_s:.1f} s); after A let "
       f"go, B served it {moved_s:.1f} s later, every block as A acknowledged")
 a.stop()
