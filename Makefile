@@ -65,7 +65,7 @@ LOCK_SRC   := lock/rangelock.c
 CACHE_SRC  := cache/cache.c
 DAEMON_SRC := daemon/base/log.c daemon/base/hist.c daemon/base/access.c \
               daemon/engine/pool.c daemon/engine/plan.c daemon/engine/timer.c daemon/engine/worker.c daemon/engine/offload.c \
-              daemon/storage/backing.c daemon/storage/export.c daemon/storage/overlay.c daemon/storage/backend.c daemon/storage/backend_overlay.c daemon/storage/backend_rbd.c daemon/storage/bitmap.c daemon/storage/bitmap_commit.c daemon/storage/bitmap_checkpoint.c \
+              daemon/storage/backing.c daemon/storage/export.c daemon/storage/overlay.c daemon/storage/backend.c daemon/storage/backend_overlay.c daemon/storage/backend_rbd.c daemon/storage/backend_rbd_checkpoint.c daemon/storage/bitmap.c daemon/storage/bitmap_commit.c daemon/storage/bitmap_checkpoint.c \
               daemon/conn/conn.c daemon/conn/handshake.c daemon/conn/rx.c daemon/conn/request.c daemon/conn/fileio.c daemon/conn/cached.c daemon/conn/reply.c daemon/conn/watch.c daemon/conn/tls.c daemon/conn/tls_creds.c \
               daemon/service/cli.c daemon/service/listen.c daemon/service/config.c daemon/service/notify.c daemon/service/server.c daemon/service/handover.c \
               daemon/ops/ctlproto.c daemon/ops/control.c daemon/ops/command.c daemon/ops/metrics.c daemon/ops/http.c \

@@ -30,6 +30,8 @@
  * for every write acknowledged before it. base:allocation comes from the
  * image's allocation (rbd_diff_iterate2, on an offload thread).
  *
+ * Checkpoints are snapshots of the image (backend_rbd_checkpoint.c).
+ *
  * Open is blocking (connecting to the cluster): the main thread, or a
  * control job. Close is too; dropped on a worker (the last connection of
  * a removed export), it goes to a thread of its own.
@@ -47,35 +49,13 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-#include <rbd/librbd.h>
-
-#include "storage.h"
+#include "rbd_int.h"
 
 #define RBD_POLL_BATCH 64
 #define RBD_MOUNT_TIMEOUT "30" /* librados's client_mount_timeout, where no conf sets it */
 
-/* ---- the libraries, loaded at the first rbd: export ---- */
-#define RBD_LIB_FNS(X)                                                                   \
-	X(rados, rados_create) X(rados, rados_conf_read_file) X(rados, rados_conf_parse_env) \
-	X(rados, rados_conf_set) X(rados, rados_conf_get) X(rados, rados_connect)             \
-	X(rados, rados_shutdown) X(rados, rados_ioctx_create) X(rados, rados_ioctx_destroy)   \
-	X(rbd, rbd_open) X(rbd, rbd_open_read_only) X(rbd, rbd_close) X(rbd, rbd_get_size)   \
-	X(rbd, rbd_get_features) X(rbd, rbd_lock_acquire) X(rbd, rbd_lock_release)            \
-	X(rbd, rbd_is_exclusive_lock_owner) X(rbd, rbd_set_image_notification)                \
-	X(rbd, rbd_poll_io_events) X(rbd, rbd_aio_create_completion)                          \
-	X(rbd, rbd_aio_get_return_value) X(rbd, rbd_aio_get_arg) X(rbd, rbd_aio_release)      \
-	X(rbd, rbd_aio_readv) X(rbd, rbd_aio_writev) X(rbd, rbd_aio_flush)                    \
-	X(rbd, rbd_aio_discard) X(rbd, rbd_aio_write_zeroes) X(rbd, rbd_flush)                \
-	X(rbd, rbd_diff_iterate2) X(rbd, rbd_update_watch) X(rbd, rbd_update_unwatch)         \
-	X(rbd, rbd_snap_create) X(rbd, rbd_snap_remove) X(rbd, rbd_snap_list)                 \
-	X(rbd, rbd_snap_list_end) X(rbd, rbd_snap_get_timestamp) X(rbd, rbd_metadata_get)     \
-	X(rbd, rbd_metadata_set) X(rbd, rbd_metadata_remove)
-
-static struct {
-#define RBD_LIB_PTR(lib, f) __typeof__(f) *f;
-	RBD_LIB_FNS(RBD_LIB_PTR)
-#undef RBD_LIB_PTR
-} lib;
+/* ---- the libraries, loaded at the first rbd: export (rbd_int.h) ---- */
+struct rbd_lib rbd_lib;
 static pthread_mutex_t lib_lock = PTHREAD_MUTEX_INITIALIZER;
 static int lib_state;          /* 0: not tried; 1: loaded; -1: failed (lib_why says why) */
 static char lib_why[512];
@@ -102,7 +82,7 @@ static int rbd_lib_load(void)
 		}
 	}
 #define RBD_LIB_SYM(l, f)                                                                     \
-	if (!(*(void **)&lib.f = dlsym(h[!strcmp(#l, "rbd")], #f))) {                           \
+	if (!(*(void **)&rbd_lib.f = dlsym(h[!strcmp(#l, "rbd")], #f))) {                           \
 		snprintf(lib_why, sizeof(lib_why), "%s has no %s: librbd of Ceph 15 or later "   \
 			 "is needed", names[!strcmp(#l, "rbd")], #f);                             \
 		goto fail;                                                                         \
@@ -119,40 +99,7 @@ fail:
 	return -1;
 }
 
-/* ---- images: one per pool/image@snap and cluster, shared ---- */
-/*
- * state: calls in flight << 1 | a read of efd is in some worker's ring.
- * The worker that issues a call when no read is armed arms one; the
- * read's end re-arms it while calls remain, else clears the bit (a CAS
- * that fails if a call came meanwhile, which then finds it still set).
- */
-#define RBD_ARMED 1u
-#define RBD_CALL 2u
-struct rbd_image {
-	struct rbd_image *next;   /* the registry's list */
-	unsigned refs;            /* exports holding it (under registry_lock) */
-	char *key;                /* rbd:POOL/IMAGE[@SNAP][ conf=PATH][ id=ID] */
-	char *name;               /* rbd:POOL/IMAGE[@SNAP], for log lines */
-	rados_t cluster;
-	rados_ioctx_t ioctx;
-	rbd_image_t image;
-	bool snap;
-	bool locked;              /* we hold its exclusive lock */
-	bool watching;
-	uint64_t watch_handle;
-	_Atomic uint64_t size;    /* as librbd last told (the header watch) */
-	int efd;                  /* librbd writes it as calls finish */
-	_Atomic uint64_t state;   /* see above */
-	struct op read_op;        /* the armed read's completion */
-	struct worker *reader;    /* ...on this worker's ring */
-	uint64_t efd_count;       /* ...and where it reads to */
-	struct backing *backing;  /* locks, cache key, durability errors */
-	/* A checkpoint's snapshot: what changed since the checkpoint before (sorted, apart). */
-	bool dirty_known;
-	size_t ndirty, dirty_cap;
-	struct rbd_range { uint64_t off, end; } *dirty;
-};
-
+/* ---- images: one per pool/image@snap and cluster, shared (rbd_int.h) ---- */
 /* One call in flight: what its completion's arg points at. */
 struct rbd_call {
 	struct worker *w;
@@ -163,7 +110,7 @@ struct rbd_call {
 	struct rbd_call *next;    /* finished, to be posted */
 };
 
-static pthread_mutex_t open_lock = PTHREAD_MUTEX_INITIALIZER; /* one open at a time */
+pthread_mutex_t rbd_open_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t closed_cond = PTHREAD_COND_INITIALIZER;
 static struct rbd_image *registry;
@@ -172,16 +119,16 @@ static unsigned closing;      /* images being closed on threads of their own */
 static void rbd_image_destroy(struct rbd_image *img)
 {
 	if (img->watching)
-		lib.rbd_update_unwatch(img->image, img->watch_handle);
+		rbd_lib.rbd_update_unwatch(img->image, img->watch_handle);
 	if (img->image) {
 		if (img->locked)
-			lib.rbd_lock_release(img->image);
-		lib.rbd_close(img->image);
+			rbd_lib.rbd_lock_release(img->image);
+		rbd_lib.rbd_close(img->image);
 	}
 	if (img->ioctx)
-		lib.rados_ioctx_destroy(img->ioctx);
+		rbd_lib.rados_ioctx_destroy(img->ioctx);
 	if (img->cluster)
-		lib.rados_shutdown(img->cluster);
+		rbd_lib.rados_shutdown(img->cluster);
 	if (img->efd >= 0)
 		close(img->efd);
 	backing_put(img->backing);
@@ -251,7 +198,7 @@ static void rbd_header_changed(void *arg)
 	struct rbd_image *img = arg;
 	uint64_t size, old;
 
-	if (lib.rbd_get_size(img->image, &size) < 0)
+	if (rbd_lib.rbd_get_size(img->image, &size) < 0)
 		return;
 	old = atomic_exchange(&img->size, size);
 	if (old != size)
@@ -314,22 +261,22 @@ static struct rbd_image *rbd_image_open(const struct export_spec *spec, const ch
 	img->efd = -1;
 	img->snap = snap != NULL;
 	img->read_op.done = rbd_events_done;
-	r = lib.rados_create(&img->cluster, spec->ceph_id);
+	r = rbd_lib.rados_create(&img->cluster, spec->ceph_id);
 	if (r < 0) {
 		log_error("export \"%s\": rados_create: %s", spec->path, strerror(-r));
 		goto fail;
 	}
-	r = lib.rados_conf_read_file(img->cluster, spec->ceph_conf);
+	r = rbd_lib.rados_conf_read_file(img->cluster, spec->ceph_conf);
 	if (r < 0 && (spec->ceph_conf || r != -ENOENT)) {
 		log_error("export \"%s\": reading %s: %s", spec->path,
 			  spec->ceph_conf ? spec->ceph_conf : "the Ceph configuration", strerror(-r));
 		goto fail;
 	}
-	lib.rados_conf_parse_env(img->cluster, NULL); /* CEPH_ARGS */
+	rbd_lib.rados_conf_parse_env(img->cluster, NULL); /* CEPH_ARGS */
 	/* An unreachable cluster fails the open in 30 s, not librados's 300. */
-	if (lib.rados_conf_get(img->cluster, "client_mount_timeout", val, sizeof(val)) == 0 &&
+	if (rbd_lib.rados_conf_get(img->cluster, "client_mount_timeout", val, sizeof(val)) == 0 &&
 	    atof(val) == 300.0)
-		lib.rados_conf_set(img->cluster, "client_mount_timeout", RBD_MOUNT_TIMEOUT);
+		rbd_lib.rados_conf_set(img->cluster, "client_mount_timeout", RBD_MOUNT_TIMEOUT);
 	/*
 	 * librbd's cache writes through until the first flush, for guests that
 	 * never flush. An NBD client knows that only FLUSH and FUA promise
@@ -338,23 +285,23 @@ static struct rbd_image *rbd_image_open(const struct export_spec *spec, const ch
 	 * through to the OSD became about 8K here. A configuration that turns
 	 * the cache off (rbd_cache = false) still does.
 	 */
-	lib.rados_conf_set(img->cluster, "rbd_cache_writethrough_until_flush", "false");
-	r = lib.rados_connect(img->cluster);
+	rbd_lib.rados_conf_set(img->cluster, "rbd_cache_writethrough_until_flush", "false");
+	r = rbd_lib.rados_connect(img->cluster);
 	if (r < 0) {
 		log_error("export \"%s\": connecting to the cluster%s%s: %s", spec->path,
 			  spec->ceph_conf ? " of " : "", spec->ceph_conf ? spec->ceph_conf : "",
 			  strerror(-r));
 		goto fail;
 	}
-	r = lib.rados_ioctx_create(img->cluster, pool, &img->ioctx);
+	r = rbd_lib.rados_ioctx_create(img->cluster, pool, &img->ioctx);
 	if (r < 0) {
 		log_error("export \"%s\": pool \"%s\": %s", spec->path, pool, strerror(-r));
 		goto fail;
 	}
 	if (snap || spec->readonly)
-		r = lib.rbd_open_read_only(img->ioctx, image, &img->image, snap);
+		r = rbd_lib.rbd_open_read_only(img->ioctx, image, &img->image, snap);
 	else
-		r = lib.rbd_open(img->ioctx, image, &img->image, NULL);
+		r = rbd_lib.rbd_open(img->ioctx, image, &img->image, NULL);
 	if (r < 0) {
 		img->image = NULL;
 		log_error("export \"%s\": opening image \"%s\"%s%s: %s", spec->path, image,
@@ -363,9 +310,9 @@ static struct rbd_image *rbd_image_open(const struct export_spec *spec, const ch
 	}
 	if (!snap && !spec->readonly) {
 		/* One writer: a second server asked to write it is refused (see the top). */
-		if (lib.rbd_get_features(img->image, &features) == 0 &&
+		if (rbd_lib.rbd_get_features(img->image, &features) == 0 &&
 		    (features & RBD_FEATURE_EXCLUSIVE_LOCK)) {
-			r = lib.rbd_lock_acquire(img->image, RBD_LOCK_MODE_EXCLUSIVE);
+			r = rbd_lib.rbd_lock_acquire(img->image, RBD_LOCK_MODE_EXCLUSIVE);
 			if (r < 0) {
 				log_error("export \"%s\": the image is in use by another client%s%s%s: "
 					  "serve it from one place at a time", spec->path,
@@ -380,7 +327,7 @@ static struct rbd_image *rbd_image_open(const struct export_spec *spec, const ch
 				 "stops another client writing it at the same time", spec->path);
 		}
 	}
-	r = lib.rbd_get_size(img->image, &features);
+	r = rbd_lib.rbd_get_size(img->image, &features);
 	if (r < 0) {
 		log_error("export \"%s\": size: %s", spec->path, strerror(-r));
 		goto fail;
@@ -391,13 +338,13 @@ static struct rbd_image *rbd_image_open(const struct export_spec *spec, const ch
 		log_error("export \"%s\": eventfd: %s", spec->path, strerror(errno));
 		goto fail;
 	}
-	r = lib.rbd_set_image_notification(img->image, img->efd, EVENT_TYPE_EVENTFD);
+	r = rbd_lib.rbd_set_image_notification(img->image, img->efd, EVENT_TYPE_EVENTFD);
 	if (r < 0) {
 		log_error("export \"%s\": completions by eventfd: %s", spec->path, strerror(-r));
 		goto fail;
 	}
 	if (!snap) {
-		r = lib.rbd_update_watch(img->image, &img->watch_handle, rbd_header_changed, img);
+		r = rbd_lib.rbd_update_watch(img->image, &img->watch_handle, rbd_header_changed, img);
 		if (r < 0)
 			log_warn("export \"%s\": no header watch (%s): a resize is not followed",
 				 spec->path, strerror(-r));
@@ -442,7 +389,7 @@ static int rbd_be_open(struct export *e, const struct export_spec *spec, struct 
 		 spec->ceph_conf ? spec->ceph_conf : "", spec->ceph_id ? " id=" : "",
 		 spec->ceph_id ? spec->ceph_id : "", spec->readonly ? " ro" : "");
 	/* Opened already (a reload, a resize's reopen, another export): shared. */
-	pthread_mutex_lock(&open_lock);
+	pthread_mutex_lock(&rbd_open_lock);
 	pthread_mutex_lock(&registry_lock);
 	for (img = registry; img && strcmp(img->key, key); img = img->next)
 		;
@@ -452,7 +399,7 @@ static int rbd_be_open(struct export *e, const struct export_spec *spec, struct 
 	if (!img) {
 		img = rbd_image_open(spec, key);
 		if (!img) {
-			pthread_mutex_unlock(&open_lock);
+			pthread_mutex_unlock(&rbd_open_lock);
 			return -1;
 		}
 		img->refs = 1;
@@ -461,7 +408,7 @@ static int rbd_be_open(struct export *e, const struct export_spec *spec, struct 
 		registry = img;
 		pthread_mutex_unlock(&registry_lock);
 	}
-	pthread_mutex_unlock(&open_lock);
+	pthread_mutex_unlock(&rbd_open_lock);
 	e->ceph_conf = spec->ceph_conf ? strdup(spec->ceph_conf) : NULL;
 	e->ceph_id = spec->ceph_id ? strdup(spec->ceph_id) : NULL;
 	/* Bitmaps are names here: each checkpoint of one is a snapshot (see below). */
@@ -512,17 +459,17 @@ static int rbd_be_sync(const struct export *e, const char **what)
 	const struct rbd_image *img = e->priv;
 
 	*what = img->name;
-	return lib.rbd_flush(img->image);
+	return rbd_lib.rbd_flush(img->image);
 }
 
 /* Before a hand-over's exec: all written, and the lock free for the next process. */
 static int rbd_be_persist(const struct export *e)
 {
 	struct rbd_image *img = e->priv;
-	int r = lib.rbd_flush(img->image);
+	int r = rbd_lib.rbd_flush(img->image);
 
 	if (img->locked) {
-		int rl = lib.rbd_lock_release(img->image);
+		int rl = rbd_lib.rbd_lock_release(img->image);
 
 		if (rl < 0)
 			log_warn("%s: releasing its lock for the next process: %s", img->name,
@@ -553,12 +500,12 @@ static void rbd_events_done(struct op *op, int res)
 	int k, i;
 
 	(void)res; /* whatever the read says, the image is asked what finished */
-	while ((k = lib.rbd_poll_io_events(img->image, comps, RBD_POLL_BATCH)) > 0) {
+	while ((k = rbd_lib.rbd_poll_io_events(img->image, comps, RBD_POLL_BATCH)) > 0) {
 		for (i = 0; i < k; i++) {
-			struct rbd_call *call = lib.rbd_aio_get_arg(comps[i]);
-			ssize_t r = lib.rbd_aio_get_return_value(comps[i]);
+			struct rbd_call *call = rbd_lib.rbd_aio_get_arg(comps[i]);
+			ssize_t r = rbd_lib.rbd_aio_get_return_value(comps[i]);
 
-			lib.rbd_aio_release(comps[i]);
+			rbd_lib.rbd_aio_release(comps[i]);
 			if (r < 0 || call->read)
 				call->len = (int)r;
 			call->next = NULL;
@@ -606,7 +553,7 @@ static struct rbd_call *rbd_call_new(struct backend_io *io, rbd_completion_t *c,
 	struct rbd_call *call = malloc(sizeof(*call));
 	uint64_t s;
 
-	if (!call || lib.rbd_aio_create_completion(call, rbd_call_finished, c) < 0) {
+	if (!call || rbd_lib.rbd_aio_create_completion(call, rbd_call_finished, c) < 0) {
 		free(call);
 		worker_post(io->w, io->op, -ENOMEM);
 		return NULL;
@@ -628,7 +575,7 @@ static void rbd_call_refused(struct backend_io *io, struct rbd_call *call, rbd_c
 {
 	struct rbd_image *img = call->img;
 
-	lib.rbd_aio_release(c);
+	rbd_lib.rbd_aio_release(c);
 	free(call);
 	atomic_fetch_sub(&img->state, RBD_CALL);
 	/* The armed read (maybe armed for this call alone) ends and sees nothing left. */
@@ -663,19 +610,19 @@ static void rbd_issue(struct backend_io *io, enum rbd_call_kind kind)
 		return;
 	switch (kind) {
 	case RBD_READ:
-		r = lib.rbd_aio_readv(img->image, io->iov, (int)io->niov, io->off, c);
+		r = rbd_lib.rbd_aio_readv(img->image, io->iov, (int)io->niov, io->off, c);
 		break;
 	case RBD_WRITE:
-		r = lib.rbd_aio_writev(img->image, io->iov, (int)io->niov, io->off, c);
+		r = rbd_lib.rbd_aio_writev(img->image, io->iov, (int)io->niov, io->off, c);
 		break;
 	case RBD_FLUSH:
-		r = lib.rbd_aio_flush(img->image, c);
+		r = rbd_lib.rbd_aio_flush(img->image, c);
 		break;
 	case RBD_TRIM:
-		r = lib.rbd_aio_discard(img->image, io->off, io->len, c);
+		r = rbd_lib.rbd_aio_discard(img->image, io->off, io->len, c);
 		break;
 	default:
-		r = lib.rbd_aio_write_zeroes(img->image, io->off, io->len, c, 0, 0);
+		r = rbd_lib.rbd_aio_write_zeroes(img->image, io->off, io->len, c, 0, 0);
 		break;
 	}
 	if (r < 0)
@@ -753,7 +700,7 @@ static size_t rbd_be_extents(const struct export *e, uint64_t off, uint64_t len,
 	struct rbd_extents x = { .pos = off, .end = off + len, .ext = ext, .max = one ? 1 : max };
 	int r;
 
-	r = lib.rbd_diff_iterate2(img->image, NULL, off, len, 1, 0, rbd_extent_seen, &x);
+	r = rbd_lib.rbd_diff_iterate2(img->image, NULL, off, len, 1, 0, rbd_extent_seen, &x);
 	if (r < 0 && r != -ECANCELED) {
 		/* Not known: all of it data (never a hole that is not one). */
 		ext[0] = (struct proto_extent){ .len_bytes = len, .flags = 0 };
@@ -761,307 +708,6 @@ static size_t rbd_be_extents(const struct export *e, uint64_t off, uint64_t len,
 	}
 	rbd_extent_add(&x, x.end, NBD_STATE_HOLE | NBD_STATE_ZERO);
 	return x.n;
-}
-
-/* ---- checkpoints: snapshots of the image ---- */
-/*
- * A checkpoint NAME of bitmap B is the image's snapshot NAME, with
- * "uringnbd.checkpoint.NAME" = B in the image's metadata (set after the
- * snapshot: a crash between leaves a snapshot that is no checkpoint, so
- * the next checkpoint's bitmap marks more, never less). EXPORT@NAME serves
- * the snapshot; its qemu:dirty-bitmap:B is what changed between B's
- * checkpoint before NAME (by snapshot id) and NAME, from the cluster
- * (rbd_diff_iterate2), found once when the export opens. Nothing lives on
- * the server: another server of the image finds the same checkpoints.
- */
-#define RBD_CHECKPOINT_KEY "uringnbd.checkpoint."
-
-struct rbd_checkpoint {
-	uint64_t snap_id;
-	struct bitmap_info info;
-};
-
-/* The image's checkpoints, oldest first, at most max: the count, or -errno. */
-static int rbd_checkpoint_list(struct rbd_image *img, struct rbd_checkpoint *out, size_t max)
-{
-	rbd_snap_info_t *snaps = NULL;
-	int room = 16, r, i;
-	size_t k = 0;
-
-	for (;;) {
-		rbd_snap_info_t *grown = realloc(snaps, (size_t)room * sizeof(*snaps));
-
-		if (!grown) {
-			free(snaps);
-			return -ENOMEM;
-		}
-		snaps = grown;
-		r = lib.rbd_snap_list(img->image, snaps, &room);
-		if (r != -ERANGE)
-			break;
-	}
-	if (r < 0) {
-		free(snaps);
-		return r;
-	}
-	for (i = 0; i < r && k < max; i++) {
-		char key[sizeof(RBD_CHECKPOINT_KEY) + 256], val[BITMAP_NAME_MAX + 1];
-		size_t vlen = sizeof(val);
-		struct timespec ts = { 0 };
-		struct rbd_checkpoint *c = &out[k];
-
-		if (strlen(snaps[i].name) > BITMAP_NAME_MAX)
-			continue;
-		snprintf(key, sizeof(key), "%s%s", RBD_CHECKPOINT_KEY, snaps[i].name);
-		if (lib.rbd_metadata_get(img->image, key, val, &vlen) < 0)
-			continue;
-		lib.rbd_snap_get_timestamp(img->image, snaps[i].id, &ts);
-		memset(c, 0, sizeof(*c));
-		c->snap_id = snaps[i].id;
-		c->info.slot = 0;
-		c->info.kind = BITMAP_FROZEN;
-		c->info.created_s = ts.tv_sec;
-		c->info.snapshot = true;
-		snprintf(c->info.name, sizeof(c->info.name), "%s", snaps[i].name);
-		snprintf(c->info.bitmap, sizeof(c->info.bitmap), "%s", val);
-		k++;
-	}
-	lib.rbd_snap_list_end(snaps);
-	free(snaps);
-	/* Oldest first: by snapshot id (insertion: there are few). */
-	for (i = 1; i < (int)k; i++) {
-		struct rbd_checkpoint t = out[i];
-		int j = i;
-
-		for (; j > 0 && out[j - 1].snap_id > t.snap_id; j--)
-			out[j] = out[j - 1];
-		out[j] = t;
-	}
-	return (int)k;
-}
-
-static int rbd_be_checkpoints(const struct export *e, struct bitmap_info *out, size_t max)
-{
-	struct rbd_checkpoint *c = calloc(max ? max : 1, sizeof(*c));
-	int n, i;
-
-	if (!c)
-		return -ENOMEM;
-	n = rbd_checkpoint_list(e->priv, c, max);
-	for (i = 0; i < n; i++)
-		out[i] = c[i].info;
-	free(c);
-	return n;
-}
-
-static int rbd_be_checkpoint(const struct export *e, const char *bitmap, const char *name,
-			     char *err, size_t errlen)
-{
-	struct rbd_image *img = e->priv;
-	char key[sizeof(RBD_CHECKPOINT_KEY) + BITMAP_NAME_MAX + 1];
-	int r;
-
-	/* librbd lets the writes in flight finish and flushes its cache first. */
-	r = lib.rbd_snap_create(img->image, name);
-	if (r < 0) {
-		snprintf(err, errlen, "snapshot \"%s\" of %s: %s", name, img->name,
-			 r == -EEXIST ? "a snapshot of that name exists" : strerror(-r));
-		return r;
-	}
-	snprintf(key, sizeof(key), "%s%s", RBD_CHECKPOINT_KEY, name);
-	r = lib.rbd_metadata_set(img->image, key, bitmap);
-	if (r < 0) {
-		snprintf(err, errlen, "snapshot \"%s\" of %s: recording its bitmap: %s", name,
-			 img->name, strerror(-r));
-		lib.rbd_snap_remove(img->image, name);
-		return r;
-	}
-	log_info("%s: checkpoint \"%s\" of bitmap \"%s\" (a snapshot)", img->name, name, bitmap);
-	return 0;
-}
-
-static int rbd_be_checkpoint_remove(const struct export *e, const char *name, char *err,
-				    size_t errlen)
-{
-	struct rbd_image *img = e->priv;
-	char key[sizeof(RBD_CHECKPOINT_KEY) + BITMAP_NAME_MAX + 1], val[BITMAP_NAME_MAX + 1];
-	size_t vlen = sizeof(val);
-	int r;
-
-	snprintf(key, sizeof(key), "%s%s", RBD_CHECKPOINT_KEY, name);
-	r = lib.rbd_metadata_get(img->image, key, val, &vlen);
-	if (r < 0) {
-		snprintf(err, errlen, "export \"%s\" has no checkpoint \"%s\"%s%s", e->name, name,
-			 r == -ENOENT ? "" : ": ", r == -ENOENT ? "" : strerror(-r));
-		return r == -ENOENT ? -ENOENT : r;
-	}
-	r = lib.rbd_snap_remove(img->image, name);
-	if (r < 0 && r != -ENOENT) {
-		snprintf(err, errlen, "removing snapshot \"%s\" of %s: %s", name, img->name,
-			 strerror(-r));
-		return r;
-	}
-	r = lib.rbd_metadata_remove(img->image, key);
-	if (r < 0 && r != -ENOENT)
-		log_warn("%s: checkpoint \"%s\": removing its metadata: %s", img->name, name,
-			 strerror(-r));
-	return 0;
-}
-
-/* rbd_diff_iterate2's callback: [off, off + len) changed (written, or discarded). */
-static int rbd_dirty_seen(uint64_t off, size_t len, int exists, void *arg)
-{
-	struct rbd_image *img = arg;
-
-	(void)exists;
-	if (img->ndirty && img->dirty[img->ndirty - 1].end >= off) {
-		if (off + len > img->dirty[img->ndirty - 1].end)
-			img->dirty[img->ndirty - 1].end = off + len;
-		return 0;
-	}
-	if (img->ndirty == img->dirty_cap) {
-		size_t cap = img->dirty_cap ? img->dirty_cap * 2 : 256;
-		struct rbd_range *grown = realloc(img->dirty, cap * sizeof(*grown));
-
-		if (!grown)
-			return -ENOMEM;
-		img->dirty = grown;
-		img->dirty_cap = cap;
-	}
-	img->dirty[img->ndirty++] = (struct rbd_range){ off, off + len };
-	return 0;
-}
-
-static int rbd_range_cmp(const void *a, const void *b)
-{
-	const struct rbd_range *x = a, *y = b;
-
-	return x->off < y->off ? -1 : x->off > y->off;
-}
-
-/* What changed between the bitmap's checkpoint before ck and ck (snap: ck's image). */
-static int rbd_dirty_find(struct rbd_image *base, struct rbd_image *snap,
-			  const struct bitmap_info *ck)
-{
-	struct rbd_checkpoint *c = calloc(BITMAP_SLOTS * 4, sizeof(*c));
-	const char *from = NULL;
-	size_t i, out;
-	int n, k, r;
-
-	if (!c)
-		return -ENOMEM;
-	n = rbd_checkpoint_list(base, c, BITMAP_SLOTS * 4);
-	for (k = 0; k < n && strcmp(c[k].info.name, ck->name); k++)
-		;
-	if (n < 0 || k == n) {
-		free(c);
-		return n < 0 ? n : -ENOENT;
-	}
-	for (i = (size_t)k; i-- > 0;)
-		if (!strcmp(c[i].info.bitmap, ck->bitmap)) {
-			from = c[i].info.name;
-			break;
-		}
-	snap->ndirty = 0;
-	r = lib.rbd_diff_iterate2(snap->image, from, 0, atomic_load(&snap->size), 1, 0,
-				  rbd_dirty_seen, snap);
-	free(c);
-	if (r < 0)
-		return r;
-	/* Sorted and apart, whatever order the walk came in. */
-	qsort(snap->dirty, snap->ndirty, sizeof(*snap->dirty), rbd_range_cmp);
-	for (i = 0, out = 0; i < snap->ndirty; i++) {
-		if (out && snap->dirty[out - 1].end >= snap->dirty[i].off) {
-			if (snap->dirty[i].end > snap->dirty[out - 1].end)
-				snap->dirty[out - 1].end = snap->dirty[i].end;
-		} else {
-			snap->dirty[out++] = snap->dirty[i];
-		}
-	}
-	snap->ndirty = out;
-	snap->dirty_known = true;
-	return 0;
-}
-
-static struct export *rbd_be_checkpoint_open(const struct export *base,
-					     const struct bitmap_info *ck)
-{
-	char name[PROTO_NAME_MAX + 1], desc[512], path[2048];
-	struct export_spec spec;
-	struct rbd_image *img;
-	struct export *e;
-	int r = 0;
-
-	snprintf(name, sizeof(name), "%s@%s", base->name, ck->name);
-	snprintf(desc, sizeof(desc), "checkpoint %s of %s (bitmap %s): RBD snapshot %s@%s",
-		 ck->name, base->name, ck->bitmap, base->path + 4, ck->name);
-	snprintf(path, sizeof(path), "%s@%s", base->path, ck->name);
-	export_spec_of(base, &spec);
-	spec.name = name;
-	spec.description = desc;
-	spec.path = path;
-	spec.readonly = true;
-	spec.bitmaps = NULL;
-	e = export_open(&spec);
-	if (!e)
-		return NULL;
-	img = e->priv;
-	pthread_mutex_lock(&open_lock);
-	if (!img->dirty_known)
-		r = rbd_dirty_find(base->priv, img, ck);
-	pthread_mutex_unlock(&open_lock);
-	if (r < 0) {
-		log_error("export \"%s\": what changed before checkpoint \"%s\": %s", name,
-			  ck->name, strerror(-r));
-		export_put(e);
-		return NULL;
-	}
-	e->checkpoint = strdup(ck->name);
-	if (!e->checkpoint || export_add_context(e, ck->bitmap, 0) < 0) {
-		export_put(e);
-		return NULL;
-	}
-	return e;
-}
-
-static size_t rbd_be_dirty_extents(const struct export *e, uint32_t k, uint64_t off,
-				   uint64_t len, bool one, struct proto_extent *ext, size_t max)
-{
-	const struct rbd_image *img = e->priv;
-	uint64_t end = off + len < e->size_bytes ? off + len : e->size_bytes, pos = off;
-	size_t lo = 0, hi = img->ndirty, n = 0;
-
-	(void)k;
-	/* The first range that ends past off. */
-	while (lo < hi) {
-		size_t mid = (lo + hi) / 2;
-
-		if (img->dirty[mid].end <= off)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	while (pos < end && n < max) {
-		const struct rbd_range *r = lo < img->ndirty ? &img->dirty[lo] : NULL;
-		uint64_t stop;
-		uint32_t flags;
-
-		if (r && r->off <= pos) {
-			stop = r->end;
-			flags = NBD_STATE_DIRTY;
-			lo++;
-		} else {
-			stop = r ? r->off : end;
-			flags = 0;
-		}
-		if (stop > end)
-			stop = end;
-		ext[n++] = (struct proto_extent){ .len_bytes = stop - pos, .flags = flags };
-		pos = stop;
-		if (one)
-			break;
-	}
-	return n;
 }
 
 const struct backend_ops backend_rbd = {
