@@ -598,6 +598,7 @@ struct bitmap_job {
 	int ret;
 	char err[768];
 	struct export *ck;          /* a backend's checkpoint: its export, opened by the job */
+	json_object *reply;         /* ...and, a backend's, the bitmaps reply, made there too */
 };
 
 /* The checkpoint just taken, as export_open_checkpoint() takes it. */
@@ -648,12 +649,25 @@ static void bitmap_job_run(void *arg)
 						sizeof(j->err));
 		break;
 	}
+	/* A backend's list asks its storage: here, not on the main thread. */
+	if (!e->bm && !j->ret)
+		j->reply = bitmaps_json(e);
+}
+
+/* The bitmaps reply: the one the job made, or the sidecar's (in memory). */
+static json_object *bitmap_job_reply(struct bitmap_job *j)
+{
+	json_object *o = j->reply ? j->reply : bitmaps_json(j->e);
+
+	j->reply = NULL;
+	return o;
 }
 
 static void bitmap_job_free(struct bitmap_job *j)
 {
 	export_put(j->ck);
 	export_put(j->e);
+	json_object_put(j->reply);
 	free(j->bitmap);
 	free(j->name);
 	free(j);
@@ -721,7 +735,7 @@ static void bitmap_job_done(struct ctl_call *call, void *arg, int err)
 		}
 		log_info("export \"%s\" added: checkpoint \"%s\" of \"%s\"", ck->name, j->name,
 			 j->e->name);
-		ctl_call_return(call, bitmaps_json(j->e));
+		ctl_call_return(call, bitmap_job_reply(j));
 		break;
 	case JOB_REMOVE_BITMAP:
 		/* The export goes on without it (new connections; until the next reload). */
@@ -747,7 +761,7 @@ static void bitmap_job_done(struct ctl_call *call, void *arg, int err)
 		ctl_call_return(call, o);
 		break;
 	default:
-		ctl_call_return(call, bitmaps_json(j->e));
+		ctl_call_return(call, bitmap_job_reply(j));
 		break;
 	}
 	bitmap_job_free(j);
