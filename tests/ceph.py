@@ -140,8 +140,26 @@ osd data = {d}/osd
                            timeout=timeout)
         if p.returncode:
             raise RuntimeError(f"{' '.join(args)}: exit {p.returncode}: "
-                               f"{p.stderr.decode(errors='replace')[-2000:]}")
+                               f"{p.stderr.decode(errors='replace')[-2000:]}{self._why()}")
         return p.stdout.decode(errors="replace")
+
+    def _why(self):
+        """What the daemons say, for an error: a mon that exited, and its log's end."""
+        out = ""
+        for name, p, log in (("ceph-mon", self.mon, "mon.a.log"), ("ceph-osd", self.osd,
+                                                                   "osd.0.log")):
+            if p is not None and p.poll() is not None:
+                out += f"\n{name} exited ({p.returncode})"
+                try:
+                    tail = open(os.path.join(self.dir, "log", log), errors="replace").read()
+                    out += ": ...\n" + "\n".join(tail.splitlines()[-5:])
+                except OSError:
+                    pass
+        free = shutil.disk_usage(self.dir)
+        if free.free < free.total * 0.02:
+            out += (f"\nthe disk under {self.dir} has {free.free >> 20} MiB free of "
+                    f"{free.total >> 30} GiB: ceph-mon stops below 'mon data avail crit' (1%)")
+        return out
 
     def _start_mon(self):
         self.mon = subprocess.Popen(["ceph-mon", "-c", self.conf, "-i", "a", "-f"],
