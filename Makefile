@@ -64,11 +64,11 @@ PROTO_SRC  := proto/negotiate.c proto/request.c
 LOCK_SRC   := lock/rangelock.c
 CACHE_SRC  := cache/cache.c
 DAEMON_SRC := daemon/base/log.c daemon/base/hist.c daemon/base/access.c \
-              daemon/engine/pool.c daemon/engine/plan.c daemon/engine/timer.c daemon/engine/worker.c daemon/engine/offload.c \
-              daemon/storage/backing.c daemon/storage/export.c daemon/storage/overlay.c daemon/storage/backend.c daemon/storage/backend_overlay.c daemon/storage/backend_rbd.c daemon/storage/backend_rbd_checkpoint.c daemon/storage/bitmap.c daemon/storage/bitmap_commit.c daemon/storage/bitmap_checkpoint.c \
+              daemon/engine/pool.c daemon/engine/plan.c daemon/engine/timer.c daemon/engine/throttle.c daemon/engine/worker.c daemon/engine/offload.c \
+              daemon/storage/backing.c daemon/storage/export.c daemon/storage/limits.c daemon/storage/overlay.c daemon/storage/backend.c daemon/storage/backend_overlay.c daemon/storage/backend_rbd.c daemon/storage/backend_rbd_checkpoint.c daemon/storage/bitmap.c daemon/storage/bitmap_commit.c daemon/storage/bitmap_checkpoint.c \
               daemon/conn/conn.c daemon/conn/handshake.c daemon/conn/rx.c daemon/conn/request.c daemon/conn/fileio.c daemon/conn/cached.c daemon/conn/reply.c daemon/conn/watch.c daemon/conn/tls.c daemon/conn/tls_creds.c \
               daemon/service/cli.c daemon/service/listen.c daemon/service/config.c daemon/service/notify.c daemon/service/server.c daemon/service/handover.c \
-              daemon/ops/ctlproto.c daemon/ops/control.c daemon/ops/command.c daemon/ops/metrics.c daemon/ops/http.c \
+              daemon/ops/ctlproto.c daemon/ops/control.c daemon/ops/command.c daemon/ops/command_limits.c daemon/ops/metrics.c daemon/ops/http.c \
               daemon/main.c
 HOOKS_OBJ  := $(DAEMON_SRC:%.c=$(B)/hooks/%.o)
 UNIT_TESTS := $(patsubst tests/unit/%.c,$(B)/tests/unit/%,$(wildcard tests/unit/test_*.c))
@@ -80,7 +80,7 @@ LOCK_OBJ   := $(LOCK_SRC:%.c=$(B)/%.o)
 CACHE_OBJ  := $(CACHE_SRC:%.c=$(B)/%.o)
 DAEMON_OBJ := $(DAEMON_SRC:%.c=$(B)/%.o)
 DAEMON_LIBS := -luring -lev $$(pkg-config --libs gnutls json-c libmicrohttpd)
-CTL_OBJ    := $(B)/ctl/uringnbdctl.o $(B)/daemon/ops/ctlproto.o
+CTL_OBJ    := $(B)/ctl/uringnbdctl.o $(B)/daemon/ops/ctlproto.o $(B)/daemon/engine/throttle.o
 
 INTEROP_TESTS := $(wildcard tests/interop/*.sh tests/interop/*.py)
 FAULT_TESTS   := $(filter-out tests/faults/faultlib.py,$(wildcard tests/faults/*.py))
@@ -246,10 +246,10 @@ build/fuzz/fuzz_proto: tests/fuzz/fuzz_proto.c $(PROTO_SRC) proto/proto.h | $(B)
 	$(quiet) FUZZ $@
 	$(Q)clang $(FUZZ_FLAGS) -o $@ tests/fuzz/fuzz_proto.c $(PROTO_SRC)
 
-build/fuzz/fuzz_ctl: tests/fuzz/fuzz_ctl.c daemon/ops/ctlproto.c daemon/ops/ctlproto.h | $(B)/.deps-test
+build/fuzz/fuzz_ctl: tests/fuzz/fuzz_ctl.c daemon/ops/ctlproto.c daemon/ops/ctlproto.h daemon/engine/throttle.c | $(B)/.deps-test
 	@mkdir -p $(dir $@)
 	$(quiet) FUZZ $@
-	$(Q)clang $(FUZZ_FLAGS) -o $@ tests/fuzz/fuzz_ctl.c daemon/ops/ctlproto.c $$(pkg-config --libs json-c)
+	$(Q)clang $(FUZZ_FLAGS) -o $@ tests/fuzz/fuzz_ctl.c daemon/ops/ctlproto.c daemon/engine/throttle.c $$(pkg-config --libs json-c)
 
 $(B)/fuzz/fuzz_server: tests/fuzz/fuzz_server.c proto/proto.h
 	@mkdir -p $(dir $@)

@@ -50,6 +50,8 @@ static void usage(FILE *f)
 			if (a->positional)
 				n += snprintf(line + n, sizeof(line) - (size_t)n, a->required ? " %s" : " [%s]",
 					      a->name);
+			else if (a->match)
+				n += snprintf(line + n, sizeof(line) - (size_t)n, " [%s=...]...", a->name);
 			else if (a->type == CTL_ARG_BOOL)
 				n += snprintf(line + n, sizeof(line) - (size_t)n, " [--%s]", a->name);
 			else
@@ -135,7 +137,7 @@ static json_object *build_request(const struct ctl_command_spec *cmd, int argc, 
 				goto out_put;
 			}
 		}
-		json_object_object_add(args, a->name, v);
+		json_object_object_add(args, a->match ? key : a->name, v);
 		continue;
 bad_word:
 		fail(0, "%s: unexpected \"%s\" (see uringnbdctl --help)", cmd->name, w);

@@ -304,11 +304,18 @@ static void on_reload(struct ev_loop *loop, ev_signal *w, int revents)
 		log_error("reload: tls cannot change from %s to %s without a restart; the previous "
 			  "configuration stays", tls_mode_name(srv.tls_mode), tls_mode_name(mode));
 		t = NULL;
+	} else if (specs && config_check_limits(&file, &cli, specs, n) < 0) {
+		log_error("reload: rate limits refused; the previous configuration stays");
+		t = NULL;
 	} else {
+		size_t nspecs = n;
+
 		t = specs ? server_build_exports(&srv, specs, n, &n) : NULL;
 		if (!t)
 			log_error("reload: exports of %s could not be opened; the previous "
 				  "configuration stays", config_path ? config_path : "the command line");
+		else if (server_apply_limits(&file, &cli, specs, nspecs, t) < 0)
+			log_error("reload: out of memory for rate limits; some keep their old values");
 	}
 	if (!t) {
 		tls_creds_put(creds);
@@ -514,9 +521,15 @@ int main(int argc, char **argv)
 		goto out_config;
 	srv.list_refused = list_refused(&file);
 	export_set_stat_slots((unsigned)threads);
+	if (config_check_limits(&file, &cli, specs, nspecs) < 0)
+		goto out_config;
 	srv.exports = server_build_exports(&srv, specs, nspecs, &srv.nexports);
 	if (!srv.exports)
 		goto out_config;
+	if (server_apply_limits(&file, &cli, specs, nspecs, srv.exports) < 0) {
+		log_error("rate limits: out of memory");
+		goto out_listeners;
+	}
 	srv.loop = ev_default_loop(EVFLAG_AUTO);
 	srv.start_time_s = (double)time(NULL);
 
@@ -651,6 +664,7 @@ out_config:
 	free(specs);
 	config_free(&file);
 	config_free(&cli);
+	throttle_groups_free();
 	cache_free(srv.cache);
 	tls_creds_put(srv.tls_creds);
 	pthread_rwlock_destroy(&srv.exports_lock);

@@ -82,6 +82,16 @@ const char *log_escape(const void *s, size_t len, char *buf, size_t bufsz);
 
 /* ---- clocks ---- */
 /* CLOCK_MONOTONIC in nanoseconds. */
+static inline uint64_t min_u64(uint64_t a, uint64_t b)
+{
+	return a < b ? a : b;
+}
+
+static inline uint64_t max_u64(uint64_t a, uint64_t b)
+{
+	return a > b ? a : b;
+}
+
 static inline uint64_t now_ns(void)
 {
 	struct timespec ts;

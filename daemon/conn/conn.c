@@ -14,6 +14,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +31,7 @@ static void conn_free(struct conn *c)
 	struct worker *w = c->w;
 	unsigned i;
 
+	throttle_release(&c->thr);
 	for (i = 0; i < c->reqs_fresh; i++) {
 		struct req *q = &c->area->reqs[i];
 
@@ -210,6 +212,7 @@ void conn_close(struct conn *c, const char *why)
 	if (why)
 		log_debug("conn %" PRIu64 ": closing: %s", c->id, why);
 	c->state = CONN_CLOSING;
+	rx_throttle_cancel(c); /* a request waiting for its limits goes */
 	c->rx = RX_STOPPED;
 	worker_timer_stop(c->w, &c->hs_timer);
 	worker_timer_stop(c->w, &c->watchdog);
@@ -278,11 +281,6 @@ static void conn_area_release(struct conn *c)
 	c->free_reqs = NULL;
 	c->reqs_fresh = 0;
 	c->area_quiet = true;
-}
-
-static uint64_t min_u64(uint64_t a, uint64_t b)
-{
-	return a < b ? a : b;
 }
 
 /*
@@ -418,6 +416,9 @@ static void conns_adopt(struct worker *w, const struct client *cl)
 	conn_op_init(&c->close_op, c, conn_closed);
 	timer_init(&c->watchdog, conn_watchdog_fire);
 	timer_init(&c->hs_timer, NULL);  /* handshake.c sets it up if it negotiates */
+	timer_init(&c->thr_timer, NULL); /* rx.c's, when a request is throttled */
+	throttle_init(&c->thr);
+	c->thr_gen = UINT_MAX;           /* the export's connection limits not copied yet */
 	c->next = w->clients->conns;
 	if (c->next)
 		c->next->prev = c;

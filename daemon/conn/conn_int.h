@@ -65,8 +65,13 @@
  */
 #define CONN_RX_QUIET_BYTES (16u * 1024)
 #define CONN_QUIET_NS 2000000000ull /* quiet this long: the area's pages are given back */
-/* Timers a connection keeps in its worker's heap: the watchdog and the negotiation's limit. */
-#define CONN_TIMERS 2
+/*
+ * Timers a connection keeps in its worker's heap: the watchdog, the
+ * negotiation's limit and a throttled request's wait.
+ */
+#define CONN_TIMERS 3
+/* A throttled request looks again this often whether its limits changed (rx.c). */
+#define CONN_THROTTLE_RECHECK_NS (20 * 1000000ull)
 /* A watchdog rule due but not in force (a request in flight) is looked at again this often. */
 #define CONN_RECHECK_NS (50 * 1000000ull)
 /* A hand-over looks this often for its connections to be parked. */
@@ -156,6 +161,7 @@ enum req_state {
 	REQ_SEG_PAYLOAD, /* a segmented WRITE: the next segment's payload coming, lock held */
 	REQ_FLUSH,       /* fdatasync (no lock) */
 	REQ_REPLY,       /* queued for sending, or being sent */
+	REQ_THROTTLED,   /* waiting for its rate limits; then REQ_NEW again */
 	REQ_NSTATES
 };
 
@@ -231,6 +237,7 @@ enum rx_state {
 	RX_WAIT_SLOT,     /* every request slot is busy */
 	RX_WAIT_BUFFERS,  /* rx_req waits for pool chunks */
 	RX_STREAM,        /* the intake belongs to rx_req's later segments (a segmented WRITE) */
+	RX_WAIT_THROTTLE, /* rx_req waits for its rate limits; what follows stays in the socket */
 	RX_STOPPED,       /* DISC seen, or closing: nothing more is read */
 };
 
@@ -294,6 +301,14 @@ struct conn {
 	struct req *rx_req;        /* RX_PAYLOAD, RX_SKIP, RX_WAIT_BUFFERS: which request */
 	struct pool_account acct;  /* pool chunks its requests hold (the fair share) */
 	struct pool_waiter buf_wait; /* rx_req's wait for chunks (RX_WAIT_BUFFERS) */
+	/* rate limits (rx.c): its own, then its export's and group's (limits.c) */
+	struct throttle thr;       /* the export's per-connection limits, its own buckets */
+	unsigned thr_gen;          /* the export's conn_gen thr's limits were copied at */
+	struct timer thr_timer;    /* RX_WAIT_THROTTLE: when rx_req may go, or look again */
+	uint64_t thr_due_ns;       /* worker_now() rx_req may go at */
+	uint64_t thr_since_ns;     /* ...and began waiting at */
+	unsigned thr_seen;         /* the limits' generations it was charged under */
+	struct throttle *thr_exp, *thr_grp; /* whose counters its wait is on (grp: or NULL) */
 
 	struct req *free_reqs;     /* slots used before and free again, most recent first */
 	unsigned reqs_fresh;       /* area->reqs[reqs_fresh..] never used since mapped or given back */
@@ -412,6 +427,8 @@ void rx_start_resumed(struct conn *c, const uint8_t *p, size_t n);
 void rx_next(struct conn *c);
 /* A request slot was freed: resume a receive waiting for one. */
 void rx_slot_freed(struct conn *c);
+/* Closing: a request waiting for its rate limits is dropped (rx_req, recycled). */
+void rx_throttle_cancel(struct conn *c);
 /* Receives the rest of q's WRITE payload into its chunks. */
 void rx_payload(struct req *q);
 /* A segmented WRITE: takes the payload of its (new) current segment, then runs it. */

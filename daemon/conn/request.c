@@ -26,7 +26,7 @@
 /* For each state, the states a request may enter it from. */
 static const uint32_t req_from[REQ_NSTATES] = {
 	[REQ_FREE] = ~S(REQ_FREE),     /* done, or dropped with its connection */
-	[REQ_NEW] = S(REQ_FREE),
+	[REQ_NEW] = S(REQ_FREE) | S(REQ_THROTTLED),
 	[REQ_BUFFERS] = S(REQ_NEW),
 	[REQ_PAYLOAD] = S(REQ_NEW) | S(REQ_BUFFERS),
 	[REQ_SKIP] = S(REQ_NEW) | S(REQ_BUFFERS) | LOCKED_STATES, /* and a segmented WRITE failed */
@@ -46,6 +46,7 @@ static const uint32_t req_from[REQ_NSTATES] = {
 	[REQ_SEG_REPLY] = SEG_END_STATES,
 	[REQ_SEG_PAYLOAD] = SEG_END_STATES,
 	[REQ_FLUSH] = S(REQ_NEW),
+	[REQ_THROTTLED] = S(REQ_NEW),
 	[REQ_REPLY] = S(REQ_NEW) | S(REQ_SKIP) | S(REQ_BUFFERS) | S(REQ_FLUSH) | LOCKED_STATES,
 };
 

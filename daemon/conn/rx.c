@@ -27,6 +27,7 @@
 #define SKIP_MAX_BYTES (UINT64_C(1) << 32)  /* a larger refused payload is a disconnect */
 
 static bool rx_buffers(struct req *q);
+static bool rx_admit(struct req *q);
 static void rx_segment_received(struct req *q);
 
 /* c may receive and parse (it is serving, and nothing of its intake is in flight). */
@@ -296,6 +297,144 @@ static bool rx_buffers(struct req *q)
 	return rx_take_payload(q);
 }
 
+/* ---- rate limits: a request waits here, before buffers and locks ---- */
+
+/* What q counts as (false: nothing; FLUSH and BLOCK_STATUS move no data). */
+static bool rx_throttle_cost(const struct req *q, bool *write, uint64_t *bytes)
+{
+	switch (q->r.type) {
+	case NBD_CMD_READ:
+	case NBD_CMD_CACHE:
+		*write = false;
+		*bytes = q->r.len_bytes;
+		return true;
+	case NBD_CMD_WRITE:
+		*write = true;
+		*bytes = q->r.len_bytes;
+		return true;
+	case NBD_CMD_TRIM:
+	case NBD_CMD_WRITE_ZEROES:
+		*write = true; /* an op, and no payload */
+		*bytes = 0;
+		return true;
+	default:
+		return false;
+	}
+}
+
+/* The generations of c's limits: a change lets a waiting request look again. */
+static unsigned rx_throttle_gen(const struct conn *c)
+{
+	struct export_counters *ec = c->exp->ctr;
+	struct throttle_group *g = atomic_load_explicit(&ec->group, memory_order_acquire);
+
+	return atomic_load(&ec->thr.gen) + atomic_load(&ec->conn_gen) +
+	       (g ? atomic_load(&g->thr.gen) : 0);
+}
+
+/* The export's per-connection limits, copied into c's own buckets when they change. */
+static void rx_throttle_refresh(struct conn *c)
+{
+	struct export_counters *ec = c->exp->ctr;
+	unsigned gen = atomic_load_explicit(&ec->conn_gen, memory_order_acquire);
+	struct throttle_limits lim;
+
+	if (gen == c->thr_gen)
+		return;
+	pthread_mutex_lock(&ec->thr.lock);
+	lim = ec->conn_lim;
+	pthread_mutex_unlock(&ec->thr.lock);
+	throttle_set(&c->thr, &lim);
+	c->thr_gen = gen;
+}
+
+static void rx_throttle_end(struct conn *c)
+{
+	uint64_t waited = worker_now(c->w) - c->thr_since_ns;
+
+	worker_timer_stop(c->w, &c->thr_timer);
+	throttle_wait_end(c->thr_exp, waited);
+	throttle_wait_end(c->thr_grp, waited);
+	c->thr_exp = c->thr_grp = NULL;
+}
+
+static void rx_throttle_fire(struct timer *t)
+{
+	struct conn *c = container_of(t, struct conn, thr_timer);
+	struct req *q = c->rx_req;
+	uint64_t now = worker_now(c->w);
+
+	assert(c->rx == RX_WAIT_THROTTLE);
+	/* Not due, and its limits as they were: look again later. */
+	if (now < c->thr_due_ns && rx_throttle_gen(c) == c->thr_seen) {
+		worker_timer_at(c->w, t, min_u64(c->thr_due_ns, now + CONN_THROTTLE_RECHECK_NS));
+		return;
+	}
+	rx_throttle_end(c);
+	c->rx = RX_IDLE;
+	c->rx_req = NULL;
+	req_set_state(q, REQ_NEW);
+	if (rx_admit(q))
+		rx_next(c);
+}
+
+void rx_throttle_cancel(struct conn *c)
+{
+	struct req *q = c->rx_req;
+
+	if (c->rx != RX_WAIT_THROTTLE)
+		return;
+	rx_throttle_end(c);
+	c->rx_req = NULL;
+	c->rx = RX_STOPPED;
+	req_recycle(q);
+}
+
+/*
+ * Charges q to its connection's, export's and group's limits. Returns true
+ * if it may go on now; otherwise it waits (RX_WAIT_THROTTLE) and the intake
+ * stops, so the requests behind it, and a WRITE's payload, stay in the
+ * socket: waiting writers cost the daemon no memory.
+ */
+static bool rx_throttle(struct req *q)
+{
+	struct conn *c = q->c;
+	struct export_counters *ec = c->exp->ctr;
+	struct throttle_group *g = atomic_load_explicit(&ec->group, memory_order_acquire);
+	struct throttle *gt = g ? &g->thr : NULL;
+	uint64_t bytes, now, due;
+	bool write;
+
+	if (!rx_throttle_cost(q, &write, &bytes))
+		return true;
+	rx_throttle_refresh(c);
+	if (!throttle_on(&c->thr) && !throttle_on(&ec->thr) && !throttle_on(gt))
+		return true;
+	now = worker_now(c->w);
+	/* Charged to all three now: the wait is the longest of theirs. */
+	due = throttle_charge(&c->thr, write, bytes, now);
+	due = max_u64(due, throttle_charge(&ec->thr, write, bytes, now));
+	if (gt)
+		due = max_u64(due, throttle_charge(gt, write, bytes, now));
+	if (!due)
+		return true;
+	c->thr_exp = &ec->thr;
+	c->thr_grp = gt;
+	throttle_wait_begin(c->thr_exp);
+	throttle_wait_begin(c->thr_grp);
+	c->thr_since_ns = now;
+	c->thr_due_ns = now + due;
+	c->thr_seen = rx_throttle_gen(c);
+	req_set_state(q, REQ_THROTTLED);
+	c->rx = RX_WAIT_THROTTLE;
+	c->rx_req = q;
+	if (!c->thr_timer.fire)
+		timer_init(&c->thr_timer, rx_throttle_fire);
+	worker_timer_at(c->w, &c->thr_timer, min_u64(c->thr_due_ns,
+						      now + CONN_THROTTLE_RECHECK_NS));
+	return false;
+}
+
 /*
  * Takes the request whose header starts the buffer. Returns false when
  * receiving must stop for now (a payload being received or skipped, buffers
@@ -349,6 +488,14 @@ static bool rx_request(struct conn *c)
 	if ((q->r.flags & NBD_CMD_FLAG_DF) && !c->sess.extended &&
 	    q->r.len_bytes > UINT32_MAX - 8)
 		return rx_refuse(q, NBD_EOVERFLOW);
+	if (!rx_throttle(q))
+		return false;
+	return rx_admit(q);
+}
+
+/* A valid request, past its rate limits: planned, then its buffers and payload. */
+static bool rx_admit(struct req *q)
+{
 	if ((q->r.type == NBD_CMD_READ || q->r.type == NBD_CMD_WRITE) &&
 	    q->r.len_bytes > EXPORT_MAX_REQUEST_BYTES)
 		req_segment_start(q);

@@ -34,13 +34,14 @@ static const char *const req_state_names[REQ_NSTATES] = {
 	[REQ_IO] = "storage I/O", [REQ_FALLOC] = "trim or zero", [REQ_ZERO_WRITE] = "writing zeroes",
 	[REQ_SYNC] = "sync after FUA", [REQ_CACHED] = "page cache", [REQ_EXTENTS] = "extent query",
 	[REQ_SEG_REPLY] = "sending a segment", [REQ_SEG_PAYLOAD] = "receiving a segment",
-	[REQ_FLUSH] = "flush", [REQ_REPLY] = "replying",
+	[REQ_FLUSH] = "flush", [REQ_REPLY] = "replying", [REQ_THROTTLED] = "throttled",
 };
 
 static const char *const rx_state_names[] = {
 	[RX_IDLE] = "idle", [RX_RECV] = "receiving", [RX_PAYLOAD] = "a payload",
 	[RX_SKIP] = "skipping", [RX_WAIT_SLOT] = "waiting for a slot",
 	[RX_WAIT_BUFFERS] = "waiting for buffers", [RX_STREAM] = "a segmented write",
+	[RX_WAIT_THROTTLE] = "throttled",
 	[RX_STOPPED] = "stopped",
 };
 

@@ -2,8 +2,8 @@
 /*
  * engine: threads, rings and buffers; no NBD here. A worker is a thread
  * with one io_uring, one buffer pool and one clock; offload threads run
- * blocking calls and post their ends back. pool.h, plan.h and timer.h are
- * its pure parts.
+ * blocking calls and post their ends back. pool.h, plan.h, throttle.h and
+ * timer.h are its pure parts.
  */
 #ifndef URINGNBD_ENGINE_H
 #define URINGNBD_ENGINE_H
@@ -17,6 +17,7 @@
 #include "../base/base.h"
 #include "plan.h"
 #include "pool.h"
+#include "throttle.h"
 #include "timer.h"
 
 /* ---- worker.c: the loop-and-ring layer ---- */

@@ -9,7 +9,8 @@
  * the next reload: the configuration file stays the truth, and a reload
  * logs each difference it undoes. Like a reload, export-set and a forced
  * export-remove never change an open connection's settings: connections
- * keep the export they chose (export-remove with force closes them).
+ * keep the export they chose (export-remove with force closes them). Rate
+ * limits are the exception: they hold for the open connections at once.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -74,6 +75,7 @@ static json_object *export_json(const struct export *e)
 	json_object_object_add(o, "durability-error", derr ? json_object_new_string(strerror(derr))
 							    : NULL);
 	json_object_object_add(o, "since", json_object_new_int64(e->ctr->since_s));
+	command_limits_json(o, e);
 	return o;
 }
 
@@ -231,6 +233,8 @@ static int apply_keys(struct ctl_call *call, struct export_spec *spec)
 			return -1;
 		}
 	}
+	if (command_limits_keys(call, spec) < 0)
+		return -1;
 	/* An empty list means none, as an absent key would. */
 	if (spec->allow && !*spec->allow)
 		spec->allow = NULL;
@@ -289,6 +293,8 @@ static void cmd_export_add(struct ctl_call *call)
 		ctl_call_error(call, CTL_ERR_GENERIC, "export \"%s\": %s", spec.name, strerror(-ret));
 		return;
 	}
+	if (export_limits_apply(e, &spec) < 0)
+		log_warn("export \"%s\": out of memory for its rate limits", e->name);
 	log_info("export \"%s\": \"%s\" added by the control socket (until the next reload)",
 		 e->name, e->path);
 	ctl_call_return(call, export_json(e));
@@ -353,6 +359,13 @@ static void cmd_export_set(struct ctl_call *call)
 		return;
 	}
 	export_share_counters(fresh, old);
+	/* The counters are shared: the open connections get the limits too. */
+	if (export_limits_apply(fresh, &spec) < 0) {
+		export_put(fresh);
+		export_put(old);
+		ctl_call_error(call, CTL_ERR_GENERIC, "out of memory");
+		return;
+	}
 	was = server_replace_export(srv, fresh);
 	if (!was) {
 		/* Removed meanwhile (a reload): nothing to change. */
@@ -943,6 +956,8 @@ static const struct {
 	{ "checkpoint-remove", cmd_checkpoint_remove },
 	{ "bitmap-clear", cmd_bitmap_clear },
 	{ "bitmap-remove", cmd_bitmap_remove },
+	{ "group-set", cmd_group_set },
+	{ "groups", cmd_groups },
 };
 
 void command_run(struct ctl_call *call)

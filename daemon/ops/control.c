@@ -13,6 +13,16 @@
  * I/O is non-blocking, so the main loop (which also accepts NBD clients)
  * never waits for a control client.
  *
+ * Idle clients cannot keep the operator out. When every slot is taken, a
+ * new client waits in a small waiting room (CTL_MAX_WAITING; nothing is read
+ * from it there). Once it has sent a whole request line it asks for a slot
+ * (one dribbling a line byte by byte does not, nor does it count as active
+ * in a slot: only whole requests and answers do): the one
+ * held by the client idle longest is freed for it, if that client has been
+ * idle (no request, no reply moving) for CTL_IDLE_GRACE_S; a client with a
+ * command running or a reply being written is never closed this way. A
+ * full room closes its longest-waiting client that has sent nothing.
+ *
  * Connections are reached through worker queries (control.h): a query op
  * per worker is posted to its inbox; the last worker to answer wakes the
  * main loop (an ev_async), which runs the command's done() and frees the
@@ -35,6 +45,9 @@
 #define CTL_OUT_MAX (1u << 20)   /* reply bytes waiting before reading pauses */
 #define CTL_STALL_S 10.0         /* replies unread this long: the client is closed */
 #define CTL_CHECK_S 1.0
+#define CTL_MAX_WAITING 64       /* clients waiting for a slot */
+#define CTL_IDLE_GRACE_S 3.0     /* idle this long, a slot holder may be closed for another */
+#define CTL_PEEK_S 0.1           /* a waiter with part of a line is looked at this often */
 
 struct ctl_client {
 	int fd;
@@ -51,7 +64,19 @@ struct ctl_client {
 	bool dispatching;           /* client_process is running a line's command */
 	unsigned uid;
 	int pid;
+	double active;              /* now_s() it last sent a request, or had one answered */
 	struct ctl_client *prev, *next;
+};
+
+/* A client waiting for a slot: nothing read from it yet. */
+struct ctl_waiter {
+	int fd;
+	ev_io rio;                  /* readable: it asks for a slot */
+	bool asking;                /* it sent a whole line: it wants a slot */
+	bool partial;               /* it sent part of one (the peek timer looks again) */
+	unsigned uid;
+	int pid;
+	struct ctl_waiter *next;    /* oldest first */
 };
 
 struct ctl_call {
@@ -98,6 +123,11 @@ static struct {
 	ev_timer check;
 	struct ctl_client *clients;
 	unsigned nclients;
+	struct ctl_waiter *waiting; /* the waiting room, oldest first */
+	unsigned nwaiting;
+	ev_timer admit;             /* when a slot holder will have been idle long enough */
+	ev_timer peek;              /* looks again at waiters that sent part of a line */
+	bool closing_all;           /* control_close() */
 	struct ctl_query *queries;
 	struct ctl_job *jobs;       /* running or finished, not yet done() (main thread) */
 } ctl = { .fd = -1 };
@@ -125,6 +155,9 @@ static void client_free(struct ctl_client *cl)
 	ctl.nclients--;
 	free(cl->out);
 	free(cl);
+	/* A slot is free: the longest-asking waiter, from the loop (not from inside cl's handler). */
+	if (ctl.waiting && ctl.srv && !ctl.closing_all)
+		ev_feed_event(ctl.srv->loop, &ctl.admit, EV_TIMER);
 }
 
 /* Writes what it can; a broken connection is marked dead (freed by client_reap). */
@@ -149,6 +182,7 @@ static void client_flush(struct ctl_client *cl)
 		cl->out_moved = now_s();
 	}
 	cl->out_off = cl->out_len = 0;
+	cl->active = now_s();
 	ev_io_stop(loop, &cl->wio);
 }
 
@@ -395,6 +429,7 @@ static void client_line(struct ctl_client *cl, const char *line, size_t len)
 	}
 	call->cl = cl;
 	cl->call = call;
+	cl->active = now_s();
 	if (ctl_request_parse(line, len, &call->req, &cls, err, sizeof(err)) < 0) {
 		log_debug("control: uid %u pid %d: refused: %s", cl->uid, cl->pid, err);
 		ctl_call_error(call, cls, "%s", err);
@@ -501,21 +536,187 @@ static void on_check(struct ev_loop *loop, ev_timer *w, int revents)
 	}
 }
 
-static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
+static void client_add(int fd, unsigned uid, int pid);
+
+/* The slot holder idle longest (see the top), or NULL; *since: when it went idle. */
+static struct ctl_client *client_idlest(double *since)
 {
-	struct ctl_client *cl;
+	struct ctl_client *cl, *best = NULL;
+
+	for (cl = ctl.clients; cl; cl = cl->next)
+		if (!cl->call && cl->out_off == cl->out_len && !cl->dead &&
+		    (!best || cl->active < best->active))
+			best = cl;
+	if (best)
+		*since = best->active;
+	return best;
+}
+
+/* Frees the slot of the client idle longest, if it has been idle for the grace period. */
+static bool client_evict_idle(void)
+{
+	double since = 0, now = now_s();
+	struct ctl_client *cl = client_idlest(&since);
+
+	if (!cl || now - since < CTL_IDLE_GRACE_S)
+		return false;
+	log_msg_limited(&refuse_limit, LOG_INFO, "control: uid %u pid %d idle for %.0f s: "
+			"closed for a client waiting for a slot", cl->uid, cl->pid, now - since);
+	client_free(cl);
+	return true;
+}
+
+static void waiter_free(struct ctl_waiter *wt)
+{
+	struct ctl_waiter **p;
+
+	for (p = &ctl.waiting; *p != wt; p = &(*p)->next)
+		;
+	*p = wt->next;
+	ctl.nwaiting--;
+	ev_io_stop(ctl.srv->loop, &wt->rio);
+	free(wt);
+}
+
+/* Slots for the waiters that asked, longest-waiting first; the timer for the rest. */
+static void waiters_admit(void)
+{
+	struct ctl_waiter *wt, *next;
+	double since = 0;
+
+	for (wt = ctl.waiting; wt; wt = next) {
+		next = wt->next;
+		if (!wt->asking)
+			continue;
+		if (ctl.nclients >= CTL_MAX_CLIENTS && !client_evict_idle())
+			break;
+		client_add(wt->fd, wt->uid, wt->pid);
+		waiter_free(wt);
+	}
+	ev_timer_stop(ctl.srv->loop, &ctl.admit);
+	ev_timer_stop(ctl.srv->loop, &ctl.peek);
+	for (wt = ctl.waiting; wt && !wt->asking; wt = wt->next)
+		;
+	if (wt && client_idlest(&since)) {
+		double after = since + CTL_IDLE_GRACE_S - now_s();
+
+		ev_timer_set(&ctl.admit, after > 0.001 ? after : 0.001, 0);
+		ev_timer_start(ctl.srv->loop, &ctl.admit);
+	}
+}
+
+static void on_admit(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	(void)loop;
+	(void)w;
+	(void)revents;
+	waiters_admit();
+}
+
+/*
+ * Whether the waiter has sent a whole request line (or 4 KiB of one, or
+ * closed): then it asks for a slot. Looked at without reading it.
+ */
+static void waiter_peek(struct ctl_waiter *wt)
+{
+	char buf[4096];
+	ssize_t n = recv(wt->fd, buf, sizeof(buf), MSG_PEEK | MSG_DONTWAIT);
+
+	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+		return;
+	if (n <= 0 || memchr(buf, '\n', (size_t)n) || n == (ssize_t)sizeof(buf))
+		wt->asking = true;
+	else
+		wt->partial = true; /* looked at again by the peek timer, not by readiness */
+	ev_io_stop(ctl.srv->loop, &wt->rio);
+}
+
+static void on_waiter_read(struct ev_loop *loop, ev_io *w, int revents)
+{
+	struct ctl_waiter *wt = w->data;
+
+	(void)loop;
+	(void)revents;
+	waiter_peek(wt);
+	if (wt->partial && !ev_is_active(&ctl.peek))
+		ev_timer_again(ctl.srv->loop, &ctl.peek);
+	if (wt->asking)
+		waiters_admit();
+}
+
+/* Waiters with part of a line: has the rest come? */
+static void on_peek(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct ctl_waiter *wt;
+	bool partial = false, asking = false;
+
+	(void)revents;
+	for (wt = ctl.waiting; wt; wt = wt->next) {
+		if (wt->partial && !wt->asking)
+			waiter_peek(wt);
+		partial |= wt->partial && !wt->asking;
+		asking |= wt->asking;
+	}
+	if (!partial)
+		ev_timer_stop(loop, w);
+	if (asking)
+		waiters_admit();
+}
+
+static void waiter_add(int fd, const struct ucred *cred)
+{
+	struct ctl_waiter *wt, **tail, *old;
+
+	/* A full room: the longest-waiting client that has sent no whole line goes. */
+	if (ctl.nwaiting >= CTL_MAX_WAITING) {
+		for (old = ctl.waiting; old; old = old->next) {
+			if (!old->asking)
+				waiter_peek(old); /* its line may be there, not yet seen */
+			if (!old->asking)
+				break;
+		}
+		if (ctl.waiting && !ev_is_active(&ctl.admit) && !ev_is_pending(&ctl.admit))
+			ev_feed_event(ctl.srv->loop, &ctl.admit, EV_TIMER);
+		if (!old) {
+			log_msg_limited(&refuse_limit, LOG_WARN, "control: refused pid %d: %u clients "
+					"and %u waiting for a slot", (int)cred->pid, CTL_MAX_CLIENTS,
+					CTL_MAX_WAITING);
+			close(fd);
+			return;
+		}
+		close(old->fd);
+		waiter_free(old);
+	}
+	wt = calloc(1, sizeof(*wt));
+	if (!wt) {
+		close(fd);
+		return;
+	}
+	wt->fd = fd;
+	wt->uid = cred->uid;
+	wt->pid = cred->pid;
+	ev_io_init(&wt->rio, on_waiter_read, fd, EV_READ);
+	wt->rio.data = wt;
+	ev_io_start(ctl.srv->loop, &wt->rio);
+	for (tail = &ctl.waiting; *tail; tail = &(*tail)->next)
+		;
+	*tail = wt;
+	ctl.nwaiting++;
+}
+
+/* One pending connection taken; false once there is none. */
+static bool accept_one(void)
+{
 	struct ucred cred;
 	socklen_t len = sizeof(cred);
 	int fd;
 
-	(void)w;
-	(void)revents;
 	fd = accept4(ctl.fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
 	if (fd < 0) {
 		if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
 			log_msg_limited(&refuse_limit, LOG_WARN, "control: accept: %s",
 					strerror(errno));
-		return;
+		return false;
 	}
 	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 ||
 	    (cred.uid != 0 && cred.uid != geteuid())) {
@@ -524,27 +725,42 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
 				len == sizeof(cred) ? (int)cred.uid : -1,
 				len == sizeof(cred) ? (int)cred.pid : -1, (unsigned)geteuid());
 		close(fd);
-		return;
+		return true;
 	}
-	if (ctl.nclients >= CTL_MAX_CLIENTS) {
-		static const char msg[] = "{\"error\":{\"class\":\"GenericError\",\"desc\":\"too many "
-					  "control clients\"}}\n";
+	/* Full: it waits; only a waiter with a request may have an idle holder closed. */
+	if (ctl.nclients >= CTL_MAX_CLIENTS)
+		waiter_add(fd, &cred);
+	else
+		client_add(fd, cred.uid, cred.pid);
+	return true;
+}
 
-		log_msg_limited(&refuse_limit, LOG_WARN, "control: refused pid %d: %u clients "
-				"already", (int)cred.pid, CTL_MAX_CLIENTS);
-		if (send(fd, msg, sizeof(msg) - 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
-			log_debug("control: %s", strerror(errno));
-		close(fd);
-		return;
-	}
-	cl = calloc(1, sizeof(*cl));
+/* A crowd connecting: a batch at a time, so the backlog an operator waits in stays short. */
+static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
+{
+	unsigned i;
+
+	(void)loop;
+	(void)w;
+	(void)revents;
+	for (i = 0; i < 64 && accept_one(); i++)
+		;
+}
+
+/* A client in a slot. */
+static void client_add(int fd, unsigned uid, int pid)
+{
+	struct ev_loop *loop = ctl.srv->loop;
+	struct ctl_client *cl = calloc(1, sizeof(*cl));
+
 	if (!cl) {
 		close(fd);
 		return;
 	}
 	cl->fd = fd;
-	cl->uid = cred.uid;
-	cl->pid = cred.pid;
+	cl->uid = uid;
+	cl->pid = pid;
+	cl->active = now_s();
 	ev_io_init(&cl->rio, on_client_read, fd, EV_READ);
 	ev_io_init(&cl->wio, on_client_write, fd, EV_WRITE);
 	cl->rio.data = cl->wio.data = cl;
@@ -569,6 +785,8 @@ int control_start(struct server *srv, const char *path)
 	ev_async_init(&ctl.answered, on_answered);
 	ev_async_start(srv->loop, &ctl.answered);
 	ev_timer_init(&ctl.check, on_check, CTL_CHECK_S, CTL_CHECK_S);
+	ev_timer_init(&ctl.admit, on_admit, 1, 0);
+	ev_timer_init(&ctl.peek, on_peek, 0, CTL_PEEK_S);
 	ev_now_update(srv->loop); /* start-up may have taken a while */
 	ev_timer_start(srv->loop, &ctl.check);
 	log_info("control socket on \"%s\" (root and uid %u)", path, (unsigned)geteuid());
@@ -581,8 +799,14 @@ void control_close(void)
 		return;
 	/* A checkpoint under way finishes (its lock waits for writes in flight only). */
 	jobs_reap(true);
+	ctl.closing_all = true;
 	while (ctl.clients)
 		client_free(ctl.clients);
+	while (ctl.waiting) {
+		close(ctl.waiting->fd);
+		waiter_free(ctl.waiting);
+	}
+	ev_timer_stop(ctl.srv->loop, &ctl.admit);
 	ev_io_stop(ctl.srv->loop, &ctl.accept_w);
 	ev_timer_stop(ctl.srv->loop, &ctl.check);
 	close(ctl.fd);

@@ -58,4 +58,15 @@ void ctl_call_job(struct ctl_call *call, ctl_job_fn *fn, ctl_job_done *done, voi
 /* Runs call's (parsed, validated) request; answers it now or after a query. */
 void command_run(struct ctl_call *call);
 
+/* ---- command_limits.c: rate limits ---- */
+/* Adds e's limits, connection limits, group and waits to an export's JSON object o. */
+void command_limits_json(json_object *o, const struct export *e);
+/*
+ * The request's LIMIT keys (iops-total, conn-bps-read, throttle-group...)
+ * applied to *spec, then checked whole. 0, or -1 with the call answered.
+ */
+int command_limits_keys(struct ctl_call *call, struct export_spec *spec);
+void cmd_group_set(struct ctl_call *call);
+void cmd_groups(struct ctl_call *call);
+
 #endif

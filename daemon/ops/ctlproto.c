@@ -9,6 +9,18 @@
 #include <string.h>
 
 #include "ctlproto.h"
+#include "../engine/throttle.h"
+
+bool ctl_limit_key(const char *key)
+{
+	return !strcmp(key, "throttle-group") ||
+	       throttle_key_find(!strncmp(key, "conn-", 5) ? key + 5 : key) >= 0;
+}
+
+bool ctl_group_limit_key(const char *key)
+{
+	return throttle_key_find(key) >= 0;
+}
 
 #define S CTL_ARG_STRING
 #define B CTL_ARG_BOOL
@@ -18,39 +30,49 @@
 const struct ctl_command_spec ctl_commands[] = {
 	{ "version", "the daemon's version", { { NULL } } },
 	{ "exports", "exports with their settings and counters",
-	  { { "name", S, false, true }, { NULL } } },
+	  { { "name", S, false, true, NULL }, { NULL } } },
 	{ "connections", "open connections",
-	  { { "export", S, false, true }, { NULL } } },
+	  { { "export", S, false, true, NULL }, { NULL } } },
 	{ "export-add", "add an export (the config file's keys)",
-	  { { "name", S, true, true }, { "path", S, true, true }, { "readonly", B, false, false },
-	    { "cache", S, false, false }, { "description", S, false, false },
-	    { "overlay", S, false, false }, { "allow", S, false, false },
-	    { "deny", S, false, false }, { "tls-allow", S, false, false },
-	    { "tls", S, false, false }, { "bitmaps", S, false, false },
-	    { "bitmap-file", S, false, false }, { "bitmap-granularity", S, false, false },
-	    { "ceph-conf", S, false, false }, { "ceph-id", S, false, false }, { NULL } } },
+	  { { "name", S, true, true, NULL }, { "path", S, true, true, NULL },
+	    { "readonly", B, false, false, NULL },
+	    { "cache", S, false, false, NULL }, { "description", S, false, false, NULL },
+	    { "overlay", S, false, false, NULL }, { "allow", S, false, false, NULL },
+	    { "deny", S, false, false, NULL }, { "tls-allow", S, false, false, NULL },
+	    { "tls", S, false, false, NULL }, { "bitmaps", S, false, false, NULL },
+	    { "bitmap-file", S, false, false, NULL },
+	    { "bitmap-granularity", S, false, false, NULL },
+	    { "ceph-conf", S, false, false, NULL }, { "ceph-id", S, false, false, NULL },
+	    { "LIMIT", S, false, false, ctl_limit_key }, { NULL } } },
 	{ "export-remove", "remove an export (force: disconnect its clients)",
-	  { { "name", S, true, true }, { "force", B, false, false }, { NULL } } },
-	{ "export-set", "change an export's description, read-only or access lists",
-	  { { "name", S, true, true }, { "description", S, false, false },
-	    { "readonly", B, false, false }, { "allow", S, false, false },
-	    { "deny", S, false, false }, { "tls-allow", S, false, false }, { NULL } } },
+	  { { "name", S, true, true, NULL }, { "force", B, false, false, NULL }, { NULL } } },
+	{ "export-set", "change an export's description, read-only, access lists or rate limits "
+	  "(LIMIT: iops-total, bps-read-max, conn-iops-total, throttle-group...)",
+	  { { "name", S, true, true, NULL }, { "description", S, false, false, NULL },
+	    { "readonly", B, false, false, NULL }, { "allow", S, false, false, NULL },
+	    { "deny", S, false, false, NULL }, { "tls-allow", S, false, false, NULL },
+	    { "LIMIT", S, false, false, ctl_limit_key }, { NULL } } },
+	{ "group-set", "change a throttle group's limits (made if new; until the next reload)",
+	  { { "name", S, true, true, NULL }, { "LIMIT", S, false, false, ctl_group_limit_key },
+	    { NULL } } },
+	{ "groups", "throttle groups with their limits and waits", { { NULL } } },
 	{ "disconnect", "close a connection once its requests are done",
-	  { { "id", I, true, true }, { NULL } } },
+	  { { "id", I, true, true, NULL }, { NULL } } },
 	{ "log-level", "show or set the log level",
-	  { { "level", S, false, true }, { NULL } } },
+	  { { "level", S, false, true, NULL }, { NULL } } },
 	{ "stats", "the daemon's counters, live", { { NULL } } },
 	{ "bitmaps", "an export's dirty bitmaps and checkpoints",
-	  { { "export", S, true, true }, { NULL } } },
+	  { { "export", S, true, true, NULL }, { NULL } } },
 	{ "checkpoint", "freeze a bitmap with a reflink copy, served as EXPORT@NAME",
-	  { { "export", S, true, true }, { "bitmap", S, true, true }, { "name", S, true, true },
-	    { "bitmap-only", B, false, false }, { NULL } } },
+	  { { "export", S, true, true, NULL }, { "bitmap", S, true, true, NULL },
+	    { "name", S, true, true, NULL },
+	    { "bitmap-only", B, false, false, NULL }, { NULL } } },
 	{ "checkpoint-remove", "delete a checkpoint and its copy",
-	  { { "export", S, true, true }, { "name", S, true, true }, { NULL } } },
+	  { { "export", S, true, true, NULL }, { "name", S, true, true, NULL }, { NULL } } },
 	{ "bitmap-clear", "empty a dirty bitmap",
-	  { { "export", S, true, true }, { "bitmap", S, true, true }, { NULL } } },
+	  { { "export", S, true, true, NULL }, { "bitmap", S, true, true, NULL }, { NULL } } },
 	{ "bitmap-remove", "delete a dirty bitmap",
-	  { { "export", S, true, true }, { "bitmap", S, true, true }, { NULL } } },
+	  { { "export", S, true, true, NULL }, { "bitmap", S, true, true, NULL }, { NULL } } },
 };
 const size_t ctl_ncommands = sizeof(ctl_commands) / sizeof(ctl_commands[0]);
 
@@ -73,7 +95,10 @@ const struct ctl_arg_spec *ctl_arg_find(const struct ctl_command_spec *cmd, cons
 	const struct ctl_arg_spec *a;
 
 	for (a = cmd->args; a->name; a++)
-		if (!strcmp(a->name, name))
+		if (!a->match && !strcmp(a->name, name))
+			return a;
+	for (a = cmd->args; a->name; a++)
+		if (a->match && a->match(name))
 			return a;
 	return NULL;
 }
@@ -209,8 +234,8 @@ int ctl_request_parse(const char *line, size_t len, struct ctl_request *req,
 			FAIL(CTL_ERR_INVALID, "%s: unknown argument \"%s\"", req->cmd->name,
 			     shown(akey, b, sizeof(b)));
 		if (!type_ok(aval, a->type))
-			FAIL(CTL_ERR_INVALID, "%s: \"%s\" must be %s", req->cmd->name, a->name,
-			     type_name(a->type));
+			FAIL(CTL_ERR_INVALID, "%s: \"%s\" must be %s", req->cmd->name,
+			     shown(akey, b, sizeof(b)), type_name(a->type));
 	}
 	for (a = req->cmd->args; a->name; a++)
 		if (a->required && !json_object_object_get_ex(req->args, a->name, NULL))

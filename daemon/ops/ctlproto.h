@@ -38,9 +38,14 @@ struct ctl_arg_spec {
 	enum ctl_arg_type type;
 	bool required;
 	bool positional;           /* uringnbdctl takes it as a bare word, in order */
+	bool (*match)(const char *key); /* a family of keys (name is its summary), or NULL */
 };
+/* The rate-limit family: LIMIT, conn-LIMIT (throttle.h's keys) and throttle-group. */
+bool ctl_limit_key(const char *key);
+/* The group-set family: LIMIT alone. */
+bool ctl_group_limit_key(const char *key);
 
-#define CTL_MAX_ARGS 16
+#define CTL_MAX_ARGS 20
 struct ctl_command_spec {
 	const char *name;
 	const char *summary;       /* one line, for uringnbdctl --help */

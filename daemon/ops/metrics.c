@@ -18,11 +18,19 @@
 
 #include "metrics.h"
 
+static void throttle_take(struct metrics_throttle *mt, struct throttle *t)
+{
+	mt->waiting = atomic_load_explicit(&t->waiting, memory_order_relaxed);
+	mt->delayed = atomic_load_explicit(&t->delayed, memory_order_relaxed);
+	mt->delayed_ns = atomic_load_explicit(&t->delayed_ns, memory_order_relaxed);
+}
+
 int metrics_collect(struct server *srv, struct metrics *m)
 {
+	struct throttle_group *g;
 	struct export **t;
 	uint64_t start;
-	size_t n, i;
+	size_t n, i, n_groups = 0;
 	unsigned w;
 
 	memset(m, 0, sizeof(*m));
@@ -80,10 +88,27 @@ int metrics_collect(struct server *srv, struct metrics *m)
 			break;
 		export_stats_sum(t[i]->ctr, &me->st);
 		me->durability_err = backing_durability_err(export_store(t[i]));
+		throttle_take(&me->thr, &t[i]->ctr->thr);
 		m->nexports++;
 	}
 	server_exports_put(t, n);
-	return m->nexports == n ? 0 : -ENOMEM;
+	if (m->nexports != n)
+		return -ENOMEM;
+	for (g = throttle_groups_first(); g; g = g->next)
+		n_groups++;
+	m->groups = calloc(n_groups ? n_groups : 1, sizeof(*m->groups));
+	if (!m->groups)
+		return -ENOMEM;
+	for (g = throttle_groups_first(); g && m->ngroups < n_groups; g = g->next) {
+		struct metrics_throttle *mg = &m->groups[m->ngroups];
+
+		mg->name = strdup(g->name);
+		if (!mg->name)
+			return -ENOMEM;
+		throttle_take(mg, &g->thr);
+		m->ngroups++;
+	}
+	return 0;
 }
 
 void metrics_release(struct metrics *m)
@@ -93,6 +118,9 @@ void metrics_release(struct metrics *m)
 	for (i = 0; i < m->nexports; i++)
 		free(m->exports[i].name);
 	free(m->exports);
+	for (i = 0; i < m->ngroups; i++)
+		free(m->groups[i].name);
+	free(m->groups);
 	free(m->workers);
 	memset(m, 0, sizeof(*m));
 }
@@ -199,6 +227,40 @@ static void per_op(FILE *f, const struct metrics *m, const char *name, const cha
 	}
 }
 
+/* One rate-limit figure of every export and group: export="NAME" or group="NAME". */
+static void throttle_series(FILE *f, const struct metrics *m, const char *name, int which)
+{
+	size_t i;
+
+	for (i = 0; i < m->nexports + m->ngroups; i++) {
+		const struct metrics_throttle *t = i < m->nexports ? &m->exports[i].thr :
+						   &m->groups[i - m->nexports];
+
+		fprintf(f, "%s{%s=\"", name, i < m->nexports ? "export" : "group");
+		label(f, i < m->nexports ? m->exports[i].name : t->name);
+		if (which == 0)
+			fprintf(f, "\"} %" PRIu64 "\n", t->waiting);
+		else if (which == 1)
+			fprintf(f, "\"} %" PRIu64 "\n", t->delayed);
+		else
+			fprintf(f, "\"} %.9f\n", (double)t->delayed_ns / 1e9);
+	}
+}
+
+static void throttle_families(FILE *f, const struct metrics *m)
+{
+	family(f, "uringnbd_throttle_waiting", "gauge",
+	       "Requests waiting for their rate limits now, by export (any of its limits: its "
+	       "own, its connections', its group's) and by throttle group.");
+	throttle_series(f, m, "uringnbd_throttle_waiting", 0);
+	family(f, "uringnbd_throttled_requests_total", "counter",
+	       "Requests that waited for their rate limits, by export and by throttle group.");
+	throttle_series(f, m, "uringnbd_throttled_requests_total", 1);
+	family(f, "uringnbd_throttled_seconds_total", "counter",
+	       "Time requests waited for their rate limits, by export and by throttle group.");
+	throttle_series(f, m, "uringnbd_throttled_seconds_total", 2);
+}
+
 char *metrics_prometheus(const struct metrics *m, size_t *len)
 {
 	const struct worker_stats *s = &m->sum;
@@ -290,6 +352,7 @@ char *metrics_prometheus(const struct metrics *m, size_t *len)
 		label(f, m->exports[i].name);
 		fprintf(f, "\"} %d\n", m->exports[i].durability_err != 0);
 	}
+	throttle_families(f, m);
 	family(f, "uringnbd_range_locks_total", "counter", "Range locks taken.");
 	fprintf(f, "uringnbd_range_locks_total %" PRIu64 "\n", LOAD(s->lock_acquired));
 	family(f, "uringnbd_range_lock_waits_total", "counter", "Range locks that had to wait.");
@@ -374,6 +437,16 @@ const char *const metrics_json_ops[EXPORT_STAT_OPS] = {
 static json_object *u64(uint64_t v)
 {
 	return json_object_new_uint64(v);
+}
+
+json_object *metrics_throttle_json(const struct metrics_throttle *t)
+{
+	json_object *o = json_object_new_object();
+
+	json_object_object_add(o, "waiting", json_object_new_uint64(t->waiting));
+	json_object_object_add(o, "requests", json_object_new_uint64(t->delayed));
+	json_object_object_add(o, "seconds", json_object_new_double((double)t->delayed_ns / 1e9));
+	return o;
 }
 
 /* count, sum and two quantiles of a histogram. */
@@ -472,8 +545,17 @@ json_object *metrics_json(const struct metrics *m)
 			json_object_object_add(d, metrics_json_ops[k], x);
 		}
 		json_object_object_add(e, "ops", d);
+		json_object_object_add(e, "throttled", metrics_throttle_json(&me->thr));
 		json_object_array_add(a, e);
 	}
 	json_object_object_add(o, "exports", a);
+	a = json_object_new_array();
+	for (i = 0; i < m->ngroups; i++) {
+		json_object *g = metrics_throttle_json(&m->groups[i]);
+
+		json_object_object_add(g, "name", json_object_new_string(m->groups[i].name));
+		json_object_array_add(a, g);
+	}
+	json_object_object_add(o, "throttle-groups", a);
 	return o;
 }

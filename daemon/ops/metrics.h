@@ -14,10 +14,19 @@
 
 #include "../service/service.h"
 
+/* Waits for rate limits, of an export or a throttle group. */
+struct metrics_throttle {
+	char *name;                /* heap (a group's; an export's is the export's) */
+	uint64_t waiting;          /* requests waiting now */
+	uint64_t delayed;          /* requests that waited */
+	uint64_t delayed_ns;       /* the time they waited, in total */
+};
+
 struct metrics_export {
 	char *name;                /* heap */
 	struct export_stats st;    /* every worker's set, added */
 	int durability_err;        /* errno of its file's first failed flush, or 0 */
+	struct metrics_throttle thr; /* its rate limits' waits */
 };
 
 struct metrics_worker {
@@ -38,6 +47,8 @@ struct metrics {
 	double start_time_s;       /* wall clock */
 	struct metrics_export *exports;
 	size_t nexports;
+	struct metrics_throttle *groups; /* throttle groups */
+	size_t ngroups;
 };
 
 /* Fills *m (metrics_release() it). Returns 0 or -ENOMEM. */
@@ -47,6 +58,8 @@ void metrics_release(struct metrics *m);
 char *metrics_prometheus(const struct metrics *m, size_t *len);
 /* The same figures as a JSON object (a new reference). */
 json_object *metrics_json(const struct metrics *m);
+/* {"waiting": n, "requests": n, "seconds": x} of one export's or group's waits. */
+json_object *metrics_throttle_json(const struct metrics_throttle *t);
 /* Commands as JSON names them (indexed as export_stats' counters). */
 extern const char *const metrics_json_ops[EXPORT_STAT_OPS];
 

@@ -14,6 +14,7 @@
 
 /* Long options with no short form: values outside the character range. */
 #define OPT_NO_DEFER_TASKRUN 0x100
+#define OPT_THROTTLE_GROUP 0x101
 
 static void usage(FILE *f)
 {
@@ -25,7 +26,8 @@ static void usage(FILE *f)
 		"  -e, --export NAME=PATH[,readonly][,cache=MODE][,tls=require][,allow=LIST]\n"
 		"                       [,deny=LIST][,tls-allow=LIST][,overlay=PATH][,bitmap=NAME]\n"
 		"                       [,bitmap-file=PATH][,bitmap-granularity=SIZE][,ceph-conf=PATH]\n"
-		"                       [,ceph-id=ID][,description=TEXT]\n"
+		"                       [,ceph-id=ID][,LIMIT=N][,conn-LIMIT=N][,throttle-group=G]\n"
+		"                       [,description=TEXT]\n"
 		"                       one more export (repeatable); FILE is the export -n names;\n"
 		"                       LIST items are separated by '+' here\n"
 		"  -U, --unix PATH      listen on a unix socket (with only -U, no TCP)\n"
@@ -49,6 +51,11 @@ static void usage(FILE *f)
 		"      --list yes|no    answer NBD_OPT_LIST (default yes)\n"
 		"  -t, --threads N      worker threads (default: online CPUs)\n"
 		"      --pool-size SIZE buffer pool per worker, e.g. 64M (default 64M)\n"
+		"      --throttle-group NAME:LIMIT=N[,LIMIT=N...]  rate limits shared by the exports\n"
+		"                       naming it (throttle-group=NAME); LIMIT: iops-total,\n"
+		"                       iops-read, iops-write, bps-total, bps-read, bps-write,\n"
+		"                       each also as LIMIT-max and LIMIT-max-length (a burst),\n"
+		"                       and iops-size (see uringnbd(8), RATE LIMITS)\n"
 		"      --max-connections N  clients over N are refused (default 1024, 0: no limit)\n"
 		"      --max-connections-per-client N  per address, or uid on a unix socket\n"
 		"                       (default 0: no limit)\n"
@@ -90,6 +97,20 @@ static int cli_check_access(const char *what, const struct export_spec *spec)
 	}
 	access_free(&a);
 	return 0;
+}
+
+/* KEY=... is a rate limit's key, a connection's (conn-KEY), or throttle-group. */
+static bool is_limit_key(const char *kv)
+{
+	char k[64];
+	size_t n = strcspn(kv, "=");
+
+	if (n >= sizeof(k))
+		return false;
+	memcpy(k, kv, n);
+	k[n] = '\0';
+	return !strcmp(k, "throttle-group") ||
+	       throttle_key_find(!strncmp(k, "conn-", 5) ? k + 5 : k) >= 0;
 }
 
 /*
@@ -154,12 +175,66 @@ static int parse_export(const char *arg, struct export_spec *spec)
 				fprintf(stderr, "uringnbd: --export \"%s\": %s\n", arg, err);
 				return -1;
 			}
+		} else if (strchr(key, '=') && is_limit_key(key)) {
+			char *eqk = strchr(key, '='), err[512];
+
+			*eqk = '\0';
+			if (config_set_export(spec, key, eqk + 1, err, sizeof(err)) < 0) {
+				fprintf(stderr, "uringnbd: --export \"%s\": %s\n", arg, err);
+				return -1;
+			}
 		} else {
 			fprintf(stderr, "uringnbd: --export \"%s\": unknown key \"%s\"\n", arg, key);
 			return -1;
 		}
 	}
 	return cli_check_access(arg, spec);
+}
+
+/* --throttle-group NAME:KEY=VALUE[,KEY=VALUE...]: a group as its config section says. */
+static int parse_group(struct config *cli, const char *arg)
+{
+	char *s = strdup(arg), *colon, *kv, *next;
+	struct config_group *g;
+	int r = -1;
+
+	if (!s)
+		return -1;
+	colon = strchr(s, ':');
+	if (colon)
+		*colon = '\0';
+	if (!colon || !config_group_name_ok(s)) {
+		fprintf(stderr, "uringnbd: --throttle-group \"%s\": expected NAME:KEY=VALUE[,...] "
+			"(NAME of letters, digits, '-', '_', '.')\n", arg);
+		goto out;
+	}
+	if (config_add_group(cli, s, &g) < 0) {
+		fprintf(stderr, "uringnbd: --throttle-group \"%s\": given twice, or out of memory\n",
+			s);
+		goto out;
+	}
+	for (kv = colon + 1; kv && *kv; kv = next) {
+		char *eq, err[300];
+
+		next = strchr(kv, ',');
+		if (next)
+			*next++ = '\0';
+		eq = strchr(kv, '=');
+		if (!eq) {
+			fprintf(stderr, "uringnbd: --throttle-group \"%s\": expected KEY=VALUE, not "
+				"\"%s\"\n", arg, kv);
+			goto out;
+		}
+		*eq = '\0';
+		if (config_set_limit(&g->limits, kv, eq + 1, err, sizeof(err)) < 0) {
+			fprintf(stderr, "uringnbd: --throttle-group \"%s\": %s\n", arg, err);
+			goto out;
+		}
+	}
+	r = 0;
+out:
+	free(s);
+	return r;
 }
 
 /* A global option, checked as the config file's key of that name is. */
@@ -202,6 +277,7 @@ int cli_parse(int argc, char **argv, struct config *cli, const char **config_pat
 		{ "metrics", required_argument, NULL, 'm' },
 		{ "keep-connections", no_argument, NULL, 'G' },
 		{ "no-defer-taskrun", no_argument, NULL, OPT_NO_DEFER_TASKRUN },
+		{ "throttle-group", required_argument, NULL, OPT_THROTTLE_GROUP },
 		{ "allow", required_argument, NULL, 'A' },
 		{ "overlay", required_argument, NULL, 'O' },
 		{ "deny", required_argument, NULL, 'X' },
@@ -252,6 +328,7 @@ int cli_parse(int argc, char **argv, struct config *cli, const char **config_pat
 		case 'N': if (cli_global(cli, "poll-max", optarg) < 0) return -1; break;
 		case 'G': cli->keep_conns = 1; break;
 		case OPT_NO_DEFER_TASKRUN: cli->defer_taskrun = 0; break;
+		case OPT_THROTTLE_GROUP: if (parse_group(cli, optarg) < 0) return -1; break;
 		case 'S': if (cli_global(cli, "cache-size", optarg) < 0) return -1; break;
 		case 'F': if (cli_global(cli, "pid-file", optarg) < 0) return -1; break;
 		case 'Z': if (cli_global(cli, "control", optarg) < 0) return -1; break;

@@ -86,6 +86,9 @@ void config_free(struct config *cfg)
 		free(cfg->exports[i].storage);
 	}
 	free(cfg->exports);
+	for (i = 0; i < cfg->ngroups; i++)
+		free(cfg->groups[i].name);
+	free(cfg->groups);
 	free(cfg->unix_path);
 	free(cfg->bind);
 	free(cfg->port);
@@ -384,10 +387,151 @@ int config_set_export(struct export_spec *spec, const char *k, const char *v, ch
 			return -1;
 		}
 		spec->bitmap_granularity = (uint32_t)g;
+	} else if (!strcmp(k, "throttle-group")) {
+		if (*v && !config_group_name_ok(v)) {
+			snprintf(err, errlen, "throttle-group: expected a name of letters, digits, "
+				 "'-', '_' or '.' (at most 64)");
+			return -1;
+		}
+		spec->group = *v ? v : NULL; /* empty: in no group */
+	} else if (throttle_key_find(!strncmp(k, "conn-", 5) ? k + 5 : k) >= 0) {
+		return config_set_limit(!strncmp(k, "conn-", 5) ? &spec->conn_limits : &spec->limits,
+					!strncmp(k, "conn-", 5) ? k + 5 : k, v, err, errlen);
 	} else {
 		snprintf(err, errlen, "unknown key \"%s\" in [export %s]", k, spec->name);
 		return -1;
 	}
+	return 0;
+}
+
+bool config_group_name_ok(const char *name)
+{
+	size_t n = strlen(name), i;
+
+	if (!n || n > 64)
+		return false;
+	for (i = 0; i < n; i++)
+		if (!isalnum((unsigned char)name[i]) && !strchr("-_.", name[i]))
+			return false;
+	return true;
+}
+
+int config_set_limit(struct throttle_limits *lim, const char *k, const char *v, char *err,
+		     size_t errlen)
+{
+	int key = throttle_key_find(k);
+	long long n;
+
+	if (key < 0) {
+		snprintf(err, errlen, "unknown limit \"%s\"", k);
+		return -1;
+	}
+	/* Rates of bytes and sizes take K, M, G; counts and seconds too ("2k" IOPS). */
+	n = config_parse_size(v);
+	if (n < 0) {
+		snprintf(err, errlen, "%s: expected %s (0: none)", k,
+			 strstr(k, "-length") ? "seconds" : strncmp(k, "bps", 3) &&
+			 strcmp(k, "iops-size") ? "operations per second" :
+			 !strcmp(k, "iops-size") ? "a size in bytes (K, M, G)" :
+			 "bytes per second (K, M, G)");
+		return -1;
+	}
+	if (strstr(k, "-length") && n > 86400) {
+		snprintf(err, errlen, "%s: at most 86400 seconds", k);
+		return -1;
+	}
+	throttle_key_set(lim, (unsigned)key, (uint64_t)n);
+	return 0;
+}
+
+/* The limits of one export or group, whole: a burst needs its rate, and so on. */
+static int check_limits(const char *what, const char *name, const char *prefix,
+			const struct throttle_limits *lim)
+{
+	char err[200];
+
+	if (throttle_limits_check(lim, err, sizeof(err)) < 0) {
+		log_error("%s \"%s\": %s%s", what, name, prefix, err);
+		return -1;
+	}
+	return 0;
+}
+
+/* The throttle groups in force: the file's, then the command line's (which replace). */
+static const struct config_group *group_in_force(const struct config *file,
+						 const struct config *cli, const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < cli->ngroups; i++)
+		if (!strcmp(cli->groups[i].name, name))
+			return &cli->groups[i];
+	for (i = 0; i < file->ngroups; i++)
+		if (!strcmp(file->groups[i].name, name))
+			return &file->groups[i];
+	return NULL;
+}
+
+int config_check_limits(const struct config *file, const struct config *cli,
+			const struct export_spec *specs, size_t n)
+{
+	const struct config *both[2] = { file, cli };
+	size_t i, j;
+
+	for (j = 0; j < 2; j++)
+		for (i = 0; i < both[j]->ngroups; i++)
+			if (check_limits("throttle-group", both[j]->groups[i].name, "",
+					 &both[j]->groups[i].limits) < 0)
+				return -1;
+	for (i = 0; i < n; i++) {
+		if (check_limits("export", specs[i].name, "", &specs[i].limits) < 0 ||
+		    check_limits("export", specs[i].name, "conn-", &specs[i].conn_limits) < 0)
+			return -1;
+		if (specs[i].group && !group_in_force(file, cli, specs[i].group)) {
+			log_error("export \"%s\": throttle-group \"%s\" is not defined (a "
+				  "[throttle-group %s] section, or --throttle-group)", specs[i].name,
+				  specs[i].group, specs[i].group);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+struct config_group *config_groups_in_force(const struct config *file, const struct config *cli,
+					    size_t *n)
+{
+	struct config_group *m = calloc(file->ngroups + cli->ngroups + 1, sizeof(*m));
+	size_t i, k = 0;
+
+	*n = 0;
+	if (!m)
+		return NULL;
+	for (i = 0; i < file->ngroups; i++)
+		if (group_in_force(file, cli, file->groups[i].name) == &file->groups[i])
+			m[k++] = file->groups[i];
+	for (i = 0; i < cli->ngroups; i++)
+		m[k++] = cli->groups[i];
+	*n = k;
+	return m;
+}
+
+int config_add_group(struct config *cfg, const char *name, struct config_group **out)
+{
+	struct config_group *a;
+	size_t i;
+
+	for (i = 0; i < cfg->ngroups; i++)
+		if (!strcmp(cfg->groups[i].name, name))
+			return -EEXIST;
+	a = realloc(cfg->groups, (cfg->ngroups + 1) * sizeof(*a));
+	if (!a)
+		return -ENOMEM;
+	cfg->groups = a;
+	memset(&a[cfg->ngroups], 0, sizeof(*a));
+	a[cfg->ngroups].name = strdup(name);
+	if (!a[cfg->ngroups].name)
+		return -ENOMEM;
+	*out = &a[cfg->ngroups++];
 	return 0;
 }
 
@@ -403,7 +547,8 @@ int config_load(const char *path, struct config *cfg)
 	struct export_spec *spec = NULL;
 	char *line = NULL, *p, *k, *v, *eq;
 	size_t cap = 0, i;
-	int lineno = 0, section = 0; /* 0 none, 1 global, 2 export */
+	int lineno = 0, section = 0; /* 0 none, 1 global, 2 export, 3 throttle-group */
+	struct config_group *group = NULL;
 	const char *why = NULL;
 	FILE *f;
 
@@ -456,6 +601,20 @@ int config_load(const char *path, struct config *cfg)
 						CFG_ERR("%s:%d: export \"%s\" defined twice", path, lineno,
 							spec->name);
 				section = 2;
+			} else if (!strncmp(p, "throttle-group", 14) && isspace((unsigned char)p[14])) {
+				char *name = trim(p + 14);
+				int r;
+
+				if (!config_group_name_ok(name))
+					CFG_ERR("%s:%d: [throttle-group NAME]: a name of letters, digits, "
+						"'-', '_' or '.' (at most 64)", path, lineno);
+				r = config_add_group(cfg, name, &group);
+				if (r == -EEXIST)
+					CFG_ERR("%s:%d: throttle-group \"%s\" defined twice", path, lineno,
+						name);
+				if (r < 0)
+					CFG_ERR("%s:%d: out of memory", path, lineno);
+				section = 3;
 			} else {
 				CFG_ERR("%s:%d: unknown section [%s]", path, lineno, p);
 			}
@@ -474,7 +633,21 @@ int config_load(const char *path, struct config *cfg)
 				CFG_ERR("%s:%d: %s: \"%s\"", path, lineno, why ? why : "out of memory", k);
 			continue;
 		}
-		/* [export NAME]: strings live in extra. */
+		if (section == 3) {
+			char err[300];
+
+			if (config_set_limit(&group->limits, k, v, err, sizeof(err)) < 0)
+				CFG_ERR("%s:%d: %s", path, lineno, err);
+			continue;
+		}
+		/* [export NAME]: numbers are parsed now, strings live in extra. */
+		if (throttle_key_find(!strncmp(k, "conn-", 5) ? k + 5 : k) >= 0) {
+			char err[300];
+
+			if (config_set_export(spec, k, v, err, sizeof(err)) < 0)
+				CFG_ERR("%s:%d: %s", path, lineno, err);
+			continue;
+		}
 		{
 			char err[300];
 			char *copy = strdup(v);

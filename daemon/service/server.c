@@ -242,6 +242,42 @@ out_err:
 	return NULL;
 }
 
+int server_apply_limits(const struct config *file, const struct config *cli,
+			const struct export_spec *specs, size_t n, struct export **t)
+{
+	static const struct throttle_limits none;
+	struct config_group *gs;
+	struct throttle_group *g;
+	size_t ng, i;
+
+	gs = config_groups_in_force(file, cli, &ng);
+	if (!gs)
+		return -1;
+	/* A group no longer configured keeps its name and loses its limits. */
+	for (g = throttle_groups_first(); g; g = g->next) {
+		for (i = 0; i < ng && strcmp(gs[i].name, g->name); i++)
+			;
+		if (i == ng && g->configured) {
+			throttle_set(&g->thr, &none);
+			g->configured = false;
+		}
+	}
+	for (i = 0; i < ng; i++) {
+		g = throttle_group_get(gs[i].name);
+		if (!g) {
+			free(gs);
+			return -1;
+		}
+		throttle_set(&g->thr, &gs[i].limits);
+		g->configured = true;
+	}
+	free(gs);
+	for (i = 0; i < n; i++)
+		if (export_limits_apply(t[i], &specs[i]) < 0)
+			return -1;
+	return 0;
+}
+
 void server_swap_exports(struct server *s, struct export **t, size_t n)
 {
 	struct export **old;

@@ -24,6 +24,12 @@
 struct server;
 
 /* ---- config.c ---- */
+/* A named throttle group's limits (limits.c shares them among its exports). */
+struct config_group {
+	char *name;
+	struct throttle_limits limits;
+};
+
 struct config {
 	char *unix_path, *bind, *port, *pid_file;
 	char *control_path;        /* the control socket (control.c), or NULL */
@@ -51,6 +57,8 @@ struct config {
 	bool log_level_set;
 	struct export_spec *exports;
 	size_t nexports;
+	struct config_group *groups; /* [throttle-group NAME] sections, --throttle-group */
+	size_t ngroups;
 };
 
 /* Every setting "not set". */
@@ -81,6 +89,26 @@ struct export_spec *config_merge_exports(const struct config *file, const struct
 					 size_t *n);
 /* Refuses no exports, duplicate names, over-long names; logs why. Returns 0 or -1. */
 int config_check_exports(const struct export_spec *specs, size_t n);
+/*
+ * One limit key (iops-total, bps-read-max, ...) into lim: 0, or -1 with err
+ * saying why. Whole sets are checked by config_check_limits.
+ */
+int config_set_limit(struct throttle_limits *lim, const char *key, const char *v, char *err,
+		     size_t errlen);
+/* A throttle group's name: letters, digits, '-', '_', '.'; 1 to 64 bytes. */
+bool config_group_name_ok(const char *name);
+/* A new, empty group in cfg: 0, -EEXIST (the name is taken) or -ENOMEM. */
+int config_add_group(struct config *cfg, const char *name, struct config_group **out);
+/*
+ * Limits that make sense (a burst with its rate...) for the merged exports
+ * and the groups of both configurations, and every group an export names
+ * defined; logs why not. Returns 0 or -1.
+ */
+int config_check_limits(const struct config *file, const struct config *cli,
+			const struct export_spec *specs, size_t n);
+/* The groups in force (cli's replace file's of the same name): a new array of borrowed ones. */
+struct config_group *config_groups_in_force(const struct config *file, const struct config *cli,
+					    size_t *n);
 void config_free(struct config *cfg);
 long long config_parse_size(const char *s);
 long long config_parse_count(const char *s);
@@ -241,6 +269,13 @@ bool server_shutting_down(const struct server *srv);
  */
 struct export **server_build_exports(struct server *s, const struct export_spec *specs, size_t n,
 					 size_t *nout);
+/*
+ * The rate limits of specs[0..n) (and the groups in force) applied to the
+ * exports t[0..n) built from them, live for their open connections too.
+ * 0, or -1 if out of memory.
+ */
+int server_apply_limits(const struct config *file, const struct config *cli,
+			const struct export_spec *specs, size_t n, struct export **t);
 /*
  * The exports of base's checkpoints (export_open_checkpoint), those of the
  * current table with the same name and file kept, appended to *t (a heap

@@ -75,14 +75,17 @@ static struct export_counters *counters_new(void)
 	memset(ec, 0, size);
 	atomic_init(&ec->refs, 1);
 	ec->since_s = (int64_t)time(NULL);
+	throttle_init(&ec->thr);
 	ec->nslots = stat_slots;
 	return ec;
 }
 
 static void counters_put(struct export_counters *ec)
 {
-	if (ec && atomic_fetch_sub(&ec->refs, 1) == 1)
+	if (ec && atomic_fetch_sub(&ec->refs, 1) == 1) {
+		throttle_release(&ec->thr);
 		free(ec);
+	}
 }
 
 void export_share_counters(struct export *e, const struct export *from)
@@ -358,6 +361,7 @@ void export_spec_of(const struct export *e, struct export_spec *spec)
 		.ceph_conf = e->ceph_conf,
 		.ceph_id = e->ceph_id,
 	};
+	export_limits_get(e, &spec->limits, &spec->conn_limits, &spec->group);
 }
 
 struct export *export_reopen(const struct export *e)

@@ -37,6 +37,9 @@ struct export_spec {
 	uint32_t bitmap_granularity; /* bytes per bit; 0: the sidecar's, or the default */
 	const char *ceph_conf; /* rbd: paths: the cluster's ceph.conf (NULL: librados's search) */
 	const char *ceph_id;   /* ...and the client's id (NULL: librados's, "admin") */
+	struct throttle_limits limits;      /* all its clients together (limits.c) */
+	struct throttle_limits conn_limits; /* each connection (conn-iops-total, ...) */
+	const char *group;     /* the throttle group it shares limits with, or NULL */
 	char *storage;         /* heap copy the strings point into, or NULL */
 	char *extra[6];        /* more heap strings (config file), freed with it */
 	unsigned nextra;
@@ -211,6 +214,35 @@ int bitmaps_clear(struct bitmaps *bm, struct rl_manager *locks, const char *bitm
 int bitmaps_remove(struct bitmaps *bm, struct rl_manager *locks, enum bitmap_kind kind,
 		   const char *name, char *err, size_t errlen);
 
+/* ---- limits.c: rate limits of exports and of named groups ---- */
+struct export;
+/*
+ * A throttle group: limits shared by every export naming it (qemu's
+ * throttle groups). Groups are made when first named and live until exit,
+ * so a pointer to one never dangles; one no longer configured has no limits.
+ */
+struct throttle_group {
+	char *name;
+	struct throttle thr;
+	bool configured;          /* defined by the configuration in force (or group-set) */
+	struct throttle_group *next;
+};
+/* The group named name, made (with no limits) if there is none; NULL if out of memory. */
+struct throttle_group *throttle_group_get(const char *name);
+/* The group named name, or NULL. */
+struct throttle_group *throttle_group_find(const char *name);
+/* The first group, then each next (a list that only grows: no lock needed to walk it). */
+struct throttle_group *throttle_groups_first(void);
+void throttle_groups_free(void);
+/*
+ * Makes spec's limits, connection limits and group those of e's name, at
+ * once for its open connections too. 0, or -ENOMEM (nothing changed).
+ */
+int export_limits_apply(struct export *e, const struct export_spec *spec);
+/* e's limits as export_limits_apply set them (group: its name, or NULL). */
+void export_limits_get(const struct export *e, struct throttle_limits *lim,
+		       struct throttle_limits *conn, const char **group);
+
 /* ---- export.c ---- */
 /*
  * An export's counters, one set per worker: only that worker writes its set
@@ -230,9 +262,15 @@ struct export_stats {
 	atomic_uint_fast64_t conns[TRANSPORTS]; /* connections that chose it, still open */
 	struct hist duration[EXPORT_STAT_OPS]; /* header received to reply sent */
 } __attribute__((aligned(64)));
+struct throttle_group;
 struct export_counters {
 	atomic_int refs;
 	int64_t since_s;          /* wall-clock seconds when the first of the name opened */
+	/* Its rate limits, live for every connection of the name (limits.c). */
+	struct throttle thr;      /* all its clients together; its lock guards conn_lim */
+	struct throttle_limits conn_lim; /* each connection's own */
+	atomic_uint conn_gen;     /* bumped when conn_lim changes */
+	struct throttle_group *_Atomic group; /* the group it is in, or NULL */
 	unsigned nslots;          /* one per worker */
 	struct export_stats slot[];
 };

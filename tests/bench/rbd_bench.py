@@ -10,8 +10,11 @@ nothing), and on it, in interleaved rounds:
   fio's rbd engine                    (librbd in fio: the ceiling, no NBD)
 fio's nbd engine drives the servers: 4k random reads and writes at QD1 and
 QD32, 1M sequential reads and writes at QD8. Medians of BENCH_ROUNDS (3),
-with the range; the servers' CPU per GiB moved (all threads; fio's rbd
-engine: fio's own). A run that errors fails the benchmark. Not a test."""
+with the range, and CPU seconds per GiB moved: the server's (all its
+threads) and fio's (all its threads: for the rbd engine, librbd's too, so
+that column is the whole client side there). A run that errors fails the
+benchmark. Not a test."""
+import resource
 import json
 import os
 import shutil
@@ -90,8 +93,14 @@ class Server:
             self.proc.wait()
 
 
+def children_cpu():
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def run_fio(target, wl, conf):
-    """(IOPS, bytes moved, CPU seconds of the server, or of fio for its rbd engine)."""
+    """(IOPS, bytes moved, CPU seconds of the server, CPU seconds of fio: every
+    thread of each, librbd's in fio's for its rbd engine)."""
     name, rw, bs, qd = wl
     args = ["fio", "--name=rbd", f"--rw={rw}", f"--bs={bs}", f"--iodepth={qd}",
             f"--runtime={RUNTIME}", "--time_based", f"--size={SIZE}", "--output-format=json",
@@ -102,9 +111,9 @@ def run_fio(target, wl, conf):
         args += ["--ioengine=nbd", f"--uri={target.uri()}"]
     env = dict(os.environ, CEPH_CONF=conf)
     c0 = target.cpu() if target else None
-    t = time.monotonic()
+    f0 = children_cpu()
     p = subprocess.run(args, capture_output=True, text=True, env=env, timeout=RUNTIME * 3 + 90)
-    secs = time.monotonic() - t
+    fio_cpu = children_cpu() - f0
     try:
         job = json.loads(p.stdout[p.stdout.index("{"):])["jobs"][0]
         side = job["read"] if "read" in rw else job["write"]
@@ -115,9 +124,7 @@ def run_fio(target, wl, conf):
         where = f"{DIR}/rbd-{target.name}.log" if target else "fio"
         raise bench.RoundFailed(f"{name} on {target.label() if target else 'fio rbd'}: fio "
                                 f"exit {p.returncode}\n{p.stderr[-2000:]}\n(log: {where})")
-    cpu = target.cpu() - c0 if target else \
-        (job["usr_cpu"] + job["sys_cpu"]) / 100.0 * secs
-    return side["iops"], side["io_bytes"], cpu
+    return side["iops"], side["io_bytes"], target.cpu() - c0 if target else 0.0, fio_cpu
 
 
 def main():
@@ -147,6 +154,7 @@ def main():
     label = {id(tg): tg.label() if tg else "fio rbd engine" for tg in targets}
     res = {(label[id(tg)], wl[0]): [] for tg in targets for wl in WORKLOADS}
     cpu = {k: [] for k in res}
+    fcpu = {k: [] for k in res}
     try:
         for rnd in range(ROUNDS):
             order = targets[rnd % len(targets):] + targets[:rnd % len(targets)]
@@ -155,9 +163,10 @@ def main():
                     tg.start()
                 try:
                     for wl in WORKLOADS:
-                        iops, moved, c = run_fio(tg, wl, conf)
+                        iops, moved, c, fc = run_fio(tg, wl, conf)
                         res[(label[id(tg)], wl[0])].append(iops)
                         cpu[(label[id(tg)], wl[0])].append(c / (moved / (1 << 30)))
+                        fcpu[(label[id(tg)], wl[0])].append(fc / (moved / (1 << 30)))
                         print(f"  round {rnd + 1} {label[id(tg)]:<20} {wl[0]:<18} "
                               f"{iops:9.0f} IOPS", flush=True)
                 finally:
@@ -168,7 +177,8 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
     names = [label[id(tg)] for tg in targets]
     lines = [f"# RBD benchmark, {time.strftime('%Y-%m-%d')}, {ROUNDS} rounds of "
-             f"{RUNTIME} s: median IOPS [min-max], CPU s/GiB (median)", ""]
+             f"{RUNTIME} s: median IOPS [min-max]; CPU s/GiB (medians) of the server",
+             "and of fio (with the rbd engine, librbd runs in fio: no server)", ""]
     for wl in WORKLOADS:
         lines.append(f"{wl[0]}:")
         ceiling = statistics.median(res[("fio rbd engine", wl[0])])
@@ -176,7 +186,8 @@ def main():
             v = res[(n, wl[0])]
             lines.append(f"  {n:<20} {statistics.median(v):9.0f} [{min(v):.0f}-{max(v):.0f}]"
                          f"  {statistics.median(v) / ceiling:5.2f}x fio rbd"
-                         f"  {statistics.median(cpu[(n, wl[0])]):7.1f} CPU s/GiB")
+                         f"  server {statistics.median(cpu[(n, wl[0])]):5.1f}"
+                         f"  fio {statistics.median(fcpu[(n, wl[0])]):5.1f} CPU s/GiB")
     text = "\n".join(lines) + "\n"
     print("\n" + text)
     open(f"{DIR}/rbd-bench-{time.strftime('%Y%m%d-%H%M%S')}.txt", "w").write(text)
