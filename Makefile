@@ -175,6 +175,10 @@ $(B)/tests/unit/test_timer: $(B)/tests/unit/test_timer.o $(B)/daemon/engine/time
 	$(quiet) LD $@
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $$(pkg-config --libs check)
 
+$(B)/tests/unit/test_throttle: $(B)/tests/unit/test_throttle.o $(B)/daemon/engine/throttle.o
+	$(quiet) LD $@
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $$(pkg-config --libs check) -lpthread
+
 $(B)/tests/integration/%: $(B)/tests/integration/%.o $(B)/tests/integration/harness.o $(PROTO_OBJ)
 	$(quiet) LD $@
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ -lnbd

@@ -116,18 +116,48 @@ void throttle_release(struct throttle *t)
 	pthread_mutex_destroy(&t->lock);
 }
 
+/* What kind k's bucket holds before a request waits (see throttle.h). */
+static double bucket_size(const struct throttle_limits *lim, unsigned k)
+{
+	double avg = (double)lim->avg[k], max = (double)lim->max[k];
+
+	if (!lim->max[k])
+		return avg / THROTTLE_SLICE;
+	return (max - avg) * (double)(lim->max_length_s[k] ? lim->max_length_s[k] : 1);
+}
+
+/*
+ * A level under a bucket of old size, for one of new size: the part
+ * within the bucket keeps its share of it (a client that used a third of
+ * its allowance still has used a third), what is owed beyond it stays.
+ */
+static double rescale(double level, double old_size, double new_size)
+{
+	double within = level < old_size ? level : old_size;
+
+	if (old_size <= 0)
+		return level;
+	return within * new_size / old_size + (level - within);
+}
+
 void throttle_set(struct throttle *t, const struct throttle_limits *lim)
 {
 	unsigned k;
 
 	pthread_mutex_lock(&t->lock);
-	t->lim = *lim;
 	for (k = 0; k < THROTTLE_KINDS; k++) {
 		if (!lim->avg[k])
 			t->level[k] = 0;
+		else if (t->lim.avg[k])
+			t->level[k] = rescale(t->level[k], bucket_size(&t->lim, k),
+					      bucket_size(lim, k));
 		if (!lim->max[k])
 			t->burst[k] = 0;
+		else if (t->lim.max[k])
+			t->burst[k] = rescale(t->burst[k], (double)t->lim.max[k] / THROTTLE_SLICE,
+					      (double)lim->max[k] / THROTTLE_SLICE);
 	}
+	t->lim = *lim;
 	atomic_store(&t->on, throttle_limits_any(lim));
 	atomic_fetch_add(&t->gen, 1);
 	pthread_mutex_unlock(&t->lock);
@@ -180,9 +210,7 @@ uint64_t throttle_charge(struct throttle *t, bool write, uint64_t bytes, uint64_
 		}
 		if (!kind_applies(k, write))
 			continue;
-		size = max ? (max - avg) * (double)(t->lim.max_length_s[k] ? t->lim.max_length_s[k]
-									     : 1)
-			   : avg / THROTTLE_SLICE;
+		size = bucket_size(&t->lim, k);
 		if (t->level[k] > size) {
 			w = (t->level[k] - size) / avg;
 			if (w > wait_s)
