@@ -342,6 +342,43 @@ static void print_connections(json_object *a)
 	}
 }
 
+/* {"iops-total": 500, ...} as "iops-total=500 ..." ("none" if empty). */
+static const char *limits_text(json_object *o, const char *key, char *buf, size_t len)
+{
+	json_object *lim = json_object_object_get(o, key);
+	size_t n = 0;
+
+	buf[0] = '\0';
+	if (lim && json_object_is_type(lim, json_type_object)) {
+		json_object_object_foreach(lim, k, v) {
+			n += (size_t)snprintf(buf + n, n < len ? len - n : 0, "%s%s=%s", n ? " " : "",
+					      k, json_object_get_string(v));
+			if (n >= len)
+				break;
+		}
+	}
+	if (!buf[0])
+		snprintf(buf, len, lim ? "none" : "(see groups)");
+	return buf;
+}
+
+/* Throttle groups: their limits and the waits they caused. */
+static void print_groups(json_object *a)
+{
+	size_t i;
+
+	printf("%-16s %8s %10s %10s  %s\n", "GROUP", "WAITING", "THROTTLED", "SECONDS", "LIMITS");
+	for (i = 0; i < json_object_array_length(a); i++) {
+		json_object *g = json_object_array_get_idx(a, i);
+		char lim[512];
+
+		printf("%-16s %8" PRIu64 " %10" PRIu64 " %10.3f  %s\n", get_str(g, "name"),
+		       get_u64(g, "waiting"), get_u64(g, "requests"),
+		       json_object_get_double(json_object_object_get(g, "seconds")),
+		       limits_text(g, "limits", lim, sizeof(lim)));
+	}
+}
+
 /* Nested objects as "a.b: value" lines. */
 static void print_flat(const char *prefix, json_object *o)
 {
@@ -385,8 +422,23 @@ static void print_stats(json_object *o)
 			       get_u64(v, "pool-waiters"),
 			       (double)get_u64(v, "oldest-request-ns") / 1e9);
 		}
+	if (json_object_object_get_ex(o, "throttle-groups", &a) && a &&
+	    json_object_array_length(a)) {
+		putchar('\n');
+		print_groups(a);
+	}
 	if (!json_object_object_get_ex(o, "exports", &a) || !a)
 		return;
+	for (i = 0; i < json_object_array_length(a); i++) {
+		json_object *e = json_object_array_get_idx(a, i), *t;
+		const char *name = get_str(e, "name");
+
+		if (json_object_object_get_ex(e, "throttled", &t) && t && get_u64(t, "requests"))
+			printf("export %s: %" PRIu64 " requests throttled, %.3f s in all, %" PRIu64
+			       " waiting\n", *name ? name : "\"\"", get_u64(t, "requests"),
+			       json_object_get_double(json_object_object_get(t, "seconds")),
+			       get_u64(t, "waiting"));
+	}
 	printf("\n%-16s %-13s %10s %10s %8s %10s %10s\n", "EXPORT", "COMMAND", "REQUESTS", "BYTES",
 	       "ERRORS", "P50", "P99");
 	for (i = 0; i < json_object_array_length(a); i++) {
@@ -418,10 +470,25 @@ static void print_human(const char *cmd, json_object *ret)
 	} else if (!strcmp(cmd, "version")) {
 		printf("%s %s\n", get_str(ret, "package"), get_str(ret, "version"));
 	} else if (!strcmp(cmd, "export-add") || !strcmp(cmd, "export-set")) {
+		char lim[512], conn[512];
+
 		printf("export \"%s\": %s, %s%s\n", get_str(ret, "name"), get_str(ret, "path"),
 		       json_object_get_boolean(json_object_object_get(ret, "readonly")) ?
 		       "read-only" : "read-write", !strcmp(cmd, "export-add") ? " (added)" :
-		       " (changed for new connections)");
+		       " (changed for new connections; rate limits at once)");
+		printf("  limits: %s; each connection: %s; throttle group: %s\n",
+		       limits_text(ret, "limits", lim, sizeof(lim)),
+		       limits_text(ret, "conn-limits", conn, sizeof(conn)),
+		       json_object_object_get(ret, "throttle-group") ?
+		       get_str(ret, "throttle-group") : "none");
+	} else if (!strcmp(cmd, "groups")) {
+		print_groups(ret);
+	} else if (!strcmp(cmd, "group-set")) {
+		json_object *a = json_object_new_array();
+
+		json_object_array_add(a, json_object_get(ret));
+		print_groups(a);
+		json_object_put(a);
 	} else if (!strcmp(cmd, "export-remove")) {
 		printf("export \"%s\" removed; %" PRIu64 " connection(s) closing\n",
 		       get_str(ret, "removed"), get_u64(ret, "disconnected"));
