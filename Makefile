@@ -88,7 +88,7 @@ RBD_TESTS     := $(wildcard tests/rbd/*.py)
 VM_TESTS      := tests/vm/handles-selftest.sh tests/vm/kernel-client.sh tests/vm/systemd.sh
 
 .SECONDARY:
-.PHONY: check-rbd bench-rbd check-layers bench-base probe-taskrun deb analyze check-vm bench bench-idle bench-overlay bench-bitmap fuzz check-fuzz bench-lock all run check check-unit check-integration check-interop check-faults check-tests install clean deps deps-test
+.PHONY: check-rbd bench-rbd bench-limits check-layers bench-base probe-taskrun deb analyze check-vm bench bench-idle bench-overlay bench-bitmap fuzz check-fuzz bench-lock all run check check-unit check-integration check-interop check-faults check-tests install clean deps deps-test
 all: $(B)/uringnbd $(B)/uringnbdctl
 
 # Goals that may install packages build after them; plain `make` never does.
@@ -198,7 +198,7 @@ $(B)/tests/bench/rl_bench: $(B)/tests/bench/rl_bench.o $(LOCK_OBJ)
 # HEAD's parent, or HEAD itself while the tree has changes; BENCH_BASE= none)
 # built from git archive in build/bench/base, run as "uringnbd-base".
 BENCH_BASE ?= $(shell git diff --quiet HEAD -- 2>/dev/null && echo HEAD~1 || echo HEAD)
-bench: $(B)/uringnbd $(if $(BENCH_BASE),bench-base) bench-lock bench-idle bench-overlay bench-bitmap bench-rbd | $(B)/.deps-test
+bench: $(B)/uringnbd $(if $(BENCH_BASE),bench-base) bench-lock bench-idle bench-overlay bench-bitmap bench-rbd bench-limits | $(B)/.deps-test
 	$(Q)URINGNBD=$(CURDIR)/$(B)/uringnbd BENCH_DIR=$(CURDIR)/build/bench \
 	    URINGNBD_BASE=$(if $(BENCH_BASE),$(CURDIR)/build/bench/base/build/uringnbd) \
 	    URINGNBD_BASE_NAME="$(BENCH_BASE) ($$(git rev-parse --short $(BENCH_BASE) 2>/dev/null))" \
@@ -214,6 +214,11 @@ bench-base:
 bench-rbd: $(B)/uringnbd | $(B)/.deps-test
 	$(Q)URINGNBD=$(CURDIR)/$(B)/uringnbd BENCH_DIR=$(CURDIR)/build/bench /usr/bin/python3 \
 	    tests/bench/rbd_bench.py
+
+# Rate limits: accuracy against qemu-nbd's throttle and nbdkit's rate filter, their cost, isolation.
+bench-limits: $(B)/uringnbd | $(B)/.deps-test
+	$(Q)URINGNBD=$(CURDIR)/$(B)/uringnbd BENCH_DIR=$(CURDIR)/build/bench /usr/bin/python3 \
+	    tests/bench/limits_bench.py
 
 # What a dirty bitmap costs writes to fresh and to dirty granules.
 bench-bitmap: $(B)/uringnbd $(B)/uringnbdctl | $(B)/.deps-test

@@ -285,6 +285,40 @@ static const char *human(uint64_t n, char *buf, size_t len)
 	return buf;
 }
 
+/* {"iops-total": 500, ...} as "iops-total=500 ..." ("none" if empty). */
+static const char *limits_text(json_object *o, const char *key, char *buf, size_t len)
+{
+	json_object *lim = json_object_object_get(o, key);
+	size_t n = 0;
+
+	buf[0] = '\0';
+	if (lim && json_object_is_type(lim, json_type_object)) {
+		json_object_object_foreach(lim, k, v) {
+			n += (size_t)snprintf(buf + n, n < len ? len - n : 0, "%s%s=%s", n ? " " : "",
+					      k, json_object_get_string(v));
+			if (n >= len)
+				break;
+		}
+	}
+	if (!buf[0])
+		snprintf(buf, len, lim ? "none" : "(see groups)");
+	return buf;
+}
+
+/* An export's rate limits, on a line of their own when it has any. */
+static void print_limits(json_object *e)
+{
+	char lim[512], conn[512];
+	json_object *g = json_object_object_get(e, "throttle-group");
+
+	limits_text(e, "limits", lim, sizeof(lim));
+	limits_text(e, "conn-limits", conn, sizeof(conn));
+	if (!strcmp(lim, "none") && !strcmp(conn, "none") && !g)
+		return;
+	printf("%-16s limits: %s; each connection: %s; throttle group: %s\n", "", lim, conn,
+	       g ? json_object_get_string(g) : "none");
+}
+
 static void print_exports(json_object *a)
 {
 	size_t i;
@@ -311,6 +345,7 @@ static void print_exports(json_object *a)
 		       human(get_sub(e, "bytes", "write"), s3, sizeof(s3)), nerr, get_str(e, "path"),
 		       json_object_object_get(e, "overlay") ? " overlay " : "",
 		       json_object_object_get(e, "overlay") ? get_str(e, "overlay") : "");
+		print_limits(e);
 	}
 }
 
@@ -340,26 +375,6 @@ static void print_connections(json_object *a)
 		       human(get_u64(c, "bytes-read"), s1, sizeof(s1)),
 		       human(get_u64(c, "bytes-written"), s2, sizeof(s2)));
 	}
-}
-
-/* {"iops-total": 500, ...} as "iops-total=500 ..." ("none" if empty). */
-static const char *limits_text(json_object *o, const char *key, char *buf, size_t len)
-{
-	json_object *lim = json_object_object_get(o, key);
-	size_t n = 0;
-
-	buf[0] = '\0';
-	if (lim && json_object_is_type(lim, json_type_object)) {
-		json_object_object_foreach(lim, k, v) {
-			n += (size_t)snprintf(buf + n, n < len ? len - n : 0, "%s%s=%s", n ? " " : "",
-					      k, json_object_get_string(v));
-			if (n >= len)
-				break;
-		}
-	}
-	if (!buf[0])
-		snprintf(buf, len, lim ? "none" : "(see groups)");
-	return buf;
 }
 
 /* Throttle groups: their limits and the waits they caused. */

@@ -310,6 +310,22 @@ class RoundFailed(Exception):
     """A run that errored or moved nothing: the whole benchmark fails, never a figure."""
 
 
+def report(lines, prefix):
+    """Prints a benchmark's closing figures and keeps them in DIR/PREFIX-DATE.txt."""
+    text = "\n".join(lines) + "\n"
+    print("\n" + text)
+    open(f"{DIR}/{prefix}-{time.strftime('%Y%m%d-%H%M%S')}.txt", "w").write(text)
+
+
+def run_main(main):
+    """Exits with main()'s status; a failed round prints why and exits 1."""
+    try:
+        sys.exit(main())
+    except RoundFailed as e:
+        print(f"FAIL {e}", file=sys.stderr)
+        sys.exit(1)
+
+
 def log_tail(target, lines=30):
     """The end of a server's log, to say why its round failed."""
     if target is None:

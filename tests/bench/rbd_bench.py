@@ -188,15 +188,9 @@ def main():
                          f"  {statistics.median(v) / ceiling:5.2f}x fio rbd"
                          f"  server {statistics.median(cpu[(n, wl[0])]):5.1f}"
                          f"  fio {statistics.median(fcpu[(n, wl[0])]):5.1f} CPU s/GiB")
-    text = "\n".join(lines) + "\n"
-    print("\n" + text)
-    open(f"{DIR}/rbd-bench-{time.strftime('%Y%m%d-%H%M%S')}.txt", "w").write(text)
+    bench.report(lines, "rbd-bench")
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except bench.RoundFailed as e:
-        print(f"FAIL {e}", file=sys.stderr)
-        sys.exit(1)
+    bench.run_main(main)
