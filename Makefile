@@ -85,7 +85,7 @@ CTL_OBJ    := $(B)/ctl/uringnbdctl.o $(B)/daemon/ops/ctlproto.o $(B)/daemon/engi
 INTEROP_TESTS := $(wildcard tests/interop/*.sh tests/interop/*.py)
 FAULT_TESTS   := $(filter-out tests/faults/faultlib.py,$(wildcard tests/faults/*.py))
 RBD_TESTS     := $(wildcard tests/rbd/*.py)
-VM_TESTS      := tests/vm/handles-selftest.sh tests/vm/kernel-client.sh tests/vm/systemd.sh
+VM_TESTS      := tests/vm/handles-selftest.sh tests/vm/kernel-client.sh tests/vm/systemd.sh tests/vm/vsock.sh
 
 .SECONDARY:
 .PHONY: check-rbd bench-rbd bench-limits check-layers bench-base probe-taskrun deb analyze check-vm bench bench-idle bench-overlay bench-bitmap fuzz check-fuzz bench-lock all run check check-unit check-integration check-interop check-faults check-tests install clean deps deps-test

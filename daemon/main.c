@@ -429,7 +429,8 @@ int main(int argc, char **argv)
 	sigset_t handled;
 	ev_timer status_w;
 	struct conn_host host;
-	const char *unix_path, *bind_addr, *port, *pid_file, *control_path, *metrics;
+	const char *unix_path, *bind_addr, *port, *pid_file, *control_path, *metrics, *vsock_port;
+	bool bind_vsock;
 	size_t nspecs = 0, j;
 	long threads;
 	int status = 1, inherited, ret;
@@ -458,6 +459,8 @@ int main(int argc, char **argv)
 	/* The command line overrides the file. */
 	unix_path = cli.unix_path ? cli.unix_path : file.unix_path;
 	bind_addr = cli.bind ? cli.bind : file.bind;
+	bind_vsock = bind_addr && !strncmp(bind_addr, "vsock:", 6);
+	vsock_port = cli.vsock_listen ? cli.vsock_listen : file.vsock_listen;
 	port = cli.port ? cli.port : file.port;
 	pid_file = cli.pid_file ? cli.pid_file : file.pid_file;
 	control_path = cli.control_path ? cli.control_path : file.control_path;
@@ -483,7 +486,7 @@ int main(int argc, char **argv)
 		(cli.defer_taskrun >= 0 ? cli.defer_taskrun : file.defer_taskrun) != 0;
 	srv.max_conns_per_client = setting(cli.max_conns_per_client, file.max_conns_per_client, 0);
 	srv.single = cli.single;
-	if (srv.single && (cli.unix_path || cli.bind || cli.port)) {
+	if (srv.single && (cli.unix_path || cli.bind || cli.port || cli.vsock_listen)) {
 		fprintf(stderr, "uringnbd: --single serves stdin and stdout: -U, -b and -p do not "
 				"apply\n");
 		return 1;
@@ -543,8 +546,14 @@ int main(int argc, char **argv)
 			goto out_listeners;
 		if (unix_path && listen_unix(&srv, unix_path) < 0)
 			goto out_listeners;
-		if ((bind_addr || port || (!unix_path && !inherited)) &&
-		    listen_tcp(&srv, bind_addr ? bind_addr : "localhost",
+		/* vsock: -b vsock:PORT (instead of TCP), or listen = vsock:PORT. */
+		if (bind_vsock && listen_vsock(&srv, bind_addr + 6) < 0)
+			goto out_listeners;
+		if (vsock_port && listen_vsock(&srv, vsock_port) < 0)
+			goto out_listeners;
+		if (((bind_addr && !bind_vsock) || port ||
+		     (!unix_path && !inherited && !bind_vsock && !vsock_port)) &&
+		    listen_tcp(&srv, bind_addr && !bind_vsock ? bind_addr : "localhost",
 			       port ? port : LISTEN_DEFAULT_PORT) < 0)
 			goto out_listeners;
 	}

@@ -9,9 +9,10 @@
  *
  * Items are separated by commas, spaces or '+' (the last for --export,
  * whose own separator is the comma). An item is all, anyipv4, anyipv6,
- * anyunix, an IPv4 or IPv6 address with an optional /PREFIX, uid:N|NAME or
- * gid:N|NAME (the peer's credentials on a unix socket, from SO_PEERCRED:
- * its uid and primary gid). A client that matches an allow item is let in;
+ * anyunix, anyvsock, an IPv4 or IPv6 address with an optional /PREFIX,
+ * uid:N|NAME or gid:N|NAME (the peer's credentials on a unix socket, from
+ * SO_PEERCRED: its uid and primary gid), or vsock:CID (a vsock peer's
+ * context id: a guest's, or 1 for this host's loopback). A client that matches an allow item is let in;
  * else one that matches a deny item is refused; else it is let in.
  * tls-allow names PSK usernames or client certificate common names (the
  * certificate verified against the CA, tls-verify-peer): an export with it
@@ -31,7 +32,8 @@
 
 #include "base.h"
 
-enum acl_kind { ACL_ALL, ACL_ANYIPV4, ACL_ANYIPV6, ACL_ANYUNIX, ACL_NET4, ACL_NET6, ACL_UID, ACL_GID };
+enum acl_kind { ACL_ALL, ACL_ANYIPV4, ACL_ANYIPV6, ACL_ANYUNIX, ACL_ANYVSOCK, ACL_NET4, ACL_NET6,
+		ACL_UID, ACL_GID, ACL_VSOCK };
 
 struct acl_rule {
 	enum acl_kind kind;
@@ -96,6 +98,25 @@ static int parse_rule(const char *item, struct acl_rule *r, char *err, size_t er
 		r->kind = ACL_ANYUNIX;
 		return 0;
 	}
+	if (!strcmp(item, "anyvsock")) {
+		r->kind = ACL_ANYVSOCK;
+		return 0;
+	}
+	if (!strncmp(item, "vsock:", 6)) {
+		char *end;
+		unsigned long v;
+
+		errno = 0;
+		v = strtoul(item + 6, &end, 10);
+		if (errno || *end || !isdigit((unsigned char)item[6]) || v > UINT32_MAX) {
+			snprintf(err, errlen, "\"%s\": expected vsock:CID (a context id: 1 is "
+				 "this host's loopback, 2 the host, 3 and up guests)", item);
+			return -1;
+		}
+		r->kind = ACL_VSOCK;
+		r->id = (uint32_t)v;
+		return 0;
+	}
 	if (!strncmp(item, "uid:", 4) || !strncmp(item, "gid:", 4)) {
 		bool group = item[0] == 'g';
 
@@ -134,8 +155,8 @@ static int parse_rule(const char *item, struct acl_rule *r, char *err, size_t er
 	}
 	return 0;
 bad:
-	snprintf(err, errlen, "\"%s\": expected all, anyipv4, anyipv6, anyunix, an address[/prefix], "
-		 "uid:USER or gid:GROUP", item);
+	snprintf(err, errlen, "\"%s\": expected all, anyipv4, anyipv6, anyunix, anyvsock, an "
+		 "address[/prefix], uid:USER, gid:GROUP or vsock:CID", item);
 	return -1;
 }
 
@@ -278,6 +299,10 @@ static bool rule_match(const struct acl_rule *r, const struct client_who *who)
 		return k->family == AF_INET6 && !mapped;
 	case ACL_ANYUNIX:
 		return k->family == AF_UNIX;
+	case ACL_ANYVSOCK:
+		return k->family == AF_VSOCK;
+	case ACL_VSOCK:
+		return k->family == AF_VSOCK && k->cid == r->id;
 	case ACL_NET4:
 		if (k->family == AF_INET)
 			return prefix_match(k->addr, r->addr, r->prefix);
@@ -327,6 +352,8 @@ const char *client_name(const struct client_key *key, char *buf, size_t len)
 
 	if (key->family == AF_UNIX)
 		snprintf(buf, len, "uid %u", key->uid);
+	else if (key->family == AF_VSOCK)
+		snprintf(buf, len, "vsock cid %u", key->cid);
 	else if (key->family == AF_INET || key->family == AF_INET6)
 		snprintf(buf, len, key->family == AF_INET6 ? "[%s]" : "%s",
 			 inet_ntop(key->family, key->addr, a, sizeof(a)) ? a : "?");

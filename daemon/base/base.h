@@ -146,8 +146,9 @@ double hist_quantile(const struct hist *h, double q);
 /* ---- clients: who connects (the listeners fill it in; access rules and limits read it) ---- */
 /* Who a client is, for the per-client connection limit. */
 struct client_key {
-	int family;               /* AF_INET, AF_INET6, AF_UNIX (by uid); 0: not counted */
+	int family;               /* AF_INET, AF_INET6, AF_UNIX (by uid), AF_VSOCK (by CID); 0: not counted */
 	uint32_t uid;             /* AF_UNIX: the peer's uid (SO_PEERCRED) */
+	uint32_t cid;             /* AF_VSOCK: the peer's context id (a guest's, or 1: this host) */
 	uint8_t addr[16];         /* AF_INET (first 4 bytes), AF_INET6 */
 };
 
@@ -158,7 +159,7 @@ struct client_peer {
 	uint32_t gid;             /* ...its primary gid */
 	int32_t pid;              /* ...and pid */
 };
-/* "127.0.0.1", "[::1]", "uid 1000": the key for log lines. */
+/* "127.0.0.1", "[::1]", "uid 1000", "vsock cid 3": the key for log lines. */
 const char *client_name(const struct client_key *key, char *buf, size_t len);
 
 /* ---- access.c ---- */

@@ -163,7 +163,9 @@ const char *conn_peer_name(const struct conn *c, char *buf, size_t len)
 
 		client_name(&c->key, a, sizeof(a));
 		snprintf(buf, len, "%s:%u", a, c->peer.port);
-	} else
+	} else if (c->key.family == AF_VSOCK)
+		snprintf(buf, len, "vsock cid %u port %u", c->key.cid, c->peer.port);
+	else
 		snprintf(buf, len, "unknown peer");
 	return buf;
 }
@@ -431,7 +433,7 @@ static void conns_adopt(struct worker *w, const struct client *cl)
 		/* Handed over in transmission: it goes on where it stopped. */
 		c->sess = r->sess;
 		c->exp = r->exp;
-		c->transport = c->key.family == AF_UNIX ? TRANSPORT_UNIX : TRANSPORT_TCP;
+		c->transport = transport_of(c->key.family);
 		stat_bump(&c->exp->ctr->slot[w->id].conns[c->transport], 1);
 		c->result = CONN_RESULT_SERVED;
 		log_info("conn %" PRIu64 ": adopted on worker %d, fd %d: export \"%s\", %zu bytes "

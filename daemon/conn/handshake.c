@@ -203,7 +203,7 @@ static void hs_option(struct conn *c)
 		c->exp = c->sess.export.opaque;
 		export_get((struct export *)c->exp); /* ours until the connection goes */
 		c->transport = c->stream ? TRANSPORT_STDIO : c->tls ? TRANSPORT_TLS :
-			       c->key.family == AF_UNIX ? TRANSPORT_UNIX : TRANSPORT_TCP;
+			       transport_of(c->key.family);
 		stat_bump(&c->exp->ctr->slot[c->w->id].conns[c->transport], 1);
 		c->result = CONN_RESULT_SERVED;
 		stat_add(&c->w->stats.results[CONN_RESULT_SERVED], 1);

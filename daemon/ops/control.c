@@ -136,6 +136,7 @@ static struct log_limit refuse_limit;
 
 static void client_process(struct ctl_client *cl);
 static void client_reap(struct ctl_client *cl);
+static void waiters_admit(void);
 
 static void client_free(struct ctl_client *cl)
 {
@@ -534,6 +535,9 @@ static void on_check(struct ev_loop *loop, ev_timer *w, int revents)
 			client_free(cl);
 		}
 	}
+	/* Waiters whose holders were all busy when they asked: a holder may be idle by now. */
+	if (ctl.waiting)
+		waiters_admit();
 }
 
 static void client_add(int fd, unsigned uid, int pid);

@@ -133,7 +133,8 @@ static const char *const prom_ops[EXPORT_STAT_OPS] = {
 static const char *const err_names[EXPORT_STAT_ERRS] = {
 	"EPERM", "EIO", "ENOMEM", "EINVAL", "ENOSPC", "EOVERFLOW", "ENOTSUP", "ESHUTDOWN", "other",
 };
-static const char *const transport_names[TRANSPORTS] = { "unix", "tcp", "tls", "stdio" };
+static const char *const transport_names[TRANSPORTS] = { "unix", "tcp", "tls", "stdio",
+							 "vsock" };
 static const char *const result_names[CONN_RESULTS] = {
 	"served", "refused", "tls_failed", "handshake_timeout", "negotiation_ended",
 };
@@ -325,7 +326,8 @@ char *metrics_prometheus(const struct metrics *m, size_t *len)
 	family(f, "uringnbd_connections", "gauge", "Open connections, by export and transport.");
 	for (i = 0; i < m->nexports; i++)
 		for (k = 0; k < TRANSPORTS; k++) {
-			if (k == TRANSPORT_STDIO && !LOAD(m->exports[i].st.conns[k]))
+			if ((k == TRANSPORT_STDIO || k == TRANSPORT_VSOCK) &&
+			    !LOAD(m->exports[i].st.conns[k]))
 				continue;
 			fputs("uringnbd_connections{export=\"", f);
 			label(f, m->exports[i].name);

@@ -91,6 +91,7 @@ void config_free(struct config *cfg)
 	free(cfg->groups);
 	free(cfg->unix_path);
 	free(cfg->bind);
+	free(cfg->vsock_listen);
 	free(cfg->port);
 	free(cfg->pid_file);
 	free(cfg->control_path);
@@ -207,6 +208,12 @@ int config_set_global(struct config *cfg, const char *k, const char *v, const ch
 		return set_str(&cfg->unix_path, v);
 	} else if (!strcmp(k, "bind")) {
 		return set_str(&cfg->bind, v);
+	} else if (!strcmp(k, "listen")) {
+		if (strncmp(v, "vsock:", 6) || !v[6] || strspn(v + 6, "0123456789") != strlen(v + 6)) {
+			*why = "listen: expected vsock:PORT (for TCP: bind and port)";
+			return -1;
+		}
+		return set_str(&cfg->vsock_listen, v + 6);
 	} else if (!strcmp(k, "port")) {
 		return set_str(&cfg->port, v);
 	} else if (!strcmp(k, "pid-file")) {

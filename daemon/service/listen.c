@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: BSD-3-Clause
 /*
- * Listeners: TCP, unix sockets, and sockets passed by systemd (LISTEN_FDS).
+ * Listeners: TCP, unix sockets, vsock (guests of this host, or the host
+ * of this guest), and sockets passed by systemd (LISTEN_FDS).
  * They live on the main thread's loop; each accepted socket goes to a worker.
  *
  * A client over max-connections is accepted and closed at once, so it
@@ -13,6 +14,7 @@
  * socket) over its limit is refused the same way.
  */
 #define _GNU_SOURCE
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -25,6 +27,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
+#include <linux/vm_sockets.h>
 
 #include "service.h"
 
@@ -61,6 +64,12 @@ void listen_identify(int fd, struct client *cl)
 		key->family = AF_INET6;
 		memcpy(key->addr, &in6->sin6_addr, 16);
 		cl->peer.port = ntohs(in6->sin6_port);
+	} else if (sa.ss_family == AF_VSOCK) {
+		const struct sockaddr_vm *vm = (const struct sockaddr_vm *)(const void *)&sa;
+
+		key->family = AF_VSOCK;
+		key->cid = vm->svm_cid;
+		cl->peer.port = (uint16_t)vm->svm_port; /* for log lines; vsock ports are 32 bits */
 	} else if (sa.ss_family == AF_UNIX) {
 		struct ucred cred;
 		socklen_t len = sizeof(cred);
@@ -287,6 +296,45 @@ int listen_tcp(struct server *srv, const char *addr, const char *port)
 	if (!n) {
 		log_error("address \"%s\" port \"%s\": no usable address", addr, port);
 		return -EINVAL;
+	}
+	return 0;
+}
+
+int listen_vsock(struct server *srv, const char *port)
+{
+	struct sockaddr_vm vm = { .svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_ANY };
+	char desc[32], *end;
+	unsigned long p;
+	int fd, ret;
+
+	errno = 0;
+	p = strtoul(port, &end, 10);
+	if (errno || *end || !*port || p > UINT32_MAX - 1 || !isdigit((unsigned char)*port)) {
+		log_error("vsock port \"%s\": expected a number", port);
+		return -EINVAL;
+	}
+	vm.svm_port = (unsigned)p;
+	snprintf(desc, sizeof(desc), "vsock:%lu", p);
+	fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		log_error("listen on %s: %s%s", desc, strerror(errno),
+			  errno == EAFNOSUPPORT ? " (this kernel has no vsock: modprobe vsock)" : "");
+		return -errno;
+	}
+	if (bind(fd, (struct sockaddr *)&vm, sizeof(vm)) < 0 || listen(fd, LISTEN_BACKLOG) < 0) {
+		ret = -errno;
+		/* No transport: no vhost_vsock (a host), virtio-vsock (a guest) or vsock_loopback. */
+		log_error("listen on %s: %s%s", desc, strerror(-ret),
+			  ret == -EADDRNOTAVAIL || ret == -ENODEV ?
+			  " (no vsock transport: vhost_vsock on a host, virtio-vsock in a guest, "
+			  "or vsock_loopback)" : "");
+		close(fd);
+		return ret;
+	}
+	ret = listener_add(srv, fd, desc, NULL);
+	if (ret < 0) {
+		close(fd);
+		return ret;
 	}
 	return 0;
 }

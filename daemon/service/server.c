@@ -56,7 +56,8 @@ struct client_count {
 
 static bool key_equal(const struct client_key *a, const struct client_key *b)
 {
-	return a->family == b->family && a->uid == b->uid && !memcmp(a->addr, b->addr, 16);
+	return a->family == b->family && a->uid == b->uid && a->cid == b->cid &&
+	       !memcmp(a->addr, b->addr, 16);
 }
 
 /* Counts one more connection for key; false (nothing counted) at the limit. */

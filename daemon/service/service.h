@@ -32,6 +32,7 @@ struct config_group {
 
 struct config {
 	char *unix_path, *bind, *port, *pid_file;
+	char *vsock_listen;        /* listen = vsock:PORT: that PORT, or NULL */
 	char *control_path;        /* the control socket (control.c), or NULL */
 	char *metrics;             /* the metrics endpoint (http.c), or NULL */
 	long long threads;         /* 0: not set */
@@ -175,6 +176,8 @@ struct listener {
 };
 
 int listen_tcp(struct server *srv, const char *addr, const char *port);
+/* A vsock listener on port (any CID of this machine); 0 or -errno, logged. */
+int listen_vsock(struct server *srv, const char *port);
 int listen_unix(struct server *srv, const char *path);
 /*
  * A listening unix socket at path, no wider than mode (a stale socket there

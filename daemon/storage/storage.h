@@ -11,6 +11,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 
@@ -252,7 +253,14 @@ void export_limits_get(const struct export *e, struct throttle_limits *lim,
  */
 #define EXPORT_STAT_OPS 9 /* indexed by NBD_CMD_*; the last counts any other type */
 #define EXPORT_STAT_ERRS 9 /* NBD error codes by export_stat_err(); the last: any other */
-enum transport { TRANSPORT_UNIX, TRANSPORT_TCP, TRANSPORT_TLS, TRANSPORT_STDIO, TRANSPORTS };
+enum transport { TRANSPORT_UNIX, TRANSPORT_TCP, TRANSPORT_TLS, TRANSPORT_STDIO, TRANSPORT_VSOCK,
+		 TRANSPORTS };
+/* The transport a plain (not TLS, not stdio) connection from family comes by. */
+static inline enum transport transport_of(int family)
+{
+	return family == AF_UNIX ? TRANSPORT_UNIX : family == AF_VSOCK ? TRANSPORT_VSOCK :
+	       TRANSPORT_TCP;
+}
 struct export_stats {
 	atomic_uint_fast64_t requests[EXPORT_STAT_OPS]; /* replied to */
 	atomic_uint_fast64_t bytes[EXPORT_STAT_OPS];    /* moved by those that succeeded */

@@ -113,6 +113,32 @@ START_TEST(test_unix_credentials)
 }
 END_TEST
 
+/* vsock peers by context id: a guest's CID, or 1 (the loopback). */
+START_TEST(test_vsock_cids)
+{
+	struct client_key g3 = { .family = AF_VSOCK, .cid = 3 }, g4 = { .family = AF_VSOCK, .cid = 4 };
+	struct client_key lo = { .family = AF_VSOCK, .cid = 1 }, root = { .family = AF_UNIX };
+	struct client_key tcp = key4("127.0.0.1");
+	char name[64];
+
+	ck_assert_int_eq(parse("vsock:3", "anyvsock", NULL, false), 0);
+	ck_assert_int_eq(judge(&g3, 0, false, NULL), ACCESS_OK);
+	ck_assert_int_eq(judge(&g4, 0, false, NULL), ACCESS_DENIED);
+	ck_assert_int_eq(judge(&lo, 0, false, NULL), ACCESS_DENIED);
+	/* Other families: neither item matches them. */
+	ck_assert_int_eq(judge(&root, 0, false, NULL), ACCESS_OK);
+	ck_assert_int_eq(judge(&tcp, 0, false, NULL), ACCESS_OK);
+	/* A CID is not a uid: uid:3 does not let guest 3 in. */
+	ck_assert_int_eq(parse("uid:3", "all", NULL, false), 0);
+	ck_assert_int_eq(judge(&g3, 0, false, NULL), ACCESS_DENIED);
+	ck_assert_int_eq(parse("vsock:x", NULL, NULL, false), -1);
+	ck_assert(strstr(err, "vsock:CID"));
+	ck_assert_int_eq(parse("vsock:", NULL, NULL, false), -1);
+	ck_assert_int_eq(parse("vsock:4294967296", NULL, NULL, false), -1);
+	ck_assert_str_eq(client_name(&g3, name, sizeof(name)), "vsock cid 3");
+}
+END_TEST
+
 /* Allow wins over deny; a client matching neither is let in. */
 START_TEST(test_allow_before_deny)
 {
@@ -176,6 +202,7 @@ int main(void)
 	tcase_add_test(tc, test_cidr_v4_and_mapped);
 	tcase_add_test(tc, test_prefix_edges);
 	tcase_add_test(tc, test_unix_credentials);
+	tcase_add_test(tc, test_vsock_cids);
 	tcase_add_test(tc, test_allow_before_deny);
 	tcase_add_test(tc, test_tls_rules);
 	tcase_add_test(tc, test_bad_lists);
