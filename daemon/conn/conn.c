@@ -78,13 +78,23 @@ static void conn_cancel_done(struct conn_op *o, int res)
 	(void)res;
 }
 
+/*
+ * MSG_WAITALL for a receive, where the socket takes it: vsock refuses one
+ * longer than its receive buffer (256 KiB by default) with ENOMEM, so there
+ * a receive may end short, as every caller allows.
+ */
+static int conn_waitall(const struct conn *c)
+{
+	return c->key.family == AF_VSOCK ? 0 : MSG_WAITALL;
+}
+
 void conn_prep_recv(struct io_uring_sqe *sqe, const struct conn *c, void *buf, size_t len,
 		    bool waitall)
 {
 	if (c->stream)
 		io_uring_prep_read(sqe, c->fd, buf, (unsigned)len, (uint64_t)-1);
 	else
-		io_uring_prep_recv(sqe, c->fd, buf, len, waitall ? MSG_WAITALL : 0);
+		io_uring_prep_recv(sqe, c->fd, buf, len, waitall ? conn_waitall(c) : 0);
 }
 
 void conn_prep_recvmsg(struct io_uring_sqe *sqe, const struct conn *c, struct msghdr *m)
@@ -92,7 +102,7 @@ void conn_prep_recvmsg(struct io_uring_sqe *sqe, const struct conn *c, struct ms
 	if (c->stream)
 		io_uring_prep_readv(sqe, c->fd, m->msg_iov, (unsigned)m->msg_iovlen, (uint64_t)-1);
 	else
-		io_uring_prep_recvmsg(sqe, c->fd, m, MSG_WAITALL);
+		io_uring_prep_recvmsg(sqe, c->fd, m, conn_waitall(c));
 }
 
 void conn_prep_send(struct io_uring_sqe *sqe, const struct conn *c, const void *buf, size_t len)

@@ -74,9 +74,14 @@ done
 # The export: the host's image as a virtio disk (the initramfs has no O_DIRECT).
 for i in $(seq 1 100); do [ -b /dev/vda ] && break; sleep 0.05; done
 [ -b /dev/vda ] || fail "no /dev/vda"
-uringnbd -c /etc/uringnbd.conf -b vsock:10809 -t 1 --pool-size 8M --cache-size 8M \
+uringnbd -c /etc/uringnbd.conf -b vsock:10809 -t 1 --pool-size 32M --cache-size 8M -v \
     --pid-file /tmp/pid 2>/tmp/daemon.log &
-for i in $(seq 1 600); do [ -s /tmp/pid ] && break; sleep 0.1; done
+daemon=$!
+for i in $(seq 1 600); do
+    [ -s /tmp/pid ] && break
+    kill -0 $daemon 2>/dev/null || break
+    sleep 0.1
+done
 [ -s /tmp/pid ] || fail "uringnbd did not start"
 step "uringnbd listening"
 size=$(nbdinfo --size nbd+vsock://1:10809/disk) || fail "nbdinfo --size over vsock"
