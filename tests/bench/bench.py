@@ -310,6 +310,16 @@ class RoundFailed(Exception):
     """A run that errored or moved nothing: the whole benchmark fails, never a figure."""
 
 
+def stop_process(proc, grace_s=30):
+    """SIGTERM, then SIGKILL if it has not exited within grace_s."""
+    proc.terminate()
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def report(lines, prefix):
     """Prints a benchmark's closing figures and keeps them in DIR/PREFIX-DATE.txt."""
     text = "\n".join(lines) + "\n"

@@ -79,12 +79,7 @@ class Srv:
             bench.wait_socket(self.sock, self.proc, timeout=30)
 
     def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        bench.stop_process(self.proc)
 
 
 def fio(target, rw, bs, qd, secs=RUNTIME, extra=()):

@@ -85,12 +85,7 @@ class Server:
         return (int(f[11]) + int(f[12])) / tick
 
     def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        bench.stop_process(self.proc)
 
 
 def children_cpu():
