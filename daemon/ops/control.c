@@ -598,7 +598,6 @@ static void waiters_admit(void)
 		waiter_free(wt);
 	}
 	ev_timer_stop(ctl.srv->loop, &ctl.admit);
-	ev_timer_stop(ctl.srv->loop, &ctl.peek);
 	for (wt = ctl.waiting; wt && !wt->asking; wt = wt->next)
 		;
 	if (wt && client_idlest(&since)) {
@@ -811,6 +810,7 @@ void control_close(void)
 		waiter_free(ctl.waiting);
 	}
 	ev_timer_stop(ctl.srv->loop, &ctl.admit);
+	ev_timer_stop(ctl.srv->loop, &ctl.peek);
 	ev_io_stop(ctl.srv->loop, &ctl.accept_w);
 	ev_timer_stop(ctl.srv->loop, &ctl.check);
 	close(ctl.fd);
