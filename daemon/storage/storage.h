@@ -42,7 +42,7 @@ struct export_spec {
 	struct throttle_limits conn_limits; /* each connection (conn-iops-total, ...) */
 	const char *group;     /* the throttle group it shares limits with, or NULL */
 	char *storage;         /* heap copy the strings point into, or NULL */
-	char *extra[6];        /* more heap strings (config file), freed with it */
+	char *extra[16];       /* more heap strings (config file), freed with it */
 	unsigned nextra;
 	int config_line;       /* where a config file defined it */
 };

@@ -37,6 +37,7 @@ psk = os.path.join(T, "keys.psk")
 subprocess.run(["psktool", "-u", "alice", "-p", psk], check=True, capture_output=True)
 a = image("a.img", 512 << 20)
 b = image("b.img", 512 << 20)
+m = image("m.img", 64 << 20)
 conf = os.path.join(T, "uringnbd.conf")
 
 
@@ -49,7 +50,11 @@ def write_conf(group_iops):
                 f"[export b]\npath = {b}\nthrottle-group = tenant\n"
                 f"[export c]\npath = {a}\nthrottle-group = tenant\nconn-iops-total = 300\n"
                 f"[export w]\npath = {b}\nbps-write = 4M\n"
-                f"[export t]\npath = {a}\nbps-total = 100M\n")
+                f"[export t]\npath = {a}\nbps-total = 100M\n"
+                # Eight keys kept as strings, and limits: none crowds the others out.
+                f"[export many]\npath = {m}\ndescription = many keys\nallow = anyunix\n"
+                f"deny = all\ntls-allow = alice\nthrottle-group = tenant\nbitmaps = nightly\n"
+                f"bitmap-file = {m}.bm\niops-read = 700\nconn-bps-write = 1M\n")
 
 
 def ctl(*args):
@@ -227,6 +232,10 @@ for series in ('uringnbd_throttled_seconds_total{export="a"}',
                'uringnbd_throttled_requests_total{group="tenant"}',
                'uringnbd_throttle_waiting{export="w"}'):
     check(series in text, f"/metrics has no {series}")
+ex = json.loads(ctl("--json", "exports", "many").stdout)[0]
+check(ex["description"] == "many keys" and ex["throttle-group"] == "tenant" and
+      ex["limits"] == {"iops-read": 700} and ex["conn-limits"] == {"bps-write": 1 << 20},
+      f"exports many: {ex}")
 ex = json.loads(ctl("--json", "exports", "c").stdout)[0]
 check(ex["conn-limits"] == {"iops-total": 300} and ex["throttle-group"] == "tenant",
       f"exports c: {ex['conn-limits']} {ex['throttle-group']}")
