@@ -19,7 +19,8 @@ for f in usr/sbin/uringnbd usr/sbin/uringnbdctl usr/share/man/man8/uringnbdctl.8
     [ -e "$D/$f" ] || fail "make install did not install /$f"
 done
 "$D/usr/sbin/uringnbd" -V | grep -q '^uringnbd ' || fail "installed binary"
-"$D/usr/sbin/uringnbdctl" --help | grep -q '^  export-add name path' || fail "installed uringnbdctl"
+"$D/usr/sbin/uringnbdctl" --help >"$T/ctl-help" || fail "installed uringnbdctl --help"
+grep -q '^  export-add name path' "$T/ctl-help" || fail "installed uringnbdctl"
 mandoc -Tlint -W warning "$D"/usr/share/man/man8/uringnbd.8 "$D"/usr/share/man/man5/uringnbd.conf.5 \
     "$D"/usr/share/man/man8/uringnbdctl.8 || fail "mandoc -Tlint"
 # Completion, as bash runs it: the commands of uringnbdctl, the options of uringnbd.
