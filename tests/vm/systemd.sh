@@ -24,31 +24,9 @@ mkdir -p "$VM"
 . "$HERE/guest-failed.sh"
 vm_kernel
 
-# The root filesystem, built once.
-PKGS=systemd,systemd-sysv,udev,kmod,nbd-client,e2fsprogs,util-linux,fio,libev4,liburing2,libgnutls30,libjson-c5,libmicrohttpd12
-# Named by what it holds: a new package list builds a new one.
-ROOTFS="$VM/rootfs-bookworm-$(echo "$PKGS" | md5sum | cut -c1-8).tar"
-if [ ! -s "$ROOTFS" ]; then
-    if ! command -v mmdebstrap >/dev/null; then
-        apt-get install -y -q mmdebstrap >/dev/null 2>&1 ||
-            skip "mmdebstrap is not installed and the package registry cannot provide it"
-    fi
-    start=$(date +%s)
-    rm -rf "$ROOTFS.tmp"
-    mmdebstrap --variant=minbase --format=tar \
-        --include="$PKGS" \
-        --customize-hook='rm -f "$1"/etc/machine-id' bookworm "$ROOTFS.tmp" \
-        >"$T/mmdebstrap.log" 2>&1 ||
-        skip "the root filesystem cannot be built (no package registry?): $(tail -n 1 "$T/mmdebstrap.log")"
-    mv "$ROOTFS.tmp" "$ROOTFS"
-    echo "root filesystem built in $(($(date +%s) - start)) s"
-fi
-
+. "$HERE/rootfs.sh"
 R="$T/root"
-mkdir -p "$R"
-tar -xf "$ROOTFS" -C "$R" || fail "unpacking the root filesystem"
-mkdir -p "$R/lib/modules" && cp -a "$K/root/lib/modules/$kver" "$R/lib/modules/"
-chroot "$R" /sbin/depmod "$kver" || fail "depmod in the root filesystem"
+vm_rootfs "$R"
 # A machine id of its own: without one systemd's first boot would enable every
 # unit by preset, uringnbd.service included, and this test wants to do that itself.
 head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$R/etc/machine-id"
@@ -92,41 +70,7 @@ rm -rf "$R"
 truncate -s 64M "$T/blk.img"
 
 # The initramfs: busybox mounts the root disk and hands over to systemd.
-I="$T/initramfs"
-mkdir -p "$I"/{bin,proc,sys,dev,newroot,lib/modules}
-cp /bin/busybox "$I/bin/busybox"
-for a in sh mount insmod switch_root sleep mkdir; do ln -sf busybox "$I/bin/$a"; done
-for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk; do
-    f=$(find "$K/root/lib/modules/$kver" -name "$m.ko*" | head -n 1)
-    # Built into the kernel (6.12's cloud kernel has virtio built in): nothing to load.
-    grep -q "/$m.ko\$" "$K/root/lib/modules/$kver/modules.builtin" 2>/dev/null && continue
-    [ -n "$f" ] || fail "module $m not in the kernel package"
-    case "$f" in
-    *.xz) xz -dc "$f" >"$I/lib/modules/$m.ko" ;;
-    *.zst) zstd -qdc "$f" >"$I/lib/modules/$m.ko" ;;
-    *) cp "$f" "$I/lib/modules/$m.ko" ;;
-    esac
-done
-cat >"$I/init" <<'EOF'
-#!/bin/sh
-mount -t proc proc /proc
-mount -t sysfs sys /sys
-mount -t devtmpfs dev /dev
-for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk; do
-    [ -f /lib/modules/$m.ko ] || continue
-    insmod /lib/modules/$m.ko
-done
-for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
-    [ -b /dev/vda ] && break
-    sleep 0.2
-done
-mount -t ext4 -o rw /dev/vda /newroot || { echo "initramfs: no root"; exec sh; }
-umount /proc /sys
-mount --move /dev /newroot/dev
-exec switch_root /newroot /lib/systemd/systemd
-EOF
-chmod 0755 "$I/init"
-(cd "$I" && find . | cpio -o -H newc --quiet | gzip -1) >"$T/initrd.gz"
+vm_rootfs_initrd "$T/initrd.gz" /lib/systemd/systemd
 
 # The guest stops 30 s before the test would be, so a slow or stuck guest
 # still shows its console and steps (guest_failed).
