@@ -66,8 +66,8 @@ CACHE_SRC  := cache/cache.c
 DAEMON_SRC := daemon/base/log.c daemon/base/hist.c daemon/base/access.c \
               daemon/engine/pool.c daemon/engine/plan.c daemon/engine/timer.c daemon/engine/throttle.c daemon/engine/worker.c daemon/engine/offload.c \
               daemon/storage/backing.c daemon/storage/export.c daemon/storage/limits.c daemon/storage/overlay.c daemon/storage/backend.c daemon/storage/backend_overlay.c daemon/storage/backend_rbd.c daemon/storage/backend_rbd_checkpoint.c daemon/storage/bitmap.c daemon/storage/bitmap_commit.c daemon/storage/bitmap_checkpoint.c \
-              daemon/conn/conn.c daemon/conn/handshake.c daemon/conn/rx.c daemon/conn/request.c daemon/conn/fileio.c daemon/conn/cached.c daemon/conn/reply.c daemon/conn/watch.c daemon/conn/tls.c daemon/conn/tls_creds.c \
-              daemon/service/cli.c daemon/service/listen.c daemon/service/config.c daemon/service/notify.c daemon/service/server.c daemon/service/handover.c \
+              daemon/conn/conn.c daemon/conn/handshake.c daemon/conn/rx.c daemon/conn/request.c daemon/conn/fileio.c daemon/conn/cached.c daemon/conn/reply.c daemon/conn/watch.c daemon/conn/tls.c daemon/conn/tls_creds.c daemon/conn/ublk.c \
+              daemon/service/cli.c daemon/service/listen.c daemon/service/config.c daemon/service/notify.c daemon/service/server.c daemon/service/handover.c daemon/service/ublks.c \
               daemon/ops/ctlproto.c daemon/ops/control.c daemon/ops/command.c daemon/ops/command_limits.c daemon/ops/metrics.c daemon/ops/http.c \
               daemon/main.c
 HOOKS_OBJ  := $(DAEMON_SRC:%.c=$(B)/hooks/%.o)
@@ -85,7 +85,7 @@ CTL_OBJ    := $(B)/ctl/uringnbdctl.o $(B)/daemon/ops/ctlproto.o $(B)/daemon/engi
 INTEROP_TESTS := $(wildcard tests/interop/*.sh tests/interop/*.py)
 FAULT_TESTS   := $(filter-out tests/faults/faultlib.py,$(wildcard tests/faults/*.py))
 RBD_TESTS     := $(wildcard tests/rbd/*.py)
-VM_TESTS      := tests/vm/handles-selftest.sh tests/vm/kernel-client.sh tests/vm/systemd.sh tests/vm/vsock.sh
+VM_TESTS      := tests/vm/handles-selftest.sh tests/vm/kernel-client.sh tests/vm/systemd.sh tests/vm/vsock.sh tests/vm/ublk.sh
 
 .SECONDARY:
 .PHONY: check-rbd bench-rbd bench-limits check-layers bench-base probe-taskrun deb analyze check-vm bench bench-idle bench-overlay bench-bitmap fuzz check-fuzz bench-lock all run check check-unit check-integration check-interop check-faults check-tests install clean deps deps-test
@@ -178,6 +178,10 @@ $(B)/tests/unit/test_timer: $(B)/tests/unit/test_timer.o $(B)/daemon/engine/time
 $(B)/tests/unit/test_throttle: $(B)/tests/unit/test_throttle.o $(B)/daemon/engine/throttle.o
 	$(quiet) LD $@
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $$(pkg-config --libs check) -lpthread
+
+$(B)/tests/unit/test_ublk: $(B)/tests/unit/test_ublk.o
+	$(quiet) LD $@
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $$(pkg-config --libs check)
 
 $(B)/tests/integration/%: $(B)/tests/integration/%.o $(B)/tests/integration/harness.o $(PROTO_OBJ)
 	$(quiet) LD $@

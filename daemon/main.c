@@ -101,6 +101,8 @@ static void on_status_timer(struct ev_loop *loop, ev_timer *w, int revents)
 	notify_status();
 }
 
+static bool keep_ublk; /* a stop that a restart follows: ublk devices stay */
+
 static void on_stop_signal(struct ev_loop *loop, ev_signal *w, int revents)
 {
 	(void)revents;
@@ -112,6 +114,7 @@ static void on_stop_signal(struct ev_loop *loop, ev_signal *w, int revents)
 		/* A restart keeps the connections: the service manager holds them meanwhile. */
 		log_info("%s: shutting down; connections go to the service manager's fd store",
 			 strsignal(w->signum));
+		keep_ublk = true; /* and ublk devices wait for the restart */
 		notify_send("STOPPING=1");
 		handover_store(&srv);
 		return;
@@ -507,6 +510,7 @@ int main(int argc, char **argv)
 
 	pthread_rwlock_init(&srv.exports_lock, NULL);
 	pthread_mutex_init(&srv.clients_lock, NULL);
+	pthread_mutex_init(&srv.ublk_lock, NULL);
 	srv.cache = cache_new((size_t)(cli.cache_bytes ? cli.cache_bytes
 				       : file.cache_bytes ? file.cache_bytes : DEFAULT_CACHE_BYTES));
 	if (!srv.cache) {
@@ -518,7 +522,8 @@ int main(int argc, char **argv)
 		srv.test_fill_delay_ms = (unsigned)atoi(getenv("URINGNBD_TEST_FILL_DELAY_MS"));
 #endif
 	specs = config_merge_exports(&file, &cli, &nspecs);
-	if (!specs || config_check_exports(specs, nspecs) < 0)
+	if (!specs || config_check_exports(specs, nspecs) < 0 ||
+	    config_apply_ublk(&cli, specs, nspecs) < 0)
 		goto out_config;
 	if (tls_init() < 0 || tls_settings(&file, specs, nspecs, &srv.tls_mode, &srv.tls_creds) < 0)
 		goto out_config;
@@ -573,6 +578,21 @@ int main(int argc, char **argv)
 	prefaulting = pthread_create(&prefault_thread, NULL, prefault_main, NULL) == 0;
 	if (!srv.single)
 		handover_adopt(&srv);
+	/* Exports also served as /dev/ublkbN: a previous process's devices are taken over. */
+	for (j = 0; j < nspecs; j++) {
+		char msg[512];
+
+		if (!specs[j].ublk || server_ublk_of(&srv, specs[j].name) >= 0)
+			continue; /* or taken over already, as a restart's (handover_adopt) */
+		if (srv.single) {
+			log_error("export \"%s\": ublk and --single do not go together", specs[j].name);
+			goto out_workers;
+		}
+		if (server_ublk_add(&srv, specs[j].name, msg, sizeof(msg)) < 0) {
+			log_error("export \"%s\": %s", specs[j].name, msg);
+			goto out_workers;
+		}
+	}
 	if (control_path && control_start(&srv, control_path) < 0)
 		goto out_workers;
 	if (metrics && http_start(&srv, metrics) < 0)
@@ -635,6 +655,8 @@ out_workers:
 	http_stop();
 	control_close();
 	listen_close(&srv);
+	/* The devices end before their workers (a restart leaves them to the next process). */
+	server_ublk_close_all(&srv, keep_ublk);
 	for (i = 0; i < started; i++)
 		worker_stop(&srv.workers[i]);
 	for (i = 0; i < started; i++)

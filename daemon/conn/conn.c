@@ -47,14 +47,18 @@ static void conn_free(struct conn *c)
 		w->clients->conns = c->next;
 	if (c->next)
 		c->next->prev = c->prev;
-	atomic_fetch_sub_explicit(&w->nconns, 1, memory_order_relaxed);
 	worker_timer_stop(w, &c->hs_timer);
 	worker_timer_stop(w, &c->watchdog);
 	worker_timers_unreserve(w, CONN_TIMERS);
-	close(c->fd);
-	if (c->fd_out != c->fd)
-		close(c->fd_out);
-	conn_host.conn_gone(conn_host.ctx, &c->key);
+	if (c->uq) {
+		ublk_queue_closed(c);
+	} else {
+		atomic_fetch_sub_explicit(&w->nconns, 1, memory_order_relaxed);
+		close(c->fd);
+		if (c->fd_out != c->fd)
+			close(c->fd_out);
+		conn_host.conn_gone(conn_host.ctx, &c->key);
+	}
 	if (c->exp)
 		stat_bump(&c->exp->ctr->slot[w->id].conns[c->transport], (uint64_t)-1);
 	if (c->result != CONN_RESULT_SERVED)
@@ -164,7 +168,9 @@ void conn_sendmsg(struct conn_op *o, struct msghdr *m)
 
 const char *conn_peer_name(const struct conn *c, char *buf, size_t len)
 {
-	if (c->stream)
+	if (c->uq)
+		ublk_queue_name(c, buf, len);
+	else if (c->stream)
 		snprintf(buf, len, "stdin/stdout");
 	else if (c->key.family == AF_UNIX && c->peer.cred)
 		snprintf(buf, len, "uid %u gid %u pid %d", c->key.uid, c->peer.gid, (int)c->peer.pid);
@@ -233,7 +239,7 @@ void conn_close(struct conn *c, const char *why)
 	/* A receive or send waiting inside TLS for the socket ends too. */
 	tls_conn_closing(c);
 	/* Completes every receive and send in flight; file I/O finishes on its own. */
-	if (c->handover) {
+	if (c->handover || c->uq) {
 		/* Parked and handed over: the socket lives on elsewhere; only our fd closes. */
 	} else if (!c->stream) {
 		shutdown(c->fd, SHUT_RDWR);
@@ -391,6 +397,55 @@ static void conn_closed(struct conn_op *o, int res)
 	(void)res; /* conn_op_done frees the connection once nothing else is pending */
 }
 
+struct conn *conn_attach(struct worker *w, struct export *e, enum transport t)
+{
+	struct conn *c = calloc(1, sizeof(*c));
+	void *area;
+
+	if (!c || worker_timers_reserve(w, CONN_TIMERS) < 0) {
+		free(c);
+		export_put(e);
+		return NULL;
+	}
+	area = mmap(NULL, sizeof(*c->area), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+		    -1, 0);
+	if (area == MAP_FAILED) {
+		worker_timers_unreserve(w, CONN_TIMERS);
+		free(c);
+		export_put(e);
+		return NULL;
+	}
+	c->w = w;
+	c->fd = c->fd_out = -1;
+	c->id = atomic_fetch_add_explicit(&conn_ids, 1, memory_order_relaxed) + 1;
+	c->area = area;
+	c->rxbuf = c->area->rxbuf;
+	c->started_ns = now_ns();
+	c->result = CONN_RESULT_SERVED;
+	c->exp = e;
+	c->transport = t;
+	c->sess.phase = PROTO_PHASE_TRANSMISSION;
+	export_describe(e, &c->sess.export);
+	c->sess.tflags = e->tflags;
+	c->state = CONN_TRANSMIT;
+	c->rx = RX_IDLE;
+	conn_op_init(&c->close_op, c, conn_closed);
+	conn_op_init(&c->resume_op, c, NULL);
+	timer_init(&c->watchdog, NULL);
+	timer_init(&c->hs_timer, NULL);
+	timer_init(&c->thr_timer, NULL);
+	throttle_init(&c->thr);
+	c->thr_gen = UINT_MAX;
+	c->last_progress_ns = c->last_active_ns = worker_now(w);
+	c->next = w->clients->conns;
+	if (c->next)
+		c->next->prev = c;
+	w->clients->conns = c;
+	stat_bump(&e->ctr->slot[w->id].conns[t], 1);
+	conns_watch_arm(w);
+	return c;
+}
+
 static void conns_adopt(struct worker *w, const struct client *cl)
 {
 	struct conn *c;
@@ -470,6 +525,8 @@ static atomic_uint handover_closed_tls, handover_closed_negotiating; /* this pro
 
 static bool conn_parked(const struct conn *c)
 {
+	if (c->uq)
+		return true; /* a ublk queue goes on until the exec, and the next process recovers it */
 	return c->handover && c->state == CONN_TRANSMIT && c->rx == RX_IDLE && !c->live_reqs &&
 	       !c->sending && !c->sendq_head && !c->pending;
 }
@@ -521,6 +578,8 @@ void conns_handover(struct worker *w, struct op *done)
 
 	for (c = w->clients->conns; c; c = next) {
 		next = c->next;
+		if (c->uq)
+			continue;
 		if (c->state == CONN_HANDSHAKE) {
 			/* Mid-negotiation there is no state worth handing over: it reconnects. */
 			log_info("conn %" PRIu64 ": negotiating during a restart: closing", c->id);
@@ -561,7 +620,7 @@ int conns_parked(struct worker *w, struct conn_parked **out)
 	for (c = w->clients->conns; c; c = c->next) {
 		struct conn_parked *p = &(*out)[i];
 
-		if (!conn_parked(c))
+		if (c->uq || !conn_parked(c))
 			continue;
 		p->fd = c->fd;
 		p->id = c->id;
@@ -612,7 +671,8 @@ static void conns_stop(struct worker *w)
 	 * close when idle; the grace timer closes the rest.
 	 */
 	for (c = w->clients->conns; c; c = c->next) {
-		if (c->state != CONN_TRANSMIT)
+		/* A ublk queue ends when its device is removed (ublk_detach), not here. */
+		if (c->state != CONN_TRANSMIT || c->uq)
 			continue;
 		c->state = CONN_STOPPING;
 		conn_close_if_idle(c);
@@ -621,11 +681,13 @@ static void conns_stop(struct worker *w)
 
 int conns_report(struct worker *w, struct conn_info **out)
 {
-	unsigned n = atomic_load_explicit(&w->nconns, memory_order_relaxed), i = 0;
+	unsigned n = 0, i = 0;
 	uint64_t now = now_ns();
 	struct conn_info *a;
 	struct conn *c;
 
+	for (c = w->clients->conns; c; c = c->next)
+		n++;
 	*out = NULL;
 	a = calloc(n ? n : 1, sizeof(*a));
 	if (!a)
@@ -663,6 +725,8 @@ unsigned conns_disconnect(struct worker *w, uint64_t id, const char *export)
 	for (c = w->clients->conns; c; c = c->next) {
 		if ((id && c->id != id) || (export && (!c->exp || strcmp(c->exp->name, export))))
 			continue;
+		if (c->uq)
+			continue; /* a ublk device's queue: ublk-remove ends it */
 		if (c->state == CONN_CLOSING)
 			continue;
 		n++;
@@ -687,7 +751,8 @@ static void conns_close_all(struct worker *w)
 	struct conn *c;
 
 	for (c = w->clients->conns; c; c = c->next)
-		conn_close(c, "server shut down: grace period over");
+		if (!c->uq)
+			conn_close(c, "server shut down: grace period over");
 }
 
 /* ---- a worker's clients are connections: the table the worker calls ---- */

@@ -123,4 +123,31 @@ struct tls_creds *tls_creds_load(const char *certs_dir, const char *psk_file, bo
 struct tls_creds *tls_creds_get(struct tls_creds *cr);
 void tls_creds_put(struct tls_creds *cr);
 
+/* ---- ublk.c: an export as a local block device, /dev/ublkbN ---- */
+struct ublk_dev;
+/*
+ * Whether this kernel can serve ublk devices: its UBLK_F_* features, or
+ * -errno with why filled in ("--ublk needs a kernel with ublk_drv").
+ */
+int ublk_probe(char *why, size_t len);
+/*
+ * Makes /dev/ublkbN for e (a reference it takes), its queues served by the
+ * nw workers ws[] (queue i by ws[i % nw]); a device a previous process left
+ * for e's name is taken over instead (UBLK_F_USER_RECOVERY). Blocks until
+ * the device is started: not on a worker. NULL, with msg, on failure.
+ */
+struct ublk_dev *ublk_attach(struct export *e, struct worker *ws, unsigned nw, char *msg,
+			     size_t len);
+/*
+ * Stops and deletes d, and frees it: 0; or -EBUSY (msg) while the device is
+ * mounted or open exclusively, unless force. Blocks: not on a worker.
+ */
+int ublk_detach(struct ublk_dev *d, bool force, char *msg, size_t len);
+/* A restart: d is left to the next process, which takes it over. */
+void ublk_release(struct ublk_dev *d);
+int ublk_dev_id(const struct ublk_dev *d);
+const struct export *ublk_dev_export(const struct ublk_dev *d);
+bool ublk_dev_recovered(const struct ublk_dev *d);
+unsigned ublk_dev_queues(const struct ublk_dev *d);
+
 #endif

@@ -203,6 +203,7 @@ struct req {
 	uint32_t reply_hdr_len;
 	bool reply_data;           /* data pages follow the reply header */
 	uint32_t reply_raw_len;    /* if set: the whole reply is in the bounce chunk */
+	uint16_t ublk_tag;         /* a ublk queue's request: its tag (ublk.c) */
 	struct req *next;          /* free list or send queue */
 };
 
@@ -241,8 +242,11 @@ enum rx_state {
 	RX_STOPPED,       /* DISC seen, or closing: nothing more is read */
 };
 
+struct ublk_queue;
+
 struct conn {
 	struct worker *w;
+	struct ublk_queue *uq;     /* a ublk device's queue (ublk.c), not a socket; else NULL */
 	struct conn *prev, *next;  /* worker's list */
 	uint64_t id;
 	int fd;                    /* the socket; or, serving stdin/stdout, what it reads */
@@ -493,6 +497,33 @@ void fileio_flush(struct req *q);
 /* ---- cached.c ---- */
 /* Under the lock: a READ or CACHE through the page cache. */
 void cached_start(struct req *q);
+
+/* ---- ublk.c: a ublk queue's side of the request path ---- */
+/* Takes the requests the kernel handed over, in order, while the intake is open. */
+void ublk_intake(struct conn *c);
+/* Copies a WRITE's data from the kernel's request into its chunks, then locks. */
+void ublk_payload(struct req *q);
+/* Answers q to the kernel (a READ's data first) and re-arms its tag. */
+void ublk_reply(struct req *q);
+/* The queue's conn is being freed. */
+void ublk_queue_closed(struct conn *c);
+/* "ublk0 queue 1": for log lines. */
+void ublk_queue_name(const struct conn *c, char *buf, size_t len);
+
+/* ---- conn.c: a client without a socket ---- */
+/*
+ * A connection in transmission with export e (a reference it takes over)
+ * and no socket, for a ublk queue: no watchdog, not counted as a client.
+ * NULL if out of memory.
+ */
+struct conn *conn_attach(struct worker *w, struct export *e, enum transport t);
+
+/* ---- rx.c: a request from elsewhere than the socket ---- */
+/*
+ * q->r is valid: rate limits, plan, buffers and payload, then its lock, as
+ * for a request read from the socket. Returns false if the intake must wait.
+ */
+bool rx_take_request(struct req *q);
 
 /* ---- reply.c ---- */
 /* Encodes q's reply (nbd_error) and queues it; sends if none is in flight. */

@@ -220,6 +220,14 @@ void reply_queue(struct req *q)
 
 	log_debug("conn %" PRIu64 ": reply to %s cookie 0x%" PRIx64 ": %u", c->id,
 		  proto_cmd_name(q->r.type), q->r.cookie, q->nbd_error);
+	if (c->uq) {
+		/* A ublk request: its data and result go back to the kernel. */
+		req_set_state(q, REQ_REPLY);
+		reply_count(q, &q->r);
+		q->reply_data = false;
+		ublk_reply(q);
+		return;
+	}
 	if (q->seg && q->r.type == NBD_CMD_READ && q->nbd_error == NBD_SUCCESS) {
 		bool last = req_seg_last(q);
 

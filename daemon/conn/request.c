@@ -47,7 +47,8 @@ static const uint32_t req_from[REQ_NSTATES] = {
 	[REQ_SEG_PAYLOAD] = SEG_END_STATES,
 	[REQ_FLUSH] = S(REQ_NEW),
 	[REQ_THROTTLED] = S(REQ_NEW),
-	[REQ_REPLY] = S(REQ_NEW) | S(REQ_SKIP) | S(REQ_BUFFERS) | S(REQ_FLUSH) | LOCKED_STATES,
+	[REQ_REPLY] = S(REQ_NEW) | S(REQ_SKIP) | S(REQ_BUFFERS) | S(REQ_FLUSH) | LOCKED_STATES |
+		      S(REQ_PAYLOAD), /* a ublk WRITE whose data could not be read */
 };
 
 void req_set_state(struct req *q, enum req_state to)

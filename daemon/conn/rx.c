@@ -98,6 +98,13 @@ static bool rx_take_payload(struct req *q)
 		req_lock(q);
 		return true;
 	}
+	if (c->uq) {
+		/* From the kernel's request: the intake need not wait for it. */
+		req_set_state(q, REQ_PAYLOAD);
+		q->io_done_bytes = 0;
+		ublk_payload(q);
+		return true;
+	}
 	n = c->rx_end - c->rx_start;
 	if (n > q->r.len_bytes)
 		n = (size_t)q->r.len_bytes;
@@ -198,6 +205,10 @@ static bool rx_refuse(struct req *q, uint32_t nbd_error)
 	log_debug("conn %" PRIu64 ": %s flags 0x%x offset %" PRIu64 " length %" PRIu64
 		  ": refused with error %u", c->id, proto_cmd_name(q->r.type), q->r.flags,
 		  q->r.offset, q->r.len_bytes, nbd_error);
+	if (c->uq) {
+		reply_queue(q); /* nothing of it is in a socket */
+		return true;
+	}
 	return rx_drop_payload(q, proto_request_payload_len(&c->sess, &q->r));
 }
 
@@ -488,6 +499,11 @@ static bool rx_request(struct conn *c)
 	if ((q->r.flags & NBD_CMD_FLAG_DF) && !c->sess.extended &&
 	    q->r.len_bytes > UINT32_MAX - 8)
 		return rx_refuse(q, NBD_EOVERFLOW);
+	return rx_take_request(q);
+}
+
+bool rx_take_request(struct req *q)
+{
 	if (!rx_throttle(q))
 		return false;
 	return rx_admit(q);
@@ -558,6 +574,10 @@ static bool rx_ready(const struct conn *c)
 
 void rx_next(struct conn *c)
 {
+	if (c->uq) {
+		ublk_intake(c);
+		return;
+	}
 	while (rx_open(c) && rx_ready(c)) {
 		if (c->live_reqs == CONN_MAX_REQS) {
 			c->rx = RX_WAIT_SLOT; /* resumed by rx_slot_freed() */

@@ -118,9 +118,22 @@ static void cmd_exports(struct ctl_call *call)
 		return;
 	}
 	a = json_object_new_array();
-	for (i = 0; i < n; i++)
-		if (!name || !strcmp(name, t[i]->name))
-			json_object_array_add(a, export_json(t[i]));
+	for (i = 0; i < n; i++) {
+		json_object *o;
+		int id;
+
+		if (name && strcmp(name, t[i]->name))
+			continue;
+		o = export_json(t[i]);
+		id = server_ublk_of(ctl_call_server(call), t[i]->name);
+		if (id >= 0) {
+			char dev[32];
+
+			snprintf(dev, sizeof(dev), "/dev/ublkb%d", id);
+			json_object_object_add(o, "ublk", json_object_new_string(dev));
+		}
+		json_object_array_add(a, o);
+	}
 	server_exports_put(t, n);
 	if (name && json_object_array_length(a) == 0) {
 		json_object_put(a);
@@ -322,6 +335,11 @@ static void cmd_export_remove(struct ctl_call *call)
 	uint64_t conns;
 	int err;
 
+	if (server_ublk_of(ctl_call_server(call), name) >= 0) {
+		ctl_call_error(call, CTL_ERR_BUSY, "export \"%s\" is /dev/ublkb%d: ublk-remove it "
+			       "first", name, server_ublk_of(ctl_call_server(call), name));
+		return;
+	}
 	e = server_remove_export(ctl_call_server(call), name, force, &conns, &err);
 	if (err == -ENOENT) {
 		ctl_call_error(call, CTL_ERR_NOTFOUND, "no export \"%s\"", name);
@@ -938,6 +956,76 @@ static void cmd_bitmap_remove(struct ctl_call *call)
 	bitmap_job_start(call, JOB_REMOVE_BITMAP, e, ctl_arg_string(req, "bitmap"), NULL, false);
 }
 
+/* ---- ublk devices: the kernel starts and stops them, on a job thread ---- */
+struct ublk_job {
+	struct server *srv;
+	char *export;
+	bool add, force;
+	int ret;
+	char msg[512];
+};
+
+static void ublk_job_run(void *arg)
+{
+	struct ublk_job *j = arg;
+
+	j->ret = j->add ? server_ublk_add(j->srv, j->export, j->msg, sizeof(j->msg)) :
+			  server_ublk_remove(j->srv, j->export, j->force, j->msg, sizeof(j->msg));
+}
+
+static void ublk_job_done(struct ctl_call *call, void *arg, int err)
+{
+	struct ublk_job *j = arg;
+
+	if (err) {
+		ctl_call_error(call, CTL_ERR_GENERIC, "%s", strerror(-err));
+	} else if (j->ret < 0) {
+		ctl_call_error(call, j->ret == -ENOENT ? CTL_ERR_NOTFOUND :
+			       j->ret == -EBUSY || j->ret == -EEXIST ? CTL_ERR_BUSY : CTL_ERR_GENERIC,
+			       "%s", j->msg);
+	} else {
+		json_object *o = json_object_new_object();
+		char dev[32] = "";
+
+		json_object_object_add(o, "export", json_object_new_string(j->export));
+		if (j->add) {
+			snprintf(dev, sizeof(dev), "/dev/ublkb%d", j->ret);
+			json_object_object_add(o, "ublk", json_object_new_string(dev));
+		}
+		log_info("export \"%s\": %s by the control socket", j->export,
+			 j->add ? dev : "ublk device removed");
+		ctl_call_return(call, o);
+	}
+	free(j->export);
+	free(j);
+}
+
+static void ublk_job_start(struct ctl_call *call, bool add)
+{
+	const struct ctl_request *req = ctl_call_request(call);
+	struct ublk_job *j = calloc(1, sizeof(*j));
+
+	if (!j || !(j->export = strdup(ctl_arg_string(req, "export")))) {
+		free(j);
+		ctl_call_error(call, CTL_ERR_GENERIC, "out of memory");
+		return;
+	}
+	j->srv = ctl_call_server(call);
+	j->add = add;
+	j->force = ctl_arg_bool(req, "force", false);
+	ctl_call_job(call, ublk_job_run, ublk_job_done, j);
+}
+
+static void cmd_ublk_add(struct ctl_call *call)
+{
+	ublk_job_start(call, true);
+}
+
+static void cmd_ublk_remove(struct ctl_call *call)
+{
+	ublk_job_start(call, false);
+}
+
 static const struct {
 	const char *name;
 	void (*run)(struct ctl_call *call);
@@ -958,6 +1046,8 @@ static const struct {
 	{ "bitmap-remove", cmd_bitmap_remove },
 	{ "group-set", cmd_group_set },
 	{ "groups", cmd_groups },
+	{ "ublk-add", cmd_ublk_add },
+	{ "ublk-remove", cmd_ublk_remove },
 };
 
 void command_run(struct ctl_call *call)

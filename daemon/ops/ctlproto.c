@@ -73,6 +73,10 @@ const struct ctl_command_spec ctl_commands[] = {
 	  { { "export", S, true, true, NULL }, { "bitmap", S, true, true, NULL }, { NULL } } },
 	{ "bitmap-remove", "delete a dirty bitmap",
 	  { { "export", S, true, true, NULL }, { "bitmap", S, true, true, NULL }, { NULL } } },
+	{ "ublk-add", "serve an export as a local block device, /dev/ublkbN (needs ublk_drv)",
+	  { { "export", S, true, true, NULL }, { NULL } } },
+	{ "ublk-remove", "delete an export's ublk device (force: even while it is mounted)",
+	  { { "export", S, true, true, NULL }, { "force", B, false, false, NULL }, { NULL } } },
 };
 const size_t ctl_ncommands = sizeof(ctl_commands) / sizeof(ctl_commands[0]);
 

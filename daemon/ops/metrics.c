@@ -134,7 +134,7 @@ static const char *const err_names[EXPORT_STAT_ERRS] = {
 	"EPERM", "EIO", "ENOMEM", "EINVAL", "ENOSPC", "EOVERFLOW", "ENOTSUP", "ESHUTDOWN", "other",
 };
 static const char *const transport_names[TRANSPORTS] = { "unix", "tcp", "tls", "stdio",
-							 "vsock" };
+							 "vsock", "ublk" };
 static const char *const result_names[CONN_RESULTS] = {
 	"served", "refused", "tls_failed", "handshake_timeout", "negotiation_ended",
 };
@@ -326,7 +326,7 @@ char *metrics_prometheus(const struct metrics *m, size_t *len)
 	family(f, "uringnbd_connections", "gauge", "Open connections, by export and transport.");
 	for (i = 0; i < m->nexports; i++)
 		for (k = 0; k < TRANSPORTS; k++) {
-			if ((k == TRANSPORT_STDIO || k == TRANSPORT_VSOCK) &&
+			if ((k == TRANSPORT_STDIO || k == TRANSPORT_VSOCK || k == TRANSPORT_UBLK) &&
 			    !LOAD(m->exports[i].st.conns[k]))
 				continue;
 			fputs("uringnbd_connections{export=\"", f);

@@ -15,6 +15,7 @@
 /* Long options with no short form: values outside the character range. */
 #define OPT_NO_DEFER_TASKRUN 0x100
 #define OPT_THROTTLE_GROUP 0x101
+#define OPT_UBLK 0x102
 
 static void usage(FILE *f)
 {
@@ -27,7 +28,7 @@ static void usage(FILE *f)
 		"                       [,deny=LIST][,tls-allow=LIST][,overlay=PATH][,bitmap=NAME]\n"
 		"                       [,bitmap-file=PATH][,bitmap-granularity=SIZE][,ceph-conf=PATH]\n"
 		"                       [,ceph-id=ID][,LIMIT=N][,conn-LIMIT=N][,throttle-group=G]\n"
-		"                       [,description=TEXT]\n"
+		"                       [,ublk][,description=TEXT]\n"
 		"                       one more export (repeatable); FILE is the export -n names;\n"
 		"                       LIST items are separated by '+' here\n"
 		"  -U, --unix PATH      listen on a unix socket (with only -U, no TCP)\n"
@@ -49,6 +50,8 @@ static void usage(FILE *f)
 		"      --tls-psk FILE   pre-shared keys in psktool's format\n"
 		"      --tls-verify-peer  clients must present a certificate the CA signed\n"
 		"      --list yes|no    answer NBD_OPT_LIST (default yes)\n"
+		"      --ublk EXPORT    also serve EXPORT as a local block device, /dev/ublkbN\n"
+		"                       (repeatable; needs ublk_drv, Linux 6.5 or later)\n"
 		"  -t, --threads N      worker threads (default: online CPUs)\n"
 		"      --pool-size SIZE buffer pool per worker, e.g. 64M (default 64M)\n"
 		"      --throttle-group NAME:LIMIT=N[,LIMIT=N...]  rate limits shared by the exports\n"
@@ -152,6 +155,8 @@ static int parse_export(const char *arg, struct export_spec *spec)
 			*next++ = '\0';
 		if (strcmp(key, "readonly") == 0 || strcmp(key, "ro") == 0) {
 			spec->readonly = true;
+		} else if (strcmp(key, "ublk") == 0) {
+			spec->ublk = true;
 		} else if (strncmp(key, "cache=", 6) == 0 && cache_mode_parse(key + 6) >= 0) {
 			spec->cache_mode = cache_mode_parse(key + 6);
 		} else if (strcmp(key, "tls=require") == 0 || strcmp(key, "tls=on") == 0) {
@@ -278,6 +283,7 @@ int cli_parse(int argc, char **argv, struct config *cli, const char **config_pat
 		{ "keep-connections", no_argument, NULL, 'G' },
 		{ "no-defer-taskrun", no_argument, NULL, OPT_NO_DEFER_TASKRUN },
 		{ "throttle-group", required_argument, NULL, OPT_THROTTLE_GROUP },
+		{ "ublk", required_argument, NULL, OPT_UBLK },
 		{ "allow", required_argument, NULL, 'A' },
 		{ "overlay", required_argument, NULL, 'O' },
 		{ "deny", required_argument, NULL, 'X' },
@@ -329,6 +335,19 @@ int cli_parse(int argc, char **argv, struct config *cli, const char **config_pat
 		case 'G': cli->keep_conns = 1; break;
 		case OPT_NO_DEFER_TASKRUN: cli->defer_taskrun = 0; break;
 		case OPT_THROTTLE_GROUP: if (parse_group(cli, optarg) < 0) return -1; break;
+		case OPT_UBLK: {
+			char **grown = realloc(cli->ublk, (cli->nublk + 1) * sizeof(*grown));
+
+			if (!grown || !(grown[cli->nublk] = strdup(optarg))) {
+				if (grown)
+					cli->ublk = grown;
+				fprintf(stderr, "uringnbd: out of memory\n");
+				return -1;
+			}
+			cli->ublk = grown;
+			cli->nublk++;
+			break;
+		}
 		case 'S': if (cli_global(cli, "cache-size", optarg) < 0) return -1; break;
 		case 'F': if (cli_global(cli, "pid-file", optarg) < 0) return -1; break;
 		case 'Z': if (cli_global(cli, "control", optarg) < 0) return -1; break;

@@ -89,6 +89,9 @@ void config_free(struct config *cfg)
 	for (i = 0; i < cfg->ngroups; i++)
 		free(cfg->groups[i].name);
 	free(cfg->groups);
+	for (i = 0; i < cfg->nublk; i++)
+		free(cfg->ublk[i]);
+	free(cfg->ublk);
 	free(cfg->unix_path);
 	free(cfg->bind);
 	free(cfg->vsock_listen);
@@ -326,6 +329,14 @@ int config_set_export(struct export_spec *spec, const char *k, const char *v, ch
 			return -1;
 		}
 		spec->tls_required = !strcmp(v, "require");
+	} else if (!strcmp(k, "ublk")) {
+		int b = config_parse_bool(v);
+
+		if (b < 0) {
+			snprintf(err, errlen, "ublk: expected yes or no");
+			return -1;
+		}
+		spec->ublk = b;
 	} else if (!strcmp(k, "readonly")) {
 		int b = config_parse_bool(v);
 
@@ -736,6 +747,22 @@ struct export_spec *config_merge_exports(const struct config *file, const struct
 		m[k++] = cli->exports[j];
 	*n = k;
 	return m;
+}
+
+int config_apply_ublk(const struct config *cli, struct export_spec *specs, size_t n)
+{
+	for (size_t i = 0; i < cli->nublk; i++) {
+		size_t j;
+
+		for (j = 0; j < n && strcmp(specs[j].name, cli->ublk[i]); j++)
+			;
+		if (j == n) {
+			log_error("--ublk \"%s\": no such export", cli->ublk[i]);
+			return -1;
+		}
+		specs[j].ublk = true;
+	}
+	return 0;
 }
 
 /* Refuses duplicate or over-long names among the merged exports. */

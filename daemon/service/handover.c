@@ -23,7 +23,8 @@
  *       "structured": true, "extended": false, "base-allocation": true,
  *       "contexts": [{"id": 2, "name": "qemu:dirty-bitmap:b"}],
  *       "family": 1, "uid": 0, "addr": "hex", "port": 0, "cred": true, "gid": 0,
- *       "pid": 42, "pending": "hex"}]}
+ *       "pid": 42, "pending": "hex"}],
+ *    "ublk": ["disk"]}
  * The descriptors are also listed in the environment (URINGNBD_HANDOVER_LISTEN,
  * URINGNBD_HANDOVER_CONNS) beside URINGNBD_HANDOVER_FD, so that a process
  * that cannot read the state still adopts the listeners and closes the
@@ -432,6 +433,16 @@ void handover_adopt(struct server *srv)
 	free(ho.stored);
 	ho.stored = NULL;
 	ho.nstored = 0;
+	/* ublk devices the previous process served (ublk-add included): taken over. */
+	conns = ho.state ? member(ho.state, "ublk") : NULL;
+	for (i = 0; conns && i < json_object_array_length(conns); i++) {
+		const char *ename = json_object_get_string(json_object_array_get_idx(conns, i));
+		char msg[512];
+
+		if (ename && server_ublk_of(srv, ename) < 0 &&
+		    server_ublk_add(srv, ename, msg, sizeof(msg)) < 0)
+			log_error("export \"%s\": its ublk device: %s", ename, msg);
+	}
 	log_info("restarted with %u connection%s adopted, %u closed (TLS), %u closed "
 		 "(negotiating), %u refused", ho.stats.adopted, ho.stats.adopted == 1 ? "" : "s",
 		 ho.stats.closed_tls, ho.stats.closed_negotiating, ho.stats.refused);
@@ -612,6 +623,13 @@ static void on_parked(struct ev_loop *loop, ev_async *a, int revents)
 				p->exp->be->persist(p->exp);
 		}
 	json_object_object_add(st, "connections", cs);
+	/* Exports served as ublk devices: the next process takes the devices over. */
+	cs = json_object_new_array();
+	pthread_mutex_lock(&srv->ublk_lock);
+	for (j = 0; j < srv->nublks; j++)
+		json_object_array_add(cs, json_object_new_string(srv->ublks[j].name));
+	pthread_mutex_unlock(&srv->ublk_lock);
+	json_object_object_add(st, "ublk", cs);
 	for (j = 0; j < srv->nexports; j++)
 		if (srv->exports[j]->be->persist)
 			srv->exports[j]->be->persist(srv->exports[j]);

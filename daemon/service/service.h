@@ -60,8 +60,12 @@ struct config {
 	size_t nexports;
 	struct config_group *groups; /* [throttle-group NAME] sections, --throttle-group */
 	size_t ngroups;
+	char **ublk;               /* --ublk NAME: exports also served as /dev/ublkbN */
+	size_t nublk;
 };
 
+/* --ublk NAME: marks the merged export NAME; -1 (logged) if there is none. */
+int config_apply_ublk(const struct config *cli, struct export_spec *specs, size_t n);
 /* Every setting "not set". */
 void config_init(struct config *cfg);
 /*
@@ -244,6 +248,10 @@ struct server {
 	atomic_bool shutting_down; /* set once by the main thread (relaxed readers) */
 	atomic_uint_fast64_t over_limit; /* clients refused at accept by the limits (main thread) */
 	double start_time_s;       /* wall clock at start, for the metrics */
+	/* Exports served as local block devices (ublks.c), under ublk_lock. */
+	pthread_mutex_t ublk_lock;
+	struct server_ublk *ublks;
+	size_t nublks;
 };
 
 /* Export lookup for negotiation, as struct proto_exports wants it (ctx = srv). */
@@ -314,5 +322,26 @@ void server_exports_put(struct export **t, size_t n);
 /* Logs what installing table t would add, remove and reopen (a reload). */
 void server_log_table_changes(struct server *s, struct export **t, size_t n);
 unsigned server_connections(struct server *s);
+
+/* ---- ublks.c: exports as /dev/ublkbN (conn/ublk.c serves them) ---- */
+struct server_ublk {
+	char *name;               /* the export's */
+	struct ublk_dev *dev;
+};
+/*
+ * Makes /dev/ublkbN for export name (or takes over the one a previous
+ * process left). Blocks (a control job, or start-up). Returns the device's
+ * N, or -errno with msg: -ENOENT (no such export), -EEXIST (it has one).
+ */
+int server_ublk_add(struct server *s, const char *name, char *msg, size_t len);
+/* Removes export name's device: 0, or -ENOENT, or -EBUSY (mounted; msg) unless force. */
+int server_ublk_remove(struct server *s, const char *name, bool force, char *msg, size_t len);
+/* Export name's device: its N, or -1. */
+int server_ublk_of(struct server *s, const char *name);
+/*
+ * At exit, before the workers stop: every device removed (forced); or,
+ * keep (a restart), left to the next process.
+ */
+void server_ublk_close_all(struct server *s, bool keep);
 
 #endif

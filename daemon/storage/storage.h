@@ -41,6 +41,7 @@ struct export_spec {
 	struct throttle_limits limits;      /* all its clients together (limits.c) */
 	struct throttle_limits conn_limits; /* each connection (conn-iops-total, ...) */
 	const char *group;     /* the throttle group it shares limits with, or NULL */
+	bool ublk;             /* also served as a local block device, /dev/ublkbN */
 	char *storage;         /* heap copy the strings point into, or NULL */
 	char *extra[16];       /* more heap strings (config file), freed with it */
 	unsigned nextra;
@@ -254,7 +255,7 @@ void export_limits_get(const struct export *e, struct throttle_limits *lim,
 #define EXPORT_STAT_OPS 9 /* indexed by NBD_CMD_*; the last counts any other type */
 #define EXPORT_STAT_ERRS 9 /* NBD error codes by export_stat_err(); the last: any other */
 enum transport { TRANSPORT_UNIX, TRANSPORT_TCP, TRANSPORT_TLS, TRANSPORT_STDIO, TRANSPORT_VSOCK,
-		 TRANSPORTS };
+		 TRANSPORT_UBLK, TRANSPORTS };
 /* The transport a plain (not TLS, not stdio) connection from family comes by. */
 static inline enum transport transport_of(int family)
 {

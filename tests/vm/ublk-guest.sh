@@ -1,0 +1,222 @@
+#!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
+# Runs as init in the guest of tests/vm/ublk.sh (Debian 12's 6.12 kernel,
+# which has ublk_drv): every step prints "guest: ..."; "GUEST PASS" at the
+# end, "GUEST FAIL: why" (and the daemon's log) otherwise. /dev/vdb is the
+# host's image; /srv/base.img is a file of this root filesystem.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t tmpfs tmp /tmp
+mount -t tmpfs run /run
+ln -sf /proc/self/fd /dev/fd
+mkdir -p /mnt/a /mnt/b
+CTL="uringnbdctl -c /run/ctl.sock"
+fail() {
+    echo "GUEST FAIL: $*"
+    sed 's/^/DAEMON /' /tmp/daemon.log 2>/dev/null | tail -n 80
+    poweroff -f
+    sleep 10
+}
+step() { echo "guest: $*"; }
+# The daemon's pid, once it wrote it (and its log says it is ready).
+start_daemon() {
+    rm -f /run/uringnbd.pid
+    uringnbd -c /etc/uringnbd.conf "$@" >>/tmp/daemon.log 2>&1 &
+    for i in $(seq 1 300); do
+        [ -s /run/uringnbd.pid ] && break
+        sleep 0.1
+    done
+    [ -s /run/uringnbd.pid ] || fail "uringnbd did not start"
+}
+# /dev/ublkbN of export $1, from the control socket.
+ublk_of() {
+    $CTL --json exports "$1" | grep -o '"ublk": *"[^"]*"' | sed 's|.*"\(/dev/[^"]*\)"|\1|'
+}
+
+for m in ublk_drv nbd vsock_loopback; do
+    modprobe $m || fail "modprobe $m"
+done
+[ -c /dev/ublk-control ] || fail "no /dev/ublk-control after modprobe ublk_drv"
+step "kernel $(uname -r), ublk_drv loaded"
+
+cat >/etc/uringnbd.conf <<'EOF'
+[global]
+unix = /run/uringnbd.sock
+control = /run/ctl.sock
+pid-file = /run/uringnbd.pid
+listen = vsock:10810
+threads = 2
+pool-size = 32M
+cache-size = 8M
+[export disk]
+path = /dev/vdb
+ublk = yes
+[export ovl]
+path = /srv/base.img
+overlay = /srv/base.ovl
+[export cached]
+path = /srv/cached.img
+cache = always
+bitmaps = b0
+ublk = yes
+EOF
+start_daemon -v
+dev=$(ublk_of disk)
+[ -n "$dev" ] && [ -b "$dev" ] || fail "export disk has no ublk device ($dev)"
+size=$(blockdev --getsize64 "$dev")
+[ "$size" = "$(blockdev --getsize64 /dev/vdb)" ] || fail "$dev is $size bytes, the export is not"
+lbs=$(blockdev --getss "$dev")
+queues=$(ls /sys/block/${dev#/dev/}/mq | wc -l)
+step "$dev: $size bytes, logical block $lbs, $queues queues, $(cat /sys/block/${dev#/dev/}/queue/max_sectors_kb) KiB max request"
+grep -q "export \"disk\": $dev" /tmp/daemon.log || fail "the log does not name $dev"
+
+# The same export through the kernel's NBD client: each sees the other's writes.
+nbd-client -unix /run/uringnbd.sock /dev/nbd0 -N disk >/dev/null 2>&1 || fail "nbd-client"
+head -c 1048576 /dev/urandom >/tmp/r1
+head -c 1048576 /dev/urandom >/tmp/r2
+dd if=/tmp/r1 of="$dev" bs=1M seek=100 oflag=direct status=none || fail "dd to $dev"
+dd if=/dev/nbd0 bs=1M skip=100 count=1 iflag=direct status=none | cmp - /tmp/r1 ||
+    fail "/dev/nbd0 does not read what $dev wrote"
+dd if=/tmp/r2 of=/dev/nbd0 bs=1M seek=101 oflag=direct status=none || fail "dd to /dev/nbd0"
+dd if="$dev" bs=1M skip=101 count=1 iflag=direct status=none | cmp - /tmp/r2 ||
+    fail "$dev does not read what /dev/nbd0 wrote"
+# Unaligned neighbours: 512-byte writes from both sides into one 4 KiB block.
+for i in 0 1 2 3 4 5 6 7; do
+    if [ $((i % 2)) = 0 ]; then d="$dev"; else d=/dev/nbd0; fi
+    printf '%0512d' $i | dd of="$d" bs=512 seek=$((102 * 2048 + i)) oflag=direct status=none ||
+        fail "512-byte write $i"
+done
+for i in 0 1 2 3 4 5 6 7; do printf '%0512d' $i; done >/tmp/want
+dd if="$dev" bs=4096 skip=$((102 * 256)) count=1 iflag=direct status=none | cmp - /tmp/want ||
+    fail "interleaved 512-byte writes: a neighbour's bytes were lost"
+nbd-client -d /dev/nbd0 >/dev/null 2>&1
+step "$dev and /dev/nbd0 on one export: each reads the other's 1 MiB; 8 interleaved 512-byte writes all kept"
+
+# A cached export with a dirty bitmap: ublk and NBD see each other's writes
+# through the daemon's cache, and ublk's writes are in the bitmap.
+cdev=$(ublk_of cached)
+[ -b "$cdev" ] || fail "export cached has no device ($cdev)"
+nbd-client -unix /run/uringnbd.sock /dev/nbd1 -N cached >/dev/null 2>&1 || fail "nbd-client cached"
+before=$($CTL --json bitmaps cached | grep -o '"dirty-bytes": *[0-9]*' | grep -o '[0-9]*$')
+for i in 1 2 3; do
+    # Each side reads first (the cache fills), then the other writes, then it reads again.
+    dd if="$cdev" of=/dev/null bs=64k skip=$i count=1 iflag=direct status=none
+    dd if=/dev/nbd1 of=/dev/null bs=64k skip=$((i + 8)) count=1 iflag=direct status=none
+    head -c 65536 /dev/urandom >/tmp/c$i
+    dd if=/tmp/c$i of=/dev/nbd1 bs=64k seek=$i oflag=direct status=none || fail "dd to /dev/nbd1"
+    dd if="$cdev" bs=64k skip=$i count=1 iflag=direct status=none | cmp - /tmp/c$i ||
+        fail "$cdev read stale data from the cache after /dev/nbd1 wrote"
+    dd if=/tmp/c$i of="$cdev" bs=64k seek=$((i + 8)) oflag=direct status=none || fail "dd to $cdev"
+    dd if=/dev/nbd1 bs=64k skip=$((i + 8)) count=1 iflag=direct status=none | cmp - /tmp/c$i ||
+        fail "/dev/nbd1 read stale data from the cache after $cdev wrote"
+done
+nbd-client -d /dev/nbd1 >/dev/null 2>&1
+after=$($CTL --json bitmaps cached | grep -o '"dirty-bytes": *[0-9]*' | grep -o '[0-9]*$')
+[ -n "$after" ] && [ "$after" -ge $((${before:-0} + 6 * 65536)) ] ||
+    fail "bitmap b0: $before dirty bytes before, $after after 6 writes of 64 KiB"
+step "cache=always with bitmap b0: $cdev and /dev/nbd1 read each other's writes through the cache; b0 dirty $before -> $after bytes"
+
+# An overlay export as a device: writes go to the overlay, the base stays.
+base=$(sha256sum </srv/base.img)
+$CTL ublk-add ovl >/tmp/add.out 2>&1 || fail "ublk-add ovl: $(cat /tmp/add.out)"
+odev=$(ublk_of ovl)
+[ -b "$odev" ] || fail "ovl has no device ($odev)"
+dd if=/tmp/r1 of="$odev" bs=1M seek=3 oflag=direct status=none || fail "dd to $odev"
+dd if="$odev" bs=1M skip=3 count=1 iflag=direct status=none | cmp - /tmp/r1 ||
+    fail "$odev does not read back its write"
+head -c 1048576 /srv/base.img >/tmp/base1
+dd if="$odev" bs=1M count=1 iflag=direct status=none | cmp - /tmp/base1 ||
+    fail "$odev's unwritten part is not the base's"
+[ "$(sha256sum </srv/base.img)" = "$base" ] || fail "the overlay's write reached the base"
+step "overlay export as $odev (ublk-add): its write read back, the base unchanged"
+
+# Restarts under fio: SIGUSR2 execs the daemon, which takes the device over.
+fio --name=restart --filename="$dev" --direct=1 --rw=randrw --bs=4k --iodepth=16 --ioengine=libaio \
+    --offset=64M --size=64M --time_based --runtime=600 --verify=crc32c --verify_fatal=1 \
+    >/tmp/fio.out 2>&1 &
+fio_pid=$!
+sleep 3
+for n in 1 2 3; do
+    kill -USR2 "$(cat /run/uringnbd.pid)"
+    # Three devices (disk, cached, ovl) are taken over at each restart.
+    for i in $(seq 1 200); do
+        [ "$(grep -c 'taken over from the previous process' /tmp/daemon.log)" -ge $((3 * n)) ] && break
+        sleep 0.1
+    done
+    [ "$(grep -c 'taken over from the previous process' /tmp/daemon.log)" -ge $((3 * n)) ] ||
+        fail "restart $n: the devices were not all taken over"
+    sleep 2
+    kill -0 $fio_pid 2>/dev/null || fail "fio ended at restart $n: $(tail -n 20 /tmp/fio.out)"
+done
+kill -INT $fio_pid
+wait $fio_pid
+rc=$?
+grep -q "err= 0" /tmp/fio.out && ! grep -q "verify: bad" /tmp/fio.out ||
+    fail "fio across the restarts: $(grep -E 'err=|bad' /tmp/fio.out | head -n 5) $(tail -n 20 /tmp/fio.out)"
+step "3 restarts (SIGUSR2) under fio randrw QD16 with verify: $(grep -o 'err= 0' /tmp/fio.out | head -n 1), $(grep -E '^ *(read|write):' /tmp/fio.out | tr -s ' ' | tr '\n' ';')"
+[ -b "$dev" ] || fail "$dev gone after the restarts"
+[ "$(ublk_of ovl)" = "$odev" ] || fail "ovl's $odev (ublk-add, not in the configuration) was not taken over: $(ublk_of ovl)"
+dd if="$odev" bs=1M skip=3 count=1 iflag=direct status=none | cmp - /tmp/r1 ||
+    fail "$odev after the restarts does not read its write"
+$CTL ublk-remove ovl >/dev/null || fail "ublk-remove ovl"
+[ -e "$odev" ] && fail "$odev still there after ublk-remove"
+
+# vsock: the guest reaches a listener of the same daemon at CID 1 (vsock_loopback).
+size=$(nbdinfo --size nbd+vsock://1:10810/disk 2>/tmp/vsock.out) || fail "nbdinfo over vsock: $(cat /tmp/vsock.out)"
+[ "$size" = "$(blockdev --getsize64 /dev/vdb)" ] || fail "nbdinfo over vsock says $size bytes"
+step "nbdinfo nbd+vsock://1:10810/disk: $size bytes, while $dev serves the same export"
+
+# A filesystem through the device: made, filled, checked.
+mkfs.ext4 -q -F "$dev" || fail "mkfs.ext4 on $dev"
+mount "$dev" /mnt/a || fail "mount $dev"
+cp -a /usr/lib/x86_64-linux-gnu /mnt/a/lib || fail "copying a tree into the filesystem"
+(cd /usr/lib/x86_64-linux-gnu && find . -type f -print0 | sort -z | xargs -0 sha256sum) >/tmp/tree.sum
+fio --name=fs --directory=/mnt/a --rw=randrw --bs=4k-64k --size=16M --numjobs=2 \
+    --ioengine=psync --verify=crc32c --do_verify=1 --fsync=32 >/tmp/fio-fs.out 2>&1 ||
+    fail "fio on the filesystem: $(tail -n 20 /tmp/fio-fs.out)"
+grep -q "err= 0" /tmp/fio-fs.out || fail "fio on the filesystem: $(grep err= /tmp/fio-fs.out)"
+echo "written through ublk" >/mnt/a/hello
+echo "SUM $(sha256sum </mnt/a/hello | cut -d' ' -f1) hello"
+umount /mnt/a || fail "umount"
+e2fsck -fn "$dev" >/tmp/fsck.out 2>&1 || fail "e2fsck: $(cat /tmp/fsck.out)"
+mount -o ro "$dev" /mnt/a || fail "mount again"
+(cd /mnt/a/lib && sha256sum -c --quiet /tmp/tree.sum) >/tmp/sum.out 2>&1 ||
+    fail "the tree read back differs: $(head -n 5 /tmp/sum.out)"
+umount /mnt/a
+mount "$dev" /mnt/a || fail "mount rw"
+step "ext4 on $dev: a $(du -sh /mnt/a/lib | cut -f1) tree, fio verify=crc32c (2 jobs), e2fsck clean, tree read back the same"
+
+# Removal while mounted is refused, clearly; unmounted, it goes.
+out=$($CTL ublk-remove disk 2>&1) && fail "ublk-remove of a mounted device succeeded"
+echo "$out" | grep -q "in use" || fail "ublk-remove while mounted: $out"
+step "ublk-remove while mounted: $out"
+umount /mnt/a
+$CTL ublk-remove disk >/tmp/rm.out 2>&1 || fail "ublk-remove: $(cat /tmp/rm.out)"
+[ -e "$dev" ] && fail "$dev still there after ublk-remove"
+[ -z "$(ublk_of disk)" ] || fail "exports still names a device"
+$CTL ublk-add disk >/tmp/add.out 2>&1 || fail "ublk-add: $(cat /tmp/add.out)"
+dev=$(ublk_of disk)
+[ -b "$dev" ] || fail "no device after ublk-add ($dev)"
+mount -o ro "$dev" /mnt/a || fail "mount after ublk-add"
+[ "$(cat /mnt/a/hello)" = "written through ublk" ] || fail "/hello differs after ublk-add"
+umount /mnt/a
+step "unmounted: removed; ublk-add made $dev again, its filesystem intact"
+
+# A stop removes the device.
+pid=$(cat /run/uringnbd.pid)
+kill "$pid"
+for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$pid" 2>/dev/null && fail "the daemon did not exit in 10 s"
+for i in $(seq 1 100); do [ -e "$dev" ] || break; sleep 0.1; done
+[ -e "$dev" ] && fail "$dev still there after the daemon stopped"
+step "the daemon stopped: $dev removed"
+
+# A daemon on a device that no longer has ublk_drv: a clear error.
+rmmod ublk_drv 2>/tmp/rmmod.out || fail "rmmod ublk_drv: $(cat /tmp/rmmod.out) $(ls /dev/ublk* 2>&1)"
+uringnbd -e x=/dev/vdb --ublk x -U /run/x.sock >/tmp/noublk.out 2>&1 && fail "--ublk without ublk_drv started"
+grep -q "needs a kernel with ublk_drv" /tmp/noublk.out || fail "--ublk without ublk_drv: $(cat /tmp/noublk.out)"
+step "without ublk_drv: $(grep -o 'export.*' /tmp/noublk.out | head -n 1)"
+sync
+echo "GUEST PASS"
+poweroff -f
