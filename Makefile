@@ -11,7 +11,8 @@
 #                   (bench-lock: the lock manager; bench-idle: memory per idle connection;
 #                   bench-overlay: copy-on-write overlays against nbdkit's cow and qemu-nbd -s;
 #                   bench-bitmap: dirty bitmaps' cost to writes; bench-rbd: Ceph RBD exports
-#                   against qemu-nbd rbd: and fio's rbd engine)
+#                   against qemu-nbd rbd: and fio's rbd engine; bench-ublk: ublk against
+#                   the kernel's NBD client and loop, in a guest)
 #   make analyze    gcc -fanalyzer over every module, daemon/ included
 #   make install    PREFIX=/usr/local DESTDIR=
 #   make deb        Debian packages from this tree (dpkg-buildpackage), into build/deb/
@@ -88,7 +89,7 @@ RBD_TESTS     := $(wildcard tests/rbd/*.py)
 VM_TESTS      := tests/vm/handles-selftest.sh tests/vm/kernel-client.sh tests/vm/systemd.sh tests/vm/vsock.sh tests/vm/ublk.sh
 
 .SECONDARY:
-.PHONY: check-rbd bench-rbd bench-limits check-layers bench-base probe-taskrun deb analyze check-vm bench bench-idle bench-overlay bench-bitmap fuzz check-fuzz bench-lock all run check check-unit check-integration check-interop check-faults check-tests install clean deps deps-test
+.PHONY: check-rbd bench-rbd bench-limits bench-ublk check-layers bench-base probe-taskrun deb analyze check-vm bench bench-idle bench-overlay bench-bitmap fuzz check-fuzz bench-lock all run check check-unit check-integration check-interop check-faults check-tests install clean deps deps-test
 all: $(B)/uringnbd $(B)/uringnbdctl
 
 # Goals that may install packages build after them; plain `make` never does.
@@ -202,7 +203,7 @@ $(B)/tests/bench/rl_bench: $(B)/tests/bench/rl_bench.o $(LOCK_OBJ)
 # HEAD's parent, or HEAD itself while the tree has changes; BENCH_BASE= none)
 # built from git archive in build/bench/base, run as "uringnbd-base".
 BENCH_BASE ?= $(shell git diff --quiet HEAD -- 2>/dev/null && echo HEAD~1 || echo HEAD)
-bench: $(B)/uringnbd $(if $(BENCH_BASE),bench-base) bench-lock bench-idle bench-overlay bench-bitmap bench-rbd bench-limits | $(B)/.deps-test
+bench: $(B)/uringnbd $(if $(BENCH_BASE),bench-base) bench-lock bench-idle bench-overlay bench-bitmap bench-rbd bench-limits bench-ublk | $(B)/.deps-test
 	$(Q)URINGNBD=$(CURDIR)/$(B)/uringnbd BENCH_DIR=$(CURDIR)/build/bench \
 	    URINGNBD_BASE=$(if $(BENCH_BASE),$(CURDIR)/build/bench/base/build/uringnbd) \
 	    URINGNBD_BASE_NAME="$(BENCH_BASE) ($$(git rev-parse --short $(BENCH_BASE) 2>/dev/null))" \
@@ -218,6 +219,10 @@ bench-base:
 bench-rbd: $(B)/uringnbd | $(B)/.deps-test
 	$(Q)URINGNBD=$(CURDIR)/$(B)/uringnbd BENCH_DIR=$(CURDIR)/build/bench /usr/bin/python3 \
 	    tests/bench/rbd_bench.py
+
+# ublk against the kernel's NBD client and loop, in a 6.12 guest under TCG (ratios only).
+bench-ublk: $(B)/uringnbd | $(B)/.deps-test
+	$(Q)URINGNBD=$(CURDIR)/$(B)/uringnbd TEST_TMPDIR=$(CURDIR)/build/tmp bash tests/bench/ublk_bench.sh
 
 # Rate limits: accuracy against qemu-nbd's throttle and nbdkit's rate filter, their cost, isolation.
 bench-limits: $(B)/uringnbd | $(B)/.deps-test

@@ -204,6 +204,7 @@ struct req {
 	bool reply_data;           /* data pages follow the reply header */
 	uint32_t reply_raw_len;    /* if set: the whole reply is in the bounce chunk */
 	uint16_t ublk_tag;         /* a ublk queue's request: its tag (ublk.c) */
+	bool ublk_buf;             /* ...whose iov is its tag's own buffer, not pool chunks */
 	struct req *next;          /* free list or send queue */
 };
 
@@ -501,7 +502,12 @@ void cached_start(struct req *q);
 /* ---- ublk.c: a ublk queue's side of the request path ---- */
 /* Takes the requests the kernel handed over, in order, while the intake is open. */
 void ublk_intake(struct conn *c);
-/* Copies a WRITE's data from the kernel's request into its chunks, then locks. */
+/*
+ * q's buffers: its tag's own, where the kernel put a WRITE's data and takes
+ * a READ's (true); or false, and it takes pool chunks (planned wider).
+ */
+bool ublk_buffers(struct req *q);
+/* A WRITE's data is where its plan wants it (copied into pool chunks if it has them). */
 void ublk_payload(struct req *q);
 /* Answers q to the kernel (a READ's data first) and re-arms its tag. */
 void ublk_reply(struct req *q);

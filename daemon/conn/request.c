@@ -47,8 +47,7 @@ static const uint32_t req_from[REQ_NSTATES] = {
 	[REQ_SEG_PAYLOAD] = SEG_END_STATES,
 	[REQ_FLUSH] = S(REQ_NEW),
 	[REQ_THROTTLED] = S(REQ_NEW),
-	[REQ_REPLY] = S(REQ_NEW) | S(REQ_SKIP) | S(REQ_BUFFERS) | S(REQ_FLUSH) | LOCKED_STATES |
-		      S(REQ_PAYLOAD), /* a ublk WRITE whose data could not be read */
+	[REQ_REPLY] = S(REQ_NEW) | S(REQ_SKIP) | S(REQ_BUFFERS) | S(REQ_FLUSH) | LOCKED_STATES,
 };
 
 void req_set_state(struct req *q, enum req_state to)
@@ -93,6 +92,8 @@ int req_get_buffers(struct req *q)
 	uint32_t n = q->plan.chunks, need = n + q->plan.bounce;
 	int got;
 
+	if (c->uq && ublk_buffers(q))
+		return 0;
 	if (c->buf_wait.promised)
 		pool_claim(pool, &c->buf_wait); /* its turn came: they are free */
 	else if (!worker_pool_may_take(c->w, &c->acct, need))
@@ -135,10 +136,11 @@ void req_release_buffers(struct req *q)
 	struct pool *pool = &q->c->w->pool;
 	struct pool_account *a = &q->c->acct;
 
-	if (q->niov) {
+	if (q->niov && !q->ublk_buf) {
 		pool_put(pool, q->niov, q->iov);
 		a->held -= q->niov;
 	}
+	q->ublk_buf = false;
 	if (q->bounce.iov_base) {
 		pool_put(pool, 1, &q->bounce);
 		a->held--;

@@ -99,10 +99,9 @@ static bool rx_take_payload(struct req *q)
 		return true;
 	}
 	if (c->uq) {
-		/* From the kernel's request: the intake need not wait for it. */
-		req_set_state(q, REQ_PAYLOAD);
-		q->io_done_bytes = 0;
+		/* The kernel's request brought it. */
 		ublk_payload(q);
+		req_lock(q);
 		return true;
 	}
 	n = c->rx_end - c->rx_start;

@@ -13,12 +13,16 @@
  * request, whose descriptor (mapped from /dev/ublkcN) becomes an NBD
  * request (ublk_int.h) and runs the path a network client's does: rate
  * limits, plan, buffers, range lock, cache or direct I/O, overlay, dirty
- * bitmaps. Data moves between the request's pool chunks and the kernel's
- * request by readv/writev on /dev/ublkcN (UBLK_F_USER_COPY), in the same
- * ring; the result goes back with COMMIT_AND_FETCH_REQ, which re-arms the
- * tag. Requests are taken in the order they completed (uq->fifo), and one
- * waiting for buffers or its limits holds those behind it, as a socket's
- * would.
+ * bitmaps. Each tag has a buffer of its own (UBLK_MAX_IO_BYTES, mapped,
+ * touched only as requests use it): the kernel copies a WRITE's data into
+ * it before the tag's fetch completes, and a READ's data out of it when the
+ * result goes back (COMMIT_AND_FETCH_REQ, which re-arms the tag). A request
+ * whose file I/O starts where its data does (an aligned one: all of them,
+ * on a device whose logical block is the export's alignment) does its I/O
+ * in that buffer; one planned wider (an overlay's granule) takes pool
+ * chunks and its data is copied. Requests are taken in the order they
+ * completed (uq->fifo), and one waiting for buffers or its limits holds
+ * those behind it, as a socket's would.
  *
  * The device outlives a restart where the kernel has UBLK_F_USER_RECOVERY:
  * the next process (exec after SIGUSR2, or a service manager's restart)
@@ -48,7 +52,7 @@
 
 #define UBLK_CONTROL "/dev/ublk-control"
 #define UBLK_DEPTH 128             /* tags per queue: one request slot each (CONN_MAX_REQS) */
-#define UBLK_MAX_IO_BYTES (1u << 20) /* the largest request: never served in segments */
+#define UBLK_MAX_IO_BYTES (512u << 10) /* the largest request, and each tag's buffer */
 #define UBLK_MAX_ZERO_BYTES (16u << 20) /* TRIM and WRITE_ZEROES: within one segment too */
 #define UBLK_CTRL_TIMEOUT_S 30     /* START_DEV waits for every queue's fetches */
 #define UBLK_RECOVER_WAIT_S 10     /* the previous process's queues end */
@@ -65,6 +69,7 @@ struct ublk_queue {
 	struct conn *c;            /* serves it; NULL before its start and once closed */
 	struct op start_op;        /* posted to w: start serving */
 	struct ublk_io_desc *descs; /* mapped read-only from /dev/ublkcN */
+	uint8_t *bufs;             /* depth * UBLK_MAX_IO_BYTES: each tag's data */
 	unsigned armed;            /* fetches in the kernel */
 	uint16_t fifo[UBLK_DEPTH]; /* tags fetched, not taken yet, in completion order */
 	unsigned fifo_head, fifo_n;
@@ -159,17 +164,38 @@ int ublk_probe(char *why, size_t len)
 			 "ublk_drv is older than Linux 6.5", UBLK_CONTROL, strerror(-ret));
 		return ret;
 	}
-	if (!(features & UBLK_F_USER_COPY)) {
-		snprintf(why, len, "ublk: this kernel's ublk_drv has no user copy (UBLK_F_USER_COPY, "
-			 "Linux 6.5)");
-		return -EOPNOTSUPP;
-	}
 	return (int)(features & 0x7fffffff);
 }
 
 /* ---- a queue, on its worker ---- */
 
 static void ublk_fetched(struct conn_op *o, int res);
+
+static inline uint8_t *ublk_tag_buf(const struct ublk_queue *uq, uint16_t tag)
+{
+	return uq->bufs + (size_t)tag * UBLK_MAX_IO_BYTES;
+}
+
+bool ublk_buffers(struct req *q)
+{
+	const struct plan *p = &q->plan;
+	uint8_t *buf = ublk_tag_buf(q->c->uq, q->ublk_tag);
+	unsigned n = 0;
+
+	if (p->data_off || p->bounce || !p->io_len || p->io_len > UBLK_MAX_IO_BYTES ||
+	    p->chunks > REQ_INLINE_CHUNKS)
+		return false;
+	for (uint64_t off = 0; off < p->io_len; off += POOL_CHUNK_BYTES, n++) {
+		q->iov_inline[n].iov_base = buf + off;
+		q->iov_inline[n].iov_len = p->io_len - off < POOL_CHUNK_BYTES ?
+					   (size_t)(p->io_len - off) : POOL_CHUNK_BYTES;
+	}
+	q->iov = q->iov_inline;
+	q->io_iov = q->io_iov_inline;
+	q->niov = n;
+	q->ublk_buf = true;
+	return true;
+}
 
 static void ublk_prep_cmd(struct ublk_queue *uq, uint16_t tag, unsigned op, int32_t result)
 {
@@ -195,7 +221,7 @@ static void ublk_prep_cmd(struct ublk_queue *uq, uint16_t tag, unsigned op, int3
 	cmd->q_id = uq->q_id;
 	cmd->tag = tag;
 	cmd->result = result;
-	cmd->addr = 0;
+	cmd->addr = (uint64_t)(uintptr_t)ublk_tag_buf(uq, tag);
 	uq->armed++;
 }
 
@@ -273,40 +299,12 @@ static void ublk_fetched(struct conn_op *o, int res)
 		ublk_intake(c);
 }
 
-/* A WRITE's data, copied from the kernel's request into its chunks. */
-static void ublk_payload_done(struct conn_op *o, int res)
-{
-	struct req *q = container_of(o, struct req, op);
-	struct conn *c = q->c;
-
-	if (c->state == CONN_CLOSING) {
-		req_recycle(q);
-		return;
-	}
-	if (res <= 0) {
-		log_warn("ublk%d: reading a WRITE's data: %s", c->uq->d->id,
-			 res ? strerror(-res) : "nothing read");
-		q->nbd_error = NBD_EIO;
-		reply_queue(q);
-		return;
-	}
-	q->io_done_bytes += (uint64_t)res;
-	if (q->io_done_bytes < q->r.len_bytes) {
-		ublk_payload(q);
-		return;
-	}
-	req_lock(q);
-}
-
 void ublk_payload(struct req *q)
 {
-	struct conn *c = q->c;
-	unsigned n = iov_slice(q->iov, q->niov, q->plan.data_off + q->io_done_bytes,
-			       q->r.len_bytes - q->io_done_bytes, q->io_iov);
-
-	conn_op_init(&q->op, c, ublk_payload_done);
-	io_uring_prep_readv(conn_sqe(&q->op), c->uq->d->cdev, q->io_iov, n,
-			    ublk_data_pos(c->uq->q_id, q->ublk_tag) + q->io_done_bytes);
+	/* In the tag's buffer already; planned wider, it goes to its place in the chunks. */
+	if (!q->ublk_buf)
+		iov_copy_in(q->iov, q->niov, q->plan.data_off, ublk_tag_buf(q->c->uq, q->ublk_tag),
+			    (size_t)q->r.len_bytes);
 }
 
 static void ublk_commit(struct req *q, int32_t result)
@@ -324,51 +322,31 @@ static void ublk_commit(struct req *q, int32_t result)
 	ublk_prep_cmd(uq, tag, UBLK_U_IO_COMMIT_AND_FETCH_REQ, result);
 }
 
-/* A READ's data, copied into the kernel's request. */
-static void ublk_reply_done(struct conn_op *o, int res)
-{
-	struct req *q = container_of(o, struct req, op);
-
-	if (q->c->state == CONN_CLOSING) {
-		req_recycle(q);
-		return;
-	}
-	if (res < 0) {
-		log_warn("ublk%d: writing a READ's data: %s", q->c->uq->d->id, strerror(-res));
-		ublk_commit(q, res);
-		return;
-	}
-	q->io_done_bytes += (uint64_t)res;
-	if (res > 0 && q->io_done_bytes < q->r.len_bytes) {
-		ublk_reply(q);
-		return;
-	}
-	ublk_commit(q, res ? ublk_result(NBD_SUCCESS, &q->r) : -EIO);
-}
-
 void ublk_reply(struct req *q)
 {
-	struct conn *c = q->c;
+	uint8_t *dst = ublk_tag_buf(q->c->uq, q->ublk_tag);
+	size_t left = (size_t)q->r.len_bytes;
+	struct iovec part[REQ_INLINE_CHUNKS];
 	unsigned n;
 
-	if (q->r.type != NBD_CMD_READ || q->nbd_error != NBD_SUCCESS) {
+	if (q->r.type != NBD_CMD_READ || q->nbd_error != NBD_SUCCESS || q->ublk_buf) {
 		ublk_commit(q, ublk_result(q->nbd_error, &q->r));
 		return;
 	}
-	if (q->state != REQ_REPLY || !q->io_iov) {
-		ublk_commit(q, -EIO);
-		return;
+	/* Read into pool chunks (planned wider): the data goes to the tag's buffer. */
+	while (left) {
+		size_t done = (size_t)q->r.len_bytes - left;
+
+		n = iov_slice(q->iov, q->niov, q->plan.data_off + done,
+			      left < REQ_INLINE_CHUNKS * POOL_CHUNK_BYTES / 2 ? left :
+			      REQ_INLINE_CHUNKS * POOL_CHUNK_BYTES / 2, part);
+		for (unsigned i = 0; i < n; i++) {
+			memcpy(dst + done, part[i].iov_base, part[i].iov_len);
+			done += part[i].iov_len;
+			left -= part[i].iov_len;
+		}
 	}
-	if (!q->reply_data) {
-		/* First call: the copy starts at the data's beginning. */
-		q->reply_data = true;
-		q->io_done_bytes = 0;
-	}
-	n = iov_slice(q->iov, q->niov, q->plan.data_off + q->io_done_bytes,
-		      q->r.len_bytes - q->io_done_bytes, q->io_iov);
-	conn_op_init(&q->op, c, ublk_reply_done);
-	io_uring_prep_writev(conn_sqe(&q->op), c->uq->d->cdev, q->io_iov, n,
-			     ublk_data_pos(c->uq->q_id, q->ublk_tag) + q->io_done_bytes);
+	ublk_commit(q, ublk_result(NBD_SUCCESS, &q->r));
 }
 
 static void ublk_queue_failed(struct ublk_queue *uq)
@@ -426,9 +404,14 @@ void ublk_queue_closed(struct conn *c)
 
 static void ublk_unmap(struct ublk_dev *d)
 {
-	for (unsigned i = 0; i < d->nq; i++)
-		if (d->q && d->q[i].descs)
+	for (unsigned i = 0; d->q && i < d->nq; i++) {
+		if (d->q[i].descs)
 			munmap(d->q[i].descs, ublk_descs_len(d->depth));
+		if (d->q[i].bufs)
+			munmap(d->q[i].bufs, (size_t)d->depth * UBLK_MAX_IO_BYTES);
+		d->q[i].descs = NULL;
+		d->q[i].bufs = NULL;
+	}
 	if (d->cdev >= 0)
 		close(d->cdev);
 	d->cdev = -1;
@@ -486,6 +469,13 @@ static int ublk_open_queues(struct ublk_dev *d, char *msg, size_t len)
 			return -1;
 		}
 		d->q[i].descs = m;
+		m = mmap(NULL, (size_t)d->depth * UBLK_MAX_IO_BYTES, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+		if (m == MAP_FAILED) {
+			snprintf(msg, len, "queue %u's buffers: %s", i, strerror(errno));
+			return -1;
+		}
+		d->q[i].bufs = m;
 	}
 	return 0;
 }
@@ -657,8 +647,9 @@ struct ublk_dev *ublk_attach(struct export *e, struct worker *ws, unsigned nw, c
 	}
 	/* A previous process's device of this export: taken over if it can be, else replaced. */
 	old = ublk_find(e->name, &info);
-	if (old >= 0 && (info.flags & UBLK_F_USER_RECOVERY) && info.nr_hw_queues >= 1 &&
-	    info.queue_depth <= UBLK_DEPTH) {
+	if (old >= 0 && (info.flags & UBLK_F_USER_RECOVERY) && !(info.flags & UBLK_F_USER_COPY) &&
+	    info.nr_hw_queues >= 1 && info.queue_depth <= UBLK_DEPTH &&
+	    info.max_io_buf_bytes <= UBLK_MAX_IO_BYTES) {
 		d = ublk_new(e, info.nr_hw_queues, info.queue_depth);
 		if (!d) {
 			snprintf(msg, len, "out of memory");
@@ -697,7 +688,7 @@ struct ublk_dev *ublk_attach(struct export *e, struct worker *ws, unsigned nw, c
 	info.queue_depth = UBLK_DEPTH;
 	info.max_io_buf_bytes = UBLK_MAX_IO_BYTES;
 	info.dev_id = (uint32_t)-1;
-	info.flags = UBLK_F_USER_COPY;
+	info.flags = 0;
 	if (features & UBLK_F_USER_RECOVERY)
 		info.flags |= UBLK_F_USER_RECOVERY;
 	if (features & UBLK_F_USER_RECOVERY_REISSUE)

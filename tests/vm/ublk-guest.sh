@@ -111,11 +111,15 @@ for i in 1 2 3; do
     dd if=/dev/nbd1 bs=64k skip=$((i + 8)) count=1 iflag=direct status=none | cmp - /tmp/c$i ||
         fail "/dev/nbd1 read stale data from the cache after $cdev wrote"
 done
+# A 512-byte read through the cache: its page is read whole, the sector copied out.
+dd if=/tmp/c1 bs=512 skip=3 count=1 status=none >/tmp/want512
+dd if="$cdev" bs=512 skip=$((65536 / 512 + 3)) count=1 iflag=direct status=none | cmp - /tmp/want512 ||
+    fail "a 512-byte read through the cache differs"
 nbd-client -d /dev/nbd1 >/dev/null 2>&1
 after=$($CTL --json bitmaps cached | grep -o '"dirty-bytes": *[0-9]*' | grep -o '[0-9]*$')
 [ -n "$after" ] && [ "$after" -ge $((${before:-0} + 6 * 65536)) ] ||
     fail "bitmap b0: $before dirty bytes before, $after after 6 writes of 64 KiB"
-step "cache=always with bitmap b0: $cdev and /dev/nbd1 read each other's writes through the cache; b0 dirty $before -> $after bytes"
+step "cache=always with bitmap b0: $cdev and /dev/nbd1 read each other's writes through the cache, a 512-byte read too; b0 dirty $before -> $after bytes"
 
 # An overlay export as a device: writes go to the overlay, the base stays.
 base=$(sha256sum </srv/base.img)
@@ -128,8 +132,15 @@ dd if="$odev" bs=1M skip=3 count=1 iflag=direct status=none | cmp - /tmp/r1 ||
 head -c 1048576 /srv/base.img >/tmp/base1
 dd if="$odev" bs=1M count=1 iflag=direct status=none | cmp - /tmp/base1 ||
     fail "$odev's unwritten part is not the base's"
+# 4 KiB inside a 32 KiB granule of the base: the overlay copies the granule up around it.
+head -c 4096 /dev/urandom >/tmp/r4k
+dd if=/srv/base.img bs=32k skip=160 count=1 status=none >/tmp/gran
+dd if=/tmp/r4k of=/tmp/gran bs=4k seek=3 conv=notrunc status=none
+dd if=/tmp/r4k of="$odev" bs=4k seek=$((160 * 8 + 3)) oflag=direct status=none || fail "4 KiB to $odev"
+dd if="$odev" bs=32k skip=160 count=1 iflag=direct status=none | cmp - /tmp/gran ||
+    fail "$odev: the granule around a 4 KiB write is not the base's with the write in it"
 [ "$(sha256sum </srv/base.img)" = "$base" ] || fail "the overlay's write reached the base"
-step "overlay export as $odev (ublk-add): its write read back, the base unchanged"
+step "overlay export as $odev (ublk-add): 1 MiB and a 4 KiB write in a granule read back, the base unchanged"
 
 # Restarts under fio: SIGUSR2 execs the daemon, which takes the device over.
 fio --name=restart --filename="$dev" --direct=1 --rw=randrw --bs=4k --iodepth=16 --ioengine=libaio \
