@@ -148,6 +148,8 @@ void ublk_release(struct ublk_dev *d);
 int ublk_dev_id(const struct ublk_dev *d);
 const struct export *ublk_dev_export(const struct ublk_dev *d);
 bool ublk_dev_recovered(const struct ublk_dev *d);
+/* Whether a next process can take d over (UBLK_F_USER_RECOVERY). */
+bool ublk_dev_recoverable(const struct ublk_dev *d);
 unsigned ublk_dev_queues(const struct ublk_dev *d);
 
 #endif

@@ -39,6 +39,7 @@
 #include <stddef.h>
 #include <liburing.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -647,6 +648,12 @@ struct ublk_dev *ublk_attach(struct export *e, struct worker *ws, unsigned nw, c
 	}
 	/* A previous process's device of this export: taken over if it can be, else replaced. */
 	old = ublk_find(e->name, &info);
+	if (old >= 0 && info.state == UBLK_S_DEV_LIVE && info.ublksrv_pid > 0 &&
+	    info.ublksrv_pid != getpid() && kill(info.ublksrv_pid, 0) == 0) {
+		snprintf(msg, len, "/dev/ublkb%d, of an export named \"%s\", is served by process %d "
+			 "(another uringnbd?)", old, e->name, (int)info.ublksrv_pid);
+		return NULL;
+	}
 	if (old >= 0 && (info.flags & UBLK_F_USER_RECOVERY) && !(info.flags & UBLK_F_USER_COPY) &&
 	    info.nr_hw_queues >= 1 && info.queue_depth <= UBLK_DEPTH &&
 	    info.max_io_buf_bytes <= UBLK_MAX_IO_BYTES) {
@@ -787,6 +794,11 @@ const struct export *ublk_dev_export(const struct ublk_dev *d)
 bool ublk_dev_recovered(const struct ublk_dev *d)
 {
 	return d->recovered;
+}
+
+bool ublk_dev_recoverable(const struct ublk_dev *d)
+{
+	return d->flags & UBLK_F_USER_RECOVERY;
 }
 
 unsigned ublk_dev_queues(const struct ublk_dev *d)

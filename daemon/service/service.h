@@ -339,8 +339,9 @@ int server_ublk_remove(struct server *s, const char *name, bool force, char *msg
 /* Export name's device: its N, or -1. */
 int server_ublk_of(struct server *s, const char *name);
 /*
- * At exit, before the workers stop: every device removed (forced); or,
- * keep (a restart), left to the next process.
+ * At exit, before the workers stop: every device removed; one in use
+ * (mounted) is left for the next start where the kernel can hand it over
+ * (else removed all the same); with keep (a restart), all are left.
  */
 void server_ublk_close_all(struct server *s, bool keep);
 

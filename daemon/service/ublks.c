@@ -116,11 +116,20 @@ void server_ublk_close_all(struct server *s, bool keep)
 	while (s->nublks) {
 		struct server_ublk *u = &s->ublks[--s->nublks];
 
-		if (keep) {
-			log_info("export \"%s\": /dev/ublkb%d left to the next process", u->name,
-				 ublk_dev_id(u->dev));
+		int ret = keep ? -EBUSY : ublk_detach(u->dev, !ublk_dev_recoverable(u->dev), msg,
+						      sizeof(msg));
+
+		if (ret == -EBUSY) {
+			/* A restart; or mounted: kept rather than pulled from under its filesystem. */
+			if (keep)
+				log_info("export \"%s\": /dev/ublkb%d left to the next process",
+					 u->name, ublk_dev_id(u->dev));
+			else
+				log_warn("export \"%s\": /dev/ublkb%d is in use (mounted): left for the "
+					 "next start, which takes it over; its I/O waits until then",
+					 u->name, ublk_dev_id(u->dev));
 			ublk_release(u->dev);
-		} else if (ublk_detach(u->dev, true, msg, sizeof(msg)) < 0) {
+		} else if (ret < 0) {
 			log_error("export \"%s\": %s", u->name, msg);
 		}
 		free(u->name);

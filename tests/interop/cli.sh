@@ -18,6 +18,13 @@ expect_error 'export "/nonexistent/disk.img": No such file or directory' -U "$SO
 expect_error "export \"$T\": not a regular file or block device" -U "$SOCK" "$T"
 expect_error 'export "/dev/null": not a regular file or block device' -U "$SOCK" /dev/null
 expect_error 'expected one FILE to export, --export or --config' -U "$SOCK"
+# ublk: an export that does not exist, and (on a kernel without ublk_drv, as here) the kernel.
+truncate -s 1M "$T/u.img"
+expect_error '--ublk "nope": no such export' -U "$SOCK" -e "u=$T/u.img" --ublk nope
+if [ ! -e /dev/ublk-control ]; then
+    expect_error 'export "u": --ublk needs a kernel with ublk_drv' -U "$SOCK" -e "u=$T/u.img,ublk"
+    [ ! -e "$SOCK" ] || fail "a daemon that could not make its ublk device left its socket"
+fi
 expect_error '--threads "0"' -t 0 -U "$SOCK" "$T/x"
 expect_error '--threads "2x"' -t 2x -U "$SOCK" "$T/x"
 expect_error '--pool-size "1M"' --pool-size 1M -U "$SOCK" "$T/x"

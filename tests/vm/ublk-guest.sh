@@ -202,6 +202,30 @@ step "ext4 on $dev: a $(du -sh /mnt/a/lib | cut -f1) tree, fio verify=crc32c (2 
 out=$($CTL ublk-remove disk 2>&1) && fail "ublk-remove of a mounted device succeeded"
 echo "$out" | grep -q "in use" || fail "ublk-remove while mounted: $out"
 step "ublk-remove while mounted: $out"
+# A stop while it is mounted keeps the device (its I/O waits); the next start takes it over.
+pid=$(cat /run/uringnbd.pid)
+kill "$pid"
+for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$pid" 2>/dev/null && fail "the daemon did not exit in 10 s with $dev mounted"
+[ -b "$dev" ] || fail "$dev went with the daemon while mounted"
+grep -q "is in use (mounted): left for the next start" /tmp/daemon.log || fail "the stop did not say it kept $dev"
+# Written, and synced (which waits for the device) while no daemon serves it.
+(echo "written while the daemon was away" >/mnt/a/away && sync -f /mnt/a/away) &
+writer=$!
+sleep 1
+kill -0 $writer 2>/dev/null || fail "the sync did not wait for the device while no daemon served it"
+taken=$(grep -c 'taken over from the previous process' /tmp/daemon.log)
+start_daemon
+for i in $(seq 1 100); do
+    [ "$(grep -c 'taken over from the previous process' /tmp/daemon.log)" -gt "$taken" ] && break
+    sleep 0.1
+done
+[ "$(grep -c 'taken over from the previous process' /tmp/daemon.log)" -gt "$taken" ] ||
+    fail "the next start did not take $dev over"
+wait $writer || fail "the write and sync while the daemon was away failed"
+[ "$(cat /mnt/a/away)" = "written while the daemon was away" ] || fail "/mnt/a/away"
+dmesg | grep -i "ext4.*error\|I/O error.*ublkb" && fail "errors in dmesg"
+step "stopped with $dev mounted: the device stayed, the next start took it over, the filesystem went on"
 umount /mnt/a
 $CTL ublk-remove disk >/tmp/rm.out 2>&1 || fail "ublk-remove: $(cat /tmp/rm.out)"
 [ -e "$dev" ] && fail "$dev still there after ublk-remove"
@@ -214,6 +238,14 @@ mount -o ro "$dev" /mnt/a || fail "mount after ublk-add"
 umount /mnt/a
 step "unmounted: removed; ublk-add made $dev again, its filesystem intact"
 
+# A second daemon with an export of the same name does not take a live device.
+uringnbd -e disk=/dev/vdb --ublk disk -U /run/y.sock >/tmp/second.out 2>&1 &&
+    fail "a second daemon took over a live device"
+grep -q "is served by process $(cat /run/uringnbd.pid)" /tmp/second.out ||
+    fail "a second daemon: $(cat /tmp/second.out)"
+[ -b "$dev" ] && [ "$(ublk_of disk)" = "$dev" ] || fail "the second daemon disturbed $dev"
+step "a second daemon for export disk: $(grep -o 'export.*' /tmp/second.out | head -n 1)"
+
 # A stop removes the device.
 pid=$(cat /run/uringnbd.pid)
 kill "$pid"
@@ -222,6 +254,10 @@ kill -0 "$pid" 2>/dev/null && fail "the daemon did not exit in 10 s"
 for i in $(seq 1 100); do [ -e "$dev" ] || break; sleep 0.1; done
 [ -e "$dev" ] && fail "$dev still there after the daemon stopped"
 step "the daemon stopped: $dev removed"
+# A sanitizer build (make check SANITIZE=1) says here what it found, exec after exec.
+if grep -q "ERROR: AddressSanitizer\|ERROR: LeakSanitizer\|runtime error:" /tmp/daemon.log; then
+    fail "the sanitizers: $(grep -m 3 -A 12 'Sanitizer\|runtime error:' /tmp/daemon.log)"
+fi
 
 # A daemon on a device that no longer has ublk_drv: a clear error.
 rmmod ublk_drv 2>/tmp/rmmod.out || fail "rmmod ublk_drv: $(cat /tmp/rmmod.out) $(ls /dev/ublk* 2>&1)"
