@@ -34,7 +34,7 @@ ublk_of() {
     $CTL --json exports "$1" | grep -o '"ublk": *"[^"]*"' | sed 's|.*"\(/dev/[^"]*\)"|\1|'
 }
 
-for m in ublk_drv nbd vsock_loopback; do
+for m in ublk_drv nbd loop vsock_loopback; do
     modprobe $m || fail "modprobe $m"
 done
 [ -c /dev/ublk-control ] || fail "no /dev/ublk-control after modprobe ublk_drv"
@@ -141,6 +141,26 @@ dd if="$odev" bs=32k skip=160 count=1 iflag=direct status=none | cmp - /tmp/gran
     fail "$odev: the granule around a 4 KiB write is not the base's with the write in it"
 [ "$(sha256sum </srv/base.img)" = "$base" ] || fail "the overlay's write reached the base"
 step "overlay export as $odev (ublk-add): 1 MiB and a 4 KiB write in a granule read back, the base unchanged"
+
+# A 4K-sector device as an export (export-add at run time): its ublk device has 4K sectors too.
+truncate -s 64M /srv/four.img
+four=$(losetup --sector-size 4096 --direct-io=on --show -f /srv/four.img) || fail "losetup --sector-size 4096"
+$CTL export-add four "$four" >/dev/null || fail "export-add four"
+$CTL ublk-add four >/tmp/add.out 2>&1 || fail "ublk-add four: $(cat /tmp/add.out)"
+fdev=$(ublk_of four)
+[ "$(blockdev --getss "$fdev")" = 4096 ] || fail "$fdev: logical block $(blockdev --getss "$fdev"), expected 4096"
+head -c 8192 /dev/urandom >/tmp/r8k
+dd if=/tmp/r8k of="$fdev" bs=4096 seek=5 oflag=direct status=none || fail "dd to $fdev"
+dd if="$four" bs=4096 skip=5 count=2 iflag=direct status=none | cmp - /tmp/r8k ||
+    fail "$four does not hold what $fdev wrote"
+dd if="$fdev" bs=512 seek=1 count=1 oflag=direct status=none </dev/zero 2>/dev/null &&
+    fail "a 512-byte write to a 4K-sector device succeeded"
+out=$($CTL export-remove four 2>&1) && fail "export-remove of an export with a device succeeded"
+echo "$out" | grep -q "ublk-remove it first" || fail "export-remove four: $out"
+$CTL ublk-remove four >/dev/null || fail "ublk-remove four"
+$CTL export-remove four >/dev/null || fail "export-remove four after ublk-remove"
+losetup -d "$four"
+step "a 4K-sector export ($four): $fdev has 4096-byte sectors, 8 KiB written reach the device; export-remove waits for ublk-remove"
 
 # Restarts under fio: SIGUSR2 execs the daemon, which takes the device over.
 fio --name=restart --filename="$dev" --direct=1 --rw=randrw --bs=4k --iodepth=16 --ioengine=libaio \
