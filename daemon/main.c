@@ -661,6 +661,7 @@ out_workers:
 		worker_stop(&srv.workers[i]);
 	for (i = 0; i < started; i++)
 		worker_join(&srv.workers[i]);
+	ublk_released_free(); /* what was kept of devices left to the next process */
 	if (prefaulting)
 		pthread_join(prefault_thread, NULL);
 	control_free();

@@ -240,7 +240,10 @@ void conn_close(struct conn *c, const char *why)
 	tls_conn_closing(c);
 	/* Completes every receive and send in flight; file I/O finishes on its own. */
 	if (c->handover || c->uq) {
-		/* Parked and handed over: the socket lives on elsewhere; only our fd closes. */
+		/*
+		 * Parked and handed over: the socket lives on elsewhere; only our fd
+		 * closes. A ublk queue has no socket: it closes once its fetches ended.
+		 */
 	} else if (!c->stream) {
 		shutdown(c->fd, SHUT_RDWR);
 	} else {
@@ -444,6 +447,15 @@ struct conn *conn_attach(struct worker *w, struct export *e, enum transport t)
 	stat_bump(&e->ctr->slot[w->id].conns[t], 1);
 	conns_watch_arm(w);
 	return c;
+}
+
+void conn_forget(struct conn *c)
+{
+	assert(!c->live_reqs);
+	throttle_release(&c->thr);
+	export_put((struct export *)c->exp);
+	munmap(c->area, sizeof(*c->area));
+	free(c);
 }
 
 static void conns_adopt(struct worker *w, const struct client *cl)

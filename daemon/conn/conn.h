@@ -143,8 +143,14 @@ struct ublk_dev *ublk_attach(struct export *e, struct worker *ws, unsigned nw, c
  * mounted or open exclusively, unless force. Blocks: not on a worker.
  */
 int ublk_detach(struct ublk_dev *d, bool force, char *msg, size_t len);
-/* A restart: d is left to the next process, which takes it over. */
+/*
+ * A restart, or a stop while d is in use: d is left to the next process,
+ * which takes it over. The requests in hand finish first (it blocks until
+ * they have); after the workers are joined, ublk_released_free() frees
+ * what the process kept of it.
+ */
 void ublk_release(struct ublk_dev *d);
+void ublk_released_free(void);
 int ublk_dev_id(const struct ublk_dev *d);
 const struct export *ublk_dev_export(const struct ublk_dev *d);
 bool ublk_dev_recovered(const struct ublk_dev *d);

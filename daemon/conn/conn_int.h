@@ -523,6 +523,11 @@ void ublk_queue_name(const struct conn *c, char *buf, size_t len);
  * NULL if out of memory.
  */
 struct conn *conn_attach(struct worker *w, struct export *e, enum transport t);
+/*
+ * Frees c, whose worker is gone (joined) with ops of c's still in its ring,
+ * which nobody will reap: no request of c's may be in hand.
+ */
+void conn_forget(struct conn *c);
 
 /* ---- rx.c: a request from elsewhere than the socket ---- */
 /*

@@ -224,7 +224,6 @@ void reply_queue(struct req *q)
 		/* A ublk request: its data and result go back to the kernel. */
 		req_set_state(q, REQ_REPLY);
 		reply_count(q, &q->r);
-		q->reply_data = false;
 		ublk_reply(q);
 		return;
 	}

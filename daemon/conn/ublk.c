@@ -74,6 +74,8 @@ struct ublk_queue {
 	unsigned armed;            /* fetches in the kernel */
 	uint16_t fifo[UBLK_DEPTH]; /* tags fetched, not taken yet, in completion order */
 	unsigned fifo_head, fifo_n;
+	bool releasing;            /* left to the next process: take no more requests */
+	struct op release_op;      /* posted to w: ...from now on */
 	struct ublk_tag tags[UBLK_DEPTH];
 };
 
@@ -88,6 +90,8 @@ struct ublk_dev {
 	pthread_cond_t cond;
 	unsigned queues_open;      /* queue conns not yet freed (under lock) */
 	unsigned queues_failed;    /* ...of which could not start */
+	unsigned queues_idle;      /* releasing, with no request in hand (under lock) */
+	struct ublk_dev *next_released; /* ublk_release's list */
 	struct ublk_queue *q;      /* nq */
 };
 
@@ -171,6 +175,17 @@ int ublk_probe(char *why, size_t len)
 /* ---- a queue, on its worker ---- */
 
 static void ublk_fetched(struct conn_op *o, int res);
+
+/* A releasing queue has nothing in hand: its device may be left. */
+static void ublk_queue_idle(struct ublk_queue *uq)
+{
+	struct ublk_dev *d = uq->d;
+
+	pthread_mutex_lock(&d->lock);
+	d->queues_idle++;
+	pthread_cond_broadcast(&d->cond);
+	pthread_mutex_unlock(&d->lock);
+}
 
 static inline uint8_t *ublk_tag_buf(const struct ublk_queue *uq, uint16_t tag)
 {
@@ -265,7 +280,7 @@ void ublk_intake(struct conn *c)
 {
 	struct ublk_queue *uq = c->uq;
 
-	while (uq->fifo_n && c->rx == RX_IDLE &&
+	while (uq->fifo_n && c->rx == RX_IDLE && !uq->releasing &&
 	       (c->state == CONN_TRANSMIT || c->state == CONN_STOPPING)) {
 		uint16_t tag = uq->fifo[uq->fifo_head];
 
@@ -321,6 +336,8 @@ static void ublk_commit(struct req *q, int32_t result)
 	if (c->state == CONN_CLOSING)
 		return;
 	ublk_prep_cmd(uq, tag, UBLK_U_IO_COMMIT_AND_FETCH_REQ, result);
+	if (uq->releasing && !c->live_reqs)
+		ublk_queue_idle(uq);
 }
 
 void ublk_reply(struct req *q)
@@ -773,12 +790,63 @@ int ublk_detach(struct ublk_dev *d, bool force, char *msg, size_t len)
 	return 0;
 }
 
+/* On the worker: the queue takes no more requests; those in hand finish. */
+static void ublk_queue_release(struct op *op, int res)
+{
+	struct ublk_queue *uq = container_of(op, struct ublk_queue, release_op);
+
+	(void)res;
+	uq->releasing = true;
+	if (!uq->c || !uq->c->live_reqs)
+		ublk_queue_idle(uq);
+}
+
+static struct ublk_dev *released; /* left to the next process: freed after the workers */
+
 void ublk_release(struct ublk_dev *d)
 {
-	/* Nothing is stopped: the queues end with the rings, the next process takes it over. */
-	d->cdev = -1; /* close-on-exec; the mappings go with the process image */
-	for (unsigned i = 0; i < d->nq; i++)
-		d->q[i].descs = NULL;
+	struct timespec until;
+	int ret = 0;
+
+	/*
+	 * Nothing is stopped: the queues end with the rings and the next process
+	 * takes the device over. Requests fetched from now on are issued to it
+	 * again (UBLK_F_USER_RECOVERY_REISSUE); those in hand finish here first,
+	 * so that no lock or buffer of theirs outlives the workers.
+	 */
+	for (unsigned i = 0; i < d->nq; i++) {
+		d->q[i].release_op.done = ublk_queue_release;
+		worker_post(d->q[i].w, &d->q[i].release_op, 0);
+	}
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	until.tv_sec += UBLK_CTRL_TIMEOUT_S;
+	pthread_mutex_lock(&d->lock);
+	while (d->queues_idle < d->nq && ret == 0)
+		ret = pthread_cond_timedwait(&d->cond, &d->lock, &until);
+	pthread_mutex_unlock(&d->lock);
+	if (d->queues_idle < d->nq)
+		log_warn("ublk%d: requests still in hand after %d s", d->id, UBLK_CTRL_TIMEOUT_S);
+	d->next_released = released;
+	released = d;
+}
+
+void ublk_released_free(void)
+{
+	struct ublk_dev *d;
+
+	while ((d = released)) {
+		released = d->next_released;
+		/* A queue with requests in hand (a timeout above) keeps its memory. */
+		if (d->queues_idle == d->nq)
+			for (unsigned i = 0; i < d->nq; i++)
+				if (d->q[i].c)
+					conn_forget(d->q[i].c);
+		/* The fd and the mappings go with the process: the kernel may still read them. */
+		d->cdev = -1;
+		for (unsigned i = 0; i < d->nq; i++)
+			d->q[i].descs = NULL, d->q[i].bufs = NULL;
+		ublk_free(d);
+	}
 }
 
 int ublk_dev_id(const struct ublk_dev *d)

@@ -162,6 +162,16 @@ $CTL export-remove four >/dev/null || fail "export-remove four after ublk-remove
 losetup -d "$four"
 step "a 4K-sector export ($four): $fdev has 4096-byte sectors, 8 KiB written reach the device; export-remove waits for ublk-remove"
 
+# The export's rate limits hold for its device as for its NBD clients.
+$CTL export-set disk iops-total=200 >/dev/null || fail "export-set disk iops-total=200"
+fio --name=limit --filename="$dev" --direct=1 --rw=randread --bs=4k --iodepth=8 --ioengine=libaio \
+    --time_based --runtime=3 --output-format=terse --terse-version=3 >/tmp/limit.out 2>&1 ||
+    fail "fio under the limit: $(tail -n 5 /tmp/limit.out)"
+iops=$(awk -F';' '{printf "%d", $8}' /tmp/limit.out)
+[ "$iops" -ge 150 ] && [ "$iops" -le 260 ] || fail "iops-total=200 on $dev: fio saw $iops IOPS"
+$CTL export-set disk iops-total=0 >/dev/null || fail "export-set disk iops-total=0"
+step "export-set disk iops-total=200: $dev ran at $iops IOPS (4k QD8 reads, 3 s)"
+
 # Restarts under fio: SIGUSR2 execs the daemon, which takes the device over.
 fio --name=restart --filename="$dev" --direct=1 --rw=randrw --bs=4k --iodepth=16 --ioengine=libaio \
     --offset=64M --size=64M --time_based --runtime=600 --verify=crc32c --verify_fatal=1 \
