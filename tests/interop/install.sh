@@ -31,6 +31,8 @@ complete_words() {
 [ "$(complete_words uringnbdctl export-r)" = export-remove ] || fail "completion of export-r"
 [ "$(complete_words uringnbdctl log-level de)" = debug ] || fail "completion of log-level"
 complete_words uringnbd --cont | grep -qw -- --control || fail "completion of uringnbd --cont"
+[ "$(complete_words uringnbdctl ublk-r)" = ublk-remove ] || fail "completion of ublk-r"
+complete_words uringnbd --ubl | grep -qw -- --ublk || fail "completion of uringnbd --ubl"
 
 # Verify the units as installed; their ExecStart must exist, so point it at DESTDIR.
 U="$T/units"

@@ -15,7 +15,10 @@ CTL="uringnbdctl -c /run/ctl.sock"
 fail() {
     echo "GUEST FAIL: $*"
     sed 's/^/DAEMON /' /tmp/daemon.log 2>/dev/null | tail -n 80
-    poweroff -f
+    # Not poweroff: a device left waiting for its daemon would hold the shutdown.
+    sync &
+    sleep 1
+    echo b >/proc/sysrq-trigger
     sleep 10
 }
 step() { echo "guest: $*"; }
@@ -202,6 +205,58 @@ dd if="$odev" bs=1M skip=3 count=1 iflag=direct status=none | cmp - /tmp/r1 ||
     fail "$odev after the restarts does not read its write"
 $CTL ublk-remove ovl >/dev/null || fail "ublk-remove ovl"
 [ -e "$odev" ] && fail "$odev still there after ublk-remove"
+
+# A service manager's restart (systemctl restart with --keep-connections):
+# SIGTERM leaves the devices, the next start takes them over, fio goes on.
+# socat stands in for systemd's notification socket (its fd store is not
+# needed: the devices are found by the kernel's tag).
+socat -u UNIX-RECV:/run/notify OPEN:/dev/null &
+notify=$!
+pid=$(cat /run/uringnbd.pid)
+kill "$pid"
+for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+NOTIFY_SOCKET=/run/notify start_daemon --keep-connections
+fio --name=svc --filename="$dev" --direct=1 --rw=randrw --bs=4k --iodepth=16 --ioengine=libaio \
+    --offset=128M --size=64M --time_based --runtime=600 --verify=crc32c --verify_fatal=1 \
+    >/tmp/fio-svc.out 2>&1 &
+fio_pid=$!
+sleep 3
+taken=$(grep -c 'taken over from the previous process' /tmp/daemon.log)
+pid=$(cat /run/uringnbd.pid)
+kill "$pid"
+for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$pid" 2>/dev/null && fail "the daemon did not exit on SIGTERM with --keep-connections"
+grep -q "/dev/ublkb[0-9]* left to the next process" /tmp/daemon.log ||
+    fail "SIGTERM with --keep-connections under a service manager did not leave the devices"
+[ -b "$dev" ] || fail "$dev went with the daemon"
+sleep 1
+NOTIFY_SOCKET=/run/notify start_daemon --keep-connections
+for i in $(seq 1 100); do
+    [ "$(grep -c 'taken over from the previous process' /tmp/daemon.log)" -ge $((taken + 2)) ] && break
+    sleep 0.1
+done
+[ "$(grep -c 'taken over from the previous process' /tmp/daemon.log)" -ge $((taken + 2)) ] ||
+    fail "the start after the service manager's stop did not take disk and cached over"
+sleep 2
+kill -0 $fio_pid 2>/dev/null || fail "fio ended at the service restart: $(tail -n 20 /tmp/fio-svc.out)"
+kill -INT $fio_pid
+wait $fio_pid || true
+grep -q "err= 0" /tmp/fio-svc.out && ! grep -q "verify: bad" /tmp/fio-svc.out ||
+    fail "fio across the service restart: $(grep -E 'err=|bad' /tmp/fio-svc.out | head -n 5)"
+# Back to a daemon of its own (no service manager): the devices are taken over once more.
+taken=$(grep -c 'taken over from the previous process' /tmp/daemon.log)
+pid=$(cat /run/uringnbd.pid)
+kill "$pid"
+for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+kill $notify 2>/dev/null
+start_daemon
+for i in $(seq 1 100); do
+    [ "$(grep -c 'taken over from the previous process' /tmp/daemon.log)" -ge $((taken + 2)) ] && break
+    sleep 0.1
+done
+[ "$(grep -c 'taken over from the previous process' /tmp/daemon.log)" -ge $((taken + 2)) ] ||
+    fail "a plain start did not take the devices over"
+step "a service manager's restart (SIGTERM with --keep-connections, then a start) under fio with verify: $(grep -o 'err= 0' /tmp/fio-svc.out | head -n 1); the devices waited and were taken over"
 
 # vsock: the guest reaches a listener of the same daemon at CID 1 (vsock_loopback).
 size=$(nbdinfo --size nbd+vsock://1:10810/disk 2>/tmp/vsock.out) || fail "nbdinfo over vsock: $(cat /tmp/vsock.out)"

@@ -18,7 +18,7 @@
 . "$(dirname "$0")/../interop/lib.bash"
 VM=${VM_DIR:-build/vm}
 HERE=$(cd "$(dirname "$0")" && pwd)
-need qemu-system-x86_64 cpio gzip e2fsck debugfs mkfs.ext4 tar nbdinfo
+need qemu-system-x86_64 cpio gzip e2fsck debugfs mkfs.ext4 tar nbdinfo socat
 [ -x /bin/busybox ] || skip "busybox-static is not installed"
 [ "$(id -u)" = 0 ] || skip "needs root to unpack a root filesystem"
 mkdir -p "$VM"
@@ -34,7 +34,7 @@ find "$K/root/lib/modules/$kver" -name 'ublk_drv.ko*' | grep -q . ||
 R="$T/root"
 vm_rootfs "$R"
 # The daemon, its control tool and libnbd's nbdinfo, with whatever libraries the root lacks.
-for t in "$URINGNBD" "$URINGNBDCTL" "$(command -v nbdinfo)"; do
+for t in "$URINGNBD" "$URINGNBDCTL" "$(command -v nbdinfo)" "$(command -v socat)"; do
     install -m 0755 "$t" "$R/usr/local/bin/$(basename "$t")"
     for lib in $(ldd "$t" | grep -o '/[^ ]*'); do
         [ -e "$R$lib" ] || { mkdir -p "$R$(dirname "$lib")" && cp -L "$lib" "$R$lib"; }
