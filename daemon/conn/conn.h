@@ -152,7 +152,6 @@ int ublk_detach(struct ublk_dev *d, bool force, char *msg, size_t len);
 void ublk_release(struct ublk_dev *d);
 void ublk_released_free(void);
 int ublk_dev_id(const struct ublk_dev *d);
-const struct export *ublk_dev_export(const struct ublk_dev *d);
 bool ublk_dev_recovered(const struct ublk_dev *d);
 /* Whether a next process can take d over (UBLK_F_USER_RECOVERY). */
 bool ublk_dev_recoverable(const struct ublk_dev *d);

@@ -60,7 +60,6 @@
 
 struct ublk_tag {
 	struct conn_op op;         /* its FETCH_REQ or COMMIT_AND_FETCH_REQ in the ring */
-	struct req *q;             /* the request it carries, while one is taken */
 };
 
 struct ublk_queue {
@@ -88,8 +87,7 @@ struct ublk_dev {
 	bool recovered;            /* taken over from a previous process */
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
-	unsigned queues_open;      /* queue conns not yet freed (under lock) */
-	unsigned queues_failed;    /* ...of which could not start */
+	unsigned queues_open;      /* queue conns not yet freed, or started (under lock) */
 	unsigned queues_idle;      /* releasing, with no request in hand (under lock) */
 	struct ublk_dev *next_released; /* ublk_release's list */
 	struct ublk_queue *q;      /* nq */
@@ -256,7 +254,6 @@ static int ublk_take(struct ublk_queue *uq, uint16_t tag)
 	struct req *q = req_take(c);
 	uint32_t err;
 
-	uq->tags[tag].q = q;
 	q->ublk_tag = tag;
 	if (ublk_map_request(&uq->descs[tag], tag, &q->r) < 0) {
 		log_debug("conn %" PRIu64 ": ublk op %u refused", c->id,
@@ -331,7 +328,6 @@ static void ublk_commit(struct req *q, int32_t result)
 
 	hist_observe(&c->exp->ctr->slot[c->w->id].duration[export_stat_op(q->r.type)],
 		     now_ns() - q->start_ns);
-	uq->tags[tag].q = NULL;
 	req_recycle(q);
 	if (c->state == CONN_CLOSING)
 		return;
@@ -343,36 +339,22 @@ static void ublk_commit(struct req *q, int32_t result)
 void ublk_reply(struct req *q)
 {
 	uint8_t *dst = ublk_tag_buf(q->c->uq, q->ublk_tag);
-	size_t left = (size_t)q->r.len_bytes;
 	struct iovec part[REQ_INLINE_CHUNKS];
 	unsigned n;
 
-	if (q->r.type != NBD_CMD_READ || q->nbd_error != NBD_SUCCESS || q->ublk_buf) {
-		ublk_commit(q, ublk_result(q->nbd_error, &q->r));
-		return;
+	if (q->r.type == NBD_CMD_READ && q->nbd_error == NBD_SUCCESS && !q->ublk_buf) {
+		/* Read into pool chunks (planned wider): the data goes to the tag's buffer. */
+		n = iov_slice(q->iov, q->niov, q->plan.data_off, (size_t)q->r.len_bytes, part);
+		for (unsigned i = 0; i < n; dst += part[i].iov_len, i++)
+			memcpy(dst, part[i].iov_base, part[i].iov_len);
 	}
-	/* Read into pool chunks (planned wider): the data goes to the tag's buffer. */
-	while (left) {
-		size_t done = (size_t)q->r.len_bytes - left;
-
-		n = iov_slice(q->iov, q->niov, q->plan.data_off + done,
-			      left < REQ_INLINE_CHUNKS * POOL_CHUNK_BYTES / 2 ? left :
-			      REQ_INLINE_CHUNKS * POOL_CHUNK_BYTES / 2, part);
-		for (unsigned i = 0; i < n; i++) {
-			memcpy(dst + done, part[i].iov_base, part[i].iov_len);
-			done += part[i].iov_len;
-			left -= part[i].iov_len;
-		}
-	}
-	ublk_commit(q, ublk_result(NBD_SUCCESS, &q->r));
+	ublk_commit(q, ublk_result(q->nbd_error, &q->r));
 }
 
-static void ublk_queue_failed(struct ublk_queue *uq)
+/* A queue's conn is gone, or could not be made: the device stops waiting for it. */
+static void ublk_queue_gone(struct ublk_dev *d)
 {
-	struct ublk_dev *d = uq->d;
-
 	pthread_mutex_lock(&d->lock);
-	d->queues_failed++;
 	d->queues_open--;
 	pthread_cond_broadcast(&d->cond);
 	pthread_mutex_unlock(&d->lock);
@@ -390,7 +372,7 @@ static void ublk_queue_start(struct op *op, int res)
 	c = conn_attach(uq->w, d->exp, TRANSPORT_UBLK);
 	if (!c) {
 		log_error("ublk%d: queue %u: out of memory", d->id, uq->q_id);
-		ublk_queue_failed(uq);
+		ublk_queue_gone(d);
 		return;
 	}
 	c->uq = uq;
@@ -412,10 +394,7 @@ void ublk_queue_closed(struct conn *c)
 	struct ublk_dev *d = uq->d;
 
 	uq->c = NULL;
-	pthread_mutex_lock(&d->lock);
-	d->queues_open--;
-	pthread_cond_broadcast(&d->cond);
-	pthread_mutex_unlock(&d->lock);
+	ublk_queue_gone(d);
 }
 
 /* ---- the device, from a thread that may block ---- */
@@ -852,11 +831,6 @@ void ublk_released_free(void)
 int ublk_dev_id(const struct ublk_dev *d)
 {
 	return d->id;
-}
-
-const struct export *ublk_dev_export(const struct ublk_dev *d)
-{
-	return d->exp;
 }
 
 bool ublk_dev_recovered(const struct ublk_dev *d)
