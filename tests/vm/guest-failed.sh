@@ -10,5 +10,5 @@ guest_failed() {
     cat "$T/qemu.log" >&2
     echo "---- guest steps ----" >&2
     grep '^guest:\|^GUEST' "$T/console.log" | tr -d '\r' | tail -n 25 >&2
-    fail "the guest did not pass: $(grep -m 1 '^GUEST FAIL' "$T/console.log" | tr -d '\r' | cut -c 1-600)"
+    fail "the guest did not pass: $(grep -m 1 '^GUEST FAIL\|^GUEST STUCK' "$T/console.log" | tr -d '\r' | cut -c 1-600)"
 }

@@ -3,13 +3,15 @@
 # /init of the test guest (busybox sh; real tools by full path). Attaches
 # /dev/nbd0 from uringnbd over 4 virtio-serial connections, puts ext4 on it,
 # checks it, then exercises discard; then /dev/nbd1 over TLS on a fifth.
-# Prints GUEST PASS or GUEST FAIL: why.
+# Prints GUEST PASS or GUEST FAIL: why; or, stuck past the watchdog
+# (uringnbd.watchdog=N on the command line), GUEST STUCK and what it saw.
 export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 fail() { echo "GUEST FAIL: $*"; poweroff -f; sleep 10; }
-step() { echo "guest: $*"; }
+step() { echo "guest: $*"; echo "$*" >/tmp/step; }
+echo "booting" >/tmp/step
 
 for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci \
          virtio_console nbd; do
@@ -39,6 +41,23 @@ if [ -d $TR/events/nbd ]; then
     echo global >$TR/trace_clock  # one clock for all CPUs: the trace's order is the order of events
     echo 1 >$TR/events/nbd/nbd_header_sent/enable
     echo 1 >$TR/events/nbd/nbd_header_received/enable
+fi
+# A guest stuck past its watchdog says at which step, with the receive
+# works, blocked tasks and the nbd trace so far, and powers off: the host
+# matches that trace to the daemon's log (a request the daemon never
+# answered, or a reply held on the way), where qemu's timeout said nothing.
+wd=$(sed -n 's/.*uringnbd\.watchdog=\([0-9]*\).*/\1/p' /proc/cmdline)
+if [ -n "$wd" ]; then
+    (
+        sleep "$wd"
+        # The trace first: the host's report of a failed guest shows the console's last lines.
+        [ -r $TR/trace ] && grep 'nbd_header' $TR/trace | sed 's/^/STUCK TRACE /'
+        echo w >/proc/sysrq-trigger 2>/dev/null
+        dmesg | tail -n 40 | sed 's/^/STUCK /'
+        echo "STUCK receive works: $(cat /proc/[0-9]*/comm 2>/dev/null | grep 'recv$' | tr '\n' ' ')"
+        echo "GUEST STUCK: after $wd s, at: $(cat /tmp/step)"
+        poweroff -f
+    ) &
 fi
 # A control run (another server on the host's side): no TLS part.
 CONTROL=

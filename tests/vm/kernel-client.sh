@@ -13,7 +13,9 @@
 # download and cached under build/vm.
 # KC_SERVER=nbd-server serves the same guest workload (without the TLS
 # part) from nbd-server instead, as a control: it prints what the trace
-# shows and checks nothing.
+# shows and checks nothing. KC_WATCHDOG=N sets the guest's watchdog (90 s),
+# to see its report.
+# test-timeout: 540
 . "$(dirname "$0")/../interop/lib.bash"
 VM=${VM_DIR:-build/vm}
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -171,22 +173,48 @@ held() {
 }
 # A guest whose kernel could not start every receive work (guest-init.sh)
 # says so before any I/O of its own: it runs again, with a new server, at
-# most twice.
-for attempt in 1 2 3; do
-    serve
-    start=$(date +%s)
-    timeout 120 qemu-system-x86_64 -accel tcg -cpu max -smp 4 -m 768 -nodefaults -display none \
-        -no-reboot -serial "file:$T/console.log" -kernel "$vmlinuz" -initrd "$T/initrd.gz" \
-        -append "$append" -device virtio-serial-pci,id=vs "${ports[@]}" \
-        >"$T/qemu.log" 2>&1
-    rc=$?
-    echo "guest ran $(($(date +%s) - start)) s (qemu exit $rc)"
-    grep -q '^GUEST RERUN' "$T/console.log" || break
-    [ "$attempt" -lt 3 ] || fail "$(tr -d '\r' <"$T/console.log" | grep '^GUEST RERUN'), 3 times"
-    echo "NOTE: $(tr -d '\r' <"$T/console.log" | sed -n 's/^GUEST RERUN: //p'): the guest runs again"
+# most twice. So does one that got stuck (its watchdog, 90 s) where the
+# trace so far shows every request answered and sent by the daemon within
+# a second (a reply held on its way to the guest, see answered), or that
+# qemu stopped before it printed a step (stuck while booting): either is
+# said. Stuck with a request the daemon did not answer fails at once.
+rerun() {
+    [ "$attempt" -lt 3 ] || fail "$1, 3 times"
+    echo "NOTE: $1: the guest runs again"
     unserve
     mv "$T/console.log" "$T/console.$attempt.log"
     mv "$T/daemon.log" "$T/daemon.$attempt.log" 2>/dev/null || true
+}
+for attempt in 1 2 3; do
+    serve
+    start=$(date +%s)
+    rc=0
+    timeout 150 qemu-system-x86_64 -accel tcg -cpu max -smp 4 -m 768 -nodefaults -display none \
+        -no-reboot -serial "file:$T/console.log" -kernel "$vmlinuz" -initrd "$T/initrd.gz" \
+        -append "$append uringnbd.watchdog=${KC_WATCHDOG:-90}" -device virtio-serial-pci,id=vs "${ports[@]}" \
+        >"$T/qemu.log" 2>&1 || rc=$?
+    echo "guest ran $(($(date +%s) - start)) s (qemu exit $rc)"
+    if grep -q '^GUEST RERUN' "$T/console.log"; then
+        rerun "$(tr -d '\r' <"$T/console.log" | sed -n 's/^GUEST RERUN: //p')"
+        continue
+    fi
+    if grep -q '^GUEST STUCK' "$T/console.log"; then
+        stuck=$(tr -d '\r' <"$T/console.log" | sed -n 's/^GUEST STUCK: //p')
+        tr -d '\r' <"$T/console.log" | grep '^guest:\|^STUCK receive'
+        tr -d '\r' <"$T/console.log" | sed -n 's/^STUCK TRACE //p' >"$T/trace"
+        arc=0
+        awk -f "$HERE/handles.awk" "$T/trace" "$T/daemon.log" >"$T/answered" || arc=$?
+        cat "$T/answered"
+        held
+        [ "$arc" = 2 ] || guest_failed 80
+        rerun "the guest was stuck ($stuck) with every reply sent by the daemon in time"
+        continue
+    fi
+    if [ "$rc" = 124 ] && ! grep -q '^guest:' "$T/console.log"; then
+        rerun "qemu stopped the guest after 150 s before it began (stuck while booting)"
+        continue
+    fi
+    break
 done
 if ! grep -q '^GUEST PASS' "$T/console.log"; then
     guest_failed 60

@@ -78,12 +78,12 @@ start=$(date +%s)
 up=$(cut -d. -f1 /proc/uptime)  # TEST_DEADLINE's clock (run-tests.sh)
 budget=$((${TEST_DEADLINE:-$((up + 600))} - up - 30))
 [ "$budget" -ge 120 ] || fail "only $budget s left for the guest"
+rc=0
 timeout "$budget" qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 1024 -nodefaults -display none \
     -no-reboot -serial "file:$T/console.log" -kernel "$vmlinuz" -initrd "$T/initrd.gz" \
     -append "console=ttyS0 panic=-1 quiet systemd.show_status=false" \
     -drive "file=$T/root.img,if=virtio,format=raw" -drive "file=$T/blk.img,if=virtio,format=raw" \
-    >"$T/qemu.log" 2>&1
-rc=$?
+    >"$T/qemu.log" 2>&1 || rc=$?
 echo "guest ran $(($(date +%s) - start)) s (qemu exit $rc)"
 [ "$rc" != 124 ] || echo "the guest was stopped: it ran out of its $budget s"
 if ! grep -q '^GUEST PASS' "$T/console.log"; then

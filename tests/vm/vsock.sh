@@ -117,11 +117,12 @@ chmod 0755 "$R/init"
 
 truncate -s 64M "$T/disk.img"
 start=$(date +%s)
+rc=0
 timeout 300 qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 768 -nodefaults -display none \
     -no-reboot -serial "file:$T/console.log" -kernel "$vmlinuz" -initrd "$T/initrd.gz" \
     -drive "file=$T/disk.img,format=raw,if=virtio,cache=none" \
-    -append "console=ttyS0 panic=-1 quiet" >"$T/qemu.log" 2>&1
-echo "guest ran $(($(date +%s) - start)) s (qemu exit $?)"
+    -append "console=ttyS0 panic=-1 quiet" >"$T/qemu.log" 2>&1 || rc=$?
+echo "guest ran $(($(date +%s) - start)) s (qemu exit $rc)"
 grep -q '^GUEST PASS' "$T/console.log" || guest_failed 80
 tr -d '\r' <"$T/console.log" | grep '^guest:'
 log=$(tr -d '\r' <"$T/console.log" | sed -n 's/^DAEMON //p')
