@@ -51,6 +51,7 @@ static void conn_free(struct conn *c)
 	worker_timer_stop(w, &c->watchdog);
 	worker_timers_unreserve(w, CONN_TIMERS);
 	if (c->uq) {
+		w->nattached--;
 		ublk_queue_closed(c);
 	} else {
 		atomic_fetch_sub_explicit(&w->nconns, 1, memory_order_relaxed);
@@ -444,6 +445,7 @@ struct conn *conn_attach(struct worker *w, struct export *e, enum transport t)
 	if (c->next)
 		c->next->prev = c;
 	w->clients->conns = c;
+	w->nattached++;
 	stat_bump(&e->ctr->slot[w->id].conns[t], 1);
 	conns_watch_arm(w);
 	return c;

@@ -519,8 +519,8 @@ void ublk_queue_name(const struct conn *c, char *buf, size_t len);
 /* ---- conn.c: a client without a socket ---- */
 /*
  * A connection in transmission with export e (a reference it takes over)
- * and no socket, for a ublk queue: no watchdog, not counted as a client.
- * NULL if out of memory.
+ * and no socket, for a ublk queue: no watchdog, not counted as a client
+ * (w->nattached instead, which polling heeds). NULL if out of memory.
  */
 struct conn *conn_attach(struct worker *w, struct export *e, enum transport t);
 /*

@@ -155,6 +155,8 @@ struct worker {
 	struct pool pool;         /* with its fair shares and waiters (pool.h) */
 	struct worker_clients *clients; /* its clients' layer's state for it (worker_clients_ops) */
 	atomic_uint nconns;       /* live clients (their layer counts them; the main thread reads) */
+	unsigned nattached;       /* served but not clients: no socket, no stop waits for them
+	                           * (a ublk device's queues); polling serves them too */
 	struct worker_stats stats;
 	void *zeroes;             /* WORKER_ZEROES_BYTES of zeroes, never written */
 };

@@ -38,8 +38,9 @@
  * later, and if the ring refuses work the op is failed with the ring's
  * error instead of aborting.
  *
- * Polling: before it would wait, a worker with connections may watch for a
- * completion for a while, yielding the CPU in a loop. sched_yield() hands
+ * Polling: before it would wait, a worker with connections (or a ublk
+ * device's queues, w->nattached) may watch for a completion for a while,
+ * yielding the CPU in a loop. sched_yield() hands
  * the CPU to any other runnable thread, and its return to user space runs
  * io_uring's pending task work (not deferred), so a completion is seen
  * without first waking an idle CPU. With deferral, IORING_SQ_TASKRUN says
@@ -435,7 +436,7 @@ static uint64_t worker_poll_window(struct worker *w, uint64_t now)
 {
 	const struct worker_config *cfg = &w->cfg;
 
-	if (!worker_clients(w))
+	if (!worker_clients(w) && !w->nattached)
 		return 0;
 	if (cfg->busy_poll_us)
 		return (uint64_t)cfg->busy_poll_us * 1000;

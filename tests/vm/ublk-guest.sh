@@ -193,12 +193,17 @@ for n in 1 2 3; do
     sleep 2
     kill -0 $fio_pid 2>/dev/null || fail "fio ended at restart $n: $(tail -n 20 /tmp/fio.out)"
 done
+# This process has no NBD client, only the devices' queues: its workers
+# poll for them as for connections (fio holds 8 requests per queue).
+polled=$($CTL stats | sed -n 's/.*found polling, \([0-9.]*\) s polled.*/\1/p' | awk '{ s += $1 } END { print s + 0 }')
+awk -v p="$polled" 'BEGIN { exit !(p > 0) }' ||
+    fail "the workers never polled for the devices' requests: $($CTL stats | grep '^worker [0-9]' | tr '\n' ' ')"
 kill -INT $fio_pid
 wait $fio_pid
 rc=$?
 grep -q "err= 0" /tmp/fio.out && ! grep -q "verify: bad" /tmp/fio.out ||
     fail "fio across the restarts: $(grep -E 'err=|bad' /tmp/fio.out | head -n 5) $(tail -n 20 /tmp/fio.out)"
-step "3 restarts (SIGUSR2) under fio randrw QD16 with verify: $(grep -o 'err= 0' /tmp/fio.out | head -n 1), $(grep -E '^ *(read|write):' /tmp/fio.out | tr -s ' ' | tr '\n' ';')"
+step "3 restarts (SIGUSR2) under fio randrw QD16 with verify: $(grep -o 'err= 0' /tmp/fio.out | head -n 1), $(grep -E '^ *(read|write):' /tmp/fio.out | tr -s ' ' | tr '\n' ';') the workers polled $polled s for the devices alone"
 [ -b "$dev" ] || fail "$dev gone after the restarts"
 [ "$(ublk_of ovl)" = "$odev" ] || fail "ovl's $odev (ublk-add, not in the configuration) was not taken over: $(ublk_of ovl)"
 dd if="$odev" bs=1M skip=3 count=1 iflag=direct status=none | cmp - /tmp/r1 ||
