@@ -202,6 +202,7 @@ for attempt in 1 2 3; do
         stuck=$(tr -d '\r' <"$T/console.log" | sed -n 's/^GUEST STUCK: //p')
         tr -d '\r' <"$T/console.log" | grep '^guest:\|^STUCK receive'
         tr -d '\r' <"$T/console.log" | sed -n 's/^STUCK TRACE //p' >"$T/trace"
+        [ -s "$T/trace" ] || guest_failed 80  # stuck before any request
         arc=0
         awk -f "$HERE/handles.awk" "$T/trace" "$T/daemon.log" >"$T/answered" || arc=$?
         cat "$T/answered"
