@@ -32,6 +32,16 @@ start_daemon() {
     done
     [ -s /run/uringnbd.pid ] || fail "uringnbd did not start"
 }
+# SIGTERM to the daemon; fails with "the daemon did not exit $1" unless it
+# exits within 10 s.
+stop_daemon() {
+    local pid
+    pid=$(cat /run/uringnbd.pid)
+    kill "$pid"
+    for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null && fail "the daemon did not exit $1"
+    return 0
+}
 # /dev/ublkbN of export $1, from the control socket.
 ublk_of() {
     $CTL --json exports "$1" | grep -o '"ublk": *"[^"]*"' | sed 's|.*"\(/dev/[^"]*\)"|\1|'
@@ -217,9 +227,7 @@ $CTL ublk-remove ovl >/dev/null || fail "ublk-remove ovl"
 # needed: the devices are found by the kernel's tag).
 socat -u UNIX-RECV:/run/notify OPEN:/dev/null &
 notify=$!
-pid=$(cat /run/uringnbd.pid)
-kill "$pid"
-for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+stop_daemon "in 10 s on SIGTERM"
 NOTIFY_SOCKET=/run/notify start_daemon --keep-connections
 fio --name=svc --filename="$dev" --direct=1 --rw=randrw --bs=4k --iodepth=16 --ioengine=libaio \
     --offset=128M --size=64M --time_based --runtime=600 --verify=crc32c --verify_fatal=1 \
@@ -227,10 +235,7 @@ fio --name=svc --filename="$dev" --direct=1 --rw=randrw --bs=4k --iodepth=16 --i
 fio_pid=$!
 sleep 3
 taken=$(grep -c 'taken over from the previous process' /tmp/daemon.log)
-pid=$(cat /run/uringnbd.pid)
-kill "$pid"
-for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-kill -0 "$pid" 2>/dev/null && fail "the daemon did not exit on SIGTERM with --keep-connections"
+stop_daemon "on SIGTERM with --keep-connections"
 grep -q "/dev/ublkb[0-9]* left to the next process" /tmp/daemon.log ||
     fail "SIGTERM with --keep-connections under a service manager did not leave the devices"
 [ -b "$dev" ] || fail "$dev went with the daemon"
@@ -250,9 +255,7 @@ grep -q "err= 0" /tmp/fio-svc.out && ! grep -q "verify: bad" /tmp/fio-svc.out ||
     fail "fio across the service restart: $(grep -E 'err=|bad' /tmp/fio-svc.out | head -n 5)"
 # Back to a daemon of its own (no service manager): the devices are taken over once more.
 taken=$(grep -c 'taken over from the previous process' /tmp/daemon.log)
-pid=$(cat /run/uringnbd.pid)
-kill "$pid"
-for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+stop_daemon "in 10 s on SIGTERM"
 kill $notify 2>/dev/null
 start_daemon
 for i in $(seq 1 100); do
@@ -293,10 +296,7 @@ out=$($CTL ublk-remove disk 2>&1) && fail "ublk-remove of a mounted device succe
 echo "$out" | grep -q "in use" || fail "ublk-remove while mounted: $out"
 step "ublk-remove while mounted: $out"
 # A stop while it is mounted keeps the device (its I/O waits); the next start takes it over.
-pid=$(cat /run/uringnbd.pid)
-kill "$pid"
-for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-kill -0 "$pid" 2>/dev/null && fail "the daemon did not exit in 10 s with $dev mounted"
+stop_daemon "in 10 s with $dev mounted"
 [ -b "$dev" ] || fail "$dev went with the daemon while mounted"
 grep -q "is in use (mounted): left for the next start" /tmp/daemon.log || fail "the stop did not say it kept $dev"
 # Written, and synced (which waits for the device) while no daemon serves it.
@@ -337,10 +337,7 @@ grep -q "is served by process $(cat /run/uringnbd.pid)" /tmp/second.out ||
 step "a second daemon for export disk: $(grep -o 'export.*' /tmp/second.out | head -n 1)"
 
 # A stop removes the device.
-pid=$(cat /run/uringnbd.pid)
-kill "$pid"
-for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-kill -0 "$pid" 2>/dev/null && fail "the daemon did not exit in 10 s"
+stop_daemon "in 10 s"
 for i in $(seq 1 100); do [ -e "$dev" ] || break; sleep 0.1; done
 [ -e "$dev" ] && fail "$dev still there after the daemon stopped"
 step "the daemon stopped: $dev removed"
