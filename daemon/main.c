@@ -277,13 +277,53 @@ static bool list_refused(const struct config *file)
 	return (cli.list >= 0 ? cli.list : file->list) == 0;
 }
 
+/*
+ * After a reload: a device for each export that `ublk = yes` (or --ublk)
+ * asks for and has none, made here as at start-up (the main loop waits
+ * while the kernel starts it). A device no longer asked for stays, as
+ * connections do: ublk-remove deletes it.
+ */
+static void reload_ublks(struct export_spec *specs, size_t n)
+{
+	char msg[512];
+	size_t i, j;
+	int id;
+
+	if (config_apply_ublk(&cli, specs, n) < 0)
+		log_error("reload: --ublk names an export the reload removed; its device stays");
+	for (i = 0; i < n; i++) {
+		if (!specs[i].ublk || server_ublk_of(&srv, specs[i].name) >= 0)
+			continue;
+		if (srv.single) {
+			log_error("reload: export \"%s\": ublk and --single do not go together",
+				  specs[i].name);
+			continue;
+		}
+		id = server_ublk_add(&srv, specs[i].name, msg, sizeof(msg));
+		if (id < 0)
+			log_error("reload: export \"%s\": %s", specs[i].name, msg);
+		else
+			log_info("reload: export \"%s\" made /dev/ublkb%d", specs[i].name, id);
+	}
+	pthread_mutex_lock(&srv.ublk_lock);
+	for (i = 0; i < srv.nublks; i++) {
+		for (j = 0; j < n && strcmp(specs[j].name, srv.ublks[i].name); j++)
+			;
+		if (j == n || !specs[j].ublk)
+			log_info("reload: export \"%s\" keeps /dev/ublkb%d, which the configuration "
+				 "does not ask for%s: ublk-remove deletes it", srv.ublks[i].name,
+				 ublk_dev_id(srv.ublks[i].dev), j == n ? " (nor the export)" : "");
+	}
+	pthread_mutex_unlock(&srv.ublk_lock);
+}
+
 /* SIGHUP: the exports of the --config file (and the command line) again. */
 static void on_reload(struct ev_loop *loop, ev_signal *w, int revents)
 {
 	struct config file;
 	struct export_spec *specs;
 	struct export **t;
-	size_t n, before = srv.nexports;
+	size_t n, nspecs = 0, before = srv.nexports;
 	struct tls_creds *creds = NULL, *old_creds;
 	enum proto_tls mode = PROTO_TLS_OFF;
 
@@ -311,8 +351,7 @@ static void on_reload(struct ev_loop *loop, ev_signal *w, int revents)
 		log_error("reload: rate limits refused; the previous configuration stays");
 		t = NULL;
 	} else {
-		size_t nspecs = n;
-
+		nspecs = n;
 		t = specs ? server_build_exports(&srv, specs, n, &n) : NULL;
 		if (!t)
 			log_error("reload: exports of %s could not be opened; the previous "
@@ -337,6 +376,7 @@ static void on_reload(struct ev_loop *loop, ev_signal *w, int revents)
 		log_info("reload: %zu export%s (was %zu); existing connections are untouched", n,
 			 n == 1 ? "" : "s", before);
 		server_log_exports(&srv);
+		reload_ublks(specs, nspecs);
 	}
 	free(specs);
 	config_free(&file);

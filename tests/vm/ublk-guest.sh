@@ -175,6 +175,37 @@ $CTL export-remove four >/dev/null || fail "export-remove four after ublk-remove
 losetup -d "$four"
 step "a 4K-sector export ($four): $fdev has 4096-byte sectors, 8 KiB written reach the device; export-remove waits for ublk-remove"
 
+# A reload (SIGHUP) makes the device that `ublk = yes` asks for; a device
+# the file no longer asks for stays, as connections do, until ublk-remove.
+truncate -s 32M /srv/late.img
+cp /etc/uringnbd.conf /tmp/conf.orig
+printf '[export late]\npath = /srv/late.img\nublk = yes\n' >>/etc/uringnbd.conf
+kill -HUP "$(cat /run/uringnbd.pid)"
+for i in $(seq 1 100); do
+    grep -q 'reload: export "late" made /dev/ublkb' /tmp/daemon.log && break
+    sleep 0.1
+done
+ldev=$(ublk_of late)
+[ -n "$ldev" ] && [ -b "$ldev" ] ||
+    fail "the reload made no device for export late: $(grep 'reload' /tmp/daemon.log | tail -n 3)"
+[ "$(blockdev --getsize64 "$ldev")" = 33554432 ] || fail "$ldev: $(blockdev --getsize64 "$ldev") bytes"
+head -c 65536 /dev/urandom >/tmp/r64k
+dd if=/tmp/r64k of="$ldev" bs=64k oflag=direct status=none || fail "dd to $ldev"
+head -c 65536 /srv/late.img | cmp - /tmp/r64k || fail "/srv/late.img does not hold what $ldev wrote"
+cp /tmp/conf.orig /etc/uringnbd.conf
+kill -HUP "$(cat /run/uringnbd.pid)"
+for i in $(seq 1 100); do
+    grep -q "reload: export \"late\" keeps $ldev" /tmp/daemon.log && break
+    sleep 0.1
+done
+grep -q "reload: export \"late\" keeps $ldev, which the configuration does not ask for (nor the export)" \
+    /tmp/daemon.log || fail "the second reload did not say $ldev stays: $(grep 'reload' /tmp/daemon.log | tail -n 3)"
+dd if="$ldev" bs=64k count=1 iflag=direct status=none | cmp - /tmp/r64k || fail "$ldev after the reload"
+$CTL ublk-remove late >/dev/null || fail "ublk-remove late (no longer an export)"
+for i in $(seq 1 100); do [ -e "$ldev" ] || break; sleep 0.1; done
+[ -e "$ldev" ] && fail "$ldev still there after ublk-remove"
+step "a reload made $ldev for a new export with ublk = yes; the next, without it, kept the device until ublk-remove"
+
 # The export's rate limits hold for its device as for its NBD clients.
 $CTL export-set disk iops-total=200 >/dev/null || fail "export-set disk iops-total=200"
 fio --name=limit --filename="$dev" --direct=1 --rw=randread --bs=4k --iodepth=8 --ioengine=libaio \
