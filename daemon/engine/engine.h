@@ -163,6 +163,8 @@ struct worker {
 #define WORKER_ZEROES_BYTES (1u << 20)
 #define WORKER_STOP_GRACE_S 5     /* a stop closes whatever is left after this */
 #define WORKER_STOP_GRACE_NS (WORKER_STOP_GRACE_S * 1000000000ull)
+/* The longest a worker sleeps without looking at its inbox (worker_check_posts). */
+#define WORKER_WAKE_CHECK_NS 1000000000ull
 
 /* Starts worker id with cfg's settings (worker_set_clients first). */
 int worker_start(struct worker *w, const struct worker_config *cfg, int id);

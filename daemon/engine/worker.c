@@ -501,6 +501,28 @@ static bool worker_finished(struct worker *w)
 	return w->stopping && !worker_clients(w);
 }
 
+/*
+ * Posted work that the check after a wait found, though the wait was not
+ * ended by the eventfd's read: a wake-up that never came. The worker runs
+ * it then (worker_turn reads the inbox whatever woke it), so a lost
+ * wake-up costs at most WORKER_WAKE_CHECK_NS instead of a hang; it is
+ * logged, since the eventfd should make it never happen.
+ */
+static struct log_limit lost_wake_limit;
+
+static void worker_check_posts(struct worker *w)
+{
+	bool posted;
+
+	pthread_mutex_lock(&w->inbox_lock);
+	posted = w->ready_remote || w->inbox_len;
+	pthread_mutex_unlock(&w->inbox_lock);
+	if (posted && !io_uring_cq_ready(&w->ring))
+		log_msg_limited(&lost_wake_limit, LOG_WARN, "worker %d: posted work waited for "
+				"the %u s check: its wake-up did not come", w->id,
+				(unsigned)(WORKER_WAKE_CHECK_NS / 1000000000u));
+}
+
 /* The worker's thread: its clock and timers, the work, the wait, until stopped. */
 static void worker_loop(struct worker *w)
 {
@@ -509,8 +531,13 @@ static void worker_loop(struct worker *w)
 		w->now_ns = now_ns();
 		timers_run(&w->timers, w->now_ns);
 		worker_turn(w);
-		if (!worker_has_work(w) && !worker_finished(w))
-			worker_idle(w, timers_next(&w->timers));
+		if (!worker_has_work(w) && !worker_finished(w)) {
+			uint64_t due = timers_next(&w->timers), check = w->now_ns + WORKER_WAKE_CHECK_NS;
+
+			worker_idle(w, due < check ? due : check);
+			if (due >= check && now_ns() >= check)
+				worker_check_posts(w);
+		}
 	}
 }
 
