@@ -502,11 +502,15 @@ static bool worker_finished(struct worker *w)
 }
 
 /*
- * Posted work that the check after a wait found, though the wait was not
- * ended by the eventfd's read: a wake-up that never came. The worker runs
- * it then (worker_turn reads the inbox whatever woke it), so a lost
- * wake-up costs at most WORKER_WAKE_CHECK_NS instead of a hang; it is
- * logged, since the eventfd should make it never happen.
+ * After a wait of WORKER_WAKE_CHECK_NS that no completion ended: work was
+ * posted and the eventfd written (w->woken), yet the eventfd's read, which
+ * completes at once on a written eventfd, never came back. Its completion
+ * is lost (seen once, in a CI rehearsal's ASan run with task work as it
+ * comes: both workers asleep, no read on either eventfd in the rings), and
+ * with it every later wake-up. The worker runs the posted work now
+ * (worker_turn reads the inbox whatever woke it) and arms a fresh read, so
+ * a lost wake-up costs a second instead of a hang. Logged, with the
+ * completions the ring says it dropped.
  */
 static struct log_limit lost_wake_limit;
 
@@ -517,10 +521,15 @@ static void worker_check_posts(struct worker *w)
 	pthread_mutex_lock(&w->inbox_lock);
 	posted = w->ready_remote || w->inbox_len;
 	pthread_mutex_unlock(&w->inbox_lock);
-	if (posted && !io_uring_cq_ready(&w->ring))
-		log_msg_limited(&lost_wake_limit, LOG_WARN, "worker %d: posted work waited for "
-				"the %u s check: its wake-up did not come", w->id,
-				(unsigned)(WORKER_WAKE_CHECK_NS / 1000000000u));
+	if (!posted || !atomic_load(&w->woken) || io_uring_cq_ready(&w->ring))
+		return;
+	log_msg_limited(&lost_wake_limit, LOG_WARN, "worker %d: posted work waited %u s for "
+			"a wake-up that did not come (completions the ring dropped: %u); "
+			"its eventfd is read again", w->id,
+			(unsigned)(WORKER_WAKE_CHECK_NS / 1000000000u),
+			IO_URING_READ_ONCE(*w->ring.cq.koverflow));
+	atomic_store(&w->woken, false);
+	worker_wake_arm(w);
 }
 
 /* The worker's thread: its clock and timers, the work, the wait, until stopped. */
