@@ -27,7 +27,9 @@
  * and a completion posted during the worker's own submit is seen by the
  * same wait. Other threads reach the worker through its inbox and an
  * eventfd that the ring always has a read on (worker_wake_done): a post
- * writes it once until the worker has looked.
+ * writes it once until the worker has looked. A worker never sleeps more
+ * than WORKER_WAKE_CHECK_NS without looking at its inbox anyway, and
+ * re-arms the read if a wake-up was lost (worker_check_posts).
  *
  * Every SQE's user_data points at a struct op, and a completion is
  * op->done(op, cqe->res). Work that a completion (or another thread)
@@ -510,7 +512,9 @@ static bool worker_finished(struct worker *w)
  * with it every later wake-up. The worker runs the posted work now
  * (worker_turn reads the inbox whatever woke it) and arms a fresh read, so
  * a lost wake-up costs a second instead of a hang. Logged, with the
- * completions the ring says it dropped.
+ * completions the ring says it dropped. A post that lands between the
+ * wait's end and this look can make it arm a read needlessly: one more
+ * read on the eventfd, which does no harm.
  */
 static struct log_limit lost_wake_limit;
 
@@ -521,7 +525,7 @@ static void worker_check_posts(struct worker *w)
 	pthread_mutex_lock(&w->inbox_lock);
 	posted = w->ready_remote || w->inbox_len;
 	pthread_mutex_unlock(&w->inbox_lock);
-	if (!posted || !atomic_load(&w->woken) || io_uring_cq_ready(&w->ring))
+	if (!posted || !atomic_load(&w->woken) || worker_cq_pending(w))
 		return;
 	log_msg_limited(&lost_wake_limit, LOG_WARN, "worker %d: posted work waited %u s for "
 			"a wake-up that did not come (completions the ring dropped: %u); "
