@@ -42,6 +42,16 @@ stop_daemon() {
     kill -0 "$pid" 2>/dev/null && fail "the daemon did not exit $1"
     return 0
 }
+# How many takeovers of a previous process's device the log has.
+takeovers() { grep -c 'taken over from the previous process' /tmp/daemon.log; }
+# Waits up to $2 tenths of a second for the log to count $1 takeovers, else fails with $3.
+wait_takeovers() {
+    for i in $(seq 1 "$2"); do
+        [ "$(takeovers)" -ge "$1" ] && return 0
+        sleep 0.1
+    done
+    fail "$3"
+}
 # /dev/ublkbN of export $1, from the control socket.
 ublk_of() {
     $CTL --json exports "$1" | grep -o '"ublk": *"[^"]*"' | sed 's|.*"\(/dev/[^"]*\)"|\1|'
@@ -225,12 +235,7 @@ sleep 3
 for n in 1 2 3; do
     kill -USR2 "$(cat /run/uringnbd.pid)"
     # Three devices (disk, cached, ovl) are taken over at each restart.
-    for i in $(seq 1 200); do
-        [ "$(grep -c 'taken over from the previous process' /tmp/daemon.log)" -ge $((3 * n)) ] && break
-        sleep 0.1
-    done
-    [ "$(grep -c 'taken over from the previous process' /tmp/daemon.log)" -ge $((3 * n)) ] ||
-        fail "restart $n: the devices were not all taken over"
+    wait_takeovers $((3 * n)) 200 "restart $n: the devices were not all taken over"
     sleep 2
     kill -0 $fio_pid 2>/dev/null || fail "fio ended at restart $n: $(tail -n 20 /tmp/fio.out)"
 done
@@ -265,19 +270,14 @@ fio --name=svc --filename="$dev" --direct=1 --rw=randrw --bs=4k --iodepth=16 --i
     >/tmp/fio-svc.out 2>&1 &
 fio_pid=$!
 sleep 3
-taken=$(grep -c 'taken over from the previous process' /tmp/daemon.log)
+taken=$(takeovers)
 stop_daemon "on SIGTERM with --keep-connections"
 grep -q "/dev/ublkb[0-9]* left to the next process" /tmp/daemon.log ||
     fail "SIGTERM with --keep-connections under a service manager did not leave the devices"
 [ -b "$dev" ] || fail "$dev went with the daemon"
 sleep 1
 NOTIFY_SOCKET=/run/notify start_daemon --keep-connections
-for i in $(seq 1 100); do
-    [ "$(grep -c 'taken over from the previous process' /tmp/daemon.log)" -ge $((taken + 2)) ] && break
-    sleep 0.1
-done
-[ "$(grep -c 'taken over from the previous process' /tmp/daemon.log)" -ge $((taken + 2)) ] ||
-    fail "the start after the service manager's stop did not take disk and cached over"
+wait_takeovers $((taken + 2)) 100 "the start after the service manager's stop did not take disk and cached over"
 sleep 2
 kill -0 $fio_pid 2>/dev/null || fail "fio ended at the service restart: $(tail -n 20 /tmp/fio-svc.out)"
 kill -INT $fio_pid
@@ -285,16 +285,11 @@ wait $fio_pid || true
 grep -q "err= 0" /tmp/fio-svc.out && ! grep -q "verify: bad" /tmp/fio-svc.out ||
     fail "fio across the service restart: $(grep -E 'err=|bad' /tmp/fio-svc.out | head -n 5)"
 # Back to a daemon of its own (no service manager): the devices are taken over once more.
-taken=$(grep -c 'taken over from the previous process' /tmp/daemon.log)
+taken=$(takeovers)
 stop_daemon "in 10 s on SIGTERM"
 kill $notify 2>/dev/null
 start_daemon
-for i in $(seq 1 100); do
-    [ "$(grep -c 'taken over from the previous process' /tmp/daemon.log)" -ge $((taken + 2)) ] && break
-    sleep 0.1
-done
-[ "$(grep -c 'taken over from the previous process' /tmp/daemon.log)" -ge $((taken + 2)) ] ||
-    fail "a plain start did not take the devices over"
+wait_takeovers $((taken + 2)) 100 "a plain start did not take the devices over"
 step "a service manager's restart (SIGTERM with --keep-connections, then a start) under fio with verify: $(grep -o 'err= 0' /tmp/fio-svc.out | head -n 1); the devices waited and were taken over"
 
 # vsock: the guest reaches a listener of the same daemon at CID 1 (vsock_loopback).
@@ -335,14 +330,9 @@ grep -q "is in use (mounted): left for the next start" /tmp/daemon.log || fail "
 writer=$!
 sleep 1
 kill -0 $writer 2>/dev/null || fail "the sync did not wait for the device while no daemon served it"
-taken=$(grep -c 'taken over from the previous process' /tmp/daemon.log)
+taken=$(takeovers)
 start_daemon
-for i in $(seq 1 100); do
-    [ "$(grep -c 'taken over from the previous process' /tmp/daemon.log)" -gt "$taken" ] && break
-    sleep 0.1
-done
-[ "$(grep -c 'taken over from the previous process' /tmp/daemon.log)" -gt "$taken" ] ||
-    fail "the next start did not take $dev over"
+wait_takeovers $((taken + 1)) 100 "the next start did not take $dev over"
 wait $writer || fail "the write and sync while the daemon was away failed"
 [ "$(cat /mnt/a/away)" = "written while the daemon was away" ] || fail "/mnt/a/away"
 dmesg | grep -i "ext4.*error\|I/O error.*ublkb" && fail "errors in dmesg"
